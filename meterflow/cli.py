@@ -1,0 +1,52 @@
+"""The one ``meterflow`` command line; each part registers its own subcommands.
+
+A part whose extra is not installed (say ``cloud`` on a gateway) simply has no subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from meterflow import __version__
+
+# module path of each part's ``register(subparsers)``; order is the order of ``--help``.
+_PARTS = ("meterflow.demo", "cloud.cli", "edge.cli", "firmware_sim.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meterflow",
+        description="Meterflow: prepaid electricity and water — gateway, cloud, simulators.",
+    )
+    parser.add_argument("--version", action="version", version=f"meterflow {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _PARTS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:  # part not installed on this machine
+            logging.getLogger(__name__).debug("subcommand module %s unavailable: %s", name, exc)
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    result: int = func(args)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
