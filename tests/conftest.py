@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -57,6 +56,6 @@ def postgres_url() -> str:
 
 
 @pytest.fixture
-def unique_prefix() -> Iterator[str]:
+def unique_prefix() -> str:
     """An MQTT topic prefix nobody else uses, so tests sharing one broker never see each other."""
-    yield f"mftest/{uuid.uuid4().hex[:10]}"
+    return f"mftest/{uuid.uuid4().hex[:10]}"

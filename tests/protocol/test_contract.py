@@ -1,0 +1,193 @@
+"""The MQTT contract: round trips, validation errors that name the defect, command signing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol.contract import (
+    Ack,
+    AckStatus,
+    Action,
+    Command,
+    CreditHorizon,
+    GatewayConfig,
+    GatewayStatus,
+    Quantity,
+    Reading,
+    ReadingBatch,
+    RelayState,
+    Topics,
+    command_signing_input,
+    decode,
+    encode,
+    parse_topic,
+    sign_command,
+    verify_command,
+)
+from protocol.errors import CommandExpired, ContractError, ProtocolError, SignatureError
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+KEY = b"dummy-gateway-key-for-tests"
+
+
+def _batch(**over: object) -> ReadingBatch:
+    reading = Reading(
+        meter="line1/123456789012",
+        seq=7,
+        ts=NOW,
+        values={Quantity.ENERGY_TOTAL_KWH: Decimal("1234.56"), Quantity.VOLTAGE_A_V: Decimal("220.1")},
+        relay=RelayState.CLOSED,
+    )
+    fields: dict[str, object] = {"gateway": "gw-01", "batch": "b-1", "sent_at": NOW, "readings": [reading]}
+    fields.update(over)
+    return ReadingBatch.model_validate(fields)
+
+
+def _command(**over: object) -> Command:
+    fields: dict[str, object] = {
+        "id": "cmd-1",
+        "gateway": "gw-01",
+        "meter": "line1/123456789012",
+        "action": Action.TRIP,
+        "issued_at": NOW,
+        "expires_at": NOW + timedelta(minutes=10),
+    }
+    fields.update(over)
+    return Command.model_validate(fields)
+
+
+def test_reading_batch_round_trip_keeps_decimals_exact() -> None:
+    batch = _batch()
+    raw = encode(batch)
+    body = json.loads(raw)
+    assert body["v"] == 1
+    assert body["readings"][0]["values"]["energy_total_kwh"] == "1234.56"  # a string, never a float
+    assert decode(ReadingBatch, raw) == batch
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        (b"not json", "invalid ReadingBatch"),
+        (b'{"v": 2, "gateway": "g", "batch": "b", "sent_at": "2026-01-01T00:00:00Z", "readings": []}', "v"),
+        (b'{"v": 1, "gateway": "g", "batch": "b", "sent_at": "2026-01-01T00:00:00", "readings": []}', "sent_at"),
+        (b'{"v": 1, "gateway": "g", "batch": "b", "sent_at": "2026-01-01T00:00:00Z", "readings": []}', "readings"),
+        (b'{"v": 1, "gateway": "g/../x", "batch": "b", "sent_at": "2026-01-01T00:00:00Z", "readings": []}', "gateway"),
+    ],
+)
+def test_malformed_batches_name_the_defect(payload: bytes, fragment: str) -> None:
+    with pytest.raises(ContractError, match=fragment):
+        decode(ReadingBatch, payload)
+
+
+def test_float_and_huge_values_are_refused() -> None:
+    body = json.loads(encode(_batch()))
+    body["readings"][0]["values"]["energy_total_kwh"] = "1e400"
+    with pytest.raises(ContractError, match="energy_total_kwh"):
+        decode(ReadingBatch, json.dumps(body))
+    body["readings"][0]["values"]["energy_total_kwh"] = "NaN"
+    with pytest.raises(ContractError):
+        decode(ReadingBatch, json.dumps(body))
+    body["readings"][0]["values"] = {"no_such_quantity": "1"}
+    with pytest.raises(ContractError, match="no_such_quantity"):
+        decode(ReadingBatch, json.dumps(body))
+
+
+def test_topics_and_parse_topic() -> None:
+    topics = Topics("gw-01", prefix="mf/v1")
+    assert topics.readings == "mf/v1/gw/gw-01/up/readings"
+    assert topics.commands == "mf/v1/gw/gw-01/down/commands"
+    assert Topics.shared(Topics("+").readings) == "$share/ingest/mf/v1/gw/+/up/readings"
+    assert parse_topic(topics.acks) == ("gw-01", "up/acks")
+    with pytest.raises(ContractError):
+        parse_topic("other/gw/x/up/readings")
+    with pytest.raises(ContractError):
+        parse_topic("mf/v1/gw/x/sideways/readings")
+
+
+def test_signed_command_verifies_and_survives_json() -> None:
+    signed = sign_command(_command(params={"amount_fen": 5000, "purchase_count": 3}), KEY)
+    received = decode(Command, encode(signed))
+    verify_command(received, KEY, NOW + timedelta(minutes=1))
+
+
+def test_signing_input_is_canonical() -> None:
+    a = _command(params={"b": 1, "a": "x"})
+    b = _command(params={"a": "x", "b": 1})
+    assert command_signing_input(a) == command_signing_input(b)
+    assert command_signing_input(a).startswith(b"v1|cmd-1|gw-01|line1/123456789012|trip|")
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["id", "gateway", "meter", "action", "params", "issued_at", "expires_at"],
+)
+def test_tampering_with_any_signed_field_is_detected(field: str) -> None:
+    signed = sign_command(_command(), KEY)
+    changes: dict[str, object] = {
+        "id": "cmd-2",
+        "gateway": "gw-02",
+        "meter": "line1/000000000001",
+        "action": Action.CLOSE,
+        "params": {"amount_fen": 1},
+        "issued_at": NOW - timedelta(seconds=1),
+        "expires_at": NOW + timedelta(hours=5),
+    }
+    forged = signed.model_copy(update={field: changes[field]})
+    with pytest.raises(SignatureError):
+        verify_command(forged, KEY, NOW)
+
+
+def test_unsigned_wrong_key_expired_and_future_commands_are_refused() -> None:
+    with pytest.raises(SignatureError, match="unsigned"):
+        verify_command(_command(), KEY, NOW)
+    with pytest.raises(SignatureError):
+        verify_command(sign_command(_command(), b"other-key"), KEY, NOW)
+    signed = sign_command(_command(), KEY)
+    with pytest.raises(CommandExpired, match="expired"):
+        verify_command(signed, KEY, NOW + timedelta(minutes=10))
+    with pytest.raises(CommandExpired, match="future"):
+        verify_command(signed, KEY, NOW - timedelta(hours=1))
+    backwards = sign_command(_command(expires_at=NOW - timedelta(seconds=1)), KEY)
+    with pytest.raises(CommandExpired):
+        verify_command(backwards, KEY, NOW)
+
+
+def test_other_payloads_round_trip() -> None:
+    ack = Ack(
+        gateway="gw-01",
+        command="cmd-1",
+        meter="m1",
+        action=Action.CLOSE,
+        status=AckStatus.DONE,
+        observed=RelayState.CLOSED,
+        ts=NOW,
+    )
+    status = GatewayStatus(gateway="gw-01", online=False, ts=NOW)
+    config = GatewayConfig(
+        gateway="gw-01",
+        issued_at=NOW,
+        horizons={"m1": CreditHorizon(quantity=Quantity.ENERGY_TOTAL_KWH, limit=Decimal("100.5"))},
+    )
+    for message in (ack, status, config):
+        assert decode(type(message), encode(message)) == message
+
+
+@given(st.binary(max_size=300))
+def test_decode_never_raises_anything_but_protocol_error(data: bytes) -> None:
+    for model in (ReadingBatch, Command, Ack, GatewayConfig, GatewayStatus):
+        with contextlib.suppress(ProtocolError):
+            decode(model, data)
+
+
+@given(st.text(max_size=200))
+def test_decode_text_never_raises_anything_but_protocol_error(data: str) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode(ReadingBatch, data)
