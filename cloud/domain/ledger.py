@@ -1,0 +1,352 @@
+"""Double-entry ledger rules: postings, transactions, builders, reversal, and an in-memory journal.
+
+Conventions
+-----------
+* Amounts are signed integer fen; an account's balance is the plain sum of its postings, and the
+  postings of one transaction sum to zero.
+* Signs are chosen so that a **tenant wallet** (``wallet:<account>``) is positive while the tenant has
+  credit. Counter accounts mirror it: ``cash:<project>`` goes negative by what was received,
+  ``revenue:<project>:<utility>`` goes positive by what was charged. Σ over all accounts is always 0.
+* Every transaction carries an idempotency key; posting the same key twice is a no-op when the
+  content is identical and an :class:`IdempotencyConflict` when it is not.
+* The ledger is append-only: a correction is a **reversal** (the mirror image of the original, key
+  ``rev:<original key>``, with a reason) followed, if needed, by a new transaction.
+
+Account codes are plain strings; the helpers below build the standard ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from types import MappingProxyType
+
+from cloud.domain.errors import (
+    IdempotencyConflict,
+    InsufficientBalance,
+    LedgerError,
+    UnbalancedTransaction,
+)
+from cloud.domain.money import require_fen
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "Journal",
+    "Posting",
+    "Transaction",
+    "TxnKind",
+    "balances",
+    "cash_code",
+    "charge",
+    "correction",
+    "recharge",
+    "refund",
+    "revenue_code",
+    "reversal_key",
+    "reverse",
+    "settlement",
+    "settlement_code",
+    "transfer",
+    "wallet_code",
+]
+
+MAX_KEY_LENGTH = 128
+
+
+class TxnKind(StrEnum):
+    RECHARGE = "recharge"  # money in from the tenant (cash, later payments)
+    CHARGE = "charge"  # consumption billed
+    REFUND = "refund"  # money paid back to the tenant
+    REVERSAL = "reversal"  # mirror image of an earlier transaction, with a reason
+    CORRECTION = "correction"  # manual adjustment by an operator, with a reason
+    SETTLEMENT = "settlement"  # account closed: remaining balance moved out
+    TRANSFER = "transfer"  # balance moved between wallets (meter replacement, merging)
+
+
+def wallet_code(account_id: object) -> str:
+    return f"wallet:{account_id}"
+
+
+def cash_code(project_id: object) -> str:
+    return f"cash:{project_id}"
+
+
+def revenue_code(project_id: object, utility: str) -> str:
+    return f"revenue:{project_id}:{utility}"
+
+
+def settlement_code(project_id: object) -> str:
+    return f"settlement:{project_id}"
+
+
+def reversal_key(key: str) -> str:
+    """The deterministic key of the reversal of ``key``: reversing twice is idempotent."""
+    return f"rev:{key}"
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """One leg: ``amount_fen`` (signed, non-zero) on ``account``."""
+
+    account: str
+    amount_fen: int
+
+    def __post_init__(self) -> None:
+        if not self.account or len(self.account) > 128:
+            raise LedgerError(f"posting account code {self.account!r} is empty or longer than 128")
+        require_fen(self.amount_fen, f"posting on {self.account}")
+        if self.amount_fen == 0:
+            raise LedgerError(f"posting on {self.account} has a zero amount")
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """A balanced set of postings with an idempotency key. Validated on construction."""
+
+    key: str
+    kind: TxnKind
+    postings: tuple[Posting, ...]
+    occurred_at: datetime
+    memo: str = ""
+    reverses: str | None = None
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.key or len(self.key) > MAX_KEY_LENGTH or not self.key.isprintable():
+            raise LedgerError(f"idempotency key {self.key!r} is empty, too long or not printable")
+        if self.occurred_at.tzinfo is None or self.occurred_at.utcoffset() is None:
+            raise LedgerError(f"transaction {self.key}: occurred_at must be timezone-aware")
+        postings = tuple(self.postings)
+        if len(postings) < 2:
+            raise UnbalancedTransaction(f"transaction {self.key} needs at least two postings")
+        accounts = [p.account for p in postings]
+        if len(set(accounts)) != len(accounts):
+            raise LedgerError(f"transaction {self.key} posts twice to one account: {accounts}")
+        total = sum(p.amount_fen for p in postings)
+        if total != 0:
+            raise UnbalancedTransaction(f"transaction {self.key}: legs sum to {total} fen, not 0")
+        if self.kind is TxnKind.REVERSAL and not self.reverses:
+            raise LedgerError(f"reversal {self.key} must name the transaction it reverses")
+        if self.kind in (TxnKind.REVERSAL, TxnKind.CORRECTION, TxnKind.REFUND) and not self.memo.strip():
+            raise LedgerError(f"{self.kind} {self.key} needs a reason in memo")
+        object.__setattr__(self, "postings", postings)
+        object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
+
+    def amount_on(self, account: str) -> int:
+        """Net amount this transaction posts on ``account`` (0 when it does not touch it)."""
+        return sum(p.amount_fen for p in self.postings if p.account == account)
+
+    def same_content(self, other: Transaction) -> bool:
+        """Identity for idempotency: everything but ``meta`` (which may carry diagnostics)."""
+        return (
+            self.key == other.key
+            and self.kind == other.kind
+            and sorted((p.account, p.amount_fen) for p in self.postings)
+            == sorted((p.account, p.amount_fen) for p in other.postings)
+            and self.reverses == other.reverses
+        )
+
+
+def _positive(amount_fen: int, what: str) -> int:
+    require_fen(amount_fen, what)
+    if amount_fen <= 0:
+        raise LedgerError(f"{what} must be positive, got {amount_fen} fen")
+    return amount_fen
+
+
+def recharge(
+    key: str,
+    wallet: str,
+    amount_fen: int,
+    at: datetime,
+    *,
+    source: str,
+    receipt: str = "",
+    method: str = "cash",
+) -> Transaction:
+    """Money in: wallet +amount, ``source`` (e.g. ``cash:<project>``) −amount."""
+    amount = _positive(amount_fen, "recharge amount")
+    meta = {"method": method} | ({"receipt": receipt} if receipt else {})
+    return Transaction(
+        key,
+        TxnKind.RECHARGE,
+        (Posting(wallet, amount), Posting(source, -amount)),
+        at,
+        memo=f"recharge {method}" + (f" receipt {receipt}" if receipt else ""),
+        meta=meta,
+    )
+
+
+def charge(
+    key: str,
+    wallet: str,
+    amount_fen: int,
+    at: datetime,
+    *,
+    revenue: str,
+    memo: str = "consumption",
+    meta: Mapping[str, str] | None = None,
+) -> Transaction:
+    """Consumption billed: wallet −amount, revenue +amount. A balance may go negative (credit limit)."""
+    amount = _positive(amount_fen, "charge amount")
+    return Transaction(
+        key,
+        TxnKind.CHARGE,
+        (Posting(wallet, -amount), Posting(revenue, amount)),
+        at,
+        memo=memo,
+        meta=dict(meta or {}),
+    )
+
+
+def refund(
+    key: str,
+    wallet: str,
+    amount_fen: int,
+    at: datetime,
+    *,
+    payout: str,
+    balance_fen: int,
+    reason: str,
+) -> Transaction:
+    """Money back to the tenant: never more than the wallet's current ``balance_fen``."""
+    amount = _positive(amount_fen, "refund amount")
+    if amount > require_fen(balance_fen, "balance"):
+        raise InsufficientBalance(f"refund of {amount} fen exceeds the balance of {balance_fen} fen")
+    return Transaction(
+        key, TxnKind.REFUND, (Posting(wallet, -amount), Posting(payout, amount)), at, memo=reason
+    )
+
+
+def correction(
+    key: str,
+    wallet: str,
+    amount_fen: int,
+    at: datetime,
+    *,
+    counter: str,
+    reason: str,
+) -> Transaction:
+    """Operator adjustment (signed: positive credits the tenant) against ``counter``, with a reason."""
+    amount = require_fen(amount_fen, "correction amount")
+    if amount == 0:
+        raise LedgerError("a correction of 0 fen changes nothing")
+    return Transaction(
+        key, TxnKind.CORRECTION, (Posting(wallet, amount), Posting(counter, -amount)), at, memo=reason
+    )
+
+
+def settlement(
+    key: str,
+    wallet: str,
+    balance_fen: int,
+    at: datetime,
+    *,
+    settlement_account: str,
+    reason: str = "account closed",
+) -> Transaction | None:
+    """Close a wallet: move its whole balance (either sign) out; ``None`` when it is already zero."""
+    balance = require_fen(balance_fen, "balance")
+    if balance == 0:
+        return None
+    return Transaction(
+        key,
+        TxnKind.SETTLEMENT,
+        (Posting(wallet, -balance), Posting(settlement_account, balance)),
+        at,
+        memo=reason,
+    )
+
+
+def transfer(
+    key: str,
+    source: str,
+    target: str,
+    amount_fen: int,
+    at: datetime,
+    *,
+    reason: str,
+    meta: Mapping[str, str] | None = None,
+) -> Transaction:
+    """Move a positive amount between wallets (meter replacement, merging accounts)."""
+    amount = _positive(amount_fen, "transfer amount")
+    if source == target:
+        raise LedgerError(f"transfer from {source} to itself")
+    return Transaction(
+        key,
+        TxnKind.TRANSFER,
+        (Posting(source, -amount), Posting(target, amount)),
+        at,
+        memo=reason,
+        meta=dict(meta or {}),
+    )
+
+
+def reverse(txn: Transaction, reason: str, at: datetime) -> Transaction:
+    """The mirror image of ``txn`` (key ``rev:<key>``). A reversal itself is never reversed."""
+    if txn.kind is TxnKind.REVERSAL:
+        raise LedgerError(f"{txn.key} is a reversal; post a new transaction instead of reversing it")
+    if not reason.strip():
+        raise LedgerError(f"reversing {txn.key} needs a reason")
+    return Transaction(
+        reversal_key(txn.key),
+        TxnKind.REVERSAL,
+        tuple(Posting(p.account, -p.amount_fen) for p in txn.postings),
+        at,
+        memo=reason,
+        reverses=txn.key,
+        meta={"reversed_kind": txn.kind.value},
+    )
+
+
+def balances(transactions: Iterable[Transaction]) -> dict[str, int]:
+    """Σ postings per account (the definition of a balance)."""
+    out: dict[str, int] = {}
+    for txn in transactions:
+        for p in txn.postings:
+            out[p.account] = out.get(p.account, 0) + p.amount_fen
+    return out
+
+
+class Journal:
+    """An append-only, idempotent, in-memory ledger: the reference the database must agree with."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, Transaction] = {}
+        self._order: list[Transaction] = []
+        self._balances: dict[str, int] = {}
+
+    def post(self, txn: Transaction) -> bool:
+        """Append ``txn``; ``False`` when the same transaction was already posted (a replay)."""
+        known = self._by_key.get(txn.key)
+        if known is not None:
+            if known.same_content(txn):
+                return False
+            raise IdempotencyConflict(f"key {txn.key} already used by a different transaction")
+        if txn.reverses is not None:
+            original = self._by_key.get(txn.reverses)
+            if original is None:
+                raise LedgerError(f"{txn.key} reverses unknown transaction {txn.reverses}")
+        self._by_key[txn.key] = txn
+        self._order.append(txn)
+        for p in txn.postings:
+            self._balances[p.account] = self._balances.get(p.account, 0) + p.amount_fen
+        return True
+
+    def balance(self, account: str) -> int:
+        return self._balances.get(account, 0)
+
+    def get(self, key: str) -> Transaction | None:
+        return self._by_key.get(key)
+
+    def is_reversed(self, key: str) -> bool:
+        return reversal_key(key) in self._by_key
+
+    @property
+    def transactions(self) -> tuple[Transaction, ...]:
+        return tuple(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)

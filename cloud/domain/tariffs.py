@@ -1,0 +1,456 @@
+"""Tariffs and rating: consumption between two readings × the tariff versions in force → charge lines.
+
+Theory of operation
+-------------------
+A tariff is a schedule of **versions**, each effective from an instant until the next one. A version
+is one of four kinds:
+
+* ``flat``   one price per kWh on the total energy register;
+* ``tou``    time-of-use 尖峰平谷: one price per register T1 (尖 sharp), T2 (峰 peak), T3 (平 flat),
+  T4 (谷 valley). The meter itself sorts energy into its registers by its own period table, so the
+  cloud prices the **per-register deltas** and never guesses the hour of consumption;
+* ``tiered`` 阶梯: prices by cumulative consumption in a period that resets monthly or yearly (local
+  time); a delta that crosses a tier bound is split at the bound using the account's tier counter;
+* ``water``  per m³ on the flow register, flat (``price_milli``) or tiered (``tiers``).
+
+:func:`rate` takes an interval ``[start, end]`` between two accepted readings and the register deltas
+over it. The interval is cut at every version change and, inside a tiered version, at every tier
+period reset. Each register's delta is shared among the pieces **pro rata by time** (cumulative
+rounding to 1e-6 units, so the pieces always add up to the delta exactly). Each piece is priced by the
+version in force during it. Amounts are milli-fen, rounded half-up per line (see ``money``).
+
+The tier counter is kept only by tiered versions: in a tiered piece it restarts at zero when its
+period key (``"2026-11"`` monthly, ``"2026"`` yearly) differs from the counter's, then grows by the
+piece's units. Pieces under a flat or TOU version leave it untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
+from decimal import ROUND_HALF_UP, Decimal
+from enum import StrEnum
+from itertools import pairwise
+from zoneinfo import ZoneInfo
+
+from cloud.domain.errors import NoTariffInForce, RatingError, TariffError
+from cloud.domain.money import line_amount_milli, price_to_milli
+from protocol.contract import Quantity
+
+__all__ = [
+    "DEFAULT_TZ",
+    "TOU_REGISTERS",
+    "UNITS_QUANTUM",
+    "ChargeLine",
+    "RatingResult",
+    "TariffKind",
+    "TariffSchedule",
+    "TariffVersion",
+    "Tier",
+    "TierCounter",
+    "TierReset",
+    "next_period_start",
+    "rate",
+    "tier_period",
+]
+
+DEFAULT_TZ: tzinfo = ZoneInfo("Asia/Shanghai")
+UNITS_QUANTUM = Decimal("0.000001")
+"""Units are shared among pieces at this resolution: the contract's measurement precision."""
+
+TOU_REGISTERS: tuple[Quantity, ...] = (
+    Quantity.ENERGY_T1_KWH,
+    Quantity.ENERGY_T2_KWH,
+    Quantity.ENERGY_T3_KWH,
+    Quantity.ENERGY_T4_KWH,
+)
+
+
+class TariffKind(StrEnum):
+    FLAT = "flat"
+    TOU = "tou"
+    TIERED = "tiered"
+    WATER = "water"
+
+
+class TierReset(StrEnum):
+    MONTHLY = "monthly"
+    YEARLY = "yearly"
+
+
+def _aware(value: datetime, what: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise RatingError(f"{what} must be timezone-aware, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """Units up to ``upto`` (cumulative in the period, inclusive) at ``price_milli``; ``None`` = no end."""
+
+    upto: Decimal | None
+    price_milli: int
+
+
+@dataclass(frozen=True)
+class TariffVersion:
+    """One effective-dated version of a tariff. Prices are integer milli-fen per unit."""
+
+    id: str
+    kind: TariffKind
+    effective_from: datetime
+    price_milli: int | None = None
+    tou_prices: Mapping[Quantity, int] = field(default_factory=dict)
+    tiers: tuple[Tier, ...] = ()
+    tier_reset: TierReset = TierReset.MONTHLY
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise TariffError("tariff version needs an id")
+        if self.effective_from.tzinfo is None or self.effective_from.utcoffset() is None:
+            raise TariffError(f"version {self.id}: effective_from must be timezone-aware")
+        prices: list[int] = []
+        if self.kind is TariffKind.FLAT:
+            if self.price_milli is None or self.tou_prices or self.tiers:
+                raise TariffError(f"version {self.id}: a flat tariff has exactly one price_milli")
+            prices.append(self.price_milli)
+        elif self.kind is TariffKind.TOU:
+            if not self.tou_prices or self.price_milli is not None or self.tiers:
+                raise TariffError(f"version {self.id}: a TOU tariff has prices per register T1..T4 only")
+            unknown = set(self.tou_prices) - set(TOU_REGISTERS)
+            if unknown:
+                raise TariffError(f"version {self.id}: TOU prices for non-TOU registers {sorted(unknown)}")
+            prices.extend(self.tou_prices.values())
+        elif self.kind is TariffKind.TIERED:
+            if not self.tiers or self.price_milli is not None or self.tou_prices:
+                raise TariffError(f"version {self.id}: a tiered tariff has tiers only")
+        elif self.kind is TariffKind.WATER:
+            if (self.price_milli is None) == (not self.tiers) or self.tou_prices:
+                raise TariffError(f"version {self.id}: a water tariff has either price_milli or tiers")
+            if self.price_milli is not None:
+                prices.append(self.price_milli)
+        if self.tiers:
+            self._check_tiers()
+            prices.extend(t.price_milli for t in self.tiers)
+        for price in prices:
+            if isinstance(price, bool) or not isinstance(price, int) or price < 0:
+                raise TariffError(f"version {self.id}: price {price!r} is not a non-negative int milli-fen")
+
+    def _check_tiers(self) -> None:
+        last = Decimal(0)
+        for i, tier in enumerate(self.tiers):
+            final = i == len(self.tiers) - 1
+            if tier.upto is None:
+                if not final:
+                    raise TariffError(f"version {self.id}: only the last tier may be unbounded")
+                continue
+            if final:
+                raise TariffError(f"version {self.id}: the last tier must be unbounded (upto=None)")
+            if not isinstance(tier.upto, Decimal) or not tier.upto.is_finite() or tier.upto <= last:
+                raise TariffError(f"version {self.id}: tier bounds must increase, got {tier.upto!r}")
+            last = tier.upto
+
+    # --- convenience constructors taking yuan prices as people write them -------------------------
+    @classmethod
+    def flat(cls, id: str, effective_from: datetime, price_yuan: Decimal | str) -> TariffVersion:
+        return cls(id, TariffKind.FLAT, effective_from, price_milli=price_to_milli(price_yuan))
+
+    @classmethod
+    def tou(
+        cls, id: str, effective_from: datetime, prices_yuan: Mapping[Quantity, Decimal | str]
+    ) -> TariffVersion:
+        return cls(
+            id,
+            TariffKind.TOU,
+            effective_from,
+            tou_prices={q: price_to_milli(p) for q, p in prices_yuan.items()},
+        )
+
+    @classmethod
+    def tiered(
+        cls,
+        id: str,
+        effective_from: datetime,
+        tiers_yuan: Sequence[tuple[Decimal | str | None, Decimal | str]],
+        reset: TierReset = TierReset.MONTHLY,
+        *,
+        kind: TariffKind = TariffKind.TIERED,
+    ) -> TariffVersion:
+        """``tiers_yuan``: ``[("200", "0.4883"), ("400", "0.5383"), (None, "0.7883")]``."""
+        tiers = tuple(
+            Tier(None if upto is None else Decimal(upto), price_to_milli(price)) for upto, price in tiers_yuan
+        )
+        return cls(id, kind, effective_from, tiers=tiers, tier_reset=reset)
+
+    @classmethod
+    def water(cls, id: str, effective_from: datetime, price_yuan: Decimal | str) -> TariffVersion:
+        return cls(id, TariffKind.WATER, effective_from, price_milli=price_to_milli(price_yuan))
+
+    # --- queries ------------------------------------------------------------------------------------
+    @property
+    def is_tiered(self) -> bool:
+        return bool(self.tiers)
+
+    @property
+    def utility(self) -> str:
+        """``"water"`` or ``"electric"``: which meters this version may rate."""
+        return "water" if self.kind is TariffKind.WATER else "electric"
+
+    @property
+    def registers(self) -> tuple[Quantity, ...]:
+        """The cumulative registers whose deltas this version prices."""
+        if self.kind is TariffKind.TOU:
+            return tuple(q for q in TOU_REGISTERS if q in self.tou_prices)
+        if self.kind is TariffKind.WATER:
+            return (Quantity.FLOW_TOTAL_M3,)
+        return (Quantity.ENERGY_TOTAL_KWH,)
+
+    def highest_price_milli(self, used: Decimal | None = None) -> int:
+        """Highest unit price that can still apply; for tiers, from the tier holding ``used`` upward."""
+        if self.kind is TariffKind.TOU:
+            return max(self.tou_prices.values())
+        if not self.tiers:
+            assert self.price_milli is not None
+            return self.price_milli
+        start = 0
+        if used is not None:
+            for i, tier in enumerate(self.tiers):
+                start = i
+                if tier.upto is None or used < tier.upto:
+                    break
+        return max(t.price_milli for t in self.tiers[start:])
+
+
+@dataclass(frozen=True)
+class TariffSchedule:
+    """Versions of one tariff, each in force from its ``effective_from`` until the next one."""
+
+    versions: tuple[TariffVersion, ...]
+
+    def __init__(self, versions: Iterable[TariffVersion]) -> None:
+        ordered = tuple(sorted(versions, key=lambda v: v.effective_from))
+        if not ordered:
+            raise TariffError("a tariff schedule needs at least one version")
+        for a, b in pairwise(ordered):
+            if a.effective_from == b.effective_from:
+                raise TariffError(f"versions {a.id} and {b.id} take effect at the same instant")
+        if len({v.utility for v in ordered}) > 1:
+            raise TariffError("a schedule mixes electricity and water versions")
+        ids = [v.id for v in ordered]
+        if len(set(ids)) != len(ids):
+            raise TariffError(f"duplicate version ids in schedule: {ids}")
+        object.__setattr__(self, "versions", ordered)
+
+    def in_force(self, at: datetime) -> TariffVersion:
+        """The version effective at ``at`` (``NoTariffInForce`` before the first one)."""
+        _aware(at, "instant")
+        current: TariffVersion | None = None
+        for version in self.versions:
+            if version.effective_from <= at:
+                current = version
+            else:
+                break
+        if current is None:
+            raise NoTariffInForce(f"no tariff version in force at {at.isoformat()}")
+        return current
+
+    def applicable_from(self, at: datetime) -> tuple[TariffVersion, ...]:
+        """The version in force at ``at`` and every later one already scheduled."""
+        first = self.in_force(at)
+        return tuple(v for v in self.versions if v.effective_from >= first.effective_from)
+
+    def segments(self, start: datetime, end: datetime) -> list[tuple[TariffVersion, datetime, datetime]]:
+        """``[start, end]`` cut at every version change: ``(version, piece_start, piece_end)``."""
+        if end < start:
+            raise RatingError(f"interval ends ({end.isoformat()}) before it starts ({start.isoformat()})")
+        if start == end:
+            return [(self.in_force(end), start, end)]
+        pieces: list[tuple[TariffVersion, datetime, datetime]] = []
+        cursor = start
+        version = self.in_force(start)
+        for nxt in self.versions:
+            if start < nxt.effective_from < end:
+                pieces.append((version, cursor, nxt.effective_from))
+                cursor, version = nxt.effective_from, nxt
+        pieces.append((version, cursor, end))
+        return pieces
+
+
+@dataclass(frozen=True, slots=True)
+class TierCounter:
+    """Units consumed so far in tier period ``period`` (``""`` = nothing counted yet)."""
+
+    period: str = ""
+    used: Decimal = Decimal(0)
+
+
+def tier_period(at: datetime, reset: TierReset, tz: tzinfo = DEFAULT_TZ) -> str:
+    """The tier period key holding instant ``at`` in local time: ``"2026-11"`` or ``"2026"``."""
+    local = _aware(at, "instant").astimezone(tz)
+    return f"{local.year:04d}-{local.month:02d}" if reset is TierReset.MONTHLY else f"{local.year:04d}"
+
+
+def next_period_start(at: datetime, reset: TierReset, tz: tzinfo = DEFAULT_TZ) -> datetime:
+    """The first instant (local midnight) of the tier period after the one holding ``at``."""
+    local = _aware(at, "instant").astimezone(tz)
+    if reset is TierReset.YEARLY or local.month == 12:
+        year, month = local.year + 1, 1
+    else:
+        year, month = local.year, local.month + 1
+    if reset is TierReset.YEARLY:
+        month = 1
+    return datetime(year, month, 1, tzinfo=tz)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeLine:
+    """One priced piece of consumption; ``tier`` is 1-based, ``None`` when the version has no tiers."""
+
+    version_id: str
+    quantity: Quantity
+    tier: int | None
+    start: datetime
+    end: datetime
+    units: Decimal
+    unit_price_milli: int
+    amount_milli: int
+
+
+@dataclass(frozen=True)
+class RatingResult:
+    lines: tuple[ChargeLine, ...]
+    amount_milli: int
+    counter: TierCounter
+    units: Mapping[Quantity, Decimal]
+
+
+def _split_by_period(
+    version: TariffVersion, start: datetime, end: datetime, tz: tzinfo
+) -> list[tuple[datetime, datetime]]:
+    if not version.is_tiered or start == end:
+        return [(start, end)]
+    out: list[tuple[datetime, datetime]] = []
+    cursor = start
+    while True:
+        boundary = next_period_start(cursor, version.tier_reset, tz)
+        if boundary >= end:
+            out.append((cursor, end))
+            return out
+        out.append((cursor, boundary))
+        cursor = boundary
+
+
+def _share(delta: Decimal, weights: Sequence[timedelta]) -> list[Decimal]:
+    """Split ``delta`` pro rata by ``weights`` with cumulative rounding: parts sum to ``delta`` exactly."""
+    total = sum((w for w in weights), timedelta())
+    if total == timedelta():
+        return [delta if i == len(weights) - 1 else Decimal(0) for i in range(len(weights))]
+    parts: list[Decimal] = []
+    done = Decimal(0)
+    running = timedelta()
+    total_us = Decimal(total // timedelta(microseconds=1))
+    for i, weight in enumerate(weights):
+        running += weight
+        if i == len(weights) - 1:
+            upto = delta
+        else:
+            fraction = Decimal(running // timedelta(microseconds=1)) / total_us
+            upto = (delta * fraction).quantize(UNITS_QUANTUM, rounding=ROUND_HALF_UP)
+        parts.append(upto - done)
+        done = upto
+    return parts
+
+
+def _tier_lines(
+    version: TariffVersion, start: datetime, end: datetime, units: Decimal, used: Decimal
+) -> list[ChargeLine]:
+    quantity = version.registers[0]
+    lines: list[ChargeLine] = []
+    lower = Decimal(0)
+    for number, tier in enumerate(version.tiers, start=1):
+        upper = tier.upto
+        lo = max(used, lower)
+        hi = used + units if upper is None else min(used + units, upper)
+        if hi > lo:
+            portion = hi - lo
+            lines.append(
+                ChargeLine(
+                    version.id,
+                    quantity,
+                    number,
+                    start,
+                    end,
+                    portion,
+                    tier.price_milli,
+                    line_amount_milli(portion, tier.price_milli),
+                )
+            )
+        if upper is None:
+            break
+        lower = upper
+    return lines
+
+
+def rate(
+    schedule: TariffSchedule,
+    start: datetime,
+    end: datetime,
+    deltas: Mapping[Quantity, Decimal],
+    counter: TierCounter = TierCounter(),
+    *,
+    tz: tzinfo = DEFAULT_TZ,
+) -> RatingResult:
+    """Rate the consumption ``deltas`` (per cumulative register) between readings at ``start``/``end``.
+
+    Raises ``RatingError`` for a reversed interval, a negative or non-Decimal delta, or a register the
+    version in force needs but the deltas lack (a non-zero delta on a register it cannot price too).
+    """
+    _aware(start, "start")
+    _aware(end, "end")
+    for quantity, delta in deltas.items():
+        if not isinstance(delta, Decimal) or not delta.is_finite():
+            raise RatingError(f"delta of {quantity} must be a finite Decimal, got {delta!r}")
+        if delta < 0:
+            raise RatingError(f"delta of {quantity} is negative ({delta}); validate readings first")
+
+    pieces: list[tuple[TariffVersion, datetime, datetime]] = []
+    for version, v_start, v_end in schedule.segments(start, end):
+        pieces.extend((version, a, b) for a, b in _split_by_period(version, v_start, v_end, tz))
+
+    needed = {q for version, _, _ in pieces for q in version.registers}
+    missing = sorted(q.value for q in needed if q not in deltas)
+    if missing:
+        raise RatingError(f"deltas lack register(s) {missing} needed by the tariff in force")
+    for quantity, delta in deltas.items():
+        unpriced = any(v.kind is TariffKind.TOU and quantity not in v.registers for v, _, _ in pieces)
+        if delta and unpriced and quantity in TOU_REGISTERS:
+            raise RatingError(f"register {quantity} has consumption {delta} but no price in force")
+
+    weights = [b - a for _, a, b in pieces]
+    shares = {q: _share(deltas[q], weights) for q in needed}
+
+    lines: list[ChargeLine] = []
+    tier_counter = counter
+    for index, (version, a, b) in enumerate(pieces):
+        if version.is_tiered:
+            units = shares[version.registers[0]][index]
+            period = tier_period(a, version.tier_reset, tz)
+            used = tier_counter.used if tier_counter.period == period else Decimal(0)
+            lines.extend(_tier_lines(version, a, b, units, used))
+            tier_counter = TierCounter(period, used + units)
+            continue
+        for quantity in version.registers:
+            units = shares[quantity][index]
+            if not units:
+                continue
+            price = version.tou_prices[quantity] if version.kind is TariffKind.TOU else version.price_milli
+            assert price is not None
+            lines.append(
+                ChargeLine(version.id, quantity, None, a, b, units, price, line_amount_milli(units, price))
+            )
+    totals: dict[Quantity, Decimal] = {}
+    for line in lines:
+        totals[line.quantity] = totals.get(line.quantity, Decimal(0)) + line.units
+    return RatingResult(tuple(lines), sum(line.amount_milli for line in lines), tier_counter, totals)
