@@ -1,0 +1,1 @@
+"""Package data: one Modbus register map per meter model (see :mod:`protocol.modbus_maps`)."""
