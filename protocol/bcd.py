@@ -17,7 +17,7 @@ Every malformed input raises :class:`~protocol.errors.ValueCodecError` naming wh
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
 
 from protocol.errors import ValueCodecError
 
@@ -49,37 +49,44 @@ def bcd_decode(data: bytes) -> int:
     return int(text)
 
 
+# Wide enough that no value that could fit a DL/T 645 field is ever rounded; Inexact turns rounding
+# of anything larger into an error instead of a silently different number.
+_EXACT = Context(prec=64, traps=[Inexact, InvalidOperation, Overflow, Rounded])
+_SIGN_LIMIT = [8 * 10 ** (2 * n - 1) if n else 0 for n in range(33)]
+_UNSIGNED_LIMIT = [10 ** (2 * n) for n in range(33)]
+_DIGIT_FORMATS = [f"%0{2 * n}d" for n in range(33)]
+
+
 def decimal_to_bcd(value: Decimal | int, nbytes: int, decimals: int, signed: bool) -> bytes:
     """Encode ``value`` scaled by ``10^decimals``; refuses to round (quantize first if you mean to)."""
-    if isinstance(value, bool) or not isinstance(value, Decimal | int):
-        raise ValueCodecError(f"value must be a Decimal or int, got {type(value).__name__}")
-    if nbytes < 1:
-        raise ValueCodecError(f"BCD field length must be at least 1 byte, got {nbytes}")
+    if not 0 < nbytes <= 32:
+        raise ValueCodecError(f"BCD field length must be 1–32 bytes, got {nbytes}")
     if decimals < 0:
         raise ValueCodecError(f"decimals must not be negative, got {decimals}")
-    try:
-        dec = Decimal(value)
-        if not dec.is_finite():
-            raise ValueCodecError(f"value must be finite, got {value}")
-        scaled = dec.scaleb(decimals)
-        integral = scaled.to_integral_value()
-    except InvalidOperation as exc:
-        raise ValueCodecError(f"cannot scale {value} by 10^{decimals}") from exc
-    if scaled != integral:
-        raise ValueCodecError(f"{value} has more than {decimals} decimal places; quantize it first")
-    number = int(integral)
-    negative = number < 0
-    magnitude = -number if negative else number
-    if negative and not signed:
-        raise ValueCodecError(f"{value} is negative but the field is unsigned")
-    digits = nbytes * 2
+    if type(value) is int:
+        number = value * 10**decimals
+    elif isinstance(value, Decimal):
+        try:
+            scaled = value.scaleb(decimals, _EXACT)
+            number = int(scaled)
+        except (ArithmeticError, ValueError) as exc:
+            raise ValueCodecError(f"cannot scale {value} by 10^{decimals} exactly") from exc
+        if number != scaled:
+            raise ValueCodecError(f"{value} has more than {decimals} decimal places; quantize it first")
+    else:
+        raise ValueCodecError(f"value must be a Decimal or int, got {type(value).__name__}")
+    if number < 0:
+        if not signed:
+            raise ValueCodecError(f"{value} is negative but the field is unsigned")
+        magnitude = -number
+    else:
+        magnitude = number
     # DL/T 645-2007 appendix A: the sign takes the top bit of the most significant byte, so the
     # top digit of a signed field is at most 7.
-    limit = 8 * 10 ** (digits - 1) if signed else 10**digits
-    if magnitude >= limit:
+    if magnitude >= (_SIGN_LIMIT[nbytes] if signed else _UNSIGNED_LIMIT[nbytes]):
         raise ValueCodecError(f"{value} does not fit in {nbytes} BCD bytes with {decimals} decimals")
-    raw = bytes.fromhex(f"{magnitude:0{digits}d}")[::-1]
-    if negative:
+    raw = bytes.fromhex(_DIGIT_FORMATS[nbytes] % magnitude)[::-1]
+    if number < 0:
         return raw[:-1] + bytes((raw[-1] | 0x80,))
     return raw
 

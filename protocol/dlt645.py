@@ -158,6 +158,8 @@ _FUNC_MASK = 0x1F  # D4..D0: function code
 _PLUS33 = bytes((b + _OFFSET) & 0xFF for b in range(256))
 _MINUS33 = bytes((b - _OFFSET) & 0xFF for b in range(256))
 _PREAMBLES = tuple(b"\xfe" * n for n in range(5))
+_BYTE = tuple(bytes((b,)) for b in range(256))
+_TAIL = tuple(bytes((cs, 0x16)) for cs in range(256))  # CS, end character
 _ADDRESS_CHARS = frozenset("0123456789Aa")
 _CACHE_LIMIT = 4096
 
@@ -299,20 +301,22 @@ class Frame:
         return bool(self.control & _FOLLOW)
 
 
+# Speed: a frozen dataclass's generated __init__ goes through object.__setattr__ once per field, which
+# costs more than the whole rest of building a read request. The hot classes get an equivalent __init__
+# that writes through the slot descriptors directly (same signature, still frozen afterwards).
 _new_frame = Frame.__new__
-# Slot descriptors write straight into the slots, bypassing the frozen ``__setattr__``.
 _set_frame_address = Frame.__dict__["address"].__set__
 _set_frame_control = Frame.__dict__["control"].__set__
 _set_frame_data = Frame.__dict__["data"].__set__
 
 
-def _make_frame(address: str, control: int, data: bytes) -> Frame:
-    """Construct a Frame without the frozen-dataclass ``__setattr__`` detour (decoder hot path)."""
-    frame = _new_frame(Frame)
-    _set_frame_address(frame, address)
-    _set_frame_control(frame, control)
-    _set_frame_data(frame, data)
-    return frame
+def _frame_init(self: Frame, address: str, control: int, data: bytes) -> None:
+    _set_frame_address(self, address)
+    _set_frame_control(self, control)
+    _set_frame_data(self, data)
+
+
+type.__setattr__(Frame, "__init__", _frame_init)
 
 
 def _assemble(prefix: tuple[bytes, int], control: int, body: bytes, preamble: int) -> bytes:
@@ -322,7 +326,7 @@ def _assemble(prefix: tuple[bytes, int], control: int, body: bytes, preamble: in
         raise FrameError(f"data field is {length} bytes, DL/T 645 allows at most {MAX_DATA_LENGTH}")
     # §4.1.7: CS = modulo-256 sum of every byte from the first 68H up to the end of the data field.
     cs = (prefix[1] + control + length + sum(body)) & 0xFF
-    return _PREAMBLES[preamble] + prefix[0] + bytes((control, length)) + body + bytes((cs, _END))
+    return b"".join((_PREAMBLES[preamble], prefix[0], _BYTE[control], _BYTE[length], body, _TAIL[cs]))
 
 
 def encode_frame(frame: Frame, *, preamble: int = 4) -> bytes:
@@ -337,22 +341,32 @@ def encode_frame(frame: Frame, *, preamble: int = 4) -> bytes:
 
 def decode_frame(buf: bytes) -> Frame:
     """Decode exactly one frame (leading FE bytes allowed); anything else is a ProtocolError."""
-    raw = bytes(buf).lstrip(b"\xfe")
+    raw = (buf if type(buf) is bytes else bytes(buf)).lstrip(b"\xfe")
     size = len(raw)
     if size < _MIN_FRAME:
         raise FrameError(f"frame too short: {size} bytes after the preamble, need at least {_MIN_FRAME}")
+    length = raw[9]
+    if raw[0] != _START or raw[7] != _START or raw[-1] != _END or size != length + _MIN_FRAME:
+        raise FrameError(_structure_problem(raw))
+    if (sum(raw) - 2 * raw[-2] - _END) & 0xFF:  # i.e. sum(raw[:-2]) mod 256 != CS, without a copy
+        raise ChecksumError(f"checksum {raw[-2]:02X}H does not match {sum(raw[:-2]) & 0xFF:02X}H")
+    frame = _new_frame(Frame)
+    _set_frame_address(frame, _ADDR_IN.get(raw[1:7]) or _address_from_wire(raw[1:7]))
+    _set_frame_control(frame, raw[8])
+    _set_frame_data(frame, raw[10:-2].translate(_MINUS33))
+    return frame
+
+
+def _structure_problem(raw: bytes) -> str:
+    """Name the first structural fault of a would-be frame (slow path, errors only)."""
     if raw[0] != _START or raw[7] != _START:
-        raise FrameError("frame must start with 68H, 6 address bytes, 68H")
+        return "frame must start with 68H, 6 address bytes, 68H"
     length = raw[9]
     if length > MAX_DATA_LENGTH:
-        raise FrameError(f"L = {length} exceeds {MAX_DATA_LENGTH}")
-    if size != length + _MIN_FRAME:
-        raise FrameError(f"L = {length} implies {length + _MIN_FRAME} bytes, got {size}")
-    if raw[-1] != _END:
-        raise FrameError(f"frame must end with 16H, got {raw[-1]:02X}H")
-    if sum(raw[:-2]) & 0xFF != raw[-2]:
-        raise ChecksumError(f"checksum {raw[-2]:02X}H does not match {sum(raw[:-2]) & 0xFF:02X}H")
-    return _make_frame(_address_from_wire(raw[1:7]), raw[8], raw[10:-2].translate(_MINUS33))
+        return f"L = {length} exceeds {MAX_DATA_LENGTH}"
+    if len(raw) != length + _MIN_FRAME:
+        return f"L = {length} implies {length + _MIN_FRAME} bytes, got {len(raw)}"
+    return f"frame must end with 16H, got {raw[-1]:02X}H"
 
 
 def _complete_frame_at(buf: bytearray, j: int) -> bool:
@@ -444,7 +458,7 @@ class FrameParser:
                     f"checksum {raw[-2]:02X}H does not match {sum(raw[:-2]) & 0xFF:02X}H; "
                     f"{end} bytes dropped"
                 )
-            return _make_frame(_address_from_wire(raw[1:7]), raw[8], raw[10:-2].translate(_MINUS33))
+            return Frame(_address_from_wire(raw[1:7]), raw[8], raw[10:-2].translate(_MINUS33))
 
     def _skip_one(self) -> None:
         del self._buf[:1]
@@ -554,6 +568,37 @@ class ReadResponse:
     seq: int | None = None
 
 
+_set_rq_address = ReadRequest.__dict__["address"].__set__
+_set_rq_di = ReadRequest.__dict__["di"].__set__
+
+
+def _read_request_init(self: ReadRequest, address: str, di: int) -> None:
+    _set_rq_address(self, address)
+    _set_rq_di(self, di)
+
+
+type.__setattr__(ReadRequest, "__init__", _read_request_init)
+_new_read_response = ReadResponse.__new__
+_set_rr_address = ReadResponse.__dict__["address"].__set__
+_set_rr_di = ReadResponse.__dict__["di"].__set__
+_set_rr_data = ReadResponse.__dict__["data"].__set__
+_set_rr_follow_up = ReadResponse.__dict__["follow_up"].__set__
+_set_rr_seq = ReadResponse.__dict__["seq"].__set__
+
+
+def _read_response_init(
+    self: ReadResponse, address: str, di: int, data: bytes, follow_up: bool = False, seq: int | None = None
+) -> None:
+    _set_rr_address(self, address)
+    _set_rr_di(self, di)
+    _set_rr_data(self, data)
+    _set_rr_follow_up(self, follow_up)
+    _set_rr_seq(self, seq)
+
+
+type.__setattr__(ReadResponse, "__init__", _read_response_init)
+
+
 @dataclass(frozen=True, slots=True)
 class AddressResponse:
     """Reply to read address (93H; data = the meter's address)."""
@@ -636,24 +681,54 @@ def _function_code(function: int) -> int:
 # --- build ------------------------------------------------------------------------------------------
 
 
+# (address, di, preamble) -> complete request frame. A gateway polls the same few DIs of the same
+# meters over and over, so most read requests are served from here (bounded like the other caches).
+_READ_REQUESTS: dict[tuple[str, int, int], bytes] = {}
+# (address, di, control) -> (68 A0..A5 68 C, its byte sum, DI wire bytes, their byte sum)
+_REPLY_HEADS: dict[tuple[str, int, int], tuple[bytes, int, bytes, int]] = {}
+
+
 def _build_read(msg: ReadRequest, preamble: int) -> bytes:
-    prefix, psum = _address_prefix(msg.address)
-    di_wire, di_sum = _di_wire(msg.di)
-    cs = (psum + 0x11 + 4 + di_sum) & 0xFF
-    return _PREAMBLES[preamble] + prefix + b"\x11\x04" + di_wire + bytes((cs, _END))
+    key = (msg.address, msg.di, preamble)
+    frame = _READ_REQUESTS.get(key)
+    if frame is None:
+        prefix, psum = _address_prefix(msg.address)
+        di_wire, di_sum = _di_wire(msg.di)
+        cs = (psum + 0x11 + 4 + di_sum) & 0xFF
+        frame = _PREAMBLES[preamble] + prefix + b"\x11\x04" + di_wire + bytes((cs, _END))
+        if len(_READ_REQUESTS) >= _CACHE_LIMIT:
+            _READ_REQUESTS.clear()
+        _READ_REQUESTS[key] = frame
+    return frame
+
+
+def _reply_head(address: str, di: int, control: int) -> tuple[bytes, int, bytes, int]:
+    key = (address, di, control)
+    head = _REPLY_HEADS.get(key)
+    if head is None:
+        prefix, psum = _address_prefix(address)
+        di_wire, di_sum = _di_wire(di)
+        head = (prefix + bytes((control,)), psum + control, di_wire, di_sum)
+        if len(_REPLY_HEADS) >= _CACHE_LIMIT:
+            _REPLY_HEADS.clear()
+        _REPLY_HEADS[key] = head
+    return head
 
 
 def _build_read_response(msg: ReadResponse, preamble: int) -> bytes:
-    prefix = _address_prefix(msg.address)
-    di_wire = _di_wire(msg.di)[0]
     if msg.seq is None:
         control = 0xB1 if msg.follow_up else 0x91
-        body = di_wire + msg.data.translate(_PLUS33)
+        body = msg.data.translate(_PLUS33)
     else:
         # §7.2: a follow-up reply carries DI, data, then the frame sequence number SEQ.
         control = 0xB2 if msg.follow_up else 0x92
-        body = di_wire + (msg.data + _seq_byte(msg.seq)).translate(_PLUS33)
-    return _assemble(prefix, control, body, preamble)
+        body = (msg.data + _seq_byte(msg.seq)).translate(_PLUS33)
+    head, head_sum, di_wire, di_sum = _reply_head(msg.address, msg.di, control)
+    length = len(body) + 4
+    if length > MAX_DATA_LENGTH:
+        raise FrameError(f"data field is {length} bytes, DL/T 645 allows at most {MAX_DATA_LENGTH}")
+    cs = (head_sum + length + di_sum + sum(body)) & 0xFF
+    return b"".join((_PREAMBLES[preamble], head, _BYTE[length], di_wire, body, _TAIL[cs]))
 
 
 def _build_read_follow(msg: ReadFollowRequest, preamble: int) -> bytes:
@@ -793,7 +868,13 @@ def _parse_read_reply(frame: Frame) -> Message:
     data = frame.data
     if len(data) < 4:
         raise FrameError(f"read reply (C = {frame.control:02X}H) needs a 4-byte DI, got {len(data)} bytes")
-    return ReadResponse(frame.address, _di_from(data), data[4:], frame.control == 0xB1, None)
+    msg = _new_read_response(ReadResponse)
+    _set_rr_address(msg, frame.address)
+    _set_rr_di(msg, int.from_bytes(data[:4], "little"))
+    _set_rr_data(msg, data[4:])
+    _set_rr_follow_up(msg, frame.control == 0xB1)
+    _set_rr_seq(msg, None)
+    return msg
 
 
 def _parse_read_follow_reply(frame: Frame) -> Message:
@@ -823,10 +904,19 @@ _PARSERS: dict[int, Callable[[Frame], Message]] = {
 
 def parse(frame: Frame) -> Message:
     """Typed message for a frame; ``FrameError`` when the data field does not fit the function."""
-    handler = _PARSERS.get(frame.control)
+    control = frame.control
+    if control == 0x91 and len(frame.data) >= 4:  # the gateway's inner loop: a normal read reply
+        data = frame.data
+        msg = _new_read_response(ReadResponse)
+        _set_rr_address(msg, frame.address)
+        _set_rr_di(msg, int.from_bytes(data[:4], "little"))
+        _set_rr_data(msg, data[4:])
+        _set_rr_follow_up(msg, False)
+        _set_rr_seq(msg, None)
+        return msg
+    handler = _PARSERS.get(control)
     if handler is not None:
         return handler(frame)
-    control = frame.control
     if control & (_DIR_REPLY | _ABNORMAL) == _DIR_REPLY | _ABNORMAL:
         data = _need(frame, "abnormal reply", exact=1)
         return ErrorResponse(frame.address, control & _FUNC_MASK, ErrorBits(data[0]))
@@ -997,8 +1087,17 @@ def _check_length(item: DataItem, data: bytes) -> None:
         raise ValueCodecError(f"DI {item.di:08X} ({item.name}) takes {item.length} bytes, got {len(data)}")
 
 
+# di -> (length, decimals, signed) for the numeric items: the fast path of decode/encode_value.
+_NUMBERS: dict[int, tuple[int, int, bool]] = {
+    item.di: (item.length, item.decimals, item.signed) for item in _ITEMS if item.kind == "number"
+}
+
+
 def decode_value(di: int, data: bytes) -> Value:
     """Value bytes (after −33H, low byte first) of ``di`` to Decimal / int / date / time / Recharge."""
+    spec = _NUMBERS.get(di)
+    if spec is not None and len(data) == spec[0]:
+        return bcd_to_decimal(data, spec[1], spec[2])
     item = lookup(di)
     _check_length(item, data)
     kind = item.kind
@@ -1028,6 +1127,9 @@ def decode_value(di: int, data: bytes) -> Value:
 
 def encode_value(di: int, value: Value) -> bytes:
     """Value bytes (before +33H) of ``di``; numbers must already have at most the field's decimals."""
+    spec = _NUMBERS.get(di)
+    if spec is not None and isinstance(value, Decimal):
+        return decimal_to_bcd(value, spec[0], spec[1], spec[2])
     item = lookup(di)
     kind = item.kind
     if kind == "number":
