@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.db import drop_database, make_engine, make_session_factory
 from cloud.migrations import upgrade
+from cloud.models import Account, Organisation, Project
 
 PG_SERVER = os.environ.get("MF_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -104,3 +106,44 @@ def engine(db_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return make_session_factory(engine)
+
+
+@dataclass(frozen=True)
+class Site:
+    """A minimal organisation → project → account set-up, ids only (sessions come and go)."""
+
+    org_id: int
+    project_id: int
+    account_id: int
+
+
+def make_site(factory: sessionmaker[Session], name: str = "物业A", number: str = "A-1") -> Site:
+    with factory() as session:
+        org = Organisation(name=name)
+        session.add(org)
+        session.flush()
+        assert org.id is not None
+        project = Project(org_id=org.id, name="一期")
+        session.add(project)
+        session.flush()
+        assert project.id is not None
+        account = Account(org_id=org.id, project_id=project.id, number=number)
+        session.add(account)
+        session.commit()
+        assert account.id is not None
+        return Site(org.id, project.id, account.id)
+
+
+@pytest.fixture
+def site(session_factory: sessionmaker[Session]) -> Site:
+    return make_site(session_factory)
+
+
+@pytest.fixture
+def site_factory(session_factory: sessionmaker[Session]) -> Callable[[str, str], Site]:
+    """Make further sites in the same database: ``site_factory(org_name, account_number)``."""
+
+    def make(name: str, number: str) -> Site:
+        return make_site(session_factory, name=name, number=number)
+
+    return make

@@ -1,0 +1,222 @@
+"""Ledger persistence: idempotent posting, zero-sum and append-only enforced by the database itself."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import pytest
+from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlmodel import col
+
+from cloud.domain.errors import IdempotencyConflict
+from cloud.domain.ledger import cash_code, recharge, revenue_code, reverse, wallet_code
+from cloud.domain.ledger import charge as charge_txn
+from cloud.models import Account, LedgerEntry, LedgerTransaction
+from cloud.services import ledger
+
+if TYPE_CHECKING:
+    from conftest import Site
+
+T0 = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+
+
+def _balance(factory: sessionmaker[Session], account_id: int) -> tuple[int, int]:
+    with factory() as session:
+        account = session.get(Account, account_id)
+        assert account is not None
+        return account.balance_fen, ledger.account_balance(session, account_id)
+
+
+def test_post_is_idempotent_and_updates_the_cache(session_factory: sessionmaker[Session], site: Site) -> None:
+    txn = recharge(
+        "rc-1", wallet_code(site.account_id), 5000, T0, source=cash_code(site.project_id), receipt="R1"
+    )
+    with session_factory() as session:
+        first = ledger.post(session, txn, org_id=site.org_id)
+        session.commit()
+    assert first.created
+    assert first.transaction.receipt_no == "R1"
+    with session_factory() as session:
+        again = ledger.post(session, txn, org_id=site.org_id)
+        session.commit()
+        assert not again.created
+        assert again.transaction.id == first.transaction.id
+        assert session.scalar(select(func.count()).select_from(LedgerEntry)) == 2
+    assert _balance(session_factory, site.account_id) == (5000, 5000)
+
+
+def test_same_key_different_content_is_a_conflict(session_factory: sessionmaker[Session], site: Site) -> None:
+    wallet, cash = wallet_code(site.account_id), cash_code(site.project_id)
+    with session_factory() as session:
+        ledger.post(session, recharge("rc-1", wallet, 5000, T0, source=cash), org_id=site.org_id)
+        session.commit()
+        with pytest.raises(IdempotencyConflict):
+            ledger.post(session, recharge("rc-1", wallet, 6000, T0, source=cash), org_id=site.org_id)
+    assert _balance(session_factory, site.account_id) == (5000, 5000)
+
+
+def test_concurrent_duplicates_post_once(session_factory: sessionmaker[Session], site: Site) -> None:
+    txn = recharge("rc-race", wallet_code(site.account_id), 700, T0, source=cash_code(site.project_id))
+    barrier = threading.Barrier(4)
+    ids: list[uuid.UUID] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with session_factory() as session:
+                barrier.wait(timeout=10)
+                result = ledger.post(session, txn, org_id=site.org_id)
+                session.commit()
+                ids.append(result.transaction.id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    assert len(set(ids)) == 1
+    assert len(ids) == 4
+    assert _balance(session_factory, site.account_id) == (700, 700)
+
+
+def _tid_param(engine: Engine, tid: uuid.UUID) -> str:
+    return tid.hex if engine.dialect.name == "sqlite" else str(tid)
+
+
+def _raw_entries(conn: object, engine: Engine, tid: uuid.UUID, amounts: list[int], la_ids: list[int]) -> None:
+    for amount, la in zip(amounts, la_ids, strict=True):
+        conn.execute(  # type: ignore[attr-defined]
+            text(
+                "INSERT INTO ledger_entry (transaction_id, ledger_account_id, amount_fen) VALUES (:t, :la, :a)"
+            ),
+            {"t": _tid_param(engine, tid), "la": la, "a": amount},
+        )
+
+
+def _raw_txn(conn: object, engine: Engine, tid: uuid.UUID, org_id: int, key: str, count: int) -> None:
+    conn.execute(  # type: ignore[attr-defined]
+        text(
+            "INSERT INTO ledger_transaction (id, org_id, idempotency_key, kind, memo, entry_count, effective_at,"
+            " created_at, details) VALUES (:id, :org, :key, 'correction', 'raw', :n, :ts, :ts, '{}')"
+        ),
+        {"id": _tid_param(engine, tid), "org": org_id, "key": key, "n": count, "ts": "2026-11-23 02:00:00"},
+    )
+
+
+def _raw_post(
+    engine: Engine,
+    tid: uuid.UUID,
+    amounts: list[int],
+    la: list[int],
+    org_id: int,
+    key: str | None,
+    count: int,
+) -> None:
+    """Legs then (when ``key``) the closing transaction row, in one database transaction, raw SQL."""
+    with engine.begin() as conn:
+        _raw_entries(conn, engine, tid, amounts, la)
+        if key is not None:
+            _raw_txn(conn, engine, tid, org_id, key, count)
+
+
+def _ledger_accounts(factory: sessionmaker[Session], site: Site) -> list[int]:
+    with factory() as session:
+        a = ledger.ensure_ledger_account(session, site.org_id, wallet_code(site.account_id))
+        b = ledger.ensure_ledger_account(session, site.org_id, cash_code(site.project_id))
+        session.commit()
+        assert a.id is not None
+        assert b.id is not None
+        return [a.id, b.id]
+
+
+def test_database_refuses_unbalanced_transaction(
+    engine: Engine, session_factory: sessionmaker[Session], site: Site
+) -> None:
+    la = _ledger_accounts(session_factory, site)
+    tid = uuid.uuid4()
+    with pytest.raises((IntegrityError, DBAPIError)):
+        _raw_post(engine, tid, [1000, -999], la, site.org_id, "raw-unbalanced", 2)
+    # a balanced pair through the same raw path is accepted: the guard is about the sum, not the path
+    _raw_post(engine, uuid.uuid4(), [1000, -1000], la, site.org_id, "raw-balanced", 2)
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(LedgerTransaction)) == 1
+
+
+def test_database_refuses_orphan_legs_and_wrong_leg_count(
+    engine: Engine, session_factory: sessionmaker[Session], site: Site
+) -> None:
+    la = _ledger_accounts(session_factory, site)
+    with pytest.raises((IntegrityError, DBAPIError)):  # legs, no transaction row
+        _raw_post(engine, uuid.uuid4(), [500, -500], la, site.org_id, None, 2)
+    with pytest.raises((IntegrityError, DBAPIError)):  # declared 3 legs, has 2
+        _raw_post(engine, uuid.uuid4(), [500, -500], la, site.org_id, "raw-count", 3)
+    with pytest.raises((IntegrityError, DBAPIError)):  # one leg of zero sum
+        _raw_post(engine, uuid.uuid4(), [0], la[:1], site.org_id, "raw-single", 1)
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(LedgerEntry)) == 0
+
+
+def test_closed_transaction_takes_no_more_legs_and_ledger_is_append_only(
+    engine: Engine, session_factory: sessionmaker[Session], site: Site
+) -> None:
+    txn = recharge("rc-1", wallet_code(site.account_id), 5000, T0, source=cash_code(site.project_id))
+    with session_factory() as session:
+        posted = ledger.post(session, txn, org_id=site.org_id).transaction
+        session.commit()
+    la = _ledger_accounts(session_factory, site)
+    with pytest.raises((IntegrityError, DBAPIError)):
+        _raw_post(engine, posted.id, [100, -100], la, site.org_id, None, 2)
+    for statement in (
+        "UPDATE ledger_entry SET amount_fen = amount_fen * 2",
+        "DELETE FROM ledger_entry",
+        "UPDATE ledger_transaction SET memo = 'edited'",
+        "DELETE FROM ledger_transaction",
+    ):
+        with pytest.raises((IntegrityError, DBAPIError), match="append-only"), engine.begin() as conn:
+            conn.execute(text(statement))
+    assert _balance(session_factory, site.account_id) == (5000, 5000)
+
+
+def test_reversal_restores_balance_once(session_factory: sessionmaker[Session], site: Site) -> None:
+    wallet = wallet_code(site.account_id)
+    original = charge_txn("ch-1", wallet, 1234, T0, revenue=revenue_code(site.project_id, "electric"))
+    with session_factory() as session:
+        ledger.post(session, original, org_id=site.org_id)
+        session.commit()
+        stored = ledger.get_transaction(session, "ch-1")
+        assert stored is not None
+        assert ledger.load_transaction(session, stored).same_content(original)
+        rev = reverse(original, "读数错误", T0)
+        first = ledger.post(session, rev, org_id=site.org_id)
+        second = ledger.post(session, rev, org_id=site.org_id)
+        session.commit()
+        assert first.created
+        assert not second.created
+        assert first.transaction.reverses_id == stored.id
+    assert _balance(session_factory, site.account_id) == (0, 0)
+
+
+def test_check_and_rebuild_balances(session_factory: sessionmaker[Session], site: Site) -> None:
+    txn = recharge("rc-1", wallet_code(site.account_id), 800, T0, source=cash_code(site.project_id))
+    with session_factory() as session:
+        ledger.post(session, txn, org_id=site.org_id)
+        session.commit()
+        assert ledger.check_balances(session).ok
+        session.execute(update(Account).where(col(Account.id) == site.account_id).values(balance_fen=5))
+        session.commit()
+        report = ledger.check_balances(session, org_id=site.org_id)
+        assert not report.ok
+        assert report.mismatches == (ledger.BalanceMismatch(site.account_id, 5, 800),)
+        fixed = ledger.rebuild_balances(session)
+        session.commit()
+        assert [m.account_id for m in fixed] == [site.account_id]
+        assert ledger.check_balances(session).ok
+    assert _balance(session_factory, site.account_id) == (800, 800)
