@@ -40,6 +40,7 @@ from protocol.contract import Quantity
 
 __all__ = [
     "DEFAULT_TZ",
+    "EMPTY_COUNTER",
     "TOU_REGISTERS",
     "UNITS_QUANTUM",
     "ChargeLine",
@@ -286,6 +287,10 @@ class TierCounter:
     used: Decimal = Decimal(0)
 
 
+EMPTY_COUNTER = TierCounter()
+"""Nothing counted yet: the counter of a new account."""
+
+
 def tier_period(at: datetime, reset: TierReset, tz: tzinfo = DEFAULT_TZ) -> str:
     """The tier period key holding instant ``at`` in local time: ``"2026-11"`` or ``"2026"``."""
     local = _aware(at, "instant").astimezone(tz)
@@ -398,7 +403,7 @@ def rate(
     start: datetime,
     end: datetime,
     deltas: Mapping[Quantity, Decimal],
-    counter: TierCounter = TierCounter(),
+    counter: TierCounter = EMPTY_COUNTER,
     *,
     tz: tzinfo = DEFAULT_TZ,
 ) -> RatingResult:
