@@ -33,10 +33,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import IntEnum, StrEnum
 from typing import Final, Literal
 
+from protocol.bcd import bcd_decode, bcd_encode, bcd_to_decimal, decimal_to_bcd
 from protocol.errors import (
     AddressError,
     ChecksumError,
@@ -271,39 +272,18 @@ def _decode_address(data: bytes | bytearray) -> str:
     return "".join(f"{b:02X}" for b in reversed(data))
 
 
-def _bcd_to_int(data: bytes, what: str) -> int:
-    """Little-endian BCD -> int."""
-    value = 0
-    for b in reversed(data):
-        hi, lo = b >> 4, b & 0x0F
-        if hi > 9 or lo > 9:
-            raise ValueCodecError(f"{what}: byte {b:02X} is not BCD in {data.hex(' ')}")
-        value = value * 100 + hi * 10 + lo
-    return value
-
-
-def _int_to_bcd(value: int, nbytes: int, what: str) -> bytes:
-    if value < 0 or value >= 100**nbytes:
-        raise ValueCodecError(f"{what}: {value} does not fit {nbytes} BCD bytes")
-    out = bytearray()
-    for _ in range(nbytes):
-        value, pair = divmod(value, 100)
-        out.append((pair // 10) << 4 | pair % 10)
-    return bytes(out)
-
-
 def _flow_to_bcd(value: Decimal, what: str) -> bytes:
     try:
-        scaled = value.scaleb(_FLOW_DECIMALS)
-        if scaled != scaled.to_integral_value():
-            raise ValueCodecError(f"{what}={value} has more than {_FLOW_DECIMALS} decimals")
-        return _int_to_bcd(int(scaled), _FLOW_BYTES, what)
-    except (InvalidOperation, ValueError, OverflowError) as exc:
-        raise ValueCodecError(f"{what}={value!r} is not a finite decimal") from exc
+        return decimal_to_bcd(value, _FLOW_BYTES, _FLOW_DECIMALS, signed=False)
+    except ValueCodecError as exc:
+        raise ValueCodecError(f"{what}: {exc}") from exc
 
 
 def _bcd_to_flow(data: bytes, what: str) -> Decimal:
-    return Decimal(_bcd_to_int(data, what)).scaleb(-_FLOW_DECIMALS)
+    try:
+        return bcd_to_decimal(data, _FLOW_DECIMALS, signed=False)
+    except ValueCodecError as exc:
+        raise ValueCodecError(f"{what}: {exc}") from exc
 
 
 def _time_to_bcd(when: datetime | None) -> bytes:
@@ -311,17 +291,17 @@ def _time_to_bcd(when: datetime | None) -> bytes:
     if when is None:
         return bytes(_TIME_BYTES)
     parts = (when.second, when.minute, when.hour, when.day, when.month, when.year % 100, when.year // 100)
-    return b"".join(_int_to_bcd(p, 1, "meter time") for p in parts)
+    return b"".join(bcd_encode(p, 1) for p in parts)
 
 
 def _bcd_to_time(data: bytes) -> datetime | None:
     """Decode the real-time field; all zeros (meters without a clock) decode to ``None``."""
     if not any(data):
         return None
-    ss, mi, hh, dd, mo, ylo, yhi = (_bcd_to_int(data[i : i + 1], "meter time") for i in range(7))
     try:
+        ss, mi, hh, dd, mo, ylo, yhi = (bcd_decode(data[i : i + 1]) for i in range(_TIME_BYTES))
         return datetime(yhi * 100 + ylo, mo, dd, hh, mi, ss)  # meter local time, no zone
-    except ValueError as exc:
+    except (ValueError, ValueCodecError) as exc:
         raise ValueCodecError(f"meter time {data.hex(' ')} is not a valid date and time: {exc}") from exc
 
 
@@ -463,6 +443,22 @@ class FrameParser:
         del self._buf[:n]
         self.discarded += n
 
+    def _later_frame(self) -> bool:
+        """Is a complete frame with a valid checksum already buffered after offset 0?"""
+        buf = self._buf
+        i = buf.find(START, 1)
+        while 0 < i <= len(buf) - (HEADER_LEN + 2):
+            total = HEADER_LEN + buf[i + 10] + 2
+            if (
+                i + total <= len(buf)
+                and buf[i + total - 1] == END
+                and _address_bytes_ok(buf[i + 2 : i + 9])
+                and sum(buf[i : i + total - 2]) & 0xFF == buf[i + total - 2]
+            ):
+                return True
+            i = buf.find(START, i + 1)
+        return False
+
     def next_frame(self) -> Frame | None:
         buf = self._buf
         while True:
@@ -479,6 +475,9 @@ class FrameParser:
                 continue
             total = HEADER_LEN + buf[10] + 2
             if len(buf) < total:
+                if self._later_frame():
+                    self._discard(1)  # a false 68H in noise must not hold back a real frame
+                    continue
                 return None
             if buf[total - 1] != END:
                 self._discard(1)
