@@ -29,6 +29,7 @@ from sqlmodel import col
 from cloud.domain.errors import IdempotencyConflict, LedgerError
 from cloud.domain.ledger import Posting, Transaction, TxnKind
 from cloud.models import Account, LedgerAccount, LedgerAccountKind, LedgerEntry, LedgerTransaction, utcnow
+from cloud.services.unit import mark_balance_changed
 
 __all__ = [
     "BalanceMismatch",
@@ -218,6 +219,7 @@ def post(
         if existing is None:
             raise
         return _replay(session, existing, txn)
+    mark_balance_changed(session, set(deltas))
     for account_id in deltas:
         cached = session.get(Account, account_id)
         if cached is not None:

@@ -1,0 +1,426 @@
+"""Prepaid accounts: open, link meters, cash recharge, refund, adjustment, reversal, close, meter swap.
+
+Every function works inside the caller's session (use :func:`cloud.services.unit.unit_of_work`, which
+commits, then announces balance changes) and scopes every lookup to ``actor.org_id`` (``None`` only for
+platform administrators), so a row of another organisation is simply :class:`NotFound`.
+
+Money moves only through :func:`cloud.services.ledger.post` with a deterministic idempotency key:
+a cash recharge is keyed by its receipt number (the same receipt can never be credited twice),
+refunds and adjustments by the caller's request id, a reversal by the reversed key, a settlement by
+the account. Refunds, adjustments, reversals, settlements and meter replacements are audited.
+
+Meter replacement keeps the account — its balance, rating residue and tier counter — and moves the
+account's link from the old meter to the new one; the old meter is deactivated and points at its
+successor. Register baselines of the new meter are telemetry's business (first reading).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from cloud.domain import ledger as rules
+from cloud.models import (
+    Account,
+    AccountMeter,
+    AccountStatus,
+    BillingMode,
+    Meter,
+    Project,
+    Tenant,
+)
+from cloud.services import ledger
+from cloud.services.audit import Actor, AuditAction, record
+from cloud.services.errors import Conflict, NotFound
+
+__all__ = [
+    "active_meters",
+    "adjust",
+    "close_account",
+    "get_account",
+    "link_meter",
+    "open_account",
+    "recharge_cash",
+    "refund",
+    "replace_meter",
+    "reverse_transaction",
+]
+
+
+def _visible(org_id: int, actor: Actor) -> bool:
+    return actor.org_id is None or actor.org_id == org_id
+
+
+def get_account(session: Session, account_id: int, actor: Actor, *, for_update: bool = False) -> Account:
+    query = select(Account).where(col(Account.id) == account_id)
+    if for_update:
+        query = query.with_for_update()
+    account = session.scalars(query).one_or_none()
+    if account is None or not _visible(account.org_id, actor):
+        raise NotFound(f"account {account_id} not found")
+    return account
+
+
+def _get_meter(session: Session, meter_id: int, actor: Actor) -> Meter:
+    meter = session.get(Meter, meter_id)
+    if meter is None or not _visible(meter.org_id, actor):
+        raise NotFound(f"meter {meter_id} not found")
+    return meter
+
+
+def _open(account: Account) -> Account:
+    if account.status != AccountStatus.OPEN:
+        raise Conflict(f"account {account.number} is closed")
+    return account
+
+
+def active_meters(session: Session, account_id: int) -> list[Meter]:
+    rows = session.scalars(
+        select(Meter)
+        .join(AccountMeter, col(AccountMeter.meter_id) == col(Meter.id))
+        .where(col(AccountMeter.account_id) == account_id, col(AccountMeter.unlinked_at).is_(None))
+        .order_by(col(Meter.id))
+    )
+    return list(rows)
+
+
+def link_meter(
+    session: Session, account: Account, meter_id: int, actor: Actor, now: datetime
+) -> AccountMeter:
+    """Make ``account`` pay for the meter; a meter pays into one open account at a time."""
+    _open(account)
+    meter = _get_meter(session, meter_id, actor)
+    if meter.org_id != account.org_id:
+        raise NotFound(f"meter {meter_id} not found")
+    if not meter.active:
+        raise Conflict(f"meter {meter.device_id} was removed")
+    taken = session.scalars(
+        select(AccountMeter).where(
+            col(AccountMeter.meter_id) == meter_id, col(AccountMeter.unlinked_at).is_(None)
+        )
+    ).first()
+    if taken is not None:
+        raise Conflict(f"meter {meter.device_id} already belongs to account {taken.account_id}")
+    if account.billing_mode == BillingMode.PER_METER and active_meters(session, account.id or 0):
+        raise Conflict(f"account {account.number} bills per meter and already has one")
+    link = AccountMeter(account_id=account.id or 0, meter_id=meter_id, linked_at=now)
+    session.add(link)
+    session.flush()
+    record(
+        session,
+        actor,
+        AuditAction.METER_LINKED,
+        org_id=account.org_id,
+        target_type="account",
+        target_id=account.id,
+        detail={"meter_id": meter_id},
+        at=now,
+    )
+    return link
+
+
+def open_account(
+    session: Session,
+    actor: Actor,
+    now: datetime,
+    *,
+    project_id: int,
+    number: str,
+    tenant_id: int | None = None,
+    meter_ids: Sequence[int] = (),
+    billing_mode: BillingMode | str = BillingMode.MERGED,
+    protected: bool = False,
+) -> Account:
+    """A new open account with its wallet ledger account and meter links."""
+    project = session.get(Project, project_id)
+    if project is None or not _visible(project.org_id, actor):
+        raise NotFound(f"project {project_id} not found")
+    if tenant_id is not None:
+        tenant = session.get(Tenant, tenant_id)
+        if tenant is None or tenant.org_id != project.org_id:
+            raise NotFound(f"tenant {tenant_id} not found")
+    mode = BillingMode(billing_mode)
+    if mode == BillingMode.PER_METER and len(meter_ids) > 1:
+        raise Conflict("a per-meter account pays for exactly one meter")
+    clash = session.scalars(
+        select(Account).where(col(Account.org_id) == project.org_id, col(Account.number) == number)
+    ).first()
+    if clash is not None:
+        raise Conflict(f"account number {number} is already used")
+    account = Account(
+        org_id=project.org_id,
+        project_id=project_id,
+        tenant_id=tenant_id,
+        number=number,
+        billing_mode=mode,
+        protected=protected,
+        opened_at=now,
+    )
+    session.add(account)
+    session.flush()
+    assert account.id is not None
+    ledger.ensure_ledger_account(
+        session, project.org_id, rules.wallet_code(account.id), name=f"wallet {number}"
+    )
+    for meter_id in meter_ids:
+        link_meter(session, account, meter_id, actor, now)
+    record(
+        session,
+        actor,
+        AuditAction.ACCOUNT_OPENED,
+        org_id=account.org_id,
+        target_type="account",
+        target_id=account.id,
+        detail={"number": number, "meters": list(meter_ids)},
+        at=now,
+    )
+    return account
+
+
+def recharge_cash(
+    session: Session, actor: Actor, now: datetime, *, account_id: int, amount_fen: int, receipt_no: str
+) -> ledger.PostResult:
+    """Cash desk recharge; the receipt number is the idempotency key (one credit per receipt)."""
+    receipt = receipt_no.strip()
+    if not receipt:
+        raise Conflict("a cash recharge needs a receipt number")
+    account = _open(get_account(session, account_id, actor))
+    txn = rules.recharge(
+        f"recharge:cash:{account.org_id}:{receipt}",
+        rules.wallet_code(account_id),
+        amount_fen,
+        now,
+        source=rules.cash_code(account.project_id),
+        receipt=receipt,
+        method="cash",
+    )
+    result = ledger.post(session, txn, org_id=account.org_id, actor_user_id=actor.user_id)
+    if result.created:
+        record(
+            session,
+            actor,
+            AuditAction.RECHARGE,
+            org_id=account.org_id,
+            target_type="account",
+            target_id=account_id,
+            detail={"amount_fen": amount_fen, "receipt_no": receipt},
+            at=now,
+        )
+    return result
+
+
+def _request_key(request_id: str | None) -> str:
+    key = (request_id or uuid.uuid4().hex).strip()
+    if not key or len(key) > 64:
+        raise Conflict("request id must be 1-64 characters")
+    return key
+
+
+def refund(
+    session: Session,
+    actor: Actor,
+    now: datetime,
+    *,
+    account_id: int,
+    amount_fen: int,
+    reason: str,
+    request_id: str | None = None,
+) -> ledger.PostResult:
+    """Pay money back (never more than the balance); ``request_id`` makes a retried request safe."""
+    account = _open(get_account(session, account_id, actor, for_update=True))
+    key = f"refund:{account_id}:{_request_key(request_id)}"
+    known = ledger.get_transaction(session, key)
+    balance = account.balance_fen
+    if known is not None:  # a replay: the domain check must see the balance before the first refund
+        balance += amount_fen
+    txn = rules.refund(
+        key,
+        rules.wallet_code(account_id),
+        amount_fen,
+        now,
+        payout=rules.cash_code(account.project_id),
+        balance_fen=balance,
+        reason=reason,
+    )
+    result = ledger.post(session, txn, org_id=account.org_id, actor_user_id=actor.user_id)
+    if result.created:
+        record(
+            session,
+            actor,
+            AuditAction.REFUND,
+            org_id=account.org_id,
+            target_type="account",
+            target_id=account_id,
+            detail={"amount_fen": amount_fen, "reason": reason, "key": key},
+            at=now,
+        )
+    return result
+
+
+def adjust(
+    session: Session,
+    actor: Actor,
+    now: datetime,
+    *,
+    account_id: int,
+    amount_fen: int,
+    reason: str,
+    request_id: str | None = None,
+) -> ledger.PostResult:
+    """Manual adjustment (positive credits the tenant) against the project's adjustment account."""
+    account = _open(get_account(session, account_id, actor))
+    key = f"adjust:{account_id}:{_request_key(request_id)}"
+    txn = rules.correction(
+        key,
+        rules.wallet_code(account_id),
+        amount_fen,
+        now,
+        counter=f"adjustment:{account.project_id}",
+        reason=reason,
+    )
+    result = ledger.post(session, txn, org_id=account.org_id, actor_user_id=actor.user_id)
+    if result.created:
+        record(
+            session,
+            actor,
+            AuditAction.ADJUSTMENT,
+            org_id=account.org_id,
+            target_type="account",
+            target_id=account_id,
+            detail={"amount_fen": amount_fen, "reason": reason, "key": key},
+            at=now,
+        )
+    return result
+
+
+def reverse_transaction(
+    session: Session, actor: Actor, now: datetime, *, key: str, reason: str
+) -> ledger.PostResult:
+    """Correction by reversal: post the mirror image of transaction ``key`` (once), with a reason."""
+    row = ledger.get_transaction(session, key)
+    if row is None or not _visible(row.org_id, actor):
+        raise NotFound(f"transaction {key} not found")
+    original = ledger.load_transaction(session, row)
+    txn = rules.reverse(original, reason, now)
+    result = ledger.post(session, txn, org_id=row.org_id, actor_user_id=actor.user_id)
+    if result.created:
+        record(
+            session,
+            actor,
+            AuditAction.REVERSAL,
+            org_id=row.org_id,
+            target_type="transaction",
+            target_id=key,
+            detail={"reason": reason, "reversal": txn.key},
+            at=now,
+        )
+    return result
+
+
+def close_account(
+    session: Session, actor: Actor, now: datetime, *, account_id: int, reason: str = "account closed"
+) -> ledger.PostResult | None:
+    """Settle the whole balance (either sign) to the project's settlement account, unlink, close."""
+    account = _open(get_account(session, account_id, actor, for_update=True))
+    txn = rules.settlement(
+        f"close:{account_id}",
+        rules.wallet_code(account_id),
+        account.balance_fen,
+        now,
+        settlement_account=rules.settlement_code(account.project_id),
+        reason=reason,
+    )
+    result = None
+    if txn is not None:
+        result = ledger.post(session, txn, org_id=account.org_id, actor_user_id=actor.user_id)
+    for link in session.scalars(
+        select(AccountMeter).where(
+            col(AccountMeter.account_id) == account_id, col(AccountMeter.unlinked_at).is_(None)
+        )
+    ):
+        link.unlinked_at = now
+    settled = txn.amount_on(rules.wallet_code(account_id)) if txn is not None else 0
+    account.status = AccountStatus.CLOSED
+    account.closed_at = now
+    record(
+        session,
+        actor,
+        AuditAction.ACCOUNT_CLOSED,
+        org_id=account.org_id,
+        target_type="account",
+        target_id=account_id,
+        detail={"settled_fen": -settled, "reason": reason},
+        at=now,
+    )
+    session.flush()
+    return result
+
+
+def replace_meter(
+    session: Session,
+    actor: Actor,
+    now: datetime,
+    *,
+    meter_id: int,
+    new_device_id: str,
+    new_address: str,
+    reason: str = "meter replaced",
+    new_model: str | None = None,
+) -> Meter:
+    """Swap a meter for a new one behind the same gateway, keeping the paying account untouched."""
+    old = _get_meter(session, meter_id, actor)
+    if not old.active:
+        raise Conflict(f"meter {old.device_id} was already removed")
+    clash = session.scalars(
+        select(Meter).where(col(Meter.gateway_id) == old.gateway_id, col(Meter.device_id) == new_device_id)
+    ).first()
+    if clash is not None:
+        raise Conflict(f"gateway already has a meter {new_device_id}")
+    new = Meter(
+        org_id=old.org_id,
+        gateway_id=old.gateway_id,
+        device_id=new_device_id,
+        room_id=old.room_id,
+        kind=old.kind,
+        protocol=old.protocol,
+        model=old.model if new_model is None else new_model,
+        line=old.line,
+        address=new_address,
+        circuit=old.circuit,
+        ct_ratio=old.ct_ratio,
+        prepay_mode=old.prepay_mode,
+        protected=old.protected,
+        tariff_id=old.tariff_id,
+        installed_at=now,
+    )
+    session.add(new)
+    session.flush()
+    old.active = False
+    old.removed_at = now
+    old.replaced_by_id = new.id
+    moved = []
+    for link in session.scalars(
+        select(AccountMeter).where(
+            col(AccountMeter.meter_id) == meter_id, col(AccountMeter.unlinked_at).is_(None)
+        )
+    ):
+        link.unlinked_at = now
+        session.add(AccountMeter(account_id=link.account_id, meter_id=new.id or 0, linked_at=now))
+        moved.append(link.account_id)
+    record(
+        session,
+        actor,
+        AuditAction.METER_REPLACED,
+        org_id=old.org_id,
+        target_type="meter",
+        target_id=meter_id,
+        detail={"new_meter_id": new.id, "accounts": moved, "reason": reason},
+        at=now,
+    )
+    session.flush()
+    return new

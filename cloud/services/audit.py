@@ -1,0 +1,71 @@
+"""Audit log: who did what to which row. Written in the same database transaction as the change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from cloud.models import AuditLog
+
+__all__ = ["SYSTEM", "Actor", "AuditAction", "record"]
+
+
+class AuditAction(StrEnum):
+    LOGIN = "login"
+    LOGIN_FAILED = "login_failed"
+    USER_CREATED = "user_created"
+    REMOTE_CONTROL = "remote_control"
+    TARIFF_CHANGE = "tariff_change"
+    RECHARGE = "recharge"
+    REFUND = "refund"
+    ADJUSTMENT = "adjustment"
+    REVERSAL = "reversal"
+    ACCOUNT_OPENED = "account_opened"
+    ACCOUNT_CLOSED = "account_closed"
+    METER_LINKED = "meter_linked"
+    METER_REPLACED = "meter_replaced"
+    PROTECT_CHANGED = "protect_changed"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The person (or job) a change is attributed to. ``org_id`` None = platform administrator."""
+
+    user_id: int | None
+    org_id: int | None
+    role: str
+    ip: str = ""
+    username: str = ""
+
+
+SYSTEM = Actor(user_id=None, org_id=None, role="system", username="system")
+
+
+def record(
+    session: Session,
+    actor: Actor,
+    action: AuditAction | str,
+    *,
+    org_id: int | None,
+    target_type: str = "",
+    target_id: object = "",
+    detail: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> AuditLog:
+    row = AuditLog(
+        org_id=org_id,
+        user_id=actor.user_id,
+        action=str(action),
+        target_type=target_type,
+        target_id=str(target_id),
+        detail=dict(detail or {}) | ({"by": actor.username} if actor.username else {}),
+        ip=actor.ip,
+    )
+    if at is not None:
+        row.created_at = at
+    session.add(row)
+    return row
