@@ -41,7 +41,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
 from functools import lru_cache
 from importlib import resources
 from itertools import pairwise
@@ -74,6 +74,8 @@ RegisterType = Literal["u16", "s16", "u32", "s32"]
 WordOrder = Literal["big", "little"]
 _WORDS: Final[Mapping[str, int]] = {"u16": 1, "s16": 1, "u32": 2, "s32": 2}
 RELAY_ACTIONS: Final = ("trip", "close", "close_permit", "protect", "unprotect")
+# Wide enough for any 32-bit register at any sane scale; rounding would silently change a value.
+_EXACT: Final = Context(prec=64, traps=[Inexact, InvalidOperation, Overflow, Rounded])
 _MODEL_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 
 
@@ -203,13 +205,18 @@ def decode(reg: Register, words: Sequence[int]) -> Decimal:
 
 def encode(reg: Register, value: Decimal | int) -> list[int]:
     """Scaled value -> register words in wire order; refuses values between two steps."""
+    if isinstance(value, bool) or not isinstance(value, (Decimal, int)):
+        raise ValueCodecError(f"{reg.name}: value must be a Decimal or int, got {type(value).__name__}")
+    number = Decimal(value)
+    if not number.is_finite():
+        raise ValueCodecError(f"{reg.name}: {value!r} is not a finite decimal")
     try:
-        steps = Decimal(value) / reg.scale
-        if steps != steps.to_integral_value():
-            raise ValueCodecError(f"{reg.name}: {value} is not a whole number of {reg.scale} steps")
-        raw = int(steps)
-    except (InvalidOperation, ValueError, TypeError, OverflowError) as exc:
-        raise ValueCodecError(f"{reg.name}: {value!r} is not a finite decimal") from exc
+        steps = _EXACT.divide(number, reg.scale)
+    except ArithmeticError as exc:
+        raise ValueCodecError(f"{reg.name}: {value} cannot be scaled by {reg.scale} exactly") from exc
+    if steps != steps.to_integral_value():
+        raise ValueCodecError(f"{reg.name}: {value} is not a whole number of {reg.scale} steps")
+    raw = int(steps)
     low, high = _raw_range(reg)
     if not low <= raw <= high:
         raise ValueCodecError(f"{reg.name}: {value} is outside the {reg.type} range at scale {reg.scale}")

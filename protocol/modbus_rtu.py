@@ -400,3 +400,7 @@ class RequestParser(_RtuParser):
 
     def __init__(self, *, units: Collection[int] | None = None, max_buffer: int = 4 * MAX_FRAME_LEN) -> None:
         super().__init__(_SERVER_FRAMER, None if units is None else {0, *units}, max_buffer)
+
+    def _accepts(self, unit: int, function: int) -> bool:
+        # An exception reply (function | 80H) is never a request: treat it as line noise.
+        return not function & 0x80 and super()._accepts(unit, function)
