@@ -346,7 +346,13 @@ def decode_frame(buf: bytes) -> Frame:
     if size < _MIN_FRAME:
         raise FrameError(f"frame too short: {size} bytes after the preamble, need at least {_MIN_FRAME}")
     length = raw[9]
-    if raw[0] != _START or raw[7] != _START or raw[-1] != _END or size != length + _MIN_FRAME:
+    if (
+        raw[0] != _START
+        or raw[7] != _START
+        or raw[-1] != _END
+        or size != length + _MIN_FRAME
+        or length > MAX_DATA_LENGTH
+    ):
         raise FrameError(_structure_problem(raw))
     if (sum(raw) - 2 * raw[-2] - _END) & 0xFF:  # i.e. sum(raw[:-2]) mod 256 != CS, without a copy
         raise ChecksumError(f"checksum {raw[-2]:02X}H does not match {sum(raw[:-2]) & 0xFF:02X}H")
