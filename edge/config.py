@@ -12,14 +12,21 @@ ladder cannot read a pydantic traceback.
 
 from __future__ import annotations
 
-import math
 import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge.errors import ConfigError
@@ -106,14 +113,16 @@ class MeterConfig(_Section):
             raise ValueError("read must name at least one quantity")
         return value
 
-    @model_validator(mode="after")
-    def _address(self) -> MeterConfig:
-        digits = {"dlt645": 12, "cjt188": 14}.get(self.protocol)
-        if digits is not None and not re.fullmatch(rf"[0-9A]{{{digits}}}", self.address):
-            raise ValueError(f"{self.protocol} address must be {digits} digits, got {self.address!r}")
-        if self.protocol == "modbus" and not (self.address.isdigit() and 1 <= int(self.address) <= 247):
-            raise ValueError(f"modbus address must be a unit id 1..247, got {self.address!r}")
-        return self
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str, info: ValidationInfo) -> str:
+        protocol = info.data.get("protocol")
+        digits = {"dlt645": 12, "cjt188": 14}.get(str(protocol))
+        if digits is not None and not re.fullmatch(rf"[0-9A]{{{digits}}}", value):
+            raise ValueError(f"{protocol} address must be {digits} digits, got {value!r}")
+        if protocol == "modbus" and not (value.isdigit() and 1 <= int(value) <= 247):
+            raise ValueError(f"modbus address must be a unit id 1..247, got {value!r}")
+        return value
 
 
 class LineConfig(_Section):
@@ -292,4 +301,4 @@ def load_config(path: str | Path, *, env: bool = True) -> EdgeConfig:
 def frame_budget_s(line: LineConfig, nbytes: int) -> float:
     """Wire time of ``nbytes`` on this line (start + data + parity + stop bits per character)."""
     bits = 1 + line.bytesize + (0 if line.parity == "N" else 1) + line.stopbits
-    return math.ceil(nbytes * bits / line.baudrate * 1e6) / 1e6
+    return nbytes * bits / line.baudrate

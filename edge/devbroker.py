@@ -1,0 +1,205 @@
+"""A throwaway Mosquitto with its own config, users, ACL and TLS: for tests, benchmarks, lab setups.
+
+Why a real broker rather than a fake: persistent sessions, PUBACK timing, LWT and ACL behaviour are
+exactly what the uplink must get right, and only the real broker tells the truth about them. The ACL
+is the one in deploy/edge/ (each gateway publishes and subscribes only under its own id).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+__all__ = ["GATEWAY_ACL", "Mosquitto", "free_port", "make_tls_files"]
+
+# Gateways log in with username == gateway id; the cloud's ingest user sees everything.
+GATEWAY_ACL = """\
+user {cloud}
+topic readwrite #
+
+pattern write {prefix}/gw/%u/up/#
+pattern read {prefix}/gw/%u/down/#
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)  # noqa: S603,S607
+
+
+def make_tls_files(directory: Path) -> dict[str, Path]:
+    """A CA and a server cert for 127.0.0.1/localhost, made with openssl in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=meterflow-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        cwd=directory,
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        cwd=directory,
+    )
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+        cwd=directory,
+    )
+    return {"ca": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server.key"}
+
+
+class Mosquitto:
+    """Run ``mosquitto -c <generated conf>`` on a free port; stop, kill and restart it at will."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        users: dict[str, str] | None = None,
+        acl: str | None = None,
+        tls: bool = False,
+    ) -> None:
+        self.workdir = workdir
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.users = users or {}
+        self.acl = acl
+        self.tls_files = make_tls_files(workdir / "tls") if tls else None
+        self.proc: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+
+    @property
+    def ca_file(self) -> Path | None:
+        return self.tls_files["ca"] if self.tls_files else None
+
+    def _write_config(self) -> None:
+        lines = [
+            f"listener {self.port} {self.host}",
+            "persistence true",
+            f"persistence_location {self.workdir}/",
+            "autosave_interval 1",
+            "log_dest none",
+            "max_queued_messages 100000",
+            "max_inflight_messages 0",
+            # run as whoever started us (as root mosquitto would switch to an account that cannot
+            # write the persistence file in our private work dir)
+            f"user {getpass.getuser()}",
+        ]
+        if self.users:
+            passwd = self.workdir / "passwd"
+            passwd.write_text("")
+            passwd.chmod(0o600)
+            for user, password in self.users.items():
+                subprocess.run(  # noqa: S603
+                    [
+                        shutil.which("mosquitto_passwd") or "mosquitto_passwd",
+                        "-b",
+                        str(passwd),
+                        user,
+                        password,
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
+            lines += ["allow_anonymous false", f"password_file {passwd}"]
+        else:
+            lines.append("allow_anonymous true")
+        if self.acl is not None:
+            acl = self.workdir / "acl"
+            acl.write_text(self.acl)
+            lines.append(f"acl_file {acl}")
+        if self.tls_files:
+            lines += [
+                f"cafile {self.tls_files['ca']}",
+                f"certfile {self.tls_files['cert']}",
+                f"keyfile {self.tls_files['key']}",
+            ]
+        (self.workdir / "mosquitto.conf").write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 10.0) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen(  # noqa: S603
+            [exe, "-c", str(self.workdir / "mosquitto.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err}")
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        """Clean stop (SIGTERM): the broker saves its persistent sessions."""
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

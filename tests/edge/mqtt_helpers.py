@@ -1,0 +1,120 @@
+"""Test-side MQTT subscriber (a plain paho client standing in for the cloud) and config builders."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.config import EdgeConfig, GatewaySection, LineConfig, MqttConfig, TlsConfig
+from protocol.contract import ReadingBatch, decode
+
+
+class Subscriber:
+    """Collects every message under ``topic_filter``; persistent session so a broker restart loses nothing."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topic_filter: str,
+        *,
+        client_id: str,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: Path | None = None,
+    ) -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.topic_filter = topic_filter
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+        )
+        if username:
+            self.client.username_pw_set(username, password)
+        if ca_file:
+            self.client.tls_set(ca_certs=str(ca_file))
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.1, 0.5)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 600
+        self.connected = threading.Event()
+        self.client.connect(host, port, 30, clean_start=False, properties=props)
+        self.client.loop_start()
+        assert self.connected.wait(10), "test subscriber could not connect"
+
+    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+        client.subscribe(self.topic_filter, qos=1)
+        self.connected.set()
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+    def on(self, suffix: str) -> list[bytes]:
+        with self.lock:
+            return [p for t, p, _ in self.messages if t.endswith(suffix)]
+
+    def readings(self) -> list[tuple[str, int]]:
+        out = []
+        for payload in self.on("/up/readings"):
+            out += [(r.meter, r.seq) for r in decode(ReadingBatch, payload).readings]
+        return out
+
+    def wait(self, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError("condition not met in time")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def make_config(
+    data_dir: Path,
+    port: int,
+    prefix: str,
+    *,
+    gateway: str = "gw-test",
+    key: str = "test-key",
+    username: str | None = None,
+    password: str | None = None,
+    ca_file: Path | None = None,
+    lines: tuple[LineConfig, ...] = (),
+    offline_after_s: float = 300.0,
+    **mqtt_extra: Any,
+) -> EdgeConfig:
+    mqtt_cfg = MqttConfig(
+        host="127.0.0.1",
+        port=port,
+        prefix=prefix,
+        username=username,
+        password=password,
+        tls=TlsConfig(ca_file=ca_file) if ca_file else None,
+        reconnect_min_s=0.1,
+        reconnect_max_s=0.5,
+        status_interval_s=1.0,
+        **mqtt_extra,
+    )
+    return EdgeConfig(
+        gateway=GatewaySection(
+            id=gateway, data_dir=data_dir, signing_key=key, offline_after_s=offline_after_s
+        ),
+        mqtt=mqtt_cfg,
+        lines=lines,
+    )
