@@ -415,8 +415,11 @@ class FrameParser:
 
     Resync rules: anything before a 68H is garbage (counted in ``discarded``). A 68H whose address
     bytes are not BCD/AAH, or whose frame does not end in 16H, is not a frame start: one byte is
-    dropped and the hunt continues. A complete frame with a wrong checksum is consumed and raises
-    :class:`ChecksumError`; call ``next_frame`` again to continue with the bytes after it.
+    dropped and the hunt continues. While a candidate is incomplete, a complete valid frame found
+    later in the buffer wins, so a false 68H in noise (with a large L) cannot make the parser wait
+    for bytes that never come. A complete frame with a wrong checksum is consumed and raises
+    :class:`ChecksumError`; call ``next_frame`` again to continue with the bytes after it. The buffer
+    never exceeds ``max_buffer`` bytes.
     """
 
     def __init__(self, *, max_buffer: int = 4 * MAX_FRAME_LEN) -> None:
