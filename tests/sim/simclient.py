@@ -17,6 +17,8 @@ import serial
 from protocol import cjt188, dlt645, modbus_rtu
 from protocol.errors import ChecksumError, ProtocolError
 
+Port = Any  # a pyserial port from serial_for_url (pty path or socket:// URL)
+
 PASSWORD = dlt645.Password(2, "000000")
 OPERATOR = b"\x00\x00\x00\x00"
 
@@ -34,7 +36,7 @@ class Exchange:
 
 
 @contextmanager
-def open_port(url: str, baudrate: int = 2400, parity: str = "E") -> Iterator[serial.SerialBase]:
+def open_port(url: str, baudrate: int = 2400, parity: str = "E") -> Iterator[Port]:
     port = serial.serial_for_url(url, baudrate=baudrate, parity=parity, timeout=0.02)
     try:
         port.reset_input_buffer()
@@ -44,7 +46,7 @@ def open_port(url: str, baudrate: int = 2400, parity: str = "E") -> Iterator[ser
 
 
 def _exchange(
-    port: serial.SerialBase,
+    port: Port,
     request: bytes,
     feed: Callable[[bytes], None],
     next_item: Callable[[], Any],
@@ -89,7 +91,7 @@ def _exchange(
 
 
 def dlt645_exchange(
-    port: serial.SerialBase, request: bytes, timeout: float = 1.5, settle: float = 0.0
+    port: Port, request: bytes, timeout: float = 1.5, settle: float = 0.0
 ) -> Exchange:
     parser = dlt645.FrameParser()
     return _exchange(
@@ -97,13 +99,13 @@ def dlt645_exchange(
     )
 
 
-def dlt645_message(port: serial.SerialBase, message: dlt645.Message, timeout: float = 1.5) -> dlt645.Message:
+def dlt645_message(port: Port, message: dlt645.Message, timeout: float = 1.5) -> dlt645.Message:
     result = dlt645_exchange(port, dlt645.build(message), timeout)
     assert result.frame is not None, f"no reply to {message} (got {result.raw.hex(' ')})"
     return dlt645.parse(result.frame)
 
 
-def read_value(port: serial.SerialBase, address: str, di: int) -> Any:
+def read_value(port: Port, address: str, di: int) -> Any:
     reply = dlt645_message(port, dlt645.ReadRequest(address, di))
     assert isinstance(reply, dlt645.ReadResponse), reply
     assert reply.address == address
@@ -111,7 +113,7 @@ def read_value(port: serial.SerialBase, address: str, di: int) -> Any:
 
 
 def remote_control(
-    port: serial.SerialBase,
+    port: Port,
     address: str,
     action: dlt645.ControlAction,
     *,
@@ -123,13 +125,13 @@ def remote_control(
     return dlt645_message(port, request)
 
 
-def status3(port: serial.SerialBase, address: str) -> dlt645.StatusWord3:
+def status3(port: Port, address: str) -> dlt645.StatusWord3:
     word = read_value(port, address, dlt645.DI_STATUS_3)
     assert isinstance(word, int)
     return dlt645.StatusWord3.decode(word)
 
 
-def modbus_exchange(port: serial.SerialBase, request: bytes, timeout: float = 1.5) -> Exchange:
+def modbus_exchange(port: Port, request: bytes, timeout: float = 1.5) -> Exchange:
     parser = modbus_rtu.ResponseParser()
     parser.expect(request)
     return _exchange(
@@ -137,7 +139,7 @@ def modbus_exchange(port: serial.SerialBase, request: bytes, timeout: float = 1.
     )
 
 
-def modbus_read(port: serial.SerialBase, unit: int, address: int, count: int) -> modbus_rtu.ModbusMessage:
+def modbus_read(port: Port, unit: int, address: int, count: int) -> modbus_rtu.ModbusMessage:
     result = modbus_exchange(port, modbus_rtu.build_read_request(unit, address, count))
     assert result.frame is not None, f"no Modbus reply (got {result.raw.hex(' ')})"
     message: modbus_rtu.ModbusMessage = result.frame
@@ -145,7 +147,7 @@ def modbus_read(port: serial.SerialBase, unit: int, address: int, count: int) ->
 
 
 def modbus_write(
-    port: serial.SerialBase, unit: int, address: int, values: list[int]
+    port: Port, unit: int, address: int, values: list[int]
 ) -> modbus_rtu.ModbusMessage:
     result = modbus_exchange(port, modbus_rtu.build_write_request(unit, address, values))
     assert result.frame is not None, f"no Modbus reply (got {result.raw.hex(' ')})"
@@ -153,7 +155,7 @@ def modbus_write(
     return message
 
 
-def cjt188_message(port: serial.SerialBase, message: cjt188.Message, timeout: float = 1.5) -> cjt188.Message:
+def cjt188_message(port: Port, message: cjt188.Message, timeout: float = 1.5) -> cjt188.Message:
     parser = cjt188.FrameParser()
     result = _exchange(
         port, cjt188.build(message), parser.receive_data, parser.next_frame, lambda: parser.discarded, timeout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from firmware_sim.meters import Ddsy1352Sim, Dtsy1352Sim, PrepaidSettings
 from protocol import dlt645 as d
@@ -44,10 +45,13 @@ def test_read_energy_voltage_status_each_meter_its_own_address(serve: Serve, tra
         )
         assert Decimal("200") < read_value(port, A3, d.DI_VOLTAGE_C) < Decimal("240")
         status = status3(port, A2)
-        assert not status.relay_open and not status.protected and not status.prepaid_money
+        assert not status.relay_open
+        assert not status.protected
+        assert not status.prepaid_money
         # a meter that does not exist on the line: silence
         nobody = dlt645_exchange(port, d.build(d.ReadRequest("999999999998", d.DI_ENERGY_FORWARD_TOTAL)), 0.3)
-        assert nobody.frame is None and nobody.raw == b""
+        assert nobody.frame is None
+        assert nobody.raw == b""
 
 
 def test_power_current_consistent_with_load(serve: Serve) -> None:
@@ -78,7 +82,8 @@ def test_wildcard_read_address_on_a_one_meter_line(serve: Serve, transport: str)
         assert reply == d.AddressResponse(A2)
         # an all-wildcard read also reaches the one meter, which answers with its own address
         energy = dlt645_message(port, d.ReadRequest(d.WILDCARD_ADDRESS, d.DI_ENERGY_FORWARD_TOTAL))
-        assert isinstance(energy, d.ReadResponse) and energy.address == A2
+        assert isinstance(energy, d.ReadResponse)
+        assert energy.address == A2
 
 
 def test_wildcard_read_address_with_several_meters_collides(serve: Serve) -> None:
@@ -112,7 +117,8 @@ def test_trip_stops_counting_and_close_resumes(serve: Serve) -> None:
         assert remote_control(port, A1, d.ControlAction.TRIP, expires=later) == d.Ack(
             A1, d.Function.REMOTE_CONTROL
         )
-        assert status3(port, A1).relay_open and status3(port, A1).relay_command_open
+        assert status3(port, A1).relay_open
+        assert status3(port, A1).relay_command_open
         before = read_value(port, A1, d.DI_ENERGY_FORWARD_TOTAL)
         assert read_value(port, A1, d.DI_POWER_TOTAL) == 0
         after = read_value(port, A1, d.DI_ENERGY_FORWARD_TOTAL)
@@ -136,7 +142,8 @@ def test_close_permit_waits_for_the_button(serve: Serve) -> None:
         assert refused == d.ErrorResponse(A1, d.Function.REMOTE_CONTROL, d.ErrorBits.OTHER)
         assert remote_control(port, A1, d.ControlAction.CLOSE_PERMIT) == d.Ack(A1, d.Function.REMOTE_CONTROL)
         word = status3(port, A1)
-        assert word.relay_open and not word.relay_command_open  # permitted, not yet closed
+        assert word.relay_open
+        assert not word.relay_command_open
         assert meter.press_button() is True
         assert not status3(port, A1).relay_open
 
@@ -191,9 +198,9 @@ def test_prepaid_recharge_checks_purchase_count(serve: Serve) -> None:
     meter = Ddsy1352Sim(A1, prepaid=prepaid, base_w=0)
     handle = serve([meter])
 
-    def recharge(port: object, yuan: str, count: int) -> d.Message:
+    def recharge(port: Any, yuan: str, count: int) -> d.Message:
         data = d.encode_value(d.DI_RECHARGE, d.Recharge(Decimal(yuan), count))
-        return dlt645_message(port, d.WriteRequest(A1, d.DI_RECHARGE, PASSWORD, OPERATOR, data))  # type: ignore[arg-type]
+        return dlt645_message(port, d.WriteRequest(A1, d.DI_RECHARGE, PASSWORD, OPERATOR, data))
 
     with open_port(handle.url, 9600) as port:
         assert status3(port, A1).prepaid_money
@@ -206,7 +213,8 @@ def test_prepaid_recharge_checks_purchase_count(serve: Serve) -> None:
         assert recharge(port, "50.00", 4) == d.Ack(A1, d.Function.WRITE)
         assert read_value(port, A1, d.DI_REMAINING_MONEY) == Decimal("60.00")
         assert read_value(port, A1, d.DI_PURCHASE_COUNT) == 4
-    assert meter.balance_fen == 6_000 and meter.purchase_count == 4
+    assert meter.balance_fen == 6_000
+    assert meter.purchase_count == 4
 
 
 def test_prepaid_meter_trips_itself_at_zero_balance(serve: Serve) -> None:
@@ -216,7 +224,8 @@ def test_prepaid_meter_trips_itself_at_zero_balance(serve: Serve) -> None:
     with open_port(handle.url, 9600) as port:
         port.read(1)
         word = status3(port, A1)
-        assert word.relay_open and word.pre_trip_alarm
+        assert word.relay_open
+        assert word.pre_trip_alarm
         assert read_value(port, A1, d.DI_REMAINING_MONEY) == Decimal("0.00")
         energy = read_value(port, A1, d.DI_ENERGY_FORWARD_TOTAL)
         assert read_value(port, A1, d.DI_ENERGY_FORWARD_TOTAL) == energy
@@ -235,4 +244,5 @@ def test_reply_timing_respects_the_baud_rate(serve: Serve) -> None:
     reply_len = len(d.build(d.ReadResponse(A1, d.DI_ENERGY_FORWARD_TOTAL, b"\x00" * 4)))
     lower_bound = (len(request) + reply_len) * 11 / 2400 + 0.05
     assert result.elapsed >= lower_bound - 0.001  # 1 ms of clock granularity
-    assert len(request) == 20 and reply_len == 24  # PROTOCOLS.md's worked example
+    assert len(request) == 20
+    assert reply_len == 24
