@@ -461,8 +461,7 @@ class FrameParser:
             del buf[:end]
             if sum(raw[:-2]) & 0xFF != raw[-2]:
                 raise ChecksumError(
-                    f"checksum {raw[-2]:02X}H does not match {sum(raw[:-2]) & 0xFF:02X}H; "
-                    f"{end} bytes dropped"
+                    f"checksum {raw[-2]:02X}H does not match {sum(raw[:-2]) & 0xFF:02X}H; {end} bytes dropped"
                 )
             return Frame(_address_from_wire(raw[1:7]), raw[8], raw[10:-2].translate(_MINUS33))
 

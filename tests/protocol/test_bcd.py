@@ -27,9 +27,7 @@ def test_bcd_encode_decode_worked(value: int, nbytes: int, wire: str) -> None:
     assert bcd_decode(bytes.fromhex(wire)) == value
 
 
-@pytest.mark.parametrize(
-    ("value", "nbytes"), [(100, 1), (-1, 2), (10**8, 4), (True, 1), (1.0, 2), (1, 0)]
-)
+@pytest.mark.parametrize(("value", "nbytes"), [(100, 1), (-1, 2), (10**8, 4), (True, 1), (1.0, 2), (1, 0)])
 def test_bcd_encode_rejects(value: object, nbytes: int) -> None:
     with pytest.raises(ValueCodecError):
         bcd_encode(value, nbytes)  # type: ignore[arg-type]
@@ -90,7 +88,11 @@ def test_decimal_to_bcd_rejects(value: object, nbytes: int, decimals: int, signe
         decimal_to_bcd(value, nbytes, decimals, signed)  # type: ignore[arg-type]
 
 
-@given(st.integers(min_value=1, max_value=8).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, 10 ** (2 * n) - 1))))
+@given(
+    st.integers(min_value=1, max_value=8).flatmap(
+        lambda n: st.tuples(st.just(n), st.integers(0, 10 ** (2 * n) - 1))
+    )
+)
 def test_bcd_int_round_trip(case: tuple[int, int]) -> None:
     nbytes, value = case
     raw = bcd_encode(value, nbytes)

@@ -186,9 +186,7 @@ def test_decode_leaves_trailing_bytes(name: str, wire: str, message: d.Message) 
 def test_frame_properties(name: str, wire: str, message: d.Message) -> None:
     frame = d.decode_frame(bytes.fromhex(wire))
     assert frame.function == frame.control & 0x1F
-    assert frame.is_reply == isinstance(
-        message, d.ReadResponse | d.AddressResponse | d.Ack | d.ErrorResponse
-    )
+    assert frame.is_reply == isinstance(message, d.ReadResponse | d.AddressResponse | d.Ack | d.ErrorResponse)
     assert frame.is_abnormal == isinstance(message, d.ErrorResponse)
     assert frame.has_follow_up == (isinstance(message, d.ReadResponse) and message.follow_up)
 
@@ -223,7 +221,11 @@ def test_time_sync_goes_to_broadcast_with_seconds_first() -> None:
 
 def test_remote_control_layout_and_expiry() -> None:
     msg = d.RemoteControlRequest(
-        A, d.ControlAction.CLOSE_PERMIT, d.Password(4, "000001"), b"\x01\x02\x03\x04", datetime(2030, 12, 31, 23, 59, 58)
+        A,
+        d.ControlAction.CLOSE_PERMIT,
+        d.Password(4, "000001"),
+        b"\x01\x02\x03\x04",
+        datetime(2030, 12, 31, 23, 59, 58),
     )
     frame = d.decode_frame(d.build(msg))
     assert frame.control == 0x1C
@@ -272,7 +274,8 @@ def test_lowercase_wildcard_address_is_accepted() -> None:
 
 
 @pytest.mark.parametrize(
-    "address", ["12345678901", "1234567890123", "12345678901B", "12345678901 ", "", "１２３４５６７８９０１２"]
+    "address",
+    ["12345678901", "1234567890123", "12345678901B", "12345678901 ", "", "１２３４５６７８９０１２"],
 )
 def test_bad_address_is_refused(address: str) -> None:
     with pytest.raises(AddressError):

@@ -145,7 +145,7 @@ def test_date_weekday_is_computed_on_encode_and_ignored_on_decode() -> None:
 
 def test_recharge_payload_wire_form() -> None:
     raw = d.encode_value(d.DI_RECHARGE, d.Recharge(Decimal("123.45"), 1234))
-    assert raw == bytes.fromhex("45230100" "3412")
+    assert raw == bytes.fromhex("452301003412")
 
 
 # --- status word 3 ----------------------------------------------------------------------------------
