@@ -1,0 +1,1 @@
+"""Adapters over third-party clients (MQTT, Redis, ...): each maps its library's errors to ours."""
