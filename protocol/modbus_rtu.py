@@ -264,6 +264,7 @@ class _RtuParser:
         self._buf = bytearray()
         self._max = max_buffer
         self.discarded = 0
+        self._scan_start, self._scan_floor = -1, 0
 
     @property
     def buffered(self) -> int:
@@ -275,6 +276,7 @@ class _RtuParser:
             drop = len(self._buf) - self._max
             del self._buf[:drop]
             self.discarded += drop
+            self._consumed()
 
     def _accepts(self, unit: int, function: int) -> bool:
         return self._units is None or unit in self._units
@@ -284,7 +286,7 @@ class _RtuParser:
         buf = self._buf
         if not self._accepts(buf[i], buf[i + 1]):
             return None
-        view = bytes(buf[i : i + 8])  # enough for every byte-count position pymodbus reads
+        view = bytes(buf[i : i + 16])  # covers every byte-count position pymodbus reads (max 10)
         try:
             cls = self._framer.decoder.lookupPduClass(view)
             if cls is None:
@@ -301,14 +303,25 @@ class _RtuParser:
         return bytes(frame[-2:]) == crc16(bytes(frame[:-2]))
 
     def _find_later(self, start: int) -> tuple[int, int] | None:
-        """A complete CRC-valid frame at an offset after ``start``, if one is already buffered."""
-        for j in range(start + 1, len(self._buf) - _MIN_FRAME_LEN + 1):
+        """A complete CRC-valid frame at an offset after ``start``, if one is already buffered.
+
+        Candidates that ended inside the buffer as it was at the last fruitless scan were checked
+        then (the bytes have not changed), so only frames ending in newly arrived bytes get a CRC.
+        """
+        end = len(self._buf)
+        floor = self._scan_floor if self._scan_start == start else 0
+        for j in range(start + 1, end - _MIN_FRAME_LEN + 1):
             size = self._candidate(j)
-            if size and j + size <= len(self._buf) and self._valid_at(j, size):
+            if size and floor < j + size <= end and self._valid_at(j, size):
                 return j, size
+        self._scan_start, self._scan_floor = start, end
         return None
 
+    def _consumed(self) -> None:
+        self._scan_start, self._scan_floor = -1, 0
+
     def _take(self, i: int, size: int) -> ModbusMessage:
+        self._consumed()
         if i:
             del self._buf[:i]
             self.discarded += i
@@ -352,10 +365,16 @@ class _RtuParser:
             bad = bytes(buf[i : i + size])
             self.discarded += i
             del buf[: i + size]
+            self._consumed()
             raise ChecksumError(f"Modbus CRC mismatch in {bad.hex(' ')} (expected {crc16(bad[:-2]).hex()})")
         if i:
             del buf[:i]
             self.discarded += i
+            if self._scan_start >= i:  # keep the scan memory, re-based on the new buffer start
+                self._scan_start -= i
+                self._scan_floor -= i
+            else:
+                self._consumed()
         return None
 
 
@@ -373,6 +392,7 @@ class ResponseParser(_RtuParser):
 
     def expect(self, request: bytes | None) -> None:
         """Set (or clear with ``None``) the request whose reply is awaited."""
+        self._consumed()  # which candidates are acceptable changes with the expectation
         if request is None:
             self._expect = None
             return

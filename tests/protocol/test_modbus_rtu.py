@@ -316,3 +316,34 @@ def test_round_trip_write_and_read(unit: int, address: int, values: list[int]) -
     client.expect(build_read_request(unit, address, min(len(values), 125)))
     client.receive_data(build_read_response(unit, values))
     assert client.next_message() == ModbusMessage(unit, 3, address, len(values), tuple(values))
+
+
+@given(
+    st.lists(st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=125), min_size=1, max_size=4),
+    st.lists(st.binary(max_size=12), min_size=4, max_size=4),
+    st.integers(1, 40),
+)
+@settings(max_examples=150)
+def test_replies_survive_noise_and_any_split(
+    replies: list[list[int]], noises: list[bytes], chunk: int
+) -> None:
+    """With the unit known, noise that never carries that unit id cannot hide or corrupt a reply."""
+    unit = 5
+    stream = b"".join(
+        noise.replace(bytes((unit,)), b"") + build_read_response(unit, values)
+        for noise, values in zip(noises, replies, strict=False)
+    )
+    parser = ResponseParser()
+    parser.expect(build_read_request(unit, 0, 1))
+    got: list[tuple[int, ...]] = []
+    for i in range(0, len(stream), chunk):
+        parser.receive_data(stream[i : i + chunk])
+        while True:
+            try:
+                message = parser.next_message()
+            except ChecksumError:
+                continue
+            if message is None:
+                break
+            got.append(message.values)
+    assert got == [tuple(v) for v in replies]
