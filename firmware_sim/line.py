@@ -113,7 +113,9 @@ class SimLine:
         self.stopbits = stopbits
         self.char_time = char_bits(bytesize, parity, stopbits) / baudrate
         self.turnaround_s = turnaround_s
-        self.listen_gap_s = 3.5 * self.char_time if listen_gap_s is None else listen_gap_s
+        # after its reply a meter's transceiver needs a moment before it hears again; a DL/T 645
+        # request's FE preamble (4 characters) covers it, a Modbus master waits t3.5 anyway
+        self.listen_gap_s = self.char_time if listen_gap_s is None else listen_gap_s
         # Modbus-RTU §2.5.1.1: 3.5 characters, fixed at 1.75 ms above 19200 bps
         self.idle_gap_s = 3.5 * self.char_time if baudrate <= 19200 else 0.00175
         self.clock = clock or SimClock(time_scale, start=start)

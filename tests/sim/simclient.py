@@ -90,9 +90,7 @@ def _exchange(
     return result
 
 
-def dlt645_exchange(
-    port: Port, request: bytes, timeout: float = 1.5, settle: float = 0.0
-) -> Exchange:
+def dlt645_exchange(port: Port, request: bytes, timeout: float = 1.5, settle: float = 0.0) -> Exchange:
     parser = dlt645.FrameParser()
     return _exchange(
         port, request, parser.receive_data, parser.next_frame, lambda: parser.discarded, timeout, settle
@@ -132,6 +130,8 @@ def status3(port: Port, address: str) -> dlt645.StatusWord3:
 
 
 def modbus_exchange(port: Port, request: bytes, timeout: float = 1.5) -> Exchange:
+    # an RTU master keeps 3.5 characters of silence between frames (Modbus over serial line §2.5.1.1)
+    time.sleep(3.5 * 11 / port.baudrate)
     parser = modbus_rtu.ResponseParser()
     parser.expect(request)
     return _exchange(
@@ -146,9 +146,7 @@ def modbus_read(port: Port, unit: int, address: int, count: int) -> modbus_rtu.M
     return message
 
 
-def modbus_write(
-    port: Port, unit: int, address: int, values: list[int]
-) -> modbus_rtu.ModbusMessage:
+def modbus_write(port: Port, unit: int, address: int, values: list[int]) -> modbus_rtu.ModbusMessage:
     result = modbus_exchange(port, modbus_rtu.build_write_request(unit, address, values))
     assert result.frame is not None, f"no Modbus reply (got {result.raw.hex(' ')})"
     message: modbus_rtu.ModbusMessage = result.frame
