@@ -40,6 +40,7 @@ from protocol.contract import Quantity
 
 __all__ = [
     "CUMULATIVE",
+    "DEFAULT_RULES",
     "BilledInterval",
     "ReadingCheck",
     "ReadingRules",
@@ -159,6 +160,9 @@ class ReadingRules:
         return cls(max_rate_per_hour=kw, **overrides)  # type: ignore[arg-type]
 
 
+DEFAULT_RULES = ReadingRules()
+
+
 @dataclass(frozen=True, slots=True)
 class ReadingCheck:
     verdict: Verdict
@@ -196,7 +200,7 @@ def check_reading(
     last: Snapshot | None,
     new: Snapshot,
     received_at: datetime,
-    rules: ReadingRules = ReadingRules(),
+    rules: ReadingRules = DEFAULT_RULES,
 ) -> ReadingCheck:
     """Judge ``new`` against ``last`` (the last accepted reading; ``None`` for a meter's first)."""
     if received_at.tzinfo is None or received_at.utcoffset() is None:

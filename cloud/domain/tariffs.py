@@ -110,6 +110,13 @@ class TariffVersion:
     def __post_init__(self) -> None:
         if not self.id:
             raise TariffError("tariff version needs an id")
+        try:  # rows from the database arrive as plain strings
+            object.__setattr__(self, "kind", TariffKind(self.kind))
+            object.__setattr__(self, "tier_reset", TierReset(self.tier_reset))
+            object.__setattr__(self, "tou_prices", {Quantity(q): p for q, p in self.tou_prices.items()})
+        except ValueError as exc:
+            raise TariffError(f"version {self.id}: {exc}") from exc
+        object.__setattr__(self, "tiers", tuple(self.tiers))
         if self.effective_from.tzinfo is None or self.effective_from.utcoffset() is None:
             raise TariffError(f"version {self.id}: effective_from must be timezone-aware")
         prices: list[int] = []
