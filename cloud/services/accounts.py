@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
@@ -30,8 +31,11 @@ from cloud.models import (
     AccountMeter,
     AccountStatus,
     BillingMode,
+    LedgerEntry,
+    LedgerTransaction,
     Meter,
     Project,
+    Role,
     Tenant,
 )
 from cloud.services import ledger
@@ -39,11 +43,14 @@ from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.errors import Conflict, NotFound
 
 __all__ = [
+    "EntryView",
+    "account_entries",
     "active_meters",
     "adjust",
     "close_account",
     "get_account",
     "link_meter",
+    "list_accounts",
     "open_account",
     "recharge_cash",
     "refund",
@@ -56,14 +63,69 @@ def _visible(org_id: int, actor: Actor) -> bool:
     return actor.org_id is None or actor.org_id == org_id
 
 
+def _may_see(account: Account, actor: Actor) -> bool:
+    if not _visible(account.org_id, actor):
+        return False
+    return actor.role != Role.TENANT or (actor.tenant_id is not None and account.tenant_id == actor.tenant_id)
+
+
 def get_account(session: Session, account_id: int, actor: Actor, *, for_update: bool = False) -> Account:
     query = select(Account).where(col(Account.id) == account_id)
     if for_update:
         query = query.with_for_update()
     account = session.scalars(query).one_or_none()
-    if account is None or not _visible(account.org_id, actor):
+    if account is None or not _may_see(account, actor):
         raise NotFound(f"account {account_id} not found")
     return account
+
+
+def list_accounts(
+    session: Session,
+    actor: Actor,
+    *,
+    project_id: int | None = None,
+    status: str | None = None,
+    limit: int = 500,
+) -> list[Account]:
+    query = select(Account)
+    if actor.org_id is not None:
+        query = query.where(col(Account.org_id) == actor.org_id)
+    if actor.role == Role.TENANT:
+        query = query.where(col(Account.tenant_id) == (actor.tenant_id or -1))
+    if project_id is not None:
+        query = query.where(col(Account.project_id) == project_id)
+    if status is not None:
+        query = query.where(col(Account.status) == status)
+    return list(session.scalars(query.order_by(col(Account.id)).limit(limit)))
+
+
+@dataclass(frozen=True)
+class EntryView:
+    """One leg on the account's wallet, with its transaction: the tenant's statement line."""
+
+    entry_id: int
+    transaction_key: str
+    kind: str
+    memo: str
+    amount_fen: int
+    effective_at: datetime
+    meter_id: int | None
+
+
+def account_entries(session: Session, actor: Actor, account_id: int, *, limit: int = 200) -> list[EntryView]:
+    """Newest first."""
+    get_account(session, account_id, actor)
+    rows = session.execute(
+        select(LedgerEntry, LedgerTransaction)
+        .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerEntry.transaction_id))
+        .where(col(LedgerEntry.account_id) == account_id)
+        .order_by(col(LedgerEntry.id).desc())
+        .limit(limit)
+    ).all()
+    return [
+        EntryView(e.id or 0, t.idempotency_key, t.kind, t.memo, e.amount_fen, t.effective_at, e.meter_id)
+        for e, t in rows
+    ]
 
 
 def _get_meter(session: Session, meter_id: int, actor: Actor) -> Meter:
@@ -303,7 +365,7 @@ def reverse_transaction(
 ) -> ledger.PostResult:
     """Correction by reversal: post the mirror image of transaction ``key`` (once), with a reason."""
     row = ledger.get_transaction(session, key)
-    if row is None or not _visible(row.org_id, actor):
+    if row is None or not _visible(row.org_id, actor) or actor.role == Role.TENANT:
         raise NotFound(f"transaction {key} not found")
     original = ledger.load_transaction(session, row)
     txn = rules.reverse(original, reason, now)

@@ -40,6 +40,8 @@ class Actor:
     role: str
     ip: str = ""
     username: str = ""
+    tenant_id: int | None = None
+    """For tenant users: the only tenant whose accounts they may see."""
 
 
 SYSTEM = Actor(user_id=None, org_id=None, role="system", username="system")

@@ -1,0 +1,5 @@
+"""The REST API (FastAPI); the only layer that knows HTTP."""
+
+from cloud.api.app import API_PREFIX, build_app
+
+__all__ = ["API_PREFIX", "build_app"]

@@ -1,0 +1,141 @@
+"""The FastAPI application: ``build_app(settings)``.
+
+OpenAPI at ``/openapi.json``, Swagger UI at ``/docs``; the REST API under ``/api/v1``. Routes are
+synchronous (FastAPI runs them in its threadpool) and call :mod:`cloud.services` with a session per
+request. With ``background=True`` (``meterflow cloud serve``) the lifespan also runs
+``cloud.runtime.run_background(settings, stop_event)`` — ingest, control, jobs — and stops it on
+shutdown; the API and the background share one event bus, so a recharge wakes the reconciler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy import Engine, text
+
+from cloud.api.errors import install_error_handlers
+from cloud.api.ratelimit import RateLimiter, make_rate_limiter
+from cloud.api.routes import accounts, auth, hierarchy, meters
+from cloud.db import make_engine, make_session_factory
+from cloud.services.users import LoginPolicy
+from cloud.settings import Settings
+
+__all__ = ["API_PREFIX", "build_app"]
+
+API_PREFIX = "/api/v1"
+log = logging.getLogger(__name__)
+
+_OPTIONAL_ROUTERS = ("cloud.api.routes.operations",)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _default_bus(settings: Settings) -> Any:
+    try:
+        events = importlib.import_module("cloud.events")
+    except ModuleNotFoundError:  # pragma: no cover - before the event bus module exists
+        return None
+    return events.make_event_bus(settings.redis_url)
+
+
+async def _run_background(app: FastAPI, settings: Settings, stop: Any) -> None:
+    runtime = importlib.import_module("cloud.runtime")
+    run: Callable[..., Any] = runtime.run_background
+    kwargs: dict[str, Any] = {}
+    params = inspect.signature(run).parameters
+    for name in ("event_bus", "bus"):
+        if name in params and app.state.event_bus is not None:
+            kwargs[name] = app.state.event_bus
+            break
+    if "engine" in params:
+        kwargs["engine"] = app.state.engine
+    if inspect.iscoroutinefunction(run):
+        await run(settings, stop, **kwargs)
+    else:
+        await asyncio.to_thread(run, settings, stop, **kwargs)
+
+
+def build_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    event_bus: Any = None,
+    clock: Callable[[], datetime] = _utcnow,
+    background: bool = False,
+    login_limiter: RateLimiter | None = None,
+) -> FastAPI:
+    """The API for ``settings``; tests inject an engine, a clock and a bus."""
+    owns_engine = engine is None
+    engine = engine or make_engine(settings)
+    bus = event_bus if event_bus is not None else _default_bus(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task: asyncio.Task[None] | None = None
+        stop: Any = None
+        if background:
+            runtime = importlib.import_module("cloud.runtime")
+            is_async = inspect.iscoroutinefunction(runtime.run_background)
+            stop = asyncio.Event() if is_async else threading.Event()
+            task = asyncio.create_task(_run_background(app, settings, stop), name="meterflow-background")
+        try:
+            yield
+        finally:
+            if task is not None:
+                stop.set()
+                with suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(task, timeout=30)
+            if owns_engine:
+                engine.dispose()
+            if bus is not None and event_bus is None:
+                bus.close()
+
+    app = FastAPI(
+        title="Meterflow cloud API",
+        version="1",
+        summary="Prepaid electricity and water: sites, meters, accounts, ledger.",
+        description="Money is integer fen (1 元 = 100 fen). Authenticate with POST /api/v1/auth/login "
+        "and send `Authorization: Bearer <token>`. 金额单位为分。",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = make_session_factory(engine)
+    app.state.event_bus = bus
+    app.state.publish = bus.publish if bus is not None else None
+    app.state.clock = clock
+    app.state.secret = settings.secret_key.get_secret_value().encode()
+    app.state.login_policy = LoginPolicy(settings.login_max_failures, settings.login_lockout_s)
+    app.state.login_limiter = login_limiter or make_rate_limiter(
+        settings.redis_url, limit=settings.login_max_failures * 4, window_s=settings.login_window_s
+    )
+    install_error_handlers(app)
+    for module in (auth, hierarchy, meters, accounts):
+        app.include_router(module.router, prefix=API_PREFIX)
+    for name in _OPTIONAL_ROUTERS:
+        try:
+            optional = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        app.include_router(optional.router, prefix=API_PREFIX)
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness and database reachability")
+    def healthz() -> dict[str, str]:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,1 @@
+"""API routers; thin: parse, call a service, commit, shape the answer."""

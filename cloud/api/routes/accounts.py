@@ -1,0 +1,113 @@
+"""Accounts, balances, statements, and the money operations: recharge, refund, adjust, reverse, close."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from cloud.api.deps import Principal, Uow, current, get_uow, now, require
+from cloud.api.schemas import (
+    AccountIn,
+    AccountOut,
+    AdjustIn,
+    CloseIn,
+    EntryOut,
+    RechargeIn,
+    RefundIn,
+    ReverseIn,
+    TransactionOut,
+)
+from cloud.models import Account, Role
+from cloud.services import accounts
+
+router = APIRouter(tags=["accounts"])
+
+Anyone = Annotated[Principal, Depends(current)]
+Manager = Annotated[Principal, require(Role.MANAGER)]
+Money = Annotated[Principal, require(Role.MANAGER, Role.FINANCE)]
+Db = Annotated[Uow, Depends(get_uow)]
+Now = Annotated[datetime, Depends(now)]
+
+
+def _out(account: Account) -> AccountOut:
+    return AccountOut.model_validate(account)
+
+
+@router.get("/accounts", response_model=list[AccountOut])
+def list_accounts(
+    p: Anyone,
+    uow: Db,
+    project_id: int | None = None,
+    status: str | None = Query(default=None, pattern="^(open|closed)$"),
+) -> list[AccountOut]:
+    """Tenants see only their own accounts."""
+    return [
+        _out(a) for a in accounts.list_accounts(uow.session, p.actor, project_id=project_id, status=status)
+    ]
+
+
+@router.get("/balances", response_model=list[AccountOut], summary="Balances of every visible account")
+def balances(p: Anyone, uow: Db, project_id: int | None = None) -> list[AccountOut]:
+    return [
+        _out(a) for a in accounts.list_accounts(uow.session, p.actor, project_id=project_id, status="open")
+    ]
+
+
+@router.post("/accounts", response_model=AccountOut, status_code=201)
+def open_account(body: AccountIn, p: Manager, uow: Db, at: Now) -> AccountOut:
+    account = accounts.open_account(uow.session, p.actor, at, **body.model_dump())
+    uow.commit()
+    return _out(account)
+
+
+@router.get("/accounts/{account_id}", response_model=AccountOut)
+def get_account(account_id: int, p: Anyone, uow: Db) -> AccountOut:
+    return _out(accounts.get_account(uow.session, account_id, p.actor))
+
+
+@router.get("/accounts/{account_id}/ledger", response_model=list[EntryOut], summary="Statement, newest first")
+def account_ledger(
+    account_id: int, p: Anyone, uow: Db, limit: int = Query(default=200, ge=1, le=1000)
+) -> list[EntryOut]:
+    rows = accounts.account_entries(uow.session, p.actor, account_id, limit=limit)
+    return [EntryOut.model_validate(r, from_attributes=True) for r in rows]
+
+
+@router.post("/accounts/{account_id}/recharge", response_model=TransactionOut)
+def recharge(account_id: int, body: RechargeIn, p: Money, uow: Db, at: Now) -> TransactionOut:
+    """Cash recharge; posting the same receipt number again returns the first transaction."""
+    result = accounts.recharge_cash(uow.session, p.actor, at, account_id=account_id, **body.model_dump())
+    uow.commit()
+    return TransactionOut.model_validate(result.transaction)
+
+
+@router.post("/accounts/{account_id}/refund", response_model=TransactionOut)
+def refund(account_id: int, body: RefundIn, p: Money, uow: Db, at: Now) -> TransactionOut:
+    result = accounts.refund(uow.session, p.actor, at, account_id=account_id, **body.model_dump())
+    uow.commit()
+    return TransactionOut.model_validate(result.transaction)
+
+
+@router.post("/accounts/{account_id}/adjust", response_model=TransactionOut)
+def adjust(account_id: int, body: AdjustIn, p: Money, uow: Db, at: Now) -> TransactionOut:
+    result = accounts.adjust(uow.session, p.actor, at, account_id=account_id, **body.model_dump())
+    uow.commit()
+    return TransactionOut.model_validate(result.transaction)
+
+
+@router.post("/accounts/{account_id}/close", response_model=AccountOut)
+def close(account_id: int, body: CloseIn, p: Manager, uow: Db, at: Now) -> AccountOut:
+    """Settle the balance to the project's settlement account and close."""
+    accounts.close_account(uow.session, p.actor, at, account_id=account_id, reason=body.reason)
+    uow.commit()
+    return _out(accounts.get_account(uow.session, account_id, p.actor))
+
+
+@router.post("/ledger/reverse", response_model=TransactionOut, summary="Correct a transaction by reversal")
+def reverse(body: ReverseIn, p: Money, uow: Db, at: Now) -> TransactionOut:
+    """Posts the mirror image of the transaction ``key`` once; reversing again returns the same reversal."""
+    result = accounts.reverse_transaction(uow.session, p.actor, at, key=body.key, reason=body.reason)
+    uow.commit()
+    return TransactionOut.model_validate(result.transaction)

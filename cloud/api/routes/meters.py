@@ -1,0 +1,67 @@
+"""Gateways and meters: registration, listing, replacement."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from cloud.api.deps import Principal, Uow, get_uow, now, require
+from cloud.api.schemas import GatewayCreated, GatewayIn, GatewayOut, MeterIn, MeterOut, ReplaceMeterIn
+from cloud.models import Role
+from cloud.services import accounts, hierarchy
+
+router = APIRouter(tags=["devices"])
+
+Staff = Annotated[Principal, require(Role.MANAGER, Role.FINANCE, Role.INSTALLER)]
+Builder = Annotated[Principal, require(Role.MANAGER, Role.INSTALLER)]
+Db = Annotated[Uow, Depends(get_uow)]
+Now = Annotated[datetime, Depends(now)]
+
+
+@router.get("/gateways", response_model=list[GatewayOut])
+def list_gateways(p: Staff, uow: Db) -> list[GatewayOut]:
+    return [GatewayOut.model_validate(g) for g in hierarchy.list_gateways(uow.session, p.actor)]
+
+
+@router.post("/gateways", response_model=GatewayCreated, status_code=201)
+def create_gateway(body: GatewayIn, p: Builder, uow: Db) -> GatewayCreated:
+    gw = hierarchy.create_gateway(
+        uow.session,
+        p.actor,
+        device_id=body.device_id,
+        name=body.name,
+        project_id=body.project_id,
+        org_id=body.org_id,
+    )
+    uow.commit()
+    return GatewayCreated.model_validate(gw)
+
+
+@router.get("/meters", response_model=list[MeterOut])
+def list_meters(
+    p: Staff, uow: Db, gateway_id: int | None = None, active: bool | None = True
+) -> list[MeterOut]:
+    rows = hierarchy.list_meters(uow.session, p.actor, gateway_id=gateway_id, active=active)
+    return [MeterOut.model_validate(m) for m in rows]
+
+
+@router.post("/meters", response_model=MeterOut, status_code=201)
+def create_meter(body: MeterIn, p: Builder, uow: Db) -> MeterOut:
+    meter = hierarchy.create_meter(uow.session, p.actor, **body.model_dump())
+    uow.commit()
+    return MeterOut.model_validate(meter)
+
+
+@router.get("/meters/{meter_id}", response_model=MeterOut)
+def get_meter(meter_id: int, p: Staff, uow: Db) -> MeterOut:
+    return MeterOut.model_validate(hierarchy.get_meter(uow.session, p.actor, meter_id))
+
+
+@router.post("/meters/{meter_id}/replace", response_model=MeterOut, status_code=201)
+def replace_meter(meter_id: int, body: ReplaceMeterIn, p: Builder, uow: Db, at: Now) -> MeterOut:
+    """Swap the meter; the paying account keeps its balance and tier counter."""
+    new = accounts.replace_meter(uow.session, p.actor, at, meter_id=meter_id, **body.model_dump())
+    uow.commit()
+    return MeterOut.model_validate(new)

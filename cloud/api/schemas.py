@@ -1,0 +1,278 @@
+"""Request and response bodies. Money travels as integer fen (``*_fen``) plus a display yuan string."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from cloud.domain.money import fen_to_yuan
+
+__all__ = [
+    "AccountIn",
+    "AccountOut",
+    "AdjustIn",
+    "BuildingIn",
+    "CloseIn",
+    "EntryOut",
+    "FloorIn",
+    "GatewayCreated",
+    "GatewayIn",
+    "GatewayOut",
+    "LoginIn",
+    "MeOut",
+    "MeterIn",
+    "MeterOut",
+    "NamedOut",
+    "OrganisationIn",
+    "ProjectIn",
+    "ProjectOut",
+    "RechargeIn",
+    "RefundIn",
+    "ReplaceMeterIn",
+    "ReverseIn",
+    "RoomIn",
+    "TenantIn",
+    "TenantOut",
+    "TokenOut",
+    "TransactionOut",
+]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginIn(_In):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - OAuth2 token type, not a secret
+    expires_at: datetime
+
+
+class MeOut(BaseModel):
+    id: int
+    username: str
+    role: str
+    org_id: int | None
+    tenant_id: int | None
+
+
+class OrganisationIn(_In):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class NamedOut(_Out):
+    id: int
+    name: str
+
+
+class ProjectIn(_In):
+    name: str = Field(min_length=1, max_length=200)
+    org_id: int | None = None
+    timezone: str = "Asia/Shanghai"
+    alarm1_fen: int = 2000
+    alarm2_fen: int = 500
+    alarm3_fen: int | None = None
+    credit_limit_fen: int = Field(default=0, ge=0)
+    grace_period_s: int = Field(default=0, ge=0)
+    friendly_start: str = Field(default="18:00", pattern=r"^\d{2}:\d{2}$")
+    friendly_end: str = Field(default="09:00", pattern=r"^\d{2}:\d{2}$")
+    no_cut_weekends: bool = True
+    no_cut_holidays: bool = True
+
+
+class ProjectOut(_Out):
+    id: int
+    org_id: int
+    name: str
+    timezone: str
+    alarm1_fen: int
+    alarm2_fen: int
+    alarm3_fen: int | None
+    credit_limit_fen: int
+    grace_period_s: int
+    friendly_start: str
+    friendly_end: str
+    no_cut_weekends: bool
+    no_cut_holidays: bool
+
+
+class BuildingIn(_In):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class FloorIn(_In):
+    name: str = Field(min_length=1, max_length=100)
+    level: int = 0
+
+
+class RoomIn(_In):
+    name: str = Field(min_length=1, max_length=100)
+
+
+class TenantIn(_In):
+    name: str = Field(min_length=1, max_length=200)
+    phone: str = Field(default="", max_length=32)
+    room_id: int | None = None
+    org_id: int | None = None
+
+
+class TenantOut(_Out):
+    id: int
+    org_id: int
+    name: str
+    phone: str
+    room_id: int | None
+
+
+class GatewayIn(_In):
+    device_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = Field(default="", max_length=200)
+    project_id: int | None = None
+    org_id: int | None = None
+
+
+class GatewayOut(_Out):
+    id: int
+    org_id: int
+    project_id: int | None
+    device_id: str
+    name: str
+
+
+class GatewayCreated(GatewayOut):
+    signing_key: str = Field(
+        description="HMAC key for commands; shown only once, configure it on the gateway"
+    )
+
+
+class MeterIn(_In):
+    gateway_id: int
+    device_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/\-]+$")
+    address: str = Field(min_length=1, max_length=32)
+    kind: Literal["electric", "water"] = "electric"
+    protocol: Literal["dlt645", "modbus", "cjt188"] = "dlt645"
+    prepay_mode: Literal["remote", "local"] = "remote"
+    model: str = Field(default="", max_length=64)
+    line: str = Field(default="", max_length=64)
+    circuit: int | None = None
+    ct_ratio: int = Field(default=1, ge=1)
+    room_id: int | None = None
+    protected: bool = False
+
+
+class MeterOut(_Out):
+    id: int
+    org_id: int
+    gateway_id: int
+    device_id: str
+    room_id: int | None
+    kind: str
+    protocol: str
+    model: str
+    line: str
+    address: str
+    circuit: int | None
+    ct_ratio: int
+    prepay_mode: str
+    protected: bool
+    active: bool
+    replaced_by_id: int | None
+
+
+class ReplaceMeterIn(_In):
+    new_device_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/\-]+$")
+    new_address: str = Field(min_length=1, max_length=32)
+    new_model: str | None = None
+    reason: str = Field(default="meter replaced", max_length=200)
+
+
+class AccountIn(_In):
+    project_id: int
+    number: str = Field(min_length=1, max_length=32)
+    tenant_id: int | None = None
+    meter_ids: list[int] = Field(default_factory=list)
+    billing_mode: Literal["merged", "per_meter"] = "merged"
+    protected: bool = False
+
+
+class AccountOut(_Out):
+    id: int
+    org_id: int
+    project_id: int
+    tenant_id: int | None
+    number: str
+    status: str
+    billing_mode: str
+    balance_fen: int
+    protected: bool
+    tier_period: str
+    tier_usage: Decimal
+    opened_at: datetime
+    closed_at: datetime | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def balance_yuan(self) -> str:
+        return str(fen_to_yuan(self.balance_fen))
+
+
+class RechargeIn(_In):
+    amount_fen: int = Field(gt=0, le=10_000_000, description="integer fen (1 yuan = 100 fen)")
+    receipt_no: str = Field(min_length=1, max_length=64, description="cash receipt number; credited once")
+
+
+class RefundIn(_In):
+    amount_fen: int = Field(gt=0, le=10_000_000)
+    reason: str = Field(min_length=1, max_length=200)
+    request_id: str = Field(min_length=1, max_length=64, description="retrying with the same id refunds once")
+
+
+class AdjustIn(_In):
+    amount_fen: int = Field(ge=-10_000_000, le=10_000_000, description="positive credits the tenant")
+    reason: str = Field(min_length=1, max_length=200)
+    request_id: str = Field(min_length=1, max_length=64)
+
+
+class ReverseIn(_In):
+    key: str = Field(
+        min_length=1, max_length=200, description="idempotency key of the transaction to reverse"
+    )
+    reason: str = Field(min_length=1, max_length=200)
+
+
+class CloseIn(_In):
+    reason: str = Field(default="account closed", min_length=1, max_length=200)
+
+
+class TransactionOut(_Out):
+    id: uuid.UUID
+    idempotency_key: str
+    kind: str
+    memo: str
+    receipt_no: str | None
+    reverses_id: uuid.UUID | None
+    effective_at: datetime
+    created_at: datetime
+
+
+class EntryOut(BaseModel):
+    entry_id: int
+    transaction_key: str
+    kind: str
+    memo: str
+    amount_fen: int
+    effective_at: datetime
+    meter_id: int | None

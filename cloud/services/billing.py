@@ -1,0 +1,292 @@
+"""Billing: one stored reading → validation → rating with the tariff in force → a ledger charge.
+
+Runs inside the ingest's database transaction, after the reading row was inserted (so a redelivered
+reading never gets here twice). Per meter, ``meter_state`` holds the last *accepted* registers: the
+billing baseline. A new reading is judged against it by :func:`cloud.domain.readings.check_reading`:
+
+- ``ok`` → the register deltas (× the meter's CT ratio) are rated by :func:`cloud.domain.tariffs.rate`
+  over ``[baseline time, reading time]`` with the tier counter of the paying account; milli-fen go
+  through :func:`cloud.domain.money.carry` with the account's residue, and whole fen are posted as one
+  ``charge`` transaction whose idempotency key is derived from the reading identity
+  ``chg:<gateway>:<meter>:<seq>``; the reading becomes the new baseline;
+- a held verdict (reset, negative, spike, clock far off, rollover unless auto-accepted) → a
+  ``reading_hold`` row and an alarm; nothing billed and the baseline stays where it was, so the
+  consumption is billed once an operator resolves it or the meter reports plausibly again;
+- ``late`` (older than the baseline) → stored, not billed again: registers are cumulative, so the
+  consumption it describes is already inside the billed interval around it;
+- no tariff in force → held (the baseline stays, so nothing is lost when a tariff is configured).
+
+Tariff versions are stored as JSON ``spec`` (see :func:`version_from_spec`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from cloud.domain import ledger as dledger
+from cloud.domain.errors import RatingError, TariffError
+from cloud.domain.money import carry, price_to_milli
+from cloud.domain.readings import CUMULATIVE, ReadingRules, Snapshot, Verdict, check_reading
+from cloud.domain.tariffs import (
+    TariffKind,
+    TariffSchedule,
+    Tier,
+    TierCounter,
+    TierReset,
+    rate,
+)
+from cloud.domain.tariffs import TariffVersion as DomainVersion
+from cloud.models import (
+    Account,
+    Alarm,
+    AlarmKind,
+    Meter,
+    MeterKind,
+    MeterState,
+    Project,
+    ReadingHold,
+    ReadingRow,
+    ReadingStatus,
+    TariffVersion,
+)
+from cloud.services import ledger as ledger_service
+from protocol.contract import Quantity
+
+__all__ = [
+    "BillingCache",
+    "BillingOutcome",
+    "charge_key",
+    "schedule_for",
+    "snapshot_values",
+    "version_from_spec",
+    "bill_reading",
+]
+
+MAX_KEY = dledger.MAX_KEY_LENGTH
+
+
+def charge_key(gateway: str, meter: str, seq: int) -> str:
+    """The idempotency key of the charge of reading ``(gateway, meter, seq)`` (≤ 128 characters)."""
+    key = f"chg:{gateway}:{meter}:{seq}"
+    if len(key) <= MAX_KEY:
+        return key
+    digest = hashlib.sha256(f"{gateway}\x00{meter}".encode()).hexdigest()[:40]
+    return f"chg:h:{digest}:{seq}"
+
+
+def _price(spec: Mapping[str, Any], milli_key: str, yuan_key: str) -> int | None:
+    if spec.get(milli_key) is not None:
+        value = spec[milli_key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TariffError(f"{milli_key} must be an integer milli-fen, got {value!r}")
+        return value
+    if spec.get(yuan_key) is not None:
+        return price_to_milli(str(spec[yuan_key]))
+    return None
+
+
+def version_from_spec(version_id: str, effective_from: datetime, spec: Mapping[str, Any]) -> DomainVersion:
+    """A stored ``tariff_version.spec`` as a domain version.
+
+    ``{"kind": "flat", "price_milli": 56830}`` (or ``"price": "0.5683"`` yuan);
+    ``{"kind": "tou", "tou_prices": {"energy_t1_kwh": 120000, ...}}`` (milli-fen, or ``tou_prices_yuan``);
+    ``{"kind": "tiered", "tier_reset": "monthly", "tiers": [{"upto": "200", "price_milli": 48830},
+    {"upto": null, "price": "0.7883"}]}``; ``{"kind": "water", "price_milli": ...}`` or with ``tiers``.
+    """
+    try:
+        kind = TariffKind(str(spec.get("kind", "")))
+    except ValueError as exc:
+        raise TariffError(f"tariff version {version_id}: unknown kind {spec.get('kind')!r}") from exc
+    tiers: tuple[Tier, ...] = ()
+    for raw in spec.get("tiers") or ():
+        price = _price(raw, "price_milli", "price")
+        if price is None:
+            raise TariffError(f"tariff version {version_id}: a tier has no price")
+        upto = raw.get("upto")
+        tiers += (Tier(None if upto is None else Decimal(str(upto)), price),)
+    tou: dict[Quantity, int] = {}
+    for name, value in (spec.get("tou_prices") or {}).items():
+        tou[Quantity(name)] = int(value)
+    for name, value in (spec.get("tou_prices_yuan") or {}).items():
+        tou[Quantity(name)] = price_to_milli(str(value))
+    return DomainVersion(
+        id=version_id,
+        kind=kind,
+        effective_from=effective_from,
+        price_milli=_price(spec, "price_milli", "price"),
+        tou_prices=tou,
+        tiers=tiers,
+        tier_reset=TierReset(str(spec.get("tier_reset", "monthly"))),
+        name=str(spec.get("name", "")),
+    )
+
+
+@dataclass
+class BillingCache:
+    """Per unit of work: tariff schedules and projects already loaded."""
+
+    schedules: dict[int, TariffSchedule | None] = field(default_factory=dict)
+    projects: dict[int, Project] = field(default_factory=dict)
+    rules: ReadingRules = field(default_factory=ReadingRules)
+
+    def project(self, session: Session, project_id: int) -> Project:
+        found = self.projects.get(project_id)
+        if found is None:
+            found = session.get(Project, project_id)
+            assert found is not None, f"project {project_id} vanished"
+            self.projects[project_id] = found
+        return found
+
+
+def schedule_for(session: Session, tariff_id: int, cache: BillingCache | None = None) -> TariffSchedule | None:
+    """Every version of ``tariff_id`` as a schedule (None when it has no version)."""
+    if cache is not None and tariff_id in cache.schedules:
+        return cache.schedules[tariff_id]
+    rows = session.scalars(
+        select(TariffVersion)
+        .where(col(TariffVersion.tariff_id) == tariff_id)
+        .order_by(col(TariffVersion.effective_from))
+    ).all()
+    schedule = (
+        TariffSchedule(version_from_spec(str(r.id), r.effective_from, r.spec) for r in rows) if rows else None
+    )
+    if cache is not None:
+        cache.schedules[tariff_id] = schedule
+    return schedule
+
+
+def snapshot_values(values: Mapping[str, str]) -> dict[Quantity, Decimal]:
+    out: dict[Quantity, Decimal] = {}
+    for name, text in values.items():
+        try:
+            out[Quantity(name)] = Decimal(text)
+        except ValueError:
+            continue
+    return out
+
+
+@dataclass(frozen=True)
+class BillingOutcome:
+    status: ReadingStatus
+    account_id: int | None = None
+    charged_fen: int = 0
+    txn_key: str | None = None
+    detail: str = ""
+
+
+def _tariff_id(meter: Meter, project: Project) -> int | None:
+    if meter.tariff_id is not None:
+        return meter.tariff_id
+    return project.water_tariff_id if meter.kind == MeterKind.WATER else project.electric_tariff_id
+
+
+def _hold(
+    session: Session, meter: Meter, reading: ReadingRow, verdict: str, zh: str, en: str, detail: str
+) -> BillingOutcome:
+    assert reading.id is not None and meter.id is not None
+    session.add(ReadingHold(reading_id=reading.id, meter_id=meter.id, verdict=verdict, detail=detail[:1000]))
+    session.add(
+        Alarm(
+            org_id=meter.org_id,
+            kind=AlarmKind.READING_HELD if verdict != "no_tariff" else AlarmKind.NO_TARIFF,
+            level=2,
+            dedupe_key=f"hold:{reading.id}",
+            meter_id=meter.id,
+            gateway_id=meter.gateway_id,
+            message_zh=f"表计 {meter.device_id} 读数挂起：{zh}",
+            message_en=f"meter {meter.device_id} reading held: {en}",
+            detail={"verdict": verdict, "seq": reading.seq, "detail": detail[:500]},
+        )
+    )
+    return BillingOutcome(ReadingStatus.HELD, detail=f"{verdict}: {detail}")
+
+
+def _advance(state: MeterState, snap: Snapshot, reading: ReadingRow) -> None:
+    state.last_at = snap.at
+    state.last_values = {q.value: str(v) for q, v in snap.registers().items()}
+    state.last_seq = reading.seq
+
+
+def bill_reading(
+    session: Session,
+    *,
+    gateway_device: str,
+    meter: Meter,
+    state: MeterState,
+    account: Account | None,
+    reading: ReadingRow,
+    now: datetime,
+    cache: BillingCache,
+) -> BillingOutcome:
+    """Validate, rate and charge one new reading (see the module docstring). The caller commits.
+
+    ``state`` and ``account`` must be locked by the caller (``SELECT ... FOR UPDATE``) for the whole
+    unit of work: the baseline, the residue and the tier counter are read-modify-write.
+    """
+    values = snapshot_values(reading.values)
+    snap = Snapshot(reading.ts, values)
+    if not snap.registers():
+        return BillingOutcome(ReadingStatus.INFO)
+    last = Snapshot(state.last_at, snapshot_values(state.last_values)) if state.last_at else None
+    check = check_reading(last, snap, now, cache.rules)
+    if check.verdict is Verdict.DUPLICATE:
+        return BillingOutcome(ReadingStatus.DUPLICATE)
+    if check.verdict is Verdict.LATE:
+        return BillingOutcome(ReadingStatus.LATE, detail=check.detail)
+    if check.hold:
+        return _hold(session, meter, reading, check.verdict.value, check.text_zh, check.text_en, check.detail)
+    if last is None:
+        _advance(state, snap, reading)
+        return BillingOutcome(ReadingStatus.BASELINE)
+    if account is None:
+        _advance(state, snap, reading)
+        return BillingOutcome(ReadingStatus.NO_ACCOUNT)
+
+    project = cache.project(session, account.project_id)
+    tariff_id = _tariff_id(meter, project)
+    schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
+    if schedule is None:
+        return _hold(session, meter, reading, "no_tariff", "未配置电价", "no tariff configured", "")
+    ct = Decimal(meter.ct_ratio)
+    deltas = {q: d * ct for q, d in check.deltas.items() if q in CUMULATIVE}
+    counter = TierCounter(account.tier_period, account.tier_usage)
+    try:
+        result = rate(schedule, last.at, snap.at, deltas, counter, tz=ZoneInfo(project.timezone))
+    except (RatingError, TariffError) as exc:
+        return _hold(session, meter, reading, "rating", "无法计费", "cannot rate", str(exc))
+    fen, residue = carry(account.residue_millifen, result.amount_milli)
+    account.residue_millifen = residue
+    account.tier_period = result.counter.period
+    account.tier_usage = result.counter.used
+    _advance(state, snap, reading)
+    if fen <= 0:
+        return BillingOutcome(ReadingStatus.ZERO, account.id)
+    key = charge_key(gateway_device, meter.device_id, reading.seq)
+    utility = "water" if meter.kind == MeterKind.WATER else "electric"
+    assert account.id is not None and meter.id is not None
+    txn = dledger.charge(
+        key,
+        dledger.wallet_code(account.id),
+        fen,
+        snap.at,
+        revenue=dledger.revenue_code(account.project_id, utility),
+        memo=f"{utility} {meter.device_id} seq {reading.seq}",
+        meta={
+            "meter_id": str(meter.id),
+            "seq": str(reading.seq),
+            "amount_milli": str(result.amount_milli),
+            "units": ";".join(f"{q.value}={u}" for q, u in result.units.items()),
+        },
+    )
+    ledger_service.post(session, txn, org_id=account.org_id)
+    return BillingOutcome(ReadingStatus.BILLED, account.id, fen, key)

@@ -1,0 +1,208 @@
+"""REST API on both engines: auth (tokens, expiry, revocation, lock-out), roles, organisation isolation,
+and the money flows end to end through HTTP."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import StarletteDeprecationWarning
+
+from cloud.api import build_app
+from cloud.models import Role
+from cloud.services import users
+from cloud.settings import Settings
+
+with warnings.catch_warnings():  # starlette 1.x prefers the httpx2 fork; plain httpx works the same here
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class Bus:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def publish(self, kind: str, payload: dict[str, Any]) -> None:
+        self.events.append((kind, payload))
+
+    def close(self) -> None:
+        return None
+
+
+class Api:
+    def __init__(self, client: TestClient, clock: Clock, bus: Bus, factory: sessionmaker[Session]) -> None:
+        self.client, self.clock, self.bus, self.factory = client, clock, bus, factory
+
+    def login(self, username: str, password: str = "correct horse") -> dict[str, str]:
+        r = self.client.post("/api/v1/auth/login", json={"username": username, "password": password})
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    def user(
+        self, username: str, role: Role, org_id: int | None, tenant_id: int | None = None
+    ) -> dict[str, str]:
+        with self.factory() as session:
+            users.create_user(
+                session,
+                username=username,
+                password="correct horse",
+                role=role,
+                org_id=org_id,
+                tenant_id=tenant_id,
+            )
+            session.commit()
+        return self.login(username)
+
+    def post(self, path: str, headers: dict[str, str], body: dict[str, Any], status: int = 201) -> Any:
+        r = self.client.post(f"/api/v1{path}", json=body, headers=headers)
+        assert r.status_code == status, r.text
+        return r.json()
+
+    def get(self, path: str, headers: dict[str, str], status: int = 200) -> Any:
+        r = self.client.get(f"/api/v1{path}", headers=headers)
+        assert r.status_code == status, r.text
+        return r.json()
+
+
+@pytest.fixture
+def api(engine: Engine, session_factory: sessionmaker[Session]) -> Iterator[Api]:
+    clock, bus = Clock(), Bus()
+    settings = Settings(
+        environment="test", secret_key="s" * 32, database_url=str(engine.url), login_max_failures=3
+    )
+    app = build_app(settings, engine=engine, event_bus=bus, clock=clock)
+    with session_factory() as session:
+        users.create_admin(session, username="root", password="correct horse", org_name=None)
+        session.commit()
+    with TestClient(app) as client:
+        yield Api(client, clock, bus, session_factory)
+
+
+def _site(api: Api, admin: dict[str, str], org: str) -> dict[str, int]:
+    """An organisation with a manager, a project, room, gateway, meter and tenant; returns ids + headers."""
+    org_id = api.post("/organisations", admin, {"name": org})["id"]
+    mgr = api.user(f"mgr-{org_id}", Role.MANAGER, org_id)
+    project = api.post("/projects", mgr, {"name": "一期", "credit_limit_fen": 1000})
+    building = api.post(f"/projects/{project['id']}/buildings", mgr, {"name": "A栋"})
+    floor = api.post(f"/buildings/{building['id']}/floors", mgr, {"name": "3F", "level": 3})
+    room = api.post(f"/floors/{floor['id']}/rooms", mgr, {"name": "301"})
+    gw = api.post("/gateways", mgr, {"device_id": f"gw-{org_id}", "project_id": project["id"]})
+    assert len(gw["signing_key"]) == 64
+    meter = api.post(
+        "/meters",
+        mgr,
+        {"gateway_id": gw["id"], "device_id": "m1", "address": "000000000001", "room_id": room["id"]},
+    )
+    tenant = api.post("/tenants", mgr, {"name": "李四", "room_id": room["id"]})
+    account = api.post(
+        "/accounts",
+        mgr,
+        {
+            "project_id": project["id"],
+            "number": "301-E",
+            "tenant_id": tenant["id"],
+            "meter_ids": [meter["id"]],
+        },
+    )
+    return {
+        "org": org_id,
+        "project": project["id"],
+        "meter": meter["id"],
+        "tenant": tenant["id"],
+        "account": account["id"],
+    }
+
+
+def test_openapi_and_docs_are_served(api: Api) -> None:
+    schema = api.client.get("/openapi.json").json()
+    assert "/api/v1/accounts/{account_id}/recharge" in schema["paths"]
+    assert "/api/v1/auth/login" in schema["paths"]
+    assert api.client.get("/docs").status_code == 200
+    assert api.client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_tokens_are_required_signed_and_expire(api: Api) -> None:
+    assert api.client.get("/api/v1/accounts").status_code == 401
+    admin = api.login("root")
+    assert api.get("/auth/me", admin)["role"] == "admin"
+    token = admin["Authorization"].removeprefix("Bearer ")
+    body, _, sig = token.partition(".")
+    forged = {"Authorization": f"Bearer {body}x.{sig}"}
+    assert api.client.get("/api/v1/auth/me", headers=forged).status_code == 401
+    api.clock.now += timedelta(hours=13)
+    r = api.client.get("/api/v1/auth/me", headers=admin)
+    assert r.status_code == 401
+    assert "expired" in r.json()["detail"]
+
+
+def test_login_lock_out_after_failures(api: Api) -> None:
+    for _ in range(3):
+        r = api.client.post("/api/v1/auth/login", json={"username": "root", "password": "wrong password"})
+        assert r.status_code == 401
+    r = api.client.post("/api/v1/auth/login", json={"username": "root", "password": "correct horse"})
+    assert r.status_code == 429
+    assert int(r.headers["Retry-After"]) > 0
+    api.clock.now += timedelta(minutes=16)
+    api.login("root")
+
+
+def test_money_flow_over_http(api: Api) -> None:
+    admin = api.login("root")
+    ids = _site(api, admin, "物业A")
+    mgr = api.login(f"mgr-{ids['org']}")
+    acct = ids["account"]
+    first = api.post(f"/accounts/{acct}/recharge", mgr, {"amount_fen": 10_000, "receipt_no": "SJ-1"}, 200)
+    again = api.post(f"/accounts/{acct}/recharge", mgr, {"amount_fen": 10_000, "receipt_no": "SJ-1"}, 200)
+    assert first["id"] == again["id"]
+    assert api.bus.events == [("balance_changed", {"account_id": acct})]
+    assert api.get(f"/accounts/{acct}", mgr)["balance_fen"] == 10_000
+    assert api.get(f"/accounts/{acct}", mgr)["balance_yuan"] == "100.00"
+    api.post(f"/accounts/{acct}/refund", mgr, {"amount_fen": 20_000, "reason": "x", "request_id": "r0"}, 409)
+    api.post(
+        f"/accounts/{acct}/refund", mgr, {"amount_fen": 2_500, "reason": "退费", "request_id": "r1"}, 200
+    )
+    api.post(f"/accounts/{acct}/adjust", mgr, {"amount_fen": -500, "reason": "补收", "request_id": "a1"}, 200)
+    api.post("/ledger/reverse", mgr, {"key": f"adjust:{acct}:a1", "reason": "误操作"}, 200)
+    statement = api.get(f"/accounts/{acct}/ledger", mgr)
+    assert [e["amount_fen"] for e in statement] == [500, -500, -2_500, 10_000]
+    assert [b["balance_fen"] for b in api.get("/balances", mgr)] == [7_500]
+    closed = api.post(f"/accounts/{acct}/close", mgr, {"reason": "退租"}, 200)
+    assert (closed["status"], closed["balance_fen"]) == ("closed", 0)
+    api.post(f"/accounts/{acct}/recharge", mgr, {"amount_fen": 100, "receipt_no": "SJ-2"}, 409)
+    new_meter = api.post(f"/meters/{ids['meter']}/replace", mgr, {"new_device_id": "m1b", "new_address": "9"})
+    assert api.get(f"/meters/{ids['meter']}", mgr)["replaced_by_id"] == new_meter["id"]
+
+
+def test_organisations_and_tenants_are_isolated(api: Api) -> None:
+    admin = api.login("root")
+    a = _site(api, admin, "物业A")
+    b = _site(api, admin, "物业B")
+    mgr_b = api.login(f"mgr-{b['org']}")
+    assert [x["id"] for x in api.get("/accounts", mgr_b)] == [b["account"]]
+    assert [x["id"] for x in api.get("/projects", mgr_b)] == [b["project"]]
+    assert [x["id"] for x in api.get("/meters", mgr_b)] == [b["meter"]]
+    api.get(f"/accounts/{a['account']}", mgr_b, 404)
+    api.get(f"/meters/{a['meter']}", mgr_b, 404)
+    api.post(f"/accounts/{a['account']}/recharge", mgr_b, {"amount_fen": 1, "receipt_no": "x"}, 404)
+    api.post(f"/projects/{a['project']}/buildings", mgr_b, {"name": "入侵"}, 404)
+    # roles: an installer may not take money; a tenant sees only their own account
+    installer = api.user("inst-a", Role.INSTALLER, a["org"])
+    api.post(f"/accounts/{a['account']}/recharge", installer, {"amount_fen": 1, "receipt_no": "y"}, 403)
+    tenant = api.user("tenant-a", Role.TENANT, a["org"], tenant_id=a["tenant"])
+    assert [x["id"] for x in api.get("/accounts", tenant)] == [a["account"]]
+    api.get(f"/accounts/{a['account']}/ledger", tenant)
+    api.get("/meters", tenant, 403)
+    api.post("/organisations", api.login(f"mgr-{a['org']}"), {"name": "自建"}, 403)
