@@ -428,6 +428,8 @@ class FrameParser:
         self._buf = bytearray()
         self._max = max_buffer
         self.discarded = 0
+        # Frames ending at or before this offset were already checked by a fruitless later-frame scan.
+        self._scan_floor = 0
 
     @property
     def buffered(self) -> int:
@@ -439,12 +441,12 @@ class FrameParser:
         if len(self._buf) > self._max:
             # Nobody is taking frames out; keep the newest bytes so memory stays bounded.
             drop = len(self._buf) - self._max
-            del self._buf[:drop]
-            self.discarded += drop
+            self._discard(drop)
 
     def _discard(self, n: int) -> None:
         del self._buf[:n]
         self.discarded += n
+        self._scan_floor = max(0, self._scan_floor - n)
 
     def _later_frame(self) -> bool:
         """Is a complete frame with a valid checksum already buffered after offset 0?"""
@@ -453,13 +455,14 @@ class FrameParser:
         while 0 < i <= len(buf) - (HEADER_LEN + 2):
             total = HEADER_LEN + buf[i + 10] + 2
             if (
-                i + total <= len(buf)
+                self._scan_floor < i + total <= len(buf)
                 and buf[i + total - 1] == END
                 and _address_bytes_ok(buf[i + 2 : i + 9])
                 and sum(buf[i : i + total - 2]) & 0xFF == buf[i + total - 2]
             ):
                 return True
             i = buf.find(START, i + 1)
+        self._scan_floor = len(buf)
         return False
 
     def next_frame(self) -> Frame | None:
@@ -488,10 +491,14 @@ class FrameParser:
             try:
                 frame = _frame_from(buf, total)
             except ProtocolError:
-                del buf[:total]  # a checksum failure consumes the whole frame
+                self._discard_frame(total)  # a checksum failure consumes the whole frame
                 raise
-            del buf[:total]
+            self._discard_frame(total)
             return frame
+
+    def _discard_frame(self, n: int) -> None:
+        del self._buf[:n]
+        self._scan_floor = max(0, self._scan_floor - n)
 
 
 # --- messages ---

@@ -249,6 +249,21 @@ def test_false_start_in_noise_does_not_hold_back_a_real_frame() -> None:
     assert parser.discarded == len(noise)
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
+def test_false_start_then_frames_arriving_in_chunks(chunk: int) -> None:
+    noise = bytes.fromhex("68 10 00 00 00 00 00 00 00 01 FF 68 68")
+    frames = [build(ReadDataRequest(COLD, ADDR, n), preamble=1) for n in range(3)]
+    stream = noise + b"".join(frames)
+    parser = FrameParser()
+    got = []
+    for i in range(0, len(stream), chunk):
+        parser.receive_data(stream[i : i + chunk])
+        while (frame := parser.next_frame()) is not None:
+            got.append(parse(frame))
+    assert got == [ReadDataRequest(COLD, ADDR, n) for n in range(3)]
+    assert parser.buffered == 0
+
+
 def test_non_bcd_address_is_not_a_frame_start() -> None:
     parser = FrameParser()
     parser.receive_data(
