@@ -131,6 +131,14 @@ class Policy:
     max_topup_fen: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("friendly_start", "friendly_end"):  # project rows store "HH:MM"
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    object.__setattr__(self, name, time.fromisoformat(value))
+                except ValueError as exc:
+                    raise PolicyError(f"{name}: {value!r} is not HH:MM") from exc
+        object.__setattr__(self, "alarm_levels_fen", tuple(self.alarm_levels_fen))
         levels = self.alarm_levels_fen
         if not 1 <= len(levels) <= 3:
             raise PolicyError(f"alarm levels: 1 to 3 thresholds, got {len(levels)}")

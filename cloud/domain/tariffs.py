@@ -32,6 +32,7 @@ from datetime import datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from itertools import pairwise
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from cloud.domain.errors import NoTariffInForce, RatingError, TariffError
@@ -117,6 +118,9 @@ class TariffVersion:
         except ValueError as exc:
             raise TariffError(f"version {self.id}: {exc}") from exc
         object.__setattr__(self, "tiers", tuple(self.tiers))
+        for tier in self.tiers:
+            if not isinstance(tier, Tier):
+                raise TariffError(f"version {self.id}: tiers must be Tier values, got {tier!r}")
         if self.effective_from.tzinfo is None or self.effective_from.utcoffset() is None:
             raise TariffError(f"version {self.id}: effective_from must be timezone-aware")
         prices: list[int] = []
@@ -195,6 +199,48 @@ class TariffVersion:
     @classmethod
     def water(cls, id: str, effective_from: datetime, price_yuan: Decimal | str) -> TariffVersion:
         return cls(id, TariffKind.WATER, effective_from, price_milli=price_to_milli(price_yuan))
+
+    # --- JSON spec, as stored in the database's tariff_version.spec -------------------------------
+    def to_spec(self) -> dict[str, Any]:
+        """A JSON-ready dict of everything but ``id`` and ``effective_from`` (their own columns)."""
+        return {
+            "kind": self.kind.value,
+            "price_milli": self.price_milli,
+            "tou_prices": {q.value: p for q, p in self.tou_prices.items()},
+            "tiers": [
+                {"upto": None if t.upto is None else str(t.upto), "price_milli": t.price_milli}
+                for t in self.tiers
+            ],
+            "tier_reset": self.tier_reset.value,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_spec(cls, id: str | int, effective_from: datetime, spec: Mapping[str, Any]) -> TariffVersion:
+        """Rebuild a version from :meth:`to_spec` output; any defect is a ``TariffError`` naming it."""
+        known = {"kind", "price_milli", "tou_prices", "tiers", "tier_reset", "name"}
+        if not isinstance(spec, Mapping) or "kind" not in spec or set(spec) - known:
+            raise TariffError(f"version {id}: spec must be a mapping with 'kind' and only {sorted(known)}")
+        try:
+            tiers = tuple(
+                Tier(None if t["upto"] is None else Decimal(str(t["upto"])), t["price_milli"])
+                for t in spec.get("tiers") or ()
+            )
+        except (KeyError, TypeError, ArithmeticError) as exc:
+            raise TariffError(f"version {id}: malformed tiers in spec: {exc!r}") from exc
+        tou = spec.get("tou_prices") or {}
+        if not isinstance(tou, Mapping):
+            raise TariffError(f"version {id}: tou_prices must be a mapping")
+        return cls(
+            str(id),
+            spec["kind"],
+            effective_from,
+            price_milli=spec.get("price_milli"),
+            tou_prices=tou,
+            tiers=tiers,
+            tier_reset=spec.get("tier_reset") or TierReset.MONTHLY,
+            name=str(spec.get("name") or ""),
+        )
 
     # --- queries ------------------------------------------------------------------------------------
     @property

@@ -279,3 +279,13 @@ def test_reason_texts() -> None:
         assert reason.text_zh
         assert reason.text_en
     assert Reason.FRIENDLY_HOURS.text_zh == "友好时段不停电"
+
+
+def test_policy_accepts_hhmm_strings_from_project_rows() -> None:
+    policy = Policy(friendly_start="22:30", friendly_end="07:00", alarm_levels_fen=[3000, 1000])  # type: ignore[arg-type]
+    assert policy.friendly_start == time(22, 30)
+    assert policy.alarm_levels_fen == (3000, 1000)
+    assert cut_blockers_at(policy, at(2026, 11, 23, 22, 29)) == ()
+    assert cut_blockers_at(policy, at(2026, 11, 23, 22, 30)) == (Reason.FRIENDLY_HOURS,)
+    with pytest.raises(PolicyError, match="HH:MM"):
+        Policy(friendly_start="6pm")  # type: ignore[arg-type]

@@ -3,6 +3,7 @@ inside an interval, TOU registers, water, and the residue carried across posting
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -311,3 +312,46 @@ def test_version_queries() -> None:
     descending = TariffVersion.tiered("d", EPOCH, [("100", "0.9"), (None, "0.5")])
     assert descending.highest_price_milli(D(150)) == 50000
     assert descending.highest_price_milli(D(50)) == 90000
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        TariffVersion.flat("f", EPOCH, "0.5683"),
+        TariffVersion.tou("t", EPOCH, TOU_PRICES),
+        TariffVersion.tiered("y", EPOCH, RESIDENTIAL, TierReset.YEARLY),
+        TariffVersion.water("w", EPOCH, "4.10"),
+        TariffVersion.tiered("wt", EPOCH, [("180", "3.45"), (None, "5.83")], kind=TariffKind.WATER),
+    ],
+    ids=lambda v: v.id,
+)
+def test_spec_round_trip_through_json(version: TariffVersion) -> None:
+    spec = json.loads(json.dumps(version.to_spec()))
+    again = TariffVersion.from_spec(version.id, version.effective_from, spec)
+    assert again == version
+    assert TariffVersion.from_spec(7, EPOCH, spec).id == "7"  # database ids are ints
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {},
+        {"kind": "flat", "price_milli": 1, "colour": "red"},
+        {"kind": "bogus", "price_milli": 1},
+        {"kind": "flat", "price_milli": 1, "tier_reset": "weekly"},
+        {"kind": "tiered", "tiers": [{"upto": "x", "price_milli": 1}]},
+        {"kind": "tiered", "tiers": [{"price_milli": 1}]},
+        {"kind": "tou", "tou_prices": [1, 2]},
+        {"kind": "tou", "tou_prices": {"energy_t9_kwh": 1}},
+    ],
+)
+def test_malformed_spec_refused(spec: dict[str, object]) -> None:
+    with pytest.raises(TariffError):
+        TariffVersion.from_spec("v", EPOCH, spec)
+
+
+def test_plain_strings_are_accepted_for_enums() -> None:
+    v = TariffVersion("s", "flat", EPOCH, price_milli=5)  # type: ignore[arg-type]
+    assert v.kind is TariffKind.FLAT
+    with pytest.raises(TariffError, match="Tier values"):
+        TariffVersion("s", TariffKind.TIERED, EPOCH, tiers=((None, 5),))  # type: ignore[arg-type]
