@@ -462,7 +462,10 @@ def _load_cached(model: str, directory: str | None) -> ModbusMap:
 
 
 def load_map(model: str, *, directory: str | Path | None = None) -> ModbusMap:
-    """The map of ``model`` (case-insensitive) from ``protocol/maps/`` or an override ``directory``."""
+    """The map of ``model`` (case-insensitive) from ``protocol/maps/`` or an override ``directory``.
+
+    Maps are read once per process (cached): restart the gateway after correcting a map file.
+    """
     name = model.strip().lower()
     if not _MODEL_RE.match(name):
         raise UnsupportedDI(f"{model!r} is not a valid meter model name")
