@@ -23,7 +23,7 @@ The same code serves both roles: the gateway builds requests and parses replies,
 requests and builds replies.
 
 Hot path: building a read request and parsing its reply are the gateway's inner loop, so addresses and
-DIs are converted once and cached, ±33H is one ``bytes.translate`` and the checksum is ``sum()`` over
+DIs are converted once and cached, ±33H is one ``bytes.translate`` and the checksum comes from C code
 bytes, with no per-byte Python loops.
 
 Errors (see :mod:`protocol.errors`)::
@@ -38,6 +38,7 @@ Errors (see :mod:`protocol.errors`)::
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -45,6 +46,7 @@ from decimal import Decimal
 from enum import IntEnum, IntFlag
 from types import MappingProxyType
 from typing import Literal, TypeAlias
+from zlib import adler32 as _adler32
 
 from protocol.bcd import bcd_decode, bcd_encode, bcd_to_decimal, decimal_to_bcd
 from protocol.contract import Quantity
@@ -218,6 +220,16 @@ _ADDR_IN: dict[bytes, str] = {}
 _DI_OUT: dict[int, tuple[bytes, int]] = {}
 
 
+def _byte_sum(data: bytes | bytearray) -> int:
+    """Plain sum of the bytes of one frame, computed in C.
+
+    Adler-32's low half is ``1 + Σ bytes`` modulo 65521 (RFC 1950 §8.2). A DL/T 645 frame is at most
+    216 bytes, so Σ ≤ 55,080 never reaches the modulus and the low half minus one is the exact sum —
+    about twice as fast as ``sum()``, which walks the bytes as Python ints.
+    """
+    return (_adler32(data) & 0xFFFF) - 1
+
+
 def _address_prefix(address: str) -> tuple[bytes, int]:
     """Validate a human-order address and return the wire prefix ``68 A0..A5 68`` and its sum."""
     try:
@@ -267,8 +279,11 @@ def _di_wire(di: int) -> tuple[bytes, int]:
     return entry
 
 
+_unpack_di = struct.Struct("<I").unpack_from  # DI: 4 bytes, low byte first (§7.1)
+
+
 def _di_from(data: bytes) -> int:
-    return int.from_bytes(data[:4], "little")
+    return int(_unpack_di(data)[0])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -354,7 +369,7 @@ def decode_frame(buf: bytes) -> Frame:
         or length > MAX_DATA_LENGTH
     ):
         raise FrameError(_structure_problem(raw))
-    if (sum(raw) - 2 * raw[-2] - _END) & 0xFF:  # i.e. sum(raw[:-2]) mod 256 != CS, without a copy
+    if (_byte_sum(raw) - 2 * raw[-2] - _END) & 0xFF:  # i.e. sum(raw[:-2]) mod 256 != CS, without a copy
         raise ChecksumError(f"checksum {raw[-2]:02X}H does not match {sum(raw[:-2]) & 0xFF:02X}H")
     frame = _new_frame(Frame)
     _set_frame_address(frame, _ADDR_IN.get(raw[1:7]) or _address_from_wire(raw[1:7]))
@@ -384,7 +399,7 @@ def _complete_frame_at(buf: bytearray, j: int) -> bool:
     end = j + length + _MIN_FRAME
     if length > MAX_DATA_LENGTH or end > n or buf[end - 1] != _END:
         return False
-    return sum(buf[j : end - 2]) & 0xFF == buf[end - 2]
+    return (_byte_sum(buf[j:end]) - 2 * buf[end - 2] - _END) & 0xFF == 0
 
 
 class FrameParser:
@@ -459,7 +474,7 @@ class FrameParser:
                 continue
             raw = bytes(buf[:end])
             del buf[:end]
-            if sum(raw[:-2]) & 0xFF != raw[-2]:
+            if (_byte_sum(raw) - 2 * raw[-2] - _END) & 0xFF:
                 raise ChecksumError(
                     f"checksum {raw[-2]:02X}H does not match {sum(raw[:-2]) & 0xFF:02X}H; {end} bytes dropped"
                 )
@@ -914,7 +929,7 @@ def parse(frame: Frame) -> Message:
         data = frame.data
         msg = _new_read_response(ReadResponse)
         _set_rr_address(msg, frame.address)
-        _set_rr_di(msg, int.from_bytes(data[:4], "little"))
+        _set_rr_di(msg, _unpack_di(data)[0])
         _set_rr_data(msg, data[4:])
         _set_rr_follow_up(msg, False)
         _set_rr_seq(msg, None)
