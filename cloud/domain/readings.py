@@ -155,7 +155,11 @@ class ReadingRules:
         headroom: Decimal = Decimal("1.5"),
         **overrides: object,
     ) -> ReadingRules:
-        """Rules whose spike limit follows the meter's capacity: I × U × phases × CT × headroom."""
+        """Rules whose spike limit follows the meter's capacity: I × U × phases × CT × headroom.
+
+        Pass ``ct_ratio`` only when the values checked are primary-side (already multiplied by the CT
+        ratio); a meter whose registers count the secondary side is checked with ``ct_ratio=1``.
+        """
         kw = max_current_a * voltage_v * phases * ct_ratio * headroom / 1000
         return cls(max_rate_per_hour=kw, **overrides)  # type: ignore[arg-type]
 

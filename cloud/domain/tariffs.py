@@ -35,7 +35,7 @@ from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from cloud.domain.errors import NoTariffInForce, RatingError, TariffError
+from cloud.domain.errors import MoneyError, NoTariffInForce, RatingError, TariffError
 from cloud.domain.money import line_amount_milli, price_to_milli
 from protocol.contract import Quantity
 
@@ -93,6 +93,15 @@ class Tier:
 
     upto: Decimal | None
     price_milli: int
+
+
+def _spec_price(item: Mapping[str, Any]) -> int:
+    if item.get("price_milli") is not None:
+        value = item["price_milli"]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"price_milli must be an int, got {value!r}")
+        return value
+    return price_to_milli(str(item["price"]))
 
 
 @dataclass(frozen=True)
@@ -217,25 +226,42 @@ class TariffVersion:
 
     @classmethod
     def from_spec(cls, id: str | int, effective_from: datetime, spec: Mapping[str, Any]) -> TariffVersion:
-        """Rebuild a version from :meth:`to_spec` output; any defect is a ``TariffError`` naming it."""
-        known = {"kind", "price_milli", "tou_prices", "tiers", "tier_reset", "name"}
+        """Rebuild a version from :meth:`to_spec` output; any defect is a ``TariffError`` naming it.
+
+        Prices are integer milli-fen (``price_milli``, ``tou_prices``, ``tiers[].price_milli``); a
+        hand-written spec may give yuan strings instead (``price``, ``tou_prices_yuan``, ``tiers[].price``).
+        """
+        known = {
+            "kind",
+            "price_milli",
+            "price",
+            "tou_prices",
+            "tou_prices_yuan",
+            "tiers",
+            "tier_reset",
+            "name",
+        }
         if not isinstance(spec, Mapping) or "kind" not in spec or set(spec) - known:
             raise TariffError(f"version {id}: spec must be a mapping with 'kind' and only {sorted(known)}")
         try:
             tiers = tuple(
-                Tier(None if t["upto"] is None else Decimal(str(t["upto"])), t["price_milli"])
+                Tier(None if t["upto"] is None else Decimal(str(t["upto"])), _spec_price(t))
                 for t in spec.get("tiers") or ()
             )
-        except (KeyError, TypeError, ArithmeticError) as exc:
-            raise TariffError(f"version {id}: malformed tiers in spec: {exc!r}") from exc
-        tou = spec.get("tou_prices") or {}
-        if not isinstance(tou, Mapping):
-            raise TariffError(f"version {id}: tou_prices must be a mapping")
+            tou: dict[Any, Any] = dict(spec.get("tou_prices") or {})
+            tou.update(
+                {q: price_to_milli(str(p)) for q, p in dict(spec.get("tou_prices_yuan") or {}).items()}
+            )
+            price = (
+                None if spec.get("price_milli") is None and spec.get("price") is None else _spec_price(spec)
+            )
+        except (KeyError, TypeError, ValueError, ArithmeticError, MoneyError) as exc:
+            raise TariffError(f"version {id}: malformed spec: {exc!r}") from exc
         return cls(
             str(id),
             spec["kind"],
             effective_from,
-            price_milli=spec.get("price_milli"),
+            price_milli=price,
             tou_prices=tou,
             tiers=tiers,
             tier_reset=spec.get("tier_reset") or TierReset.MONTHLY,

@@ -342,12 +342,31 @@ def test_spec_round_trip_through_json(version: TariffVersion) -> None:
         {"kind": "tiered", "tiers": [{"upto": "x", "price_milli": 1}]},
         {"kind": "tiered", "tiers": [{"price_milli": 1}]},
         {"kind": "tou", "tou_prices": [1, 2]},
+        {"kind": "flat", "price_milli": "56830"},
+        {"kind": "flat", "price": "0.568301"},
+        {"kind": "tiered", "tiers": [{"upto": None}]},
         {"kind": "tou", "tou_prices": {"energy_t9_kwh": 1}},
     ],
 )
 def test_malformed_spec_refused(spec: dict[str, object]) -> None:
     with pytest.raises(TariffError):
         TariffVersion.from_spec("v", EPOCH, spec)
+
+
+def test_hand_written_spec_in_yuan() -> None:
+    spec = {
+        "kind": "tiered",
+        "tiers": [
+            {"upto": 200, "price": "0.4883"},
+            {"upto": "400", "price_milli": 53830},
+            {"upto": None, "price": "0.7883"},
+        ],
+    }
+    assert TariffVersion.from_spec("a", EPOCH, spec) == TariffVersion.tiered("a", EPOCH, RESIDENTIAL)
+    flat = TariffVersion.from_spec("b", EPOCH, {"kind": "flat", "price": "0.5683"})
+    assert flat.price_milli == 56830
+    tou = TariffVersion.from_spec("c", EPOCH, {"kind": "tou", "tou_prices_yuan": {"energy_t2_kwh": "0.8"}})
+    assert tou.tou_prices == {Q.ENERGY_T2_KWH: 80000}
 
 
 def test_plain_strings_are_accepted_for_enums() -> None:
