@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import inspect
 import logging
 import threading
@@ -84,7 +85,9 @@ def build_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task: asyncio.Task[None] | None = None
         stop: Any = None
-        if background:
+        if background and importlib.util.find_spec("cloud.runtime") is None:
+            log.warning("cloud.runtime is not installed: serving the API only (no ingest, control, jobs)")
+        elif background:
             runtime = importlib.import_module("cloud.runtime")
             is_async = inspect.iscoroutinefunction(runtime.run_background)
             stop = asyncio.Event() if is_async else threading.Event()
