@@ -7,7 +7,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloud.domain.errors import RatingError
@@ -96,6 +96,7 @@ def test_refuses_bad_register_value() -> None:
         credit_horizon(schedule=FLAT, at=NOW, register_value=D(-1), balance_fen=1)
 
 
+@settings(deadline=None)
 @given(
     st.integers(0, 200_000),
     st.integers(0, 999),

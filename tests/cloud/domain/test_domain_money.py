@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloud.domain.errors import MoneyError
@@ -99,6 +99,7 @@ def test_carry_negative_credit_and_bad_residue() -> None:
         carry(-1, 1)
 
 
+@settings(deadline=None)
 @given(st.integers(0, 999), st.lists(st.integers(-(10**7), 10**8), max_size=40))
 def test_carry_is_exactly_additive(r0: int, amounts: list[int]) -> None:
     residue, total = r0, 0
