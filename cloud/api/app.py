@@ -25,7 +25,7 @@ from sqlalchemy import Engine, text
 
 from cloud.api.errors import install_error_handlers
 from cloud.api.ratelimit import RateLimiter, make_rate_limiter
-from cloud.api.routes import accounts, auth, hierarchy, meters
+from cloud.api.routes import accounts, auth, hierarchy, meters, operations
 from cloud.db import make_engine, make_session_factory
 from cloud.services.users import LoginPolicy
 from cloud.settings import Settings
@@ -34,8 +34,6 @@ __all__ = ["API_PREFIX", "build_app"]
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger(__name__)
-
-_OPTIONAL_ROUTERS = ("cloud.api.routes.operations",)
 
 
 def _utcnow() -> datetime:
@@ -124,16 +122,8 @@ def build_app(
         settings.redis_url, limit=settings.login_max_failures * 4, window_s=settings.login_window_s
     )
     install_error_handlers(app)
-    for module in (auth, hierarchy, meters, accounts):
+    for module in (auth, hierarchy, meters, accounts, operations):
         app.include_router(module.router, prefix=API_PREFIX)
-    for name in _OPTIONAL_ROUTERS:
-        try:
-            optional = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        app.include_router(optional.router, prefix=API_PREFIX)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and database reachability")
     def healthz() -> dict[str, str]:

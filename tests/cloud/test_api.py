@@ -206,3 +206,37 @@ def test_organisations_and_tenants_are_isolated(api: Api) -> None:
     api.get(f"/accounts/{a['account']}/ledger", tenant)
     api.get("/meters", tenant, 403)
     api.post("/organisations", api.login(f"mgr-{a['org']}"), {"name": "自建"}, 403)
+
+
+def test_operator_commands_alarms_and_dead_letters(api: Api) -> None:
+    from cloud.models import Alarm, AuditLog, DeadLetter
+
+    admin = api.login("root")
+    a = _site(api, admin, "物业A")
+    b = _site(api, admin, "物业B")
+    mgr_a, mgr_b = api.login(f"mgr-{a['org']}"), api.login(f"mgr-{b['org']}")
+    cmd = api.post(f"/meters/{a['meter']}/commands", mgr_a, {"action": "trip"}, 202)
+    assert (cmd["action"], cmd["origin"], cmd["meter_id"]) == ("trip", "operator", a["meter"])
+    assert ("desired_changed", {"meter_ids": [a["meter"]]}) in api.bus.events
+    assert [c["id"] for c in api.get(f"/meters/{a['meter']}/commands", mgr_a)] == [cmd["id"]]
+    assert api.get(f"/meters/{a['meter']}/state", mgr_a)["desired"] == "open"
+    api.post(f"/meters/{a['meter']}/commands", mgr_b, {"action": "close"}, 404)
+    api.post(f"/meters/{a['meter']}/commands", mgr_a, {"action": "recharge"}, 422)
+    with api.factory() as session:
+        audit = [x for x in session.query(AuditLog).all() if x.action == "remote_control"]
+        assert [(x.target_id, x.detail["action"]) for x in audit] == [(str(a["meter"]), "trip")]
+        session.add(Alarm(org_id=a["org"], kind="arrears", dedupe_key="t1", message_zh="余额不足"))
+        session.add(
+            DeadLetter(
+                topic="mf/v1/gw/x/up/readings",
+                payload=b"\xff{",
+                reason="bad json",
+                gateway_device=f"gw-{a['org']}",
+            )
+        )
+        session.commit()
+    assert [x["message_zh"] for x in api.get("/alarms", mgr_a)] == ["余额不足"]
+    assert api.get("/alarms", mgr_b) == []
+    letters = api.get("/dead-letters", mgr_a)
+    assert [(x["reason"], x["payload_b64"]) for x in letters] == [("bad json", "/3s=")]
+    assert api.get("/dead-letters", mgr_b) == []
