@@ -65,11 +65,11 @@ from protocol.contract import Quantity
 __all__ = [
     "BillingCache",
     "BillingOutcome",
+    "bill_reading",
     "charge_key",
     "schedule_for",
     "snapshot_values",
     "version_from_spec",
-    "bill_reading",
 ]
 
 MAX_KEY = dledger.MAX_KEY_LENGTH
@@ -148,7 +148,9 @@ class BillingCache:
         return found
 
 
-def schedule_for(session: Session, tariff_id: int, cache: BillingCache | None = None) -> TariffSchedule | None:
+def schedule_for(
+    session: Session, tariff_id: int, cache: BillingCache | None = None
+) -> TariffSchedule | None:
     """Every version of ``tariff_id`` as a schedule (None when it has no version)."""
     if cache is not None and tariff_id in cache.schedules:
         return cache.schedules[tariff_id]
@@ -193,7 +195,8 @@ def _tariff_id(meter: Meter, project: Project) -> int | None:
 def _hold(
     session: Session, meter: Meter, reading: ReadingRow, verdict: str, zh: str, en: str, detail: str
 ) -> BillingOutcome:
-    assert reading.id is not None and meter.id is not None
+    assert reading.id is not None
+    assert meter.id is not None
     session.add(ReadingHold(reading_id=reading.id, meter_id=meter.id, verdict=verdict, detail=detail[:1000]))
     session.add(
         Alarm(
@@ -273,7 +276,8 @@ def bill_reading(
         return BillingOutcome(ReadingStatus.ZERO, account.id)
     key = charge_key(gateway_device, meter.device_id, reading.seq)
     utility = "water" if meter.kind == MeterKind.WATER else "electric"
-    assert account.id is not None and meter.id is not None
+    assert account.id is not None
+    assert meter.id is not None
     txn = dledger.charge(
         key,
         dledger.wallet_code(account.id),

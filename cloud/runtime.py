@@ -1,0 +1,333 @@
+"""The cloud's background workers: MQTT ingest, the control reconciler and the scheduled jobs.
+
+``await run_background(settings, stop_event)`` runs all three until ``stop_event`` is set;
+``meterflow cloud serve`` calls it from the API's lifespan (sharing the API's event bus, so a recharge
+taken by the API wakes the reconciler at once). ``python -m cloud.runtime`` runs the workers alone,
+configured from ``MF_*`` variables (tests, benchmarks, worker-only replicas); SIGTERM/SIGINT stop it.
+
+Threads and loops:
+
+- ingest: paho's network thread calls :meth:`cloud.services.ingest.Ingest.handle` per message; it
+  commits before returning, so the PUBACK follows the commit;
+- reconciler: an asyncio task woken by ``balance_changed`` / ``desired_changed`` / ``ack_received``
+  events (restore after a recharge is event-driven, within the time of one database round trip and one
+  MQTT publish) and by a 1 s tick for expiries and retries; database work runs in a worker thread;
+  commands and retained configs go out on a second MQTT connection, so a PUBACK wait never blocks the
+  ingest's network thread;
+- jobs: APScheduler's thread, gated by leader election (see :mod:`cloud.jobs`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+from sqlmodel import col
+
+from cloud.db import make_engine, make_session_factory
+from cloud.events import (
+    ACK_RECEIVED,
+    BALANCE_CHANGED,
+    DESIRED_CHANGED,
+    AsyncSubscription,
+    EventBus,
+    make_event_bus,
+)
+from cloud.integrations.mqtt import MqttConfig, MqttError, MqttLink, ingest_filter
+from cloud.jobs import JobScheduler, make_leader_lock
+from cloud.models import Account, Gateway
+from cloud.services.arrears import PolicyCache, evaluate_account, linked_meters
+from cloud.services.billing import BillingCache
+from cloud.services.control import (
+    ControlConfig,
+    OutgoingCommand,
+    gateway_config,
+    mark_sent,
+    plan_commands,
+    sweep,
+)
+from cloud.services.ingest import Ingest
+from cloud.services.unit import unit_of_work
+from cloud.settings import Settings
+from protocol.contract import Topics, encode
+
+__all__ = ["Reconciler", "RuntimeOptions", "main", "run_background"]
+
+log = logging.getLogger(__name__)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    ingest: bool = True
+    control: bool = True
+    jobs: bool = True
+    client_id: str | None = None
+    tick_s: float = 1.0
+    horizon_interval_s: float = 2.0
+    control_config: ControlConfig | None = None
+
+
+class Reconciler:
+    """Event-driven desired-vs-observed loop (see the module docstring)."""
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        publish: Callable[[str, bytes, bool], None],
+        bus: EventBus,
+        config: ControlConfig,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        tick_s: float = 1.0,
+        horizon_interval_s: float = 2.0,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._factory = factory
+        self._publish = publish
+        self._bus = bus
+        self._config = config
+        self._clock = clock
+        self._tick = tick_s
+        self._horizon_interval = horizon_interval_s
+        self._rand = rand
+        self._dirty_gateways: set[int] = set()
+        self._config_sent: dict[int, float] = {}
+        self.published: int = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        sub = AsyncSubscription(self._bus, {BALANCE_CHANGED, DESIRED_CHANGED, ACK_RECEIVED}, loop)
+        next_sweep = 0.0
+        try:
+            while not stop.is_set():
+                accounts: set[int] = set()
+                meters: set[int] = set()
+                try:
+                    item = await asyncio.wait_for(sub.queue.get(), timeout=self._tick)
+                    self._collect(item, accounts, meters)
+                    while not sub.queue.empty():
+                        self._collect(sub.queue.get_nowait(), accounts, meters)
+                except TimeoutError:
+                    pass
+                try:
+                    if accounts or meters:
+                        await asyncio.to_thread(self.react, accounts, meters)
+                    if time.monotonic() >= next_sweep:
+                        next_sweep = time.monotonic() + self._tick
+                        await asyncio.to_thread(self.sweep_once)
+                    await asyncio.to_thread(self.publish_configs)
+                except Exception:
+                    log.exception("reconciler step failed; continuing")
+                    await asyncio.sleep(self._tick)
+        finally:
+            sub.close()
+
+    @staticmethod
+    def _collect(item: tuple[str, dict[str, Any]], accounts: set[int], meters: set[int]) -> None:
+        kind, payload = item
+        if kind == BALANCE_CHANGED and "account_id" in payload:
+            accounts.add(int(payload["account_id"]))
+        elif kind == DESIRED_CHANGED:
+            meters.update(int(m) for m in payload.get("meter_ids", ()))
+        elif kind == ACK_RECEIVED and "meter_id" in payload:
+            meters.add(int(payload["meter_id"]))
+
+    def react(self, accounts: set[int], meters: set[int]) -> list[OutgoingCommand]:
+        """Re-evaluate the accounts, plan commands for their meters (and ``meters``), publish."""
+        now = self._clock()
+        with unit_of_work(self._factory) as session:
+            cache = PolicyCache()
+            rows = session.scalars(
+                select(Account)
+                .where(col(Account.id).in_(sorted(accounts)))
+                .order_by(col(Account.id))
+                .with_for_update()
+            ).all()
+            for account in rows:
+                evaluate_account(session, account, now, cache)
+            all_meters = set(meters)
+            for _account_id, meter in linked_meters(session, accounts):
+                if meter.id is not None:
+                    all_meters.add(meter.id)
+                    self._dirty_gateways.add(meter.gateway_id)
+            outgoing = plan_commands(session, all_meters, now, self._config)
+        self._send(outgoing)
+        return outgoing
+
+    def sweep_once(self) -> list[OutgoingCommand]:
+        now = self._clock()
+        with unit_of_work(self._factory) as session:
+            outgoing = sweep(session, now, self._config, self._rand)
+        self._send(outgoing)
+        return outgoing
+
+    def _send(self, outgoing: list[OutgoingCommand]) -> None:
+        sent: list[str] = []
+        for cmd in outgoing:
+            try:
+                self._publish(cmd.topic, cmd.payload, False)
+                sent.append(cmd.id)
+                self.published += 1
+            except MqttError:
+                log.warning("could not publish command %s; the sweep re-publishes it", cmd.id)
+        if sent:
+            with unit_of_work(self._factory) as session:
+                mark_sent(session, sent, self._clock())
+
+    def publish_configs(self, *, force: bool = False) -> int:
+        """Retained GatewayConfig (credit horizons) for gateways whose balances moved, rate-limited."""
+        due = [
+            g
+            for g in sorted(self._dirty_gateways)
+            if force or time.monotonic() - self._config_sent.get(g, 0.0) >= self._horizon_interval
+        ]
+        if not due:
+            return 0
+        now = self._clock()
+        payloads: list[tuple[int, str, bytes]] = []
+        with unit_of_work(self._factory) as session:
+            cache = BillingCache()
+            for gateway_id in due:
+                gateway = session.get(Gateway, gateway_id)
+                if gateway is None:
+                    continue
+                config = gateway_config(session, gateway, now, self._config, cache)
+                payloads.append(
+                    (gateway_id, Topics(gateway.device_id, self._config.prefix).config, encode(config))
+                )
+        for gateway_id, topic, payload in payloads:
+            try:
+                self._publish(topic, payload, True)
+            except MqttError:
+                log.warning("could not publish config for gateway %s; will retry", gateway_id)
+                continue
+            self._dirty_gateways.discard(gateway_id)
+            self._config_sent[gateway_id] = time.monotonic()
+        return len(payloads)
+
+    def mark_gateways_dirty(self, gateway_ids: set[int]) -> None:
+        self._dirty_gateways.update(gateway_ids)
+
+
+async def _wait(stop: Any) -> None:
+    if isinstance(stop, asyncio.Event):
+        await stop.wait()
+        return
+    await asyncio.to_thread(stop.wait)  # a threading.Event
+
+
+async def run_background(
+    settings: Settings,
+    stop_event: Any,
+    *,
+    event_bus: EventBus | None = None,
+    engine: Engine | None = None,
+    options: RuntimeOptions | None = None,
+    clock: Callable[[], datetime] = _utcnow,
+) -> None:
+    """Run ingest, reconciler and jobs until ``stop_event`` (asyncio or threading Event) is set."""
+    options = options or RuntimeOptions()
+    own_engine = engine is None
+    engine = engine or make_engine(settings)
+    factory = make_session_factory(engine)
+    own_bus = event_bus is None
+    bus = event_bus or make_event_bus(settings.redis_url)
+    client_id = (
+        options.client_id or settings.mqtt_client_id or f"mf-cloud-{socket.gethostname()}-{os.getpid()}"
+    )
+    control = options.control_config or ControlConfig(prefix=settings.mqtt_prefix)
+    control = replace(control, prefix=settings.mqtt_prefix)
+    base = MqttConfig.from_settings(settings, client_id=client_id)
+    publisher = MqttLink(replace(base, client_id=f"{client_id}-pub", clean_start=True, session_expiry_s=0))
+    ingest_link: MqttLink | None = None
+    scheduler: JobScheduler | None = None
+    reconciler_task: asyncio.Task[None] | None = None
+    local_stop = asyncio.Event()
+    try:
+        await asyncio.to_thread(publisher.start)
+        if options.control:
+            reconciler = Reconciler(
+                factory,
+                lambda topic, payload, retain: publisher.publish(topic, payload, retain=retain),
+                bus,
+                control,
+                clock=clock,
+                tick_s=options.tick_s,
+                horizon_interval_s=options.horizon_interval_s,
+            )
+            reconciler_task = asyncio.create_task(reconciler.run(local_stop), name="mf-reconciler")
+        if options.ingest:
+            ingest = Ingest(
+                factory, prefix=settings.mqtt_prefix, publish=bus.publish, clock=clock, runner=client_id
+            )
+            topic = ingest_filter(
+                settings.mqtt_prefix, shared=settings.mqtt_shared, group=settings.mqtt_share_group
+            )
+            ingest_link = MqttLink(base, subscriptions=[topic], handler=ingest.handle)
+            await asyncio.to_thread(ingest_link.start)
+        if options.jobs:
+            scheduler = JobScheduler(
+                factory,
+                make_leader_lock(engine, settings.redis_url),
+                publish=bus.publish,
+                runner=client_id,
+                clock=clock,
+                tz=settings.timezone,
+            )
+            scheduler.start()
+        log.info("background workers running as %s", client_id)
+        await _wait(stop_event)
+    finally:
+        if ingest_link is not None:
+            await asyncio.to_thread(ingest_link.stop)
+        if scheduler is not None:
+            await asyncio.to_thread(scheduler.stop)
+        local_stop.set()
+        if reconciler_task is not None:
+            await asyncio.wait_for(reconciler_task, timeout=15)
+        await asyncio.to_thread(publisher.stop)
+        if own_bus:
+            bus.close()
+        if own_engine:
+            engine.dispose()
+
+
+def main() -> None:
+    """``python -m cloud.runtime``: the background workers alone, from ``MF_*`` settings."""
+    logging.basicConfig(
+        level=os.environ.get("MF_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    settings = Settings()
+    options = RuntimeOptions(
+        jobs=os.environ.get("MF_RUNTIME_JOBS", "1") == "1",
+        control=os.environ.get("MF_RUNTIME_CONTROL", "1") == "1",
+        ingest=os.environ.get("MF_RUNTIME_INGEST", "1") == "1",
+    )
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_background(settings, stop, options=options)
+
+    asyncio.run(_main())
+
+
+if __name__ == "__main__":
+    main()

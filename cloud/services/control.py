@@ -1,0 +1,525 @@
+"""Control: bring each meter's observed supply state to the desired one with signed commands.
+
+Desired state per meter comes from the arrears policy (:mod:`cloud.services.arrears`); observed state
+from readings (``Reading.relay``), acks and events. The reconciler (:class:`cloud.runtime` drives it):
+
+1. :func:`plan_commands` — for meters whose desired ≠ observed and no command is in flight, a new
+   command row (lifecycle :mod:`cloud.domain.control`), signed with the gateway's key, with an id and an
+   expiry; a command in flight for the opposite action is cancelled (superseded). The meter's
+   ``meter_state`` row is locked first, so two replicas woken by the same event issue one command.
+2. The caller commits, then publishes each new command on ``gw/{id}/down/commands`` (QoS 1) and calls
+   :func:`mark_sent`. A command committed but never published (crash) is re-published by :func:`sweep`.
+3. :func:`apply_ack` — the gateway's ack moves the lifecycle (an ack for a still-``pending`` command
+   proves it was sent) and updates ``meter_state.observed``. A failed or rejected ack, and a command that
+   expires unanswered, get a retry time from :class:`cloud.domain.control.Backoff`.
+4. :func:`sweep` — expires overdue commands, issues due retries as fresh commands (new id, attempt + 1),
+   and after the last attempt marks the command ``abandoned`` and raises an alarm.
+
+Unknown observed state with "closed" desired sends nothing (a meter is assumed on until a reading says
+otherwise); cutting always needs an explicit command.
+
+Operator commands (:func:`operator_command`) go through the same rows, are audited, and protect /
+unprotect also set the meter's 保电 flag so the policy honours it.
+
+:func:`gateway_config` builds the retained ``GatewayConfig`` with a credit horizon per remote-prepay
+meter (:func:`cloud.domain.horizons.credit_horizon`): the register value at which the meter's share of
+its account's money runs out, for the gateway to enforce while it cannot reach the cloud.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import ROUND_FLOOR, Decimal
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from cloud.domain.control import (
+    ACTIVE,
+    Backoff,
+    CommandEvent,
+    CommandStatus,
+    LastCommand,
+    needs_command,
+    transition,
+)
+from cloud.domain.errors import DomainError
+from cloud.domain.horizons import credit_horizon
+from cloud.domain.tariffs import TierCounter
+from cloud.models import (
+    Account,
+    AccountMeter,
+    AccountStatus,
+    Alarm,
+    AlarmKind,
+    CommandOrigin,
+    CommandRow,
+    Gateway,
+    Meter,
+    MeterKind,
+    MeterState,
+    PrepayMode,
+)
+from cloud.services.audit import Actor, AuditAction, record
+from cloud.services.billing import BillingCache, schedule_for, snapshot_values
+from cloud.services.errors import Conflict, NotFound
+from protocol.contract import (
+    Ack,
+    AckStatus,
+    Action,
+    Command,
+    CreditHorizon,
+    GatewayConfig,
+    Quantity,
+    RelayState,
+    Topics,
+    encode,
+    sign_command,
+)
+
+__all__ = [
+    "ControlConfig",
+    "OutgoingCommand",
+    "apply_ack",
+    "gateway_config",
+    "issue_command",
+    "mark_sent",
+    "operator_command",
+    "plan_commands",
+    "sweep",
+]
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    command_ttl: timedelta = timedelta(seconds=60)
+    backoff: Backoff = field(default_factory=Backoff)
+    close_action: Action = Action.CLOSE
+    republish_after: timedelta = timedelta(seconds=5)
+    """A command still ``pending`` this long after it was issued was never published: publish it."""
+    prefix: str = "mf/v1"
+    offline_after_s: int = 300
+
+
+@dataclass(frozen=True)
+class OutgoingCommand:
+    """A committed command to publish: topic and the exact signed bytes."""
+
+    id: str
+    topic: str
+    payload: bytes
+
+
+def _outgoing(row: CommandRow, gateway_device: str, prefix: str) -> OutgoingCommand:
+    return OutgoingCommand(row.id, Topics(gateway_device, prefix).commands, row.payload.encode())
+
+
+def _latest(session: Session, meter_id: int) -> CommandRow | None:
+    return session.scalars(
+        select(CommandRow)
+        .where(col(CommandRow.meter_id) == meter_id)
+        .order_by(col(CommandRow.issued_at).desc(), col(CommandRow.attempt).desc())
+        .limit(1)
+    ).first()
+
+
+def _lock_state(session: Session, meter_id: int) -> MeterState:
+    row = session.scalars(
+        select(MeterState).where(col(MeterState.meter_id) == meter_id).with_for_update()
+    ).first()
+    if row is None:
+        row = MeterState(meter_id=meter_id)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def issue_command(
+    session: Session,
+    meter: Meter,
+    gateway: Gateway,
+    action: Action,
+    now: datetime,
+    config: ControlConfig,
+    *,
+    origin: CommandOrigin = CommandOrigin.RECONCILER,
+    attempt: int = 1,
+    previous_id: str | None = None,
+    actor_user_id: int | None = None,
+    params: dict[str, int | str] | None = None,
+) -> CommandRow:
+    """A new signed command row in ``pending`` (published after commit)."""
+    assert meter.id is not None
+    assert gateway.id is not None
+    command_id = f"c-{uuid.uuid4().hex}"
+    signed = sign_command(
+        Command(
+            id=command_id,
+            gateway=gateway.device_id,
+            meter=meter.device_id,
+            action=action,
+            params=dict(params or {}),
+            issued_at=now,
+            expires_at=now + config.command_ttl,
+        ),
+        gateway.signing_key.encode(),
+    )
+    row = CommandRow(
+        id=command_id,
+        org_id=meter.org_id,
+        gateway_id=gateway.id,
+        meter_id=meter.id,
+        action=action.value,
+        params=dict(params or {}),
+        status=CommandStatus.PENDING,
+        origin=origin,
+        attempt=attempt,
+        previous_id=previous_id,
+        actor_user_id=actor_user_id,
+        issued_at=now,
+        expires_at=signed.expires_at,
+        next_try_at=signed.expires_at,
+        payload=encode(signed).decode(),
+    )
+    session.add(row)
+    return row
+
+
+def plan_commands(
+    session: Session, meter_ids: Iterable[int], now: datetime, config: ControlConfig
+) -> list[OutgoingCommand]:
+    """Issue the commands that the meters' desired vs observed states call for (see module doc)."""
+    out: list[OutgoingCommand] = []
+    for meter_id in sorted(set(meter_ids)):
+        state = _lock_state(session, meter_id)
+        if state.desired is None:
+            continue
+        desired = RelayState(state.desired)
+        observed = RelayState(state.observed) if state.observed else None
+        if observed is None and desired is RelayState.CLOSED:
+            continue
+        meter = session.get(Meter, meter_id)
+        if meter is None or not meter.active:
+            continue
+        latest = _latest(session, meter_id)
+        if latest is not None:
+            if latest.next_try_at is not None and latest.status not in ACTIVE:
+                continue  # a retry is scheduled; the sweep issues it
+            if latest.status == CommandStatus.ABANDONED and (
+                state.desired_at is None or state.desired_at <= latest.issued_at
+            ):
+                continue  # given up on this goal; an operator (or a new desired state) restarts it
+        last = (
+            LastCommand(Action(latest.action), CommandStatus(latest.status), latest.expires_at)
+            if latest is not None
+            else None
+        )
+        action = needs_command(
+            desired,
+            observed,
+            last,
+            water=meter.kind == MeterKind.WATER,
+            close_action=config.close_action,
+            now=now,
+        )
+        if action is None:
+            continue
+        if latest is not None and latest.status in ACTIVE:
+            latest.status = transition(latest.status, CommandEvent.CANCEL)
+            latest.next_try_at = None
+        gateway = session.get(Gateway, meter.gateway_id)
+        assert gateway is not None
+        row = issue_command(session, meter, gateway, action, now, config)
+        out.append(_outgoing(row, gateway.device_id, config.prefix))
+    session.flush()
+    return out
+
+
+def mark_sent(session: Session, command_ids: Sequence[str], now: datetime) -> None:
+    """Record that the broker accepted the commands (only those still pending)."""
+    if not command_ids:
+        return
+    rows = session.scalars(select(CommandRow).where(col(CommandRow.id).in_(list(command_ids)))).all()
+    for row in rows:
+        if row.status == CommandStatus.PENDING:
+            row.status = transition(row.status, CommandEvent.SEND)
+            row.sent_at = now
+        elif row.status == CommandStatus.SENT:
+            row.sent_at = row.sent_at or now
+
+
+def _schedule_retry(
+    session: Session, row: CommandRow, now: datetime, config: ControlConfig, rand: Callable[[], float]
+) -> None:
+    nxt = config.backoff.next_try_at(now, row.attempt, rand)
+    if nxt is not None:
+        row.next_try_at = nxt
+        return
+    row.status = transition(row.status, CommandEvent.GIVE_UP)
+    row.next_try_at = None
+    meter = session.get(Meter, row.meter_id)
+    name = meter.device_id if meter else str(row.meter_id)
+    session.add(
+        Alarm(
+            org_id=row.org_id,
+            kind=AlarmKind.COMMAND_ABANDONED,
+            level=3,
+            dedupe_key=f"abandoned:{row.id}",
+            meter_id=row.meter_id,
+            gateway_id=row.gateway_id,
+            message_zh=f"表计 {name} 的 {row.action} 指令经 {row.attempt} 次尝试仍未成功，请人工处理",
+            message_en=f"{row.action} for meter {name} failed after {row.attempt} attempts",
+            detail={"command": row.id, "ack": row.ack_status, "detail": row.ack_detail},
+        )
+    )
+
+
+def apply_ack(
+    session: Session,
+    gateway: Gateway,
+    ack: Ack,
+    now: datetime,
+    config: ControlConfig,
+    rand: Callable[[], float],
+) -> int | None:
+    """Apply one ack; return the meter id whose observed state it updated (None if unknown)."""
+    row = session.get(CommandRow, ack.command, with_for_update=True)
+    if row is None or row.gateway_id != gateway.id:
+        return None
+    if row.acked_at is not None and row.ack_status == ack.status.value:
+        return row.meter_id  # a redelivered ack
+    event = {
+        AckStatus.DONE: CommandEvent.ACK_DONE,
+        AckStatus.FAILED: CommandEvent.ACK_FAILED,
+        AckStatus.REJECTED: CommandEvent.ACK_REJECTED,
+    }[ack.status]
+    if row.status == CommandStatus.PENDING:
+        row.status = transition(row.status, CommandEvent.SEND)  # the ack proves it went out
+        row.sent_at = row.sent_at or now
+    # An ack for a cancelled command cannot move it, but still tells us the observed state.
+    with suppress(DomainError):
+        row.status = transition(row.status, event)
+    row.acked_at = now
+    row.ack_status = ack.status.value
+    row.ack_observed = ack.observed.value if ack.observed else None
+    row.ack_detail = ack.detail[:500]
+    row.next_try_at = None
+    if row.status in (CommandStatus.ACKED_FAILED, CommandStatus.REJECTED):
+        _schedule_retry(session, row, now, config, rand)
+    state = _lock_state(session, row.meter_id)
+    fresh = state.observed_at is None or ack.ts >= state.observed_at
+    if ack.observed is not None and ack.observed is not RelayState.UNKNOWN and fresh:
+        state.observed = ack.observed.value
+        state.observed_at = ack.ts
+    if ack.protected is not None:
+        state.protected_observed = ack.protected
+    return row.meter_id
+
+
+def sweep(
+    session: Session, now: datetime, config: ControlConfig, rand: Callable[[], float], *, limit: int = 200
+) -> list[OutgoingCommand]:
+    """Expire overdue commands, issue due retries, re-publish lost ones. The caller commits."""
+    out: list[OutgoingCommand] = []
+    due = session.scalars(
+        select(CommandRow)
+        .where(col(CommandRow.next_try_at).is_not(None), col(CommandRow.next_try_at) <= now)
+        .order_by(col(CommandRow.next_try_at))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for row in due:
+        if row.status == CommandStatus.SENT:
+            row.status = transition(row.status, CommandEvent.EXPIRE)
+            _schedule_retry(session, row, now, config, rand)
+            continue
+        if row.status == CommandStatus.PENDING:
+            row.status = transition(row.status, CommandEvent.EXPIRE)
+            _schedule_retry(session, row, now, config, rand)
+            continue
+        if row.status not in (CommandStatus.EXPIRED, CommandStatus.ACKED_FAILED, CommandStatus.REJECTED):
+            row.next_try_at = None
+            continue
+        transition(row.status, CommandEvent.RETRY)  # legal? (raises otherwise)
+        row.next_try_at = None
+        state = _lock_state(session, row.meter_id)
+        meter = session.get(Meter, row.meter_id)
+        gateway = session.get(Gateway, row.gateway_id)
+        if meter is None or gateway is None:
+            continue
+        if row.origin == CommandOrigin.RECONCILER:
+            desired = RelayState(state.desired) if state.desired else None
+            observed = RelayState(state.observed) if state.observed else None
+            still = needs_command(
+                desired, observed, None, water=meter.kind == MeterKind.WATER, close_action=config.close_action
+            )
+            if still is None or still.value != row.action:
+                continue  # the goal changed or was reached meanwhile
+        new = issue_command(
+            session,
+            meter,
+            gateway,
+            Action(row.action),
+            now,
+            config,
+            origin=CommandOrigin(row.origin),
+            attempt=row.attempt + 1,
+            previous_id=row.id,
+            actor_user_id=row.actor_user_id,
+            params={str(k): v for k, v in row.params.items()},
+        )
+        out.append(_outgoing(new, gateway.device_id, config.prefix))
+    stale = session.scalars(
+        select(CommandRow)
+        .where(
+            col(CommandRow.status) == CommandStatus.PENDING,
+            col(CommandRow.issued_at) <= now - config.republish_after,
+            col(CommandRow.expires_at) > now,
+        )
+        .limit(limit)
+    ).all()
+    for row in stale:
+        gateway = session.get(Gateway, row.gateway_id)
+        if gateway is not None:
+            out.append(_outgoing(row, gateway.device_id, config.prefix))
+    session.flush()
+    return out
+
+
+_OPERATOR = {
+    Action.TRIP: RelayState.OPEN,
+    Action.VALVE_CLOSE: RelayState.OPEN,
+    Action.CLOSE: RelayState.CLOSED,
+    Action.CLOSE_PERMIT: RelayState.CLOSED,
+    Action.VALVE_OPEN: RelayState.CLOSED,
+}
+
+
+def operator_command(
+    session: Session,
+    actor: Actor,
+    meter_id: int,
+    action: Action,
+    now: datetime,
+    config: ControlConfig,
+) -> OutgoingCommand:
+    """An operator's trip / close / protect / unprotect, audited; published by the caller after commit.
+
+    Trip and close also set the desired state (reason ``operator``); the arrears policy decides again on
+    the next balance change. Protect / unprotect set the meter's 保电 flag.
+    """
+    meter = session.get(Meter, meter_id)
+    if meter is None or (actor.org_id is not None and meter.org_id != actor.org_id):
+        raise NotFound(f"meter {meter_id} not found")
+    if action not in _OPERATOR and action not in (Action.PROTECT, Action.UNPROTECT):
+        raise Conflict(f"operators may not send {action.value} here")
+    gateway = session.get(Gateway, meter.gateway_id)
+    assert gateway is not None
+    state = _lock_state(session, meter_id)
+    desired = _OPERATOR.get(action)
+    if desired is not None:
+        state.desired = desired.value
+        state.desired_at = now
+        state.desired_reasons = ["operator"]
+    if action in (Action.PROTECT, Action.UNPROTECT):
+        meter.protected = action is Action.PROTECT
+    latest = _latest(session, meter_id)
+    if latest is not None and latest.status in ACTIVE:
+        latest.status = transition(latest.status, CommandEvent.CANCEL)
+        latest.next_try_at = None
+    row = issue_command(
+        session,
+        meter,
+        gateway,
+        action,
+        now,
+        config,
+        origin=CommandOrigin.OPERATOR,
+        actor_user_id=actor.user_id,
+    )
+    record(
+        session,
+        actor,
+        AuditAction.REMOTE_CONTROL,
+        org_id=meter.org_id,
+        target_type="meter",
+        target_id=meter_id,
+        detail={"action": action.value, "command": row.id},
+        at=now,
+    )
+    session.flush()
+    return _outgoing(row, gateway.device_id, config.prefix)
+
+
+def gateway_config(
+    session: Session,
+    gateway: Gateway,
+    now: datetime,
+    config: ControlConfig,
+    cache: BillingCache | None = None,
+) -> GatewayConfig:
+    """The retained config of ``gateway``: a credit horizon per billed remote-prepay meter."""
+    cache = cache or BillingCache()
+    rows = session.execute(
+        select(Meter, Account)
+        .join(AccountMeter, col(AccountMeter.meter_id) == col(Meter.id))
+        .join(Account, col(Account.id) == col(AccountMeter.account_id))
+        .where(
+            col(Meter.gateway_id) == gateway.id,
+            col(Meter.active).is_(True),
+            col(AccountMeter.unlinked_at).is_(None),
+            col(Account.status) == AccountStatus.OPEN,
+        )
+    ).all()
+    per_account: dict[int, int] = {}
+    for meter, account in rows:
+        if meter.prepay_mode == PrepayMode.REMOTE:
+            per_account[account.id or 0] = per_account.get(account.id or 0, 0) + 1
+    horizons: dict[str, CreditHorizon] = {}
+    for meter, account in rows:
+        if meter.prepay_mode != PrepayMode.REMOTE or meter.id is None:
+            continue
+        state = session.get(MeterState, meter.id)
+        if state is None or not state.last_values:
+            continue
+        quantity = Quantity.FLOW_TOTAL_M3 if meter.kind == MeterKind.WATER else Quantity.ENERGY_TOTAL_KWH
+        register = snapshot_values(state.last_values).get(quantity)
+        project = cache.project(session, account.project_id)
+        tariff_id = meter.tariff_id or (
+            project.water_tariff_id if meter.kind == MeterKind.WATER else project.electric_tariff_id
+        )
+        schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
+        if register is None or schedule is None:
+            continue
+        limit_fen = project.credit_limit_fen if account.credit_limit_fen is None else account.credit_limit_fen
+        share = (account.balance_fen + limit_fen) // per_account[account.id or 0]
+        try:
+            horizon = credit_horizon(
+                schedule=schedule,
+                at=now,
+                register_value=register,
+                balance_fen=share,
+                residue_milli=account.residue_millifen,
+                credit_limit_fen=0,
+                counter=TierCounter(account.tier_period, account.tier_usage),
+                protected=meter.protected or account.protected,
+                tz=ZoneInfo(project.timezone),
+            )
+        except DomainError:
+            continue
+        if meter.ct_ratio != 1:
+            # the horizon is in billed units; the gateway compares raw register values
+            over = (horizon.limit - register) / Decimal(meter.ct_ratio)
+            horizon = horizon.model_copy(
+                update={"limit": (register + over).quantize(Decimal("0.01"), rounding=ROUND_FLOOR)}
+            )
+        horizons[meter.device_id] = horizon
+    return GatewayConfig(
+        gateway=gateway.device_id, issued_at=now, horizons=horizons, offline_after_s=config.offline_after_s
+    )

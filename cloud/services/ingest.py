@@ -1,0 +1,472 @@
+"""Ingest: apply one MQTT message from a gateway, completely, in one database transaction.
+
+:meth:`Ingest.handle` is the MQTT handler (``(topic, payload)``); it returns only after the message's
+effects are committed, so paho's PUBACK (sent when the handler returns) means "applied" — see
+:mod:`cloud.integrations.mqtt`. Whatever the broker redelivers is applied at most once:
+
+- readings are inserted with ``ON CONFLICT DO NOTHING`` on their identity ``(gateway, meter, seq)``;
+  only the rows this transaction inserted are billed, and the charge keys derive from the same identity;
+- the batch id lands in ``processed_batch`` in the same transaction, so a whole redelivered batch is
+  recognised with one lookup;
+- events are unique per ``(gateway, event id)``, acks move a command only once.
+
+Malformed payloads (bad JSON, schema violations, a topic that does not match the payload's gateway,
+an unknown gateway) go to ``dead_letter`` with the reason, the topic and the raw bytes, and the ingest
+carries on. A failure of the database itself propagates, so the MQTT adapter withholds the PUBACK and
+retries; any other unexpected error also dead-letters the message (raw bytes kept for a replay).
+
+Per batch, the meters' ``meter_state`` rows and the paying accounts are locked in id order before any
+billing, so concurrent batches (shared subscriptions hand one gateway's batches to several replicas)
+serialise per meter and per account without deadlocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlmodel import col
+
+from cloud.domain.errors import CloudError
+from cloud.events import ACK_RECEIVED, DESIRED_CHANGED
+from cloud.models import (
+    Account,
+    AccountMeter,
+    AccountStatus,
+    Alarm,
+    AlarmKind,
+    DeadLetter,
+    Gateway,
+    GatewayEvent,
+    GatewayStatusRow,
+    Meter,
+    MeterState,
+    ProcessedBatch,
+    ReadingRow,
+    ReadingStatus,
+)
+from cloud.services.arrears import PolicyCache, evaluate_account
+from cloud.services.billing import BillingCache, bill_reading
+from cloud.services.control import ControlConfig, apply_ack
+from cloud.services.unit import Publisher, unit_of_work
+from protocol.contract import (
+    Ack,
+    EventBatch,
+    EventKind,
+    GatewayStatus,
+    ReadingBatch,
+    RelayState,
+    decode,
+    parse_topic,
+)
+from protocol.errors import ContractError
+
+__all__ = ["Ingest", "IngestStats"]
+
+log = logging.getLogger(__name__)
+
+_MAX_ATTEMPTS = 3
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _DeadLetter(CloudError):
+    """Internal: the message is refused for ``reason``."""
+
+
+@dataclass
+class IngestStats:
+    messages: int = 0
+    readings_new: int = 0
+    readings_duplicate: int = 0
+    charges: int = 0
+    dead_letters: int = 0
+    batches_skipped: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+
+class Ingest:
+    """Applies gateway messages to the database; one instance per process (thread-safe per call)."""
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        *,
+        prefix: str = "mf/v1",
+        publish: Publisher | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        control: ControlConfig | None = None,
+        runner: str = "",
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._factory = factory
+        self._prefix = prefix
+        self._publish = publish
+        self._clock = clock
+        self._control = control or ControlConfig(prefix=prefix)
+        self._runner = runner
+        self._rand = rand
+        self.stats = IngestStats()
+        dialect = factory.kw["bind"].dialect.name if factory.kw.get("bind") is not None else "sqlite"
+        self._insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+    # --- entry point ----------------------------------------------------------------------------
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Apply one message (commit) or dead-letter it; database outages propagate (no PUBACK)."""
+        self.stats.messages += 1
+        try:
+            gateway_device, kind = parse_topic(topic, self._prefix)
+        except ContractError as exc:
+            self._dead_letter(topic, payload, str(exc), None)
+            return
+        handler = {
+            "up/readings": self._readings,
+            "up/status": self._status,
+            "up/acks": self._ack,
+            "up/events": self._events,
+        }.get(kind)
+        if handler is None:
+            self._dead_letter(topic, payload, f"no ingest for topic kind {kind!r}", gateway_device)
+            return
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                handler(gateway_device, payload)
+                return
+            except (ContractError, _DeadLetter) as exc:
+                self._dead_letter(topic, payload, str(exc), gateway_device)
+                return
+            except IntegrityError:
+                # A concurrent replica won a race on a unique key; the retry sees its commit.
+                if attempt == _MAX_ATTEMPTS:
+                    log.exception("message on %s kept violating constraints", topic)
+                    self._dead_letter(topic, payload, "integrity error after retries", gateway_device)
+                    return
+            except (OperationalError, DBAPIError):
+                raise  # the database is unwell: the adapter retries without acknowledging
+            except Exception as exc:
+                log.exception("unexpected error applying a message on %s", topic)
+                self._dead_letter(topic, payload, f"processing error: {type(exc).__name__}: {exc}", None)
+                return
+
+    def _dead_letter(self, topic: str, payload: bytes, reason: str, gateway: str | None) -> None:
+        self.stats.dead_letters += 1
+        log.warning("dead letter on %s: %s", topic, reason)
+        with unit_of_work(self._factory) as session:
+            session.add(
+                DeadLetter(
+                    topic=topic[:300],
+                    payload=payload,
+                    reason=reason[:1000],
+                    gateway_device=gateway[:64] if gateway else None,
+                    received_at=self._clock(),
+                )
+            )
+
+    def _gateway(self, session: Session, device: str) -> Gateway:
+        gateway = session.scalars(select(Gateway).where(col(Gateway.device_id) == device)).first()
+        if gateway is None:
+            raise _DeadLetter(f"unknown gateway {device!r}")
+        return gateway
+
+    def _seen(self, session: Session, gateway: Gateway, now: datetime) -> GatewayStatusRow:
+        assert gateway.id is not None
+        row = session.get(GatewayStatusRow, gateway.id)
+        if row is None:
+            row = GatewayStatusRow(gateway_id=gateway.id, online=True)
+            session.add(row)
+        row.last_seen = now if row.last_seen is None or now > row.last_seen else row.last_seen
+        return row
+
+    def _publish_after(self, kind: str, payload: dict[str, Any]) -> None:
+        if self._publish is None:
+            return
+        try:
+            self._publish(kind, payload)
+        except Exception:  # committed already; the reconciler's sweep catches up
+            log.exception("could not publish %s", kind)
+
+    # --- readings ------------------------------------------------------------------------------
+    def _readings(self, device: str, payload: bytes) -> None:
+        batch = decode(ReadingBatch, payload)
+        if batch.gateway != device:
+            raise _DeadLetter(f"payload gateway {batch.gateway!r} does not match topic gateway {device!r}")
+        now = self._clock()
+        changed: list[int] = []
+        with unit_of_work(self._factory, self._publish) as session:
+            gateway = self._gateway(session, device)
+            assert gateway.id is not None
+            done = session.scalar(
+                select(col(ProcessedBatch.id)).where(
+                    col(ProcessedBatch.gateway_id) == gateway.id, col(ProcessedBatch.batch) == batch.batch
+                )
+            )
+            if done is not None:
+                self.stats.batches_skipped += 1
+                self.stats.readings_duplicate += len(batch.readings)
+                return
+            changed = self._apply_batch(session, gateway, batch, now)
+        if changed:
+            self._publish_after(DESIRED_CHANGED, {"meter_ids": changed})
+
+    def _apply_batch(
+        self, session: Session, gateway: Gateway, batch: ReadingBatch, now: datetime
+    ) -> list[int]:
+        assert gateway.id is not None
+        self._seen(session, gateway, now)
+        rows = [
+            {
+                "gateway_id": gateway.id,
+                "meter_device": r.meter,
+                "meter_id": None,
+                "seq": r.seq,
+                "ts": r.ts,
+                "received_at": now,
+                "values": {q.value: str(v) for q, v in r.values.items()},
+                "relay": r.relay.value if r.relay else None,
+                "status": ReadingStatus.UNKNOWN_METER,
+                "txn_key": None,
+            }
+            for r in batch.readings
+        ]
+        stmt = (
+            self._insert(ReadingRow)
+            .on_conflict_do_nothing(index_elements=["gateway_id", "meter_device", "seq"])
+            .returning(col(ReadingRow.id), col(ReadingRow.meter_device), col(ReadingRow.seq))
+        )
+        inserted = session.execute(stmt, rows).all()
+        new_ids = {(m, int(s)): int(i) for i, m, s in inserted}
+        self.stats.readings_new += len(new_ids)
+        self.stats.readings_duplicate += len(rows) - len(new_ids)
+        session.execute(
+            self._insert(ProcessedBatch)
+            .values(
+                gateway_id=gateway.id,
+                batch=batch.batch,
+                readings=len(rows),
+                new_readings=len(new_ids),
+                processed_at=now,
+                runner=self._runner[:100],
+            )
+            .on_conflict_do_nothing(index_elements=["gateway_id", "batch"])
+        )
+        if not new_ids:
+            return []
+        devices = sorted({m for m, _ in new_ids})
+        meters = {
+            m.device_id: m
+            for m in session.scalars(
+                select(Meter).where(col(Meter.gateway_id) == gateway.id, col(Meter.device_id).in_(devices))
+            )
+        }
+        meter_ids = sorted(m.id for m in meters.values() if m.id is not None)
+        states = self._lock_states(session, meter_ids)
+        links = session.execute(
+            select(col(AccountMeter.meter_id), col(AccountMeter.account_id)).where(
+                col(AccountMeter.meter_id).in_(meter_ids), col(AccountMeter.unlinked_at).is_(None)
+            )
+        ).all()
+        account_of = {int(m): int(a) for m, a in links}
+        accounts = {
+            a.id: a
+            for a in session.scalars(
+                select(Account)
+                .where(col(Account.id).in_(sorted(set(account_of.values()))))
+                .order_by(col(Account.id))
+                .with_for_update()
+            )
+        }
+        cache = BillingCache()
+        charged: set[int] = set()
+        by_meter: dict[str, list[tuple[datetime, int, int]]] = {}
+        ts_of = {(r.meter, r.seq): r.ts for r in batch.readings}
+        for (device, seq), rid in new_ids.items():
+            by_meter.setdefault(device, []).append((ts_of[(device, seq)], seq, rid))
+        for device, items in sorted(by_meter.items()):
+            meter = meters.get(device)
+            if meter is None or meter.id is None:
+                continue  # rows keep status unknown_meter
+            state = states[meter.id]
+            account = accounts.get(account_of.get(meter.id, -1))
+            if account is not None and account.status != AccountStatus.OPEN:
+                account = None
+            for ts, _seq, rid in sorted(items):
+                row = session.get(ReadingRow, rid)
+                assert row is not None
+                row.meter_id = meter.id
+                outcome = bill_reading(
+                    session,
+                    gateway_device=gateway.device_id,
+                    meter=meter,
+                    state=state,
+                    account=account,
+                    reading=row,
+                    now=now,
+                    cache=cache,
+                )
+                row.status = outcome.status
+                row.txn_key = outcome.txn_key
+                self.stats.by_status[outcome.status] = self.stats.by_status.get(outcome.status, 0) + 1
+                if outcome.charged_fen:
+                    self.stats.charges += 1
+                    charged.add(outcome.account_id or 0)
+                if state.last_seen is None or ts > state.last_seen:
+                    state.last_seen = ts
+                    state.offline = False
+                    if row.relay and row.relay != RelayState.UNKNOWN:
+                        state.observed = row.relay
+                        state.observed_at = ts
+        changed: list[int] = []
+        policy_cache = PolicyCache()
+        for account_id in sorted(charged):
+            account = accounts.get(account_id)
+            if account is not None:
+                session.refresh(account, ["balance_fen"])
+                changed.extend(evaluate_account(session, account, now, policy_cache))
+        return changed
+
+    def _lock_states(self, session: Session, meter_ids: list[int]) -> dict[int, MeterState]:
+        if not meter_ids:
+            return {}
+        session.execute(
+            self._insert(MeterState)
+            .values(
+                [
+                    {"meter_id": m, "last_values": {}, "desired_reasons": [], "offline": False}
+                    for m in meter_ids
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["meter_id"])
+        )
+        return {
+            s.meter_id: s
+            for s in session.scalars(
+                select(MeterState)
+                .where(col(MeterState.meter_id).in_(meter_ids))
+                .order_by(col(MeterState.meter_id))
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+        }
+
+    # --- status, acks, events ------------------------------------------------------------------
+    def _status(self, device: str, payload: bytes) -> None:
+        status = decode(GatewayStatus, payload)
+        if status.gateway != device:
+            raise _DeadLetter(f"payload gateway {status.gateway!r} does not match topic gateway {device!r}")
+        now = self._clock()
+        with unit_of_work(self._factory) as session:
+            gateway = self._gateway(session, device)
+            row = self._seen(session, gateway, now)
+            if row.reported_at is not None and status.ts < row.reported_at:
+                return  # an older status redelivered after a newer one
+            if status.online:
+                row.offline_since = None
+            elif row.online or row.offline_since is None:
+                row.offline_since = status.ts
+            row.online = status.online
+            row.version = status.version[:64]
+            row.reported_at = status.ts
+            row.uptime_s = status.uptime_s
+            row.outbox_backlog = status.outbox_backlog
+            row.outbox_oldest_age_s = status.outbox_oldest_age_s
+            row.autonomous = status.autonomous
+            row.lines = [line.model_dump(mode="json") for line in status.lines]
+
+    def _ack(self, device: str, payload: bytes) -> None:
+        ack = decode(Ack, payload)
+        if ack.gateway != device:
+            raise _DeadLetter(f"payload gateway {ack.gateway!r} does not match topic gateway {device!r}")
+        now = self._clock()
+        with unit_of_work(self._factory) as session:
+            gateway = self._gateway(session, device)
+            self._seen(session, gateway, now)
+            meter_id = apply_ack(session, gateway, ack, now, self._control, self._rand)
+        if meter_id is not None:
+            self._publish_after(ACK_RECEIVED, {"command_id": ack.command, "meter_id": meter_id})
+
+    def _events(self, device: str, payload: bytes) -> None:
+        batch = decode(EventBatch, payload)
+        if batch.gateway != device:
+            raise _DeadLetter(f"payload gateway {batch.gateway!r} does not match topic gateway {device!r}")
+        now = self._clock()
+        touched: list[int] = []
+        with unit_of_work(self._factory) as session:
+            gateway = self._gateway(session, device)
+            assert gateway.id is not None
+            self._seen(session, gateway, now)
+            rows = [
+                {
+                    "gateway_id": gateway.id,
+                    "event_id": e.id,
+                    "ts": e.ts,
+                    "kind": e.kind.value,
+                    "meter_device": e.meter,
+                    "detail": e.detail,
+                    "received_at": now,
+                }
+                for e in batch.events
+            ]
+            stmt = (
+                self._insert(GatewayEvent)
+                .on_conflict_do_nothing(index_elements=["gateway_id", "event_id"])
+                .returning(col(GatewayEvent.event_id))
+            )
+            fresh = {str(e) for e in session.execute(stmt, rows).scalars()}
+            for event in batch.events:
+                if event.id in fresh and event.meter is not None:
+                    meter_id = self._apply_event(
+                        session, gateway, event.kind, event.meter, event.ts, event.detail
+                    )
+                    if meter_id is not None:
+                        touched.append(meter_id)
+        if touched:
+            self._publish_after(DESIRED_CHANGED, {"meter_ids": touched})
+
+    def _apply_event(
+        self,
+        session: Session,
+        gateway: Gateway,
+        kind: EventKind,
+        device: str,
+        ts: datetime,
+        detail: dict[str, Any],
+    ) -> int | None:
+        meter = session.scalars(
+            select(Meter).where(col(Meter.gateway_id) == gateway.id, col(Meter.device_id) == device)
+        ).first()
+        if meter is None or meter.id is None:
+            return None
+        state = self._lock_states(session, [meter.id])[meter.id]
+        if kind is EventKind.METER_OFFLINE:
+            state.offline = True
+        elif kind is EventKind.METER_ONLINE:
+            state.offline = False
+        elif kind is EventKind.AUTONOMY_TRIP:
+            if state.observed_at is None or ts >= state.observed_at:
+                state.observed = RelayState.OPEN
+                state.observed_at = ts
+        elif kind is EventKind.COMMAND_REJECTED:
+            session.add(
+                Alarm(
+                    org_id=meter.org_id,
+                    kind=AlarmKind.COMMAND_REJECTED,
+                    level=2,
+                    dedupe_key=f"rejected:{gateway.id}:{device}:{ts.isoformat()}",
+                    meter_id=meter.id,
+                    gateway_id=gateway.id,
+                    message_zh=f"网关拒绝了表计 {device} 的指令",
+                    message_en=f"gateway refused a command for meter {device}",
+                    detail={k: str(v) for k, v in detail.items()},
+                )
+            )
+        return meter.id
