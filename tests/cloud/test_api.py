@@ -240,3 +240,41 @@ def test_operator_commands_alarms_and_dead_letters(api: Api) -> None:
     letters = api.get("/dead-letters", mgr_a)
     assert [(x["reason"], x["payload_b64"]) for x in letters] == [("bad json", "/3s=")]
     assert api.get("/dead-letters", mgr_b) == []
+
+
+def test_tariffs_versions_and_assignment_are_audited(api: Api) -> None:
+    from cloud.models import AuditLog
+
+    admin = api.login("root")
+    a = _site(api, admin, "物业A")
+    b = _site(api, admin, "物业B")
+    mgr_a, mgr_b = api.login(f"mgr-{a['org']}"), api.login(f"mgr-{b['org']}")
+    tariff = api.post("/tariffs", mgr_a, {"name": "居民阶梯", "kind": "tiered"})
+    future = (api.clock.now + timedelta(days=1)).isoformat()
+    spec = {
+        "kind": "tiered",
+        "tiers": [{"upto": "200", "price": "0.5283"}, {"upto": None, "price": "0.5783"}],
+    }
+    version = api.post(f"/tariffs/{tariff['id']}/versions", mgr_a, {"effective_from": future, "spec": spec})
+    assert version["spec"]["tiers"] == [
+        {"upto": "200", "price_milli": 52830},
+        {"upto": None, "price_milli": 57830},
+    ]
+    past = (api.clock.now - timedelta(days=1)).isoformat()
+    api.post(f"/tariffs/{tariff['id']}/versions", mgr_a, {"effective_from": past, "spec": spec}, 409)
+    api.post(
+        f"/tariffs/{tariff['id']}/versions", mgr_a, {"effective_from": future, "spec": {"kind": "flat"}}, 422
+    )
+    api.post(f"/tariffs/{tariff['id']}/versions", mgr_b, {"effective_from": future, "spec": spec}, 404)
+    r = api.client.put(
+        f"/api/v1/projects/{a['project']}/tariffs", json={"electric_tariff_id": tariff["id"]}, headers=mgr_a
+    )
+    assert r.status_code == 204
+    r = api.client.put(
+        f"/api/v1/projects/{b['project']}/tariffs", json={"electric_tariff_id": tariff["id"]}, headers=mgr_b
+    )
+    assert r.status_code == 404
+    assert api.get("/tariffs", mgr_b) == []
+    with api.factory() as session:
+        changes = [x.target_type for x in session.query(AuditLog).all() if x.action == "tariff_change"]
+        assert changes == ["tariff", "tariff", "project"]

@@ -1,0 +1,92 @@
+"""Tariffs, effective-dated versions, project defaults (all audited)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from cloud.api.deps import Principal, Uow, get_uow, now, require
+from cloud.models import Role
+from cloud.services import tariffs
+
+router = APIRouter(tags=["tariffs"])
+
+Staff = Annotated[Principal, require(Role.MANAGER, Role.FINANCE)]
+Db = Annotated[Uow, Depends(get_uow)]
+Now = Annotated[datetime, Depends(now)]
+
+
+class TariffIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["flat", "tou", "tiered", "water"]
+    org_id: int | None = None
+
+
+class TariffOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    org_id: int
+    name: str
+    kind: str
+
+
+class VersionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    effective_from: AwareDatetime
+    spec: dict[str, Any] = Field(
+        description="see docs/billing.md; e.g. {'kind': 'flat', 'price': '0.5683'} (yuan) or price_milli"
+    )
+
+
+class VersionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    tariff_id: int
+    effective_from: datetime
+    spec: dict[str, Any]
+    created_at: datetime
+
+
+class ProjectTariffsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    electric_tariff_id: int | None = None
+    water_tariff_id: int | None = None
+
+
+@router.get("/tariffs", response_model=list[TariffOut])
+def list_tariffs(p: Staff, uow: Db) -> list[TariffOut]:
+    return [TariffOut.model_validate(t) for t in tariffs.list_tariffs(uow.session, p.actor)]
+
+
+@router.post("/tariffs", response_model=TariffOut, status_code=201)
+def create_tariff(body: TariffIn, p: Staff, uow: Db, at: Now) -> TariffOut:
+    row = tariffs.create_tariff(uow.session, p.actor, at, name=body.name, kind=body.kind, org_id=body.org_id)
+    uow.commit()
+    return TariffOut.model_validate(row)
+
+
+@router.get("/tariffs/{tariff_id}/versions", response_model=list[VersionOut])
+def list_versions(tariff_id: int, p: Staff, uow: Db) -> list[VersionOut]:
+    return [VersionOut.model_validate(v) for v in tariffs.list_versions(uow.session, p.actor, tariff_id)]
+
+
+@router.post("/tariffs/{tariff_id}/versions", response_model=VersionOut, status_code=201)
+def add_version(tariff_id: int, body: VersionIn, p: Staff, uow: Db, at: Now) -> VersionOut:
+    """A new price from ``effective_from`` (now or later)."""
+    row = tariffs.add_version(
+        uow.session, p.actor, at, tariff_id=tariff_id, effective_from=body.effective_from, spec=body.spec
+    )
+    uow.commit()
+    return VersionOut.model_validate(row)
+
+
+@router.put("/projects/{project_id}/tariffs", status_code=204)
+def assign(
+    project_id: int, body: ProjectTariffsIn, p: Annotated[Principal, require(Role.MANAGER)], uow: Db, at: Now
+) -> None:
+    tariffs.assign_project_tariffs(uow.session, p.actor, at, project_id=project_id, **body.model_dump())
+    uow.commit()
