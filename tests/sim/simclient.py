@@ -61,7 +61,7 @@ def _exchange(
     result = Exchange(b"", 0.0)
     deadline = start + timeout
     while time.monotonic() < deadline:
-        chunk = port.read(64)
+        chunk = port.read(max(1, port.in_waiting))  # return as soon as bytes are there
         if not chunk:
             continue
         raw += chunk
