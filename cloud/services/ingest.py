@@ -374,7 +374,7 @@ class Ingest:
             elif row.online or row.offline_since is None:
                 row.offline_since = status.ts
             row.online = status.online
-            row.version = status.version[:64]
+            row.version = status.version[:64] or row.version  # the LWT carries no version
             row.reported_at = status.ts
             row.uptime_s = status.uptime_s
             row.outbox_backlog = status.outbox_backlog

@@ -1,0 +1,165 @@
+"""Ingest on SQLite and PostgreSQL: at-most-once storage and billing, dead letters, holds, status/acks."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from sqlmodel import col
+
+from cloud.models import (
+    Alarm,
+    DeadLetter,
+    GatewayEvent,
+    GatewayStatusRow,
+    MeterState,
+    ReadingHold,
+    ReadingRow,
+)
+from cloud.services.ingest import Ingest
+from protocol.contract import Event, EventBatch, EventKind, GatewayStatus, Reading, ReadingBatch, Topics, encode
+from tests.cloud.flowkit import T0, balance, batch, charges, count, make_flow_site, readings
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _ingest(factory: sessionmaker[Session], clock: Clock, published: list[tuple[str, dict[str, object]]]) -> Ingest:
+    return Ingest(factory, clock=clock, publish=lambda k, p: published.append((k, p)))
+
+
+def test_readings_billed_once_whatever_is_redelivered(session_factory: sessionmaker[Session]) -> None:
+    site = make_flow_site(session_factory, balance_fen=10_000, price="0.5")
+    clock = Clock(T0 + timedelta(hours=2))
+    published: list[tuple[str, dict[str, object]]] = []
+    ingest = _ingest(session_factory, clock, published)
+    first = batch(site, [("m1", 1, T0, "100.00"), ("m1", 2, T0 + timedelta(hours=1), "110.00")])
+    ingest.handle(*first)
+    # 10 kWh x 0.5 yuan = 5.00 yuan = 500 fen
+    assert balance(session_factory, site) == 10_000 - 500
+    assert charges(session_factory) == 1
+    assert ("balance_changed", {"account_id": site.accounts["m1"]}) in published
+
+    ingest.handle(*first)  # the broker redelivers the very same message
+    # the same readings inside a different batch (gateway replay after a lost PUBACK)
+    ingest.handle(*batch(site, [("m1", 1, T0, "100.00"), ("m1", 2, T0 + timedelta(hours=1), "110.00")]))
+    assert balance(session_factory, site) == 9_500
+    assert charges(session_factory) == 1
+    assert readings(session_factory, site) == 2
+    assert ingest.stats.batches_skipped == 1
+    assert ingest.stats.readings_duplicate == 4
+
+    ingest.handle(*batch(site, [("m1", 3, T0 + timedelta(minutes=90), "112.34")]))
+    assert balance(session_factory, site) == 9_500 - 117  # 2.34 kWh x 0.5 = 1.17 yuan
+    with session_factory() as s:
+        statuses = [r.status for r in s.scalars(select(ReadingRow).order_by(col(ReadingRow.seq)))]
+        state = s.get(MeterState, site.meters["m1"])
+        assert state is not None
+        assert state.last_seq == 3
+        assert state.last_values == {"energy_total_kwh": "112.34"}
+    assert statuses == ["baseline", "billed", "billed"]
+
+
+def test_sub_fen_residue_is_carried_not_lost(session_factory: sessionmaker[Session]) -> None:
+    site = make_flow_site(session_factory, balance_fen=10_000, price="0.5683")
+    clock = Clock(T0 + timedelta(hours=2))
+    ingest = _ingest(session_factory, clock, [])
+    ingest.handle(*batch(site, [("m1", 0, T0, "0.00")]))
+    # three intervals of 0.01 kWh at 56.83 fen/kWh = 0.5683 fen each: 1 fen only after the second
+    for seq in (1, 2, 3):
+        ingest.handle(*batch(site, [("m1", seq, T0 + timedelta(minutes=10 * seq), f"0.0{seq}")]))
+    assert balance(session_factory, site) == 10_000 - 1
+    assert charges(session_factory) == 1
+
+
+def test_malformed_payloads_go_to_dead_letter_and_ingest_continues(session_factory: sessionmaker[Session]) -> None:
+    site = make_flow_site(session_factory)
+    clock = Clock(T0 + timedelta(minutes=20))
+    ingest = _ingest(session_factory, clock, [])
+    topic = Topics(site.gateway).readings
+    garbage = b"\xff\x00not json"
+    ingest.handle(topic, garbage)
+    bad_schema = json.dumps({"v": 1, "gateway": site.gateway, "batch": "b", "sent_at": "x", "readings": []}).encode()
+    ingest.handle(topic, bad_schema)
+    other_topic, payload = batch(site, [("m1", 1, T0, "1.00")])
+    ingest.handle(Topics("someone-else").readings, payload)  # topic and payload disagree
+    ingest.handle("mf/v1/gw/x/up/nonsense", b"{}")
+    ingest.handle("not/our/topic", b"{}")
+    ingest.handle(*batch(site, [("m1", 1, T0, "1.00")]))  # still working
+    with session_factory() as s:
+        letters = list(s.scalars(select(DeadLetter).order_by(col(DeadLetter.id))))
+    assert [bytes(d.payload) for d in letters][:2] == [garbage, bad_schema]
+    assert "invalid ReadingBatch" in letters[0].reason
+    assert "sent_at" in letters[1].reason
+    assert "does not match topic gateway" in letters[2].reason
+    assert "nonsense" in letters[3].reason
+    assert "not under" in letters[4].reason
+    assert len(letters) == 5
+    assert other_topic == Topics(site.gateway).readings
+    assert readings(session_factory, site) == 1
+
+
+def test_unknown_gateway_and_unknown_meter(session_factory: sessionmaker[Session]) -> None:
+    site = make_flow_site(session_factory)
+    ingest = _ingest(session_factory, Clock(T0), [])
+    stranger = ReadingBatch(gateway="ghost", batch="b1", sent_at=T0, readings=[Reading(meter="m1", seq=1, ts=T0)])
+    ingest.handle(Topics("ghost").readings, encode(stranger))
+    ingest.handle(*batch(site, [("m9", 1, T0, "5.00")]))
+    assert count(session_factory, DeadLetter, col(DeadLetter.reason).contains("unknown gateway")) == 1
+    assert count(session_factory, ReadingRow, col(ReadingRow.status) == "unknown_meter") == 1
+
+
+def test_anomalies_are_held_with_an_alarm_and_never_billed(session_factory: sessionmaker[Session]) -> None:
+    site = make_flow_site(session_factory, balance_fen=100_000)
+    clock = Clock(T0 + timedelta(hours=1))
+    ingest = _ingest(session_factory, clock, [])
+    ingest.handle(*batch(site, [("m1", 1, T0, "500.00")]))
+    ingest.handle(*batch(site, [("m1", 2, T0 + timedelta(minutes=15), "0.20")]))  # reset / replacement
+    ingest.handle(*batch(site, [("m1", 3, T0 + timedelta(minutes=30), "9000.00")]))  # absurd spike
+    ingest.handle(*batch(site, [("m1", 4, T0 + timedelta(minutes=45), "499.00")]))  # register went back
+    assert balance(session_factory, site) == 100_000
+    assert charges(session_factory) == 0
+    with session_factory() as s:
+        holds = {h.verdict for h in s.scalars(select(ReadingHold))}
+        alarms = list(s.scalars(select(Alarm).where(col(Alarm.kind) == "reading_held")))
+    assert holds == {"reset", "spike", "negative"}
+    assert len(alarms) == 3
+    assert all(a.message_zh and a.message_en for a in alarms)
+    # a plausible reading later bills from the last accepted one (500.00), nothing lost
+    ingest.handle(*batch(site, [("m1", 5, T0 + timedelta(minutes=50), "504.00")]))
+    assert balance(session_factory, site) == 100_000 - 200
+
+
+def test_gateway_status_and_events_update_records(session_factory: sessionmaker[Session]) -> None:
+    site = make_flow_site(session_factory)
+    ingest = _ingest(session_factory, Clock(T0), [])
+    topics = Topics(site.gateway)
+    ingest.handle(
+        topics.status, encode(GatewayStatus(gateway=site.gateway, online=True, version="1.2", ts=T0, outbox_backlog=7))
+    )
+    ingest.handle(topics.status, encode(GatewayStatus(gateway=site.gateway, online=False, ts=T0 + timedelta(minutes=5))))
+    # an older status redelivered late changes nothing
+    ingest.handle(topics.status, encode(GatewayStatus(gateway=site.gateway, online=True, ts=T0 + timedelta(minutes=1))))
+    events = EventBatch(
+        gateway=site.gateway,
+        events=[Event(id="e1", ts=T0, kind=EventKind.AUTONOMY_TRIP, meter="m1", detail={"limit": "12.5"})],
+    )
+    ingest.handle(topics.events, encode(events))
+    ingest.handle(topics.events, encode(events))  # redelivered
+    with session_factory() as s:
+        status = s.get(GatewayStatusRow, site.gateway_id)
+        state = s.get(MeterState, site.meters["m1"])
+        assert status is not None
+        assert status.online is False
+        assert status.offline_since == T0 + timedelta(minutes=5)
+        assert status.version == "1.2"
+        assert state is not None
+        assert state.observed == "open"
+    assert count(session_factory, GatewayEvent) == 1
