@@ -278,3 +278,29 @@ def test_tariffs_versions_and_assignment_are_audited(api: Api) -> None:
     with api.factory() as session:
         changes = [x.target_type for x in session.query(AuditLog).all() if x.action == "tariff_change"]
         assert changes == ["tariff", "tariff", "project"]
+
+
+@pytest.mark.services
+def test_login_rate_limit_shared_through_redis(redis_url: str) -> None:
+    import uuid
+
+    from cloud.api.ratelimit import RedisRateLimiter
+
+    prefix = f"mftest:{uuid.uuid4().hex}:"
+    one, two = RedisRateLimiter(redis_url, 3, 60, prefix), RedisRateLimiter(redis_url, 3, 60, prefix)
+    assert [one.hit("10.0.0.1"), two.hit("10.0.0.1"), one.hit("10.0.0.1")] == [None, None, None]
+    retry = two.hit("10.0.0.1")  # the fourth attempt, seen by another replica
+    assert retry is not None
+    assert 0 < retry <= 60
+    assert one.hit("10.0.0.2") is None
+
+
+def test_login_rate_limit_in_process() -> None:
+    from cloud.api.ratelimit import MemoryRateLimiter
+
+    t = [0.0]
+    limiter = MemoryRateLimiter(2, 10, clock=lambda: t[0])
+    assert [limiter.hit("a"), limiter.hit("a"), limiter.hit("b")] == [None, None, None]
+    assert limiter.hit("a") == 10
+    t[0] = 10.5
+    assert limiter.hit("a") is None
