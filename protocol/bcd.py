@@ -3,10 +3,10 @@
 Theory of operation
 -------------------
 Both standards carry numbers as packed BCD, two decimal digits per byte, **least significant byte
-first** (DL/T 645-2007 §4.2 "数据格式"; CJ/T 188-2004 §6.2). A scaled value such as energy
+first** (DL/T 645-2007 [数据格式], [传输次序]; CJ/T 188-2004 likewise). A scaled value such as energy
 ``XXXXXX.XX`` is the integer ``value × 10^decimals`` in BCD; where a value can be negative (current,
 power, power factor) the sign is the top bit (0x80) of the most significant byte, i.e. of the *last*
-byte on the wire (DL/T 645-2007 appendix A, note on "最高位表示方向"). A signed field therefore holds one
+byte on the wire (DL/T 645-2007 [附录A 数据编码表]: "最高位表示方向"). A signed field therefore holds one
 digit less at the top: the most significant digit is at most 7.
 
 Speed matters here (the codec benchmark runs through these functions), so digits are converted with
@@ -81,7 +81,7 @@ def decimal_to_bcd(value: Decimal | int, nbytes: int, decimals: int, signed: boo
         magnitude = -number
     else:
         magnitude = number
-    # DL/T 645-2007 appendix A: the sign takes the top bit of the most significant byte, so the
+    # DL/T 645-2007 [附录A 数据编码表]: the sign takes the top bit of the most significant byte, so the
     # top digit of a signed field is at most 7.
     if magnitude >= (_SIGN_LIMIT[nbytes] if signed else _UNSIGNED_LIMIT[nbytes]):
         raise ValueCodecError(f"{value} does not fit in {nbytes} BCD bytes with {decimals} decimals")

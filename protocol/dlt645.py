@@ -26,6 +26,11 @@ Hot path: building a read request and parsing its reply are the gateway's inner 
 DIs are converted once and cached, ±33H is one ``bytes.translate`` and the checksum comes from C code
 bytes, with no per-byte Python loops.
 
+Citations in brackets name the standard's clauses and tables by their titles ([地址域] is the address
+field clause of 帧格式, [读数据] the read command, [附录A 数据编码表] the DI tables, [跳合闸、报警、保电]
+the 1CH command). We cite titles rather than clause numbers because the copies of DL/T 645-2007 we
+could consult number them differently.
+
 Errors (see :mod:`protocol.errors`)::
 
     ProtocolError
@@ -139,20 +144,20 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------------
 
 BROADCAST_ADDRESS = "999999999999"
-"""DL/T 645-2007 §4.1.2: all-99H is the broadcast address (time sync only; meters do not reply)."""
+"""[地址域] all-99H is the broadcast address (time sync only; meters do not reply)."""
 WILDCARD_ADDRESS = "AAAAAAAAAAAA"
-"""DL/T 645-2007 §4.1.2: AAH is a wildcard byte; all-AA reaches the one meter on a point-to-point line."""
+"""[地址域] AAH is a wildcard byte; all-AA reaches the one meter on a point-to-point line."""
 
 MAX_DATA_LENGTH = 200
-"""DL/T 645-2007 §4.1.5: L ≤ 200 for a read reply (larger data goes in follow-up frames)."""
+"""[数据域长度] L ≤ 200 when reading (larger answers go in follow-up frames)."""
 
-_START = 0x68  # §4.1.1 frame start character
-_END = 0x16  # §4.1.8 end character
-_WAKE = 0xFE  # §4.2 preamble: up to four FE bytes may precede a frame
-_OFFSET = 0x33  # §4.1.6: every data byte is sent +33H
+_START = 0x68  # [帧起始符] frame start character
+_END = 0x16  # [结束符] end character
+_WAKE = 0xFE  # [前导字节] up to four FE wake-up bytes may precede a frame
+_OFFSET = 0x33  # [数据域] every data byte is sent +33H
 _MIN_FRAME = 12  # 68 A0..A5 68 C L CS 16 with L = 0
 
-_DIR_REPLY = 0x80  # §4.1.4 control byte D7: 1 = reply from the meter
+_DIR_REPLY = 0x80  # [控制码] D7: 1 = reply from the meter
 _ABNORMAL = 0x40  # D6: 1 = abnormal (error) reply
 _FOLLOW = 0x20  # D5: 1 = follow-up frames exist
 _FUNC_MASK = 0x1F  # D4..D0: function code
@@ -167,7 +172,7 @@ _CACHE_LIMIT = 4096
 
 
 class Function(IntEnum):
-    """Function codes, control byte bits D4..D0 (DL/T 645-2007 §4.1.4, table 2)."""
+    """Function codes, control byte bits D4..D0 ([控制码] 功能码)."""
 
     BROADCAST_TIME = 0x08
     READ = 0x11
@@ -185,7 +190,7 @@ class Function(IntEnum):
 
 
 class ControlAction(IntEnum):
-    """Remote control N1 byte (DL/T 645-2007 §7.11 / appendix on 费控, 拉合闸 commands)."""
+    """Remote control N1 byte ([跳合闸、报警、保电] command 1CH)."""
 
     TRIP = 0x1A  # 跳闸
     CLOSE_PERMIT = 0x1B  # 合闸允许: the tenant presses the meter's button to restore supply
@@ -197,7 +202,7 @@ class ControlAction(IntEnum):
 
 
 class ErrorBits(IntFlag):
-    """Error byte of an abnormal reply (DL/T 645-2007 §7.x "异常应答帧", error information word)."""
+    """Error byte of an abnormal reply ([错误信息字] ERR, sent in 异常应答帧)."""
 
     OTHER = 0x01
     NO_DATA = 0x02
@@ -238,7 +243,7 @@ def _address_prefix(address: str) -> tuple[bytes, int]:
         pass
     if not isinstance(address, str) or len(address) != 12 or not _ADDRESS_CHARS.issuperset(address):
         raise AddressError(f"address must be 12 digits (A = wildcard), got {address!r}")
-    # §4.1.2: address bytes are BCD, least significant byte first ("123456789012" -> 12 90 78 56 34 12)
+    # [地址域] BCD, least significant byte first ("123456789012" -> 12 90 78 56 34 12)
     prefix = b"\x68" + bytes.fromhex(address)[::-1] + b"\x68"
     entry = (prefix, sum(prefix))
     if len(_ADDR_OUT) >= _CACHE_LIMIT:
@@ -264,7 +269,7 @@ def _address_from_wire(raw: bytes) -> str:
 
 
 def _di_wire(di: int) -> tuple[bytes, int]:
-    """DI as sent: 4 bytes low byte first, each +33H (§4.1.6, §7.1: DI 00900200 -> 33 35 C3 33)."""
+    """DI as sent: 4 bytes low byte first, each +33H ([数据域], [数据标识]: 00900200 -> 33 35 C3 33)."""
     try:
         return _DI_OUT[di]
     except (KeyError, TypeError):
@@ -279,7 +284,7 @@ def _di_wire(di: int) -> tuple[bytes, int]:
     return entry
 
 
-_unpack_di = struct.Struct("<I").unpack_from  # DI: 4 bytes, low byte first (§7.1)
+_unpack_di = struct.Struct("<I").unpack_from  # [数据标识] 4 bytes, low byte first
 
 
 def _di_from(data: bytes) -> int:
@@ -339,7 +344,7 @@ def _assemble(prefix: tuple[bytes, int], control: int, body: bytes, preamble: in
     length = len(body)
     if length > MAX_DATA_LENGTH:
         raise FrameError(f"data field is {length} bytes, DL/T 645 allows at most {MAX_DATA_LENGTH}")
-    # §4.1.7: CS = modulo-256 sum of every byte from the first 68H up to the end of the data field.
+    # [校验码] CS = modulo-256 sum of every byte from the first 68H up to the end of the data field.
     cs = (prefix[1] + control + length + sum(body)) & 0xFF
     return b"".join((_PREAMBLES[preamble], prefix[0], _BYTE[control], _BYTE[length], body, _TAIL[cs]))
 
@@ -408,10 +413,13 @@ class FrameParser:
 
     ::
 
-        FE FE FE FE | 68 | A0 A1 A2 A3 A4 A5 | 68 | C | L | DATA (L bytes, each +33H) | CS | 16
-        wake-up       start  address, LSB first  start ctrl len                           sum  end
-        (0–4, §4.2)   §4.1.1 §4.1.2 (BCD)        §4.1.3 §4.1.4 §4.1.5 §4.1.6          §4.1.7 §4.1.8
-                      |<------------------ CS = sum of these bytes mod 256 --------->|
+        FE FE FE FE | 68    | A0 A1 A2 A3 A4 A5 | 68    | C    | L   | DATA            | CS  | 16
+        wake-up     | start | address: BCD,     | start | ctrl | len | L bytes,        | sum | end
+        0-4 bytes   |       | low byte first    |       |      |     | each +33H       |     |
+                    |<------------- CS = sum of these bytes mod 256 --------------->|
+
+        wake-up 前导字节, start 帧起始符, address 地址域, ctrl 控制码, len 数据域长度,
+        data 数据域, sum 校验码, end 结束符
 
     Bytes before a plausible frame start (FE wake-ups, line noise) are dropped and counted in
     :attr:`discarded`. A 68H whose header does not hold (no second 68H, L > 200, no 16H where the
@@ -502,7 +510,7 @@ class FrameParser:
 
 @dataclass(frozen=True, slots=True)
 class Password:
-    """Password with its authority level (DL/T 645-2007 §7.5: PA P0 P1 P2, level byte first)."""
+    """Password with its authority level ([写数据] PA P0 P1 P2: level byte first, then 3 BCD bytes)."""
 
     level: int
     code: str
@@ -529,7 +537,7 @@ class Password:
 
 @dataclass(frozen=True, slots=True)
 class ReadRequest:
-    """Read one data item (C = 11H, data = DI; DL/T 645-2007 §7.1)."""
+    """Read one data item (C = 11H, data = DI; [读数据])."""
 
     address: str
     di: int
@@ -537,7 +545,7 @@ class ReadRequest:
 
 @dataclass(frozen=True, slots=True)
 class ReadFollowRequest:
-    """Ask for follow-up frame ``seq`` of a long read (C = 12H, data = DI + SEQ; §7.2)."""
+    """Ask for follow-up frame ``seq`` of a long read (C = 12H, data = DI + SEQ; [读后续数据])."""
 
     address: str
     di: int
@@ -546,12 +554,12 @@ class ReadFollowRequest:
 
 @dataclass(frozen=True, slots=True)
 class ReadAddressRequest:
-    """Ask the one meter on the line for its address (C = 13H, sent to AA..AA; §7.3)."""
+    """Ask the one meter on the line for its address (C = 13H, sent to AA..AA; [读通信地址])."""
 
 
 @dataclass(frozen=True, slots=True)
 class WriteRequest:
-    """Write a data item (C = 14H, data = DI + password + operator + value; §7.4)."""
+    """Write a data item (C = 14H, data = DI + password + operator + value; [写数据])."""
 
     address: str
     di: int
@@ -562,14 +570,14 @@ class WriteRequest:
 
 @dataclass(frozen=True, slots=True)
 class TimeSyncRequest:
-    """Broadcast time sync (C = 08H to 99..99, data ssmmhhDDMMYY, meter local time; §7.6). No reply."""
+    """Broadcast time sync (C = 08H to 99..99, data ssmmhhDDMMYY, meter local time; [广播校时]). No reply."""
 
     when: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class RemoteControlRequest:
-    """Relay / alarm / protect command (C = 1CH, 16 data bytes; §7.11 费控 remote control)."""
+    """Relay / alarm / protect command (C = 1CH, 16 data bytes; [跳合闸、报警、保电])."""
 
     address: str
     action: ControlAction
@@ -663,7 +671,7 @@ def _bcd_byte(value: int) -> int:
 
 
 def _datetime_bytes(when: datetime, what: str) -> bytes:
-    """``ss mm hh DD MM YY`` (seconds first on the wire; §7.6, §7.11 N3..N8)."""
+    """``ss mm hh DD MM YY`` (seconds first on the wire; [广播校时], 1CH N3..N8)."""
     if not isinstance(when, datetime):
         raise ValueCodecError(f"{what} must be a datetime, got {type(when).__name__}")
     if not 2000 <= when.year <= 2099:
@@ -742,7 +750,7 @@ def _build_read_response(msg: ReadResponse, preamble: int) -> bytes:
         control = 0xB1 if msg.follow_up else 0x91
         body = msg.data.translate(_PLUS33)
     else:
-        # §7.2: a follow-up reply carries DI, data, then the frame sequence number SEQ.
+        # [读后续数据] a follow-up reply carries DI, data, then the frame sequence number SEQ.
         control = 0xB2 if msg.follow_up else 0x92
         body = (msg.data + _seq_byte(msg.seq)).translate(_PLUS33)
     head = _REPLY_HEADS.get((msg.address, msg.di, control, len(body)))
@@ -777,7 +785,7 @@ def _build_remote_control(msg: RemoteControlRequest, preamble: int) -> bytes:
         action = ControlAction(msg.action)
     except ValueError as exc:
         raise ValueCodecError(f"unknown remote control action {msg.action!r}") from exc
-    # §7.11: password (4) | operator (4) | N1 action | N2 reserved 00H | N3..N8 expiry ssmmhhDDMMYY
+    # [跳合闸、报警、保电] password 4 | operator 4 | N1 action | N2 reserved 00H | N3..N8 expiry ssmmhhDDMMYY
     raw = (
         msg.password.to_bytes()
         + _operator_bytes(msg.operator)
@@ -946,7 +954,7 @@ def parse(frame: Frame) -> Message:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Data identifiers and values (DL/T 645-2007 appendix A, data identifier tables)
+# Data identifiers and values ([附录A 数据编码表]: the data identifier tables)
 # ---------------------------------------------------------------------------------------------------
 
 Kind = Literal["number", "date", "time", "status", "count", "recharge"]
@@ -978,7 +986,7 @@ class Recharge:
 
 Value: TypeAlias = Decimal | int | date | time | Recharge
 
-# Appendix A.1 energy (电能量): XXXXXX.XX kWh, 4 bytes
+# [电能量数据标识编码表] energy: XXXXXX.XX kWh, 4 bytes
 DI_ENERGY_COMBINED_TOTAL = 0x00000000
 DI_ENERGY_FORWARD_TOTAL = 0x00010000
 DI_ENERGY_FORWARD_T1 = 0x00010100
@@ -986,12 +994,12 @@ DI_ENERGY_FORWARD_T2 = 0x00010200
 DI_ENERGY_FORWARD_T3 = 0x00010300
 DI_ENERGY_FORWARD_T4 = 0x00010400
 DI_ENERGY_REVERSE_TOTAL = 0x00020000
-# Appendix A.1, prepaid (剩余/透支): XXXXXX.XX, 4 bytes
+# Prepaid remaining / overdraft (剩余/透支 电量、金额), same table: XXXXXX.XX, 4 bytes
 DI_REMAINING_ENERGY = 0x00900100
 DI_OVERDRAFT_ENERGY = 0x00900101
 DI_REMAINING_MONEY = 0x00900200
 DI_OVERDRAFT_MONEY = 0x00900201
-# Appendix A.3 variables (变量)
+# [变量数据标识编码表] instantaneous values
 DI_VOLTAGE_A = 0x02010100
 DI_VOLTAGE_B = 0x02010200
 DI_VOLTAGE_C = 0x02010300
@@ -1004,9 +1012,9 @@ DI_POWER_B = 0x02030200
 DI_POWER_C = 0x02030300
 DI_POWER_FACTOR_TOTAL = 0x02060000
 DI_FREQUENCY = 0x02800002
-# Appendix A.4 events (事件记录): purchase records
+# [事件记录数据标识编码表] purchase records (购电记录)
 DI_PURCHASE_COUNT = 0x03330201
-# Appendix A.5 parameters (参变量)
+# [参变量数据标识编码表] parameters
 DI_DATE = 0x04000101
 DI_TIME = 0x04000102
 DI_STATUS_1 = 0x04000501
@@ -1124,7 +1132,7 @@ def decode_value(di: int, data: bytes) -> Value:
     if kind == "number":
         return bcd_to_decimal(data, item.decimals, item.signed)
     if kind == "status":
-        # Status words are bit fields, not BCD, sent low byte first (appendix A.5, 电表运行状态字).
+        # [电表运行状态字] bit fields, not BCD, sent low byte first.
         return int.from_bytes(data, "little")
     if kind == "count":
         return bcd_decode(data)
