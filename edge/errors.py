@@ -8,6 +8,7 @@
     │   ├── NoReply           no (complete) reply within the computed timeout
     │   └── BadReply          a reply arrived but is corrupt or not the one asked for
     ├── MeterRefused          the meter answered with an error (wrong password, no such data, …)
+    ├── Unsupported           the meter or its driver cannot do what was asked (valve on a relay meter)
     ├── ConfigError           the gateway configuration is invalid (names key and line)
     ├── CommandRejected       a cloud command failed verification (signature, expiry, replay)
     ├── OutboxError           the durable outbox cannot store or read
@@ -28,6 +29,7 @@ __all__ = [
     "NoReply",
     "OutboxError",
     "PortError",
+    "Unsupported",
     "UplinkError",
 ]
 
@@ -54,6 +56,10 @@ class BadReply(BusError):
 
 class MeterRefused(EdgeError):
     """The meter answered with an error reply (e.g. wrong password)."""
+
+
+class Unsupported(EdgeError):
+    """The meter's protocol or model cannot do what was asked; nothing was sent."""
 
 
 class ConfigError(EdgeError):

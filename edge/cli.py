@@ -1,0 +1,260 @@
+"""``meterflow edge scan|read|relay``: the installer's commissioning tools.
+
+Every failure is one readable line on stderr and a non-zero exit code, never a traceback:
+0 done; 1 the line or the meter failed (port missing, no reply, refused); 2 bad arguments;
+3 the command went out but the read-back state is not what it asked for (relay stuck).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pydantic import ValidationError
+
+from edge.bus import Bus, TraceEntry
+from edge.errors import ConfigError, EdgeError, Unsupported
+from edge.installer import (
+    ACTIONS,
+    LineSettings,
+    format_outcome,
+    format_reading,
+    format_scan,
+    format_stats,
+    open_bus,
+    read_meter,
+    reading_json,
+    relay,
+    scan_line,
+)
+from edge.meters import MeterRef
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_REACHED = 0, 1, 2, 3
+
+_EPILOG = """\
+examples:
+  meterflow edge scan --port /dev/ttyUSB0 --protocol dlt645
+  meterflow edge scan --port socket://192.168.1.50:4001 --protocol modbus --range 1-32
+  meterflow edge read --port /dev/ttyUSB0 --meter 123456789012
+  meterflow edge read --port /dev/ttyUSB0 --protocol modbus --meter 3 --model adf300l --circuit 1 --json
+  meterflow edge relay --port /dev/ttyUSB0 --meter 123456789012 trip
+  meterflow edge relay --port /dev/ttyUSB0 --meter 00000000000012 valve-close
+
+A port is anything pyserial opens: /dev/ttyUSB0, socket://HOST:PORT (RS-485-to-Ethernet), rfc2217://…
+The commissioning walk-through: docs/installer.md.
+"""
+
+
+def _line_args(p: argparse.ArgumentParser, *, protocol_default: str | None) -> None:
+    p.add_argument("--port", required=True, metavar="URL", help="serial port or pyserial URL")
+    p.add_argument(
+        "--protocol",
+        choices=("dlt645", "modbus", "cjt188"),
+        default=protocol_default,
+        help=f"meter protocol (default {protocol_default or 'dlt645; cjt188 for valve actions'})",
+    )
+    p.add_argument("--baud", type=int, help="default 2400 (DL/T 645, CJ/T 188) or 9600 (Modbus)")
+    p.add_argument("--parity", choices=("N", "E", "O"), help="default E (DL/T 645, CJ/T 188) or N (Modbus)")
+    p.add_argument("--timeout", type=float, metavar="S", help="meter turnaround budget in seconds")
+    p.add_argument("--retries", type=int, default=2, help="retries after no/bad reply (default 2)")
+    p.add_argument("--echo", action="store_true", help="the adapter echoes what we send: discard it")
+    p.add_argument("--trace", action="store_true", help="print every frame sent and received (stderr)")
+
+
+def _meter_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--meter", required=True, metavar="ADDR", help="meter address (Modbus: unit id)")
+    p.add_argument("--model", help="meter model (Modbus needs it: ddsy1352, dtsy1352, adf300l)")
+    p.add_argument("--circuit", type=int, help="ADF300L circuit, from 0")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``edge`` with ``scan``, ``read`` and ``relay`` (and the daemon's commands when present)."""
+    edge: argparse.ArgumentParser = subparsers.add_parser(
+        "edge",
+        help="gateway: installer tools (scan, read, relay) and the daemon",
+        description="Edge gateway commands.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = edge.add_subparsers(dest="edge_command", metavar="SUBCOMMAND")
+    edge.set_defaults(func=lambda args: _help(edge))
+
+    p = sub.add_parser(
+        "scan",
+        help="find the meters on a line",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _line_args(p, protocol_default="dlt645")
+    p.add_argument(
+        "--range",
+        dest="address_range",
+        metavar="A-B",
+        help="probe only these addresses / unit ids (1-32, 000000000001-000000000040)",
+    )
+    p.add_argument("--no-hints", action="store_true", help="do not read extra registers for model hints")
+    p.set_defaults(func=_cmd_scan)
+
+    p = sub.add_parser(
+        "read",
+        help="read one meter: values, relay/valve state, meter time",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _line_args(p, protocol_default="dlt645")
+    _meter_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_read)
+
+    p = sub.add_parser(
+        "relay",
+        help="trip/close/protect a meter (or open/close a valve), then read back",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _line_args(p, protocol_default=None)
+    _meter_args(p)
+    p.add_argument("action", choices=tuple(ACTIONS), help="what to do")
+    p.add_argument("--password", default="000000", help="6-digit meter password (DL/T 645, default 000000)")
+    p.add_argument("--password-level", type=int, default=2, help="password level 0-9 (default 2)")
+    p.add_argument("--operator", default="00000000", help="8-hex-digit operator code (default 00000000)")
+    p.add_argument(
+        "--close-permit",
+        action="store_true",
+        help="close means close-permit: the tenant presses the meter's button",
+    )
+    p.set_defaults(func=_cmd_relay)
+
+    try:
+        daemon_cli = importlib.import_module("edge.daemon_cli")  # the daemon adds run/status here
+    except ImportError:
+        return
+    add_commands: Callable[[Any], None] | None = getattr(daemon_cli, "add_commands", None)
+    if add_commands is not None:
+        add_commands(sub)
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return EXIT_USAGE
+
+
+def _fail(args: argparse.Namespace, message: str, code: int = EXIT_FAILED) -> int:
+    print(f"meterflow edge {args.edge_command}: {message}", file=sys.stderr)
+    return code
+
+
+def _print_trace(entry: TraceEntry) -> None:
+    note = f"  ({entry.note})" if entry.note else ""
+    print(f"{entry.direction} {entry.data.hex(' ')}{note}", file=sys.stderr)
+
+
+def _settings(args: argparse.Namespace, protocol: str) -> LineSettings:
+    return LineSettings(
+        port=args.port,
+        protocol=protocol,  # type: ignore[arg-type]
+        baudrate=args.baud,
+        parity=args.parity,
+        turnaround_s=args.timeout,
+        retries=args.retries,
+        local_echo=args.echo,
+    )
+
+
+@contextlib.contextmanager
+def _line(args: argparse.Namespace, protocol: str, *, scanning: bool = False) -> Iterator[Bus]:
+    bus = open_bus(_settings(args, protocol), scanning=scanning, trace=_print_trace if args.trace else None)
+    try:
+        yield bus
+    finally:
+        bus.close()
+
+
+def _meter(args: argparse.Namespace, protocol: str, **extra: object) -> MeterRef:
+    try:
+        return MeterRef.simple(
+            protocol,  # type: ignore[arg-type]
+            args.meter,
+            model=args.model.lower() if args.model else None,
+            circuit=args.circuit,
+            **extra,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        raise ConfigError(f"{where + ': ' if where else ''}{message}") from None
+
+
+def _run(args: argparse.Namespace, body: Callable[[], int]) -> int:
+    try:
+        return body()
+    except (ConfigError, Unsupported) as exc:
+        return _fail(args, str(exc), EXIT_USAGE)
+    except EdgeError as exc:
+        return _fail(args, str(exc))
+    except ValueError as exc:  # --range and other argument values
+        return _fail(args, str(exc), EXIT_USAGE)
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    def body() -> int:
+        protocol = args.protocol
+        with _line(args, protocol, scanning=True) as bus:
+            print(f"scanning {bus.describe()} for {protocol} meters …", flush=True)
+            report = scan_line(bus, protocol, address_range=args.address_range, hints=not args.no_hints)
+            print(format_scan(report))
+            print(format_stats(bus))
+        if not report.found:
+            return _fail(
+                args, "no meter answered: check wiring (A/B swapped?), baud rate, parity and protocol"
+            )
+        return EXIT_OK
+
+    return _run(args, body)
+
+
+def _cmd_read(args: argparse.Namespace) -> int:
+    def body() -> int:
+        meter = _meter(args, args.protocol)
+        with _line(args, meter.protocol) as bus:
+            reading = read_meter(bus, meter)
+        print(reading_json(meter, reading) if args.json else format_reading(meter, reading))
+        return EXIT_OK
+
+    return _run(args, body)
+
+
+def _cmd_relay(args: argparse.Namespace) -> int:
+    def body() -> int:
+        action = ACTIONS[args.action]
+        protocol = args.protocol or ("cjt188" if args.action.startswith("valve") else "dlt645")
+        meter = _meter(
+            args,
+            protocol,
+            password=args.password,
+            password_level=args.password_level,
+            operator=args.operator,
+            control_mode="close_permit" if args.close_permit else "close",
+        )
+        with _line(args, protocol) as bus:
+            outcome = relay(bus, meter, action)
+        print(format_outcome(meter, action, outcome))
+        if not outcome.ok:
+            return _fail(
+                args,
+                f"meter {meter.label} did not reach the state asked for: {outcome.detail}",
+                EXIT_NOT_REACHED,
+            )
+        return EXIT_OK
+
+    return _run(args, body)

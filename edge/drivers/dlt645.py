@@ -1,0 +1,387 @@
+"""DL/T 645-2007 driver: values by data identifier, relay by remote control (1C), recharge, time sync.
+
+Every exchange is one request frame and one reply frame (§7); a read of N quantities is N
+transactions, each ended the moment its reply frame is complete. The relay state comes from running
+status word 3 (04000503, bit4 relay, bit6 relay command, bit12 protect). Remote control carries the
+password, the operator code and a validity deadline (§7.11 N3..N8); a meter that takes only
+close-permit (1B) refuses direct close (1C) with "other error", so a close falls back to
+close-permit and says the tenant must press the button.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+
+from edge.bus import Bus
+from edge.drivers.base import ControlOutcome, Driver, MeterReading, MeterState, Params, press_button, settle
+from edge.errors import BadReply, MeterRefused, NoReply, Unsupported
+from edge.meters import MeterRef
+from protocol import dlt645 as d
+from protocol.contract import Action, Quantity, RelayState
+from protocol.errors import ProtocolError
+
+__all__ = ["Dlt645Decoder", "Dlt645Driver", "describe_error", "matches"]
+
+_PREAMBLE = 4
+_FRAME_OVERHEAD = 12  # 68 A0..A5 68 C L … CS 16
+_VALID_FOR = timedelta(minutes=10)  # remote-control deadline: always a future time (§7.11)
+
+_ACTIONS = {
+    Action.TRIP: d.ControlAction.TRIP,
+    Action.CLOSE: d.ControlAction.CLOSE,
+    Action.CLOSE_PERMIT: d.ControlAction.CLOSE_PERMIT,
+    Action.PROTECT: d.ControlAction.PROTECT,
+    Action.UNPROTECT: d.ControlAction.PROTECT_RELEASE,
+    Action.ALARM: d.ControlAction.ALARM,
+    Action.ALARM_RELEASE: d.ControlAction.ALARM_RELEASE,
+}
+_REASONS = (
+    (d.ErrorBits.PASSWORD, "wrong password"),
+    (d.ErrorBits.NO_DATA, "no such data"),
+    (d.ErrorBits.BAUD, "baud rate cannot change"),
+    (d.ErrorBits.YEAR_ZONES, "too many year zones"),
+    (d.ErrorBits.DAY_PERIODS, "too many day periods"),
+    (d.ErrorBits.TARIFFS, "too many tariffs"),
+    (d.ErrorBits.OTHER, "other error"),
+)
+_DEFAULT_QUANTITIES = (
+    Quantity.ENERGY_TOTAL_KWH,
+    Quantity.ENERGY_T1_KWH,
+    Quantity.ENERGY_T2_KWH,
+    Quantity.ENERGY_T3_KWH,
+    Quantity.ENERGY_T4_KWH,
+    Quantity.VOLTAGE_A_V,
+    Quantity.CURRENT_A_A,
+    Quantity.POWER_KW,
+    Quantity.POWER_FACTOR,
+    Quantity.FREQUENCY_HZ,
+    Quantity.REMAINING_YUAN,
+    Quantity.OVERDRAFT_YUAN,
+    Quantity.PURCHASE_COUNT,
+)
+_THREE_PHASE = (
+    Quantity.VOLTAGE_B_V,
+    Quantity.VOLTAGE_C_V,
+    Quantity.CURRENT_B_A,
+    Quantity.CURRENT_C_A,
+)
+
+
+def matches(pattern: str, address: str) -> bool:
+    """Digit-wise match where ``A`` in the request's address is a wildcard (§4.1.2)."""
+    return len(pattern) == len(address) and all(
+        p in "Aa" or p == a for p, a in zip(pattern, address, strict=True)
+    )
+
+
+def describe_error(error: d.ErrorBits) -> str:
+    reasons = [text for bit, text in _REASONS if error & bit]
+    return ", ".join(reasons) or f"error byte {int(error):02X}H"
+
+
+class Dlt645Decoder:
+    """Complete when a reply to ``function`` from a meter matching ``address`` has been parsed.
+
+    Our own request (local echo) and replies from other meters are skipped; a checksum error is
+    raised so the bus can count it and retry.
+    """
+
+    def __init__(self, address: str, function: int) -> None:
+        self.address = address
+        self.function = function
+        self.frame: d.Frame | None = None
+        self._parser = d.FrameParser()
+
+    def reset(self) -> None:
+        self._parser = d.FrameParser()
+        self.frame = None
+
+    def feed(self, data: bytes) -> bool:
+        self._parser.receive_data(data)
+        while True:
+            frame = self._parser.next_frame()
+            if frame is None:
+                return False
+            if frame.is_reply and frame.function == self.function and matches(self.address, frame.address):
+                self.frame = frame
+                return True
+
+    @property
+    def discarded(self) -> int:
+        return self._parser.discarded
+
+
+def _reply_len(data_len: int) -> int:
+    return _PREAMBLE + _FRAME_OVERHEAD + data_len
+
+
+class Dlt645Driver(Driver):
+    protocol = "dlt645"
+
+    def __init__(self) -> None:
+        self._seq = itertools.count()
+
+    # ------------------------------------------------------------------ one exchange
+    def exchange(
+        self,
+        bus: Bus,
+        address: str,
+        message: d.Message,
+        function: int,
+        expected_data: int,
+        *,
+        retries: int | None = None,
+    ) -> d.Message:
+        """One request and its parsed reply (an ErrorResponse is returned, not raised)."""
+        decoder = Dlt645Decoder(address, function)
+        bus.transact(d.build(message), decoder, expected_len=_reply_len(expected_data), retries=retries)
+        assert decoder.frame is not None
+        try:
+            return d.parse(decoder.frame)
+        except ProtocolError as exc:
+            raise BadReply(f"meter {decoder.frame.address} sent an unreadable reply: {exc}") from exc
+
+    def read_di(self, bus: Bus, meter: MeterRef, di: int) -> d.Value:
+        """Value of one data identifier; MeterRefused when the meter answers with an error."""
+        item = d.lookup(di)
+        reply = self.exchange(
+            bus, meter.address, d.ReadRequest(meter.address, di), d.Function.READ, 4 + item.length
+        )
+        if isinstance(reply, d.ErrorResponse):
+            raise MeterRefused(
+                f"meter {meter.label} refused to read {item.name}: {describe_error(reply.error)}"
+            )
+        if not isinstance(reply, d.ReadResponse) or reply.di != di:
+            raise BadReply(f"meter {meter.label} answered a read of {di:08X} with {reply!r}")
+        try:
+            return d.decode_value(di, reply.data)
+        except ProtocolError as exc:
+            raise BadReply(f"meter {meter.label}: {item.name} does not decode: {exc}") from exc
+
+    # ------------------------------------------------------------------ reads
+    def default_quantities(self, meter: MeterRef) -> tuple[Quantity, ...]:
+        if meter.model == "dtsy1352":
+            return _DEFAULT_QUANTITIES + _THREE_PHASE
+        return _DEFAULT_QUANTITIES
+
+    def read(
+        self,
+        bus: Bus,
+        meter: MeterRef,
+        quantities: Iterable[Quantity],
+        *,
+        state: bool = True,
+        clock: bool = False,
+    ) -> MeterReading:
+        reading = MeterReading()
+        for quantity in dict.fromkeys(quantities):
+            di = d.QUANTITY_DI.get(quantity)
+            if di is None:
+                reading.missing[quantity] = "not a DL/T 645 quantity"
+                continue
+            try:
+                value = self.read_di(bus, meter, di)
+            except MeterRefused as exc:
+                reading.missing[quantity] = str(exc).rsplit(": ", 1)[-1]
+                continue
+            reading.values[quantity] = value if isinstance(value, Decimal) else Decimal(str(value))
+        if state:
+            current = self.read_state(bus, meter)
+            reading.relay, reading.protected, reading.status = (
+                current.relay,
+                current.protected,
+                dict(current.status),
+            )
+        if clock:
+            reading.meter_time = self.read_time(bus, meter)
+        return reading
+
+    def read_time(self, bus: Bus, meter: MeterRef) -> datetime:
+        day = self.read_di(bus, meter, d.DI_DATE)
+        moment = self.read_di(bus, meter, d.DI_TIME)
+        if not isinstance(day, date) or not isinstance(moment, time):
+            raise BadReply(f"meter {meter.label}: date/time registers have unexpected types")
+        return datetime.combine(day, moment)
+
+    def read_state(self, bus: Bus, meter: MeterRef) -> MeterState:
+        word = self.read_di(bus, meter, d.DI_STATUS_3)
+        if not isinstance(word, int):
+            raise BadReply(f"meter {meter.label}: status word 3 is not a word")
+        status = d.StatusWord3.decode(word)
+        return MeterState(
+            relay=RelayState.OPEN if status.relay_open else RelayState.CLOSED,
+            protected=status.protected,
+            status={
+                "relay_open": status.relay_open,
+                "relay_command_open": status.relay_command_open,
+                "pre_trip_alarm": status.pre_trip_alarm,
+                "prepaid_money": status.prepaid_money,
+                "protected": status.protected,
+            },
+        )
+
+    # ------------------------------------------------------------------ control
+    def _remote(self, bus: Bus, meter: MeterRef, action: d.ControlAction, now: datetime) -> None:
+        request = d.RemoteControlRequest(
+            address=meter.address,
+            action=action,
+            password=d.Password(meter.password_level, meter.password),
+            operator=bytes.fromhex(meter.operator)[::-1],
+            expires=now + _VALID_FOR,
+        )
+        reply = self.exchange(bus, meter.address, request, d.Function.REMOTE_CONTROL, 1)
+        if isinstance(reply, d.ErrorResponse):
+            reason = describe_error(reply.error)
+            if reply.error == d.ErrorBits.OTHER:
+                reason += (
+                    " (protected, no credit left, close-permit only, or the meter's clock is far from"
+                    " the gateway's)"
+                )
+            what = action.name.lower().replace("_", "-")
+            raise MeterRefused(f"meter {meter.label} refused remote control {what}: {reason}")
+        if not isinstance(reply, d.Ack):
+            raise BadReply(f"meter {meter.label} answered remote control with {reply!r}")
+
+    def control(
+        self,
+        bus: Bus,
+        meter: MeterRef,
+        action: Action,
+        params: Params | None = None,
+        *,
+        now: datetime | None = None,
+    ) -> ControlOutcome:
+        action = Action(action)
+        when = now or datetime.now()
+        with bus.exclusive():
+            if action == Action.RECHARGE:
+                return self._recharge(bus, meter, params or {})
+            if action == Action.TIME_SYNC:
+                self.time_sync(bus, when)
+                state = self.read_state(bus, meter)
+                return ControlOutcome(
+                    state.relay, state.protected, f"broadcast time {when:%Y-%m-%d %H:%M:%S}"
+                )
+            code = _ACTIONS.get(action)
+            if code is None:
+                raise self.refuse_action(meter, action)
+            if action == Action.CLOSE and meter.control_mode == "close_permit":
+                code = d.ControlAction.CLOSE_PERMIT
+            fallback = ""
+            try:
+                self._remote(bus, meter, code, when)
+            except MeterRefused:
+                if code != d.ControlAction.CLOSE:
+                    raise
+                # Some meters take only close-permit (PROTOCOLS.md): try that before giving up.
+                self._remote(bus, meter, d.ControlAction.CLOSE_PERMIT, when)
+                code = d.ControlAction.CLOSE_PERMIT
+                fallback = "; this meter refuses direct close: set control_mode = close_permit"
+            return self._read_back(bus, meter, action, code, fallback)
+
+    def _read_back(
+        self, bus: Bus, meter: MeterRef, action: Action, code: d.ControlAction, note: str
+    ) -> ControlOutcome:
+        sent = code.name.lower()
+        if code == d.ControlAction.TRIP:
+            state = settle(lambda: self.read_state(bus, meter), lambda s: s.relay == RelayState.OPEN)
+            ok = state.relay == RelayState.OPEN
+            detail = "relay open (supply off)" if ok else "relay still closed after trip"
+        elif code == d.ControlAction.CLOSE:
+            state = settle(lambda: self.read_state(bus, meter), lambda s: s.relay == RelayState.CLOSED)
+            ok = state.relay == RelayState.CLOSED
+            detail = "relay closed (supply on)" if ok else "relay still open after close (relay stuck?)"
+        elif code == d.ControlAction.CLOSE_PERMIT:
+            state = self.read_state(bus, meter)
+            ok = not state.status.get("relay_command_open", False)
+            if state.relay == RelayState.CLOSED:
+                detail = "close permitted; relay closed (supply on)"
+            else:
+                detail = press_button(meter)
+            return ControlOutcome(
+                state.relay, state.protected, detail + note, ok, sent, state.relay != RelayState.CLOSED
+            )
+        elif code in (d.ControlAction.PROTECT, d.ControlAction.PROTECT_RELEASE):
+            want = code == d.ControlAction.PROTECT
+            state = settle(lambda: self.read_state(bus, meter), lambda s: s.protected == want)
+            ok = state.protected == want
+            detail = (
+                ("protect (保电) on" if want else "protect (保电) off")
+                if ok
+                else "protect state did not change"
+            )
+        else:
+            state = self.read_state(bus, meter)
+            ok = True
+            detail = "alarm " + ("on" if code == d.ControlAction.ALARM else "released")
+        return ControlOutcome(state.relay, state.protected, detail + note, ok, sent)
+
+    def _recharge(self, bus: Bus, meter: MeterRef, params: Params) -> ControlOutcome:
+        """Local-prepay purchase: count must be the meter's count + 1 (replay protection), then read back."""
+        amount_fen = int(params.get("amount_fen", 0))
+        if amount_fen <= 0:
+            raise Unsupported(
+                f"recharge of meter {meter.label} needs a positive amount_fen, got {amount_fen}"
+            )
+        count = self.read_di(bus, meter, d.DI_PURCHASE_COUNT)
+        if not isinstance(count, int):
+            raise BadReply(f"meter {meter.label}: purchase count is not a number")
+        target = int(params.get("purchase_count", count + 1))
+        state = self.read_state(bus, meter)
+        if count == target:
+            detail = f"already applied: purchase count is {count}"
+            return ControlOutcome(state.relay, state.protected, detail, True, "recharge")
+        if count + 1 != target:
+            raise MeterRefused(
+                f"meter {meter.label} refused recharge: purchase count is {count}, "
+                f"the recharge expects {target - 1} (another purchase went in meanwhile?)"
+            )
+        data = d.encode_value(d.DI_RECHARGE, d.Recharge(Decimal(amount_fen) / 100, target))
+        request = d.WriteRequest(
+            meter.address, d.DI_RECHARGE, d.Password(meter.password_level, meter.password),
+            bytes.fromhex(meter.operator)[::-1], data,
+        )  # fmt: skip
+        reply = self.exchange(bus, meter.address, request, d.Function.WRITE, 1)
+        if isinstance(reply, d.ErrorResponse):
+            raise MeterRefused(f"meter {meter.label} refused recharge: {describe_error(reply.error)}")
+        after = self.read_di(bus, meter, d.DI_PURCHASE_COUNT)
+        state = self.read_state(bus, meter)
+        ok = after == target
+        detail = (
+            f"recharged {Decimal(amount_fen) / 100:.2f} yuan, purchase count {after}"
+            if ok
+            else f"recharge acknowledged but purchase count reads {after}, expected {target}"
+        )
+        return ControlOutcome(state.relay, state.protected, detail, ok, "recharge")
+
+    # ------------------------------------------------------------------ line-wide
+    def time_sync(self, bus: Bus, now: datetime) -> None:
+        """Broadcast time (function 08, address 999999999999); meters never answer it."""
+        bus.send(d.build(d.TimeSyncRequest(now.replace(microsecond=0, tzinfo=None))))
+
+    def probe(self, bus: Bus, pattern: str) -> str | None:
+        """Address of the one meter matching ``pattern`` (A = wildcard digit); None when silent.
+
+        Several meters answering at once collide and raise :class:`BadReply`.
+        """
+        if pattern == d.WILDCARD_ADDRESS:
+            message: d.Message = d.ReadAddressRequest()
+            function, length = d.Function.READ_ADDRESS, 6
+        else:
+            message = d.ReadRequest(pattern, d.DI_ENERGY_FORWARD_TOTAL)
+            function, length = d.Function.READ, 8
+        decoder = Dlt645Decoder(pattern, function)
+        try:
+            bus.transact(d.build(message), decoder, expected_len=_reply_len(length), retries=0)
+        except NoReply:
+            return None
+        assert decoder.frame is not None
+        return decoder.frame.address
+
+    def scan(self, bus: Bus, *, candidates: Iterable[str] | None = None) -> list[str]:
+        from edge.scan import scan_dlt645
+
+        return [found.address for found in scan_dlt645(bus, candidates=candidates, hints=False).found]

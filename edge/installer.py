@@ -1,0 +1,225 @@
+"""The installer's tools as functions: open a line with sensible defaults, scan, read, relay.
+
+``meterflow edge scan|read|relay`` (:mod:`edge.cli`) and ``meterflow demo`` are thin wrappers over
+these, so what an installer sees on the roof and what the demo prints come from one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from edge.bus import Bus, Trace
+from edge.drivers import ControlOutcome, MeterReading, get_driver
+from edge.meters import MeterRef, Protocol
+from edge.scan import ScanReport, parse_range, scan
+from protocol.contract import Action, Quantity, RelayState
+
+__all__ = [
+    "ACTIONS",
+    "LINE_DEFAULTS",
+    "LineSettings",
+    "format_outcome",
+    "format_reading",
+    "format_scan",
+    "format_stats",
+    "open_bus",
+    "read_meter",
+    "reading_json",
+    "relay",
+    "scan_line",
+]
+
+# Factory defaults: DL/T 645 and CJ/T 188 at 2400 8E1, Modbus at 9600 8N1 (PROTOCOLS.md).
+LINE_DEFAULTS: dict[str, tuple[int, str]] = {
+    "dlt645": (2400, "E"),
+    "cjt188": (2400, "E"),
+    "modbus": (9600, "N"),
+}
+# Scanning waits out every silent address: a Modbus meter answers well within 0.2 s.
+SCAN_TURNAROUND_S: dict[str, float] = {"dlt645": 0.5, "cjt188": 0.5, "modbus": 0.2}
+
+ACTIONS: dict[str, Action] = {
+    "trip": Action.TRIP,
+    "close": Action.CLOSE,
+    "close-permit": Action.CLOSE_PERMIT,
+    "protect": Action.PROTECT,
+    "unprotect": Action.UNPROTECT,
+    "valve-open": Action.VALVE_OPEN,
+    "valve-close": Action.VALVE_CLOSE,
+}
+
+_UNITS: dict[Quantity, str] = {
+    Quantity.VOLTAGE_A_V: "V",
+    Quantity.VOLTAGE_B_V: "V",
+    Quantity.VOLTAGE_C_V: "V",
+    Quantity.CURRENT_A_A: "A",
+    Quantity.CURRENT_B_A: "A",
+    Quantity.CURRENT_C_A: "A",
+    Quantity.POWER_KW: "kW",
+    Quantity.POWER_A_KW: "kW",
+    Quantity.POWER_B_KW: "kW",
+    Quantity.POWER_C_KW: "kW",
+    Quantity.POWER_FACTOR: "",
+    Quantity.FREQUENCY_HZ: "Hz",
+    Quantity.REMAINING_YUAN: "yuan",
+    Quantity.OVERDRAFT_YUAN: "yuan",
+    Quantity.PURCHASE_COUNT: "",
+    Quantity.FLOW_TOTAL_M3: "m³",
+    Quantity.FLOW_SETTLE_M3: "m³",
+}
+_SUPPLY = {
+    RelayState.CLOSED: "CLOSED (supply on)",
+    RelayState.OPEN: "OPEN (supply off)",
+    RelayState.UNKNOWN: "unknown",
+    RelayState.FAULT: "FAULT",
+}
+_VALVE = {
+    RelayState.CLOSED: "OPEN (water on)",
+    RelayState.OPEN: "CLOSED (water off)",
+    RelayState.UNKNOWN: "unknown",
+    RelayState.FAULT: "FAULT",
+}
+
+
+@dataclass(frozen=True)
+class LineSettings:
+    """How to open a line; ``None`` fields take the protocol's defaults."""
+
+    port: str
+    protocol: Protocol
+    baudrate: int | None = None
+    parity: str | None = None
+    turnaround_s: float | None = None
+    inter_byte_s: float = 0.5
+    retries: int = 2
+    local_echo: bool = False
+
+
+def open_bus(settings: LineSettings, *, scanning: bool = False, trace: Trace | None = None) -> Bus:
+    """An open :class:`Bus`; :class:`~edge.errors.PortError` when the port cannot be opened."""
+    baud, parity = LINE_DEFAULTS[settings.protocol]
+    turnaround = settings.turnaround_s
+    if turnaround is None:
+        turnaround = SCAN_TURNAROUND_S[settings.protocol] if scanning else 0.5
+    bus = Bus(
+        settings.port,
+        baudrate=settings.baudrate or baud,
+        parity=settings.parity or parity,
+        turnaround_s=turnaround,
+        inter_byte_s=settings.inter_byte_s,
+        retries=settings.retries,
+        local_echo=settings.local_echo,
+        trace=trace,
+    )
+    bus.open()
+    return bus
+
+
+def scan_line(bus: Bus, protocol: str, *, address_range: str | None = None, hints: bool = True) -> ScanReport:
+    candidates = parse_range(address_range, protocol) if address_range else None
+    return scan(bus, protocol, candidates=candidates, hints=hints)
+
+
+def read_meter(bus: Bus, meter: MeterRef, quantities: Iterable[Quantity] | None = None) -> MeterReading:
+    driver = get_driver(meter.protocol)
+    wanted = driver.default_quantities(meter) if quantities is None else tuple(quantities)
+    return driver.read(bus, meter, wanted, state=True, clock=True)
+
+
+def relay(bus: Bus, meter: MeterRef, action: Action, *, now: datetime | None = None) -> ControlOutcome:
+    return get_driver(meter.protocol).control(bus, meter, action, now=now)
+
+
+# ------------------------------------------------------------------------------------ output
+def _supply(meter: MeterRef, state: RelayState | None) -> str:
+    if state is None:
+        return "not read"
+    return (_VALVE if meter.protocol == "cjt188" else _SUPPLY)[state]
+
+
+def format_stats(bus: Bus) -> str:
+    s = bus.stats
+    return (
+        f"line {bus.describe()}: {s.transactions} transactions, {s.timeouts} timeouts, "
+        f"{s.errors} bad replies, "
+        f"{s.retries} retries, utilisation {s.utilisation() * 100:.0f}%"
+    )
+
+
+def format_scan(report: ScanReport) -> str:
+    lines = [
+        f"{len(report.found)} meter(s) found by {report.method} in {report.elapsed_s:.1f} s "
+        f"({report.probes} probes, {report.collisions} collisions)"
+    ]
+    if report.found:
+        width = max(len(f.address) for f in report.found)
+        lines.append(f"  {'ADDRESS':<{width}}  {'PROTOCOL':<8}  HINTS")
+        for found in report.found:
+            lines.append(f"  {found.address:<{width}}  {found.protocol:<8}  {'; '.join(found.hints) or '-'}")
+    for pattern in report.unresolved:
+        lines.append(f"  ! {pattern}: answers with corrupt frames (duplicate address or a faulty meter?)")
+    return "\n".join(lines)
+
+
+def format_reading(meter: MeterRef, reading: MeterReading) -> str:
+    model = f" ({meter.model})" if meter.model else ""
+    lines = [f"meter {meter.label}{model}, {meter.protocol}"]
+    rows: list[tuple[str, str]] = []
+    for quantity, value in reading.values.items():
+        unit = _UNITS.get(quantity, "kWh")
+        rows.append((quantity.value, f"{value} {unit}".rstrip()))
+    rows.append(("valve" if meter.protocol == "cjt188" else "relay", _supply(meter, reading.relay)))
+    if reading.protected is not None:
+        rows.append(("protect (保电)", "on" if reading.protected else "off"))
+    rows.append(
+        ("meter time", reading.meter_time.isoformat(sep=" ") if reading.meter_time else "not available")
+    )
+    for name, flag in reading.status.items():
+        if flag and name not in ("relay_open", "protected", "valve_open"):
+            rows.append(("status", name.replace("_", " ")))
+    for quantity, why in reading.missing.items():
+        rows.append((quantity.value, f"- ({why})"))
+    width = max(len(name) for name, _ in rows)
+    lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def reading_json(meter: MeterRef, reading: MeterReading) -> str:
+    payload: dict[str, Any] = {
+        "meter": meter.label,
+        "protocol": meter.protocol,
+        "model": meter.model,
+        "values": {q.value: str(v) for q, v in reading.values.items()},
+        "relay": reading.relay.value if reading.relay else None,
+        "protected": reading.protected,
+        "meter_time": reading.meter_time.isoformat() if reading.meter_time else None,
+        "status": reading.status,
+        "missing": {q.value: why for q, why in reading.missing.items()},
+    }
+    return json.dumps(payload, ensure_ascii=False, indent=2, default=_json_default)
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, Decimal | datetime):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def format_outcome(meter: MeterRef, action: Action, outcome: ControlOutcome) -> str:
+    verdict = "verified by read-back" if outcome.ok else "NOT REACHED"
+    noun = "valve" if meter.protocol == "cjt188" else "relay"
+    lines = [
+        f"meter {meter.label}: {action.value.replace('_', '-')} sent ({outcome.sent or action.value}); "
+        f"{noun} now {_supply(meter, outcome.observed)} — {verdict}",
+        f"  {outcome.detail}",
+    ]
+    if outcome.protected is not None:
+        lines.append(f"  protect (保电): {'on' if outcome.protected else 'off'}")
+    if outcome.needs_button:
+        lines.append("  → ask the tenant to press the button on the meter to restore supply")
+    return "\n".join(lines)
