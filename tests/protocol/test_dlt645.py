@@ -203,6 +203,34 @@ def test_all_frames_back_to_back_through_one_parser_in_odd_chunks() -> None:
     assert parser.discarded == 4 * len(KNOWN)
 
 
+# Frames published by a module vendor (Ebyte IoT lab's DL/T 645 walk-through), not produced by us:
+# read energy of meter 652022122003 (no wake-up bytes) and the voltage block 0201FF00 of 652022122018.
+PUBLISHED: list[tuple[str, d.Message]] = [
+    ("68 03 20 12 22 20 65 68 11 04 33 33 33 33 8D 16", d.ReadRequest("652022122003", 0)),
+    (
+        "68 03 20 12 22 20 65 68 91 08 33 33 33 33 33 33 33 33 DD 16",
+        d.ReadResponse("652022122003", 0, bytes(4)),
+    ),
+    (
+        "FE FE FE FE 68 18 20 12 22 20 65 68 11 04 33 32 34 35 A4 16",
+        d.ReadRequest("652022122018", 0x0201FF00),
+    ),
+    (
+        "FE FE FE FE 68 18 20 12 22 20 65 68 91 0A 33 32 34 35 33 33 33 33 C7 56 13 16",
+        d.ReadResponse("652022122018", 0x0201FF00, bytes.fromhex("000000009423")),  # C: 239.4 V
+    ),
+]
+
+
+@pytest.mark.parametrize(("wire", "message"), PUBLISHED)
+def test_published_frames(wire: str, message: d.Message) -> None:
+    raw = bytes.fromhex(wire)
+    assert raw[-2] == reference_checksum(raw)
+    assert d.parse(d.decode_frame(raw)) == message
+    preamble = len(raw) - len(raw.lstrip(b"\xfe"))
+    assert d.build(message, preamble=preamble) == raw
+
+
 # --- worked details ---------------------------------------------------------------------------------
 
 
