@@ -179,6 +179,8 @@ def commands(factory: sessionmaker[Session], meter_id: int) -> list[CommandRow]:
     with factory() as s:
         return list(
             s.scalars(
-                select(CommandRow).where(col(CommandRow.meter_id) == meter_id).order_by(col(CommandRow.issued_at))
+                select(CommandRow)
+                .where(col(CommandRow.meter_id) == meter_id)
+                .order_by(col(CommandRow.issued_at))
             )
         )

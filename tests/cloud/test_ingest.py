@@ -19,7 +19,16 @@ from cloud.models import (
     ReadingRow,
 )
 from cloud.services.ingest import Ingest
-from protocol.contract import Event, EventBatch, EventKind, GatewayStatus, Reading, ReadingBatch, Topics, encode
+from protocol.contract import (
+    Event,
+    EventBatch,
+    EventKind,
+    GatewayStatus,
+    Reading,
+    ReadingBatch,
+    Topics,
+    encode,
+)
 from tests.cloud.flowkit import T0, balance, batch, charges, count, make_flow_site, readings
 
 
@@ -31,7 +40,9 @@ class Clock:
         return self.now
 
 
-def _ingest(factory: sessionmaker[Session], clock: Clock, published: list[tuple[str, dict[str, object]]]) -> Ingest:
+def _ingest(
+    factory: sessionmaker[Session], clock: Clock, published: list[tuple[str, dict[str, object]]]
+) -> Ingest:
     return Ingest(factory, clock=clock, publish=lambda k, p: published.append((k, p)))
 
 
@@ -79,14 +90,18 @@ def test_sub_fen_residue_is_carried_not_lost(session_factory: sessionmaker[Sessi
     assert charges(session_factory) == 1
 
 
-def test_malformed_payloads_go_to_dead_letter_and_ingest_continues(session_factory: sessionmaker[Session]) -> None:
+def test_malformed_payloads_go_to_dead_letter_and_ingest_continues(
+    session_factory: sessionmaker[Session],
+) -> None:
     site = make_flow_site(session_factory)
     clock = Clock(T0 + timedelta(minutes=20))
     ingest = _ingest(session_factory, clock, [])
     topic = Topics(site.gateway).readings
     garbage = b"\xff\x00not json"
     ingest.handle(topic, garbage)
-    bad_schema = json.dumps({"v": 1, "gateway": site.gateway, "batch": "b", "sent_at": "x", "readings": []}).encode()
+    bad_schema = json.dumps(
+        {"v": 1, "gateway": site.gateway, "batch": "b", "sent_at": "x", "readings": []}
+    ).encode()
     ingest.handle(topic, bad_schema)
     other_topic, payload = batch(site, [("m1", 1, T0, "1.00")])
     ingest.handle(Topics("someone-else").readings, payload)  # topic and payload disagree
@@ -109,7 +124,9 @@ def test_malformed_payloads_go_to_dead_letter_and_ingest_continues(session_facto
 def test_unknown_gateway_and_unknown_meter(session_factory: sessionmaker[Session]) -> None:
     site = make_flow_site(session_factory)
     ingest = _ingest(session_factory, Clock(T0), [])
-    stranger = ReadingBatch(gateway="ghost", batch="b1", sent_at=T0, readings=[Reading(meter="m1", seq=1, ts=T0)])
+    stranger = ReadingBatch(
+        gateway="ghost", batch="b1", sent_at=T0, readings=[Reading(meter="m1", seq=1, ts=T0)]
+    )
     ingest.handle(Topics("ghost").readings, encode(stranger))
     ingest.handle(*batch(site, [("m9", 1, T0, "5.00")]))
     assert count(session_factory, DeadLetter, col(DeadLetter.reason).contains("unknown gateway")) == 1
@@ -142,11 +159,16 @@ def test_gateway_status_and_events_update_records(session_factory: sessionmaker[
     ingest = _ingest(session_factory, Clock(T0), [])
     topics = Topics(site.gateway)
     ingest.handle(
-        topics.status, encode(GatewayStatus(gateway=site.gateway, online=True, version="1.2", ts=T0, outbox_backlog=7))
+        topics.status,
+        encode(GatewayStatus(gateway=site.gateway, online=True, version="1.2", ts=T0, outbox_backlog=7)),
     )
-    ingest.handle(topics.status, encode(GatewayStatus(gateway=site.gateway, online=False, ts=T0 + timedelta(minutes=5))))
+    ingest.handle(
+        topics.status, encode(GatewayStatus(gateway=site.gateway, online=False, ts=T0 + timedelta(minutes=5)))
+    )
     # an older status redelivered late changes nothing
-    ingest.handle(topics.status, encode(GatewayStatus(gateway=site.gateway, online=True, ts=T0 + timedelta(minutes=1))))
+    ingest.handle(
+        topics.status, encode(GatewayStatus(gateway=site.gateway, online=True, ts=T0 + timedelta(minutes=1)))
+    )
     events = EventBatch(
         gateway=site.gateway,
         events=[Event(id="e1", ts=T0, kind=EventKind.AUTONOMY_TRIP, meter="m1", detail={"limit": "12.5"})],

@@ -1,0 +1,196 @@
+"""Arrears → desired state → signed command → ack → observed; recharge → restore; retries and give-up."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from sqlmodel import col
+
+from cloud.domain.control import Backoff
+from cloud.events import LocalEventBus
+from cloud.models import Alarm, CommandRow, MeterState, NotificationOutbox
+from cloud.runtime import Reconciler
+from cloud.services.control import ControlConfig
+from cloud.services.ingest import Ingest
+from protocol.contract import (
+    Ack,
+    AckStatus,
+    Action,
+    Command,
+    GatewayConfig,
+    RelayState,
+    Topics,
+    decode,
+    encode,
+    verify_command,
+)
+from tests.cloud.flowkit import KEY, T0, balance, batch, commands, make_flow_site, recharge
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class Wire:
+    """What the reconciler handed to the broker (topic, payload, retain), in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bool]] = []
+
+    def __call__(self, topic: str, payload: bytes, retain: bool) -> None:
+        self.sent.append((topic, payload, retain))
+
+    def commands(self) -> list[Command]:
+        return [decode(Command, p) for t, p, _ in self.sent if t.endswith("/down/commands")]
+
+
+def _setup(factory: sessionmaker[Session], *, max_attempts: int = 3) -> tuple:  # type: ignore[type-arg]
+    site = make_flow_site(factory, balance_fen=300, price="0.5")
+    clock = Clock(T0 + timedelta(hours=2))
+    bus = LocalEventBus()
+    events: list[tuple[str, dict[str, object]]] = []
+    bus.subscribe(lambda k, p: events.append((k, p)))
+    config = ControlConfig(
+        command_ttl=timedelta(seconds=30),
+        backoff=Backoff(
+            base=timedelta(seconds=5), cap=timedelta(seconds=20), jitter=0.0, max_attempts=max_attempts
+        ),
+    )
+    wire = Wire()
+    reconciler = Reconciler(factory, wire, bus, config, clock=clock, rand=lambda: 0.5)
+    ingest = Ingest(factory, clock=clock, publish=bus.publish, control=config, rand=lambda: 0.5)
+    return site, clock, events, wire, reconciler, ingest
+
+
+def _ack(
+    site, cmd: Command, status: AckStatus, observed: RelayState | None, at: datetime
+) -> tuple[str, bytes]:  # type: ignore[no-untyped-def]
+    ack = Ack(
+        gateway=site.gateway,
+        command=cmd.id,
+        meter=cmd.meter,
+        action=cmd.action,
+        status=status,
+        observed=observed,
+        ts=at,
+    )
+    return Topics(site.gateway).acks, encode(ack)
+
+
+def test_exhausted_balance_trips_and_recharge_restores(session_factory: sessionmaker[Session]) -> None:
+    site, clock, events, wire, reconciler, ingest = _setup(session_factory)
+    meter_id = site.meters["m1"]
+    ingest.handle(*batch(site, [("m1", 1, T0, "100.00"), ("m1", 2, T0 + timedelta(hours=1), "110.00")]))
+    assert balance(session_factory, site) == 300 - 500
+    changed = [p for k, p in events if k == "desired_changed"]
+    assert changed == [{"meter_ids": [meter_id]}]
+    with session_factory() as s:
+        state = s.get(MeterState, meter_id)
+        assert state is not None
+        assert state.desired == "open"
+        assert "cut" in state.desired_reasons
+        assert s.scalars(select(Alarm).where(col(Alarm.kind) == "arrears")).first() is not None
+        assert s.scalars(
+            select(NotificationOutbox).where(col(NotificationOutbox.kind) == "final_notice")
+        ).first()
+
+    reconciler.react(set(), {meter_id})
+    (trip,) = wire.commands()
+    assert trip.action is Action.TRIP
+    assert trip.meter == "m1"
+    assert wire.sent[0][0] == Topics(site.gateway).commands
+    verify_command(trip, KEY.encode(), clock.now)  # signed with the gateway's key, valid now
+    assert [c.status for c in commands(session_factory, meter_id)] == ["sent"]
+    reconciler.react(set(), {meter_id})  # woken twice for the same goal: still one command
+    assert len(wire.commands()) == 1
+
+    ingest.handle(*_ack(site, trip, AckStatus.DONE, RelayState.OPEN, clock.now))
+    with session_factory() as s:
+        state = s.get(MeterState, meter_id)
+        assert state is not None
+        assert state.observed == "open"
+    assert [c.status for c in commands(session_factory, meter_id)] == ["acked_done"]
+
+    # a recharge commits, publishes balance_changed; the reconciler restores at once
+    recharge(session_factory, site, "m1", 1_000, publish=lambda k, p: events.append((k, p)))
+    account_events = {int(str(p["account_id"])) for k, p in events if k == "balance_changed"}
+    assert site.accounts["m1"] in account_events
+    reconciler.react(account_events, set())
+    close = wire.commands()[-1]
+    assert close.action is Action.CLOSE
+    ingest.handle(*_ack(site, close, AckStatus.DONE, RelayState.CLOSED, clock.now))
+    with session_factory() as s:
+        state = s.get(MeterState, meter_id)
+        assert state is not None
+        assert (state.desired, state.observed) == ("closed", "closed")
+
+    # the credit horizon goes out as the retained config of the gateway
+    assert reconciler.publish_configs(force=True) == 1
+    topic, payload, retain = wire.sent[-1]
+    assert topic == Topics(site.gateway).config
+    assert retain is True
+    config = decode(GatewayConfig, payload)
+    # 800 fen left at 0.5 yuan/kWh = 16 kWh above the last billed register 110.00
+    assert str(config.horizons["m1"].limit) == "126.00"
+
+
+def test_failed_commands_are_retried_with_backoff_then_abandoned_with_an_alarm(
+    session_factory: sessionmaker[Session],
+) -> None:
+    site, clock, _events, wire, reconciler, ingest = _setup(session_factory, max_attempts=3)
+    meter_id = site.meters["m1"]
+    ingest.handle(*batch(site, [("m1", 1, T0, "100.00"), ("m1", 2, T0 + timedelta(hours=1), "110.00")]))
+    reconciler.react(set(), {meter_id})
+    first = wire.commands()[0]
+    ingest.handle(*_ack(site, first, AckStatus.FAILED, RelayState.CLOSED, clock.now))
+    assert reconciler.sweep_once() == []  # retry not due yet (5 s backoff)
+    clock.now += timedelta(seconds=6)
+    (retry,) = reconciler.sweep_once()
+    second = wire.commands()[-1]
+    assert second.id == retry.id != first.id
+    assert second.action is Action.TRIP
+    # the second attempt is never answered: it expires, waits 10 s, and a third goes out
+    clock.now += timedelta(seconds=31)
+    assert reconciler.sweep_once() == []
+    clock.now += timedelta(seconds=11)
+    assert len(reconciler.sweep_once()) == 1
+    third = wire.commands()[-1]
+    ingest.handle(*_ack(site, third, AckStatus.REJECTED, None, clock.now))
+    rows = commands(session_factory, meter_id)
+    assert [(r.attempt, r.status) for r in rows] == [(1, "acked_failed"), (2, "expired"), (3, "abandoned")]
+    with session_factory() as s:
+        alarm = s.scalars(select(Alarm).where(col(Alarm.kind) == "command_abandoned")).one()
+        assert alarm.meter_id == meter_id
+    clock.now += timedelta(minutes=5)
+    assert reconciler.sweep_once() == []
+    reconciler.react(set(), {meter_id})  # nothing new until the goal changes or an operator acts
+    assert len(wire.commands()) == 3
+
+
+def test_command_lost_before_publishing_is_republished(session_factory: sessionmaker[Session]) -> None:
+    site, clock, _events, wire, reconciler, ingest = _setup(session_factory)
+    meter_id = site.meters["m1"]
+    ingest.handle(*batch(site, [("m1", 1, T0, "100.00"), ("m1", 2, T0 + timedelta(hours=1), "110.00")]))
+
+    def broker_down(topic: str, payload: bytes, retain: bool) -> None:
+        from cloud.integrations.mqtt import MqttError
+
+        raise MqttError("broker unreachable")
+
+    reconciler._publish = broker_down
+    reconciler.react(set(), {meter_id})
+    assert [c.status for c in commands(session_factory, meter_id)] == ["pending"]
+    reconciler._publish = wire
+    clock.now += timedelta(seconds=6)
+    reconciler.sweep_once()
+    (cmd,) = wire.commands()
+    with session_factory() as s:
+        row = s.get(CommandRow, cmd.id)
+        assert row is not None
+        assert row.status == "sent"
