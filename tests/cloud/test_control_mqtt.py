@@ -67,11 +67,11 @@ class Gateway:
             return [decode(GatewayConfig, p) for t, p in self.received if t == self.topics.config]
 
 
-async def until(check: Callable[[], object], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
+async def until(check: Callable[[], object], within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+            raise AssertionError(f"condition not met within {within} s")
         await asyncio.sleep(0.05)
 
 
@@ -130,7 +130,7 @@ async def test_balance_runs_out_trip_then_recharge_close_over_mqtt(
         await until(lambda: observed() == "open")
         started = time.monotonic()
         recharge(session_factory, site, "m1", 1_000, publish=bus.publish)
-        await until(lambda: any(c.action is Action.CLOSE for c in gw.commands()), timeout=5)
+        await until(lambda: any(c.action is Action.CLOSE for c in gw.commands()), within=5)
         restore_s = time.monotonic() - started
         assert restore_s < 5  # event-driven (a sweep would not run here: jobs are off)
         # the retained config follows the balance: 110.00 while in arrears, 126.00 after the recharge
