@@ -23,8 +23,8 @@ The same code serves both roles: the gateway builds requests and parses replies,
 requests and builds replies.
 
 Hot path: building a read request and parsing its reply are the gateway's inner loop, so addresses and
-DIs are converted once and cached, ±33H is one ``bytes.translate`` and the checksum comes from C code
-bytes, with no per-byte Python loops.
+DIs are converted once and cached (whole read requests too), ±33H is one ``bytes.translate`` and the
+checksum is computed in C: no per-byte Python loops. ``bench/codec.py`` keeps us honest.
 
 Citations in brackets name the standard's clauses and tables by their titles ([地址域] is the address
 field clause of 帧格式, [读数据] the read command, [附录A 数据编码表] the DI tables, [跳合闸、报警、保电]
@@ -1227,10 +1227,14 @@ class StatusWord3:
             word |= 0x0040
         if self.pre_trip_alarm:
             word |= 0x0080
+        raw_type = (self.raw >> 8) & 0x3
         if self.prepaid_money:
-            word |= 0x0200
+            meter_type = 0b10
+        elif raw_type != 0b10:
+            meter_type = raw_type  # e.g. 01b energy-prepaid: not ours to change
         else:
-            word |= self.raw & 0x0300 if (self.raw >> 8) & 0x3 != 0b10 else 0
+            meter_type = 0b00
+        word |= meter_type << 8
         if self.protected:
             word |= 0x1000
         return word
