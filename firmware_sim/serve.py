@@ -38,7 +38,9 @@ _Port = Literal["pty", "tcp"]
 class LineHandle:
     """A running line: where to connect, its meters, and ``stop()``. Also a context manager."""
 
-    def __init__(self, line: SimLine, *, pty: bool = True, tcp_port: int | None = 0, host: str = "127.0.0.1"):
+    def __init__(
+        self, line: SimLine, *, pty: bool = True, tcp_port: int | None = 0, host: str = "127.0.0.1"
+    ) -> None:
         if not pty and tcp_port is None:
             raise ValueError("a line needs a pty, a TCP port, or both")
         self.line = line

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from decimal import Decimal
@@ -179,3 +182,31 @@ def test_new_tcp_client_replaces_the_old_one() -> None:
 def test_a_line_needs_somewhere_to_be_served() -> None:
     with pytest.raises(ValueError, match="pty, a TCP port"):
         run_line(SimLine(9600, "E", []), pty=False, tcp_port=None)
+
+
+def test_meterflow_sim_stops_cleanly_on_sigterm() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meterflow.cli", "sim", "--meters", "2", "--tcp", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("running"):
+                break
+        url = next(x.split()[-1] for x in lines if "socket://" in x)
+        with open_port(url, 2400) as port:  # it really serves
+            assert read_value(port, "000000000002", d.DI_ENERGY_FORWARD_TOTAL) == Decimal("0.00")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    assert "1 requests, 1 replies" in out
+    assert err == ""
