@@ -218,3 +218,29 @@ def test_reply_with_registry_value_round_trip(address: str, di: int, scaled: int
     parsed = d.parse(d.decode_frame(d.build(reply)))
     assert isinstance(parsed, d.ReadResponse)
     assert d.decode_value(parsed.di, parsed.data) == value
+
+
+@FAST
+@given(word=st.integers(0, 0xFFFF))
+def test_status_word_3_decode_encode_is_identity(word: int) -> None:
+    assert d.StatusWord3.decode(word).encode() == word
+
+
+@FAST
+@given(
+    flags=st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.booleans()),
+    raw=st.integers(0, 0xFFFF),
+)
+def test_status_word_3_fields_survive_encode(flags: tuple[bool, bool, bool, bool, bool], raw: int) -> None:
+    relay_open, command_open, alarm, prepaid, protected = flags
+    status = d.StatusWord3(relay_open, command_open, alarm, prepaid, protected, raw)
+    word = status.encode()
+    back = d.StatusWord3.decode(word)
+    assert (
+        back.relay_open,
+        back.relay_command_open,
+        back.pre_trip_alarm,
+        back.prepaid_money,
+        back.protected,
+    ) == flags
+    assert word & ~0x13D0 == raw & ~0x13D0  # bits the dataclass does not name are untouched
