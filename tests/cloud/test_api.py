@@ -149,14 +149,17 @@ def test_tokens_are_required_signed_and_expire(api: Api) -> None:
 
 
 def test_login_lock_out_after_failures(api: Api) -> None:
+    earlier = api.login("root")
     for _ in range(3):
         r = api.client.post("/api/v1/auth/login", json={"username": "root", "password": "wrong password"})
         assert r.status_code == 401
     r = api.client.post("/api/v1/auth/login", json={"username": "root", "password": "correct horse"})
     assert r.status_code == 429
     assert int(r.headers["Retry-After"]) > 0
+    # locking revokes the tokens issued before
+    assert api.client.get("/api/v1/auth/me", headers=earlier).status_code == 401
     api.clock.now += timedelta(minutes=16)
-    api.login("root")
+    api.get("/auth/me", api.login("root"))
 
 
 def test_money_flow_over_http(api: Api) -> None:
