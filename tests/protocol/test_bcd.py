@@ -134,3 +134,13 @@ def test_bcd_decoders_raise_only_value_codec_error(raw: bytes, decimals: int, si
         pass
     else:
         assert bcd_encode(number, len(raw)) == raw
+
+
+def test_field_shape_errors() -> None:
+    with pytest.raises(ValueCodecError):
+        decimal_to_bcd(Decimal(1), 0, 2, False)
+    with pytest.raises(ValueCodecError):
+        decimal_to_bcd(Decimal(1), 4, -1, False)
+    with pytest.raises(ValueCodecError):
+        bcd_to_decimal(b"\x01", -1, False)
+    assert bcd_to_decimal(b"\x12", 4, False) == Decimal("0.0012")  # more decimals than digits

@@ -418,3 +418,28 @@ def test_messages_are_frozen_and_hashable() -> None:
     assert len({msg, d.ReadResponse(A, 0, b"\x01"), d.ReadResponse(A, 0, b"\x01", seq=None)}) == 1
     assert d.ReadRequest(A, 1) == d.ReadRequest(address=A, di=1)
     assert d.ReadResponse(A, 1, b"", seq=3) == d.ReadResponse(A, 1, b"", False, 3)
+
+
+def test_caches_stay_correct_past_their_limit() -> None:
+    # 5,000 meters is more than any cache holds (4,096): entries are evicted and rebuilt, never mixed up.
+    addresses = [f"{n:012d}" for n in range(5000)]
+    for address in addresses + addresses[:10]:
+        request = d.build(d.ReadRequest(address, d.DI_REMAINING_MONEY))
+        reply = d.build(d.ReadResponse(address, d.DI_REMAINING_MONEY, b"\x00\x01\x00\x00"))
+        assert d.decode_frame(request).address == address
+        assert d.parse(d.decode_frame(reply)) == d.ReadResponse(
+            address, d.DI_REMAINING_MONEY, b"\x00\x01\x00\x00"
+        )
+    for di in range(5000):
+        assert d.parse(d.decode_frame(d.build(d.ReadRequest(A, di)))) == d.ReadRequest(A, di)
+
+
+def test_encode_frame_refuses_bad_preamble_and_control() -> None:
+    with pytest.raises(FrameError):
+        d.encode_frame(d.Frame(A, 0x11, b""), preamble=5)
+    with pytest.raises(FrameError):
+        d.encode_frame(d.Frame(A, 0x100, b""))
+    with pytest.raises(FrameError):
+        d.Password.from_bytes(b"\x02\x00")
+    with pytest.raises(ValueCodecError):
+        d.build(d.TimeSyncRequest("2026-01-01"))  # type: ignore[arg-type]
