@@ -107,6 +107,7 @@ class LedgerAccountKind(StrEnum):
 class HolidayKind(StrEnum):
     HOLIDAY = "holiday"  # statutory day off
     WORKDAY = "workday"  # 调休: a weekend day worked
+    NORMAL = "normal"  # override cancelling a built-in entry of the statutory calendar
 
 
 class Role(StrEnum):
@@ -388,7 +389,7 @@ class LedgerEntry(SQLModel, table=True):
 
 
 class Holiday(SQLModel, table=True):
-    """PRC statutory holidays and adjusted working days (调休), per region."""
+    """Overrides of the built-in PRC calendar (cloud.domain.calendar): holidays, 调休 workdays, cancels."""
 
     __tablename__ = "holiday"
     __table_args__ = (UniqueConstraint("region", "day"),)

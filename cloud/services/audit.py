@@ -29,6 +29,7 @@ class AuditAction(StrEnum):
     METER_LINKED = "meter_linked"
     METER_REPLACED = "meter_replaced"
     PROTECT_CHANGED = "protect_changed"
+    CALENDAR_CHANGE = "calendar_change"
 
 
 @dataclass(frozen=True)

@@ -307,3 +307,30 @@ def test_login_rate_limit_in_process() -> None:
     assert limiter.hit("a") == 10
     t[0] = 10.5
     assert limiter.hit("a") is None
+
+
+def test_holiday_calendar_builtin_and_overrides(api: Api) -> None:
+    from datetime import date
+
+    admin = api.login("root")
+    days = {d["day"]: d for d in api.get("/holidays?year=2026", admin)}
+    assert days["2026-10-01"]["kind"] == "holiday"
+    assert days["2026-10-10"]["kind"] == "workday"  # 国庆节调休, a Saturday worked
+    assert days["2026-10-01"]["source"] == "builtin"
+    r = api.client.put("/api/v1/holidays/2026-10-10", json={"kind": "normal"}, headers=admin)
+    assert r.status_code == 200
+    r = api.client.put("/api/v1/holidays/2026-03-20", json={"kind": "holiday", "name": "厂休"}, headers=admin)
+    assert r.status_code == 200
+    days = {d["day"]: d for d in api.get("/holidays?year=2026", admin)}
+    assert "2026-10-10" not in days
+    assert (days["2026-03-20"]["name"], days["2026-03-20"]["source"]) == ("厂休", "override")
+    with api.factory() as session:
+        from cloud.services.calendar import calendar
+
+        cal = calendar(session)
+        assert cal.is_rest_day(date(2026, 10, 10))  # a plain Saturday again
+        assert cal.is_holiday(date(2026, 3, 20))
+    org_id = api.post("/organisations", admin, {"name": "物业C"})["id"]
+    mgr = api.user("mgr-c", Role.MANAGER, org_id)
+    r = api.client.put("/api/v1/holidays/2026-03-21", json={"kind": "holiday"}, headers=mgr)
+    assert r.status_code == 403

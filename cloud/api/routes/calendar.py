@@ -1,0 +1,47 @@
+"""The holiday calendar (no automatic cuts on holidays; 调休 workdays count as working days)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud.api.deps import Principal, Uow, current, get_uow, now, require
+from cloud.services import calendar
+
+router = APIRouter(tags=["calendar"])
+
+Db = Annotated[Uow, Depends(get_uow)]
+
+
+class DayOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    day: date
+    kind: str
+    name: str
+    source: str
+
+
+class DayIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["holiday", "workday", "normal"]
+    name: str = Field(default="", max_length=100)
+
+
+@router.get("/holidays", response_model=list[DayOut])
+def holidays(
+    _: Annotated[Principal, Depends(current)], uow: Db, year: int = Query(ge=2000, le=2100)
+) -> list[DayOut]:
+    return [DayOut.model_validate(d) for d in calendar.year_entries(uow.session, year)]
+
+
+@router.put("/holidays/{day}", response_model=DayOut)
+def set_day(
+    day: date, body: DayIn, p: Annotated[Principal, require()], uow: Db, at: Annotated[datetime, Depends(now)]
+) -> DayOut:
+    """Platform administrators only: add a holiday or 调休 workday, or cancel a built-in one (normal)."""
+    row = calendar.set_day(uow.session, p.actor, at, day=day, kind=body.kind, name=body.name)
+    uow.commit()
+    return DayOut(day=row.day, kind=row.kind, name=row.name, source="override")
