@@ -129,6 +129,48 @@ def wildcard_search(
     return sorted(found)
 
 
+def _discover(root: Probe, probe: Probe, width: int, report: ScanReport) -> list[str]:
+    """All meters on the line: the read-address fast path, else the digit search.
+
+    Colliding replies are usually garbage, but an odd number of near-identical frames can add up to
+    a valid-looking one (all meters brand new at 0.00 kWh, sequential addresses). So a single answer
+    to read-address is believed only when a data read to the same wildcard gives the same meter, and
+    every meter found behind a wildcard is confirmed by an exact probe of its address.
+    """
+    wildcard = "A" * width
+    report.probes += 1
+    try:
+        first = root(wildcard)
+        if first is None:
+            report.probes += 1
+            first = probe(wildcard)  # a meter that ignores read-address may still answer a read
+            if first is None:
+                return []
+            second: str | None = first
+        else:
+            report.probes += 1
+            second = probe(wildcard)
+        if second == first:
+            report.probes += 1
+            if probe(first) == first:
+                return [first]
+    except BadReply:
+        report.collisions += 1
+    report.method = "wildcard digit search"
+    return wildcard_search(partial(_confirmed, probe, report), width, report, root_collided=True)
+
+
+def _confirmed(probe: Probe, report: ScanReport, pattern: str) -> str | None:
+    """``probe(pattern)``, with an answer behind a wildcard checked by probing its exact address."""
+    address = probe(pattern)
+    if address is None or "A" not in pattern.upper():
+        return address
+    report.probes += 1
+    if probe(address) != address:
+        raise BadReply(f"{address} answered behind {pattern} but not on its own: colliding replies")
+    return address
+
+
 def _exact(probe: Probe, candidates: Iterable[str], report: ScanReport) -> list[str]:
     found = []
     for address in candidates:
@@ -167,17 +209,10 @@ def scan_dlt645(bus: Bus, *, candidates: Iterable[str] | None = None, hints: boo
     started = time.monotonic()
     report = ScanReport("dlt645", "range" if candidates is not None else "wildcard")
     if candidates is not None:
-        addresses = _exact(lambda p: driver.probe(bus, p), candidates, report)
+        addresses = _exact(partial(driver.probe, bus), candidates, report)
     else:
-        report.probes += 1
-        try:
-            single = driver.probe(bus, d.WILDCARD_ADDRESS)
-        except BadReply:
-            report.collisions += 1
-            report.method = "wildcard digit search"
-            addresses = wildcard_search(lambda p: driver.probe(bus, p), 12, report, root_collided=True)
-        else:
-            addresses = [single] if single is not None else []
+        root = partial(driver.probe, bus, read_address=True)
+        addresses = _discover(root, partial(driver.probe, bus), 12, report)
     for address in addresses:
         extra, model = _hints_or_nothing(partial(_dlt645_hints, driver, bus, address), hints)
         report.found.append(FoundMeter("dlt645", address, extra, model))
@@ -285,8 +320,8 @@ def scan_cjt188(bus: Bus, *, candidates: Iterable[str] | None = None, hints: boo
     report = ScanReport("cjt188", "range" if candidates is not None else "wildcard")
     frames: dict[str, c.Frame] = {}
 
-    def probe(pattern: str) -> str | None:
-        frame = driver.probe(bus, pattern)
+    def probe(pattern: str, *, read_address: bool = False) -> str | None:
+        frame = driver.probe(bus, pattern, read_address=read_address)
         if frame is None:
             return None
         frames[frame.address] = frame
@@ -295,15 +330,7 @@ def scan_cjt188(bus: Bus, *, candidates: Iterable[str] | None = None, hints: boo
     if candidates is not None:
         addresses = _exact(probe, candidates, report)
     else:
-        report.probes += 1
-        try:
-            single = probe(c.WILDCARD_ADDRESS)
-        except BadReply:
-            report.collisions += 1
-            report.method = "wildcard digit search"
-            addresses = wildcard_search(probe, 14, report, root_collided=True)
-        else:
-            addresses = [single] if single is not None else []
+        addresses = _discover(partial(probe, read_address=True), probe, 14, report)
     for address in addresses:
         extra, model = _cjt188_hints(frames[address]) if hints else ((), None)
         report.found.append(FoundMeter("cjt188", address, extra, model))

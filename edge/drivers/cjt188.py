@@ -209,10 +209,15 @@ class Cjt188Driver(Driver):
             return ControlOutcome(state.relay, None, detail, ok, f"valve_{verb}")
 
     # ------------------------------------------------------------------ line-wide
-    def probe(self, bus: Bus, pattern: str, meter_type: int = c.WILDCARD_METER_TYPE) -> c.Frame | None:
-        """The reply frame of the one meter matching ``pattern``; None when silent (BadReply: several)."""
+    def probe(
+        self, bus: Bus, pattern: str, *, read_address: bool = False, meter_type: int = c.WILDCARD_METER_TYPE
+    ) -> c.Frame | None:
+        """The reply frame of the one meter matching ``pattern``; None when silent (BadReply: several).
+
+        The probe is a read-data request, or with ``read_address`` a read-address request (all-AA).
+        """
         seq = self._next_seq()
-        if pattern == c.WILDCARD_ADDRESS:
+        if read_address:
             message: c.Message = c.ReadAddressRequest(meter_type, seq)
             function, length = c.FUNC_READ_ADDRESS, _ADDRESS_REPLY_LEN
         else:

@@ -362,12 +362,14 @@ class Dlt645Driver(Driver):
         """Broadcast time (function 08, address 999999999999); meters never answer it."""
         bus.send(d.build(d.TimeSyncRequest(now.replace(microsecond=0, tzinfo=None))))
 
-    def probe(self, bus: Bus, pattern: str) -> str | None:
+    def probe(self, bus: Bus, pattern: str, *, read_address: bool = False) -> str | None:
         """Address of the one meter matching ``pattern`` (A = wildcard digit); None when silent.
 
-        Several meters answering at once collide and raise :class:`BadReply`.
+        The probe reads the forward energy register, or with ``read_address`` sends read-address
+        (13H, to the all-wildcard address only). Several meters answering at once collide and raise
+        :class:`BadReply`.
         """
-        if pattern == d.WILDCARD_ADDRESS:
+        if read_address:
             message: d.Message = d.ReadAddressRequest()
             function, length = d.Function.READ_ADDRESS, 6
         else:
