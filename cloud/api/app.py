@@ -25,7 +25,7 @@ from sqlalchemy import Engine, text
 
 from cloud.api.errors import install_error_handlers
 from cloud.api.ratelimit import RateLimiter, make_rate_limiter
-from cloud.api.routes import accounts, auth, calendar, hierarchy, meters, operations, tariffs
+from cloud.api.routes import accounts, auth, calendar, hierarchy, meters, operations, tariffs, users
 from cloud.db import make_engine, make_session_factory
 from cloud.services.users import LoginPolicy
 from cloud.settings import Settings
@@ -122,7 +122,7 @@ def build_app(
         settings.redis_url, limit=settings.login_max_failures * 4, window_s=settings.login_window_s
     )
     install_error_handlers(app)
-    for module in (auth, hierarchy, meters, accounts, tariffs, operations, calendar):
+    for module in (auth, users, hierarchy, meters, accounts, tariffs, operations, calendar):
         app.include_router(module.router, prefix=API_PREFIX)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and database reachability")

@@ -22,6 +22,7 @@ __all__ = [
     "GatewayCreated",
     "GatewayIn",
     "GatewayOut",
+    "LinkMeterIn",
     "LoginIn",
     "MeOut",
     "MeterIn",
@@ -30,6 +31,7 @@ __all__ = [
     "OrganisationIn",
     "ProjectIn",
     "ProjectOut",
+    "ProtectIn",
     "RechargeIn",
     "RefundIn",
     "ReplaceMeterIn",
@@ -39,6 +41,8 @@ __all__ = [
     "TenantOut",
     "TokenOut",
     "TransactionOut",
+    "UserIn",
+    "UserOut",
 ]
 
 
@@ -251,6 +255,33 @@ class ReverseIn(_In):
         min_length=1, max_length=200, description="idempotency key of the transaction to reverse"
     )
     reason: str = Field(min_length=1, max_length=200)
+
+
+class LinkMeterIn(_In):
+    meter_id: int
+
+
+class ProtectIn(_In):
+    protected: bool
+
+
+class UserIn(_In):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=8, max_length=256)
+    role: Literal["admin", "manager", "finance", "installer", "tenant"]
+    org_id: int | None = Field(default=None, description="platform admins only: the organisation")
+    tenant_id: int | None = Field(default=None, description="required for the tenant role")
+    display_name: str = Field(default="", max_length=200)
+
+
+class UserOut(_Out):
+    id: int
+    org_id: int | None
+    username: str
+    role: str
+    display_name: str
+    tenant_id: int | None
+    active: bool
 
 
 class CloseIn(_In):

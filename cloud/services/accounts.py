@@ -41,6 +41,7 @@ from cloud.models import (
 from cloud.services import ledger
 from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.errors import Conflict, NotFound
+from cloud.services.unit import mark_balance_changed
 
 __all__ = [
     "EntryView",
@@ -56,6 +57,7 @@ __all__ = [
     "refund",
     "replace_meter",
     "reverse_transaction",
+    "set_protected",
 ]
 
 
@@ -486,3 +488,26 @@ def replace_meter(
     )
     session.flush()
     return new
+
+
+def set_protected(
+    session: Session, actor: Actor, now: datetime, *, account_id: int, protected: bool
+) -> Account:
+    """保电 for every meter of the account: never cut automatically while set. Audited; the account is
+    announced like a balance change so the arrears policy re-evaluates it at once."""
+    account = get_account(session, account_id, actor, for_update=True)
+    before = account.protected
+    account.protected = protected
+    record(
+        session,
+        actor,
+        AuditAction.PROTECT_CHANGED,
+        org_id=account.org_id,
+        target_type="account",
+        target_id=account_id,
+        detail={"before": before, "after": protected},
+        at=now,
+    )
+    mark_balance_changed(session, {account_id})
+    session.flush()
+    return account

@@ -31,6 +31,7 @@ __all__ = [
     "create_admin",
     "create_user",
     "hash_password",
+    "list_users",
     "verify_password",
 ]
 
@@ -74,6 +75,8 @@ def create_user(
         raise Conflict("username must be 1-64 characters")
     if org_id is None and role is not Role.ADMIN:
         raise Conflict("only an admin may exist outside an organisation")
+    if org_id is not None and session.get(Organisation, org_id) is None:
+        raise NotFound(f"organisation {org_id} not found")
     if role is Role.TENANT:
         tenant = session.get(Tenant, tenant_id) if tenant_id is not None else None
         if tenant is None or tenant.org_id != org_id:
@@ -157,3 +160,10 @@ def authenticate(
 
 
 _DUMMY_HASH = _hasher.hash("meterflow-dummy-password")
+
+
+def list_users(session: Session, actor: Actor) -> list[User]:
+    query = select(User)
+    if actor.org_id is not None:
+        query = query.where(col(User.org_id) == actor.org_id)
+    return list(session.scalars(query.order_by(col(User.id))))

@@ -334,3 +334,47 @@ def test_holiday_calendar_builtin_and_overrides(api: Api) -> None:
     mgr = api.user("mgr-c", Role.MANAGER, org_id)
     r = api.client.put("/api/v1/holidays/2026-03-21", json={"kind": "holiday"}, headers=mgr)
     assert r.status_code == 403
+
+
+def test_user_admin_link_meter_and_protect(api: Api) -> None:
+    admin = api.login("root")
+    a = _site(api, admin, "物业A")
+    b = _site(api, admin, "物业B")
+    org_admin = api.user("admin-a", Role.ADMIN, a["org"])
+    created = api.post(
+        "/users", org_admin, {"username": "fin-a", "password": "finance pass", "role": "finance"}
+    )
+    assert created["org_id"] == a["org"]
+    api.post(
+        "/users",
+        org_admin,
+        {"username": "x", "password": "xxxxxxxx", "role": "manager", "org_id": b["org"]},
+        404,
+    )
+    api.post(
+        "/users",
+        org_admin,
+        {"username": "t", "password": "tttttttt", "role": "tenant", "tenant_id": b["tenant"]},
+        404,
+    )
+    api.post(
+        "/users", admin, {"username": "y", "password": "yyyyyyyy", "role": "manager", "org_id": 999}, 404
+    )
+    fin = api.login("fin-a", "finance pass")
+    api.post("/users", fin, {"username": "z", "password": "zzzzzzzz", "role": "manager"}, 403)
+    assert {u["username"] for u in api.get("/users", org_admin)} == {
+        "mgr-" + str(a["org"]),
+        "admin-a",
+        "fin-a",
+    }
+    mgr = api.login(f"mgr-{a['org']}")
+    extra = api.post(
+        "/meters", mgr, {"gateway_id": api.get("/gateways", mgr)[0]["id"], "device_id": "m2", "address": "2"}
+    )
+    api.post(f"/accounts/{a['account']}/meters", mgr, {"meter_id": extra["id"]}, 200)
+    api.post(f"/accounts/{a['account']}/meters", mgr, {"meter_id": b["meter"]}, 404)
+    api.bus.events.clear()
+    r = api.client.put(f"/api/v1/accounts/{a['account']}/protected", json={"protected": True}, headers=mgr)
+    assert r.status_code == 200
+    assert r.json()["protected"] is True
+    assert api.bus.events == [("balance_changed", {"account_id": a["account"]})]

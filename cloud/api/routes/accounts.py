@@ -14,6 +14,8 @@ from cloud.api.schemas import (
     AdjustIn,
     CloseIn,
     EntryOut,
+    LinkMeterIn,
+    ProtectIn,
     RechargeIn,
     RefundIn,
     ReverseIn,
@@ -103,6 +105,24 @@ def close(account_id: int, body: CloseIn, p: Manager, uow: Db, at: Now) -> Accou
     accounts.close_account(uow.session, p.actor, at, account_id=account_id, reason=body.reason)
     uow.commit()
     return _out(accounts.get_account(uow.session, account_id, p.actor))
+
+
+@router.post("/accounts/{account_id}/meters", response_model=AccountOut)
+def link_meter(account_id: int, body: LinkMeterIn, p: Manager, uow: Db, at: Now) -> AccountOut:
+    """The account also pays for this meter (one open account per meter)."""
+    account = accounts.get_account(uow.session, account_id, p.actor)
+    accounts.link_meter(uow.session, account, body.meter_id, p.actor, at)
+    uow.commit()
+    return _out(account)
+
+
+@router.put("/accounts/{account_id}/protected", response_model=AccountOut, summary="保电 on or off")
+def set_protected(account_id: int, body: ProtectIn, p: Manager, uow: Db, at: Now) -> AccountOut:
+    account = accounts.set_protected(
+        uow.session, p.actor, at, account_id=account_id, protected=body.protected
+    )
+    uow.commit()
+    return _out(account)
 
 
 @router.post("/ledger/reverse", response_model=TransactionOut, summary="Correct a transaction by reversal")
