@@ -56,7 +56,8 @@ from cloud.models import (
     ReadingRow,
 )
 from cloud.services import ledger as ledger_service
-from cloud.services.arrears import PolicyCache, evaluate_account
+from cloud.services.arrears import PolicyCache, evaluate_account, linked_meters
+from cloud.services.control import lock_meter_states
 from cloud.services.unit import Publisher
 
 __all__ = [
@@ -176,12 +177,15 @@ def offline_check(session: Session, ctx: JobContext) -> dict[str, Any]:
 
 
 def cut_sweep(session: Session, ctx: JobContext) -> dict[str, Any]:
+    ids = session.scalars(
+        select(col(AccountState.account_id)).where(
+            (col(AccountState.re_evaluate_at) <= ctx.now) | col(AccountState.arrears_since).is_not(None)
+        )
+    ).all()
+    # lock order: meter_state, then account (as ingest and the reconciler do)
+    lock_meter_states(session, [m.id for _, m in linked_meters(session, ids) if m.id is not None])
     due = session.scalars(
-        select(Account)
-        .join(AccountState, col(AccountState.account_id) == col(Account.id))
-        .where((col(AccountState.re_evaluate_at) <= ctx.now) | col(AccountState.arrears_since).is_not(None))
-        .order_by(col(Account.id))
-        .with_for_update()
+        select(Account).where(col(Account.id).in_(sorted(ids))).order_by(col(Account.id)).with_for_update()
     ).all()
     cache = PolicyCache()
     changed: list[int] = []

@@ -53,6 +53,7 @@ from cloud.services.control import (
     ControlConfig,
     OutgoingCommand,
     gateway_config,
+    lock_meter_states,
     mark_sent,
     plan_commands,
     sweep,
@@ -152,6 +153,12 @@ class Reconciler:
         now = self._clock()
         with unit_of_work(self._factory) as session:
             cache = PolicyCache()
+            all_meters = set(meters)
+            for _account_id, meter in linked_meters(session, accounts):
+                if meter.id is not None:
+                    all_meters.add(meter.id)
+                    self._dirty_gateways.add(meter.gateway_id)
+            lock_meter_states(session, all_meters)  # lock order: meter_state, then account
             rows = session.scalars(
                 select(Account)
                 .where(col(Account.id).in_(sorted(accounts)))
@@ -160,11 +167,6 @@ class Reconciler:
             ).all()
             for account in rows:
                 evaluate_account(session, account, now, cache)
-            all_meters = set(meters)
-            for _account_id, meter in linked_meters(session, accounts):
-                if meter.id is not None:
-                    all_meters.add(meter.id)
-                    self._dirty_gateways.add(meter.gateway_id)
             outgoing = plan_commands(session, all_meters, now, self._config)
         self._send(outgoing)
         return outgoing

@@ -179,11 +179,15 @@ class MqttLink:
 
     # --- paho callbacks (network thread) ----------------------------------------------------------
     def _on_connect(
-        self, client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+        self, client: paho.Client, _userdata: Any, flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
         if reason.is_failure:
             log.warning("MQTT connection refused: %s", reason)
             return
+        if getattr(flags, "session_present", False) and self._subscriptions:
+            # The broker kept our session and its subscriptions; it may now deliver a backlog before
+            # it gets to a SUBACK, so do not make start() wait for one.
+            self._subscribed.set()
         log.info("MQTT connected to %s:%s as %s", self.config.host, self.config.port, self.config.client_id)
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)

@@ -89,6 +89,7 @@ __all__ = [
     "apply_ack",
     "gateway_config",
     "issue_command",
+    "lock_meter_states",
     "mark_sent",
     "operator_command",
     "plan_commands",
@@ -127,6 +128,12 @@ def _latest(session: Session, meter_id: int) -> CommandRow | None:
         .order_by(col(CommandRow.issued_at).desc(), col(CommandRow.attempt).desc())
         .limit(1)
     ).first()
+
+
+def lock_meter_states(session: Session, meter_ids: Iterable[int]) -> None:
+    """Lock the meters' ``meter_state`` rows in id order (the first lock of every unit of work)."""
+    for meter_id in sorted(set(meter_ids)):
+        _lock_state(session, meter_id)
 
 
 def _lock_state(session: Session, meter_id: int) -> MeterState:
@@ -289,9 +296,12 @@ def apply_ack(
     rand: Callable[[], float],
 ) -> int | None:
     """Apply one ack; return the meter id whose observed state it updated (None if unknown)."""
-    row = session.get(CommandRow, ack.command, with_for_update=True)
-    if row is None or row.gateway_id != gateway.id:
+    found = session.get(CommandRow, ack.command)
+    if found is None or found.gateway_id != gateway.id:
         return None
+    state = _lock_state(session, found.meter_id)  # meter_state first, then the command row
+    row = session.get(CommandRow, ack.command, with_for_update=True, populate_existing=True)
+    assert row is not None
     if row.acked_at is not None and row.ack_status == ack.status.value:
         return row.meter_id  # a redelivered ack
     event = {
@@ -312,7 +322,6 @@ def apply_ack(
     row.next_try_at = None
     if row.status in (CommandStatus.ACKED_FAILED, CommandStatus.REJECTED):
         _schedule_retry(session, row, now, config, rand)
-    state = _lock_state(session, row.meter_id)
     fresh = state.observed_at is None or ack.ts >= state.observed_at
     if ack.observed is not None and ack.observed is not RelayState.UNKNOWN and fresh:
         state.observed = ack.observed.value
@@ -327,14 +336,18 @@ def sweep(
 ) -> list[OutgoingCommand]:
     """Expire overdue commands, issue due retries, re-publish lost ones. The caller commits."""
     out: list[OutgoingCommand] = []
-    due = session.scalars(
-        select(CommandRow)
+    due = session.execute(
+        select(col(CommandRow.id), col(CommandRow.meter_id))
         .where(col(CommandRow.next_try_at).is_not(None), col(CommandRow.next_try_at) <= now)
         .order_by(col(CommandRow.next_try_at))
         .limit(limit)
-        .with_for_update(skip_locked=True)
     ).all()
-    for row in due:
+    for command_id, meter_id in due:
+        # Lock order everywhere: meter_state, then command (then account): no deadlocks.
+        state = _lock_state(session, meter_id)
+        row = session.get(CommandRow, command_id, with_for_update=True, populate_existing=True)
+        if row is None or row.next_try_at is None or row.next_try_at > now:
+            continue  # another replica handled it meanwhile
         if row.status == CommandStatus.SENT:
             row.status = transition(row.status, CommandEvent.EXPIRE)
             _schedule_retry(session, row, now, config, rand)
@@ -348,7 +361,6 @@ def sweep(
             continue
         transition(row.status, CommandEvent.RETRY)  # legal? (raises otherwise)
         row.next_try_at = None
-        state = _lock_state(session, row.meter_id)
         meter = session.get(Meter, row.meter_id)
         gateway = session.get(Gateway, row.gateway_id)
         if meter is None or gateway is None:
