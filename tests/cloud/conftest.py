@@ -147,3 +147,13 @@ def site_factory(session_factory: sessionmaker[Session]) -> Callable[[str, str],
         return make_site(session_factory, name=name, number=number)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _light_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests log in a lot: argon2id with tiny cost parameters (production keeps the library defaults)."""
+    from argon2 import PasswordHasher
+
+    from cloud.services import users
+
+    monkeypatch.setattr(users, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
