@@ -26,7 +26,8 @@ def test_trips_only_when_offline_past_threshold_and_at_horizon(tmp_path: Path) -
     assert auto.check("m1", at, RelayState.CLOSED, offline_for_s=30) is None  # cloud not yet "gone"
     assert auto.check("m1", below, RelayState.CLOSED, offline_for_s=61) is None
     decision = auto.check("m1", at, RelayState.CLOSED, offline_for_s=61)
-    assert decision is not None and decision.limit == Decimal("100.00")
+    assert decision is not None
+    assert decision.limit == Decimal("100.00")
     assert auto.check("m1", at, RelayState.OPEN, offline_for_s=61) is None  # already off
     assert auto.check("m2", at, RelayState.CLOSED, offline_for_s=61) is None  # no horizon
     auto.tripped("m1")
@@ -52,11 +53,14 @@ def test_config_persists_and_stale_or_foreign_is_ignored(tmp_path: Path) -> None
     again = Autonomy("gw-1", path)  # a reboot during an outage
     again.load()
     horizon = again.horizon("m1")
-    assert horizon is not None and horizon.limit == Decimal(5)
+    assert horizon is not None
+    assert horizon.limit == Decimal(5)
     assert again.offline_after_s == 60
 
 
 def test_without_config_uses_local_threshold(tmp_path: Path) -> None:
     auto = Autonomy("gw-1", tmp_path / "a.json", offline_after_s=120)
     auto.load()
-    assert auto.offline_after_s == 120 and not auto.active(100) and auto.active(121)
+    assert auto.offline_after_s == 120
+    assert not auto.active(100)
+    assert auto.active(121)

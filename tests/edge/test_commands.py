@@ -105,7 +105,9 @@ async def test_valid_command_runs_once_and_is_acked_with_read_back(tmp_path: Pat
     run = Recorder(Outcome(observed=RelayState.OPEN, protected=False, detail="relay open"))
     proc, box, store = await make(tmp_path, run)
     ack = await proc.handle(command().model_dump_json().encode())
-    assert ack is not None and ack.status == AckStatus.DONE and ack.observed == RelayState.OPEN
+    assert ack is not None
+    assert ack.status == AckStatus.DONE
+    assert ack.observed == RelayState.OPEN
     assert [c.id for c in run.calls] == ["c1"]
     assert await acks(box) == [ack]
     assert await store.state("c1") == "done"
@@ -128,7 +130,9 @@ async def test_refused_commands_never_execute(tmp_path: Path, cmd: Command, reas
     proc, box, store = await make(tmp_path, run)
     ack = await proc.handle(cmd.model_dump_json().encode())
     assert run.calls == []
-    assert ack is not None and ack.status == AckStatus.REJECTED and reason in ack.detail
+    assert ack is not None
+    assert ack.status == AckStatus.REJECTED
+    assert reason in ack.detail
     assert [e.kind for e in await events(box)] == [EventKind.COMMAND_REJECTED]
     await box.close(), await store.close()
 
@@ -139,7 +143,9 @@ async def test_tampered_params_fail_signature(tmp_path: Path) -> None:
     raw = json.loads(command("r1", Action.RECHARGE, amount_fen=1000, purchase_count=3).model_dump_json())
     raw["params"]["amount_fen"] = 100000
     ack = await proc.handle(json.dumps(raw).encode())
-    assert ack is not None and ack.status == AckStatus.REJECTED and run.calls == []
+    assert ack is not None
+    assert ack.status == AckStatus.REJECTED
+    assert run.calls == []
     await box.close(), await store.close()
 
 
@@ -151,7 +157,9 @@ async def test_replay_refused_even_after_restart(tmp_path: Path) -> None:
     await box.close(), await store.close()
     proc, box, store = await make(tmp_path, run)  # a restart: new objects, same data dir
     again = await proc.handle(payload)
-    assert again is not None and again.status == AckStatus.REJECTED and "duplicate" in again.detail
+    assert again is not None
+    assert again.status == AckStatus.REJECTED
+    assert "duplicate" in again.detail
     assert len(run.calls) == 1
     await box.close(), await store.close()
 
@@ -169,7 +177,8 @@ async def test_pending_command_survives_restart_and_resumes(tmp_path: Path) -> N
     assert [c.id for c in run.calls] == ["p1"]
     by_id = {a.command: a for a in await acks(box)}
     assert by_id["p1"].status == AckStatus.DONE
-    assert by_id["p2"].status == AckStatus.FAILED and "expired" in by_id["p2"].detail
+    assert by_id["p2"].status == AckStatus.FAILED
+    assert "expired" in by_id["p2"].detail
     assert await store.pending() == []
     await box.close(), await store.close()
 
@@ -177,7 +186,9 @@ async def test_pending_command_survives_restart_and_resumes(tmp_path: Path) -> N
 async def test_no_reply_is_failed_not_done(tmp_path: Path) -> None:
     proc, box, store = await make(tmp_path, Recorder(NoReply("no reply from 000000000001 in 0.9 s")))
     ack = await proc.handle(command().model_dump_json().encode())
-    assert ack is not None and ack.status == AckStatus.FAILED and "no reply" in ack.detail
+    assert ack is not None
+    assert ack.status == AckStatus.FAILED
+    assert "no reply" in ack.detail
     await box.close(), await store.close()
 
 
@@ -195,13 +206,15 @@ async def test_garbage_payload_is_reported_not_crashed(tmp_path: Path) -> None:
 def test_judge_compares_read_back_with_the_action() -> None:
     assert judge(Action.TRIP, Outcome(RelayState.OPEN))[0] == AckStatus.DONE
     status, detail = judge(Action.TRIP, Outcome(RelayState.CLOSED))
-    assert status == AckStatus.FAILED and "wanted open" in detail
+    assert status == AckStatus.FAILED
+    assert "wanted open" in detail
     assert judge(Action.CLOSE, Outcome(RelayState.CLOSED))[0] == AckStatus.DONE
     assert judge(Action.VALVE_CLOSE, Outcome(RelayState.OPEN))[0] == AckStatus.DONE
     assert judge(Action.VALVE_OPEN, Outcome(RelayState.FAULT))[0] == AckStatus.FAILED
     assert judge(Action.PROTECT, Outcome(RelayState.CLOSED, protected=False))[0] == AckStatus.FAILED
     status, detail = judge(Action.CLOSE_PERMIT, Outcome(RelayState.OPEN))
-    assert status == AckStatus.DONE and "button" in detail
+    assert status == AckStatus.DONE
+    assert "button" in detail
 
 
 async def test_prune_forgets_long_expired_ids(tmp_path: Path) -> None:
