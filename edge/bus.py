@@ -36,6 +36,7 @@ import errno as errno_mod
 import logging
 import os
 import re
+import termios
 import threading
 import time
 from collections import deque
@@ -177,21 +178,37 @@ class Bus:
             if self._port is not None:
                 return
             try:
-                port = serial.serial_for_url(
-                    self.url,
-                    baudrate=self.baudrate,
-                    parity=_PARITIES[self.parity],
-                    bytesize=self.bytesize,
-                    stopbits=self.stopbits,
-                    timeout=_READ_POLL_S,
-                    write_timeout=5.0,
-                    do_not_open=True,
-                )
-                port.open()
+                port = self._open(self.parity)
+            except termios.error as exc:
+                if not self._is_pty():
+                    raise PortError(f"cannot open {self.url}: {_strerror(exc)}") from exc
+                # A pty has no parity bit (Linux forces CS8, no PARENB, and some kernels refuse the
+                # request outright). The simulator on the other end models parity in its timing.
+                try:
+                    port = self._open("N")
+                except (serial.SerialException, OSError, ValueError, termios.error) as again:
+                    raise PortError(f"cannot open {self.url}: {_strerror(again)}") from again
             except (serial.SerialException, OSError, ValueError) as exc:
                 raise PortError(f"cannot open {self.url}: {_strerror(exc)}") from exc
             self._port = port
             self.stats = LineStats()
+
+    def _open(self, parity: str) -> serial.Serial:
+        port = serial.serial_for_url(
+            self.url,
+            baudrate=self.baudrate,
+            parity=_PARITIES[parity],
+            bytesize=self.bytesize,
+            stopbits=self.stopbits,
+            timeout=_READ_POLL_S,
+            write_timeout=5.0,
+            do_not_open=True,
+        )
+        port.open()
+        return port
+
+    def _is_pty(self) -> bool:
+        return "://" not in self.url and os.path.realpath(self.url).startswith("/dev/pts/")
 
     def close(self) -> None:
         with self._lock:
