@@ -61,11 +61,14 @@ def test_transaction_returns_the_reply_frame(url: str) -> None:
         reply = d.parse(decoder.frame)
         assert isinstance(reply, d.ReadResponse)
         assert d.decode_value(reply.di, reply.data) == Decimal("123.45")
-        assert raw.endswith(b"\x16") and d.decode_frame(raw) == decoder.frame
+        assert raw.endswith(b"\x16")
+        assert d.decode_frame(raw) == decoder.frame
         s = bus.stats
         assert (s.transactions, s.attempts, s.timeouts, s.errors) == (1, 1, 0, 0)
-        assert s.bytes_sent == 20 and s.bytes_received == 24
-        assert 0 < s.busy_s and 0 < s.utilisation() <= 1
+        assert s.bytes_sent == 20
+        assert s.bytes_received == 24
+        assert s.busy_s > 0
+        assert 0 < s.utilisation() <= 1
 
 
 def test_reply_is_returned_when_complete_not_after_a_silence(url: str) -> None:
@@ -98,7 +101,8 @@ def test_bad_checksum_is_a_bad_reply_and_retried(url: str, line: LineHandle) -> 
         assert (bus.stats.attempts, bus.stats.errors, bus.stats.timeouts) == (3, 3, 0)
         line.meter(A1).faults.clear()
         bus.transact(_read(A1), Dlt645Decoder(A1, d.Function.READ), expected_len=24)
-        assert bus.stats.failures == 1 and bus.stats.transactions == 2
+        assert bus.stats.failures == 1
+        assert bus.stats.transactions == 2
 
 
 def test_garbage_around_the_reply_is_skipped(url: str, line: LineHandle) -> None:
@@ -109,7 +113,8 @@ def test_garbage_around_the_reply_is_skipped(url: str, line: LineHandle) -> None
         for _ in range(3):
             decoder = Dlt645Decoder(A2, d.Function.READ)
             raw = bus.transact(_read(A2), decoder, expected_len=24)
-            assert decoder.frame is not None and decoder.frame.address == A2
+            assert decoder.frame is not None
+            assert decoder.frame.address == A2
             assert decoder.discarded > 4  # preamble plus the noise before the frame
             assert len(raw) > 24
         assert bus.stats.failures == 0
@@ -146,7 +151,8 @@ def test_broadcast_is_sent_without_waiting_for_a_reply(url: str, line: LineHandl
     when = line.meter(A1).meter_time.replace(microsecond=0).replace(year=2030)
     with _bus(url) as bus:
         bus.send(d.build(d.TimeSyncRequest(when)))
-        assert bus.stats.broadcasts == 1 and bus.stats.transactions == 0
+        assert bus.stats.broadcasts == 1
+        assert bus.stats.transactions == 0
         decoder = Dlt645Decoder(A1, d.Function.READ)
         bus.transact(_read(A1, d.DI_DATE), decoder, expected_len=24)
     assert line.meter(A1).meter_time.year == 2030
@@ -203,7 +209,8 @@ def test_local_echo_is_discarded(line: LineHandle) -> None:
         with _bus(url, local_echo=True) as bus:
             decoder = Dlt645Decoder(A1, d.Function.READ)
             raw = bus.transact(_read(A1), decoder, expected_len=24)
-            assert decoder.frame is not None and decoder.frame.is_reply
+            assert decoder.frame is not None
+            assert decoder.frame.is_reply
             assert not raw.startswith(_read(A1))
             assert [e.note for e in bus.recent] == ["request", "echo", "reply"]
     finally:
