@@ -69,6 +69,7 @@ class Outcome:
     observed: RelayState | None
     protected: bool | None = None
     detail: str = ""
+    ok: bool | None = None  # the driver's own verdict on the read-back (None: judge here)
 
 
 Executor = Callable[[Command], Awaitable[Outcome]]
@@ -143,6 +144,9 @@ class CommandStore:
 
 def judge(action: Action, outcome: Outcome) -> tuple[AckStatus, str]:
     """DONE only when the read-back state is what the action asked for."""
+    if outcome.ok is False:
+        seen = outcome.observed.value if outcome.observed else "nothing"
+        return AckStatus.FAILED, f"read back {seen}: {outcome.detail}".strip()
     want: dict[Action, RelayState] = {
         Action.TRIP: RelayState.OPEN,
         Action.CLOSE: RelayState.CLOSED,

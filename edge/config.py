@@ -100,6 +100,7 @@ class MeterConfig(_Section):
     circuit: int | None = Field(default=None, ge=0)
     read: tuple[Quantity, ...] = (Quantity.ENERGY_TOTAL_KWH,)
     interval_s: float = Field(default=900.0, ge=0)
+    read_state: bool = True  # also read relay/protect state each poll (one more transaction)
     password: str = Field(default="000000", pattern=r"^[0-9]{6}$")
     password_level: int = Field(default=2, ge=0, le=9)
     operator: str = Field(default="00000000", pattern=r"^[0-9A-Fa-f]{8}$")

@@ -50,7 +50,7 @@ __all__ = ["Uplink", "backoff_delay"]
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[bytes], Awaitable[None]]
+Handler = Callable[[bytes], Awaitable[object]]
 StatusProvider = Callable[[bool], Awaitable[GatewayStatus]]
 
 
@@ -208,7 +208,7 @@ class Uplink:
                     await self._session()
                     attempt = 0
                 except (_Disconnected, UplinkError, OSError, ssl.SSLError) as exc:
-                    level = logging.WARNING if attempt == 0 else logging.DEBUG
+                    level = logging.WARNING if attempt == 0 and not self._stopping else logging.DEBUG
                     mq = self.config.mqtt
                     log.log(level, "uplink to %s:%s down: %s", mq.host, mq.port, exc)
                 finally:
