@@ -14,9 +14,10 @@ byte arrives. Nothing is ever delivered earlier than it could have crossed a rea
 
 Every meter hears every byte. Meters of one protocol share one streaming parser (they hear the same
 bytes, so they would all parse the same frames); each meter then decides whether a frame is
-addressed to it. Two talkers at once collide: overlapping characters are XOR-ed, so a wildcard read
-answered by several meters, or a host talking over a reply, yields garbage on the line — as on a
-real bus. A Modbus listener forgets a partial frame after a 3.5-character silence (RTU framing).
+addressed to it. Two talkers at once collide: every character where both drive the line arrives as
+a framing error (NUL), so a wildcard read answered by several meters, or a host talking over a
+reply, yields garbage on the line — as on a real bus. A Modbus listener forgets a partial frame
+after a 3.5-character silence (RTU framing).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from firmware_sim.meters.listeners import Listener, make_listener
 __all__ = ["LineStats", "Parity", "SimLine", "TraceEntry", "char_bits"]
 
 Parity = Literal["N", "E", "O"]
+
+# A character garbled by two drivers fighting arrives with a framing/parity error, which a Linux
+# tty without PARMRK/IGNPAR delivers as NUL; we deliver the same.
+_COLLIDED = 0x00
 
 
 def char_bits(bytesize: int, parity: str, stopbits: float) -> float:
@@ -174,8 +179,7 @@ class SimLine:
         for tx in self._pending:
             slot = round((b_start - tx.start) / ct)
             if tx.delivered <= slot < len(tx.data):
-                heard ^= tx.data[slot]
-                tx.data[slot] ^= byte
+                heard = tx.data[slot] = _COLLIDED
                 if not tx.collided:
                     tx.collided = True
                     self.stats.collisions += 1
@@ -213,15 +217,17 @@ class SimLine:
         self._pending.sort(key=lambda tx: tx.start)
 
     def _merge(self, old: _Tx, new: _Tx) -> _Tx:
-        """Two talkers at once: the wire carries the XOR of both where they overlap."""
+        """Two talkers at once: every character where both drive the line is a framing error."""
         ct = self.char_time
         start = min(old.start, new.start)
         offsets = [round((tx.start - start) / ct) for tx in (old, new)]
         size = max(off + len(tx.data) for off, tx in zip(offsets, (old, new), strict=True))
         buf = bytearray(size)
+        written = bytearray(size)
         for off, tx in zip(offsets, (old, new), strict=True):
             for k, value in enumerate(tx.data):
-                buf[off + k] ^= value
+                buf[off + k] = _COLLIDED if written[off + k] else value
+                written[off + k] = 1
         # bytes already delivered belong to ``old``, which then started first (offset 0)
         return _Tx(start, buf, delivered=old.delivered, collided=True)
 

@@ -263,3 +263,14 @@ def test_modbus_parser_resyncs_after_silence() -> None:
 def test_duplicate_addresses_are_refused() -> None:
     with pytest.raises(ValueError, match="share address"):
         SimLine(2400, "E", [Ddsy1352Sim(A1), Ddsy1352Sim(A1)])
+
+
+def test_no_frame_survives_an_odd_number_of_talkers() -> None:
+    # five replies whose addresses XOR back to the first one's: a collision must still be garbage
+    addresses = ["202500000101", "202500000102", "202500000103", "202500000204", "202500000205"]
+    line = SimLine(9600, "E", [Ddsy1352Sim(a) for a in addresses])
+    line.host_write(d.build(d.ReadAddressRequest()), 0.0)
+    out = line.pop_due(10.0)
+    assert out
+    assert set(out) == {0}
+    assert line.stats.collisions >= 1
