@@ -146,14 +146,18 @@ class Dlt645Driver(Driver):
 
     def read_di(self, bus: Bus, meter: MeterRef, di: int) -> d.Value:
         """Value of one data identifier; MeterRefused when the meter answers with an error."""
+        value = self._read_or_error(bus, meter, di)
+        if isinstance(value, d.ErrorBits):
+            name = d.lookup(di).name
+            raise MeterRefused(f"meter {meter.label} refused to read {name}: {describe_error(value)}")
+        return value
+
+    def _read_or_error(self, bus: Bus, meter: MeterRef, di: int) -> d.Value | d.ErrorBits:
         item = d.lookup(di)
-        reply = self.exchange(
-            bus, meter.address, d.ReadRequest(meter.address, di), d.Function.READ, 4 + item.length
-        )
+        request = d.ReadRequest(meter.address, di)
+        reply = self.exchange(bus, meter.address, request, d.Function.READ, 4 + item.length)
         if isinstance(reply, d.ErrorResponse):
-            raise MeterRefused(
-                f"meter {meter.label} refused to read {item.name}: {describe_error(reply.error)}"
-            )
+            return reply.error
         if not isinstance(reply, d.ReadResponse) or reply.di != di:
             raise BadReply(f"meter {meter.label} answered a read of {di:08X} with {reply!r}")
         try:
@@ -182,10 +186,9 @@ class Dlt645Driver(Driver):
             if di is None:
                 reading.missing[quantity] = "not a DL/T 645 quantity"
                 continue
-            try:
-                value = self.read_di(bus, meter, di)
-            except MeterRefused as exc:
-                reading.missing[quantity] = str(exc).rsplit(": ", 1)[-1]
+            value = self._read_or_error(bus, meter, di)
+            if isinstance(value, d.ErrorBits):
+                reading.missing[quantity] = describe_error(value)
                 continue
             reading.values[quantity] = value if isinstance(value, Decimal) else Decimal(str(value))
         if state:

@@ -146,10 +146,15 @@ class ModbusDriver(Driver):
         results: list[tuple[int, Sequence[int]]] = []
         refused: list[tuple[int, int, str]] = []
         for address, count in blocks:
-            try:
-                results.append((address, self.read_registers(bus, meter.unit, address, count)))
-            except MeterRefused as exc:
-                refused.append((address, count, str(exc).rsplit(": ", 1)[-1]))
+            reply = self.exchange(bus, rtu.build_read_request(meter.unit, address, count))
+            if reply.is_exception:
+                refused.append((address, count, _meaning(reply.exception_code)))
+            elif len(reply.values) != count:
+                raise BadReply(
+                    f"meter {meter.label} returned {len(reply.values)} registers, asked for {count}"
+                )
+            else:
+                results.append((address, reply.values))
         for name in wanted:
             where = modbus_map.address_of(name, circuit)
             reason = next((why for a, n, why in refused if a <= where < a + n), None)
