@@ -28,6 +28,7 @@ __all__ = [
     "ACK_RECEIVED",
     "BALANCE_CHANGED",
     "DESIRED_CHANGED",
+    "GATEWAY_BILLED",
     "AsyncSubscription",
     "EventBus",
     "EventError",
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 BALANCE_CHANGED = "balance_changed"  # {"account_id": int}
 DESIRED_CHANGED = "desired_changed"  # {"meter_ids": [int, ...]}
 ACK_RECEIVED = "ack_received"  # {"command_id": str, "meter_id": int}
+GATEWAY_BILLED = "gateway_billed"  # {"gateway_id": int}: balances behind it moved (credit horizons)
 
 Handler = Callable[[str, dict[str, Any]], None]
 

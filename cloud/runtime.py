@@ -40,6 +40,7 @@ from cloud.events import (
     ACK_RECEIVED,
     BALANCE_CHANGED,
     DESIRED_CHANGED,
+    GATEWAY_BILLED,
     AsyncSubscription,
     EventBus,
     make_event_bus,
@@ -112,7 +113,9 @@ class Reconciler:
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        sub = AsyncSubscription(self._bus, {BALANCE_CHANGED, DESIRED_CHANGED, ACK_RECEIVED}, loop)
+        sub = AsyncSubscription(
+            self._bus, {BALANCE_CHANGED, DESIRED_CHANGED, ACK_RECEIVED, GATEWAY_BILLED}, loop
+        )
         next_sweep = 0.0
         try:
             while not stop.is_set():
@@ -138,9 +141,10 @@ class Reconciler:
         finally:
             sub.close()
 
-    @staticmethod
-    def _collect(item: tuple[str, dict[str, Any]], accounts: set[int], meters: set[int]) -> None:
+    def _collect(self, item: tuple[str, dict[str, Any]], accounts: set[int], meters: set[int]) -> None:
         kind, payload = item
+        if kind == GATEWAY_BILLED and "gateway_id" in payload:
+            self._dirty_gateways.add(int(payload["gateway_id"]))
         if kind == BALANCE_CHANGED and "account_id" in payload:
             accounts.add(int(payload["account_id"]))
         elif kind == DESIRED_CHANGED:

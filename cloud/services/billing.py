@@ -8,7 +8,8 @@ billing baseline. A new reading is judged against it by :func:`cloud.domain.read
   over ``[baseline time, reading time]`` with the tier counter of the paying account; milli-fen go
   through :func:`cloud.domain.money.carry` with the account's residue, and whole fen are posted as one
   ``charge`` transaction whose idempotency key is derived from the reading identity
-  ``chg:<gateway>:<meter>:<seq>``; the reading becomes the new baseline;
+  ``chg:<gateway>:<meter>:<seq>`` (returned, and written for the whole batch at once by
+  :func:`post_charges`); the reading becomes the new baseline;
 - a held verdict (reset, negative, spike, clock far off, rollover unless auto-accepted) → a
   ``reading_hold`` row and an alarm; nothing billed and the baseline stays where it was, so the
   consumption is billed once an operator resolves it or the meter reports plausibly again;
@@ -22,14 +23,15 @@ Tariff versions are stored as JSON ``spec`` (see :func:`version_from_spec`).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -50,23 +52,28 @@ from cloud.models import (
     Account,
     Alarm,
     AlarmKind,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
     Meter,
     MeterKind,
     MeterState,
     Project,
     ReadingHold,
-    ReadingRow,
     ReadingStatus,
     TariffVersion,
+    utcnow,
 )
 from cloud.services import ledger as ledger_service
 from protocol.contract import Quantity
 
 __all__ = [
+    "BillableReading",
     "BillingCache",
     "BillingOutcome",
     "bill_reading",
     "charge_key",
+    "post_charges",
     "schedule_for",
     "snapshot_values",
     "version_from_spec",
@@ -139,6 +146,26 @@ class BillingCache:
     projects: dict[int, Project] = field(default_factory=dict)
     rules: ReadingRules = field(default_factory=ReadingRules)
 
+    ledger_accounts: dict[tuple[int, str], LedgerAccount] = field(default_factory=dict)
+
+    def preload_ledger_accounts(self, session: Session, wanted: set[tuple[int, str]]) -> None:
+        missing = wanted - set(self.ledger_accounts)
+        for org_id in sorted({org for org, _ in missing}):
+            codes = sorted(code for org, code in missing if org == org_id)
+            for row in session.scalars(
+                select(LedgerAccount).where(
+                    col(LedgerAccount.org_id) == org_id, col(LedgerAccount.code).in_(codes)
+                )
+            ):
+                self.ledger_accounts[(org_id, row.code)] = row
+
+    def ledger_account(self, session: Session, org_id: int, code: str) -> LedgerAccount:
+        found = self.ledger_accounts.get((org_id, code))
+        if found is None:
+            found = ledger_service.ensure_ledger_account(session, org_id, code)
+            self.ledger_accounts[(org_id, code)] = found
+        return found
+
     def project(self, session: Session, project_id: int) -> Project:
         found = self.projects.get(project_id)
         if found is None:
@@ -177,6 +204,16 @@ def snapshot_values(values: Mapping[str, str]) -> dict[Quantity, Decimal]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class BillableReading:
+    """What billing needs of a stored reading (its row id, identity and registers)."""
+
+    id: int
+    seq: int
+    ts: datetime
+    values: Mapping[Quantity, Decimal]
+
+
 @dataclass(frozen=True)
 class BillingOutcome:
     status: ReadingStatus
@@ -184,6 +221,9 @@ class BillingOutcome:
     charged_fen: int = 0
     txn_key: str | None = None
     detail: str = ""
+    txn: dledger.Transaction | None = None
+    """The charge to post (:func:`post_charges`), built but not yet written."""
+    org_id: int | None = None
 
 
 def _tariff_id(meter: Meter, project: Project) -> int | None:
@@ -193,7 +233,7 @@ def _tariff_id(meter: Meter, project: Project) -> int | None:
 
 
 def _hold(
-    session: Session, meter: Meter, reading: ReadingRow, verdict: str, zh: str, en: str, detail: str
+    session: Session, meter: Meter, reading: BillableReading, verdict: str, zh: str, en: str, detail: str
 ) -> BillingOutcome:
     assert reading.id is not None
     assert meter.id is not None
@@ -214,7 +254,7 @@ def _hold(
     return BillingOutcome(ReadingStatus.HELD, detail=f"{verdict}: {detail}")
 
 
-def _advance(state: MeterState, snap: Snapshot, reading: ReadingRow) -> None:
+def _advance(state: MeterState, snap: Snapshot, reading: BillableReading) -> None:
     state.last_at = snap.at
     state.last_values = {q.value: str(v) for q, v in snap.registers().items()}
     state.last_seq = reading.seq
@@ -227,7 +267,7 @@ def bill_reading(
     meter: Meter,
     state: MeterState,
     account: Account | None,
-    reading: ReadingRow,
+    reading: BillableReading,
     now: datetime,
     cache: BillingCache,
 ) -> BillingOutcome:
@@ -236,8 +276,7 @@ def bill_reading(
     ``state`` and ``account`` must be locked by the caller (``SELECT ... FOR UPDATE``) for the whole
     unit of work: the baseline, the residue and the tier counter are read-modify-write.
     """
-    values = snapshot_values(reading.values)
-    snap = Snapshot(reading.ts, values)
+    snap = Snapshot(reading.ts, reading.values)
     if not snap.registers():
         return BillingOutcome(ReadingStatus.INFO)
     last = Snapshot(state.last_at, snapshot_values(state.last_values)) if state.last_at else None
@@ -292,5 +331,69 @@ def bill_reading(
             "units": ";".join(f"{q.value}={u}" for q, u in result.units.items()),
         },
     )
-    ledger_service.post(session, txn, org_id=account.org_id)
-    return BillingOutcome(ReadingStatus.BILLED, account.id, fen, key)
+    return BillingOutcome(ReadingStatus.BILLED, account.id, fen, key, txn=txn, org_id=account.org_id)
+
+
+def post_charges(
+    session: Session, charges: Sequence[tuple[int, dledger.Transaction]], cache: BillingCache
+) -> int:
+    """Write many charge transactions at once: every leg, then every transaction row, then one
+    balance update per account — the same rows :func:`cloud.services.ledger.post` writes, in the same
+    order, so the database's zero-sum and append-only guards check each transaction as usual.
+
+    Idempotency: each charge key derives from a reading identity that this very database transaction
+    has just inserted (the reading row is the guard); the key's UNIQUE constraint is the backstop — a
+    collision raises and the whole message is retried. ``balance_changed`` is *not* announced for
+    charges: the ingest evaluates the arrears policy itself in the same transaction.
+    """
+    if not charges:
+        return 0
+    cache.preload_ledger_accounts(session, {(org, p.account) for org, txn in charges for p in txn.postings})
+    entries: list[dict[str, Any]] = []
+    txns: list[dict[str, Any]] = []
+    deltas: dict[int, int] = {}
+    now = utcnow()
+    for org_id, txn in charges:
+        txn_id = uuid.uuid4()
+        meter_id = int(txn.meta["meter_id"]) if txn.meta.get("meter_id", "").isdigit() else None
+        for posting in txn.postings:
+            la = cache.ledger_account(session, org_id, posting.account)
+            entries.append(
+                {
+                    "transaction_id": txn_id,
+                    "ledger_account_id": la.id,
+                    "amount_fen": posting.amount_fen,
+                    "account_id": la.account_id,
+                    "meter_id": meter_id if la.account_id is not None else None,
+                }
+            )
+            if la.account_id is not None:
+                deltas[la.account_id] = deltas.get(la.account_id, 0) + posting.amount_fen
+        txns.append(
+            {
+                "id": txn_id,
+                "org_id": org_id,
+                "idempotency_key": txn.key,
+                "kind": txn.kind.value,
+                "memo": txn.memo,
+                "receipt_no": None,
+                "reverses_id": None,
+                "actor_user_id": None,
+                "entry_count": len(txn.postings),
+                "effective_at": txn.occurred_at,
+                "created_at": now,
+                "details": dict(txn.meta),
+            }
+        )
+    session.execute(insert(LedgerEntry), entries)
+    session.execute(insert(LedgerTransaction), txns)
+    session.connection().execute(
+        update(Account.__table__)  # type: ignore[arg-type,attr-defined]
+        .where(Account.__table__.c.id == bindparam("aid"))  # type: ignore[attr-defined]
+        .values(
+            balance_fen=Account.__table__.c.balance_fen + bindparam("delta"),  # type: ignore[attr-defined]
+            version=Account.__table__.c.version + 1,  # type: ignore[attr-defined]
+        ),
+        [{"aid": a, "delta": d} for a, d in sorted(deltas.items())],
+    )
+    return len(txns)

@@ -29,17 +29,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
 from cloud.domain.errors import CloudError
-from cloud.events import ACK_RECEIVED, DESIRED_CHANGED
+from cloud.domain.ledger import Transaction
+from cloud.events import ACK_RECEIVED, DESIRED_CHANGED, GATEWAY_BILLED
 from cloud.models import (
     Account,
     AccountMeter,
+    AccountState,
     AccountStatus,
     Alarm,
     AlarmKind,
@@ -54,7 +56,7 @@ from cloud.models import (
     ReadingStatus,
 )
 from cloud.services.arrears import PolicyCache, evaluate_account
-from cloud.services.billing import BillingCache, bill_reading
+from cloud.services.billing import BillableReading, BillingCache, bill_reading, post_charges
 from cloud.services.control import ControlConfig, apply_ack
 from cloud.services.unit import Publisher, unit_of_work
 from protocol.contract import (
@@ -205,6 +207,7 @@ class Ingest:
         with unit_of_work(self._factory, self._publish) as session:
             gateway = self._gateway(session, device)
             assert gateway.id is not None
+            gateway_id = gateway.id
             done = session.scalar(
                 select(col(ProcessedBatch.id)).where(
                     col(ProcessedBatch.gateway_id) == gateway.id, col(ProcessedBatch.batch) == batch.batch
@@ -217,6 +220,7 @@ class Ingest:
             changed = self._apply_batch(session, gateway, batch, now)
         if changed:
             self._publish_after(DESIRED_CHANGED, {"meter_ids": changed})
+        self._publish_after(GATEWAY_BILLED, {"gateway_id": gateway_id})
 
     def _apply_batch(
         self, session: Session, gateway: Gateway, batch: ReadingBatch, now: datetime
@@ -286,11 +290,13 @@ class Ingest:
             )
         }
         cache = BillingCache()
-        charged: set[int] = set()
         by_meter: dict[str, list[tuple[datetime, int, int]]] = {}
-        ts_of = {(r.meter, r.seq): r.ts for r in batch.readings}
+        source = {(r.meter, r.seq): r for r in batch.readings}
         for (device, seq), rid in new_ids.items():
-            by_meter.setdefault(device, []).append((ts_of[(device, seq)], seq, rid))
+            by_meter.setdefault(device, []).append((source[(device, seq)].ts, seq, rid))
+        updates: list[dict[str, Any]] = []
+        pending: list[tuple[int, Transaction]] = []
+        deltas: dict[int, int] = {}
         for device, items in sorted(by_meter.items()):
             meter = meters.get(device)
             if meter is None or meter.id is None:
@@ -299,10 +305,9 @@ class Ingest:
             account = accounts.get(account_of.get(meter.id, -1))
             if account is not None and account.status != AccountStatus.OPEN:
                 account = None
-            for ts, _seq, rid in sorted(items):
-                row = session.get(ReadingRow, rid)
-                assert row is not None
-                row.meter_id = meter.id
+            for ts, seq, rid in sorted(items):
+                reading = source[(device, seq)]
+                row = BillableReading(rid, seq, ts, reading.values)
                 outcome = bill_reading(
                     session,
                     gateway_device=gateway.device_id,
@@ -313,25 +318,58 @@ class Ingest:
                     now=now,
                     cache=cache,
                 )
-                row.status = outcome.status
-                row.txn_key = outcome.txn_key
+                updates.append(
+                    {"id": rid, "meter_id": meter.id, "status": outcome.status, "txn_key": outcome.txn_key}
+                )
                 self.stats.by_status[outcome.status] = self.stats.by_status.get(outcome.status, 0) + 1
-                if outcome.charged_fen:
-                    self.stats.charges += 1
-                    charged.add(outcome.account_id or 0)
+                if outcome.txn is not None and outcome.org_id is not None and outcome.account_id is not None:
+                    pending.append((outcome.org_id, outcome.txn))
+                    deltas[outcome.account_id] = deltas.get(outcome.account_id, 0) - outcome.charged_fen
                 if state.last_seen is None or ts > state.last_seen:
                     state.last_seen = ts
                     state.offline = False
-                    if row.relay and row.relay != RelayState.UNKNOWN:
-                        state.observed = row.relay
+                    if reading.relay is not None and reading.relay is not RelayState.UNKNOWN:
+                        state.observed = reading.relay.value
                         state.observed_at = ts
-        changed: list[int] = []
+        if updates:
+            session.execute(update(ReadingRow), updates)
+        self.stats.charges += post_charges(session, pending, cache)
+        return self._evaluate(session, accounts, deltas, cache, now)
+
+    def _evaluate(
+        self,
+        session: Session,
+        accounts: dict[int | None, Account],
+        deltas: dict[int, int],
+        cache: BillingCache,
+        now: datetime,
+    ) -> list[int]:
+        """Run the arrears policy for charged accounts, skipping those it cannot change: in credit
+        above every alarm threshold before and after, never in arrears, already evaluated."""
+        if not deltas:
+            return []
+        known = {
+            s.account_id: s
+            for s in session.scalars(
+                select(AccountState).where(col(AccountState.account_id).in_(sorted(deltas)))
+            )
+        }
         policy_cache = PolicyCache()
-        for account_id in sorted(charged):
+        changed: list[int] = []
+        for account_id, delta in sorted(deltas.items()):
             account = accounts.get(account_id)
-            if account is not None:
-                session.refresh(account, ["balance_fen"])
-                changed.extend(evaluate_account(session, account, now, policy_cache))
+            if account is None:
+                continue
+            project = cache.project(session, account.project_id)
+            top = max(
+                v for v in (project.alarm1_fen, project.alarm2_fen, project.alarm3_fen, 0) if v is not None
+            )
+            state = known.get(account_id)
+            quiet = state is not None and state.alarm_level == 0 and state.arrears_since is None
+            if quiet and account.balance_fen + delta > top:
+                continue
+            session.refresh(account, ["balance_fen", "version"])
+            changed.extend(evaluate_account(session, account, now, policy_cache))
         return changed
 
     def _lock_states(self, session: Session, meter_ids: list[int]) -> dict[int, MeterState]:
