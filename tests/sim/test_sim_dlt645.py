@@ -246,3 +246,17 @@ def test_reply_timing_respects_the_baud_rate(serve: Serve) -> None:
     assert result.elapsed >= lower_bound - 0.001  # 1 ms of clock granularity
     assert len(request) == 20
     assert reply_len == 24
+
+
+def test_time_write_needs_the_password(serve: Serve) -> None:
+    meter = Ddsy1352Sim(A1)
+    handle = serve([meter])
+    data = d.encode_value(d.DI_TIME, datetime(2000, 1, 1, 3, 4, 5).time())
+    with open_port(handle.url, 9600) as port:
+        wrong = dlt645_message(port, d.WriteRequest(A1, d.DI_TIME, d.Password(2, "111111"), OPERATOR, data))
+        assert wrong == d.ErrorResponse(A1, d.Function.WRITE, d.ErrorBits.PASSWORD)
+        assert dlt645_message(port, d.WriteRequest(A1, d.DI_TIME, PASSWORD, OPERATOR, data)) == d.Ack(
+            A1, d.Function.WRITE
+        )
+        clock = read_value(port, A1, d.DI_TIME)
+    assert (clock.hour, clock.minute) == (3, 4)

@@ -181,3 +181,14 @@ def test_mixed_protocols_on_one_line(serve: Serve) -> None:
             water = cjt188_message(port, c.ReadDataRequest(c.MeterType.COLD_WATER, WATER, 1))
             assert isinstance(water, c.ReadDataResponse)
             assert water.flow_total == Decimal("3.00")
+
+
+def test_modbus_broadcast_write_is_executed_without_reply(serve: Serve) -> None:
+    meters = [Ddsy1352Sim(1, protocol="modbus"), Ddsy1352Sim(2, protocol="modbus")]
+    handle = serve(meters, parity="N")
+    with open_port(handle.url, 9600, "N") as port:
+        result = modbus_exchange(
+            port, rtu.build_write_request(0, DDSY.relay_address(), [DDSY.relay.trip]), 0.3
+        )
+    assert result.raw == b""
+    assert all(m.relay_open for m in meters)
