@@ -165,6 +165,8 @@ class Circuit:
         floor_fen = -self.overdraft_limit_fen
         headroom = (self._balance_fen - floor_fen) * unit - self._cost_acc
         rate = watts * self._price_mfen
+        if self._protected:  # 保电: supply stays on, the balance runs into overdraft
+            headroom = rate * span + 1
         if headroom <= 0:
             self._trip_for_arrears()
             return 0
@@ -172,7 +174,7 @@ class Circuit:
         self._cost_acc += rate * used
         fen, self._cost_acc = divmod(self._cost_acc, unit)
         self._balance_fen -= fen
-        if self._balance_fen <= floor_fen:
+        if self._balance_fen <= floor_fen and not self._protected:
             self._trip_for_arrears()
         return used
 
@@ -276,6 +278,7 @@ class Circuit:
             self._relay_open = True
             self._command_open = True
             self._armed_at = None
+            self._arrears_trip = False  # an explicit trip is not undone by a recharge
 
     def close(self) -> None:
         """Direct close (1C); refused by close-permit-only models and (local prepay) without credit."""
@@ -321,10 +324,12 @@ class Circuit:
 
     def protect(self) -> None:
         with self._lock:
+            self.advance()
             self._protected = True
 
     def unprotect(self) -> None:
         with self._lock:
+            self.advance()
             self._protected = False
 
     def set_alarm(self, on: bool) -> None:

@@ -274,3 +274,25 @@ def test_no_frame_survives_an_odd_number_of_talkers() -> None:
     assert out
     assert set(out) == {0}
     assert line.stats.collisions >= 1
+
+
+def test_protected_prepaid_meter_runs_into_overdraft_instead_of_tripping() -> None:
+    flat = CircuitSpec(base_w=1000, profile="flat", noise=0.0, prepaid=PrepaidSettings(Decimal(60), 30))
+    meter, fake = _attached(Ddsy1352Sim(A1, circuits=[flat]), MONDAY)
+    meter.circuits[0].protect()
+    fake.t += 3600
+    assert not meter.relay_open
+    assert meter.balance_fen == -30
+    meter.circuits[0].unprotect()  # released with no credit: the meter trips at once
+    fake.t += 1
+    assert meter.relay_open
+
+
+def test_explicit_trip_survives_a_recharge() -> None:
+    flat = CircuitSpec(base_w=1000, profile="flat", noise=0.0, prepaid=PrepaidSettings(Decimal(60), 1))
+    meter, fake = _attached(Ddsy1352Sim(A1, circuits=[flat]), MONDAY)
+    fake.t += 600
+    assert meter.relay_open  # tripped for arrears …
+    meter.circuits[0].trip()  # … and then by the operator
+    meter.circuits[0].recharge(500, 1)
+    assert meter.relay_open
