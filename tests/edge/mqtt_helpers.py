@@ -120,14 +120,27 @@ def make_config(
     )
 
 
-def sim_line_config(url: str, meters: Any, *, name: str = "l1", interval_s: float = 0.5,
-                    read: tuple[str, ...] = ("energy_total_kwh",), turnaround_s: float = 0.15,
-                    **line_extra: Any) -> LineConfig:
+def sim_line_config(
+    url: str,
+    meters: Any,
+    *,
+    name: str = "l1",
+    interval_s: float = 0.5,
+    read: tuple[str, ...] = ("energy_total_kwh",),
+    turnaround_s: float = 0.15,
+    **line_extra: Any,
+) -> LineConfig:
     """A LineConfig for simulated DL/T 645 meters on ``url`` (meter ids m0, m1, …)."""
     from edge.config import MeterConfig
 
     return LineConfig(
-        name=name, url=url, baudrate=2400, parity="E", turnaround_s=turnaround_s, inter_byte_s=0.1, retries=1,
+        name=name,
+        url=url,
+        baudrate=2400,
+        parity="E",
+        turnaround_s=turnaround_s,
+        inter_byte_s=0.1,
+        retries=1,
         meters=tuple(
             MeterConfig(id=f"m{i}", protocol="dlt645", address=m.address, interval_s=interval_s, read=read)
             for i, m in enumerate(meters)

@@ -73,10 +73,18 @@ async def until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-un
     raise AssertionError("condition not met in time")
 
 
-def signed(cid: str, meter: str, action: Action, *, key: str = KEY, expires_in: float = 60, gateway: str = "gw-test") -> bytes:
+def signed(
+    cid: str, meter: str, action: Action, *, key: str = KEY, expires_in: float = 60, gateway: str = "gw-test"
+) -> bytes:
     now = datetime.now(UTC)
-    cmd = Command(id=cid, gateway=gateway, meter=meter, action=action, issued_at=now - timedelta(seconds=1),
-                  expires_at=now + timedelta(seconds=expires_in))
+    cmd = Command(
+        id=cid,
+        gateway=gateway,
+        meter=meter,
+        action=action,
+        issued_at=now - timedelta(seconds=1),
+        expires_at=now + timedelta(seconds=expires_in),
+    )
     return encode(sign_command(cmd, key.encode()))
 
 
@@ -92,8 +100,9 @@ async def test_readings_flow_in_order_and_commands_are_verified(
     mqtt_broker: tuple[str, int], unique_prefix: str, tmp_path: Path, sim: LineHandle
 ) -> None:
     host, port = mqtt_broker
-    config = make_config(tmp_path, port, unique_prefix, key=KEY,
-                         lines=(sim_line_config(sim.url, sim.meters, interval_s=0.3),))
+    config = make_config(
+        tmp_path, port, unique_prefix, key=KEY, lines=(sim_line_config(sim.url, sim.meters, interval_s=0.3),)
+    )
     topics = Topics("gw-test", unique_prefix)
     sub = Subscriber(host, port, f"{unique_prefix}/gw/+/up/#", client_id=f"e2e-{unique_prefix[-10:]}")
     meter0 = sim.meters[0]
@@ -111,8 +120,9 @@ async def test_readings_flow_in_order_and_commands_are_verified(
             sub.publish(topics.commands, signed("close-forged", "m0", Action.CLOSE, key="wrong"))
             sub.publish(topics.commands, signed("close-expired", "m0", Action.CLOSE, expires_in=-5))
             sub.publish(topics.commands, signed("trip-1", "m0", Action.TRIP))
-            await until(lambda: {"close-forged", "close-expired"} <= set(acks(sub))
-                        and len(sub.on("/up/acks")) >= 4)
+            await until(
+                lambda: {"close-forged", "close-expired"} <= set(acks(sub)) and len(sub.on("/up/acks")) >= 4
+            )
             got = acks(sub)
             assert got["close-forged"].status == AckStatus.REJECTED
             assert "signature" in got["close-forged"].detail
@@ -182,8 +192,12 @@ async def test_dead_meter_is_reported_and_does_not_stall_the_line(
 
 async def test_autonomy_trips_when_offline_and_reports_on_reconnect(tmp_path: Path, sim: LineHandle) -> None:
     with Mosquitto(tmp_path / "broker") as broker:
-        config = make_config(tmp_path / "gw", broker.port, "mf/v1",
-                             lines=(sim_line_config(sim.url, sim.meters, interval_s=0.3),))
+        config = make_config(
+            tmp_path / "gw",
+            broker.port,
+            "mf/v1",
+            lines=(sim_line_config(sim.url, sim.meters, interval_s=0.3),),
+        )
         topics = Topics("gw-test")
         sub = Subscriber(broker.host, broker.port, "mf/v1/gw/+/up/#", client_id="cloud")
         horizons = {
@@ -191,7 +205,9 @@ async def test_autonomy_trips_when_offline_and_reports_on_reconnect(tmp_path: Pa
             "m1": CreditHorizon(quantity=Quantity.ENERGY_TOTAL_KWH, limit=Decimal("50"), protected=True),
             "m3": CreditHorizon(quantity=Quantity.ENERGY_TOTAL_KWH, limit=Decimal("100000")),  # plenty left
         }
-        cfg = GatewayConfig(gateway="gw-test", issued_at=datetime.now(UTC), horizons=horizons, offline_after_s=10)
+        cfg = GatewayConfig(
+            gateway="gw-test", issued_at=datetime.now(UTC), horizons=horizons, offline_after_s=10
+        )
         sub.publish(topics.config, encode(cfg), retain=True)
         try:
             async with daemon(config) as d:
