@@ -22,7 +22,16 @@ def main() -> int:
     env = {**os.environ, "MF_KILL9_ROUNDS": rounds, "MF_KILL9_SEED": seed}
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/edge/test_kill9.py", "-q", "--timeout=3600", "-p", "no:cacheprovider"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/edge/test_kill9.py",
+            "-q",
+            "--timeout=3600",
+            "-p",
+            "no:cacheprovider",
+        ],
         cwd=ROOT,
         env=env,
         check=False,
