@@ -65,6 +65,13 @@ def _line_args(p: argparse.ArgumentParser, *, protocol_default: str | None) -> N
     p.add_argument("--baud", type=int, help="default 2400 (DL/T 645, CJ/T 188) or 9600 (Modbus)")
     p.add_argument("--parity", choices=("N", "E", "O"), help="default E (DL/T 645, CJ/T 188) or N (Modbus)")
     p.add_argument("--timeout", type=float, metavar="S", help="meter turnaround budget in seconds")
+    p.add_argument(
+        "--inter-byte",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="longest pause inside a reply (default 0.5)",
+    )
     p.add_argument("--retries", type=int, default=2, help="retries after no/bad reply (default 2)")
     p.add_argument("--echo", action="store_true", help="the adapter echoes what we send: discard it")
     p.add_argument("--trace", action="store_true", help="print every frame sent and received (stderr)")
@@ -165,6 +172,7 @@ def _settings(args: argparse.Namespace, protocol: str) -> LineSettings:
         baudrate=args.baud,
         parity=args.parity,
         turnaround_s=args.timeout,
+        inter_byte_s=args.inter_byte,
         retries=args.retries,
         local_echo=args.echo,
     )
