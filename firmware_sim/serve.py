@@ -235,16 +235,21 @@ class LineHandle:
 
     def _send(self, data: bytes) -> None:
         """Deliver reply bytes to the port that sent last; a stalled reader loses them (overrun)."""
-        if self._active == "tcp" and self._client is not None:
-            try:
-                self._client.send(data)
-            except BlockingIOError:
-                pass
-            except OSError:
+        view = memoryview(data)
+        try:
+            while view:
+                if self._active == "tcp" and self._client is not None:
+                    sent = self._client.send(view)
+                elif self._active == "pty" and self._master is not None:
+                    sent = os.write(self._master, view)
+                else:
+                    return
+                view = view[sent:]
+        except BlockingIOError:
+            return
+        except OSError:
+            if self._active == "tcp":
                 self._drop_client()
-        elif self._active == "pty" and self._master is not None:
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.write(self._master, data)
 
 
 def run_line(
