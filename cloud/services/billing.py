@@ -385,8 +385,10 @@ def post_charges(
                 "details": dict(txn.meta),
             }
         )
-    session.execute(insert(LedgerEntry), entries)
-    session.execute(insert(LedgerTransaction), txns)
+    # Core executemany (one multi-row INSERT per page); the ORM path sends ledger legs one by one.
+    connection = session.connection()
+    connection.execute(insert(LedgerEntry.__table__), entries)  # type: ignore[arg-type,attr-defined]
+    connection.execute(insert(LedgerTransaction.__table__), txns)  # type: ignore[arg-type,attr-defined]
     session.connection().execute(
         update(Account.__table__)  # type: ignore[arg-type,attr-defined]
         .where(Account.__table__.c.id == bindparam("aid"))  # type: ignore[attr-defined]

@@ -1,0 +1,356 @@
+"""Cloud ingest benchmark: readings/s from MQTT into billed ledger entries, and arrears → trip latency.
+
+Setup: a fresh database (SQLite file, or a private PostgreSQL database), migrated; G gateways × M
+meters, one prepaid account per meter, a flat tariff; N background replicas (``python -m
+cloud.runtime`` subprocesses, shared subscription on the machine's Mosquitto).
+
+Phase 1 — throughput: every meter gets B consecutive readings (0.1 kWh apart, one minute apart), one
+batch per gateway and minute, all published at QoS 1 as fast as the broker takes them. The clock runs
+from the first publish until every reading is stored and every billable one (all but each meter's
+first) has its charge transaction. Figure: readings/s end to end, and charges/s.
+
+Phase 2 — arrears → trip: K meters whose balance is 1 fen get one reading each that exhausts it; the
+latency is from publishing that reading until the signed trip command for the meter arrives on
+``gw/{id}/down/commands`` (a subscriber in this process). Figures: p50 / p99.
+
+Usage::
+
+    .venv/bin/python bench/ingest.py --db sqlite --replicas 2
+    .venv/bin/python bench/ingest.py --db postgres --replicas 2 --meters 500 --minutes 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+from sqlmodel import col
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cloud.db import create_database, drop_database, make_engine, make_session_factory  # noqa: E402
+from cloud.domain import ledger as rules  # noqa: E402
+from cloud.integrations.mqtt import MqttConfig, MqttLink  # noqa: E402
+from cloud.migrations import upgrade  # noqa: E402
+from cloud.models import (  # noqa: E402
+    Account,
+    AccountMeter,
+    Gateway,
+    LedgerTransaction,
+    Meter,
+    Organisation,
+    Project,
+    ReadingRow,
+    Tariff,
+    TariffVersion,
+)
+from cloud.services import ledger  # noqa: E402
+from protocol.contract import Command, Reading, ReadingBatch, RelayState, Topics, decode, encode  # noqa: E402
+
+PG_SERVER = os.environ.get("MF_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def build_site(
+    factory: sessionmaker[Session], gateways: int, meters: int, balance_fen: int, tag: str
+) -> dict[str, list[str]]:
+    """Gateways ``{tag}-g<i>`` with meters ``m<j>``; returns gateway → meter device ids."""
+    now = datetime.now(UTC)
+    layout: dict[str, list[str]] = {}
+    with factory() as s:
+        org = Organisation(name=f"bench-{tag}")
+        s.add(org)
+        s.flush()
+        assert org.id is not None
+        tariff = Tariff(org_id=org.id, name="flat", kind="flat")
+        s.add(tariff)
+        s.flush()
+        assert tariff.id is not None
+        s.add(
+            TariffVersion(
+                tariff_id=tariff.id,
+                effective_from=now - timedelta(days=30),
+                spec={"kind": "flat", "price": "0.5"},
+            )
+        )
+        project = Project(
+            org_id=org.id,
+            name="bench",
+            electric_tariff_id=tariff.id,
+            friendly_start="00:00",
+            friendly_end="00:00",
+            no_cut_weekends=False,
+            no_cut_holidays=False,
+            require_final_notice=False,
+        )
+        s.add(project)
+        s.flush()
+        assert project.id is not None
+        accounts: list[int] = []
+        for g in range(gateways):
+            gw = Gateway(org_id=org.id, project_id=project.id, device_id=f"{tag}-g{g}", signing_key="k" * 32)
+            s.add(gw)
+            s.flush()
+            assert gw.id is not None
+            layout[gw.device_id] = []
+            for j in range(meters):
+                meter = Meter(org_id=org.id, gateway_id=gw.id, device_id=f"m{j}", address=f"{g:04d}{j:08d}")
+                account = Account(org_id=org.id, project_id=project.id, number=f"{g}-{j}")
+                s.add_all([meter, account])
+                s.flush()
+                assert meter.id is not None
+                assert account.id is not None
+                s.add(AccountMeter(account_id=account.id, meter_id=meter.id))
+                layout[gw.device_id].append(meter.device_id)
+                accounts.append(account.id)
+        s.commit()
+        for account_id in accounts:
+            txn = rules.recharge(
+                f"bench:{tag}:{account_id}",
+                rules.wallet_code(account_id),
+                balance_fen,
+                now,
+                source=rules.cash_code(project.id),
+            )
+            ledger.post(s, txn, org_id=org.id)
+        s.commit()
+    return layout
+
+
+def start_replicas(n: int, env: dict[str, str], logdir: Path) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for i in range(n):
+        log = logdir / f"replica-{i}.log"
+        child_env = dict(os.environ) | env | {"MF_MQTT_CLIENT_ID": f"bench-{env['MF_MQTT_PREFIX'][-6:]}-{i}"}
+        with log.open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "cloud.runtime"],
+                    cwd=ROOT,
+                    env=child_env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    for i, proc in enumerate(procs):
+        log = logdir / f"replica-{i}.log"
+        deadline = time.monotonic() + 30
+        while b"background workers running" not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"replica {i} failed to start:\n{log.read_text()}")
+            time.sleep(0.1)
+    return procs
+
+
+def count(factory: sessionmaker[Session], what: str) -> int:
+    with factory() as s:
+        if what == "readings":
+            return int(s.scalar(select(func.count()).select_from(ReadingRow)) or 0)
+        return int(
+            s.scalar(
+                select(func.count())
+                .select_from(LedgerTransaction)
+                .where(col(LedgerTransaction.kind) == "charge")
+            )
+            or 0
+        )
+
+
+def throughput(
+    factory: sessionmaker[Session], link: MqttLink, layout: dict[str, list[str]], minutes: int, prefix: str
+) -> tuple[float, float, int]:
+    base = datetime.now(UTC) - timedelta(minutes=minutes + 5)
+    messages: list[tuple[str, bytes]] = []
+    for k in range(minutes):
+        for gateway, meters in layout.items():
+            batch = ReadingBatch(
+                gateway=gateway,
+                batch=f"b{k}",
+                sent_at=base + timedelta(minutes=k),
+                readings=[
+                    Reading(
+                        meter=m,
+                        seq=k,
+                        ts=base + timedelta(minutes=k),
+                        values={"energy_total_kwh": Decimal(100) + Decimal(k) / 10},
+                        relay=RelayState.CLOSED,
+                    )
+                    for m in meters
+                ],
+            )
+            messages.append((Topics(gateway, prefix).readings, encode(batch)))
+    total = sum(len(m) for m in layout.values()) * minutes
+    billable = sum(len(m) for m in layout.values()) * (minutes - 1)
+    started = time.monotonic()
+    for topic, payload in messages:
+        link.publish(topic, payload)
+    published = time.monotonic() - started
+    while count(factory, "readings") < total or count(factory, "charges") < billable:
+        time.sleep(0.05)
+        if time.monotonic() - started > 900:
+            raise SystemExit("ingest did not finish within 15 minutes")
+    elapsed = time.monotonic() - started
+    print(f"  published {len(messages)} messages ({total} readings) in {published:.2f} s")
+    return total / elapsed, billable / elapsed, total
+
+
+def trip_latency(
+    factory: sessionmaker[Session], host: str, port: int, prefix: str, tag: str, k: int
+) -> list[float]:
+    layout = build_site(factory, 1, k, 1, f"{tag}-lat")
+    gateway, meters = next(iter(layout.items()))
+    topics = Topics(gateway, prefix)
+    arrived: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def on_command(topic: str, payload: bytes) -> None:
+        cmd = decode(Command, payload)
+        with lock:
+            arrived.setdefault(cmd.meter, time.monotonic())
+
+    sub = MqttLink(
+        MqttConfig(
+            host=host,
+            port=port,
+            client_id=f"bench-lat-{uuid.uuid4().hex[:6]}",
+            clean_start=True,
+            session_expiry_s=0,
+        ),
+        subscriptions=[topics.commands],
+        handler=on_command,
+    )
+    pub = MqttLink(
+        MqttConfig(host=host, port=port, client_id=f"bench-latpub-{uuid.uuid4().hex[:6]}", clean_start=True)
+    )
+    sub.start()
+    pub.start()
+    now = datetime.now(UTC)
+    # baselines first (no charge), then one reading per meter that exhausts its 1 fen
+    for seq, value in ((0, "100.00"), (1, "100.10")):
+        when = now - timedelta(minutes=2 - seq)
+        readings = [
+            Reading(
+                meter=m,
+                seq=seq,
+                ts=when,
+                values={"energy_total_kwh": Decimal(value)},
+                relay=RelayState.CLOSED,
+            )
+            for m in meters
+        ]
+        if seq == 0:
+            pub.publish(
+                topics.readings,
+                encode(ReadingBatch(gateway=gateway, batch="base", sent_at=when, readings=readings)),
+            )
+            deadline = time.monotonic() + 60
+            while count(factory, "readings") < k and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
+            continue
+        sent: dict[str, float] = {}
+        for reading in readings:
+            sent[reading.meter] = time.monotonic()
+            pub.publish(
+                topics.readings,
+                encode(
+                    ReadingBatch(
+                        gateway=gateway, batch=f"x-{reading.meter}", sent_at=when, readings=[reading]
+                    )
+                ),
+            )
+            time.sleep(0.02)
+        deadline = time.monotonic() + 60
+        while len(arrived) < k and time.monotonic() < deadline:
+            time.sleep(0.05)
+    sub.stop()
+    pub.stop()
+    return sorted(arrived[m] - sent[m] for m in sent if m in arrived)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--gateways", type=int, default=4)
+    parser.add_argument("--meters", type=int, default=250, help="meters per gateway (= readings per batch)")
+    parser.add_argument("--minutes", type=int, default=20, help="readings per meter")
+    parser.add_argument("--latency-meters", type=int, default=100)
+    parser.add_argument("--mqtt-host", default="127.0.0.1")
+    parser.add_argument("--mqtt-port", type=int, default=1883)
+    args = parser.parse_args()
+
+    tag = uuid.uuid4().hex[:6]
+    prefix = f"mfbench/{tag}"
+    tmp = Path(tempfile.mkdtemp(prefix="mf-bench-"))
+    url = f"sqlite:///{tmp / 'bench.db'}" if args.db == "sqlite" else create_database(PG_SERVER)
+    upgrade(url)
+    engine = make_engine(url, pool_size=2)
+    factory = make_session_factory(engine)
+    layout = build_site(factory, args.gateways, args.meters, 10_000_000, tag)
+    env = {
+        "MF_DATABASE_URL": url,
+        "MF_MQTT_HOST": args.mqtt_host,
+        "MF_MQTT_PORT": str(args.mqtt_port),
+        "MF_MQTT_PREFIX": prefix,
+        "MF_MQTT_SHARED": "true",
+        "MF_LOG_LEVEL": "INFO",
+    }
+    procs = start_replicas(args.replicas, env, tmp)
+    link = MqttLink(
+        MqttConfig(host=args.mqtt_host, port=args.mqtt_port, client_id=f"bench-pub-{tag}", clean_start=True)
+    )
+    link.start()
+    try:
+        print(
+            f"cloud ingest: {args.db}, {args.replicas} replica(s), {args.gateways} gateways × {args.meters} meters, "
+            f"{args.minutes} readings per meter, batches of {args.meters}"
+        )
+        rate, charges, total = throughput(factory, link, layout, args.minutes, prefix)
+        print(
+            f"  throughput: {rate:,.0f} readings/s stored+validated, {charges:,.0f} charges/s posted ({total} readings)"
+        )
+        with factory() as s:
+            report = ledger.check_balances(s)
+        print(f"  ledger check after the run: {'ok' if report.ok else report}")
+        latencies = trip_latency(factory, args.mqtt_host, args.mqtt_port, prefix, tag, args.latency_meters)
+        if latencies:
+            p50 = statistics.median(latencies)
+            p99 = latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))]
+            print(
+                f"  arrears → trip command published: n={len(latencies)} p50 {p50 * 1000:.0f} ms, "
+                f"p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"
+            )
+        else:
+            print("  arrears → trip: no command arrived")
+    finally:
+        link.stop()
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        engine.dispose()
+        if args.db == "postgres":
+            drop_database(url)
+
+
+if __name__ == "__main__":
+    main()
