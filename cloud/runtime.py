@@ -27,6 +27,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -116,6 +117,7 @@ class Reconciler:
         sub = AsyncSubscription(
             self._bus, {BALANCE_CHANGED, DESIRED_CHANGED, ACK_RECEIVED, GATEWAY_BILLED}, loop
         )
+        configs = asyncio.create_task(self._configs_loop(stop), name="mf-horizons")
         next_sweep = 0.0
         try:
             while not stop.is_set():
@@ -134,12 +136,22 @@ class Reconciler:
                     if time.monotonic() >= next_sweep:
                         next_sweep = time.monotonic() + self._tick
                         await asyncio.to_thread(self.sweep_once)
-                    await asyncio.to_thread(self.publish_configs)
                 except Exception:
                     log.exception("reconciler step failed; continuing")
                     await asyncio.sleep(self._tick)
         finally:
             sub.close()
+            await configs
+
+    async def _configs_loop(self, stop: asyncio.Event) -> None:
+        """Credit horizons on their own task, so computing them never delays a trip or a restore."""
+        while not stop.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self._horizon_interval)
+            try:
+                await asyncio.to_thread(self.publish_configs)
+            except Exception:
+                log.exception("publishing gateway configs failed; retrying")
 
     def _collect(self, item: tuple[str, dict[str, Any]], accounts: set[int], meters: set[int]) -> None:
         kind, payload = item

@@ -494,10 +494,14 @@ def gateway_config(
         if meter.prepay_mode == PrepayMode.REMOTE:
             per_account[account.id or 0] = per_account.get(account.id or 0, 0) + 1
     horizons: dict[str, CreditHorizon] = {}
+    ids = [m.id for m, _ in rows if m.id is not None]
+    states = {
+        s.meter_id: s for s in session.scalars(select(MeterState).where(col(MeterState.meter_id).in_(ids)))
+    }
     for meter, account in rows:
         if meter.prepay_mode != PrepayMode.REMOTE or meter.id is None:
             continue
-        state = session.get(MeterState, meter.id)
+        state = states.get(meter.id)
         if state is None or not state.last_values:
             continue
         quantity = Quantity.FLOW_TOTAL_M3 if meter.kind == MeterKind.WATER else Quantity.ENERGY_TOTAL_KWH
