@@ -20,27 +20,40 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, event, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import col
 
 from cloud.domain.errors import IdempotencyConflict, LedgerError
 from cloud.domain.ledger import Posting, Transaction, TxnKind
-from cloud.models import Account, LedgerAccount, LedgerAccountKind, LedgerEntry, LedgerTransaction, utcnow
+from cloud.models import (
+    Account,
+    LedgerAccount,
+    LedgerAccountKind,
+    LedgerEntry,
+    LedgerTransaction,
+    metadata,
+    utcnow,
+)
 from cloud.services.unit import mark_balance_changed
 
 __all__ = [
     "BalanceMismatch",
     "LedgerReport",
     "PostResult",
+    "Posted",
     "account_balance",
     "check_balances",
     "ensure_ledger_account",
     "get_transaction",
     "load_transaction",
     "post",
+    "post_many",
     "rebuild_balances",
     "wallet_account_id",
 ]
@@ -55,8 +68,43 @@ _KIND_BY_PREFIX = {
 
 
 @dataclass(frozen=True)
+class Posted:
+    """The stored transaction row, detached (cheap to build for a batch of thousands)."""
+
+    id: uuid.UUID
+    org_id: int
+    idempotency_key: str
+    kind: str
+    memo: str
+    receipt_no: str | None
+    reverses_id: uuid.UUID | None
+    actor_user_id: int | None
+    entry_count: int
+    effective_at: datetime
+    created_at: datetime
+    details: dict[str, Any]
+
+    @classmethod
+    def of(cls, row: LedgerTransaction) -> Posted:
+        return cls(
+            row.id,
+            row.org_id,
+            row.idempotency_key,
+            row.kind,
+            row.memo,
+            row.receipt_no,
+            row.reverses_id,
+            row.actor_user_id,
+            row.entry_count,
+            row.effective_at,
+            row.created_at,
+            dict(row.details),
+        )
+
+
+@dataclass(frozen=True)
 class PostResult:
-    transaction: LedgerTransaction
+    transaction: Posted
     created: bool
     """False when the idempotency key had already been posted (nothing was written)."""
 
@@ -89,11 +137,52 @@ def wallet_account_id(code: str) -> int | None:
     return int(rest)
 
 
+_ACCOUNTS = metadata.tables["ledger_account"]
+_ENTRIES = metadata.tables["ledger_entry"]
+_TXNS = metadata.tables["ledger_transaction"]
+_PREPAID = metadata.tables["account"]
+_CACHE_KEY = "mf_ledger_accounts"
+
+
+def _clear_cache(session: Session, *_: object) -> None:
+    session.info.pop(_CACHE_KEY, None)
+
+
+def _cache(session: Session) -> dict[tuple[int, str], tuple[int, int | None]]:
+    """(org, code) → (ledger account id, prepaid account id), for this session's current transaction.
+
+    Cleared on any rollback: a ledger account created in a rolled-back transaction does not exist.
+    """
+    cache: dict[tuple[int, str], tuple[int, int | None]] | None = session.info.get(_CACHE_KEY)
+    if cache is None:
+        cache = session.info[_CACHE_KEY] = {}
+        if not event.contains(session, "after_soft_rollback", _clear_cache):
+            event.listen(session, "after_soft_rollback", _clear_cache)
+    return cache
+
+
+def _resolve_many(session: Session, org_id: int, codes: set[str]) -> dict[str, tuple[int, int | None]]:
+    """Ledger account ids of ``codes``: cache, then one query for the rest, then create what is missing."""
+    cache = _cache(session)
+    missing = {c for c in codes if (org_id, c) not in cache}
+    if missing:
+        query = select(_ACCOUNTS.c.code, _ACCOUNTS.c.id, _ACCOUNTS.c.account_id).where(
+            _ACCOUNTS.c.org_id == org_id, _ACCOUNTS.c.code.in_(missing)
+        )
+        for code, la_id, account_id in session.connection().execute(query):
+            cache[(org_id, str(code))] = (int(la_id), account_id)
+        for code in sorted(missing):
+            if (org_id, code) not in cache:
+                la = ensure_ledger_account(session, org_id, code)
+                assert la.id is not None
+                cache[(org_id, code)] = (la.id, la.account_id)
+    return {c: cache[(org_id, c)] for c in codes}
+
+
 def ensure_ledger_account(session: Session, org_id: int, code: str, *, name: str = "") -> LedgerAccount:
     """The ledger account ``code`` of ``org_id``, created on first use (safe under concurrency)."""
-    found = session.scalars(
-        select(LedgerAccount).where(col(LedgerAccount.org_id) == org_id, col(LedgerAccount.code) == code)
-    ).one_or_none()
+    query = select(LedgerAccount).where(col(LedgerAccount.org_id) == org_id, col(LedgerAccount.code) == code)
+    found = session.scalars(query).one_or_none()
     if found is not None:
         return found
     account_id = wallet_account_id(code)
@@ -107,9 +196,7 @@ def ensure_ledger_account(session: Session, org_id: int, code: str, *, name: str
         with session.begin_nested():
             session.add(row)
     except IntegrityError:
-        return session.scalars(
-            select(LedgerAccount).where(col(LedgerAccount.org_id) == org_id, col(LedgerAccount.code) == code)
-        ).one()
+        return session.scalars(query).one()
     return row
 
 
@@ -145,7 +232,7 @@ def load_transaction(session: Session, row: LedgerTransaction) -> Transaction:
 def _replay(session: Session, existing: LedgerTransaction, txn: Transaction) -> PostResult:
     if not load_transaction(session, existing).same_content(txn):
         raise IdempotencyConflict(f"idempotency key {txn.key!r} was already used by a different transaction")
-    return PostResult(existing, created=False)
+    return PostResult(Posted.of(existing), created=False)
 
 
 def _meter_id(txn: Transaction) -> int | None:
@@ -161,72 +248,123 @@ def post(
     actor_user_id: int | None = None,
 ) -> PostResult:
     """Write ``txn`` once; see the module docstring. The caller commits."""
-    existing = get_transaction(session, txn.key)
-    if existing is not None:
-        return _replay(session, existing, txn)
-    reverses_id: uuid.UUID | None = None
-    if txn.reverses is not None:
-        original = get_transaction(session, txn.reverses)
-        if original is None:
-            raise LedgerError(f"{txn.key} reverses unknown transaction {txn.reverses}")
-        reverses_id = original.id
-    ledger_accounts = {p.account: ensure_ledger_account(session, org_id, p.account) for p in txn.postings}
-    meter_id = _meter_id(txn)
-    txn_id = uuid.uuid4()
-    entries = []
+    return post_many(session, [txn], org_id=org_id, actor_user_id=actor_user_id)[0]
+
+
+def post_many(
+    session: Session,
+    txns: Sequence[Transaction],
+    *,
+    org_id: int,
+    actor_user_id: int | None = None,
+) -> list[PostResult]:
+    """Write several transactions of one organisation in a few statements (billing a batch of readings).
+
+    Same guarantees as :func:`post`, result for result: keys already stored are replays (or
+    :class:`IdempotencyConflict`); the new ones are inserted together inside one savepoint. If a
+    concurrent writer stores one of the keys first, the savepoint is rolled back and the batch is
+    retried one transaction at a time.
+    """
+    if not txns:
+        return []
+    session.flush()  # pending ORM rows (a new account, say) must exist before our Core statements
+    conn = session.connection()
+    keys = [t.key for t in txns]
+    if len(set(keys)) != len(keys):
+        raise LedgerError("a batch names the same idempotency key twice")
+    stored = {
+        k for (k,) in conn.execute(select(_TXNS.c.idempotency_key).where(_TXNS.c.idempotency_key.in_(keys)))
+    }
+    results: dict[str, PostResult] = {}
+    for txn in txns:
+        if txn.key in stored:
+            existing = get_transaction(session, txn.key)
+            assert existing is not None
+            results[txn.key] = _replay(session, existing, txn)
+    fresh = [t for t in txns if t.key not in stored]
+    if fresh:
+        try:
+            created = _insert(session, fresh, org_id, actor_user_id)
+        except IntegrityError:
+            if len(fresh) == 1:
+                existing = get_transaction(session, fresh[0].key)
+                if existing is None:
+                    raise
+                created = [_replay(session, existing, fresh[0])]
+            else:
+                created = [post(session, t, org_id=org_id, actor_user_id=actor_user_id) for t in fresh]
+        results.update((r.transaction.idempotency_key, r) for r in created)
+    return [results[k] for k in keys]
+
+
+def _insert(
+    session: Session, txns: Sequence[Transaction], org_id: int, actor_user_id: int | None
+) -> list[PostResult]:
+    reversed_keys = {t.reverses for t in txns if t.reverses is not None}
+    originals: dict[str, uuid.UUID] = {}
+    if reversed_keys:
+        query = select(_TXNS.c.idempotency_key, _TXNS.c.id).where(_TXNS.c.idempotency_key.in_(reversed_keys))
+        originals = {str(k): i for k, i in session.connection().execute(query)}
+    ids = _resolve_many(session, org_id, {p.account for t in txns for p in t.postings})
+    entries: list[dict[str, object]] = []
+    rows: list[dict[str, object]] = []
     deltas: dict[int, int] = {}
-    for p in txn.postings:
-        la = ledger_accounts[p.account]
-        entries.append(
+    now = utcnow()
+    for txn in txns:
+        if txn.reverses is not None and txn.reverses not in originals:
+            raise LedgerError(f"{txn.key} reverses unknown transaction {txn.reverses}")
+        meter_id = _meter_id(txn)
+        txn_id = originals[txn.key] = uuid.uuid4()  # a later transaction of the batch may reverse it
+        for p in txn.postings:
+            la_id, account_id = ids[p.account]
+            entries.append(
+                {
+                    "transaction_id": txn_id,
+                    "ledger_account_id": la_id,
+                    "amount_fen": p.amount_fen,
+                    "account_id": account_id,
+                    "meter_id": meter_id if account_id is not None else None,
+                }
+            )
+            if account_id is not None:
+                deltas[account_id] = deltas.get(account_id, 0) + p.amount_fen
+        rows.append(
             {
-                "transaction_id": txn_id,
-                "ledger_account_id": la.id,
-                "amount_fen": p.amount_fen,
-                "account_id": la.account_id,
-                "meter_id": meter_id if la.account_id is not None else None,
+                "id": txn_id,
+                "org_id": org_id,
+                "idempotency_key": txn.key,
+                "kind": txn.kind.value,
+                "memo": txn.memo,
+                "receipt_no": txn.meta.get("receipt") or None,
+                "reverses_id": originals.get(txn.reverses) if txn.reverses is not None else None,
+                "actor_user_id": actor_user_id,
+                "entry_count": len(txn.postings),
+                "effective_at": txn.occurred_at,
+                "created_at": now,
+                "details": dict(txn.meta),
             }
         )
-        if la.account_id is not None:
-            deltas[la.account_id] = deltas.get(la.account_id, 0) + p.amount_fen
-    row = {
-        "id": txn_id,
-        "org_id": org_id,
-        "idempotency_key": txn.key,
-        "kind": txn.kind.value,
-        "memo": txn.memo,
-        "receipt_no": txn.meta.get("receipt") or None,
-        "reverses_id": reverses_id,
-        "actor_user_id": actor_user_id,
-        "entry_count": len(entries),
-        "effective_at": txn.occurred_at,
-        "created_at": utcnow(),
-        "details": dict(txn.meta),
-    }
-    try:
-        with session.begin_nested():
-            # legs first, then the row that closes the transaction (checked by the database)
-            session.execute(insert(LedgerEntry), entries)
-            session.execute(insert(LedgerTransaction), [row])
-            for account_id, delta in sorted(deltas.items()):
-                session.execute(
-                    update(Account)
-                    .where(col(Account.id) == account_id)
-                    .values(balance_fen=col(Account.balance_fen) + delta, version=col(Account.version) + 1)
-                    .execution_options(synchronize_session=False)
-                )
-    except IntegrityError:
-        existing = get_transaction(session, txn.key)
-        if existing is None:
-            raise
-        return _replay(session, existing, txn)
+    conn = session.connection()
+    with conn.begin_nested():
+        # legs first, then the rows that close the transactions (each checked by the database)
+        conn.execute(_ENTRIES.insert(), entries)
+        conn.execute(_TXNS.insert(), rows)
+        # one lock order (ascending account id), so concurrent batches never deadlock
+        if deltas:
+            conn.execute(
+                update(_PREPAID)
+                .where(_PREPAID.c.id == bindparam("aid"))
+                .values(
+                    balance_fen=_PREPAID.c.balance_fen + bindparam("delta"), version=_PREPAID.c.version + 1
+                ),
+                [{"aid": a, "delta": d} for a, d in sorted(deltas.items())],
+            )
     mark_balance_changed(session, set(deltas))
-    for account_id in deltas:
-        cached = session.get(Account, account_id)
-        if cached is not None:
-            session.refresh(cached, ["balance_fen", "version"])
-    stored = session.get(LedgerTransaction, txn_id)
-    assert stored is not None
-    return PostResult(stored, created=True)
+    for account_id in deltas:  # keep an Account already loaded in this session truthful
+        loaded = session.identity_map.get(identity_key(Account, account_id))
+        if loaded is not None:
+            session.refresh(loaded, ["balance_fen", "version"])
+    return [PostResult(Posted(**row), created=True) for row in rows]  # type: ignore[arg-type]
 
 
 def account_balance(session: Session, account_id: int) -> int:

@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
-from cloud.domain.errors import IdempotencyConflict
+from cloud.domain.errors import IdempotencyConflict, LedgerError
 from cloud.domain.ledger import cash_code, recharge, revenue_code, reverse, wallet_code
 from cloud.domain.ledger import charge as charge_txn
 from cloud.models import Account, LedgerEntry, LedgerTransaction
@@ -220,3 +220,73 @@ def test_check_and_rebuild_balances(session_factory: sessionmaker[Session], site
         assert [m.account_id for m in fixed] == [site.account_id]
         assert ledger.check_balances(session).ok
     assert _balance(session_factory, site.account_id) == (800, 800)
+
+
+def test_post_many_mixes_replays_new_and_in_batch_reversals(
+    session_factory: sessionmaker[Session], site: Site
+) -> None:
+    wallet, cash, revenue = (
+        wallet_code(site.account_id),
+        cash_code(site.project_id),
+        revenue_code(site.project_id, "e"),
+    )
+    first = recharge("b-0", wallet, 1_000, T0, source=cash)
+    with session_factory() as session:
+        ledger.post(session, first, org_id=site.org_id)
+        session.commit()
+    batch = [first, *(charge_txn(f"b-{i}", wallet, 10 * i, T0, revenue=revenue) for i in range(1, 6))]
+    batch.append(reverse(batch[2], "读数错误", T0))  # reverses a transaction of the same batch
+    with session_factory() as session:
+        results = ledger.post_many(session, batch, org_id=site.org_id)
+        session.commit()
+    assert [r.created for r in results] == [False, True, True, True, True, True, True]
+    assert [r.transaction.idempotency_key for r in results] == [t.key for t in batch]
+    assert results[-1].transaction.reverses_id == results[2].transaction.id
+    assert _balance(session_factory, site.account_id) == (1_000 - 150 + 20,) * 2
+    # another writer stored b-7 before: that one is a replay, the others are posted
+    late = [charge_txn(f"b-{i}", wallet, 1, T0, revenue=revenue) for i in (6, 7, 8)]
+    with session_factory() as other:
+        ledger.post(other, late[1], org_id=site.org_id)
+        other.commit()
+    with session_factory() as session:
+        results = ledger.post_many(session, late, org_id=site.org_id)
+        session.commit()
+    assert [r.created for r in results] == [True, False, True]
+    assert _balance(session_factory, site.account_id) == (1_000 - 150 + 20 - 3,) * 2
+    with session_factory() as session:
+        with pytest.raises(IdempotencyConflict):
+            ledger.post_many(
+                session, [charge_txn("b-1", wallet, 999, T0, revenue=revenue)], org_id=site.org_id
+            )
+        with pytest.raises(LedgerError, match="twice"):
+            ledger.post_many(session, [late[0], late[0]], org_id=site.org_id)
+        assert ledger.check_balances(session).ok
+
+
+def test_post_many_loses_a_race_and_falls_back(
+    engine: Engine, session_factory: sessionmaker[Session], site: Site
+) -> None:
+    """PostgreSQL: a batch whose key another transaction inserts (uncommitted) after our check."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite writers are serialised (BEGIN IMMEDIATE): no window between check and insert")
+    wallet, revenue = wallet_code(site.account_id), revenue_code(site.project_id, "e")
+    contested = charge_txn("race-1", wallet, 5, T0, revenue=revenue)
+    holder = session_factory()
+    ledger.post(holder, contested, org_id=site.org_id)  # inserted, not yet committed
+    outcome: list[list[bool]] = []
+
+    def contender() -> None:
+        with session_factory() as session:
+            batch = [charge_txn("race-0", wallet, 7, T0, revenue=revenue), contested]
+            outcome.append([r.created for r in ledger.post_many(session, batch, org_id=site.org_id)])
+            session.commit()
+
+    thread = threading.Thread(target=contender)
+    thread.start()
+    thread.join(timeout=1.0)
+    assert thread.is_alive()  # blocked on the unique key held by the uncommitted insert
+    holder.commit()
+    holder.close()
+    thread.join(timeout=30)
+    assert outcome == [[True, False]]
+    assert _balance(session_factory, site.account_id) == (-12, -12)
