@@ -9,7 +9,7 @@ lock, so the installer's tools and the daemon's one worker thread per line use i
 
 One transaction (:meth:`Bus.transact`)::
 
-    wait min_gap after the line's last byte │ flush stale input │ write request
+    wait min_gap after the line's last byte (drain stale input) │ flush │ write request
       │ (local echo: read back our own bytes and drop them)
       │ first reply byte must arrive within wire(request) + turnaround_s  ─ else NoReply
       │ the whole reply within wire(request + expected) + turnaround_s + inter_byte_s,
@@ -310,7 +310,7 @@ class Bus:
             port = self._require_port()
             started = time.monotonic()
             try:
-                self._wait_gap()
+                self._wait_gap(port, request)
                 self._write(port, request, "broadcast")
                 # the frame is still on the wire after write() returns; nobody may talk over it
                 time.sleep(self.wire_time(len(request)))
@@ -326,10 +326,37 @@ class Bus:
         assert self._port is not None
         return self._port
 
-    def _wait_gap(self) -> None:
-        wait = self._last_activity + self.min_gap_s - time.monotonic()
-        if wait > 0:
+    def _wait_gap(self, port: serial.Serial, request: bytes) -> None:
+        """Keep the line silent for ``min_gap_s`` since its last byte before we talk again.
+
+        Wake-up bytes (FEH, DL/T 645 §4.2, CJ/T 188) are not part of a frame: meters hunt for the
+        start byte through them, so they count towards the gap; a DL/T 645 request with four of them
+        needs no extra silence, which keeps the poll cycle at the line's lower bound. Bytes still
+        arriving (noise after a reply, a late reply) mean the line is busy: talking now would collide,
+        so they are drained and a real silence of at least 3.5 characters is awaited.
+        """
+        wake = len(request) - len(request.lstrip(b"\xfe"))
+        needed = self.min_gap_s - wake * self.char_time()
+        while True:
+            stale = self._drain(port)
+            now = time.monotonic()
+            if stale:
+                self._last_activity = now
+                self.stats.bytes_received += len(stale)
+                self._record("rx", stale, "stale")
+                needed = max(needed, 3.5 * self.char_time())
+            wait = self._last_activity + needed - now
+            if wait <= 0:
+                return
             time.sleep(wait)
+
+    def _drain(self, port: serial.Serial) -> bytes:
+        try:
+            waiting = port.in_waiting
+            return bytes(port.read(waiting)) if waiting > 0 else b""
+        except (serial.SerialException, OSError) as exc:
+            self.close()
+            raise PortError(f"cannot read from {self.url}: {_strerror(exc)}") from exc
 
     def _record(self, direction: Literal["tx", "rx"], data: bytes, note: str = "") -> None:
         entry = TraceEntry(time.time(), direction, bytes(data), note)
@@ -374,7 +401,7 @@ class Bus:
         self, port: serial.Serial, request: bytes, decoder: FrameDecoder, expected_len: int | None
     ) -> bytes:
         decoder.reset()
-        self._wait_gap()
+        self._wait_gap(port, request)
         self._write(port, request, "request")
         t0 = time.monotonic()
         first_deadline = t0 + self.first_byte_timeout(len(request))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -36,6 +37,7 @@ def bus(line: LineHandle) -> Iterator[Bus]:
         yield b
     for meter in line.meters:
         meter.faults.clear()
+    time.sleep(0.05)  # let a faulty meter's trailing noise pass before the next test talks
 
 
 def ref(address: str, **extra: object) -> MeterRef:

@@ -46,6 +46,7 @@ def bus(line: LineHandle) -> Iterator[Bus]:
         yield b
     for meter in line.meters:
         meter.faults.clear()
+    time.sleep(0.05)  # let a faulty meter's trailing noise pass before the next test talks
 
 
 driver = get_driver("dlt645")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -45,6 +46,7 @@ def bus(line: LineHandle) -> Iterator[Bus]:
         yield b
     for meter in line.meters:
         meter.faults.clear()
+    time.sleep(0.05)  # let a faulty meter's trailing noise pass before the next test talks
 
 
 def ref(unit: int, model: str | None, circuit: int | None = None, **extra: object) -> MeterRef:

@@ -55,6 +55,7 @@ def _clear_faults(dlt_line: LineHandle) -> Iterator[None]:
     yield
     for meter in dlt_line.meters:
         meter.faults.clear()
+    time.sleep(0.05)  # let a faulty meter's trailing noise pass before the next test talks
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
