@@ -318,12 +318,13 @@ def main() -> None:
     link.start()
     try:
         print(
-            f"cloud ingest: {args.db}, {args.replicas} replica(s), {args.gateways} gateways × {args.meters} meters, "
-            f"{args.minutes} readings per meter, batches of {args.meters}"
+            f"cloud ingest: {args.db}, {args.replicas} replica(s), {args.gateways} gateways × "
+            f"{args.meters} meters, {args.minutes} readings per meter, batches of {args.meters}"
         )
         rate, charges, total = throughput(factory, link, layout, args.minutes, prefix)
         print(
-            f"  throughput: {rate:,.0f} readings/s stored+validated, {charges:,.0f} charges/s posted ({total} readings)"
+            f"  throughput: {rate:,.0f} readings/s stored+validated, "
+            f"{charges:,.0f} charges/s posted ({total} readings)"
         )
         with factory() as s:
             report = ledger.check_balances(s)
@@ -331,7 +332,7 @@ def main() -> None:
         latencies = trip_latency(factory, args.mqtt_host, args.mqtt_port, prefix, tag, args.latency_meters)
         if latencies:
             p50 = statistics.median(latencies)
-            p99 = latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))]
+            p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
             print(
                 f"  arrears → trip command published: n={len(latencies)} p50 {p50 * 1000:.0f} ms, "
                 f"p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"
