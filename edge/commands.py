@@ -88,6 +88,7 @@ class CommandStore:
             db = await aiosqlite.connect(self.path, isolation_level=None)
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA cache_size=-256")
             await db.executescript(_SCHEMA)
         except (aiosqlite.Error, OSError) as exc:
             raise OutboxError(f"{self.path}: cannot open command store: {exc}") from exc

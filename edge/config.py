@@ -138,6 +138,7 @@ class LineConfig(_Section):
     turnaround_s: float = Field(default=0.5, gt=0, le=10)
     inter_byte_s: float = Field(default=0.5, gt=0, le=10)
     retries: int = Field(default=2, ge=0, le=5)
+    min_gap_s: float | None = Field(default=None, ge=0, le=1)  # silence between frames; None: 3.5 chars
     offline_after: int = Field(default=3, ge=1)  # consecutive failed polls before METER_OFFLINE
     backoff_max_s: float = Field(default=300.0, gt=0)
     meters: tuple[MeterConfig, ...] = ()

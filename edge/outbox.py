@@ -133,7 +133,8 @@ class Outbox:
         self._writer: asyncio.Task[None] | None = None
         self.overflow_dropped = 0
         self.written = 0
-        self.changed = asyncio.Event()  # set after every commit that adds something to send
+        self.changed = asyncio.Event()  # set after every commit that adds readings
+        self.messages_changed = asyncio.Event()  # set after an event or ack is stored
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> Outbox:
@@ -143,6 +144,7 @@ class Outbox:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute(f"PRAGMA synchronous={self.synchronous}")
             await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute("PRAGMA cache_size=-1024")  # 1 MiB page cache: the gateway has little RAM
             await db.executescript(_SCHEMA)
             async with db.execute("PRAGMA integrity_check") as cur:
                 row = await cur.fetchone()
@@ -296,7 +298,7 @@ class Outbox:
                 )
             except aiosqlite.Error as exc:
                 raise OutboxError(f"cannot store {kind}: {exc}") from exc
-        self.changed.set()
+        self.messages_changed.set()
 
     # -- reading back ----------------------------------------------------------------------------
     async def readings_after(self, rowid: int, limit: int) -> list[StoredReading]:
@@ -418,6 +420,7 @@ class Outbox:
             self.max_rows,
             dropped,
         )
+        self.messages_changed.set()
         if self._on_overflow is not None:
             self._on_overflow(dropped)
 

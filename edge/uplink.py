@@ -358,9 +358,11 @@ class Uplink:
 
     async def _send_messages(self, conn: _Connection) -> None:
         while True:
+            self.outbox.messages_changed.clear()
             rows = await self.outbox.messages_after(0, MAX_BATCH)
             if not rows:
-                await asyncio.sleep(0.1)  # events/acks are rare; a short poll is cheaper than plumbing
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.outbox.messages_changed.wait(), 5.0)
                 continue
             events = [r for r in rows if r.kind == "event"]
             acks = [r for r in rows if r.kind == "ack"]

@@ -1,0 +1,109 @@
+"""Edge footprint: a real ``meterflow edge run`` with 256 meters, steady state: RSS and CPU share.
+
+256 simulated DL/T 645 meters on 4 lines (64 each, 2400 8E1, served on ptys by this process), each
+read once per minute (total energy + state), readings published to a throwaway Mosquitto. After a
+warm-up, the daemon's CPU time (utime+stime from /proc) over the window ÷ the window = share of one
+core; RSS = VmHWM (peak) and VmRSS at the end. The simulators and the broker are other processes'
+cost and are not counted.
+
+The peer comparison in QUALITY.md (thingsboard-gateway on the same meters) is not run: the package
+is not installed in this environment.
+
+Run:  .venv/bin/python bench/edge_footprint.py [--window 120] [--warmup 30] [--meters 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from edge.devbroker import Mosquitto
+from firmware_sim.line import SimLine
+from firmware_sim.meters import Ddsy1352Sim
+from firmware_sim.serve import run_line
+
+LINES = 4
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def config_text(data: Path, port: int, urls: list[str], per_line: int) -> str:
+    parts = [
+        f'[gateway]\nid = "gw-foot"\ndata_dir = "{data}"\nsigning_key = "k"\nlog_level = "WARNING"\n',
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n',
+    ]
+    for n, url in enumerate(urls):
+        parts.append(
+            f'[[lines]]\nname = "l{n}"\nurl = "{url}"\nbaudrate = 2400\nparity = "E"\nturnaround_s = 0.3\n'
+        )
+        for i in range(per_line):
+            parts.append(
+                f'[[lines.meters]]\nid = "m{n}-{i}"\nprotocol = "dlt645"\naddress = "0000000{n}{i:04d}"\n'
+                f'read = ["energy_total_kwh"]\ninterval_s = 60\n'
+            )
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--meters", type=int, default=256)
+    parser.add_argument("--window", type=float, default=120.0)
+    parser.add_argument("--warmup", type=float, default=30.0)
+    args = parser.parse_args()
+    per_line = args.meters // LINES
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        broker = stack.enter_context(Mosquitto(work / "broker"))
+        urls = []
+        for n in range(LINES):
+            sims = [Ddsy1352Sim(f"0000000{n}{i:04d}") for i in range(per_line)]
+            handle = stack.enter_context(
+                run_line(SimLine(2400, "E", sims, turnaround_s=0.02, name=f"l{n}"), tcp_port=None)
+            )
+            urls.append(handle.url)
+        config = work / "edge.toml"
+        config.write_text(config_text(work / "data", broker.port, urls, per_line))
+        exe = Path(sys.executable).with_name("meterflow")
+        proc = subprocess.Popen([str(exe), "edge", "run", "--config", str(config)], stderr=subprocess.PIPE)
+        try:
+            time.sleep(args.warmup)
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            time.sleep(args.window)
+            c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+            mem = memory_kib(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+        share = (c1 - c0) / (t1 - t0)
+        print(
+            f"edge footprint: {args.meters} meters on {LINES} lines, 1 poll/meter/min, "
+            f"window {args.window:.0f} s after {args.warmup:.0f} s warm-up (Python {sys.version.split()[0]})"
+        )
+        print(
+            f"CPU {share * 100:.2f} % of one core; RSS peak {mem['VmHWM'] / 1024:.1f} MiB, "
+            f"end {mem['VmRSS'] / 1024:.1f} MiB"
+        )
+
+
+if __name__ == "__main__":
+    main()
