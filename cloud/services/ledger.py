@@ -11,7 +11,9 @@ constraint inside a savepoint and re-reads the winner. Same key with different c
 Ledger account codes are the domain's (``wallet:<account id>``, ``cash:<project>``,
 ``revenue:<project>:<utility>``, ``settlement:<project>``, ...); rows are created on first use.
 
-:func:`check_balances` and :func:`rebuild_balances` are the reconciliation job's tools: the cache
+:func:`post_many` writes a batch of one organisation's transactions in a handful of statements (the
+way to bill a batch of readings: bench/ledger.py measures both). :func:`check_balances` and
+:func:`rebuild_balances` are the reconciliation job's tools: the cache
 against Σ entries per account, and the whole ledger's Σ against zero.
 """
 
