@@ -1,0 +1,173 @@
+"""Billing through the ingest with stored tariff specs: tiers, a tariff change inside an interval, TOU,
+CT ratio, no tariff. Expected amounts are computed by hand in the comments."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+from sqlmodel import col
+
+from cloud.domain.errors import TariffError
+from cloud.domain.tariffs import TariffKind
+from cloud.models import Account, Meter, ReadingHold, Tariff, TariffVersion
+from cloud.services.billing import charge_key, version_from_spec
+from cloud.services.ingest import Ingest
+from protocol.contract import Quantity, Reading, ReadingBatch, Topics, encode
+from tests.cloud.flowkit import T0, balance, batch, make_flow_site
+
+
+def _tariff(factory: sessionmaker[Session], site, specs: list[tuple[datetime, dict]]) -> None:  # type: ignore[no-untyped-def, type-arg]
+    with factory() as s:
+        tariff = Tariff(
+            org_id=site.org_id, name=f"t-{len(specs)}-{specs[0][1]['kind']}", kind=specs[0][1]["kind"]
+        )
+        s.add(tariff)
+        s.flush()
+        assert tariff.id is not None
+        for at, spec in specs:
+            s.add(TariffVersion(tariff_id=tariff.id, effective_from=at, spec=spec))
+        s.execute(update(Meter).where(col(Meter.id) == site.meters["m1"]).values(tariff_id=tariff.id))
+        s.commit()
+
+
+def test_spec_parsing() -> None:
+    flat = version_from_spec("1", T0, {"kind": "flat", "price": "0.5683"})
+    assert flat.price_milli == 56_830
+    tou = version_from_spec(
+        "2", T0, {"kind": "tou", "tou_prices_yuan": {"energy_t1_kwh": "1.2", "energy_t4_kwh": "0.3"}}
+    )
+    assert tou.kind is TariffKind.TOU
+    assert tou.tou_prices[Quantity.ENERGY_T4_KWH] == 30_000
+    tiered = version_from_spec(
+        "3",
+        T0,
+        {
+            "kind": "tiered",
+            "tiers": [{"upto": "200", "price_milli": 48_830}, {"upto": None, "price": "0.7883"}],
+        },
+    )
+    assert [t.price_milli for t in tiered.tiers] == [48_830, 78_830]
+    with pytest.raises(TariffError, match="unknown kind"):
+        version_from_spec("4", T0, {"kind": "gas"})
+    with pytest.raises(TariffError, match="no price"):
+        version_from_spec("5", T0, {"kind": "tiered", "tiers": [{"upto": None}]})
+
+
+def test_charge_keys_are_short_and_stable() -> None:
+    assert charge_key("gw-1", "m1", 7) == "chg:gw-1:m1:7"
+    long_key = charge_key("g" * 64, "m" * 64, 2**62)
+    assert len(long_key) <= 128
+    assert long_key == charge_key("g" * 64, "m" * 64, 2**62)
+
+
+def test_tier_crossing_is_split_at_the_bound(session_factory: sessionmaker[Session]) -> None:
+    site = make_flow_site(session_factory, balance_fen=10_000)
+    _tariff(
+        session_factory,
+        site,
+        [
+            (
+                T0 - timedelta(days=40),
+                {"kind": "tiered", "tiers": [{"upto": "10", "price": "0.5"}, {"upto": None, "price": "0.8"}]},
+            )
+        ],
+    )
+    ingest = Ingest(session_factory, clock=lambda: T0 + timedelta(hours=3))
+    ingest.handle(*batch(site, [("m1", 1, T0, "0.00")]))
+    ingest.handle(*batch(site, [("m1", 2, T0 + timedelta(hours=1), "8.00")]))  # 8 × 0.5 = 4.00
+    assert balance(session_factory, site) == 10_000 - 400
+    ingest.handle(*batch(site, [("m1", 3, T0 + timedelta(hours=2), "14.00")]))  # 2 × 0.5 + 4 × 0.8 = 4.20
+    assert balance(session_factory, site) == 10_000 - 400 - 420
+    with session_factory() as s:
+        account = s.get(Account, site.accounts["m1"])
+        assert account is not None
+        assert (account.tier_period, account.tier_usage) == ("2026-11", Decimal("14"))
+
+
+def test_tariff_change_inside_an_interval_is_prorated(session_factory: sessionmaker[Session]) -> None:
+    site = make_flow_site(session_factory, balance_fen=10_000)
+    _tariff(
+        session_factory,
+        site,
+        [
+            (T0 - timedelta(days=40), {"kind": "flat", "price": "0.5"}),
+            (T0 + timedelta(hours=1), {"kind": "flat", "price": "1.0"}),
+        ],
+    )
+    ingest = Ingest(session_factory, clock=lambda: T0 + timedelta(hours=3))
+    ingest.handle(*batch(site, [("m1", 1, T0, "100.00")]))
+    # 10 kWh over two hours, half under each version: 5 × 0.5 + 5 × 1.0 = 7.50
+    ingest.handle(*batch(site, [("m1", 2, T0 + timedelta(hours=2), "110.00")]))
+    assert balance(session_factory, site) == 10_000 - 750
+
+
+def test_time_of_use_registers_each_at_their_price(session_factory: sessionmaker[Session]) -> None:
+    site = make_flow_site(session_factory, balance_fen=10_000)
+    _tariff(
+        session_factory,
+        site,
+        [
+            (
+                T0 - timedelta(days=40),
+                {
+                    "kind": "tou",
+                    "tou_prices_yuan": {
+                        "energy_t1_kwh": "1.2",
+                        "energy_t2_kwh": "0.9",
+                        "energy_t3_kwh": "0.6",
+                        "energy_t4_kwh": "0.3",
+                    },
+                },
+            )
+        ],
+    )
+    ingest = Ingest(session_factory, clock=lambda: T0 + timedelta(hours=3))
+    regs = ("energy_t1_kwh", "energy_t2_kwh", "energy_t3_kwh", "energy_t4_kwh")
+
+    def tou_batch(seq: int, at: datetime, values: tuple[str, ...]) -> tuple[str, bytes]:
+        reading = Reading(
+            meter="m1", seq=seq, ts=at, values={q: Decimal(v) for q, v in zip(regs, values, strict=True)}
+        )
+        return Topics(site.gateway).readings, encode(
+            ReadingBatch(gateway=site.gateway, batch=f"t{seq}", sent_at=at, readings=[reading])
+        )
+
+    ingest.handle(*tou_batch(1, T0, ("10", "20", "30", "40")))
+    # +1 kWh 尖 × 1.2, +2 峰 × 0.9, +3 平 × 0.6, +4 谷 × 0.3 = 1.2 + 1.8 + 1.8 + 1.2 = 6.00
+    ingest.handle(*tou_batch(2, T0 + timedelta(hours=2), ("11", "22", "33", "44")))
+    assert balance(session_factory, site) == 10_000 - 600
+
+
+def test_ct_ratio_multiplies_register_deltas(session_factory: sessionmaker[Session]) -> None:
+    site = make_flow_site(session_factory, balance_fen=10_000)
+    with session_factory() as s:
+        s.execute(update(Meter).where(col(Meter.id) == site.meters["m1"]).values(ct_ratio=20))
+        s.commit()
+    ingest = Ingest(session_factory, clock=lambda: T0 + timedelta(hours=3))
+    ingest.handle(*batch(site, [("m1", 1, T0, "5.00")]))
+    ingest.handle(
+        *batch(site, [("m1", 2, T0 + timedelta(hours=1), "5.50")])
+    )  # 0.5 × 20 = 10 kWh × 0.5 = 5.00
+    assert balance(session_factory, site) == 10_000 - 500
+
+
+def test_no_tariff_holds_and_nothing_is_lost_once_configured(session_factory: sessionmaker[Session]) -> None:
+    site = make_flow_site(session_factory, balance_fen=10_000)
+    with session_factory() as s:
+        s.execute(update(TariffVersion).values(effective_from=T0 + timedelta(days=1)))  # not yet in force
+        s.commit()
+    ingest = Ingest(session_factory, clock=lambda: T0 + timedelta(hours=3))
+    ingest.handle(*batch(site, [("m1", 1, T0, "100.00")]))
+    ingest.handle(*batch(site, [("m1", 2, T0 + timedelta(hours=1), "104.00")]))
+    assert balance(session_factory, site) == 10_000
+    with session_factory() as s:
+        hold = s.scalars(select(ReadingHold)).one()
+        assert hold.verdict == "rating"
+        s.execute(update(TariffVersion).values(effective_from=T0 - timedelta(days=1)))
+        s.commit()
+    ingest.handle(*batch(site, [("m1", 3, T0 + timedelta(hours=2), "106.00")]))  # 6 kWh since 100.00
+    assert balance(session_factory, site) == 10_000 - 300
