@@ -11,9 +11,11 @@ build on it.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -32,10 +34,10 @@ from edge.installer import (
 from edge.meters import MeterRef
 from edge.scan import FoundMeter, scan
 from firmware_sim.config import SiteConfig, parse_site
-from firmware_sim.serve import SiteHandle, run_site
+from firmware_sim.serve import LineHandle, SiteHandle, run_site
 from protocol.contract import Action, Quantity, RelayState
 
-__all__ = ["DemoResult", "demo_site", "register", "run_demo"]
+__all__ = ["DemoResult", "commission_electric", "commission_water", "demo_site", "register", "run_demo"]
 
 ELECTRIC = "electric"
 WATER = "water"
@@ -87,6 +89,15 @@ class DemoResult:
     @property
     def ok(self) -> bool:
         return not self.problems and not self.failed_reads
+
+    def merge(self, other: DemoResult) -> DemoResult:
+        return DemoResult(
+            found={**self.found, **other.found},
+            readings=self.readings + other.readings,
+            failed_reads=self.failed_reads + other.failed_reads,
+            verified=self.verified + other.verified,
+            problems=self.problems + other.problems,
+        )
 
 
 class _Printer:
@@ -182,52 +193,78 @@ def _exercise(bus: Bus, meter: MeterRef, steps: list[Action], result: DemoResult
             result.problems.append(f"{action.value} {meter.label}: {outcome.detail}")
 
 
+def commission_electric(handle: LineHandle, result: DemoResult, say: _Printer) -> None:
+    """Line ``electric``: DL/T 645 search and Modbus sweep on one line, read all, trip and restore one."""
+    say.section(f"line {ELECTRIC}: scan (DL/T 645 wildcard search, then Modbus unit ids 1-24)")
+    with _line(handle.url, "dlt645", handle.line.baudrate, handle.line.parity) as bus:
+        dlt = scan(bus, "dlt645")
+        say(format_scan(dlt))
+        mod = scan(bus, "modbus", candidates=[str(u) for u in _MODBUS_UNITS])
+        say(format_scan(mod))
+        result.found["dlt645"], result.found["modbus"] = dlt.found, mod.found
+
+        say.section(f"line {ELECTRIC}: read every meter")
+        meters = _read_all(bus, dlt.found + mod.found, result, say)
+        if meters:
+            say()
+            say(format_reading(meters[0], read_meter(bus, meters[0])))
+
+        say.section(f"line {ELECTRIC}: trip one meter and restore it")
+        if meters:
+            _exercise(bus, meters[0], [Action.TRIP, Action.CLOSE], result, say)
+        say(format_stats(bus))
+
+
+def commission_water(handle: LineHandle, result: DemoResult, say: _Printer) -> None:
+    """Line ``water``: CJ/T 188 search, read all, close and reopen one valve."""
+    say.section(f"line {WATER}: scan (CJ/T 188 wildcard search), read, valve test")
+    with _line(handle.url, "cjt188", handle.line.baudrate, handle.line.parity) as bus:
+        cjt = scan(bus, "cjt188")
+        say(format_scan(cjt))
+        result.found["cjt188"] = cjt.found
+        valves = _read_all(bus, cjt.found, result, say)
+        if valves:
+            _exercise(bus, valves[0], [Action.VALVE_CLOSE, Action.VALVE_OPEN], result, say)
+        say(format_stats(bus))
+
+
+def _guarded(work: Callable[[LineHandle, DemoResult, _Printer], None], handle: LineHandle,
+             result: DemoResult, say: _Printer) -> None:  # fmt: skip
+    try:
+        work(handle, result, say)
+    except EdgeError as exc:
+        result.problems.append(str(exc))
+        say(f"line {handle.line.name} stopped: {exc}")
+
+
 def run_demo(out: TextIO = sys.stdout, *, site: SiteConfig | None = None) -> DemoResult:
-    """Run the commissioning demo against a freshly started simulated site; returns what happened."""
+    """Run the commissioning demo against a freshly started simulated site; returns what happened.
+
+    The two lines are commissioned at the same time, one thread per line as the gateway does; the
+    electric line reports as it goes, the water line's report follows it.
+    """
     say = _Printer(out)
-    result = DemoResult()
     started = time.monotonic()
     config = site or demo_site()
     say("Meterflow demo: a simulated building on two RS-485 lines, commissioned like an installer would.")
+    electric_result, water_result = DemoResult(), DemoResult()
+    water_out = io.StringIO()
     handle: SiteHandle = run_site(config)
     try:
         say.section("simulated site")
         say(handle.describe())
-        electric, water = handle.line(ELECTRIC), handle.line(WATER)
-
-        say.section(f"line {ELECTRIC}: scan (DL/T 645 wildcard search, then Modbus unit ids 1-24)")
-        with _line(electric.url, "dlt645", electric.line.baudrate, electric.line.parity) as bus:
-            dlt = scan(bus, "dlt645")
-            say(format_scan(dlt))
-            mod = scan(bus, "modbus", candidates=[str(u) for u in _MODBUS_UNITS])
-            say(format_scan(mod))
-            result.found["dlt645"], result.found["modbus"] = dlt.found, mod.found
-
-            say.section(f"line {ELECTRIC}: read every meter")
-            meters = _read_all(bus, dlt.found + mod.found, result, say)
-            if meters:
-                say()
-                say(format_reading(meters[0], read_meter(bus, meters[0])))
-
-            say.section(f"line {ELECTRIC}: trip one meter and restore it")
-            if meters:
-                _exercise(bus, meters[0], [Action.TRIP, Action.CLOSE], result, say)
-            say(format_stats(bus))
-
-        say.section(f"line {WATER}: scan (CJ/T 188 wildcard search), read, valve test")
-        with _line(water.url, "cjt188", water.line.baudrate, water.line.parity) as bus:
-            cjt = scan(bus, "cjt188")
-            say(format_scan(cjt))
-            result.found["cjt188"] = cjt.found
-            valves = _read_all(bus, cjt.found, result, say)
-            if valves:
-                _exercise(bus, valves[0], [Action.VALVE_CLOSE, Action.VALVE_OPEN], result, say)
-            say(format_stats(bus))
-    except EdgeError as exc:
-        result.problems.append(str(exc))
-        say(f"demo stopped: {exc}")
+        water = threading.Thread(
+            target=_guarded,
+            args=(commission_water, handle.line(WATER), water_result, _Printer(water_out)),
+            name="demo-water",
+        )
+        water.start()
+        _guarded(commission_electric, handle.line(ELECTRIC), electric_result, say)
+        water.join()
+        out.write(water_out.getvalue())
     finally:
         handle.stop()
+    result = electric_result.merge(water_result)
     result.elapsed_s = time.monotonic() - started
     total = sum(len(found) for found in result.found.values())
     say.section("summary")
