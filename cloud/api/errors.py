@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 
 from cloud.domain.errors import (
     DomainError,
@@ -16,6 +19,8 @@ from cloud.domain.errors import (
 from cloud.services.errors import AuthError, Conflict, NotFound, PermissionDenied
 
 __all__ = ["install_error_handlers"]
+
+log = logging.getLogger(__name__)
 
 _STATUS: list[tuple[type[Exception], int, str]] = [
     (NotFound, 404, "not_found"),
@@ -47,7 +52,15 @@ def install_error_handlers(app: FastAPI) -> None:
             _body("unauthorised", exc), status_code=401, headers={"WWW-Authenticate": "Bearer"}
         )
 
+    async def integrity_error(request: Request, exc: Exception) -> JSONResponse:
+        # a uniqueness race the services did not foresee: the request conflicts with another one
+        log.warning("integrity error on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"error": "conflict", "detail": "the request conflicts with existing data"}, status_code=409
+        )
+
     app.add_exception_handler(AuthError, auth_error)
+    app.add_exception_handler(IntegrityError, integrity_error)
     for exc_type, status, code in _STATUS:
 
         async def handler(_: Request, exc: Exception, status: int = status, code: str = code) -> JSONResponse:
