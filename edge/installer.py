@@ -218,7 +218,7 @@ def format_outcome(meter: MeterRef, action: Action, outcome: ControlOutcome) -> 
         f"{noun} now {_supply(meter, outcome.observed)} — {verdict}",
         f"  {outcome.detail}",
     ]
-    if outcome.protected is not None:
+    if outcome.protected is not None and action not in (Action.PROTECT, Action.UNPROTECT):
         lines.append(f"  protect (保电): {'on' if outcome.protected else 'off'}")
     if outcome.needs_button:
         lines.append("  → ask the tenant to press the button on the meter to restore supply")
