@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -22,7 +22,12 @@ from cloud.services.errors import AuthError, PermissionDenied
 from cloud.services.tokens import read_token
 from cloud.services.unit import BALANCE_CHANGED, Publisher
 
-__all__ = ["Principal", "Uow", "current", "get_uow", "now", "require"]
+__all__ = ["MAX_ID", "OptionalId", "PathId", "Principal", "Uow", "current", "get_uow", "now", "require"]
+
+MAX_ID = 2**31 - 1
+"""Row ids are 32-bit integers on PostgreSQL: a larger one is a 422, not a database error."""
+PathId = Annotated[int, Path(ge=1, le=MAX_ID)]
+OptionalId = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 
 _bearer = HTTPBearer(auto_error=False, description="token from POST /api/v1/auth/login")
 

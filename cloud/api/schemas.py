@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
@@ -46,6 +46,12 @@ __all__ = [
 ]
 
 
+MAX_ID = 2**31 - 1
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Fen = Annotated[int, Field(ge=-(10**12), le=10**12)]
+Small = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+
+
 class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -84,13 +90,13 @@ class NamedOut(_Out):
 
 class ProjectIn(_In):
     name: str = Field(min_length=1, max_length=200)
-    org_id: int | None = None
+    org_id: Id | None = None
     timezone: str = "Asia/Shanghai"
-    alarm1_fen: int = 2000
-    alarm2_fen: int = 500
-    alarm3_fen: int | None = None
-    credit_limit_fen: int = Field(default=0, ge=0)
-    grace_period_s: int = Field(default=0, ge=0)
+    alarm1_fen: Fen = 2000
+    alarm2_fen: Fen = 500
+    alarm3_fen: Fen | None = None
+    credit_limit_fen: int = Field(default=0, ge=0, le=10**12)
+    grace_period_s: int = Field(default=0, ge=0, le=2**31 - 1)
     friendly_start: str = Field(default="18:00", pattern=r"^\d{2}:\d{2}$")
     friendly_end: str = Field(default="09:00", pattern=r"^\d{2}:\d{2}$")
     no_cut_weekends: bool = True
@@ -119,7 +125,7 @@ class BuildingIn(_In):
 
 class FloorIn(_In):
     name: str = Field(min_length=1, max_length=100)
-    level: int = 0
+    level: Small = 0
 
 
 class RoomIn(_In):
@@ -129,8 +135,8 @@ class RoomIn(_In):
 class TenantIn(_In):
     name: str = Field(min_length=1, max_length=200)
     phone: str = Field(default="", max_length=32)
-    room_id: int | None = None
-    org_id: int | None = None
+    room_id: Id | None = None
+    org_id: Id | None = None
 
 
 class TenantOut(_Out):
@@ -144,8 +150,8 @@ class TenantOut(_Out):
 class GatewayIn(_In):
     device_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     name: str = Field(default="", max_length=200)
-    project_id: int | None = None
-    org_id: int | None = None
+    project_id: Id | None = None
+    org_id: Id | None = None
 
 
 class GatewayOut(_Out):
@@ -163,7 +169,7 @@ class GatewayCreated(GatewayOut):
 
 
 class MeterIn(_In):
-    gateway_id: int
+    gateway_id: Id
     device_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/\-]+$")
     address: str = Field(min_length=1, max_length=32)
     kind: Literal["electric", "water"] = "electric"
@@ -171,16 +177,16 @@ class MeterIn(_In):
     prepay_mode: Literal["remote", "local"] = "remote"
     model: str = Field(default="", max_length=64)
     line: str = Field(default="", max_length=64)
-    circuit: int | None = None
-    ct_ratio: int = Field(default=1, ge=1)
-    room_id: int | None = None
+    circuit: Small | None = None
+    ct_ratio: int = Field(default=1, ge=1, le=100_000)
+    room_id: Id | None = None
     protected: bool = False
 
 
 class MeterOut(_Out):
     id: int
     org_id: int
-    gateway_id: int
+    gateway_id: Id
     device_id: str
     room_id: int | None
     kind: str
@@ -204,10 +210,10 @@ class ReplaceMeterIn(_In):
 
 
 class AccountIn(_In):
-    project_id: int
+    project_id: Id
     number: str = Field(min_length=1, max_length=32)
-    tenant_id: int | None = None
-    meter_ids: list[int] = Field(default_factory=list)
+    tenant_id: Id | None = None
+    meter_ids: list[Id] = Field(default_factory=list)
     billing_mode: Literal["merged", "per_meter"] = "merged"
     protected: bool = False
 
@@ -258,7 +264,7 @@ class ReverseIn(_In):
 
 
 class LinkMeterIn(_In):
-    meter_id: int
+    meter_id: Id
 
 
 class ProtectIn(_In):
@@ -269,8 +275,8 @@ class UserIn(_In):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=8, max_length=256)
     role: Literal["admin", "manager", "finance", "installer", "tenant"]
-    org_id: int | None = Field(default=None, description="platform admins only: the organisation")
-    tenant_id: int | None = Field(default=None, description="required for the tenant role")
+    org_id: Id | None = Field(default=None, description="platform admins only: the organisation")
+    tenant_id: Id | None = Field(default=None, description="required for the tenant role")
     display_name: str = Field(default="", max_length=200)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from cloud.api.deps import Principal, Uow, current, get_uow, now, require
+from cloud.api.deps import OptionalId, PathId, Principal, Uow, current, get_uow, now, require
 from cloud.api.schemas import (
     AccountIn,
     AccountOut,
@@ -41,7 +41,7 @@ def _out(account: Account) -> AccountOut:
 def list_accounts(
     p: Anyone,
     uow: Db,
-    project_id: int | None = None,
+    project_id: OptionalId = None,
     status: str | None = Query(default=None, pattern="^(open|closed)$"),
 ) -> list[AccountOut]:
     """Tenants see only their own accounts."""
@@ -51,7 +51,7 @@ def list_accounts(
 
 
 @router.get("/balances", response_model=list[AccountOut], summary="Balances of every visible account")
-def balances(p: Anyone, uow: Db, project_id: int | None = None) -> list[AccountOut]:
+def balances(p: Anyone, uow: Db, project_id: OptionalId = None) -> list[AccountOut]:
     return [
         _out(a) for a in accounts.list_accounts(uow.session, p.actor, project_id=project_id, status="open")
     ]
@@ -65,20 +65,20 @@ def open_account(body: AccountIn, p: Manager, uow: Db, at: Now) -> AccountOut:
 
 
 @router.get("/accounts/{account_id}", response_model=AccountOut)
-def get_account(account_id: int, p: Anyone, uow: Db) -> AccountOut:
+def get_account(account_id: PathId, p: Anyone, uow: Db) -> AccountOut:
     return _out(accounts.get_account(uow.session, account_id, p.actor))
 
 
 @router.get("/accounts/{account_id}/ledger", response_model=list[EntryOut], summary="Statement, newest first")
 def account_ledger(
-    account_id: int, p: Anyone, uow: Db, limit: int = Query(default=200, ge=1, le=1000)
+    account_id: PathId, p: Anyone, uow: Db, limit: int = Query(default=200, ge=1, le=1000)
 ) -> list[EntryOut]:
     rows = accounts.account_entries(uow.session, p.actor, account_id, limit=limit)
     return [EntryOut.model_validate(r, from_attributes=True) for r in rows]
 
 
 @router.post("/accounts/{account_id}/recharge", response_model=TransactionOut)
-def recharge(account_id: int, body: RechargeIn, p: Money, uow: Db, at: Now) -> TransactionOut:
+def recharge(account_id: PathId, body: RechargeIn, p: Money, uow: Db, at: Now) -> TransactionOut:
     """Cash recharge; posting the same receipt number again returns the first transaction."""
     result = accounts.recharge_cash(uow.session, p.actor, at, account_id=account_id, **body.model_dump())
     uow.commit()
@@ -86,21 +86,21 @@ def recharge(account_id: int, body: RechargeIn, p: Money, uow: Db, at: Now) -> T
 
 
 @router.post("/accounts/{account_id}/refund", response_model=TransactionOut)
-def refund(account_id: int, body: RefundIn, p: Money, uow: Db, at: Now) -> TransactionOut:
+def refund(account_id: PathId, body: RefundIn, p: Money, uow: Db, at: Now) -> TransactionOut:
     result = accounts.refund(uow.session, p.actor, at, account_id=account_id, **body.model_dump())
     uow.commit()
     return TransactionOut.model_validate(result.transaction)
 
 
 @router.post("/accounts/{account_id}/adjust", response_model=TransactionOut)
-def adjust(account_id: int, body: AdjustIn, p: Money, uow: Db, at: Now) -> TransactionOut:
+def adjust(account_id: PathId, body: AdjustIn, p: Money, uow: Db, at: Now) -> TransactionOut:
     result = accounts.adjust(uow.session, p.actor, at, account_id=account_id, **body.model_dump())
     uow.commit()
     return TransactionOut.model_validate(result.transaction)
 
 
 @router.post("/accounts/{account_id}/close", response_model=AccountOut)
-def close(account_id: int, body: CloseIn, p: Manager, uow: Db, at: Now) -> AccountOut:
+def close(account_id: PathId, body: CloseIn, p: Manager, uow: Db, at: Now) -> AccountOut:
     """Settle the balance to the project's settlement account and close."""
     accounts.close_account(uow.session, p.actor, at, account_id=account_id, reason=body.reason)
     uow.commit()
@@ -108,7 +108,7 @@ def close(account_id: int, body: CloseIn, p: Manager, uow: Db, at: Now) -> Accou
 
 
 @router.post("/accounts/{account_id}/meters", response_model=AccountOut)
-def link_meter(account_id: int, body: LinkMeterIn, p: Manager, uow: Db, at: Now) -> AccountOut:
+def link_meter(account_id: PathId, body: LinkMeterIn, p: Manager, uow: Db, at: Now) -> AccountOut:
     """The account also pays for this meter (one open account per meter)."""
     account = accounts.get_account(uow.session, account_id, p.actor)
     accounts.link_meter(uow.session, account, body.meter_id, p.actor, at)
@@ -117,7 +117,7 @@ def link_meter(account_id: int, body: LinkMeterIn, p: Manager, uow: Db, at: Now)
 
 
 @router.put("/accounts/{account_id}/protected", response_model=AccountOut, summary="保电 on or off")
-def set_protected(account_id: int, body: ProtectIn, p: Manager, uow: Db, at: Now) -> AccountOut:
+def set_protected(account_id: PathId, body: ProtectIn, p: Manager, uow: Db, at: Now) -> AccountOut:
     account = accounts.set_protected(
         uow.session, p.actor, at, account_id=account_id, protected=body.protected
     )

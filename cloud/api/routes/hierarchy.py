@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from cloud.api.deps import Principal, Uow, get_uow, require
+from cloud.api.deps import PathId, Principal, Uow, get_uow, require
 from cloud.api.schemas import (
     BuildingIn,
     FloorIn,
@@ -54,24 +54,24 @@ def create_project(body: ProjectIn, p: Annotated[Principal, require(Role.MANAGER
 
 
 @router.get("/projects/{project_id}/buildings", response_model=list[NamedOut])
-def list_buildings(project_id: int, p: Staff, uow: Db) -> list[NamedOut]:
+def list_buildings(project_id: PathId, p: Staff, uow: Db) -> list[NamedOut]:
     return [NamedOut.model_validate(x) for x in hierarchy.list_buildings(uow.session, p.actor, project_id)]
 
 
 @router.post("/projects/{project_id}/buildings", response_model=NamedOut, status_code=201)
-def create_building(project_id: int, body: BuildingIn, p: Builder, uow: Db) -> NamedOut:
+def create_building(project_id: PathId, body: BuildingIn, p: Builder, uow: Db) -> NamedOut:
     row = hierarchy.create_building(uow.session, p.actor, project_id=project_id, name=body.name)
     uow.commit()
     return NamedOut.model_validate(row)
 
 
 @router.get("/buildings/{building_id}/floors", response_model=list[NamedOut])
-def list_floors(building_id: int, p: Staff, uow: Db) -> list[NamedOut]:
+def list_floors(building_id: PathId, p: Staff, uow: Db) -> list[NamedOut]:
     return [NamedOut.model_validate(x) for x in hierarchy.list_floors(uow.session, p.actor, building_id)]
 
 
 @router.post("/buildings/{building_id}/floors", response_model=NamedOut, status_code=201)
-def create_floor(building_id: int, body: FloorIn, p: Builder, uow: Db) -> NamedOut:
+def create_floor(building_id: PathId, body: FloorIn, p: Builder, uow: Db) -> NamedOut:
     row = hierarchy.create_floor(
         uow.session, p.actor, building_id=building_id, name=body.name, level=body.level
     )
@@ -80,12 +80,12 @@ def create_floor(building_id: int, body: FloorIn, p: Builder, uow: Db) -> NamedO
 
 
 @router.get("/floors/{floor_id}/rooms", response_model=list[NamedOut])
-def list_rooms(floor_id: int, p: Staff, uow: Db) -> list[NamedOut]:
+def list_rooms(floor_id: PathId, p: Staff, uow: Db) -> list[NamedOut]:
     return [NamedOut.model_validate(x) for x in hierarchy.list_rooms(uow.session, p.actor, floor_id)]
 
 
 @router.post("/floors/{floor_id}/rooms", response_model=NamedOut, status_code=201)
-def create_room(floor_id: int, body: RoomIn, p: Builder, uow: Db) -> NamedOut:
+def create_room(floor_id: PathId, body: RoomIn, p: Builder, uow: Db) -> NamedOut:
     row = hierarchy.create_room(uow.session, p.actor, floor_id=floor_id, name=body.name)
     uow.commit()
     return NamedOut.model_validate(row)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from cloud.api.deps import Principal, Uow, get_uow, now, require
+from cloud.api.deps import OptionalId, PathId, Principal, Uow, get_uow, now, require
 from cloud.api.schemas import GatewayCreated, GatewayIn, GatewayOut, MeterIn, MeterOut, ReplaceMeterIn
 from cloud.models import Role
 from cloud.services import accounts, hierarchy
@@ -41,7 +41,7 @@ def create_gateway(body: GatewayIn, p: Builder, uow: Db) -> GatewayCreated:
 
 @router.get("/meters", response_model=list[MeterOut])
 def list_meters(
-    p: Staff, uow: Db, gateway_id: int | None = None, active: bool | None = True
+    p: Staff, uow: Db, gateway_id: OptionalId = None, active: bool | None = True
 ) -> list[MeterOut]:
     rows = hierarchy.list_meters(uow.session, p.actor, gateway_id=gateway_id, active=active)
     return [MeterOut.model_validate(m) for m in rows]
@@ -55,12 +55,12 @@ def create_meter(body: MeterIn, p: Builder, uow: Db) -> MeterOut:
 
 
 @router.get("/meters/{meter_id}", response_model=MeterOut)
-def get_meter(meter_id: int, p: Staff, uow: Db) -> MeterOut:
+def get_meter(meter_id: PathId, p: Staff, uow: Db) -> MeterOut:
     return MeterOut.model_validate(hierarchy.get_meter(uow.session, p.actor, meter_id))
 
 
 @router.post("/meters/{meter_id}/replace", response_model=MeterOut, status_code=201)
-def replace_meter(meter_id: int, body: ReplaceMeterIn, p: Builder, uow: Db, at: Now) -> MeterOut:
+def replace_meter(meter_id: PathId, body: ReplaceMeterIn, p: Builder, uow: Db, at: Now) -> MeterOut:
     """Swap the meter; the paying account keeps its balance and tier counter."""
     new = accounts.replace_meter(uow.session, p.actor, at, meter_id=meter_id, **body.model_dump())
     uow.commit()

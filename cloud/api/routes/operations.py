@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.api.deps import Principal, Uow, get_uow, now, require
+from cloud.api.deps import PathId, Principal, Uow, get_uow, now, require
 from cloud.models import Role
 from cloud.services import control, operations
 from protocol.contract import Action
@@ -84,7 +84,7 @@ class DeadLetterOut(BaseModel):
 
 @router.post("/meters/{meter_id}/commands", response_model=CommandOut, status_code=202)
 def send_command(
-    meter_id: int, body: CommandIn, request: Request, p: Operator, uow: Db, at: Now
+    meter_id: PathId, body: CommandIn, request: Request, p: Operator, uow: Db, at: Now
 ) -> CommandOut:
     """Queue a signed command for the meter's gateway; audited. The reconciler publishes and retries it."""
     settings = request.app.state.settings
@@ -100,14 +100,14 @@ def send_command(
 
 @router.get("/meters/{meter_id}/commands", response_model=list[CommandOut])
 def list_commands(
-    meter_id: int, p: Staff, uow: Db, limit: int = Query(default=50, ge=1, le=500)
+    meter_id: PathId, p: Staff, uow: Db, limit: int = Query(default=50, ge=1, le=500)
 ) -> list[CommandOut]:
     rows = operations.meter_commands(uow.session, p.actor, meter_id, limit=limit)
     return [CommandOut.model_validate(r) for r in rows]
 
 
 @router.get("/meters/{meter_id}/state", response_model=MeterStateOut | None)
-def get_state(meter_id: int, p: Staff, uow: Db) -> MeterStateOut | None:
+def get_state(meter_id: PathId, p: Staff, uow: Db) -> MeterStateOut | None:
     state = operations.meter_state(uow.session, p.actor, meter_id)
     return None if state is None else MeterStateOut.model_validate(state)
 

@@ -8,13 +8,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from cloud.api.deps import Principal, Uow, get_uow, now, require
+from cloud.api.deps import PathId, Principal, Uow, get_uow, now, require
 from cloud.models import Role
 from cloud.services import tariffs
 
 router = APIRouter(tags=["tariffs"])
 
 Staff = Annotated[Principal, require(Role.MANAGER, Role.FINANCE)]
+Manager = Annotated[Principal, require(Role.MANAGER)]
 Db = Annotated[Uow, Depends(get_uow)]
 Now = Annotated[datetime, Depends(now)]
 
@@ -23,7 +24,7 @@ class TariffIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
     kind: Literal["flat", "tou", "tiered", "water"]
-    org_id: int | None = None
+    org_id: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
 
 
 class TariffOut(BaseModel):
@@ -53,8 +54,8 @@ class VersionOut(BaseModel):
 
 class ProjectTariffsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    electric_tariff_id: int | None = None
-    water_tariff_id: int | None = None
+    electric_tariff_id: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
+    water_tariff_id: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
 
 
 @router.get("/tariffs", response_model=list[TariffOut])
@@ -70,12 +71,12 @@ def create_tariff(body: TariffIn, p: Staff, uow: Db, at: Now) -> TariffOut:
 
 
 @router.get("/tariffs/{tariff_id}/versions", response_model=list[VersionOut])
-def list_versions(tariff_id: int, p: Staff, uow: Db) -> list[VersionOut]:
+def list_versions(tariff_id: PathId, p: Staff, uow: Db) -> list[VersionOut]:
     return [VersionOut.model_validate(v) for v in tariffs.list_versions(uow.session, p.actor, tariff_id)]
 
 
 @router.post("/tariffs/{tariff_id}/versions", response_model=VersionOut, status_code=201)
-def add_version(tariff_id: int, body: VersionIn, p: Staff, uow: Db, at: Now) -> VersionOut:
+def add_version(tariff_id: PathId, body: VersionIn, p: Staff, uow: Db, at: Now) -> VersionOut:
     """A new price from ``effective_from`` (now or later)."""
     row = tariffs.add_version(
         uow.session, p.actor, at, tariff_id=tariff_id, effective_from=body.effective_from, spec=body.spec
@@ -85,8 +86,6 @@ def add_version(tariff_id: int, body: VersionIn, p: Staff, uow: Db, at: Now) -> 
 
 
 @router.put("/projects/{project_id}/tariffs", status_code=204)
-def assign(
-    project_id: int, body: ProjectTariffsIn, p: Annotated[Principal, require(Role.MANAGER)], uow: Db, at: Now
-) -> None:
+def assign(project_id: PathId, body: ProjectTariffsIn, p: Manager, uow: Db, at: Now) -> None:
     tariffs.assign_project_tariffs(uow.session, p.actor, at, project_id=project_id, **body.model_dump())
     uow.commit()
