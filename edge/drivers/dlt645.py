@@ -85,13 +85,15 @@ def describe_error(error: d.ErrorBits) -> str:
 class Dlt645Decoder:
     """Complete when a reply to ``function`` from a meter matching ``address`` has been parsed.
 
-    Our own request (local echo) and replies from other meters are skipped; a checksum error is
-    raised so the bus can count it and retry.
+    Our own request (local echo), replies from other meters and, with ``di``, a late reply to an
+    earlier read of another identifier are skipped; a checksum error is raised so the bus can count
+    it and retry.
     """
 
-    def __init__(self, address: str, function: int) -> None:
+    def __init__(self, address: str, function: int, di: int | None = None) -> None:
         self.address = address
         self.function = function
+        self.di = di
         self.frame: d.Frame | None = None
         self._parser = d.FrameParser()
 
@@ -105,9 +107,20 @@ class Dlt645Decoder:
             frame = self._parser.next_frame()
             if frame is None:
                 return False
-            if frame.is_reply and frame.function == self.function and matches(self.address, frame.address):
-                self.frame = frame
-                return True
+            if (
+                not frame.is_reply
+                or frame.function != self.function
+                or not matches(self.address, frame.address)
+            ):
+                continue
+            if self.di is not None and not frame.is_abnormal and frame.data[:4] != self._di_bytes:
+                continue
+            self.frame = frame
+            return True
+
+    @property
+    def _di_bytes(self) -> bytes:
+        return (self.di or 0).to_bytes(4, "little")
 
     @property
     def discarded(self) -> int:
@@ -136,7 +149,8 @@ class Dlt645Driver(Driver):
         retries: int | None = None,
     ) -> d.Message:
         """One request and its parsed reply (an ErrorResponse is returned, not raised)."""
-        decoder = Dlt645Decoder(address, function)
+        di = message.di if isinstance(message, d.ReadRequest) else None
+        decoder = Dlt645Decoder(address, function, di)
         bus.transact(d.build(message), decoder, expected_len=_reply_len(expected_data), retries=retries)
         assert decoder.frame is not None
         try:
