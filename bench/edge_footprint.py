@@ -10,6 +10,10 @@ The peer comparison in QUALITY.md (thingsboard-gateway on the same meters) is no
 is not installed in this environment.
 
 Run:  .venv/bin/python bench/edge_footprint.py [--window 120] [--warmup 30] [--meters 256]
+      [--entry daemon_cli|meterflow]
+
+``--entry daemon_cli`` (default) starts ``python -m edge.daemon_cli run`` as the systemd unit does;
+``meterflow`` starts ``meterflow edge run``, which in a venv with every extra also imports the cloud's CLI.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ def main() -> None:
     parser.add_argument("--meters", type=int, default=256)
     parser.add_argument("--window", type=float, default=120.0)
     parser.add_argument("--warmup", type=float, default=30.0)
+    parser.add_argument("--entry", choices=("daemon_cli", "meterflow"), default="daemon_cli")
     args = parser.parse_args()
     per_line = args.meters // LINES
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -82,8 +87,11 @@ def main() -> None:
             urls.append(handle.url)
         config = work / "edge.toml"
         config.write_text(config_text(work / "data", broker.port, urls, per_line))
-        exe = Path(sys.executable).with_name("meterflow")
-        proc = subprocess.Popen([str(exe), "edge", "run", "--config", str(config)], stderr=subprocess.PIPE)
+        if args.entry == "meterflow":
+            cmd = [str(Path(sys.executable).with_name("meterflow")), "edge", "run"]
+        else:  # what the systemd unit runs
+            cmd = [sys.executable, "-m", "edge.daemon_cli", "run"]
+        proc = subprocess.Popen([*cmd, "--config", str(config)], stderr=subprocess.PIPE)
         try:
             time.sleep(args.warmup)
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
@@ -97,7 +105,8 @@ def main() -> None:
         share = (c1 - c0) / (t1 - t0)
         print(
             f"edge footprint: {args.meters} meters on {LINES} lines, 1 poll/meter/min, "
-            f"window {args.window:.0f} s after {args.warmup:.0f} s warm-up (Python {sys.version.split()[0]})"
+            f"window {args.window:.0f} s after {args.warmup:.0f} s warm-up, entry {args.entry} "
+            f"(Python {sys.version.split()[0]})"
         )
         print(
             f"CPU {share * 100:.2f} % of one core; RSS peak {mem['VmHWM'] / 1024:.1f} MiB, "

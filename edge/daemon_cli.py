@@ -103,3 +103,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(render(status, stale_s=age if stale else None))
     return 1 if stale else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edge.daemon_cli run|status --config edge.toml``: the daemon without the other parts.
+
+    ``meterflow`` builds its parser from every installed part (cloud included, ~10 MB of imports
+    a gateway never uses); systemd starts the daemon through this entry point instead.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m edge.daemon_cli", description="Meterflow gateway daemon."
+    )
+    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

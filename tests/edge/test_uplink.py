@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge.devbroker import GATEWAY_ACL, Mosquitto
+from edge.errors import UplinkError
 from edge.outbox import NewReading, Outbox
 from edge.uplink import Uplink, backoff_delay
 from protocol.contract import GatewayStatus, Quantity, Topics, decode
@@ -75,11 +76,12 @@ def test_backoff_is_bounded_and_jittered() -> None:
     assert max(delays[10:]) > 10
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_delivers_backlog_in_order_then_deletes(
-    mqtt_broker: tuple[str, int], unique_prefix: str, tmp_path: Path
+    mqtt_broker: tuple[str, int], unique_prefix: str, tmp_path: Path, protocol: str
 ) -> None:
     host, port = mqtt_broker
-    config = make_config(tmp_path, port, unique_prefix, batch_size=300)
+    config = make_config(tmp_path, port, unique_prefix, batch_size=300, protocol=protocol)
     sub = Subscriber(host, port, f"{unique_prefix}/gw/+/up/#", client_id=f"sub-{unique_prefix[-10:]}")
     try:
         async with Outbox(tmp_path / "outbox.db") as box:
@@ -198,6 +200,13 @@ async def test_tls_credentials_acl_and_lwt(tmp_path: Path) -> None:
                 # the cloud can reach this gateway's command topic
                 sub.publish(Topics("gw-7").commands, b'{"hello": 1}')
                 await until(lambda: received == [b'{"hello": 1}'])
+                # the ACL keeps this gateway out of another gateway's topics
+                assert uplink._conn is not None
+                with pytest.raises(UplinkError, match="Not authorized"):  # MQTT 5 PUBACK reason code
+                    await uplink._conn.publish(Topics("gw-8").readings, b"{}")
+                await uplink._conn.publish(Topics("gw-7").events, b"marker")
+                await asyncio.to_thread(sub.wait, lambda: sub.on("/up/events") == [b"marker"])
+                assert not any("gw-8" in t for t, _, _ in sub.messages)
                 # vanish without a goodbye: the broker publishes the LWT (retained offline status)
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
