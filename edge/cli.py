@@ -33,6 +33,7 @@ from edge.installer import (
     scan_line,
 )
 from edge.meters import MeterRef
+from edge.scan import parse_range
 
 __all__ = ["register"]
 
@@ -217,6 +218,8 @@ def _run(args: argparse.Namespace, body: Callable[[], int]) -> int:
 def _cmd_scan(args: argparse.Namespace) -> int:
     def body() -> int:
         protocol = args.protocol
+        if args.address_range:
+            parse_range(args.address_range, protocol)  # refuse a bad range before touching the line
         with _line(args, protocol, scanning=True) as bus:
             print(f"scanning {bus.describe()} for {protocol} meters …", flush=True)
             report = scan_line(bus, protocol, address_range=args.address_range, hints=not args.no_hints)

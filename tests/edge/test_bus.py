@@ -224,3 +224,35 @@ def test_local_echo_is_discarded(line: LineHandle) -> None:
             assert [e.note for e in bus.recent] == ["request", "echo", "reply"]
     finally:
         stop.set()
+
+
+def test_converter_dropping_the_connection_is_a_port_error_then_reconnects(line: LineHandle) -> None:
+    assert line.tcp_url is not None
+    with _bus(line.tcp_url) as first:
+        first.transact(_read(A1), Dlt645Decoder(A1, d.Function.READ), expected_len=24)
+        with _bus(line.tcp_url):  # a converter serves one client: the newest wins
+            time.sleep(0.1)
+            with pytest.raises(PortError, match="socket disconnected"):
+                first.transact(_read(A1), Dlt645Decoder(A1, d.Function.READ), expected_len=24)
+            assert not first.is_open
+        decoder = Dlt645Decoder(A1, d.Function.READ)
+        first.transact(_read(A1), decoder, expected_len=24)  # reopens the port by itself
+        assert first.is_open
+        assert decoder.frame is not None
+
+
+def test_decoder_whole_buffer_and_byte_by_byte(line: LineHandle) -> None:
+    """The same reply, fed at once or one byte at a time, completes exactly at its last byte."""
+    reply = d.build(d.ReadResponse(A1, d.DI_ENERGY_FORWARD_TOTAL, b"\x45\x23\x01\x00"))
+    whole = Dlt645Decoder(A1, d.Function.READ, d.DI_ENERGY_FORWARD_TOTAL)
+    assert whole.feed(b"\x00\x13" + reply + b"\x99")
+    byte = Dlt645Decoder(A1, d.Function.READ, d.DI_ENERGY_FORWARD_TOTAL)
+    done = [byte.feed(bytes((b,))) for b in reply]
+    assert done == [False] * (len(reply) - 1) + [True]
+    assert whole.frame == byte.frame
+    other_di = Dlt645Decoder(A1, d.Function.READ, d.DI_VOLTAGE_A)
+    assert not other_di.feed(reply)  # a late reply to another read is not ours
+    other_meter = Dlt645Decoder(A2, d.Function.READ)
+    assert not other_meter.feed(reply)
+    echo = Dlt645Decoder(A1, d.Function.READ)
+    assert not echo.feed(_read(A1))  # our own request echoed back is not a reply

@@ -280,3 +280,19 @@ def test_one_dead_meter_does_not_slow_the_others_beyond_its_budget(dlt_line: Lin
         assert budget == pytest.approx(3 * (20 * 11 / 9600 + 0.2 + 0.03 + 3.5 * 11 / 9600))
         assert bus.stats.timeouts == 3
         assert budget * 0.9 <= spent[FAULTY] <= budget + 0.3
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("5-1", "range '5-1' ends before it starts"),
+        ("1-300", "Modbus unit id 248 is outside 1..247"),
+        ("x", "range 'x' is not START-END or a number"),
+    ],
+)
+def test_bad_range_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], dlt_line: LineHandle, value: str, message: str
+) -> None:
+    code, _, err = run(capsys, "scan", "--port", dlt_line.url, "--protocol", "modbus", "--range", value)
+    assert code == 2
+    assert one_line_error(err) == f"meterflow edge scan: {message}"
