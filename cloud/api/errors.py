@@ -6,7 +6,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from cloud.domain.errors import (
     DomainError,
@@ -59,7 +59,13 @@ def install_error_handlers(app: FastAPI) -> None:
             {"error": "conflict", "detail": "the request conflicts with existing data"}, status_code=409
         )
 
+    async def data_error(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("data error on %s %s: %s", request.method, request.url.path, exc)
+        body = {"error": "invalid_value", "detail": "a value does not fit its column"}
+        return JSONResponse(body, status_code=422)
+
     app.add_exception_handler(AuthError, auth_error)
+    app.add_exception_handler(DataError, data_error)
     app.add_exception_handler(IntegrityError, integrity_error)
     for exc_type, status, code in _STATUS:
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
 from cloud.domain.money import fen_to_yuan
 
@@ -22,6 +22,7 @@ __all__ = [
     "GatewayCreated",
     "GatewayIn",
     "GatewayOut",
+    "In",
     "LinkMeterIn",
     "LoginIn",
     "MeOut",
@@ -56,8 +57,22 @@ class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
-class _In(BaseModel):
+def no_nul(value: object) -> object:
+    """PostgreSQL text cannot hold NUL: refuse it at the door (422), not in the database (500)."""
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    return value
+
+
+class In(BaseModel):
+    """Base of request bodies: unknown fields and NUL characters are refused."""
+
     model_config = ConfigDict(extra="forbid")
+
+    _no_nul = field_validator("*", mode="after")(no_nul)
+
+
+_In = In
 
 
 class LoginIn(_In):

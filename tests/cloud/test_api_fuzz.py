@@ -1,8 +1,10 @@
 """No request makes the API fail with a server error: every route, random JSON bodies and ids, as a
-platform admin and as an organisation's manager (SQLite; the routes are engine-independent)."""
+platform admin and as an organisation's manager, on SQLite and PostgreSQL (which refuses NUL
+characters and 64-bit ids that SQLite would take)."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +13,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import StarletteDeprecationWarning
 
 from cloud.api import build_app
-from cloud.db import make_engine, make_session_factory
+from cloud.db import create_database, drop_database, make_engine, make_session_factory
 from cloud.migrations import upgrade
 from cloud.models import Role
 from cloud.services import users
@@ -24,11 +27,14 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from starlette.testclient import TestClient
 
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
 scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(2**63), 2**63),
     st.text(max_size=20),
+    st.just("a\x00b"),
     st.just("2026-11-23T10:00:00+08:00"),
 )
 bodies = st.dictionaries(
@@ -69,10 +75,26 @@ bodies = st.dictionaries(
 )
 
 
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{Path(tmp_path_factory.mktemp('fuzz')) / 'fuzz.db'}"
+        return
+    try:
+        url = create_database(os.environ.get("MF_TEST_POSTGRES_URL", PG))
+    except OperationalError:
+        if os.environ.get("MF_REQUIRE_SERVICES") == "1":
+            pytest.fail("PostgreSQL is not reachable and MF_REQUIRE_SERVICES=1", pytrace=False)
+        pytest.skip("PostgreSQL is not reachable")
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, list[dict[str, str]]]]:
-    db = Path(tmp_path_factory.mktemp("fuzz")) / "fuzz.db"
-    url = f"sqlite:///{db}"
+def client(database: str) -> Iterator[tuple[TestClient, list[dict[str, str]]]]:
+    url = database
     upgrade(url)
     engine = make_engine(url)
     factory = make_session_factory(engine)

@@ -6,9 +6,10 @@ from datetime import date, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloud.api.deps import Principal, Uow, current, get_uow, now, require
+from cloud.api.schemas import no_nul
 from cloud.services import calendar
 
 router = APIRouter(tags=["calendar"])
@@ -26,6 +27,7 @@ class DayOut(BaseModel):
 
 class DayIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    _no_nul = field_validator("*", mode="after")(no_nul)
     kind: Literal["holiday", "workday", "normal"]
     name: str = Field(default="", max_length=100)
 
