@@ -13,10 +13,11 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
+from cloud.db import make_engine, make_session_factory
 from cloud.domain.errors import IdempotencyConflict, LedgerError
 from cloud.domain.ledger import cash_code, recharge, revenue_code, reverse, wallet_code
 from cloud.domain.ledger import charge as charge_txn
-from cloud.models import Account, LedgerEntry, LedgerTransaction
+from cloud.models import Account, LedgerEntry, LedgerTransaction, Organisation, Project
 from cloud.services import ledger
 
 if TYPE_CHECKING:
@@ -263,30 +264,43 @@ def test_post_many_mixes_replays_new_and_in_batch_reversals(
         assert ledger.check_balances(session).ok
 
 
-def test_post_many_loses_a_race_and_falls_back(
-    engine: Engine, session_factory: sessionmaker[Session], site: Site
-) -> None:
-    """PostgreSQL: a batch whose key another transaction inserts (uncommitted) after our check."""
-    if engine.dialect.name == "sqlite":
-        pytest.skip("SQLite writers are serialised (BEGIN IMMEDIATE): no window between check and insert")
-    wallet, revenue = wallet_code(site.account_id), revenue_code(site.project_id, "e")
-    contested = charge_txn("race-1", wallet, 5, T0, revenue=revenue)
-    holder = session_factory()
-    ledger.post(holder, contested, org_id=site.org_id)  # inserted, not yet committed
-    outcome: list[list[bool]] = []
-
-    def contender() -> None:
+@pytest.mark.services
+def test_post_many_loses_a_race_and_falls_back(pg_url: str) -> None:
+    """PostgreSQL (SQLite serialises writers): a key another transaction inserts after our check."""
+    engine = make_engine(pg_url, pool_size=4)
+    session_factory = make_session_factory(engine)
+    try:
         with session_factory() as session:
-            batch = [charge_txn("race-0", wallet, 7, T0, revenue=revenue), contested]
-            outcome.append([r.created for r in ledger.post_many(session, batch, org_id=site.org_id)])
+            org = Organisation(name="race")
+            session.add(org)
+            session.flush()
+            project = Project(org_id=org.id or 0, name="p")
+            session.add(project)
+            session.flush()
+            account = Account(org_id=org.id or 0, project_id=project.id or 0, number="r-1")
+            session.add(account)
             session.commit()
+            org_id, project_id, account_id = org.id or 0, project.id or 0, account.id or 0
+        wallet, revenue = wallet_code(account_id), revenue_code(project_id, "e")
+        contested = charge_txn("race-1", wallet, 5, T0, revenue=revenue)
+        holder = session_factory()
+        ledger.post(holder, contested, org_id=org_id)  # inserted, not yet committed
+        outcome: list[list[bool]] = []
 
-    thread = threading.Thread(target=contender)
-    thread.start()
-    thread.join(timeout=1.0)
-    assert thread.is_alive()  # blocked on the unique key held by the uncommitted insert
-    holder.commit()
-    holder.close()
-    thread.join(timeout=30)
-    assert outcome == [[True, False]]
-    assert _balance(session_factory, site.account_id) == (-12, -12)
+        def contender() -> None:
+            with session_factory() as session:
+                batch = [charge_txn("race-0", wallet, 7, T0, revenue=revenue), contested]
+                outcome.append([r.created for r in ledger.post_many(session, batch, org_id=org_id)])
+                session.commit()
+
+        thread = threading.Thread(target=contender)
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive()  # blocked on the unique key held by the uncommitted insert
+        holder.commit()
+        holder.close()
+        thread.join(timeout=30)
+        assert outcome == [[True, False]]
+        assert _balance(session_factory, account_id) == (-12, -12)
+    finally:
+        engine.dispose()
