@@ -34,7 +34,7 @@ __all__ = ["Daemon"]
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE_INTERVAL_S = 2.0
+STATUS_FILE_INTERVAL_S = 5.0
 
 
 class Daemon:

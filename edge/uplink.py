@@ -134,7 +134,8 @@ class _Connection:
         reason = "network loop ended"
         try:
             while not self._stop.is_set():
-                rc = self.client.loop(timeout=0.05)
+                # publish() from the asyncio thread wakes this select through paho's socketpair
+                rc = self.client.loop(timeout=0.5)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     reason = f"network error: {mqtt.error_string(rc)}"
                     break
