@@ -9,9 +9,9 @@ batch per gateway and minute, all published at QoS 1 as fast as the broker takes
 from the first publish until every reading is stored and every billable one (all but each meter's
 first) has its charge transaction. Figure: readings/s end to end, and charges/s.
 
-Phase 2 — arrears → trip: K meters whose balance is 1 fen get one reading each that exhausts it; the
-latency is from publishing that reading until the signed trip command for the meter arrives on
-``gw/{id}/down/commands`` (a subscriber in this process). Figures: p50 / p99.
+Phase 2 — arrears → trip: K meters whose balance is 1 fen get one reading each (10 per second) that
+exhausts it; the latency is from publishing that reading until the signed trip command for the meter
+arrives on ``gw/{id}/down/commands`` (a subscriber in this process). Figures: p50 / p99.
 
 Usage::
 
@@ -272,7 +272,7 @@ def trip_latency(
                     )
                 ),
             )
-            time.sleep(0.02)
+            time.sleep(0.1)  # 10 trips/s: latency, not a queue behind a burst
         deadline = time.monotonic() + 60
         while len(arrived) < k and time.monotonic() < deadline:
             time.sleep(0.05)
