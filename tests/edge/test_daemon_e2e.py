@@ -19,7 +19,7 @@ from edge.config import EdgeConfig
 from edge.daemon import Daemon
 from edge.devbroker import Mosquitto
 from firmware_sim.line import SimLine
-from firmware_sim.meters import Ddsy1352Sim
+from firmware_sim.meters import Ddsy1352Sim, PrepaidSettings
 from firmware_sim.serve import LineHandle, run_line
 from protocol.contract import (
     Ack,
@@ -46,7 +46,12 @@ KEY = "e2e-key"
 
 @pytest.fixture
 def sim() -> Iterator[LineHandle]:
-    meters = [Ddsy1352Sim(f"0000000001{i:02d}", initial_kwh=Decimal(100 + i)) for i in range(4)]
+    meters = [
+        Ddsy1352Sim(
+            f"0000000001{i:02d}", initial_kwh=Decimal(100 + i), prepaid=PrepaidSettings() if i == 1 else None
+        )
+        for i in range(4)
+    ]
     with run_line(SimLine(2400, "E", meters, turnaround_s=0.02, name="sim"), pty=False) as handle:
         yield handle
 
@@ -74,7 +79,14 @@ async def until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-un
 
 
 def signed(
-    cid: str, meter: str, action: Action, *, key: str = KEY, expires_in: float = 60, gateway: str = "gw-test"
+    cid: str,
+    meter: str,
+    action: Action,
+    *,
+    key: str = KEY,
+    expires_in: float = 60,
+    gateway: str = "gw-test",
+    **params: int | str,
 ) -> bytes:
     now = datetime.now(UTC)
     cmd = Command(
@@ -82,6 +94,7 @@ def signed(
         gateway=gateway,
         meter=meter,
         action=action,
+        params=params,
         issued_at=now - timedelta(seconds=1),
         expires_at=now + timedelta(seconds=expires_in),
     )
@@ -137,6 +150,26 @@ async def test_readings_flow_in_order_and_commands_are_verified(
             await until(lambda: "close-1" in acks(sub))
             assert acks(sub)["close-1"].status == AckStatus.DONE
             assert not meter0.relay_open
+            # recharge of a meter that keeps its own balance: applied once, purchase count checked
+            meter1 = sim.meters[1]
+            balance, count = meter1.balance_fen, meter1.purchase_count
+            sub.publish(
+                topics.commands,
+                signed("rc-1", "m1", Action.RECHARGE, amount_fen=5000, purchase_count=count + 1),
+            )
+            sub.publish(
+                topics.commands,
+                signed("rc-2", "m1", Action.RECHARGE, amount_fen=5000, purchase_count=count + 3),
+            )  # a purchase went missing
+            sub.publish(topics.commands, signed("sync-1", "m2", Action.TIME_SYNC))
+            await until(lambda: {"rc-1", "rc-2", "sync-1"} <= set(acks(sub)))
+            got = acks(sub)
+            assert got["rc-1"].status == AckStatus.DONE, got["rc-1"]
+            assert meter1.purchase_count == count + 1
+            assert meter1.balance_fen >= balance + 5000 - 100  # minus what it used meanwhile
+            assert got["rc-2"].status == AckStatus.FAILED
+            assert "purchase count" in got["rc-2"].detail
+            assert got["sync-1"].status == AckStatus.DONE
             await until(lambda: min(sum(1 for m, _ in sub.readings() if m == f"m{i}") for i in range(4)) >= 3)
             assert d.commands.rejected == 3
         readings = sub.readings()
