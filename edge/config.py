@@ -79,6 +79,7 @@ class MqttConfig(_Section):
     session_expiry_s: int = Field(default=7 * 86400, ge=0)
     batch_size: int = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
     max_inflight: int = Field(default=8, ge=1, le=100)  # batches awaiting PUBACK at once
+    linger_s: float = Field(default=0.2, ge=0, le=10)  # wait this long to batch live readings
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
     status_interval_s: float = Field(default=60.0, gt=0)

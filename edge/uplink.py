@@ -346,6 +346,9 @@ class Uplink:
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.outbox.changed.wait(), 1.0)
+                if self.outbox.changed.is_set() and cfg.linger_s > 0:
+                    # live readings trickle in one by one: gather a moment's worth into one batch
+                    await asyncio.sleep(cfg.linger_s)
                 continue
             head = inflight.pop(0)
             await head.future  # PUBACKs come back in order on one connection; raises on disconnect
