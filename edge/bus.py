@@ -190,8 +190,7 @@ class Bus:
                     raise PortError(f"cannot open {self.url}: {_strerror(again)}") from again
             except (serial.SerialException, OSError, ValueError) as exc:
                 raise PortError(f"cannot open {self.url}: {_strerror(exc)}") from exc
-            self._port = port
-            self.stats = LineStats()
+            self._port = port  # counters survive a reopen: the daemon reports them per line
 
     def _open(self, parity: str) -> serial.Serial:
         port = serial.serial_for_url(

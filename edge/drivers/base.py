@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from edge.bus import Bus
 from edge.errors import Unsupported
 from edge.meters import MeterRef
 from protocol.contract import Action, Quantity, RelayState
+from protocol.errors import ProtocolError
 
 __all__ = [
     "ControlOutcome",
@@ -30,11 +31,14 @@ __all__ = [
     "MeterState",
     "Params",
     "expected_state",
+    "parsed",
     "press_button",
     "settle",
 ]
 
 Params = Mapping[str, int | str]
+T = TypeVar("T")
+_MAX_CORRUPT = 64  # corrupt frames one chunk may hold before the decoder gives up on it
 
 # Read-back: a relay or a valve motor may take a moment to move after the meter acknowledged.
 READBACK_TRIES = 3
@@ -86,6 +90,26 @@ def expected_state(action: Action) -> RelayState | None:
     if action in (Action.CLOSE, Action.VALVE_OPEN):
         return RelayState.CLOSED
     return None
+
+
+def parsed(next_item: Callable[[], T | None]) -> Iterator[T]:
+    """Every complete item a streaming parser holds, for a decoder's ``feed``.
+
+    A corrupt frame (bad checksum) does not hide a valid one behind it in the same chunk: the error
+    is raised only when nothing usable follows, so the bus counts it and retries.
+    """
+    error: ProtocolError | None = None
+    for _ in range(_MAX_CORRUPT):
+        try:
+            item = next_item()
+        except ProtocolError as exc:
+            error = exc
+            continue
+        if item is None:
+            break
+        yield item
+    if error is not None:
+        raise error
 
 
 def press_button(meter: MeterRef) -> str:

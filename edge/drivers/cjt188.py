@@ -22,6 +22,7 @@ from edge.drivers.base import (
     MeterReading,
     MeterState,
     Params,
+    parsed,
 )
 from edge.errors import BadReply, MeterRefused, NoReply
 from edge.meters import MeterRef
@@ -73,10 +74,7 @@ class Cjt188Decoder:
 
     def feed(self, data: bytes) -> bool:
         self._parser.receive_data(data)
-        while True:
-            frame = self._parser.next_frame()
-            if frame is None:
-                return False
+        for frame in parsed(self._parser.next_frame):
             if (
                 not frame.is_reply
                 or frame.function != self.function
@@ -89,6 +87,7 @@ class Cjt188Decoder:
             if seq in (self.seq, None):
                 self.frame = frame
                 return True
+        return False
 
 
 class Cjt188Driver(Driver):

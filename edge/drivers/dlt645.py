@@ -16,7 +16,16 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 
 from edge.bus import Bus
-from edge.drivers.base import ControlOutcome, Driver, MeterReading, MeterState, Params, press_button, settle
+from edge.drivers.base import (
+    ControlOutcome,
+    Driver,
+    MeterReading,
+    MeterState,
+    Params,
+    parsed,
+    press_button,
+    settle,
+)
 from edge.errors import BadReply, MeterRefused, NoReply, Unsupported
 from edge.meters import MeterRef
 from protocol import dlt645 as d
@@ -103,10 +112,7 @@ class Dlt645Decoder:
 
     def feed(self, data: bytes) -> bool:
         self._parser.receive_data(data)
-        while True:
-            frame = self._parser.next_frame()
-            if frame is None:
-                return False
+        for frame in parsed(self._parser.next_frame):
             if (
                 not frame.is_reply
                 or frame.function != self.function
@@ -117,6 +123,7 @@ class Dlt645Decoder:
                 continue
             self.frame = frame
             return True
+        return False
 
     @property
     def _di_bytes(self) -> bytes:

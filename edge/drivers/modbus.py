@@ -14,7 +14,16 @@ from datetime import datetime
 from decimal import Decimal
 
 from edge.bus import Bus
-from edge.drivers.base import ControlOutcome, Driver, MeterReading, MeterState, Params, press_button, settle
+from edge.drivers.base import (
+    ControlOutcome,
+    Driver,
+    MeterReading,
+    MeterState,
+    Params,
+    parsed,
+    press_button,
+    settle,
+)
 from edge.errors import BadReply, ConfigError, MeterRefused, NoReply, Unsupported
 from edge.meters import MeterRef
 from protocol import modbus_maps as mm
@@ -74,11 +83,10 @@ class ModbusDecoder:
 
     def feed(self, data: bytes) -> bool:
         self._parser.receive_data(data)
-        message = self._parser.next_message()
-        if message is None:
-            return False
-        self.message = message
-        return True
+        for message in parsed(self._parser.next_message):
+            self.message = message
+            return True
+        return False
 
 
 class ModbusDriver(Driver):

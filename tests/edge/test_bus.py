@@ -15,6 +15,7 @@ from edge.drivers.dlt645 import Dlt645Decoder
 from edge.errors import BadReply, NoReply, PortError
 from firmware_sim import Ddsy1352Sim, LineHandle, SimLine, run_line
 from protocol import dlt645 as d
+from protocol.errors import ChecksumError
 
 A1, A2, DEAD = "000000000001", "000000000002", "000000000009"
 
@@ -256,3 +257,10 @@ def test_decoder_whole_buffer_and_byte_by_byte(line: LineHandle) -> None:
     assert not other_meter.feed(reply)
     echo = Dlt645Decoder(A1, d.Function.READ)
     assert not echo.feed(_read(A1))  # our own request echoed back is not a reply
+    corrupt = bytearray(reply)
+    corrupt[-2] ^= 0x5A
+    behind = Dlt645Decoder(A1, d.Function.READ)
+    assert behind.feed(bytes(corrupt) + reply)  # a corrupt frame does not hide a valid one behind it
+    alone = Dlt645Decoder(A1, d.Function.READ)
+    with pytest.raises(ChecksumError):
+        alone.feed(bytes(corrupt))
