@@ -14,7 +14,8 @@ billing baseline. A new reading is judged against it by :func:`cloud.domain.read
   ``reading_hold`` row and an alarm; nothing billed and the baseline stays where it was, so the
   consumption is billed once an operator resolves it or the meter reports plausibly again;
 - ``late`` (older than the baseline) → stored, not billed again: registers are cumulative, so the
-  consumption it describes is already inside the billed interval around it;
+  consumption it describes is already inside the billed interval around it — unless it is older than
+  the meter's first accepted reading, then ``[late, first]`` is charged (billing extends backwards);
 - no tariff in force → held (the baseline stays, so nothing is lost when a tariff is configured).
 
 Tariff versions are stored as JSON ``spec`` (see :func:`version_from_spec`).
@@ -50,6 +51,7 @@ from cloud.domain.tariffs import (
 from cloud.domain.tariffs import TariffVersion as DomainVersion
 from cloud.models import (
     Account,
+    AccountMeter,
     Alarm,
     AlarmKind,
     LedgerAccount,
@@ -60,6 +62,7 @@ from cloud.models import (
     MeterState,
     Project,
     ReadingHold,
+    ReadingRow,
     ReadingStatus,
     TariffVersion,
     utcnow,
@@ -80,6 +83,7 @@ __all__ = [
 ]
 
 MAX_KEY = dledger.MAX_KEY_LENGTH
+_ACCEPTED = (ReadingStatus.BASELINE, ReadingStatus.BILLED, ReadingStatus.ZERO, ReadingStatus.NO_ACCOUNT)
 
 
 def charge_key(gateway: str, meter: str, seq: int) -> str:
@@ -284,7 +288,7 @@ def bill_reading(
     if check.verdict is Verdict.DUPLICATE:
         return BillingOutcome(ReadingStatus.DUPLICATE)
     if check.verdict is Verdict.LATE:
-        return BillingOutcome(ReadingStatus.LATE, detail=check.detail)
+        return _late(session, gateway_device, meter, account, reading, snap, now, cache, check.detail)
     if check.hold:
         return _hold(session, meter, reading, check.verdict.value, check.text_zh, check.text_en, check.detail)
     if last is None:
@@ -293,24 +297,83 @@ def bill_reading(
     if account is None:
         _advance(state, snap, reading)
         return BillingOutcome(ReadingStatus.NO_ACCOUNT)
+    outcome = _charge(session, gateway_device, meter, account, reading, last, snap, check.deltas, cache)
+    if outcome.status is not ReadingStatus.HELD:
+        _advance(state, snap, reading)
+    return outcome
 
+
+def _late(
+    session: Session,
+    gateway_device: str,
+    meter: Meter,
+    account: Account | None,
+    reading: BillableReading,
+    snap: Snapshot,
+    now: datetime,
+    cache: BillingCache,
+    detail: str,
+) -> BillingOutcome:
+    """A reading older than the baseline. Inside billed history it changes nothing (registers are
+    cumulative: its consumption is in the interval around it). Older than the meter's *first*
+    accepted reading — a new meter's first batches processed out of order by two replicas, or replayed
+    late — it extends billing backwards: ``[late, first]`` is charged under its own key, if an account
+    already paid for the meter then (link time)."""
+    assert meter.id is not None
+    first = session.execute(
+        select(col(ReadingRow.ts), col(ReadingRow.values))
+        .where(col(ReadingRow.meter_id) == meter.id, col(ReadingRow.status).in_(_ACCEPTED))
+        .order_by(col(ReadingRow.ts))
+        .limit(1)
+    ).first()
+    if account is None or first is None or snap.at >= first[0]:
+        return BillingOutcome(ReadingStatus.LATE, detail=detail)
+    linked = session.scalar(
+        select(col(AccountMeter.linked_at)).where(
+            col(AccountMeter.meter_id) == meter.id,
+            col(AccountMeter.account_id) == account.id,
+            col(AccountMeter.unlinked_at).is_(None),
+        )
+    )
+    if linked is None or snap.at < linked:
+        return BillingOutcome(ReadingStatus.LATE, detail=f"{detail}; before the account's link")
+    later = Snapshot(first[0], snapshot_values(first[1]))
+    check = check_reading(snap, later, now, cache.rules)
+    if check.verdict is not Verdict.OK or check.hold:
+        return BillingOutcome(
+            ReadingStatus.LATE, detail=f"{detail}; cannot extend backwards: {check.verdict}"
+        )
+    return _charge(session, gateway_device, meter, account, reading, snap, later, check.deltas, cache)
+
+
+def _charge(
+    session: Session,
+    gateway_device: str,
+    meter: Meter,
+    account: Account,
+    reading: BillableReading,
+    start: Snapshot,
+    end: Snapshot,
+    register_deltas: Mapping[Quantity, Decimal],
+    cache: BillingCache,
+) -> BillingOutcome:
+    """Rate ``[start, end]`` and build the charge (keyed by ``reading``); HELD when it cannot be rated."""
     project = cache.project(session, account.project_id)
     tariff_id = _tariff_id(meter, project)
     schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
     if schedule is None:
         return _hold(session, meter, reading, "no_tariff", "未配置电价", "no tariff configured", "")
     ct = Decimal(meter.ct_ratio)
-    deltas = {q: d * ct for q, d in check.deltas.items() if q in CUMULATIVE}
+    deltas = {q: d * ct for q, d in register_deltas.items() if q in CUMULATIVE}
     counter = TierCounter(account.tier_period, account.tier_usage)
     try:
-        result = rate(schedule, last.at, snap.at, deltas, counter, tz=ZoneInfo(project.timezone))
+        result = rate(schedule, start.at, end.at, deltas, counter, tz=ZoneInfo(project.timezone))
     except (RatingError, TariffError) as exc:
         return _hold(session, meter, reading, "rating", "无法计费", "cannot rate", str(exc))
     fen, residue = carry(account.residue_millifen, result.amount_milli)
     account.residue_millifen = residue
     account.tier_period = result.counter.period
     account.tier_usage = result.counter.used
-    _advance(state, snap, reading)
     if fen <= 0:
         return BillingOutcome(ReadingStatus.ZERO, account.id)
     key = charge_key(gateway_device, meter.device_id, reading.seq)
@@ -321,7 +384,7 @@ def bill_reading(
         key,
         dledger.wallet_code(account.id),
         fen,
-        snap.at,
+        end.at,
         revenue=dledger.revenue_code(account.project_id, utility),
         memo=f"{utility} {meter.device_id} seq {reading.seq}",
         meta={

@@ -101,7 +101,7 @@ def make_flow_site(
             s.flush()
             assert meter.id is not None
             assert account.id is not None
-            s.add(AccountMeter(account_id=account.id, meter_id=meter.id))
+            s.add(AccountMeter(account_id=account.id, meter_id=meter.id, linked_at=T0 - timedelta(days=400)))
             meter_ids[device] = meter.id
             account_ids[device] = account.id
         s.commit()

@@ -187,3 +187,20 @@ def test_gateway_status_and_events_update_records(session_factory: sessionmaker[
         assert state is not None
         assert state.observed == "open"
     assert count(session_factory, GatewayEvent) == 1
+
+
+def test_out_of_order_and_late_readings_bill_each_interval_once(session_factory: sessionmaker[Session]) -> None:
+    site = make_flow_site(session_factory, balance_fen=10_000)
+    ingest = _ingest(session_factory, Clock(T0 + timedelta(hours=5)), [])
+    # a second replica applied the later batch first: it becomes the baseline
+    ingest.handle(*batch(site, [("m1", 2, T0 + timedelta(hours=1), "104.00")]))
+    # the earlier batch arrives: older than the first accepted reading, billing extends backwards
+    ingest.handle(*batch(site, [("m1", 1, T0, "100.00")]))
+    assert balance(session_factory, site) == 10_000 - 200  # 4 kWh × 0.5
+    ingest.handle(*batch(site, [("m1", 4, T0 + timedelta(hours=3), "110.00")]))  # 6 kWh
+    # a reading inside billed history changes nothing: its consumption is already billed
+    ingest.handle(*batch(site, [("m1", 3, T0 + timedelta(hours=2), "107.00")]))
+    assert balance(session_factory, site) == 10_000 - 500
+    with session_factory() as s:
+        statuses = {r.seq: r.status for r in s.scalars(select(ReadingRow))}
+    assert statuses == {1: "billed", 2: "baseline", 3: "late", 4: "billed"}
