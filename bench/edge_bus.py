@@ -6,7 +6,9 @@ LineWorker with every reading stored durably in an outbox (the real path). Lower
 measured window = Σ bytes actually sent and received × 11 bits ÷ 2400 + one simulator turnaround per
 transaction (QUALITY.md). Ratio 1.00 would be a line that never idles.
 
-Run:  .venv/bin/python bench/edge_bus.py [--cycles 2] [--meters 32] [--gap auto|0]
+Run:  .venv/bin/python bench/edge_bus.py [--cycles 2] [--meters 32] [--gap default|0]
+
+``--gap default`` keeps the bus's 3.5-character silence between frames; ``0`` removes it.
 """
 
 from __future__ import annotations
@@ -100,9 +102,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--meters", type=int, default=32)
     parser.add_argument("--cycles", type=int, default=2)
-    parser.add_argument("--gap", choices=("default", "0", "3.5chars"), default="default")
+    parser.add_argument("--gap", choices=("default", "0"), default="default")
     args = parser.parse_args()
-    gap = {"default": None, "0": 0.0, "3.5chars": 3.5 * 11 / BAUD}[args.gap]
+    gap = {"default": None, "0": 0.0}[args.gap]
     cycle, bound, tx = await measure(args.meters, args.cycles, gap)
     print(
         f"bus efficiency: {args.meters} DL/T 645 meters x {len(QUANTITIES)} values, {BAUD} 8E1, "
