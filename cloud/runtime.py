@@ -242,6 +242,20 @@ class Reconciler:
         self._dirty_gateways.update(gateway_ids)
 
 
+async def _start(link: MqttLink, stop: Any, what: str) -> bool:
+    """Connect ``link``, retrying every 5 s until it works or ``stop`` is set (a broker that is down
+    at start-up must not kill the service). Returns False when stopped first."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(link.start)
+        except MqttError as exc:
+            log.warning("%s: %s; retrying in 5 s", what, exc)
+            await asyncio.sleep(5)
+            continue
+        return True
+    return False
+
+
 async def _wait(stop: Any) -> None:
     if isinstance(stop, asyncio.Event):
         await stop.wait()
@@ -277,7 +291,8 @@ async def run_background(
     reconciler_task: asyncio.Task[None] | None = None
     local_stop = asyncio.Event()
     try:
-        await asyncio.to_thread(publisher.start)
+        if not await _start(publisher, stop_event, "command publisher"):
+            return
         if options.control:
             reconciler = Reconciler(
                 factory,
@@ -297,7 +312,8 @@ async def run_background(
                 settings.mqtt_prefix, shared=settings.mqtt_shared, group=settings.mqtt_share_group
             )
             ingest_link = MqttLink(base, subscriptions=[topic], handler=ingest.handle)
-            await asyncio.to_thread(ingest_link.start)
+            if not await _start(ingest_link, stop_event, "ingest subscription"):
+                return
         if options.jobs:
             scheduler = JobScheduler(
                 factory,

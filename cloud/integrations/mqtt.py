@@ -134,7 +134,8 @@ class MqttLink:
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self, *, wait_s: float = 10.0) -> None:
-        """Connect in the background; wait until connected and subscribed (or raise)."""
+        """Connect in the background; wait until connected and subscribed (or raise; may be retried)."""
+        self._stopping.clear()
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.config.session_expiry_s
         try:

@@ -6,8 +6,9 @@ effects are committed, so paho's PUBACK (sent when the handler returns) means "a
 
 - readings are inserted with ``ON CONFLICT DO NOTHING`` on their identity ``(gateway, meter, seq)``;
   only the rows this transaction inserted are billed, and the charge keys derive from the same identity;
-- the batch id lands in ``processed_batch`` in the same transaction, so a whole redelivered batch is
-  recognised with one lookup;
+- the batch id lands in ``processed_batch`` in the same transaction (a record of who applied what;
+  the reading identity, not the batch id, decides what is new, so a gateway reusing batch ids loses
+  nothing);
 - events are unique per ``(gateway, event id)``, acks move a command only once.
 
 Malformed payloads (bad JSON, schema violations, a topic that does not match the payload's gateway,
@@ -208,15 +209,6 @@ class Ingest:
             gateway = self._gateway(session, device)
             assert gateway.id is not None
             gateway_id = gateway.id
-            done = session.scalar(
-                select(col(ProcessedBatch.id)).where(
-                    col(ProcessedBatch.gateway_id) == gateway.id, col(ProcessedBatch.batch) == batch.batch
-                )
-            )
-            if done is not None:
-                self.stats.batches_skipped += 1
-                self.stats.readings_duplicate += len(batch.readings)
-                return
             changed = self._apply_batch(session, gateway, batch, now)
         if changed:
             self._publish_after(DESIRED_CHANGED, {"meter_ids": changed})
@@ -264,6 +256,7 @@ class Ingest:
             .on_conflict_do_nothing(index_elements=["gateway_id", "batch"])
         )
         if not new_ids:
+            self.stats.batches_skipped += 1  # every reading was a duplicate: a redelivered batch
             return []
         devices = sorted({m for m, _ in new_ids})
         meters = {
