@@ -243,14 +243,14 @@ class Reconciler:
 
 
 async def _start(link: MqttLink, stop: Any, what: str) -> bool:
-    """Connect ``link``, retrying every 5 s until it works or ``stop`` is set (a broker that is down
-    at start-up must not kill the service). Returns False when stopped first."""
+    """Connect ``link``, retrying until it works or ``stop`` is set (a broker that is down at start-up
+    must not kill the service). Returns False when stopped first."""
     while not stop.is_set():
         try:
-            await asyncio.to_thread(link.start)
+            await asyncio.to_thread(link.start, wait_s=3.0)
         except MqttError as exc:
-            log.warning("%s: %s; retrying in 5 s", what, exc)
-            await asyncio.sleep(5)
+            log.warning("%s: %s; retrying", what, exc)
+            await asyncio.sleep(2)
             continue
         return True
     return False

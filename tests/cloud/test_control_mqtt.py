@@ -139,3 +139,18 @@ async def test_balance_runs_out_trip_then_recharge_close_over_mqtt(
         stop.set()
         await asyncio.wait_for(worker, timeout=20)
         await asyncio.to_thread(gw.link.stop)
+
+
+async def test_workers_wait_for_a_broker_that_is_down_and_stop_cleanly(sqlite_url: str) -> None:
+    import socket as _socket
+
+    with _socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]  # nothing listens here once the probe closes
+    settings = load_settings(database_url=sqlite_url, mqtt_port=free_port, mqtt_prefix="mftest/down")
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_background(settings, stop, options=RuntimeOptions(jobs=False)))
+    await asyncio.sleep(1.0)
+    assert not worker.done()  # still trying, not crashed
+    stop.set()
+    await asyncio.wait_for(worker, timeout=20)
