@@ -16,13 +16,15 @@ install: $(STAMP)
 
 lint: install
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check protocol || true
 
 typecheck: install
 	$(PY) -m mypy
 
 test: install lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@echo "coverage floor for the codecs and the money rules (protocol/, cloud/domain/):"
+	$(PY) -m pytest -q tests/protocol tests/cloud/domain -p no:cacheprovider \
+		--cov=protocol --cov=cloud.domain --cov-report=term:skip-covered --cov-fail-under=95
 
 demo: install
 	$(VENV)/bin/meterflow demo
