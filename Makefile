@@ -21,10 +21,11 @@ typecheck: install
 	$(PY) -m mypy
 
 test: install lint typecheck
-	$(PY) -m pytest $(PYTEST_ARGS)
 	@echo "coverage floor for the codecs and the money rules (protocol/, cloud/domain/):"
 	$(PY) -m pytest -q tests/protocol tests/cloud/domain -p no:cacheprovider \
 		--cov=protocol --cov=cloud.domain --cov-report=term:skip-covered --cov-fail-under=95
+	@echo "the whole suite:"
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/meterflow demo
