@@ -27,6 +27,7 @@ from cloud.domain.errors import CloudError
 __all__ = [
     "ACK_RECEIVED",
     "BALANCE_CHANGED",
+    "COMMAND_QUEUED",
     "DESIRED_CHANGED",
     "GATEWAY_BILLED",
     "AsyncSubscription",
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 BALANCE_CHANGED = "balance_changed"  # {"account_id": int}
 DESIRED_CHANGED = "desired_changed"  # {"meter_ids": [int, ...]}
 ACK_RECEIVED = "ack_received"  # {"command_id": str, "meter_id": int}
+COMMAND_QUEUED = "command_queued"  # {"command_id": str}: committed by the API, publish it now
 GATEWAY_BILLED = "gateway_billed"  # {"gateway_id": int}: balances behind it moved (credit horizons)
 
 Handler = Callable[[str, dict[str, Any]], None]

@@ -40,6 +40,7 @@ from cloud.db import make_engine, make_session_factory
 from cloud.events import (
     ACK_RECEIVED,
     BALANCE_CHANGED,
+    COMMAND_QUEUED,
     DESIRED_CHANGED,
     GATEWAY_BILLED,
     AsyncSubscription,
@@ -57,6 +58,7 @@ from cloud.services.control import (
     gateway_config,
     lock_meter_states,
     mark_sent,
+    pending_commands,
     plan_commands,
     sweep,
 )
@@ -109,13 +111,14 @@ class Reconciler:
         self._horizon_interval = horizon_interval_s
         self._rand = rand
         self._dirty_gateways: set[int] = set()
+        self._queued: set[str] = set()
         self._config_sent: dict[int, float] = {}
         self.published: int = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         sub = AsyncSubscription(
-            self._bus, {BALANCE_CHANGED, DESIRED_CHANGED, ACK_RECEIVED, GATEWAY_BILLED}, loop
+            self._bus, {BALANCE_CHANGED, DESIRED_CHANGED, ACK_RECEIVED, GATEWAY_BILLED, COMMAND_QUEUED}, loop
         )
         configs = asyncio.create_task(self._configs_loop(stop), name="mf-horizons")
         next_sweep = 0.0
@@ -131,6 +134,9 @@ class Reconciler:
                 except TimeoutError:
                     pass
                 try:
+                    if self._queued:
+                        queued, self._queued = self._queued, set()
+                        await asyncio.to_thread(self.publish_queued, queued)
                     if accounts or meters:
                         await asyncio.to_thread(self.react, accounts, meters)
                     if time.monotonic() >= next_sweep:
@@ -157,6 +163,8 @@ class Reconciler:
         kind, payload = item
         if kind == GATEWAY_BILLED and "gateway_id" in payload:
             self._dirty_gateways.add(int(payload["gateway_id"]))
+        if kind == COMMAND_QUEUED and "command_id" in payload:
+            self._queued.add(str(payload["command_id"]))
         if kind == BALANCE_CHANGED and "account_id" in payload:
             accounts.add(int(payload["account_id"]))
         elif kind == DESIRED_CHANGED:
@@ -184,6 +192,12 @@ class Reconciler:
             for account in rows:
                 evaluate_account(session, account, now, cache)
             outgoing = plan_commands(session, all_meters, now, self._config)
+        self._send(outgoing)
+        return outgoing
+
+    def publish_queued(self, command_ids: set[str]) -> list[OutgoingCommand]:
+        with unit_of_work(self._factory) as session:
+            outgoing = pending_commands(session, command_ids, self._config)
         self._send(outgoing)
         return outgoing
 

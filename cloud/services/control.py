@@ -92,6 +92,7 @@ __all__ = [
     "lock_meter_states",
     "mark_sent",
     "operator_command",
+    "pending_commands",
     "plan_commands",
     "sweep",
 ]
@@ -245,6 +246,24 @@ def plan_commands(
         row = issue_command(session, meter, gateway, action, now, config)
         out.append(_outgoing(row, gateway.device_id, config.prefix))
     session.flush()
+    return out
+
+
+def pending_commands(
+    session: Session, command_ids: Iterable[str], config: ControlConfig
+) -> list[OutgoingCommand]:
+    """Committed commands still waiting to be published (an operator's, queued by the API)."""
+    ids = sorted(set(command_ids))
+    if not ids:
+        return []
+    rows = session.scalars(
+        select(CommandRow).where(col(CommandRow.id).in_(ids), col(CommandRow.status) == CommandStatus.PENDING)
+    ).all()
+    out: list[OutgoingCommand] = []
+    for row in rows:
+        gateway = session.get(Gateway, row.gateway_id)
+        if gateway is not None:
+            out.append(_outgoing(row, gateway.device_id, config.prefix))
     return out
 
 
@@ -421,7 +440,9 @@ def operator_command(
     now: datetime,
     config: ControlConfig,
 ) -> OutgoingCommand:
-    """An operator's trip / close / protect / unprotect, audited; published by the caller after commit.
+    """An operator's trip / close / protect / unprotect, audited. After the commit the caller publishes
+    ``command_queued`` with the command id on the event bus; the reconciler (this process or any replica
+    via Redis) publishes it at once, and the sweep would within seconds anyway.
 
     Trip and close also set the desired state (reason ``operator``); the arrears policy decides again on
     the next balance change. Protect / unprotect set the meter's 保电 flag.

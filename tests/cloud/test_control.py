@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
@@ -13,6 +14,7 @@ from cloud.events import LocalEventBus
 from cloud.models import Alarm, CommandRow, MeterState, NotificationOutbox
 from cloud.runtime import Reconciler
 from cloud.services.control import ControlConfig
+from cloud.services.errors import NotFound
 from cloud.services.ingest import Ingest
 from protocol.contract import (
     Ack,
@@ -194,3 +196,34 @@ def test_command_lost_before_publishing_is_republished(session_factory: sessionm
         row = s.get(CommandRow, cmd.id)
         assert row is not None
         assert row.status == "sent"
+
+
+def test_operator_commands_are_audited_signed_and_published(session_factory: sessionmaker[Session]) -> None:
+    from cloud.models import AuditLog, Meter
+    from cloud.services.audit import Actor
+    from cloud.services.control import operator_command
+    from cloud.services.unit import unit_of_work
+
+    site, clock, _events, wire, reconciler, _ingest = _setup(session_factory)
+    meter_id = site.meters["m1"]
+    operator = Actor(user_id=None, org_id=site.org_id, role="manager", username="王经理")
+    with unit_of_work(session_factory) as s:
+        queued = operator_command(s, operator, meter_id, Action.PROTECT, clock.now, ControlConfig())
+    assert [c.action for c in wire.commands()] == []  # committed, not yet published
+    reconciler.publish_queued({queued.id})  # what the command_queued event triggers
+    (cmd,) = wire.commands()
+    assert (cmd.id, cmd.action) == (queued.id, Action.PROTECT)
+    verify_command(cmd, KEY.encode(), clock.now)
+    with session_factory() as s:
+        meter = s.get(Meter, meter_id)
+        assert meter is not None
+        assert meter.protected is True
+        audit = s.scalars(select(AuditLog).where(col(AuditLog.action) == "remote_control")).one()
+        assert audit.detail["command"] == cmd.id
+        assert audit.detail["by"] == "王经理"
+        row = s.get(CommandRow, cmd.id)
+        assert row is not None
+        assert (row.status, row.origin) == ("sent", "operator")
+    stranger = Actor(user_id=None, org_id=site.org_id + 999, role="manager")
+    with session_factory() as s, pytest.raises(NotFound):
+        operator_command(s, stranger, meter_id, Action.TRIP, clock.now, ControlConfig())
