@@ -1,0 +1,476 @@
+"""``meterflow demo``, stage 2: the whole system on one machine.
+
+Simulated meters (firmware_sim, pty lines, time ×120) → the edge daemon (edge.daemon.Daemon, in this
+process) → a private Mosquitto → the cloud's background workers (ingest, billing, arrears, control
+reconciler, jobs; SQLite in a temp dir) with the REST API served by uvicorn in this process. The
+script then watches what a property manager would: readings arrive, balances fall, room 103 runs out
+of money and is cut at its (simulated) meter, a cash recharge through the REST API brings power back.
+
+Everything runs in one asyncio loop so Ctrl-C (or SIGTERM) reaches one place, which stops the daemon,
+the API, the workers, the broker and the simulator, and removes the temp dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+import uvicorn
+from sqlalchemy import Engine
+
+from cloud.api import build_app
+from cloud.db import make_engine, make_session_factory
+from cloud.events import LocalEventBus
+from cloud.migrations import upgrade
+from cloud.runtime import RuntimeOptions, run_background
+from cloud.settings import Settings, load_settings
+from edge.daemon import Daemon
+from firmware_sim.meters.electric import ElectricMeter
+from firmware_sim.serve import SiteHandle, run_site
+from meterflow.demo_broker import BROKER_NOTE, DemoError, check_port_free, start_broker
+from meterflow.demo_cloud import ADMIN_USER, CloudSnapshot, SeededCloud, seed_cloud, snapshot
+from meterflow.demo_site import (
+    ARREARS_ROOM,
+    ELECTRIC_PRICE_YUAN,
+    GATEWAY_ID,
+    ROOMS,
+    TIME_SCALE,
+    all_meters,
+    edge_config,
+    signing_key,
+    system_site,
+    yuan,
+)
+
+__all__ = ["SystemOptions", "SystemResult", "run_system"]
+
+RECHARGE_FEN = 5_000
+_PHASE_LIMIT_S = {"readings": 25.0, "trip": 45.0, "restore": 20.0}
+
+
+@dataclass(frozen=True)
+class SystemOptions:
+    keep_running: bool = False
+    api_port: int = 0  # 0: any free port
+    mqtt_port: int = 0
+    workdir: Path | None = None  # default: a temp dir, removed at the end
+
+
+@dataclass
+class SystemResult:
+    """What stage 2 observed (the e2e test asserts on it)."""
+
+    readings: int = 0
+    charges: int = 0
+    opening_fen: dict[str, int] = field(default_factory=dict)
+    balances_fen: dict[str, int] = field(default_factory=dict)
+    trip_at_meter: bool = False  # the simulated meter's relay opened
+    trip_acked: bool = False  # the gateway acked the trip with read-back "open"
+    trip_s: float | None = None  # balance ≤ 0 seen → relay open at the meter
+    restore_at_meter: bool = False
+    restore_acked: bool = False
+    restore_s: float | None = None  # recharge answered by the API → relay closed at the meter
+    api_url: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.problems
+            and self.readings > 0
+            and self.charges > 0
+            and self.trip_at_meter
+            and self.trip_acked
+            and self.restore_at_meter
+            and self.restore_acked
+        )
+
+
+class _Say:
+    """Timestamped lines: wall clock (local) and seconds since the stage started."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.t0 = time.monotonic()
+
+    def __call__(self, text: str = "") -> None:
+        stamp = f"{datetime.now().astimezone():%H:%M:%S} +{time.monotonic() - self.t0:5.1f}s"
+        print(f"[{stamp}] {text}" if text else "", file=self.out, flush=True)
+
+    def section(self, title: str) -> None:
+        print(f"\n== {title} " + "=" * max(0, 70 - len(title)), file=self.out, flush=True)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the demo owns Ctrl-C and stops the server itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class _Stack:
+    workdir: Path
+    own_workdir: bool
+    site: SiteHandle | None = None
+    broker: Any = None
+    engine: Engine | None = None
+    settings: Settings | None = None
+    seeded: SeededCloud | None = None
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    stops: dict[str, asyncio.Event] = field(default_factory=dict)
+    server: _Server | None = None
+    edge_key: str = ""
+    api_url: str = ""
+
+
+def _free_port() -> int:
+    from edge.devbroker import free_port
+
+    return free_port()
+
+
+def _start_sync(stack: _Stack, options: SystemOptions, say: _Say) -> None:
+    """Simulator, broker, database: the parts that start synchronously."""
+    say.section("stage 2: whole system 整体系统 — simulators + gateway + MQTT + cloud")
+    stack.site = run_site(system_site())
+    say(f"simulated site 模拟现场: {len(all_meters())} meters on 2 lines, time ×{TIME_SCALE:g} "
+        f"(1 s = {TIME_SCALE / 60:g} simulated min), flat loads")  # fmt: skip
+    for line in stack.site.lines:
+        say(f"  line {line.line.name}: {line.url}")
+    stack.broker = start_broker(stack.workdir / "broker", options.mqtt_port)
+    say(f"MQTT broker 消息代理: 127.0.0.1:{stack.broker.port} — {BROKER_NOTE}")
+    url = f"sqlite:///{stack.workdir / 'cloud' / 'meterflow.db'}"
+    (stack.workdir / "cloud").mkdir(parents=True, exist_ok=True)
+    upgrade(url)
+    stack.engine = make_engine(url)
+    key = signing_key()
+    password = f"demo-{secrets.token_hex(4)}"
+    stack.seeded = seed_cloud(make_session_factory(stack.engine), key=key, admin_password=password)
+    stack.settings = load_settings(
+        database_url=url,
+        data_dir=stack.workdir / "cloud",
+        redis_url=None,
+        mqtt_host="127.0.0.1",
+        mqtt_port=stack.broker.port,
+        mqtt_username=None,
+        mqtt_password=None,
+        mqtt_tls=False,
+        mqtt_prefix="mf/v1",
+        mqtt_shared=False,  # one ingest replica: no $share needed
+        mqtt_client_id=f"demo-cloud-{uuid.uuid4().hex[:6]}",
+        secret_key=secrets.token_hex(24),
+        environment="development",
+    )
+    say(f"cloud database 云端数据库: {url}")
+    say(f"  migrated, seeded 已初始化: 1 organisation, 1 project, "
+        f"{len(ROOMS)} rooms/tenants/accounts, {len(all_meters())} meters, gateway {GATEWAY_ID}")  # fmt: skip
+    say(f"tariff 电价: {ELECTRIC_PRICE_YUAN} 元/kWh flat; arrears policy 欠费策略: cut at 0.00 元, "
+        "friendly hours 友好时段 DISABLED (no 18:00-09:00 / weekend / holiday block) so the cut happens now")
+    stack.edge_key = key
+
+
+async def _start_async(stack: _Stack, options: SystemOptions, say: _Say) -> None:
+    assert stack.settings is not None
+    assert stack.engine is not None
+    assert stack.site is not None
+    bus = LocalEventBus()
+    stack.stops["cloud"] = asyncio.Event()
+    stack.tasks["cloud"] = asyncio.create_task(
+        run_background(
+            stack.settings,
+            stack.stops["cloud"],
+            event_bus=bus,
+            engine=stack.engine,
+            options=RuntimeOptions(tick_s=0.5, client_id=stack.settings.mqtt_client_id),
+        ),
+        name="demo-cloud",
+    )
+    say("cloud workers 云端后台: ingest 接收, billing 计费, arrears 欠费, control reconciler 控制, jobs 任务")
+    port = options.api_port or _free_port()
+    if options.api_port:
+        check_port_free(options.api_port, "API")
+    app = build_app(stack.settings, engine=stack.engine, event_bus=bus, background=False)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                            lifespan="on")  # fmt: skip
+    stack.server = _Server(config)
+    stack.tasks["api"] = asyncio.create_task(stack.server.serve(), name="demo-api")
+    deadline = time.monotonic() + 15
+    while not stack.server.started:
+        if stack.tasks["api"].done() or time.monotonic() > deadline:
+            raise DemoError(f"the cloud API did not start on 127.0.0.1:{port} (port busy?)")
+        await asyncio.sleep(0.05)
+    stack.api_url = f"http://127.0.0.1:{port}"
+    say(f"cloud REST API 接口: {stack.api_url} (OpenAPI docs at {stack.api_url}/docs)")
+    urls = {line.line.name or "": line.url for line in stack.site.lines}
+    config_edge = edge_config(
+        stack.workdir / "edge", mqtt_port=stack.broker.port, key=stack.edge_key, urls=urls
+    )
+    stack.stops["edge"] = asyncio.Event()
+    stack.tasks["edge"] = asyncio.create_task(Daemon(config_edge).run(stack.stops["edge"]), name="demo-edge")
+    say(f"edge daemon 网关: {GATEWAY_ID} polling {len(all_meters())} meters every 1 s over RS-485 (pty)")
+
+
+async def _stop_async(stack: _Stack) -> None:
+    """Daemon first (it flushes its outbox), then the API, then the cloud workers."""
+    if "edge" in stack.tasks:
+        stack.stops["edge"].set()
+    if stack.server is not None:
+        stack.server.should_exit = True
+    if "cloud" in stack.tasks:
+        stack.stops["cloud"].set()
+    for name, task in stack.tasks.items():
+        try:
+            await asyncio.wait_for(task, 20)
+        except (TimeoutError, asyncio.CancelledError):
+            task.cancel()
+        except Exception as exc:  # report and keep stopping the rest
+            print(f"  ({name} stopped with {type(exc).__name__}: {exc})")
+
+
+def _stop_sync(stack: _Stack) -> None:
+    if stack.engine is not None:
+        stack.engine.dispose()
+    if stack.broker is not None:
+        stack.broker.stop()
+    if stack.site is not None:
+        stack.site.stop()
+    if stack.own_workdir:
+        shutil.rmtree(stack.workdir, ignore_errors=True)
+
+
+def _room_of(device: str) -> str:
+    return next(room.room for room in ROOMS for m in room.meters if m.device_id == device)
+
+
+def _balance_line(snap: CloudSnapshot) -> str:
+    return "  ".join(f"{room.account} {yuan(snap.balances_fen.get(room.account, 0))}" for room in ROOMS)
+
+
+async def _until(check: Callable[[], bool], limit_s: float, every: Callable[[], None] | None = None,
+                 every_s: float = 3.0) -> bool:  # fmt: skip
+    deadline = time.monotonic() + limit_s
+    next_report = time.monotonic() + every_s
+    while True:
+        if await asyncio.to_thread(check):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        if every is not None and time.monotonic() >= next_report:
+            await asyncio.to_thread(every)
+            next_report = time.monotonic() + every_s
+        await asyncio.sleep(0.2)
+
+
+async def _story(stack: _Stack, result: SystemResult, say: _Say) -> None:
+    assert stack.seeded is not None
+    assert stack.engine is not None
+    assert stack.site is not None
+    seeded = stack.seeded
+    factory = make_session_factory(stack.engine)
+    snap = await asyncio.to_thread(snapshot, factory, seeded)
+    result.opening_fen = dict(snap.balances_fen)
+
+    say.section("readings flowing 读数上传 — meter → gateway → MQTT → cloud → ledger")
+
+    def show_flow() -> None:
+        now = snapshot(factory, seeded)
+        say(f"readings 读数 {now.readings:4d}  billed charges 计费 {now.charges:4d}  held 挂起 "
+            f"{now.readings_held}  balances 余额 (元): {_balance_line(now)}")  # fmt: skip
+
+    def flowing() -> bool:
+        now = snapshot(factory, seeded)
+        return now.charges >= 2 * len(ROOMS) and len(now.energy_kwh) == len(all_meters())
+
+    if not await _until(flowing, _PHASE_LIMIT_S["readings"], show_flow):
+        result.problems.append("readings did not reach the cloud's ledger in time")
+        show_flow()
+        return
+    show_flow()
+    snap = await asyncio.to_thread(snapshot, factory, seeded)
+    say("per meter 每块表 (last billed register, from the cloud):")
+    for m in all_meters():
+        unit = "m³" if m.kind == "water" else "kWh"
+        account = seeded.account_of_meter[m.device_id]
+        say(f"  {m.device_id:<5} room {_room_of(m.device_id)} {m.model:<11} {m.protocol:<7} "
+            f"{snap.energy_kwh.get(m.device_id, '?'):>10} {unit:<4} account {account} "
+            f"balance {yuan(snap.balances_fen[account]):>7} 元 "
+            f"(opened with {yuan(result.opening_fen[account])})")  # fmt: skip
+
+    room = next(r for r in ROOMS if r.room == ARREARS_ROOM)
+    device = room.meters[0].device_id
+    sim_meter = stack.site.line(room.meters[0].line).meter(room.meters[0].address)
+    assert isinstance(sim_meter, ElectricMeter)
+    say.section(f"arrears 欠费 — room {room.room} ({room.tenant}), account {room.account}")
+    say(f"opened with {yuan(room.opening_fen)} 元 on a 3 kW load at {ELECTRIC_PRICE_YUAN} 元/kWh, "
+        f"time ×{TIME_SCALE:g}: about 15 s of supply")  # fmt: skip
+
+    def show_arrears() -> None:
+        now = snapshot(factory, seeded)
+        relay = "OPEN 断开" if sim_meter.relay_open else "closed 合闸"
+        say(f"  balance 余额 {yuan(now.balances_fen[room.account]):>6} 元, meter {sim_meter.energy_kwh} kWh, "
+            f"relay at the meter 表计继电器: {relay}, "
+            f"cloud wants {now.desired.get(device) or '-'}")  # fmt: skip
+
+    overdrawn_at: list[float] = []
+
+    def overdrawn() -> bool:
+        if snapshot(factory, seeded).balances_fen[room.account] <= 0:
+            overdrawn_at.append(time.monotonic())
+            return True
+        return False
+
+    if not await _until(overdrawn, _PHASE_LIMIT_S["trip"], show_arrears):
+        result.problems.append(f"account {room.account} did not run out of money in time")
+        return
+    show_arrears()
+    say(f"account {room.account} is in arrears 已欠费 → policy wants supply off → signed trip command")
+    if not await _until(lambda: sim_meter.relay_open, _PHASE_LIMIT_S["trip"]):
+        result.problems.append(f"meter {device} was not tripped at the simulated meter")
+        return
+    result.trip_at_meter = True
+    result.trip_s = time.monotonic() - overdrawn_at[0]
+    say(f"TRIPPED 已断电: the simulated meter {sim_meter.address} reports relay open "
+        f"({result.trip_s:.1f} s after the cloud saw the balance at zero)")  # fmt: skip
+
+    def acked(action: str) -> Callable[[], bool]:
+        def check() -> bool:
+            now = snapshot(factory, seeded)
+            return (device, action, "acked_done") in now.commands and now.observed.get(device) == (
+                "open" if action == "trip" else "closed"
+            )
+
+        return check
+
+    result.trip_acked = await _until(acked("trip"), _PHASE_LIMIT_S["restore"])
+    if not result.trip_acked:
+        result.problems.append("the gateway's trip ack did not reach the cloud")
+        return
+    say("gateway ack 网关回执: trip done, read-back says relay open; cloud observed = open")
+    energy_at_trip = sim_meter.energy_kwh
+    await asyncio.sleep(2)
+    say(f"supply off: meter register {energy_at_trip} → {sim_meter.energy_kwh} kWh in 2 s (no consumption)")
+
+    say.section(f"recharge 充值 — cash at the desk, through the REST API, {yuan(RECHARGE_FEN)} 元")
+    api = stack.api_url
+    async with httpx.AsyncClient(base_url=api, timeout=10) as client:
+        credentials = {"username": ADMIN_USER, "password": seeded.admin_password}
+        login = await client.post("/api/v1/auth/login", json=credentials)
+        login.raise_for_status()
+        token = login.json()["access_token"]
+        receipt = f"DEMO-{uuid.uuid4().hex[:8].upper()}"
+        recharged_at = time.monotonic()
+        response = await client.post(
+            f"/api/v1/accounts/{seeded.accounts[room.account]}/recharge",
+            json={"amount_fen": RECHARGE_FEN, "receipt_no": receipt},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        response.raise_for_status()
+    say(f"POST /api/v1/accounts/{seeded.accounts[room.account]}/recharge → {response.status_code}, "
+        f"receipt 收据 {receipt}")
+    if not await _until(lambda: not sim_meter.relay_open, _PHASE_LIMIT_S["restore"]):
+        result.problems.append(f"meter {device} was not closed after the recharge")
+        return
+    result.restore_at_meter = True
+    result.restore_s = time.monotonic() - recharged_at
+    say(f"RESTORED 已复电: the simulated meter reports relay closed, "
+        f"{result.restore_s:.1f} s after the recharge")
+    result.restore_acked = await _until(acked("close"), _PHASE_LIMIT_S["restore"])
+    if not result.restore_acked:
+        result.problems.append("the gateway's close ack did not reach the cloud")
+        return
+    say("gateway ack 网关回执: close done, read-back says relay closed; cloud observed = closed")
+    show_arrears()
+
+
+def _final(stack: _Stack, result: SystemResult, say: _Say) -> None:
+    """The cloud's view at the end, whatever happened before (also after a failed step)."""
+    if stack.seeded is None or stack.engine is None:
+        return
+    snap = snapshot(make_session_factory(stack.engine), stack.seeded)
+    result.readings, result.charges = snap.readings, snap.charges
+    result.balances_fen = dict(snap.balances_fen)
+    say.section("commands 指令 (cloud → gateway)")
+    for dev, action, status in snap.commands:
+        say(f"  {dev:<5} {action:<8} {status}")
+
+
+def _summary(result: SystemResult, say: _Say) -> None:
+    say.section("summary 总结")
+    say(f"readings stored 读数 {result.readings}, billed charges 计费交易 {result.charges}")
+    for room in ROOMS:
+        before, after = result.opening_fen.get(room.account, 0), result.balances_fen.get(room.account, 0)
+        extra = f" (+{yuan(RECHARGE_FEN)} recharge)" if room.room == ARREARS_ROOM else ""
+        say(f"  {room.account} room {room.room}: {yuan(before):>7} → {yuan(after):>7} 元{extra}")
+    if result.trip_s is not None:
+        say(f"trip 断电 at the meter {result.trip_s:.1f} s after zero balance; "
+            f"restore 复电 {result.restore_s or 0:.1f} s after the recharge")  # fmt: skip
+    for problem in result.problems:
+        say(f"PROBLEM 问题: {problem}")
+    say("OK: the whole system works end to end 全流程正常" if result.ok else "FAILED 失败")
+
+
+async def _run(stack: _Stack, options: SystemOptions, say: _Say, result: SystemResult) -> None:
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, interrupted.set)
+    try:
+        await _start_async(stack, options, say)
+        result.api_url = stack.api_url
+        story = asyncio.create_task(_story(stack, result, say), name="demo-story")
+        stopper = asyncio.create_task(interrupted.wait())
+        await asyncio.wait({story, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if story.done():
+            story.result()
+            _final(stack, result, say)
+            _summary(result, say)
+        else:
+            story.cancel()
+            result.problems.append("interrupted")
+        if options.keep_running and not interrupted.is_set():
+            say.section("keep running 持续运行")
+            say(f"API 接口: {result.api_url}/docs  login 登录: {ADMIN_USER} / "
+                f"{stack.seeded.admin_password if stack.seeded else '?'} (demo only 仅供演示)")  # fmt: skip
+            say("the gateway keeps polling and the cloud keeps billing; "
+                "Ctrl-C stops everything 按 Ctrl-C 退出")
+            await stopper
+        stopper.cancel()
+    finally:
+        say("stopping 正在停止: gateway, API, cloud workers, broker, simulator …")
+        await _stop_async(stack)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+
+
+def run_system(out: TextIO, options: SystemOptions | None = None) -> SystemResult:
+    """Start the whole stack, tell its story, stop it; raises :class:`DemoError` if it cannot start."""
+    options = options or SystemOptions()
+    say = _Say(out)
+    own = options.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="meterflow-demo-")) if own else options.workdir
+    assert workdir is not None
+    stack = _Stack(workdir=workdir, own_workdir=own)
+    result = SystemResult()
+    try:
+        _start_sync(stack, options, say)
+        asyncio.run(_run(stack, options, say, result))
+    finally:
+        _stop_sync(stack)
+        say("stopped 已停止" + (f"; removed {workdir}" if own else f"; data kept in {workdir}"))
+    return result
