@@ -4,8 +4,8 @@ Starts two simulated RS-485 lines (firmware_sim) — eight electricity meters of
 models on one (DL/T 645 and Modbus-RTU sharing a 9600 8E1 line), four valve water meters on the
 other (CJ/T 188) — then scans both lines, reads every meter (each ADF300L circuit too), trips one
 meter and restores it, closes and reopens one valve, verifying each by read-back, and prints what it
-did. :func:`run_demo` is a plain function so the whole-system demo (cloud, broker, console) can
-build on it.
+did (stage 1). :func:`run_full` follows it with stage 2, the whole system
+(:mod:`meterflow.demo_system`: simulators, edge daemon, MQTT broker, cloud).
 """
 
 from __future__ import annotations
@@ -38,7 +38,16 @@ from firmware_sim.config import SiteConfig, parse_site
 from firmware_sim.serve import LineHandle, SiteHandle, run_site
 from protocol.contract import Action, Quantity, RelayState
 
-__all__ = ["DemoResult", "commission_electric", "commission_water", "demo_site", "register", "run_demo"]
+__all__ = [
+    "DemoResult",
+    "FullDemo",
+    "commission_electric",
+    "commission_water",
+    "demo_site",
+    "register",
+    "run_demo",
+    "run_full",
+]
 
 ELECTRIC = "electric"
 WATER = "water"
@@ -278,14 +287,37 @@ def run_demo(out: TextIO = sys.stdout, *, site: SiteConfig | None = None) -> Dem
     return result
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from meterflow.demo_broker import DemoError
-    from meterflow.demo_system import SystemOptions, run_system
+@dataclass
+class FullDemo:
+    """Both stages' outcomes (``commissioning`` is None when it was skipped)."""
+
+    commissioning: DemoResult | None
+    system: Any  # meterflow.demo_system.SystemResult (imported lazily: the cloud extra may be absent)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.system.ok) and (self.commissioning is None or self.commissioning.ok)
+
+
+def run_full(out: TextIO = sys.stdout, options: Any = None, *, commission: bool = True) -> FullDemo:
+    """``meterflow demo``: stage 1 (commissioning), then stage 2 (the whole system).
+
+    Raises :class:`meterflow.demo_broker.DemoError` when stage 2 cannot start (no broker binary, busy
+    port); everything started before the error is stopped again.
+    """
+    from meterflow.demo_system import run_system
 
     commissioned = None
-    if not args.skip_commissioning:
-        print("stage 1: commissioning 调试 — scan, read, relay test")
-        commissioned = run_demo(sys.stdout)
+    if commission:
+        print("stage 1: commissioning 调试 — scan, read, relay test", file=out, flush=True)
+        commissioned = run_demo(out)
+    return FullDemo(commissioned, run_system(out, options))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from meterflow.demo_broker import DemoError
+    from meterflow.demo_system import SystemOptions
+
     options = SystemOptions(
         keep_running=args.keep_running,
         api_port=args.api_port,
@@ -293,14 +325,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         workdir=args.data_dir,
     )
     try:
-        system = run_system(sys.stdout, options)
+        full = run_full(sys.stdout, options, commission=not args.skip_commissioning)
     except DemoError as exc:
         print(f"meterflow demo: cannot start the whole-system stage: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    ok = system.ok and (commissioned is None or commissioned.ok)
-    return 0 if ok else 1
+    return 0 if full.ok else 1
 
 
 def register(subparsers: Any) -> None:

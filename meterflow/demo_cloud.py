@@ -77,8 +77,13 @@ def seed_cloud(factory: sessionmaker[Session], *, key: str, admin_password: str)
         assert electric.id is not None
         assert water.id is not None
         since = now - timedelta(days=30)
-        s.add(TariffVersion(tariff_id=electric.id, effective_from=since,
-                            spec={"kind": "flat", "price": ELECTRIC_PRICE_YUAN}))
+        s.add(
+            TariffVersion(
+                tariff_id=electric.id,
+                effective_from=since,
+                spec={"kind": "flat", "price": ELECTRIC_PRICE_YUAN},
+            )
+        )
         s.add(TariffVersion(tariff_id=water.id, effective_from=since,
                             spec={"kind": "water", "price": WATER_PRICE_YUAN}))  # fmt: skip
         # Friendly hours disabled: start == end means no daily window; no weekend/holiday block, no

@@ -178,8 +178,10 @@ def _start_sync(stack: _Stack, options: SystemOptions, say: _Say) -> None:
     say(f"cloud database 云端数据库: {url}")
     say(f"  migrated, seeded 已初始化: 1 organisation, 1 project, "
         f"{len(ROOMS)} rooms/tenants/accounts, {len(all_meters())} meters, gateway {GATEWAY_ID}")  # fmt: skip
-    say(f"tariff 电价: {ELECTRIC_PRICE_YUAN} 元/kWh flat; arrears policy 欠费策略: cut at 0.00 元, "
-        "friendly hours 友好时段 DISABLED (no 18:00-09:00 / weekend / holiday block) so the cut happens now")
+    say(
+        f"tariff 电价: {ELECTRIC_PRICE_YUAN} 元/kWh flat; arrears policy 欠费策略: cut at 0.00 元, "
+        "friendly hours 友好时段 DISABLED (no 18:00-09:00 / weekend / holiday block) so the cut happens now"
+    )
     stack.edge_key = key
 
 
@@ -379,15 +381,19 @@ async def _story(stack: _Stack, result: SystemResult, say: _Say) -> None:
             headers={"Authorization": f"Bearer {token}"},
         )
         response.raise_for_status()
-    say(f"POST /api/v1/accounts/{seeded.accounts[room.account]}/recharge → {response.status_code}, "
-        f"receipt 收据 {receipt}")
+    say(
+        f"POST /api/v1/accounts/{seeded.accounts[room.account]}/recharge → {response.status_code}, "
+        f"receipt 收据 {receipt}"
+    )
     if not await _until(lambda: not sim_meter.relay_open, _PHASE_LIMIT_S["restore"]):
         result.problems.append(f"meter {device} was not closed after the recharge")
         return
     result.restore_at_meter = True
     result.restore_s = time.monotonic() - recharged_at
-    say(f"RESTORED 已复电: the simulated meter reports relay closed, "
-        f"{result.restore_s:.1f} s after the recharge")
+    say(
+        f"RESTORED 已复电: the simulated meter reports relay closed, "
+        f"{result.restore_s:.1f} s after the recharge"
+    )
     result.restore_acked = await _until(acked("close"), _PHASE_LIMIT_S["restore"])
     if not result.restore_acked:
         result.problems.append("the gateway's close ack did not reach the cloud")
@@ -446,8 +452,10 @@ async def _run(stack: _Stack, options: SystemOptions, say: _Say, result: SystemR
             say.section("keep running 持续运行")
             say(f"API 接口: {result.api_url}/docs  login 登录: {ADMIN_USER} / "
                 f"{stack.seeded.admin_password if stack.seeded else '?'} (demo only 仅供演示)")  # fmt: skip
-            say("the gateway keeps polling and the cloud keeps billing; "
-                "Ctrl-C stops everything 按 Ctrl-C 退出")
+            say(
+                "the gateway keeps polling and the cloud keeps billing; "
+                "Ctrl-C stops everything 按 Ctrl-C 退出"
+            )
             await stopper
         stopper.cancel()
     finally:

@@ -1,21 +1,39 @@
-"""``meterflow demo`` end to end: simulated site up, both lines scanned, every meter read, one meter
-tripped and restored and one valve closed and opened, each verified by read-back."""
+"""``meterflow demo`` end to end, real components only.
+
+Stage 1: simulated site up, both lines scanned, every meter read, one meter tripped and restored and
+one valve closed and opened, each verified by read-back. Stage 2: simulators → edge daemon → private
+mosquitto → cloud (SQLite): readings billed, balances fall, room 103 tripped at its simulated meter
+when its balance runs out, a REST recharge closes it again.
+"""
 
 from __future__ import annotations
 
 import io
+import shutil
+import socket
+from pathlib import Path
 
 import pytest
 
 from meterflow.cli import main
-from meterflow.demo import demo_site, run_demo
+from meterflow.demo import demo_site, run_full
+from meterflow.demo_site import ARREARS_ROOM, ROOMS
+
+needs_mosquitto = pytest.mark.skipif(
+    shutil.which("mosquitto") is None, reason="mosquitto binary not installed"
+)
 
 
-def test_demo_finds_reads_and_controls_every_meter() -> None:
+@needs_mosquitto
+def test_full_demo_commissions_bills_trips_and_restores() -> None:
     out = io.StringIO()
-    result = run_demo(out)
+    full = run_full(out)
     text = out.getvalue()
-    assert result.ok, text
+    assert full.ok, text
+
+    # stage 1: commissioning
+    stage1 = full.commissioning
+    assert stage1 is not None
     site = demo_site()
     expected = {
         protocol: sorted(
@@ -23,25 +41,61 @@ def test_demo_finds_reads_and_controls_every_meter() -> None:
         )
         for protocol in ("dlt645", "modbus", "cjt188")
     }
-    assert {p: sorted(f.address for f in found) for p, found in result.found.items()} == expected
-    models = {f.address: f.model for found in result.found.values() for f in found}
+    assert {p: sorted(f.address for f in found) for p, found in stage1.found.items()} == expected
+    models = {f.address: f.model for found in stage1.found.values() for f in found}
     assert models["11"] == "dtsy1352"
     assert models["21"] == models["22"] == "adf300l"
     assert models["202500000204"] == "dtsy1352"
     # 5 DL/T 645 meters + 1 DTSY1352 + 4 + 2 ADF300L circuits + 4 water meters
-    assert result.readings == 16
-    assert result.verified == [
+    assert stage1.readings == 16
+    assert stage1.verified == [
         "trip 202500000101",
         "close 202500000101",
         "valve_close 20250000000301",
         "valve_open 20250000000301",
     ]
-    assert "verified by read-back" in text
     assert "12 meters found, 16 readings, 4 commands verified" in text
+
+    # stage 2: the whole system
+    system = full.system
+    assert system.readings > 0
+    assert system.charges > 0
+    arrears = next(r.account for r in ROOMS if r.room == ARREARS_ROOM)
+    for room in ROOMS:
+        if room.room != ARREARS_ROOM:
+            # every tenant consumed: each balance fell, by whole fen, and none went below zero
+            assert 0 < system.balances_fen[room.account] < system.opening_fen[room.account], room
+    assert system.opening_fen[arrears] == 150
+    assert system.trip_at_meter  # the simulated meter's relay opened
+    assert system.trip_acked  # and the gateway's ack (read-back "open") reached the cloud
+    assert system.restore_at_meter
+    assert system.restore_acked
+    # recharged 50.00 yuan after running slightly below zero: positive, less than the recharge
+    assert 0 < system.balances_fen[arrears] < 5_000 + 150
+    assert "TRIPPED 已断电" in text
+    assert "RESTORED 已复电" in text
+    assert "e103  trip     acked_done" in text
+    assert "e103  close    acked_done" in text
+    assert "friendly hours 友好时段 DISABLED" in text
+    assert "OK: the whole system works end to end" in text
 
 
 def test_demo_is_a_meterflow_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["demo", "--help"])
     assert info.value.code == 0
-    assert "simulated meters on two RS-485 lines" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "simulated meters on two RS-485 lines" in text
+    assert "--keep-running" in text
+
+
+@needs_mosquitto
+def test_busy_mqtt_port_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["demo", "--skip-commissioning", "--mqtt-port", str(port), "--data-dir", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"MQTT port {port} on 127.0.0.1 is busy" in err

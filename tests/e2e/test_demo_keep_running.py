@@ -1,0 +1,94 @@
+"""``meterflow demo --keep-running``: the stack stays up with a working API and login until Ctrl-C,
+which stops every part and removes the temp dir (no broker process left behind)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto binary not installed")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_keep_running_serves_api_until_ctrl_c() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meterflow.cli", "demo", "--skip-commissioning", "--keep-running"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "login 登录" in line:
+                ready.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(80), "".join(lines)
+        text = "".join(lines)
+        assert "OK: the whole system works end to end" in text
+        found = re.search(r"API 接口: (http://127\.0\.0\.1:\d+)/docs  login 登录: (\S+) / (\S+)", text)
+        assert found, text
+        api, user, password = found.groups()
+        broker = [c for c in _children(proc.pid) if "mosquitto" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert len(broker) == 1  # our private broker, a child of the demo
+        assert httpx.get(f"{api}/docs", timeout=5).status_code == 200
+        login = httpx.post(
+            f"{api}/api/v1/auth/login", json={"username": user, "password": password}, timeout=5
+        )
+        assert login.status_code == 200, login.text
+        token = login.json()["access_token"]
+        me = httpx.get(f"{api}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        assert me.status_code == 200
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0  # the story had completed: Ctrl-C is the normal way out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(5)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    text = "".join(lines)
+    assert "stopped 已停止; removed " in text, text
+    removed = re.search(r"removed (\S+)", text)
+    assert removed
+    assert not Path(removed.group(1)).exists()
+    assert (
+        not Path(f"/proc/{broker[0]}").exists()
+        or "mosquitto" not in Path(f"/proc/{broker[0]}/cmdline").read_text()
+    )
+    assert "Traceback" not in text
