@@ -331,6 +331,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    if full.system.interrupted:
+        return 130
     return 0 if full.ok else 1
 
 

@@ -83,6 +83,7 @@ class SystemResult:
     restore_acked: bool = False
     restore_s: float | None = None  # recharge answered by the API → relay closed at the meter
     api_url: str = ""
+    interrupted: bool = False  # Ctrl-C / SIGTERM before the story was told
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -442,12 +443,18 @@ async def _run(stack: _Stack, options: SystemOptions, say: _Say, result: SystemR
         stopper = asyncio.create_task(interrupted.wait())
         await asyncio.wait({story, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if story.done():
-            story.result()
+            failure = story.exception()
+            if failure is not None:  # say what broke, then stop everything as usual
+                result.problems.append(f"{type(failure).__name__}: {failure}")
             _final(stack, result, say)
             _summary(result, say)
         else:
             story.cancel()
-            result.problems.append("interrupted")
+            with contextlib.suppress(asyncio.CancelledError):
+                await story
+            result.interrupted = True
+            result.problems.append("interrupted 已中断")
+            say("interrupted 已中断 (Ctrl-C)")
         if options.keep_running and not interrupted.is_set():
             say.section("keep running 持续运行")
             say(f"API 接口: {result.api_url}/docs  login 登录: {ADMIN_USER} / "

@@ -92,3 +92,49 @@ def test_keep_running_serves_api_until_ctrl_c() -> None:
         or "mosquitto" not in Path(f"/proc/{broker[0]}/cmdline").read_text()
     )
     assert "Traceback" not in text
+
+
+def test_ctrl_c_mid_story_stops_everything() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meterflow.cli", "demo", "--skip-commissioning"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: list[str] = []
+    flowing = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "readings flowing" in line:
+                flowing.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        assert flowing.wait(60), "".join(lines)
+        broker = [c for c in _children(proc.pid) if "mosquitto" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert len(broker) == 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(5)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    text = "".join(lines)
+    assert "interrupted 已中断" in text, text
+    removed = re.search(r"removed (\S+)", text)
+    assert removed, text
+    assert not Path(removed.group(1)).exists()
+    assert (
+        not Path(f"/proc/{broker[0]}/cmdline").exists()
+        or "mosquitto" not in Path(f"/proc/{broker[0]}/cmdline").read_text()
+    )
+    assert "Traceback" not in text
