@@ -99,6 +99,15 @@ def test_kill9_loses_nothing(
             proc.wait()
             if proc.stderr:
                 proc.stderr.close()
+        # finally a graceful stop: SIGTERM ends the run cleanly and says so on the status topic
+        proc = start(config)
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        if proc.stderr:
+            proc.stderr.close()
+        status = json.loads((tmp_path / "data" / "status.json").read_text())
+        assert status["online"] is False
         # let the last publishes land at the subscriber
         time.sleep(0.5)
         with sqlite3.connect(db) as conn:
