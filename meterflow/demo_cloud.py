@@ -163,6 +163,7 @@ class CloudSnapshot:
     desired: dict[str, str | None] = field(default_factory=dict)  # device id -> desired supply
     observed: dict[str, str | None] = field(default_factory=dict)  # device id -> observed supply
     commands: list[tuple[str, str, str]] = field(default_factory=list)  # (device, action, status)
+    issued: dict[tuple[str, str], datetime] = field(default_factory=dict)  # first (device, action)
 
 
 def _count(s: Session, model: type, *where: object) -> int:
@@ -190,5 +191,7 @@ def snapshot(factory: sessionmaker[Session], seeded: SeededCloud) -> CloudSnapsh
             .where(col(CommandRow.gateway_id) == seeded.gateway_id)
             .order_by(col(CommandRow.issued_at))
         ):
-            snap.commands.append((device_of.get(command.meter_id, "?"), command.action, command.status))
+            device = device_of.get(command.meter_id, "?")
+            snap.commands.append((device, command.action, command.status))
+            snap.issued.setdefault((device, command.action), command.issued_at)
     return snap

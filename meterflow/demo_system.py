@@ -18,11 +18,12 @@ import secrets
 import shutil
 import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -78,10 +79,10 @@ class SystemResult:
     balances_fen: dict[str, int] = field(default_factory=dict)
     trip_at_meter: bool = False  # the simulated meter's relay opened
     trip_acked: bool = False  # the gateway acked the trip with read-back "open"
-    trip_s: float | None = None  # balance ≤ 0 seen → relay open at the meter
+    trip_s: float | None = None  # cloud issued the trip command → relay open at the meter
     restore_at_meter: bool = False
     restore_acked: bool = False
-    restore_s: float | None = None  # recharge answered by the API → relay closed at the meter
+    restore_s: float | None = None  # recharge request sent to the API → relay closed at the meter
     api_url: str = ""
     interrupted: bool = False  # Ctrl-C / SIGTERM before the story was told
     problems: list[str] = field(default_factory=list)
@@ -255,6 +256,33 @@ def _stop_sync(stack: _Stack) -> None:
         shutil.rmtree(stack.workdir, ignore_errors=True)
 
 
+class _RelayWatch:
+    """Polls one simulated meter's relay every 10 ms from a thread and time-stamps each change (UTC),
+    so the demo can say when the cut really happened at the meter, not when it next looked."""
+
+    def __init__(self, meter: ElectricMeter) -> None:
+        self.meter = meter
+        self.changes: list[tuple[datetime, bool]] = []  # (at, relay_open)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-relay-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last = self.meter.relay_open
+        while not self._stop.wait(0.01):
+            now = self.meter.relay_open
+            if now != last:
+                self.changes.append((datetime.now(UTC), now))
+                last = now
+
+    def first(self, relay_open: bool) -> datetime | None:
+        return next((at for at, state in self.changes if state == relay_open), None)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _room_of(device: str) -> str:
     return next(room.room for room in ROOMS for m in room.meters if m.device_id == device)
 
@@ -328,79 +356,94 @@ async def _story(stack: _Stack, result: SystemResult, say: _Say) -> None:
             f"relay at the meter 表计继电器: {relay}, "
             f"cloud wants {now.desired.get(device) or '-'}")  # fmt: skip
 
-    overdrawn_at: list[float] = []
+    watch = _RelayWatch(sim_meter)
+    try:
+        await _cut_and_restore(stack, result, say, watch, show_arrears)
+    finally:
+        watch.stop()
+
+
+def _ms(later: datetime | None, earlier: datetime | None) -> str:
+    if later is None or earlier is None:
+        return "?"
+    return f"{(later - earlier).total_seconds() * 1000:.0f} ms"
+
+
+async def _cut_and_restore(
+    stack: _Stack, result: SystemResult, say: _Say, watch: _RelayWatch, show: Callable[[], None]
+) -> None:
+    """Balance → 0 → trip at the meter → ack; REST recharge → close at the meter → ack."""
+    assert stack.seeded is not None
+    assert stack.engine is not None
+    seeded, factory = stack.seeded, make_session_factory(stack.engine)
+    room = next(r for r in ROOMS if r.room == ARREARS_ROOM)
+    device, sim_meter = room.meters[0].device_id, watch.meter
 
     def overdrawn() -> bool:
-        if snapshot(factory, seeded).balances_fen[room.account] <= 0:
-            overdrawn_at.append(time.monotonic())
-            return True
-        return False
-
-    if not await _until(overdrawn, _PHASE_LIMIT_S["trip"], show_arrears):
-        result.problems.append(f"account {room.account} did not run out of money in time")
-        return
-    show_arrears()
-    say(f"account {room.account} is in arrears 已欠费 → policy wants supply off → signed trip command")
-    if not await _until(lambda: sim_meter.relay_open, _PHASE_LIMIT_S["trip"]):
-        result.problems.append(f"meter {device} was not tripped at the simulated meter")
-        return
-    result.trip_at_meter = True
-    result.trip_s = time.monotonic() - overdrawn_at[0]
-    say(f"TRIPPED 已断电: the simulated meter {sim_meter.address} reports relay open "
-        f"({result.trip_s:.1f} s after the cloud saw the balance at zero)")  # fmt: skip
+        return snapshot(factory, seeded).balances_fen[room.account] <= 0
 
     def acked(action: str) -> Callable[[], bool]:
         def check() -> bool:
             now = snapshot(factory, seeded)
-            return (device, action, "acked_done") in now.commands and now.observed.get(device) == (
-                "open" if action == "trip" else "closed"
-            )
+            observed = "open" if action == "trip" else "closed"
+            return (device, action, "acked_done") in now.commands and now.observed.get(device) == observed
 
         return check
 
+    if not await _until(overdrawn, _PHASE_LIMIT_S["trip"], show):
+        result.problems.append(f"account {room.account} did not run out of money in time")
+        return
+    show()
+    say(f"account {room.account} is in arrears 已欠费 → policy wants supply off → signed trip command")
+    if not await _until(lambda: watch.first(True) is not None, _PHASE_LIMIT_S["trip"]):
+        result.problems.append(f"meter {device} was not tripped at the simulated meter")
+        return
+    result.trip_at_meter = True
     result.trip_acked = await _until(acked("trip"), _PHASE_LIMIT_S["restore"])
+    snap = await asyncio.to_thread(snapshot, factory, seeded)
+    issued, opened = snap.issued.get((device, "trip")), watch.first(True)
+    if issued is not None and opened is not None:
+        result.trip_s = (opened - issued).total_seconds()
+    say(f"TRIPPED 已断电: relay open at the simulated meter {sim_meter.address}, "
+        f"{_ms(opened, issued)} after the cloud issued the signed trip command")  # fmt: skip
     if not result.trip_acked:
         result.problems.append("the gateway's trip ack did not reach the cloud")
         return
     say("gateway ack 网关回执: trip done, read-back says relay open; cloud observed = open")
     energy_at_trip = sim_meter.energy_kwh
     await asyncio.sleep(2)
-    say(f"supply off: meter register {energy_at_trip} → {sim_meter.energy_kwh} kWh in 2 s (no consumption)")
+    say(f"supply off 停止用电: meter register {energy_at_trip} → {sim_meter.energy_kwh} kWh in 2 s")
 
     say.section(f"recharge 充值 — cash at the desk, through the REST API, {yuan(RECHARGE_FEN)} 元")
-    api = stack.api_url
-    async with httpx.AsyncClient(base_url=api, timeout=10) as client:
+    account_id = seeded.accounts[room.account]
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=10) as client:
         credentials = {"username": ADMIN_USER, "password": seeded.admin_password}
         login = await client.post("/api/v1/auth/login", json=credentials)
         login.raise_for_status()
-        token = login.json()["access_token"]
         receipt = f"DEMO-{uuid.uuid4().hex[:8].upper()}"
-        recharged_at = time.monotonic()
+        recharged_at = datetime.now(UTC)
         response = await client.post(
-            f"/api/v1/accounts/{seeded.accounts[room.account]}/recharge",
+            f"/api/v1/accounts/{account_id}/recharge",
             json={"amount_fen": RECHARGE_FEN, "receipt_no": receipt},
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {login.json()['access_token']}"},
         )
         response.raise_for_status()
-    say(
-        f"POST /api/v1/accounts/{seeded.accounts[room.account]}/recharge → {response.status_code}, "
-        f"receipt 收据 {receipt}"
-    )
-    if not await _until(lambda: not sim_meter.relay_open, _PHASE_LIMIT_S["restore"]):
+    say(f"POST /api/v1/accounts/{account_id}/recharge → {response.status_code}, receipt 收据 {receipt}")
+    if not await _until(lambda: watch.first(False) is not None, _PHASE_LIMIT_S["restore"]):
         result.problems.append(f"meter {device} was not closed after the recharge")
         return
     result.restore_at_meter = True
-    result.restore_s = time.monotonic() - recharged_at
-    say(
-        f"RESTORED 已复电: the simulated meter reports relay closed, "
-        f"{result.restore_s:.1f} s after the recharge"
-    )
+    closed = watch.first(False)
+    assert closed is not None
+    result.restore_s = (closed - recharged_at).total_seconds()
+    say(f"RESTORED 已复电: relay closed at the simulated meter {_ms(closed, recharged_at)} after the "
+        "recharge request (event-driven restore, no polling sweep)")  # fmt: skip
     result.restore_acked = await _until(acked("close"), _PHASE_LIMIT_S["restore"])
     if not result.restore_acked:
         result.problems.append("the gateway's close ack did not reach the cloud")
         return
     say("gateway ack 网关回执: close done, read-back says relay closed; cloud observed = closed")
-    show_arrears()
+    show()
 
 
 def _final(stack: _Stack, result: SystemResult, say: _Say) -> None:
@@ -423,8 +466,8 @@ def _summary(result: SystemResult, say: _Say) -> None:
         extra = f" (+{yuan(RECHARGE_FEN)} recharge)" if room.room == ARREARS_ROOM else ""
         say(f"  {room.account} room {room.room}: {yuan(before):>7} → {yuan(after):>7} 元{extra}")
     if result.trip_s is not None:
-        say(f"trip 断电 at the meter {result.trip_s:.1f} s after zero balance; "
-            f"restore 复电 {result.restore_s or 0:.1f} s after the recharge")  # fmt: skip
+        say(f"trip 断电 at the meter {result.trip_s * 1000:.0f} ms after the cloud's command; "
+            f"restore 复电 {(result.restore_s or 0) * 1000:.0f} ms after the recharge")  # fmt: skip
     for problem in result.problems:
         say(f"PROBLEM 问题: {problem}")
     say("OK: the whole system works end to end 全流程正常" if result.ok else "FAILED 失败")

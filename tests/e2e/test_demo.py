@@ -70,6 +70,11 @@ def test_full_demo_commissions_bills_trips_and_restores() -> None:
     assert system.trip_acked  # and the gateway's ack (read-back "open") reached the cloud
     assert system.restore_at_meter
     assert system.restore_acked
+    # times measured at the simulated meter: after the cloud's command / after the recharge request
+    assert system.trip_s is not None
+    assert system.trip_s > 0
+    assert system.restore_s is not None
+    assert system.restore_s > 0
     # recharged 50.00 yuan after running slightly below zero: positive, less than the recharge
     assert 0 < system.balances_fen[arrears] < 5_000 + 150
     assert "TRIPPED 已断电" in text
