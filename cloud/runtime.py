@@ -293,9 +293,9 @@ async def run_background(
     factory = make_session_factory(engine)
     own_bus = event_bus is None
     bus = event_bus or make_event_bus(settings.redis_url)
-    client_id = (
-        options.client_id or settings.mqtt_client_id or f"mf-cloud-{socket.gethostname()}-{os.getpid()}"
-    )
+    # Stable across restarts (the broker keeps the session and its unacknowledged messages for it);
+    # set MF_MQTT_CLIENT_ID per replica when several run on one host.
+    client_id = options.client_id or settings.mqtt_client_id or f"mf-cloud-{socket.gethostname()}"
     control = options.control_config or ControlConfig(prefix=settings.mqtt_prefix)
     control = replace(control, prefix=settings.mqtt_prefix)
     base = MqttConfig.from_settings(settings, client_id=client_id)
