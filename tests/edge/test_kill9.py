@@ -11,6 +11,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -75,10 +76,13 @@ retries = 1
     return path
 
 
-def start(config: Path) -> subprocess.Popen[bytes]:
+def start(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     exe = Path(sys.executable).with_name("meterflow")
     return subprocess.Popen(
-        [str(exe), "edge", "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [str(exe), "edge", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -100,10 +104,19 @@ def test_kill9_loses_nothing(
             if proc.stderr:
                 proc.stderr.close()
         # finally a graceful stop: SIGTERM ends the run cleanly and says so on the status topic
-        proc = start(config)
-        time.sleep(2.0)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        # ... as systemd runs it: READY=1, WATCHDOG=1 pings, STOPPING=1 on the notify socket
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.bind(str(tmp_path / "notify.sock"))
+            notify.settimeout(10)
+            proc = start(config, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"})
+            messages = [notify.recv(64), notify.recv(64)]
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+            while b"STOPPING=1" not in messages:
+                messages.append(notify.recv(64))
+        assert messages[0] == b"READY=1"
+        assert b"WATCHDOG=1" in messages
         if proc.stderr:
             proc.stderr.close()
         status = json.loads((tmp_path / "data" / "status.json").read_text())
