@@ -521,6 +521,9 @@ def run_system(out: TextIO, options: SystemOptions | None = None) -> SystemResul
     options = options or SystemOptions()
     say = _Say(out)
     own = options.workdir is None
+    if options.workdir is not None and options.workdir.exists() and any(options.workdir.iterdir()):
+        # the demo seeds a fresh database and gateway; a previous run's data would clash with it
+        raise DemoError(f"--data-dir {options.workdir} is not empty; give a new or empty directory")
     workdir = Path(tempfile.mkdtemp(prefix="meterflow-demo-")) if own else options.workdir
     assert workdir is not None
     stack = _Stack(workdir=workdir, own_workdir=own)

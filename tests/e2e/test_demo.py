@@ -104,3 +104,9 @@ def test_busy_mqtt_port_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureF
     assert code == 2
     err = capsys.readouterr().err
     assert f"MQTT port {port} on 127.0.0.1 is busy" in err
+
+
+def test_data_dir_must_be_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "cloud").mkdir()
+    assert main(["demo", "--skip-commissioning", "--data-dir", str(tmp_path)]) == 2
+    assert "is not empty" in capsys.readouterr().err
