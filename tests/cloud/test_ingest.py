@@ -189,7 +189,9 @@ def test_gateway_status_and_events_update_records(session_factory: sessionmaker[
     assert count(session_factory, GatewayEvent) == 1
 
 
-def test_out_of_order_and_late_readings_bill_each_interval_once(session_factory: sessionmaker[Session]) -> None:
+def test_out_of_order_and_late_readings_bill_each_interval_once(
+    session_factory: sessionmaker[Session],
+) -> None:
     site = make_flow_site(session_factory, balance_fen=10_000)
     ingest = _ingest(session_factory, Clock(T0 + timedelta(hours=5)), [])
     # a second replica applied the later batch first: it becomes the baseline
