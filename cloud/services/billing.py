@@ -13,9 +13,10 @@ billing baseline. A new reading is judged against it by :func:`cloud.domain.read
 - a held verdict (reset, negative, spike, clock far off, rollover unless auto-accepted) → a
   ``reading_hold`` row and an alarm; nothing billed and the baseline stays where it was, so the
   consumption is billed once an operator resolves it or the meter reports plausibly again;
-- ``late`` (older than the baseline) → stored, not billed again: registers are cumulative, so the
-  consumption it describes is already inside the billed interval around it — unless it is older than
-  the meter's first accepted reading, then ``[late, first]`` is charged (billing extends backwards);
+- ``late`` (older than the baseline): inside billed history, the interval around it is re-rated —
+  reversal of its charge and two replacement charges — when that changes the amount (a tariff
+  version change inside it; see :func:`_rerate`); older than the meter's first accepted reading,
+  ``[late, first]`` is charged (billing extends backwards);
 - no tariff in force → held (the baseline stays, so nothing is lost when a tariff is configured).
 
 Tariff versions are stored as JSON ``spec`` (see :func:`version_from_spec`).
@@ -326,8 +327,10 @@ def _late(
         .order_by(col(ReadingRow.ts))
         .limit(1)
     ).first()
-    if account is None or first is None or snap.at >= first[0]:
+    if account is None or first is None or snap.at == first[0]:
         return BillingOutcome(ReadingStatus.LATE, detail=detail)
+    if snap.at > first[0]:
+        return _rerate(session, gateway_device, meter, account, reading, snap, now, cache, detail)
     linked = session.scalar(
         select(col(AccountMeter.linked_at)).where(
             col(AccountMeter.meter_id) == meter.id,
@@ -344,6 +347,127 @@ def _late(
             ReadingStatus.LATE, detail=f"{detail}; cannot extend backwards: {check.verdict}"
         )
     return _charge(session, gateway_device, meter, account, reading, snap, later, check.deltas, cache)
+
+
+def rerate_key(gateway: str, meter: str, end_seq: int, late_seq: int) -> str:
+    """Key of the replacement charge for ``[late, end]`` after re-rating (≤ 128 characters)."""
+    key = f"rr:{gateway}:{meter}:{end_seq}:{late_seq}"
+    if len(key) <= MAX_KEY:
+        return key
+    digest = hashlib.sha256(f"{gateway}\x00{meter}".encode()).hexdigest()[:40]
+    return f"rr:h:{digest}:{end_seq}:{late_seq}"
+
+
+def _rerate(
+    session: Session,
+    gateway_device: str,
+    meter: Meter,
+    account: Account,
+    reading: BillableReading,
+    snap: Snapshot,
+    now: datetime,
+    cache: BillingCache,
+    detail: str,
+) -> BillingOutcome:
+    """A late reading inside billed history: re-rate the interval that contains it.
+
+    The interval ``[start, end]`` was charged pro rata by time; the late reading says how consumption
+    really split. Its charge is **reversed** (``rev:<key>``, with a reason) and replaced by two
+    charges, ``[start, late]`` under the late reading's own key and ``[late, end]`` under
+    :func:`rerate_key`. The residue is carried so that the fen posted still equal
+    ``floor((residue₀ + Σ milli-fen) / 1000)``. Nothing is posted when the re-rated amount equals the
+    billed one (the usual case: no tariff change inside the interval). Tiered tariffs are not re-rated
+    (the tier counter before the interval is not kept); the reading is stored as ``late``.
+    """
+    assert meter.id is not None
+    assert account.id is not None
+    before = session.execute(
+        select(col(ReadingRow.ts), col(ReadingRow.values))
+        .where(
+            col(ReadingRow.meter_id) == meter.id,
+            col(ReadingRow.status).in_(_ACCEPTED),
+            col(ReadingRow.ts) < snap.at,
+        )
+        .order_by(col(ReadingRow.ts).desc())
+        .limit(1)
+    ).first()
+    after = session.execute(
+        select(
+            col(ReadingRow.id),
+            col(ReadingRow.ts),
+            col(ReadingRow.values),
+            col(ReadingRow.seq),
+            col(ReadingRow.txn_key),
+        )
+        .where(
+            col(ReadingRow.meter_id) == meter.id,
+            col(ReadingRow.status).in_(_ACCEPTED),
+            col(ReadingRow.ts) > snap.at,
+        )
+        .order_by(col(ReadingRow.ts))
+        .limit(1)
+    ).first()
+    if before is None or after is None or after.txn_key is None:
+        return BillingOutcome(ReadingStatus.LATE, detail=detail)
+    start = Snapshot(before[0], snapshot_values(before[1]))
+    end = Snapshot(after.ts, snapshot_values(after.values))
+    first_half = check_reading(start, snap, now, cache.rules)
+    second_half = check_reading(snap, end, now, cache.rules)
+    if first_half.verdict is not Verdict.OK or second_half.verdict is not Verdict.OK:
+        return BillingOutcome(ReadingStatus.LATE, detail=f"{detail}; does not fit between its neighbours")
+    project = cache.project(session, account.project_id)
+    tariff_id = _tariff_id(meter, project)
+    schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
+    original = ledger_service.get_transaction(session, after.txn_key)
+    if schedule is None or original is None or any(v.is_tiered for v in schedule.versions):
+        return BillingOutcome(ReadingStatus.LATE, detail=detail)
+    ct = Decimal(meter.ct_ratio)
+    tz = ZoneInfo(project.timezone)
+    counter = TierCounter(account.tier_period, account.tier_usage)
+    try:
+        part_a = rate(
+            schedule, start.at, snap.at, {q: d * ct for q, d in first_half.deltas.items()}, counter, tz=tz
+        )
+        part_b = rate(
+            schedule, snap.at, end.at, {q: d * ct for q, d in second_half.deltas.items()}, counter, tz=tz
+        )
+    except (RatingError, TariffError):
+        return BillingOutcome(ReadingStatus.LATE, detail=detail)
+    old_milli = int(original.details.get("amount_milli", "0"))
+    new_milli = part_a.amount_milli + part_b.amount_milli
+    if new_milli == old_milli:
+        return BillingOutcome(ReadingStatus.LATE, detail=f"{detail}; re-rating changes nothing")
+    old_txn = ledger_service.load_transaction(session, original)
+    old_fen = -old_txn.amount_on(dledger.wallet_code(account.id))
+    delta_fen, residue = carry(account.residue_millifen, new_milli - old_milli)
+    total = old_fen + delta_fen
+    fen_a = min(max(part_a.amount_milli // 1000, 0), max(total, 0))
+    fen_b = max(total, 0) - fen_a
+    reason = f"late reading seq {reading.seq} re-rates {after.txn_key}"
+    ledger_service.post(session, dledger.reverse(old_txn, reason, now), org_id=account.org_id)
+    utility = "water" if meter.kind == MeterKind.WATER else "electric"
+    revenue = dledger.revenue_code(account.project_id, utility)
+    wallet = dledger.wallet_code(account.id)
+    key_a = charge_key(gateway_device, meter.device_id, reading.seq)
+    key_b = rerate_key(gateway_device, meter.device_id, after.seq, reading.seq)
+    for key, fen, at, milli in (
+        (key_a, fen_a, snap.at, part_a.amount_milli),
+        (key_b, fen_b, end.at, part_b.amount_milli),
+    ):
+        if fen > 0:
+            meta = {
+                "meter_id": str(meter.id),
+                "seq": str(reading.seq),
+                "amount_milli": str(milli),
+                "rerate": "1",
+            }
+            txn = dledger.charge(key, wallet, fen, at, revenue=revenue, memo=reason, meta=meta)
+            ledger_service.post(session, txn, org_id=account.org_id)
+    account.residue_millifen = residue
+    session.execute(
+        update(ReadingRow).where(col(ReadingRow.id) == after.id).values(txn_key=key_b if fen_b > 0 else None)
+    )
+    return BillingOutcome(ReadingStatus.BILLED, account.id, 0, key_a if fen_a > 0 else None, detail=reason)
 
 
 def _charge(

@@ -171,3 +171,41 @@ def test_no_tariff_holds_and_nothing_is_lost_once_configured(session_factory: se
         s.commit()
     ingest.handle(*batch(site, [("m1", 3, T0 + timedelta(hours=2), "106.00")]))  # 6 kWh since 100.00
     assert balance(session_factory, site) == 10_000 - 300
+
+
+def test_late_reading_re_rates_with_reversal_and_replacement(session_factory: sessionmaker[Session]) -> None:
+    from cloud.models import LedgerTransaction, ReadingRow
+    from cloud.services import ledger
+
+    site = make_flow_site(session_factory, balance_fen=10_000)
+    _tariff(
+        session_factory,
+        site,
+        [
+            (T0 - timedelta(days=40), {"kind": "flat", "price": "0.5"}),
+            (T0 + timedelta(hours=1), {"kind": "flat", "price": "1.0"}),
+        ],
+    )
+    ingest = Ingest(session_factory, clock=lambda: T0 + timedelta(hours=3))
+    ingest.handle(*batch(site, [("m1", 1, T0, "100.00")]))
+    ingest.handle(*batch(site, [("m1", 3, T0 + timedelta(hours=2), "110.00")]))
+    assert balance(session_factory, site) == 10_000 - 750  # pro rata: 5 × 0.5 + 5 × 1.0
+    # the reading from the tariff change arrives late: 8 kWh were used at the old price
+    ingest.handle(*batch(site, [("m1", 2, T0 + timedelta(hours=1), "108.00")]))
+    assert balance(session_factory, site) == 10_000 - 600  # 8 × 0.5 + 2 × 1.0
+    with session_factory() as s:
+        kinds = sorted((t.kind, t.idempotency_key) for t in s.scalars(select(LedgerTransaction)))
+        statuses = {r.seq: (r.status, r.txn_key) for r in s.scalars(select(ReadingRow))}
+        assert ledger.check_balances(s).ok
+    gw = site.gateway
+    assert ("reversal", f"rev:chg:{gw}:m1:3") in kinds
+    assert ("charge", f"chg:{gw}:m1:2") in kinds
+    assert ("charge", f"rr:{gw}:m1:3:2") in kinds
+    assert statuses[2] == ("billed", f"chg:{gw}:m1:2")
+    assert statuses[3] == ("billed", f"rr:{gw}:m1:3:2")
+    # a later late reading inside [T0, T0+1h], all at one price: re-rating changes nothing
+    ingest.handle(*batch(site, [("m1", 4, T0 + timedelta(minutes=30), "104.00")]))
+    assert balance(session_factory, site) == 10_000 - 600
+    # the same late message redelivered: nothing at all
+    ingest.handle(*batch(site, [("m1", 2, T0 + timedelta(hours=1), "108.00")]))
+    assert balance(session_factory, site) == 10_000 - 600
