@@ -13,11 +13,28 @@ from collections.abc import Sequence
 
 from meterflow import __version__
 
-# module path of each part's ``register(subparsers)``; order is the order of ``--help``.
-_PARTS = ("meterflow.demo", "cloud.cli", "edge.cli", "firmware_sim.cli")
+# subcommand -> module of the part whose ``register(subparsers)`` adds it; order is ``--help``'s.
+_PARTS = {
+    "demo": "meterflow.demo",
+    "cloud": "cloud.cli",
+    "edge": "edge.cli",
+    "sim": "firmware_sim.cli",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: Sequence[str] | None) -> str | None:
+    """The subcommand named on the command line, so only its part is imported.
+
+    A gateway running ``meterflow edge run`` must not pay for importing the cloud (≈ 12 MiB RSS).
+    """
+    for token in argv if argv is not None else sys.argv[1:]:
+        if token.startswith("-"):
+            continue
+        return token if token in _PARTS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meterflow",
         description="Meterflow: prepaid electricity and water — gateway, cloud, simulators.",
@@ -25,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"meterflow {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _PARTS:
+    chosen = _chosen(argv)
+    for command, name in _PARTS.items():
+        if chosen is not None and command != chosen:
+            continue
         try:
             module = importlib.import_module(name)
         except ImportError as exc:  # part not installed on this machine
@@ -36,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
