@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
@@ -154,8 +154,12 @@ class Ingest:
                     log.exception("message on %s kept violating constraints", topic)
                     self._dead_letter(topic, payload, "integrity error after retries", gateway_device)
                     return
-            except (OperationalError, DBAPIError):
-                raise  # the database is unwell: the adapter retries without acknowledging
+            except (OperationalError, InterfaceError):
+                raise  # the database is unwell (or a deadlock): the adapter retries, no PUBACK
+            except DBAPIError as exc:  # data the database refuses: a poison message, not an outage
+                log.exception("database refused a message on %s", topic)
+                self._dead_letter(topic, payload, f"database refused it: {type(exc.orig).__name__}", None)
+                return
             except Exception as exc:
                 log.exception("unexpected error applying a message on %s", topic)
                 self._dead_letter(topic, payload, f"processing error: {type(exc).__name__}: {exc}", None)

@@ -206,3 +206,27 @@ def test_out_of_order_and_late_readings_bill_each_interval_once(
     with session_factory() as s:
         statuses = {r.seq: r.status for r in s.scalars(select(ReadingRow))}
     assert statuses == {1: "billed", 2: "baseline", 3: "late", 4: "billed"}
+
+
+def test_a_payload_the_database_refuses_is_dead_lettered_not_retried_forever(
+    session_factory: sessionmaker[Session],
+) -> None:
+    site = make_flow_site(session_factory)
+    ingest = _ingest(session_factory, Clock(T0), [])
+    # valid by the contract (detail is free-form JSON) but NaN is not JSON to PostgreSQL
+    payload = (
+        b'{"v":1,"gateway":"' + site.gateway.encode() + b'","events":[{"id":"e1","ts":"2026-11-24T02:00:00Z",'
+        b'"kind":"time_sync","detail":{"drift":NaN}}]}'
+    )
+    ingest.handle(Topics(site.gateway).events, payload)
+    ingest.handle(*batch(site, [("m1", 1, T0, "1.00")]))  # and the ingest carries on
+    assert readings(session_factory, site) == 1
+    with session_factory() as s:
+        stored = s.scalars(select(GatewayEvent)).all()
+        letters = s.scalars(select(DeadLetter)).all()
+    # SQLite stores NaN happily; PostgreSQL refuses it and the message is dead-lettered with its bytes
+    if session_factory.kw["bind"].dialect.name == "postgresql":
+        assert (len(stored), [bytes(d.payload) for d in letters]) == (0, [payload])
+        assert "database refused it" in letters[0].reason
+    else:
+        assert (len(stored), len(letters)) == (1, 0)
