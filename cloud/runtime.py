@@ -83,7 +83,8 @@ class RuntimeOptions:
     jobs: bool = True
     client_id: str | None = None
     tick_s: float = 1.0
-    horizon_interval_s: float = 2.0
+    horizon_interval_s: float = 5.0
+    """At most one retained GatewayConfig per gateway this often (they are computed for every meter)."""
     control_config: ControlConfig | None = None
 
 
@@ -365,6 +366,7 @@ def main() -> None:
         jobs=os.environ.get("MF_RUNTIME_JOBS", "1") == "1",
         control=os.environ.get("MF_RUNTIME_CONTROL", "1") == "1",
         ingest=os.environ.get("MF_RUNTIME_INGEST", "1") == "1",
+        horizon_interval_s=float(os.environ.get("MF_RUNTIME_HORIZON_S", "5")),
     )
 
     async def _main() -> None:
