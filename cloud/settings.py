@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     """Use ``$share/<group>/...`` subscriptions; the embedded demo broker may not support them."""
     mqtt_share_group: str = "meterflow"
     mqtt_client_id: str | None = None
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    """MQTT 5 (session expiry, shared subscriptions); "3.1.1" for brokers without v5, e.g. amqtt."""
 
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
     token_ttl_s: int = Field(default=12 * 3600, ge=60)

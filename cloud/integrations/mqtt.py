@@ -1,4 +1,5 @@
-"""The cloud's one adapter over paho-mqtt 2.x: MQTT v5, shared subscription, QoS 1, persistent session.
+"""The cloud's one adapter over paho-mqtt 2.x: MQTT 5 (or 3.1.1), shared subscription, QoS 1, persistent
+session.
 
 Delivery design (at-least-once from the broker, at-most-once in effect):
 
@@ -10,7 +11,8 @@ Delivery design (at-least-once from the broker, at-most-once in effect):
   ``manual_ack=True``, which we do not need). The handler therefore applies the message completely and
   commits before it returns: a process killed before the commit never sends the PUBACK, and the broker
   redelivers the message when the session resumes.
-- The session is persistent (``clean_start=False`` and a session expiry interval), under a client id
+- The session is persistent (MQTT 5: ``clean_start=False`` and a session expiry interval; MQTT 3.1.1:
+  ``clean_session=False``, kept for as long as the broker keeps sessions), under a client id
   that must be **stable per replica** (``MF_MQTT_CLIENT_ID``): a replica restarted under the same id
   receives the messages that were in flight when it died. Redelivery can also hand a message that *was*
   committed (crash between commit and PUBACK) to the handler again; the unique keys in the database
@@ -20,6 +22,11 @@ Delivery design (at-least-once from the broker, at-most-once in effect):
   (dead-letter table), never an exception here.
 
 Publishing (commands, retained configs) waits for the PUBACK, so "published" means the broker has it.
+
+MQTT 3.1.1 (``MF_MQTT_PROTOCOL=3.1.1``) exists for brokers that speak nothing newer, e.g. the embedded
+amqtt broker of ``meterflow demo``: no CONNECT properties, and ``$share`` subscriptions only where the
+broker implements them as an extension (Mosquitto does; amqtt does not, so use ``MF_MQTT_SHARED=false``
+and one ingest replica there). Everything else (QoS 1, PUBACK after commit, retained publishes) is the same.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -47,10 +54,13 @@ __all__ = [
     "MqttConfig",
     "MqttError",
     "MqttLink",
+    "MqttProtocol",
     "ingest_filter",
 ]
 
 log = logging.getLogger(__name__)
+
+MqttProtocol = Literal["5", "3.1.1"]
 
 MessageHandler = Callable[[str, bytes], None]
 """``(topic, payload)``; returns once the message is fully applied (committed)."""
@@ -79,6 +89,8 @@ class MqttConfig:
     session_expiry_s: int = 24 * 3600
     """How long the broker keeps a dead replica's session (and its in-flight messages)."""
     clean_start: bool = False
+    """MQTT 5 ``clean_start``; with 3.1.1 it is sent as ``clean_session``."""
+    protocol: MqttProtocol = "5"
 
     @classmethod
     def from_settings(cls, settings: Any, *, client_id: str | None = None) -> MqttConfig:
@@ -91,6 +103,7 @@ class MqttConfig:
             password=password,
             tls=settings.mqtt_tls,
             ca_file=settings.mqtt_ca_file,
+            protocol=settings.mqtt_protocol,
         )
 
 
@@ -113,10 +126,14 @@ class MqttLink:
         self._subscribed = threading.Event()
         self._stopping = threading.Event()
         self.received = 0
+        if config.protocol not in ("5", "3.1.1"):
+            raise MqttError(f"MQTT protocol must be '5' or '3.1.1', got {config.protocol!r}")
+        v5 = config.protocol == "5"
         client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
-            protocol=paho.MQTTv5,
+            clean_session=None if v5 else config.clean_start,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
         )
         if config.username:
             client.username_pw_set(config.username, config.password)
@@ -136,15 +153,14 @@ class MqttLink:
     def start(self, *, wait_s: float = 10.0) -> None:
         """Connect in the background; wait until connected and subscribed (or raise; may be retried)."""
         self._stopping.clear()
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self.config.session_expiry_s
+        kwargs: dict[str, Any] = {}
+        if self.config.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self.config.session_expiry_s
+            kwargs = {"clean_start": self.config.clean_start, "properties": props}
         try:
             self._client.connect_async(
-                self.config.host,
-                self.config.port,
-                keepalive=self.config.keepalive_s,
-                clean_start=self.config.clean_start,
-                properties=props,
+                self.config.host, self.config.port, keepalive=self.config.keepalive_s, **kwargs
             )
         except (OSError, ValueError) as exc:
             raise MqttError(f"MQTT connect to {self.config.host}:{self.config.port}: {exc}") from exc
