@@ -56,7 +56,9 @@ __all__ = ["Bus", "FrameDecoder", "LineStats", "TraceEntry", "char_bits"]
 log = logging.getLogger(__name__)
 
 _PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
-_READ_POLL_S = 0.01  # port read timeout: bounds how late a deadline can be noticed
+# Port read timeout. A read returns as soon as a byte arrives, so this only bounds how late a silent
+# deadline is noticed and how often an idle wait wakes (CPU on a Pi with 256 meters).
+_READ_POLL_S = 0.05
 _HOST_SLACK_S = 0.03  # OS, USB adapter and TCP converter latency on top of the wire time
 _DEFAULT_EXPECTED = 64  # reply length budget when the caller cannot say
 _ERRNO_RE = re.compile(r"\[Errno (\d+)\]")
