@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import Engine, text
 
+from cloud.api import holds
 from cloud.api.errors import install_error_handlers
 from cloud.api.ratelimit import RateLimiter, make_rate_limiter
 from cloud.api.routes import accounts, auth, calendar, hierarchy, meters, operations, tariffs, users
@@ -124,6 +125,7 @@ def build_app(
     install_error_handlers(app)
     for module in (auth, users, hierarchy, meters, accounts, tariffs, operations, calendar):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(holds.router, prefix=API_PREFIX)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and database reachability")
     def healthz() -> dict[str, str]:
