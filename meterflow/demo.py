@@ -302,8 +302,8 @@ class FullDemo:
 def run_full(out: TextIO = sys.stdout, options: Any = None, *, commission: bool = True) -> FullDemo:
     """``meterflow demo``: stage 1 (commissioning), then stage 2 (the whole system).
 
-    Raises :class:`meterflow.demo_broker.DemoError` when stage 2 cannot start (no broker binary, busy
-    port); everything started before the error is stopped again.
+    Raises :class:`meterflow.demo_broker.DemoError` when stage 2 cannot start (busy port, no mosquitto
+    binary with ``--broker mosquitto``); everything started before the error is stopped again.
     """
     from meterflow.demo_system import run_system
 
@@ -322,6 +322,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         keep_running=args.keep_running,
         api_port=args.api_port,
         mqtt_port=args.mqtt_port,
+        broker=args.broker,
         workdir=args.data_dir,
     )
     try:
@@ -345,7 +346,8 @@ def register(subparsers: Any) -> None:
             "Stage 1: start simulated meters on two RS-485 lines (pty), then scan, read every meter, "
             "trip and restore one meter and one valve, verifying by read-back. "
             "Stage 2: the whole system — simulated meters (time x120) polled by the edge daemon, a "
-            "private mosquitto broker, the cloud (SQLite in a temp dir, ingest, billing, arrears, "
+            "private MQTT broker (embedded amqtt; --broker mosquitto for a mosquitto process), the cloud "
+            "(SQLite in a temp dir, ingest, billing, arrears, "
             "control, jobs, REST API): readings flow in, balances fall, room 103 runs out of money and "
             "is tripped at its meter, a cash recharge through the REST API closes it again. "
             "Takes about 40 s and exits 0 when every step was verified; see docs/demo.md."
@@ -359,6 +361,9 @@ def register(subparsers: Any) -> None:
                    help="port of the cloud REST API on 127.0.0.1 (default: any free port)")  # fmt: skip
     p.add_argument("--mqtt-port", type=int, default=0, metavar="PORT",
                    help="port of the demo's MQTT broker on 127.0.0.1 (default: any free port)")  # fmt: skip
+    p.add_argument("--broker", choices=("amqtt", "mosquitto"), default="amqtt",
+                   help="the demo's MQTT broker: the embedded amqtt broker in this process (default, "
+                        "MQTT 3.1.1) or a mosquitto child process (MQTT 5; needs its binary)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                    help="keep the cloud database, broker and gateway data here (default: a temp dir, "
                         "removed at exit)")  # fmt: skip

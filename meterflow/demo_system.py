@@ -1,7 +1,8 @@
 """``meterflow demo``, stage 2: the whole system on one machine.
 
 Simulated meters (firmware_sim, pty lines, time ×120) → the edge daemon (edge.daemon.Daemon, in this
-process) → a private Mosquitto → the cloud's background workers (ingest, billing, arrears, control
+process) → a private MQTT broker (embedded amqtt by default, MQTT 3.1.1; ``--broker mosquitto`` for a
+mosquitto child process, MQTT 5) → the cloud's background workers (ingest, billing, arrears, control
 reconciler, jobs; SQLite in a temp dir) with the REST API served by uvicorn in this process. The
 script then watches what a property manager would: readings arrive, balances fall, room 103 runs out
 of money and is cut at its (simulated) meter, a cash recharge through the REST API brings power back.
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Literal, TextIO
 
 import httpx
 import uvicorn
@@ -40,7 +41,14 @@ from cloud.settings import Settings, load_settings
 from edge.daemon import Daemon
 from firmware_sim.meters.electric import ElectricMeter
 from firmware_sim.serve import SiteHandle, run_site
-from meterflow.demo_broker import BROKER_NOTE, DemoError, check_port_free, start_broker
+from meterflow.demo_broker import (
+    BrokerKind,
+    DemoBroker,
+    DemoError,
+    broker_note,
+    check_port_free,
+    start_broker,
+)
 from meterflow.demo_cloud import ADMIN_USER, CloudSnapshot, SeededCloud, seed_cloud, snapshot
 from meterflow.demo_site import (
     ARREARS_ROOM,
@@ -59,6 +67,8 @@ __all__ = ["SystemOptions", "SystemResult", "run_system"]
 
 RECHARGE_FEN = 5_000
 _PHASE_LIMIT_S = {"readings": 25.0, "trip": 45.0, "restore": 20.0}
+_PROTOCOL: dict[BrokerKind, Literal["5", "3.1.1"]] = {"amqtt": "3.1.1", "mosquitto": "5"}
+_MQTT_USER = "demo-cloud"
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,7 @@ class SystemOptions:
     keep_running: bool = False
     api_port: int = 0  # 0: any free port
     mqtt_port: int = 0
+    broker: BrokerKind = "amqtt"
     workdir: Path | None = None  # default: a temp dir, removed at the end
 
 
@@ -128,7 +139,8 @@ class _Stack:
     workdir: Path
     own_workdir: bool
     site: SiteHandle | None = None
-    broker: Any = None
+    broker: DemoBroker | None = None
+    broker_kind: BrokerKind = "amqtt"
     engine: Engine | None = None
     settings: Settings | None = None
     seeded: SeededCloud | None = None
@@ -153,8 +165,9 @@ def _start_sync(stack: _Stack, options: SystemOptions, say: _Say) -> None:
         f"(1 s = {TIME_SCALE / 60:g} simulated min), flat loads")  # fmt: skip
     for line in stack.site.lines:
         say(f"  line {line.line.name}: {line.url}")
-    stack.broker = start_broker(stack.workdir / "broker", options.mqtt_port)
-    say(f"MQTT broker 消息代理: 127.0.0.1:{stack.broker.port} — {BROKER_NOTE}")
+    stack.broker = start_broker(stack.workdir / "broker", options.mqtt_port, options.broker)
+    stack.broker_kind = options.broker
+    say(f"MQTT broker 消息代理: 127.0.0.1:{stack.broker.port} — {broker_note(options.broker)}")
     url = f"sqlite:///{stack.workdir / 'cloud' / 'meterflow.db'}"
     (stack.workdir / "cloud").mkdir(parents=True, exist_ok=True)
     upgrade(url)
@@ -168,8 +181,9 @@ def _start_sync(stack: _Stack, options: SystemOptions, say: _Say) -> None:
         redis_url=None,
         mqtt_host="127.0.0.1",
         mqtt_port=stack.broker.port,
-        mqtt_username=None,
+        mqtt_username=_MQTT_USER,  # amqtt keeps sessions only of clients that send a user name
         mqtt_password=None,
+        mqtt_protocol=_PROTOCOL[options.broker],
         mqtt_tls=False,
         mqtt_prefix="mf/v1",
         mqtt_shared=False,  # one ingest replica: no $share needed
@@ -220,9 +234,14 @@ async def _start_async(stack: _Stack, options: SystemOptions, say: _Say) -> None
     stack.api_url = f"http://127.0.0.1:{port}"
     say(f"cloud REST API 接口: {stack.api_url} (OpenAPI docs at {stack.api_url}/docs)")
     urls = {line.line.name or "": line.url for line in stack.site.lines}
+    assert stack.broker is not None
     config_edge = edge_config(
         stack.workdir / "edge", mqtt_port=stack.broker.port, key=stack.edge_key, urls=urls
     )
+    mqtt = config_edge.mqtt.model_copy(
+        update={"protocol": _PROTOCOL[stack.broker_kind], "username": GATEWAY_ID}
+    )
+    config_edge = config_edge.model_copy(update={"mqtt": mqtt})
     stack.stops["edge"] = asyncio.Event()
     stack.tasks["edge"] = asyncio.create_task(Daemon(config_edge).run(stack.stops["edge"]), name="demo-edge")
     say(f"edge daemon 网关: {GATEWAY_ID} polling {len(all_meters())} meters every 1 s over RS-485 (pty)")
