@@ -12,7 +12,14 @@ away nor keeps the session (``Broker._run_broadcast``, ``Broker._session_monitor
 sessions would silently not exist. The demo's broker therefore runs ``AnonymousAuthPlugin`` with
 ``allow_anonymous=False``, which accepts any client that sends *a* user name (no password check, like
 anonymous access, but the session is kept), and the demo's clients send one. A client without a user
-name is refused. Retained messages and QoS 1 work as in Mosquitto.
+name is refused.
+
+A second quirk: when any client connects, amqtt sends it the retained messages matching *every*
+subscription filter in the broker, other clients' too (``Broker._handle_client_session`` calls
+``_publish_retained_messages_for_subscription`` for each filter), so a reconnecting cloud ingest would
+receive the gateway's retained ``down/config``. The demo's broker only sends a client the retained
+messages of filters that client itself subscribed to. Otherwise retained messages and QoS 1 work as
+in Mosquitto.
 
 ``--broker mosquitto`` starts a ``mosquitto`` process instead, with a throw-away config (anonymous,
 persistence in the demo's data dir), and the clients speak MQTT 5 to it.
@@ -121,6 +128,15 @@ class EmbeddedBroker:
 
     async def _serve(self) -> None:
         from amqtt.broker import Broker  # the demo's only user of amqtt: import it only here
+        from amqtt.session import Session
+
+        class _Broker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
+            async def _publish_retained_messages_for_subscription(
+                self, subscription: tuple[str, int], session: Session
+            ) -> None:
+                subscribers = self.subscriptions.get(subscription[0], [])
+                if any(sub.client_id == session.client_id for sub, _ in subscribers):
+                    await super()._publish_retained_messages_for_subscription(subscription, session)
 
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
@@ -129,7 +145,7 @@ class EmbeddedBroker:
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False}},
         }
         try:
-            broker = Broker(config)
+            broker = _Broker(config)
             await broker.start()
         except BaseException as exc:
             self._started.set_exception(exc)
