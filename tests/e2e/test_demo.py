@@ -1,15 +1,14 @@
 """``meterflow demo`` end to end, real components only.
 
 Stage 1: simulated site up, both lines scanned, every meter read, one meter tripped and restored and
-one valve closed and opened, each verified by read-back. Stage 2: simulators → edge daemon → private
-mosquitto → cloud (SQLite): readings billed, balances fall, room 103 tripped at its simulated meter
+one valve closed and opened, each verified by read-back. Stage 2: simulators → edge daemon → the
+embedded amqtt broker (MQTT 3.1.1) → cloud (SQLite): readings billed, balances fall, room 103 tripped at its simulated meter
 when its balance runs out, a REST recharge closes it again.
 """
 
 from __future__ import annotations
 
 import io
-import shutil
 import socket
 from pathlib import Path
 
@@ -19,12 +18,7 @@ from meterflow.cli import main
 from meterflow.demo import demo_site, run_full
 from meterflow.demo_site import ARREARS_ROOM, ROOMS
 
-needs_mosquitto = pytest.mark.skipif(
-    shutil.which("mosquitto") is None, reason="mosquitto binary not installed"
-)
 
-
-@needs_mosquitto
 def test_full_demo_commissions_bills_trips_and_restores() -> None:
     out = io.StringIO()
     full = run_full(out)
@@ -83,6 +77,8 @@ def test_full_demo_commissions_bills_trips_and_restores() -> None:
     assert "e103  close    acked_done" in text
     assert "friendly hours 友好时段 DISABLED" in text
     assert "OK: the whole system works end to end" in text
+    assert "embedded amqtt broker 内置代理" in text
+    assert "amqtt" not in text.split("MQTT broker 消息代理", 1)[1].split("\n", 1)[1]  # its logs stay quiet
 
 
 def test_demo_is_a_meterflow_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,9 +88,9 @@ def test_demo_is_a_meterflow_subcommand(capsys: pytest.CaptureFixture[str]) -> N
     text = capsys.readouterr().out
     assert "simulated meters on two RS-485 lines" in text
     assert "--keep-running" in text
+    assert "--broker {amqtt,mosquitto}" in text
 
 
-@needs_mosquitto
 def test_busy_mqtt_port_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
