@@ -11,13 +11,23 @@ charge from billing, a recharge, an ack, a delivered notice, a timed re-evaluati
   multiplies them. The policy cuts only after a final notice was recorded as **delivered**
   (:func:`mark_notification_delivered`; the notifier calls it), unless the project waives that.
 
-Local-prepay meters get no desired relay state (they cut themselves); their top-ups are the
-reconciler's business.
+Local-prepay meters get no desired relay state (they cut themselves). Their top-ups are planned by
+:func:`plan_topup` (the control reconciler calls it and sends each as a signed ``recharge`` command):
+one top-up per recharge transaction credited to the account since the meter was linked, oldest
+first, one in flight per meter. A recharge is "written" once a ``recharge`` command carrying its
+ledger key (``params["recharge"]``) was issued for the meter — whatever became of it — so the same
+money is never written twice; a failed write is the operator's (alarm), not a silent re-send under a
+new purchase count. The meter's purchase count comes from its readings (``purchase_count``) and from
+the acks of earlier top-ups, whichever is higher; the domain rule (:func:`cloud.domain.arrears.decide`)
+turns it and the unwritten amount into the top-up with the next count.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
 
@@ -27,9 +37,11 @@ from sqlmodel import col
 
 from cloud.domain.arrears import AccountState as PolicyAccount
 from cloud.domain.arrears import MeterKind as PolicyMeterKind
-from cloud.domain.arrears import MeterView, Policy, decide
+from cloud.domain.arrears import MeterView, Policy, Reason, decide
 from cloud.domain.arrears import PrepayMode as PolicyPrepay
 from cloud.domain.calendar import DayKind, HolidayCalendar, HolidayEntry
+from cloud.domain.control import ACTIVE, CommandStatus
+from cloud.domain.ledger import TxnKind
 from cloud.domain.money import format_fen
 from cloud.models import (
     Account,
@@ -38,26 +50,37 @@ from cloud.models import (
     AccountStatus,
     Alarm,
     AlarmKind,
+    CommandRow,
     Holiday,
+    LedgerEntry,
+    LedgerTransaction,
     Meter,
     MeterState,
     NotificationOutbox,
     NotificationStatus,
+    PrepayMode,
     Project,
+    ReadingRow,
 )
 from cloud.services.errors import NotFound
-from protocol.contract import RelayState
+from protocol.contract import Action, Quantity, RelayState
 
 __all__ = [
     "FINAL_NOTICE",
+    "TOPUP_FAILED",
+    "PlannedTopUp",
     "PolicyCache",
+    "ack_purchase_count",
     "evaluate_account",
     "linked_meters",
     "mark_notification_delivered",
+    "plan_topup",
     "policy_for",
 ]
 
 FINAL_NOTICE = "final_notice"
+TOPUP_FAILED = "topup_failed"
+"""Alarm kind: a local-prepay top-up that could not be written (or was written with another count)."""
 
 
 def _hhmm(text: str) -> time:
@@ -284,3 +307,165 @@ def mark_notification_delivered(session: Session, notification_id: int, at: date
         state = _state(session, row.account_id)
         state.final_notice_delivered_at = at
     return row
+
+
+# --- local-prepay top-ups -----------------------------------------------------------------------------
+
+_ACK_COUNT = re.compile(r"purchase count (?:is |reads )?(\d+)")
+
+
+def ack_purchase_count(detail: str) -> int | None:
+    """The purchase count the gateway read back from the meter, as its recharge ack reports it
+    ("recharged 10.00 yuan, purchase count 4", "already applied: purchase count is 4", "refused
+    recharge: purchase count is 5, ..."); None when the ack does not say."""
+    found = _ACK_COUNT.search(detail)
+    return int(found.group(1)) if found else None
+
+
+@dataclass(frozen=True)
+class PlannedTopUp:
+    """Write ``amount_fen`` to ``meter_id`` as purchase number ``purchase_count``, for the recharge
+    transaction ``recharge_key``."""
+
+    meter_id: int
+    amount_fen: int
+    purchase_count: int
+    recharge_key: str
+
+
+def _recharge_commands(session: Session, meter_id: int) -> list[CommandRow]:
+    return list(
+        session.scalars(
+            select(CommandRow)
+            .where(col(CommandRow.meter_id) == meter_id, col(CommandRow.action) == Action.RECHARGE.value)
+            .order_by(col(CommandRow.issued_at), col(CommandRow.attempt))
+        )
+    )
+
+
+def _known_count(session: Session, meter_id: int, commands: list[CommandRow]) -> int | None:
+    """The highest purchase count we know the meter reached: its latest reading that reports one,
+    and every top-up acked done."""
+    counts: list[int] = []
+    values: Mapping[str, str] | None = session.scalar(
+        select(col(ReadingRow.values))
+        .where(col(ReadingRow.meter_id) == meter_id)
+        .order_by(col(ReadingRow.ts).desc(), col(ReadingRow.id).desc())
+        .limit(1)
+    )
+    text = (values or {}).get(Quantity.PURCHASE_COUNT.value)
+    if text is not None:
+        with suppress(ValueError):
+            counts.append(int(text.split(".")[0]))
+    for row in commands:
+        if row.status == CommandStatus.ACKED_DONE:
+            observed = ack_purchase_count(row.ack_detail)
+            counts.append(observed if observed is not None else int(row.params.get("purchase_count", 0)))
+    return max(counts) if counts else None
+
+
+def _unwritten(
+    session: Session, account_id: int, since: datetime, written: set[str]
+) -> tuple[str, int] | None:
+    """The oldest recharge to ``account_id`` since ``since``, not reversed and not yet written."""
+    rows = session.execute(
+        select(col(LedgerTransaction.id), col(LedgerTransaction.idempotency_key), col(LedgerEntry.amount_fen))
+        .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerEntry.transaction_id))
+        .where(
+            col(LedgerEntry.account_id) == account_id,
+            col(LedgerEntry.amount_fen) > 0,
+            col(LedgerTransaction.kind) == TxnKind.RECHARGE.value,
+            col(LedgerTransaction.effective_at) >= since,
+        )
+        .order_by(col(LedgerTransaction.effective_at), col(LedgerTransaction.created_at))
+    ).all()
+    candidates = [(tid, key, int(amount)) for tid, key, amount in rows if key not in written]
+    if not candidates:
+        return None
+    reversed_ids = set(
+        session.scalars(
+            select(col(LedgerTransaction.reverses_id)).where(
+                col(LedgerTransaction.reverses_id).in_([tid for tid, _, _ in candidates])
+            )
+        )
+    )
+    for tid, key, amount in candidates:
+        if tid not in reversed_ids:
+            return key, amount
+    return None
+
+
+def plan_topup(
+    session: Session, meter: Meter, now: datetime, cache: PolicyCache | None = None
+) -> PlannedTopUp | None:
+    """The next top-up to write to a local-prepay ``meter`` (see the module docstring), or None: no
+    unwritten recharge, one already in flight, purchase count unknown, or several local-prepay meters
+    on the account (the policy cannot choose). The caller holds the meter's ``meter_state`` lock, so
+    two replicas plan one top-up."""
+    if meter.prepay_mode != PrepayMode.LOCAL or not meter.active or meter.id is None:
+        return None
+    commands = _recharge_commands(session, meter.id)
+    if any(c.status in ACTIVE or c.next_try_at is not None for c in commands):
+        return None  # one purchase at a time: the count must advance in order
+    link = session.execute(
+        select(col(AccountMeter.account_id), col(AccountMeter.linked_at)).where(
+            col(AccountMeter.meter_id) == meter.id, col(AccountMeter.unlinked_at).is_(None)
+        )
+    ).first()
+    if link is None:
+        return None
+    account = session.get(Account, link[0])
+    if account is None or account.status != AccountStatus.OPEN:
+        return None
+    written = {str(c.params.get("recharge")) for c in commands if c.params.get("recharge")}
+    pending = _unwritten(session, int(link[0]), link[1], written)
+    if pending is None:
+        return None
+    key, amount = pending
+    cache = cache or PolicyCache()
+    project = session.get(Project, account.project_id)
+    if project is None:
+        raise NotFound(f"project {account.project_id} not found")
+    views = [
+        MeterView(
+            id=str(m.id),
+            kind=PolicyMeterKind(m.kind),
+            mode=PolicyPrepay(m.prepay_mode),
+            protected=m.protected,
+            purchase_count=_known_count(session, meter.id, commands) if m.id == meter.id else None,
+        )
+        for _, m in linked_meters(session, [int(link[0])])
+    ]
+    decision = decide(
+        cache.policy(session, project),
+        PolicyAccount(balance_fen=account.balance_fen, protected=account.protected, unwritten_fen=amount),
+        views,
+        now,
+    )
+    for topup in decision.topups:
+        if topup.meter == str(meter.id):
+            return PlannedTopUp(meter.id, topup.amount_fen, topup.purchase_count, key)
+    if Reason.TOPUP_AMBIGUOUS in decision.reasons or Reason.NO_PURCHASE_COUNT in decision.reasons:
+        _add_once(
+            session,
+            Alarm(
+                org_id=meter.org_id,
+                kind=TOPUP_FAILED,
+                level=2,
+                dedupe_key=f"topup-blocked:{meter.id}:{key}"[:200],
+                meter_id=meter.id,
+                account_id=account.id,
+                message_zh=f"表计 {meter.device_id} 充值未写入：{_reason_zh(decision.reasons)}",
+                message_en=f"top-up for meter {meter.device_id} not written: {_reason_en(decision.reasons)}",
+                detail={"recharge": key, "amount_fen": amount},
+            ),
+        )
+    return None
+
+
+def _reason_zh(reasons: Iterable[Reason]) -> str:
+    return "；".join(r.text_zh for r in reasons if r in (Reason.TOPUP_AMBIGUOUS, Reason.NO_PURCHASE_COUNT))
+
+
+def _reason_en(reasons: Iterable[Reason]) -> str:
+    return "; ".join(r.text_en for r in reasons if r in (Reason.TOPUP_AMBIGUOUS, Reason.NO_PURCHASE_COUNT))

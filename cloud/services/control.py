@@ -15,6 +15,14 @@ from readings (``Reading.relay``), acks and events. The reconciler (:class:`clou
 4. :func:`sweep` — expires overdue commands, issues due retries as fresh commands (new id, attempt + 1),
    and after the last attempt marks the command ``abandoned`` and raises an alarm.
 
+Local-prepay top-ups (:func:`cloud.services.arrears.plan_topup`): :func:`plan_commands` also plans, for
+each local-prepay meter it is woken for (a recharge's ``balance_changed``, an ack), the next top-up as a
+signed ``recharge`` command with ``amount_fen``, ``purchase_count`` (the count the meter must reach)
+and ``recharge`` (the ledger key of the recharge it writes: never written twice). Retries keep the same
+purchase count, so a meter that already took it answers "already applied". An ack whose read-back
+count is not the expected one (another purchase went in meanwhile, a replaced meter) gives up at once
+with a ``topup_failed`` alarm for the operator; other failures retry with backoff, then alarm.
+
 Unknown observed state with "closed" desired sends nothing (a meter is assumed on until a reading says
 otherwise); cutting always needs an explicit command.
 
@@ -51,6 +59,7 @@ from cloud.domain.control import (
 )
 from cloud.domain.errors import DomainError
 from cloud.domain.horizons import credit_horizon
+from cloud.domain.money import format_fen
 from cloud.domain.tariffs import TierCounter
 from cloud.models import (
     Account,
@@ -66,6 +75,7 @@ from cloud.models import (
     MeterState,
     PrepayMode,
 )
+from cloud.services.arrears import TOPUP_FAILED, ack_purchase_count, plan_topup
 from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.billing import BillingCache, schedule_for, snapshot_values
 from cloud.services.errors import Conflict, NotFound
@@ -207,6 +217,9 @@ def plan_commands(
     for meter_id in sorted(set(meter_ids)):
         state = _lock_state(session, meter_id)
         if state.desired is None:
+            topup = _plan_topup(session, meter_id, now, config)
+            if topup is not None:
+                out.append(topup)
             continue
         desired = RelayState(state.desired)
         observed = RelayState(state.observed) if state.observed else None
@@ -247,6 +260,73 @@ def plan_commands(
         out.append(_outgoing(row, gateway.device_id, config.prefix))
     session.flush()
     return out
+
+
+def _plan_topup(
+    session: Session, meter_id: int, now: datetime, config: ControlConfig
+) -> OutgoingCommand | None:
+    meter = session.get(Meter, meter_id)
+    if meter is None or meter.prepay_mode != PrepayMode.LOCAL:
+        return None
+    planned = plan_topup(session, meter, now)
+    if planned is None:
+        return None
+    gateway = session.get(Gateway, meter.gateway_id)
+    assert gateway is not None
+    row = issue_command(
+        session,
+        meter,
+        gateway,
+        Action.RECHARGE,
+        now,
+        config,
+        params={
+            "amount_fen": planned.amount_fen,
+            "purchase_count": planned.purchase_count,
+            "recharge": planned.recharge_key,
+        },
+    )
+    return _outgoing(row, gateway.device_id, config.prefix)
+
+
+def _topup_mismatch(session: Session, row: CommandRow, ack: Ack) -> bool:
+    """A recharge ack whose read-back purchase count is not the one this top-up targets: give up and
+    tell the operator (retrying cannot help, and a new count could write the money twice)."""
+    if row.action != Action.RECHARGE.value:
+        return False
+    observed = ack_purchase_count(ack.detail)
+    expected = int(row.params.get("purchase_count", 0))
+    if observed is None or observed == expected:
+        return False
+    with suppress(DomainError):
+        row.status = transition(row.status, CommandEvent.GIVE_UP)
+    row.next_try_at = None
+    meter = session.get(Meter, row.meter_id)
+    name = meter.device_id if meter else str(row.meter_id)
+    amount = format_fen(int(row.params.get("amount_fen", 0)))
+    session.add(
+        Alarm(
+            org_id=row.org_id,
+            kind=TOPUP_FAILED,
+            level=3,
+            dedupe_key=f"topup:{row.params.get('recharge', row.id)}"[:200],
+            meter_id=row.meter_id,
+            gateway_id=row.gateway_id,
+            message_zh=f"表计 {name} 充值 {amount} 元未确认：购电次数为 {observed}，"
+            f"应为 {expected}，请人工核对",
+            message_en=f"top-up of {amount} yuan to meter {name} unconfirmed: purchase count is {observed}, "
+            f"expected {expected}",
+            detail={
+                "command": row.id,
+                "recharge": row.params.get("recharge"),
+                "observed_count": observed,
+                "expected_count": expected,
+                "ack": ack.status.value,
+                "detail": ack.detail[:300],
+            },
+        )
+    )
+    return True
 
 
 def pending_commands(
@@ -339,7 +419,9 @@ def apply_ack(
     row.ack_observed = ack.observed.value if ack.observed else None
     row.ack_detail = ack.detail[:500]
     row.next_try_at = None
-    if row.status in (CommandStatus.ACKED_FAILED, CommandStatus.REJECTED):
+    if _topup_mismatch(session, row, ack):
+        pass
+    elif row.status in (CommandStatus.ACKED_FAILED, CommandStatus.REJECTED):
         _schedule_retry(session, row, now, config, rand)
     fresh = state.observed_at is None or ack.ts >= state.observed_at
     if ack.observed is not None and ack.observed is not RelayState.UNKNOWN and fresh:
@@ -384,7 +466,7 @@ def sweep(
         gateway = session.get(Gateway, row.gateway_id)
         if meter is None or gateway is None:
             continue
-        if row.origin == CommandOrigin.RECONCILER:
+        if row.origin == CommandOrigin.RECONCILER and row.action != Action.RECHARGE.value:
             desired = RelayState(state.desired) if state.desired else None
             observed = RelayState(state.observed) if state.observed else None
             still = needs_command(
@@ -463,8 +545,8 @@ def operator_command(
     if action in (Action.PROTECT, Action.UNPROTECT):
         meter.protected = action is Action.PROTECT
     latest = _latest(session, meter_id)
-    if latest is not None and latest.status in ACTIVE:
-        latest.status = transition(latest.status, CommandEvent.CANCEL)
+    if latest is not None and latest.status in ACTIVE and latest.action != Action.RECHARGE.value:
+        latest.status = transition(latest.status, CommandEvent.CANCEL)  # a top-up is money: never cancelled
         latest.next_try_at = None
     row = issue_command(
         session,
