@@ -521,6 +521,40 @@ def _charge(
     return BillingOutcome(ReadingStatus.BILLED, account.id, fen, key, txn=txn, org_id=account.org_id)
 
 
+_ENTRIES = LedgerEntry.__table__  # type: ignore[attr-defined]
+_TXNS = LedgerTransaction.__table__  # type: ignore[attr-defined]
+_LEDGER_ACCOUNTS = LedgerAccount.__table__  # type: ignore[attr-defined]
+_PREPAID = Account.__table__  # type: ignore[attr-defined]
+_INSERT_ENTRY = insert(_ENTRIES)
+_INSERT_TXN = insert(_TXNS)
+_ADD_BALANCE = (
+    update(_PREPAID)
+    .where(_PREPAID.c.id == bindparam("aid"))
+    .values(balance_fen=_PREPAID.c.balance_fen + bindparam("delta"), version=_PREPAID.c.version + 1)
+)
+
+
+def _ledger_account_ids(
+    session: Session, wanted: set[tuple[int, str]]
+) -> dict[tuple[int, str], tuple[int, int | None]]:
+    """(org, code) → (ledger account id, prepaid account id): one Core query per organisation, then
+    the rows that do not exist yet are created (:func:`cloud.services.ledger.ensure_ledger_account`)."""
+    found: dict[tuple[int, str], tuple[int, int | None]] = {}
+    connection = session.connection()
+    for org_id in sorted({org for org, _ in wanted}):
+        codes = sorted(code for org, code in wanted if org == org_id)
+        query = select(_LEDGER_ACCOUNTS.c.code, _LEDGER_ACCOUNTS.c.id, _LEDGER_ACCOUNTS.c.account_id).where(
+            _LEDGER_ACCOUNTS.c.org_id == org_id, _LEDGER_ACCOUNTS.c.code.in_(codes)
+        )
+        for code, la_id, account_id in connection.execute(query):
+            found[(org_id, str(code))] = (int(la_id), None if account_id is None else int(account_id))
+    for org_id, code in sorted(wanted - set(found)):
+        row = ledger_service.ensure_ledger_account(session, org_id, code)
+        assert row.id is not None
+        found[(org_id, code)] = (row.id, row.account_id)
+    return found
+
+
 def post_charges(
     session: Session, charges: Sequence[tuple[int, dledger.Transaction]], cache: BillingCache
 ) -> int:
@@ -535,7 +569,7 @@ def post_charges(
     """
     if not charges:
         return 0
-    cache.preload_ledger_accounts(session, {(org, p.account) for org, txn in charges for p in txn.postings})
+    ids = _ledger_account_ids(session, {(org, p.account) for org, txn in charges for p in txn.postings})
     entries: list[dict[str, Any]] = []
     txns: list[dict[str, Any]] = []
     deltas: dict[int, int] = {}
@@ -544,18 +578,18 @@ def post_charges(
         txn_id = uuid.uuid4()
         meter_id = int(txn.meta["meter_id"]) if txn.meta.get("meter_id", "").isdigit() else None
         for posting in txn.postings:
-            la = cache.ledger_account(session, org_id, posting.account)
+            la_id, account_id = ids[(org_id, posting.account)]
             entries.append(
                 {
                     "transaction_id": txn_id,
-                    "ledger_account_id": la.id,
+                    "ledger_account_id": la_id,
                     "amount_fen": posting.amount_fen,
-                    "account_id": la.account_id,
-                    "meter_id": meter_id if la.account_id is not None else None,
+                    "account_id": account_id,
+                    "meter_id": meter_id if account_id is not None else None,
                 }
             )
-            if la.account_id is not None:
-                deltas[la.account_id] = deltas.get(la.account_id, 0) + posting.amount_fen
+            if account_id is not None:
+                deltas[account_id] = deltas.get(account_id, 0) + posting.amount_fen
         txns.append(
             {
                 "id": txn_id,
@@ -572,17 +606,14 @@ def post_charges(
                 "details": dict(txn.meta),
             }
         )
-    # Core executemany (one multi-row INSERT per page); the ORM path sends ledger legs one by one.
     connection = session.connection()
-    connection.execute(insert(LedgerEntry.__table__), entries)  # type: ignore[arg-type,attr-defined]
-    connection.execute(insert(LedgerTransaction.__table__), txns)  # type: ignore[arg-type,attr-defined]
-    session.connection().execute(
-        update(Account.__table__)  # type: ignore[arg-type,attr-defined]
-        .where(Account.__table__.c.id == bindparam("aid"))  # type: ignore[attr-defined]
-        .values(
-            balance_fen=Account.__table__.c.balance_fen + bindparam("delta"),  # type: ignore[attr-defined]
-            version=Account.__table__.c.version + 1,  # type: ignore[attr-defined]
-        ),
-        [{"aid": a, "delta": d} for a, d in sorted(deltas.items())],
-    )
+    if connection.dialect.name == "postgresql":
+        # RETURNING makes SQLAlchemy send multi-row INSERTs (insertmanyvalues, 1000 rows a page)
+        # instead of psycopg's one statement per row; the rows returned are not needed.
+        connection.execute(_INSERT_ENTRY.returning(_ENTRIES.c.id), entries)
+        connection.execute(_INSERT_TXN.returning(_TXNS.c.id), txns)
+    else:
+        connection.execute(_INSERT_ENTRY, entries)  # sqlite3 executemany: one prepared statement
+        connection.execute(_INSERT_TXN, txns)
+    connection.execute(_ADD_BALANCE, [{"aid": a, "delta": d} for a, d in sorted(deltas.items())])
     return len(txns)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -55,6 +55,7 @@ from cloud.models import (
     ProcessedBatch,
     ReadingRow,
     ReadingStatus,
+    metadata,
 )
 from cloud.services.arrears import PolicyCache, evaluate_account
 from cloud.services.billing import BillableReading, BillingCache, bill_reading, post_charges
@@ -77,6 +78,52 @@ __all__ = ["Ingest", "IngestStats"]
 log = logging.getLogger(__name__)
 
 _MAX_ATTEMPTS = 3
+
+_READINGS = metadata.tables["reading"]
+_STATES = metadata.tables["meter_state"]
+_ACCOUNTS = metadata.tables["account"]
+# Core executemany statements, compiled once: the batch's rows change through these, not ORM flushes.
+_UPDATE_READING = (
+    update(_READINGS)
+    .where(_READINGS.c.id == bindparam("b_id"))
+    .values(meter_id=bindparam("b_meter"), status=bindparam("b_status"), txn_key=bindparam("b_key"))
+)
+_UPDATE_STATE = (
+    update(_STATES)
+    .where(_STATES.c.meter_id == bindparam("b_meter"))
+    .values(
+        last_at=bindparam("b_last_at"),
+        last_values=bindparam("b_last_values"),
+        last_seq=bindparam("b_last_seq"),
+        last_seen=bindparam("b_last_seen"),
+        observed=bindparam("b_observed"),
+        observed_at=bindparam("b_observed_at"),
+        offline=bindparam("b_offline"),
+    )
+)
+_UPDATE_ACCOUNT = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == bindparam("b_id"))
+    .values(
+        residue_millifen=bindparam("b_residue"),
+        tier_period=bindparam("b_period"),
+        tier_usage=bindparam("b_usage"),
+    )
+)
+
+
+def _state_row(state: MeterState) -> dict[str, Any]:
+    """What billing and the batch may have changed in a meter's state (every other column is left)."""
+    return {
+        "b_meter": state.meter_id,
+        "b_last_at": state.last_at,
+        "b_last_values": state.last_values,
+        "b_last_seq": state.last_seq,
+        "b_last_seen": state.last_seen,
+        "b_observed": state.observed,
+        "b_observed_at": state.observed_at,
+        "b_offline": state.offline,
+    }
 
 
 def _utcnow() -> datetime:
@@ -271,6 +318,8 @@ class Ingest:
         }
         meter_ids = sorted(m.id for m in meters.values() if m.id is not None)
         states = self._lock_states(session, meter_ids)
+        for state in states.values():  # written back with Core below: no ORM flush of 1000 rows
+            session.expunge(state)
         links = session.execute(
             select(col(AccountMeter.meter_id), col(AccountMeter.account_id)).where(
                 col(AccountMeter.meter_id).in_(meter_ids), col(AccountMeter.unlinked_at).is_(None)
@@ -286,6 +335,9 @@ class Ingest:
                 .with_for_update()
             )
         }
+        for loaded in accounts.values():  # detached like the states; residue and tier written below
+            session.expunge(loaded)
+        before = {a.id: (a.residue_millifen, a.tier_period, a.tier_usage) for a in accounts.values()}
         cache = BillingCache()
         by_meter: dict[str, list[tuple[datetime, int, int]]] = {}
         source = {(r.meter, r.seq): r for r in batch.readings}
@@ -316,7 +368,7 @@ class Ingest:
                     cache=cache,
                 )
                 updates.append(
-                    {"id": rid, "meter_id": meter.id, "status": outcome.status, "txn_key": outcome.txn_key}
+                    {"b_id": rid, "b_meter": meter.id, "b_status": outcome.status, "b_key": outcome.txn_key}
                 )
                 self.stats.by_status[outcome.status] = self.stats.by_status.get(outcome.status, 0) + 1
                 if outcome.txn is not None and outcome.org_id is not None and outcome.account_id is not None:
@@ -328,8 +380,24 @@ class Ingest:
                     if reading.relay is not None and reading.relay is not RelayState.UNKNOWN:
                         state.observed = reading.relay.value
                         state.observed_at = ts
+        session.flush()  # holds and alarms of this batch, before the Core statements below
+        connection = session.connection()
         if updates:
-            session.execute(update(ReadingRow), updates)
+            connection.execute(_UPDATE_READING, updates)
+        if states:
+            connection.execute(_UPDATE_STATE, [_state_row(s) for s in states.values()])
+        changed_accounts = [
+            {
+                "b_id": a.id,
+                "b_residue": a.residue_millifen,
+                "b_period": a.tier_period,
+                "b_usage": a.tier_usage,
+            }
+            for a in accounts.values()
+            if before[a.id] != (a.residue_millifen, a.tier_period, a.tier_usage)
+        ]
+        if changed_accounts:
+            connection.execute(_UPDATE_ACCOUNT, changed_accounts)
         self.stats.charges += post_charges(session, pending, cache)
         return self._evaluate(session, accounts, deltas, cache, now)
 
@@ -365,23 +433,28 @@ class Ingest:
             quiet = state is not None and state.alarm_level == 0 and state.arrears_since is None
             if quiet and account.balance_fen + delta > top:
                 continue
-            session.refresh(account, ["balance_fen", "version"])
-            changed.extend(evaluate_account(session, account, now, policy_cache))
+            # the batch's account objects are detached (Core wrote them): the policy gets a fresh one
+            fresh = session.get(Account, account_id, populate_existing=True)
+            if fresh is not None:
+                changed.extend(evaluate_account(session, fresh, now, policy_cache))
         return changed
 
     def _lock_states(self, session: Session, meter_ids: list[int]) -> dict[int, MeterState]:
         if not meter_ids:
             return {}
-        session.execute(
-            self._insert(MeterState)
-            .values(
+        connection = session.connection()
+        present = set(
+            connection.execute(select(_STATES.c.meter_id).where(_STATES.c.meter_id.in_(meter_ids))).scalars()
+        )
+        missing = [m for m in meter_ids if m not in present]
+        if missing:  # a meter's first reading; a concurrent replica may create the same row
+            connection.execute(
+                self._insert(_STATES).on_conflict_do_nothing(index_elements=["meter_id"]),
                 [
                     {"meter_id": m, "last_values": {}, "desired_reasons": [], "offline": False}
-                    for m in meter_ids
-                ]
+                    for m in missing
+                ],
             )
-            .on_conflict_do_nothing(index_elements=["meter_id"])
-        )
         return {
             s.meter_id: s
             for s in session.scalars(
