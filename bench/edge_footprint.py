@@ -6,11 +6,15 @@ warm-up, the daemon's CPU time (utime+stime from /proc) over the window ÷ the w
 core; RSS = VmHWM (peak) and VmRSS at the end. The simulators and the broker are other processes'
 cost and are not counted.
 
-The peer comparison in QUALITY.md (thingsboard-gateway on the same meters) is not run: the package
-is not installed in this environment.
+Bytecode: a gateway installed with pip has compiled ``.pyc`` files; this environment sets
+``PYTHONDONTWRITEBYTECODE=1``, which would make the daemon compile every project module from source
+at each start (≈ 1 MiB more peak RSS from the compiler). The daemon therefore runs with
+``PYTHONPYCACHEPREFIX`` pointing at a scratch cache that one import pass fills first.
+``--source-compile`` keeps the inherited environment instead. The daemon also gets the
+``Environment=`` lines of deploy/edge/meterflow-edge.service (``MALLOC_ARENA_MAX=2``), as under systemd.
 
 Run:  .venv/bin/python bench/edge_footprint.py [--window 120] [--warmup 30] [--meters 256]
-      [--entry daemon_cli|meterflow]
+      [--entry daemon_cli|meterflow] [--source-compile]
 
 ``--entry daemon_cli`` (default) starts ``python -m edge.daemon_cli run`` as the systemd unit does;
 ``meterflow`` starts ``meterflow edge run``, which in a venv with every extra also imports the cloud's CLI.
@@ -34,6 +38,28 @@ from firmware_sim.serve import run_line
 
 LINES = 4
 TICK = os.sysconf("SC_CLK_TCK")
+UNIT = Path(__file__).resolve().parent.parent / "deploy" / "edge" / "meterflow-edge.service"
+
+
+def unit_environment() -> dict[str, str]:
+    """``Environment=K=V`` lines of the systemd unit, so the daemon runs here as it does there."""
+    env = {}
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("Environment="):
+            key, _, value = line.removeprefix("Environment=").strip().strip('"').partition("=")
+            env[key] = value
+    return env
+
+
+def daemon_environment(work: Path, source_compile: bool = False) -> dict[str, str]:
+    """The daemon's environment: the unit's variables, and bytecode cached unless asked otherwise."""
+    env = dict(os.environ) | unit_environment()
+    if not source_compile:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+        warm = "import edge.daemon_cli, edge.daemon, edge.cli"
+        subprocess.run([sys.executable, "-c", warm], env=env, check=True)
+    return env
 
 
 def cpu_seconds(pid: int) -> float:
@@ -73,6 +99,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=120.0)
     parser.add_argument("--warmup", type=float, default=30.0)
     parser.add_argument("--entry", choices=("daemon_cli", "meterflow"), default="daemon_cli")
+    parser.add_argument("--source-compile", action="store_true", help="no bytecode cache (see above)")
     args = parser.parse_args()
     per_line = args.meters // LINES
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -91,7 +118,8 @@ def main() -> None:
             cmd = [str(Path(sys.executable).with_name("meterflow")), "edge", "run"]
         else:  # what the systemd unit runs
             cmd = [sys.executable, "-m", "edge.daemon_cli", "run"]
-        proc = subprocess.Popen([*cmd, "--config", str(config)], stderr=subprocess.PIPE)
+        env = daemon_environment(work, args.source_compile)
+        proc = subprocess.Popen([*cmd, "--config", str(config)], stderr=subprocess.PIPE, env=env)
         try:
             time.sleep(args.warmup)
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
@@ -106,7 +134,9 @@ def main() -> None:
         print(
             f"edge footprint: {args.meters} meters on {LINES} lines, 1 poll/meter/min, "
             f"window {args.window:.0f} s after {args.warmup:.0f} s warm-up, entry {args.entry} "
-            f"(Python {sys.version.split()[0]})"
+            f"(Python {sys.version.split()[0]}, "
+            f"{'compiled from source' if args.source_compile else 'bytecode cached'}, "
+            f"unit environment {' '.join(f'{k}={v}' for k, v in unit_environment().items())})"
         )
         print(
             f"CPU {share * 100:.2f} % of one core; RSS peak {mem['VmHWM'] / 1024:.1f} MiB, "

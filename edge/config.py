@@ -12,11 +12,12 @@ ladder cannot read a pydantic traceback.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,10 +28,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge.errors import ConfigError
 from protocol.contract import DEFAULT_PREFIX, MAX_BATCH, Quantity
+
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
 
 __all__ = [
     "EdgeConfig",
@@ -162,29 +165,18 @@ class GatewaySection(_Section):
         return self
 
 
-class EdgeConfig(BaseSettings):
-    """The whole gateway configuration, built once and passed down (STYLE.md 13)."""
+class EdgeConfig(_Section):
+    """The whole gateway configuration, built once and passed down (STYLE.md 13).
 
-    model_config = SettingsConfigDict(
-        env_prefix="MF_", env_nested_delimiter="__", extra="forbid", frozen=True, case_sensitive=False
-    )
+    A plain model, not a ``BaseSettings``: pydantic-settings and what it imports (dotenv,
+    importlib.metadata, email, zipfile, its CLI source) cost ~3 MiB of a gateway's RSS, so it is
+    imported only by :func:`load_config` when an ``MF_<SECTION>__...`` override is actually set.
+    """
 
     gateway: GatewaySection
     mqtt: MqttConfig = MqttConfig()
     outbox: OutboxConfig = OutboxConfig()
     lines: tuple[LineConfig, ...] = ()
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment first: it overrides the file (passed in as init kwargs).
-        return (env_settings, init_settings)
 
     @model_validator(mode="after")
     def _unique(self) -> EdgeConfig:
@@ -282,6 +274,44 @@ def _describe(exc: ValidationError, source: str, lines: Mapping[tuple[str | int,
     return "; ".join(problems)
 
 
+_ENV_PREFIX = "MF_"
+_ENV_SECTIONS = tuple(f"{_ENV_PREFIX}{name.upper()}" for name in EdgeConfig.model_fields)
+
+
+def _env_settings() -> type[BaseSettings] | None:
+    """An ``EdgeConfig`` that reads ``MF_`` variables, or None when none is set (the usual case).
+
+    Built on demand so that pydantic-settings is imported only when the environment has something
+    for it; it then does the parsing (``__`` nesting, JSON for tables, case-insensitive names).
+    """
+    if not any(name.upper().startswith(_ENV_SECTIONS) for name in os.environ):
+        return None
+    from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+    class EnvEdgeConfig(EdgeConfig, BaseSettings):
+        model_config = SettingsConfigDict(
+            env_prefix=_ENV_PREFIX,
+            env_nested_delimiter="__",
+            extra="forbid",
+            frozen=True,
+            case_sensitive=False,
+        )
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            # Environment first: it overrides the file (passed in as init kwargs).
+            return (env_settings, init_settings)
+
+    return EnvEdgeConfig
+
+
 def load_config(path: str | Path, *, env: bool = True) -> EdgeConfig:
     """Read and validate ``edge.toml``; ``MF_*`` variables override it unless ``env=False``."""
     file = Path(path)
@@ -294,8 +324,10 @@ def load_config(path: str | Path, *, env: bool = True) -> EdgeConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
     try:
-        if env:
-            return EdgeConfig(**data)
+        settings = _env_settings() if env else None
+        if settings is not None:
+            # Re-validated as a plain EdgeConfig so callers never see the settings subclass.
+            return EdgeConfig.model_validate(settings(**data).model_dump())
         return EdgeConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, str(file), _key_lines(text))) from exc
