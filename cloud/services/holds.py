@@ -288,7 +288,7 @@ def _bill(
         state=state,
         account=account,
         reading=BillableReading(reading.id, reading.seq, reading.ts, snapshot_values(reading.values)),
-        now=now,
+        now=reading.received_at,  # judged as when it arrived, not days later
         cache=_relaxed(BillingCache(), hold.verdict),
     )
     if outcome.status not in (ReadingStatus.BILLED, ReadingStatus.ZERO, ReadingStatus.BASELINE):

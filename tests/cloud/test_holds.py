@@ -15,7 +15,7 @@ from sqlmodel import col
 from starlette.exceptions import StarletteDeprecationWarning
 
 from cloud.api import build_app
-from cloud.models import Alarm, AuditLog, MeterState, ReadingRow, Role
+from cloud.models import Alarm, AuditLog, MeterState, Project, ReadingRow, Role
 from cloud.services import holds, users
 from cloud.services.audit import Actor
 from cloud.services.billing import charge_key
@@ -50,10 +50,15 @@ def _manager(site: FlowSite) -> Actor:
 
 
 def _resolve(
-    factory: sessionmaker[Session], site: FlowSite, hold_id: int, how: str, reason: str = "现场核实"
+    factory: sessionmaker[Session],
+    site: FlowSite,
+    hold_id: int,
+    how: str,
+    reason: str = "现场核实",
+    at: datetime = T0 + 5 * H,
 ) -> holds.ResolveOutcome:
     with factory() as s:
-        out = holds.resolve_hold(s, _manager(site), hold_id, holds.Resolution(how), reason, T0 + 5 * H)
+        out = holds.resolve_hold(s, _manager(site), hold_id, holds.Resolution(how), reason, at)
         s.commit()
         return out
 
@@ -157,6 +162,31 @@ def test_genuine_spike_billed_as_read(session_factory: sessionmaker[Session]) ->
     assert out.charged_fen == 5_000
     assert balance(session_factory, site) == 100_000 - 5_000
     assert charges(session_factory) == 1
+
+
+def test_no_tariff_hold_billed_days_later_once_a_tariff_exists(
+    session_factory: sessionmaker[Session],
+) -> None:
+    site = make_flow_site(session_factory, balance_fen=10_000)
+    with session_factory() as s:
+        project = s.get(Project, site.project_id)
+        assert project is not None
+        tariff_id, project.electric_tariff_id = project.electric_tariff_id, None
+        s.commit()
+    _feed(session_factory, site, [(1, T0, "100.00"), (2, T0 + H, "102.00")])
+    [hold] = _open(session_factory, site)
+    assert hold.verdict == "no_tariff"
+    with pytest.raises(Conflict, match="still cannot be billed"):
+        _resolve(session_factory, site, hold.id, "bill")
+    with session_factory() as s:
+        project = s.get(Project, site.project_id)
+        assert project is not None
+        project.electric_tariff_id = tariff_id
+        s.commit()
+    # ten days on, the reading is judged as when it arrived (not "clock far behind")
+    out = _resolve(session_factory, site, hold.id, "bill", "电价已配置", at=T0 + timedelta(days=10))
+    assert out.charged_fen == 100
+    assert balance(session_factory, site) == 10_000 - 100
 
 
 def test_other_organisations_cannot_see_or_resolve(session_factory: sessionmaker[Session]) -> None:
