@@ -442,8 +442,13 @@ def plan_topup(
         views,
         now,
     )
+    blocked_key = f"topup-blocked:{meter.id}:{key}"[:200]
     for topup in decision.topups:
         if topup.meter == str(meter.id):
+            for alarm in session.scalars(
+                select(Alarm).where(col(Alarm.dedupe_key) == blocked_key, col(Alarm.cleared_at).is_(None))
+            ):
+                alarm.cleared_at = now  # the count arrived since: the top-up goes out after all
             return PlannedTopUp(meter.id, topup.amount_fen, topup.purchase_count, key)
     if Reason.TOPUP_AMBIGUOUS in decision.reasons or Reason.NO_PURCHASE_COUNT in decision.reasons:
         _add_once(
@@ -452,7 +457,7 @@ def plan_topup(
                 org_id=meter.org_id,
                 kind=TOPUP_FAILED,
                 level=2,
-                dedupe_key=f"topup-blocked:{meter.id}:{key}"[:200],
+                dedupe_key=blocked_key,
                 meter_id=meter.id,
                 account_id=account.id,
                 message_zh=f"表计 {meter.device_id} 充值未写入：{_reason_zh(decision.reasons)}",

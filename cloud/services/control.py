@@ -13,7 +13,9 @@ from readings (``Reading.relay``), acks and events. The reconciler (:class:`clou
    proves it was sent) and updates ``meter_state.observed``. A failed or rejected ack, and a command that
    expires unanswered, get a retry time from :class:`cloud.domain.control.Backoff`.
 4. :func:`sweep` — expires overdue commands, issues due retries as fresh commands (new id, attempt + 1),
-   and after the last attempt marks the command ``abandoned`` and raises an alarm.
+   and after the last attempt marks the command ``abandoned`` and raises an alarm. It also re-plans
+   top-ups for local-prepay meters whose account was recharged within ``topup_window`` (a lost event,
+   or a purchase count that only arrived with a later reading).
 
 Local-prepay top-ups (:func:`cloud.services.arrears.plan_topup`): :func:`plan_commands` also plans, for
 each local-prepay meter it is woken for (a recharge's ``balance_changed``, an ack), the next top-up as a
@@ -70,6 +72,8 @@ from cloud.models import (
     CommandOrigin,
     CommandRow,
     Gateway,
+    LedgerEntry,
+    LedgerTransaction,
     Meter,
     MeterKind,
     MeterState,
@@ -117,6 +121,9 @@ class ControlConfig:
     """A command still ``pending`` this long after it was issued was never published: publish it."""
     prefix: str = "mf/v1"
     offline_after_s: int = 300
+    topup_window: timedelta = timedelta(days=1)
+    """The sweep re-plans top-ups for local-prepay meters whose account was recharged this recently (a
+    lost ``balance_changed``, a purchase count that arrived after the recharge)."""
 
 
 @dataclass(frozen=True)
@@ -287,6 +294,26 @@ def _plan_topup(
         },
     )
     return _outgoing(row, gateway.device_id, config.prefix)
+
+
+def _recently_recharged_local_meters(session: Session, since: datetime, limit: int) -> list[int]:
+    rows = session.scalars(
+        select(col(AccountMeter.meter_id))
+        .distinct()
+        .join(LedgerEntry, col(LedgerEntry.account_id) == col(AccountMeter.account_id))
+        .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerEntry.transaction_id))
+        .join(Meter, col(Meter.id) == col(AccountMeter.meter_id))
+        .where(
+            col(AccountMeter.unlinked_at).is_(None),
+            col(Meter.prepay_mode) == PrepayMode.LOCAL.value,
+            col(Meter.active).is_(True),
+            col(LedgerTransaction.kind) == "recharge",
+            col(LedgerTransaction.effective_at) >= since,
+        )
+        .order_by(col(AccountMeter.meter_id))
+        .limit(limit)
+    )
+    return list(rows)
 
 
 def _topup_mismatch(session: Session, row: CommandRow, ack: Ack) -> bool:
@@ -488,6 +515,11 @@ def sweep(
             params={str(k): v for k, v in row.params.items()},
         )
         out.append(_outgoing(new, gateway.device_id, config.prefix))
+    for meter_id in _recently_recharged_local_meters(session, now - config.topup_window, limit):
+        _lock_state(session, meter_id)
+        topup = _plan_topup(session, meter_id, now, config)
+        if topup is not None:
+            out.append(topup)
     stale = session.scalars(
         select(CommandRow)
         .where(

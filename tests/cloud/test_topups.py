@@ -238,3 +238,33 @@ def test_unknown_count_and_reversed_recharges(session_factory: sessionmaker[Sess
     ingest.handle(*reading_with_count(site, 1, T0, 2))
     reconciler.react({account_id}, set())
     assert wire.commands() == []
+
+
+def test_sweep_writes_a_recharge_whose_event_was_lost_or_whose_count_came_later(
+    session_factory: sessionmaker[Session],
+) -> None:
+    site, clock, wire, reconciler, ingest = _setup(session_factory)
+    meter_id = site.meters["m1"]
+    key = pay(session_factory, site, 800)  # before the meter ever reported its purchase count
+    assert reconciler.sweep_once() == []
+    (alarm,) = _alarms(session_factory)
+    assert alarm.cleared_at is None
+    ingest.handle(*reading_with_count(site, 1, T0, 9))  # the count arrives; no account event follows
+    (out,) = reconciler.sweep_once()
+    (cmd,) = wire.commands()
+    assert cmd.id == out.id
+    assert cmd.params == {"amount_fen": 800, "purchase_count": 10, "recharge": key}
+    (alarm,) = _alarms(session_factory)
+    assert alarm.cleared_at is not None
+    assert reconciler.sweep_once() == []  # in flight: nothing more
+    ingest.handle(
+        *recharge_ack(site, cmd, AckStatus.DONE, "recharged 8.00 yuan, purchase count 10", clock.now)
+    )
+    second = pay(session_factory, site, 100)  # its balance_changed is lost (no bus here)
+    (out,) = reconciler.sweep_once()
+    assert wire.commands()[-1].params == {"amount_fen": 100, "purchase_count": 11, "recharge": second}
+    assert [c.status for c in commands(session_factory, meter_id)] == ["acked_done", "sent"]
+    clock.now += timedelta(days=2)  # outside the window the sweep no longer looks (events still do)
+    ingest.handle(*recharge_ack(site, wire.commands()[-1], AckStatus.DONE, "purchase count 11", clock.now))
+    pay(session_factory, site, 100)
+    assert reconciler.sweep_once() == []
