@@ -33,7 +33,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -201,9 +201,9 @@ def schedule_for(
 
 def snapshot_values(values: Mapping[str, str]) -> dict[Quantity, Decimal]:
     out: dict[Quantity, Decimal] = {}
-    for name, text in values.items():
+    for name, register in values.items():
         try:
-            out[Quantity(name)] = Decimal(text)
+            out[Quantity(name)] = Decimal(register)
         except ValueError:
             continue
     return out
@@ -533,6 +533,12 @@ _ADD_BALANCE = (
     .values(balance_fen=_PREPAID.c.balance_fen + bindparam("delta"), version=_PREPAID.c.version + 1)
 )
 
+# The caller (the ingest) holds these account rows locked (FOR UPDATE, ascending id) already.
+_PG_ADD_BALANCE = text(
+    "UPDATE account AS t SET balance_fen = t.balance_fen + u.delta, version = t.version + 1 "
+    "FROM unnest(CAST(:aid AS bigint[]), CAST(:delta AS bigint[])) AS u(id, delta) WHERE t.id = u.id"
+)
+
 
 def _ledger_account_ids(
     session: Session, wanted: set[tuple[int, str]]
@@ -615,5 +621,13 @@ def post_charges(
     else:
         connection.execute(_INSERT_ENTRY, entries)  # sqlite3 executemany: one prepared statement
         connection.execute(_INSERT_TXN, txns)
-    connection.execute(_ADD_BALANCE, [{"aid": a, "delta": d} for a, d in sorted(deltas.items())])
+    if not deltas:
+        return len(txns)
+    if connection.dialect.name == "postgresql":  # one statement, not one per account
+        ordered = sorted(deltas.items())
+        connection.execute(
+            _PG_ADD_BALANCE, {"aid": [a for a, _ in ordered], "delta": [d for _, d in ordered]}
+        )
+    else:
+        connection.execute(_ADD_BALANCE, [{"aid": a, "delta": d} for a, d in sorted(deltas.items())])
     return len(txns)

@@ -23,6 +23,7 @@ serialise per meter and per account without deadlocks.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Connection, TextClause, bindparam, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -110,6 +111,46 @@ _UPDATE_ACCOUNT = (
         tier_usage=bindparam("b_usage"),
     )
 )
+
+
+# PostgreSQL: the same updates as one statement over arrays (psycopg would otherwise send one
+# statement per row); the columns' Python-side types do nothing for these values (ints, strings,
+# aware datetimes, booleans; the JSON column gets its text).
+_PG_UPDATE_READING = text(
+    "UPDATE reading AS t SET meter_id = u.meter_id, status = u.status, txn_key = u.txn_key "
+    "FROM unnest(CAST(:b_id AS bigint[]), CAST(:b_meter AS bigint[]), CAST(:b_status AS varchar[]), "
+    "CAST(:b_key AS varchar[])) AS u(id, meter_id, status, txn_key) WHERE t.id = u.id"
+)
+_PG_UPDATE_STATE = text(
+    "UPDATE meter_state AS t SET last_at = u.last_at, last_values = CAST(u.last_values AS json), "
+    "last_seq = u.last_seq, last_seen = u.last_seen, observed = u.observed, observed_at = u.observed_at, "
+    "offline = u.offline "
+    "FROM unnest(CAST(:b_meter AS bigint[]), CAST(:b_last_at AS timestamptz[]), "
+    "CAST(:b_last_values AS text[]), CAST(:b_last_seq AS bigint[]), CAST(:b_last_seen AS timestamptz[]), "
+    "CAST(:b_observed AS varchar[]), CAST(:b_observed_at AS timestamptz[]), CAST(:b_offline AS boolean[])) "
+    "AS u(meter_id, last_at, last_values, last_seq, last_seen, observed, observed_at, offline) "
+    "WHERE t.meter_id = u.meter_id"
+)
+
+
+def _pg_update(connection: Connection, statement: TextClause, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    columns: dict[str, list[Any]] = {name: [] for name in rows[0]}
+    for row in rows:
+        for name, value in row.items():
+            if isinstance(value, dict):
+                value = json.dumps(value)
+            elif isinstance(value, datetime):
+                value = _aware(value)
+            columns[name].append(value)
+    connection.execute(statement, columns)
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: timestamps must carry a timezone")
+    return value.astimezone(UTC)
 
 
 def _state_row(state: MeterState) -> dict[str, Any]:
@@ -382,10 +423,15 @@ class Ingest:
                         state.observed_at = ts
         session.flush()  # holds and alarms of this batch, before the Core statements below
         connection = session.connection()
-        if updates:
-            connection.execute(_UPDATE_READING, updates)
-        if states:
-            connection.execute(_UPDATE_STATE, [_state_row(s) for s in states.values()])
+        state_rows = [_state_row(s) for s in states.values()]
+        if connection.dialect.name == "postgresql":
+            _pg_update(connection, _PG_UPDATE_READING, updates)
+            _pg_update(connection, _PG_UPDATE_STATE, state_rows)
+        else:  # sqlite3's executemany runs one prepared statement in C
+            if updates:
+                connection.execute(_UPDATE_READING, updates)
+            if state_rows:
+                connection.execute(_UPDATE_STATE, state_rows)
         changed_accounts = [
             {
                 "b_id": a.id,
