@@ -68,6 +68,7 @@ class AlarmKind(StrEnum):
     COMMAND_REJECTED = "command_rejected"
     LEDGER_MISMATCH = "ledger_mismatch"
     NO_TARIFF = "no_tariff"
+    TOPUP_FAILED = "topup_failed"  # a local-prepay top-up not written, or written with another count
 
 
 class CommandOrigin(StrEnum):

@@ -79,8 +79,7 @@ __all__ = [
 ]
 
 FINAL_NOTICE = "final_notice"
-TOPUP_FAILED = "topup_failed"
-"""Alarm kind: a local-prepay top-up that could not be written (or was written with another count)."""
+TOPUP_FAILED = AlarmKind.TOPUP_FAILED
 
 
 def _hhmm(text: str) -> time:

@@ -30,6 +30,7 @@ class AuditAction(StrEnum):
     METER_REPLACED = "meter_replaced"
     PROTECT_CHANGED = "protect_changed"
     CALENDAR_CHANGE = "calendar_change"
+    READING_HOLD_RESOLVED = "reading_hold_resolved"
 
 
 @dataclass(frozen=True)

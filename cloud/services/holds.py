@@ -45,7 +45,7 @@ from cloud.models import (
 )
 from cloud.services import ledger as ledger_service
 from cloud.services.arrears import evaluate_account
-from cloud.services.audit import Actor, record
+from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.billing import BillableReading, BillingCache, bill_reading, snapshot_values
 from cloud.services.control import lock_meter_states
 from cloud.services.errors import Conflict, NotFound
@@ -60,7 +60,7 @@ __all__ = [
     "resolve_hold",
 ]
 
-AUDIT_ACTION = "reading_hold_resolved"
+AUDIT_ACTION = AuditAction.READING_HOLD_RESOLVED
 
 BILLABLE_VERDICTS = frozenset({"rollover", "spike", "clock_ahead", "clock_behind", "no_tariff", "rating"})
 """Verdicts whose delta can be billed as read. A reset or a negative delta has no consumption to bill:
