@@ -184,8 +184,20 @@ def serve(stack: ExitStack, group: str, per_line: int) -> list[str]:
     return urls
 
 
+SESSION_LIMITS = {  # what a ThingsBoard server answers to getSessionLimits: no rate limits
+    "maxPayloadSize": 65536,
+    "maxInflightMessages": 100,
+    "rateLimits": {},
+    "gatewayRateLimits": {},
+}
+
+
 class Counter:
-    """Counts what each gateway publishes (proof that both are polling), by topic root."""
+    """Counts what each gateway publishes (proof that both are polling), by topic root.
+
+    It also plays the one part of the ThingsBoard server that the peer waits for: the answer to
+    its ``getSessionLimits`` RPC (without it thingsboard-gateway polls but never publishes).
+    """
 
     def __init__(self, port: int) -> None:
         import paho.mqtt.client as mqtt
@@ -199,7 +211,12 @@ class Counter:
         self.client.loop_start()
 
     def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
-        if message.topic.startswith("v1/gateway/telemetry"):
+        if message.topic.startswith("v1/devices/me/rpc/request/"):
+            if json.loads(message.payload).get("method") == "getSessionLimits":
+                request_id = message.topic.rsplit("/", 1)[1]
+                answer = json.dumps(SESSION_LIMITS)
+                self.client.publish(f"v1/devices/me/rpc/response/{request_id}", answer, qos=1)
+        elif message.topic.startswith("v1/gateway/telemetry"):
             self.counts["thingsboard"] += 1
         elif "/up/readings" in message.topic:
             self.counts["meterflow"] += 1

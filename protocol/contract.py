@@ -140,7 +140,9 @@ class EventKind(StrEnum):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+    # defer_build: a model's validator and serializer are built on first use, so a gateway never
+    # pays RAM for the models only the cloud uses (and vice versa). Wire format unchanged.
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False, defer_build=True)
 
 
 def _aware(value: datetime) -> datetime:
