@@ -18,7 +18,9 @@ retries; any other unexpected error also dead-letters the message (raw bytes kep
 
 Per batch, the meters' ``meter_state`` rows and the paying accounts are locked in id order before any
 billing, so concurrent batches (shared subscriptions hand one gateway's batches to several replicas)
-serialise per meter and per account without deadlocks.
+serialise per meter and per account without deadlocks. Those rows are then detached from the session:
+billing changes them in memory and the batch writes them back with statements compiled once (on
+PostgreSQL one ``UPDATE ... FROM unnest(...)`` per table), not with an ORM flush per row.
 """
 
 from __future__ import annotations
