@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -204,7 +204,7 @@ def snapshot_values(values: Mapping[str, str]) -> dict[Quantity, Decimal]:
     for name, register in values.items():
         try:
             out[Quantity(name)] = Decimal(register)
-        except ValueError:
+        except (ValueError, InvalidOperation):  # unknown quantity name, or text that is no number
             continue
     return out
 

@@ -209,3 +209,13 @@ def test_late_reading_re_rates_with_reversal_and_replacement(session_factory: se
     # the same late message redelivered: nothing at all
     ingest.handle(*batch(site, [("m1", 2, T0 + timedelta(hours=1), "108.00")]))
     assert balance(session_factory, site) == 10_000 - 600
+
+
+def test_snapshot_values_skips_unknown_names_and_non_numbers() -> None:
+    from decimal import Decimal as _D
+
+    from cloud.services.billing import snapshot_values
+    from protocol.contract import Quantity as _Q
+
+    got = snapshot_values({"energy_total_kwh": "1.50", "energy_t1_kwh": "abc", "bogus": "1"})
+    assert got == {_Q.ENERGY_TOTAL_KWH: _D("1.50")}
