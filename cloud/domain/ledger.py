@@ -41,6 +41,7 @@ __all__ = [
     "cash_code",
     "charge",
     "correction",
+    "meter_held_code",
     "recharge",
     "refund",
     "revenue_code",
@@ -75,6 +76,11 @@ def cash_code(project_id: object) -> str:
 
 def revenue_code(project_id: object, utility: str) -> str:
     return f"revenue:{project_id}:{utility}"
+
+
+def meter_held_code(meter_id: object) -> str:
+    """Tenant money written to a local-prepay meter: the meter holds it and deducts consumption itself."""
+    return f"held:{meter_id}"
 
 
 def settlement_code(project_id: object) -> str:

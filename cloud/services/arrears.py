@@ -245,7 +245,10 @@ def evaluate_account(
                 payload=_payload(account, "zh", "您已欠费，请尽快缴费，否则将停止供电/供水。"),
             ),
         )
-    if decision.alarm_level > state.alarm_level and decision.alarm_level > 0:
+    # An account whose meters all keep their own money (local prepay) has a wallet that empties by
+    # design (each written top-up moves to the meter): its balance says nothing about arrears.
+    all_local = bool(meters) and all(m.prepay_mode == PrepayMode.LOCAL for m in meters)
+    if decision.alarm_level > state.alarm_level and decision.alarm_level > 0 and not all_local:
         period = (episode or now).date().isoformat() if episode else now.date().isoformat()
         key = f"arrears:{account.id}:{decision.alarm_level}:{period}"
         balance = format_fen(account.balance_fen)
@@ -275,7 +278,7 @@ def evaluate_account(
             ),
         )
     state.arrears_since = episode
-    state.alarm_level = decision.alarm_level
+    state.alarm_level = 0 if all_local else decision.alarm_level
     state.re_evaluate_at = decision.re_evaluate_at
     state.evaluated_at = now
     state.reasons = [r.value for r in decision.reasons]

@@ -17,7 +17,11 @@ billing baseline. A new reading is judged against it by :func:`cloud.domain.read
   reversal of its charge and two replacement charges — when that changes the amount (a tariff
   version change inside it; see :func:`_rerate`); older than the meter's first accepted reading,
   ``[late, first]`` is charged (billing extends backwards);
-- no tariff in force → held (the baseline stays, so nothing is lost when a tariff is configured).
+- no tariff in force → held (the baseline stays, so nothing is lost when a tariff is configured);
+- a local-prepay meter (``prepay_mode`` local) → validated, stored and made the baseline like any
+  other, but never charged (status ``zero``): the meter deducts its consumption from the money the
+  cloud wrote to it, which left the wallet when the top-up was acknowledged
+  (:func:`cloud.services.control.apply_ack`). Late readings of such a meter are not re-rated.
 
 Tariff versions are stored as JSON ``spec`` (see :func:`version_from_spec`).
 """
@@ -61,6 +65,7 @@ from cloud.models import (
     Meter,
     MeterKind,
     MeterState,
+    PrepayMode,
     Project,
     ReadingHold,
     ReadingRow,
@@ -288,8 +293,10 @@ def bill_reading(
     check = check_reading(last, snap, now, cache.rules)
     if check.verdict is Verdict.DUPLICATE:
         return BillingOutcome(ReadingStatus.DUPLICATE)
+    local = meter.prepay_mode == PrepayMode.LOCAL
     if check.verdict is Verdict.LATE:
-        return _late(session, gateway_device, meter, account, reading, snap, now, cache, check.detail)
+        payer = None if local else account
+        return _late(session, gateway_device, meter, payer, reading, snap, now, cache, check.detail)
     if check.hold:
         return _hold(session, meter, reading, check.verdict.value, check.text_zh, check.text_en, check.detail)
     if last is None:
@@ -298,6 +305,9 @@ def bill_reading(
     if account is None:
         _advance(state, snap, reading)
         return BillingOutcome(ReadingStatus.NO_ACCOUNT)
+    if local:  # the meter deducts from the money written to it: charging the wallet would bill twice
+        _advance(state, snap, reading)
+        return BillingOutcome(ReadingStatus.ZERO, account.id, detail="local prepay: deducted by the meter")
     outcome = _charge(session, gateway_device, meter, account, reading, last, snap, check.deltas, cache)
     if outcome.status is not ReadingStatus.HELD:
         _advance(state, snap, reading)

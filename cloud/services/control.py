@@ -20,7 +20,10 @@ from readings (``Reading.relay``), acks and events. The reconciler (:class:`clou
 Local-prepay top-ups (:func:`cloud.services.arrears.plan_topup`): :func:`plan_commands` also plans, for
 each local-prepay meter it is woken for (a recharge's ``balance_changed``, an ack), the next top-up as a
 signed ``recharge`` command with ``amount_fen``, ``purchase_count`` (the count the meter must reach)
-and ``recharge`` (the ledger key of the recharge it writes: never written twice). Retries keep the same
+and ``recharge`` (the ledger key of the recharge it writes: never written twice). When the gateway
+acks it done, the amount moves from the wallet to the meter's ``held:<meter>`` ledger account in the
+same transaction (key ``topup:<command id>``): the meter holds that money now, and billing charges
+local-prepay meters nothing. Retries keep the same
 purchase count, so a meter that already took it answers "already applied". An ack whose read-back
 count is not the expected one (another purchase went in meanwhile, a replaced meter) gives up at once
 with a ``topup_failed`` alarm for the operator; other failures retry with backoff, then alarm.
@@ -50,6 +53,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from cloud.domain import ledger as dledger
 from cloud.domain.control import (
     ACTIVE,
     Backoff,
@@ -83,6 +87,7 @@ from cloud.services.arrears import TOPUP_FAILED, ack_purchase_count, plan_topup
 from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.billing import BillingCache, schedule_for, snapshot_values
 from cloud.services.errors import Conflict, NotFound
+from cloud.services.ledger import get_transaction, load_transaction, post
 from protocol.contract import (
     Ack,
     AckStatus,
@@ -356,6 +361,34 @@ def _topup_mismatch(session: Session, row: CommandRow, ack: Ack) -> bool:
     return True
 
 
+def _move_to_meter(session: Session, row: CommandRow, now: datetime) -> None:
+    """A top-up the meter confirmed: its money now sits on the meter (which deducts consumption from
+    it; billing charges such meters nothing), so it leaves the wallet for ``held:<meter>``. Keyed by
+    the command id: a redelivered ack posts nothing twice. The wallet is the one the written recharge
+    credited (the account the meter belonged to when the money came in)."""
+    amount = int(row.params.get("amount_fen", 0))
+    recharge = get_transaction(session, str(row.params.get("recharge", "")))
+    if amount <= 0 or recharge is None:
+        return
+    credited = [
+        p.account
+        for p in load_transaction(session, recharge).postings
+        if p.account.startswith("wallet:") and p.amount_fen > 0
+    ]
+    if len(credited) != 1:
+        return
+    txn = dledger.transfer(
+        f"topup:{row.id}",
+        credited[0],
+        dledger.meter_held_code(row.meter_id),
+        amount,
+        now,
+        reason=f"本地费控充值已写入表计 / top-up written to meter {row.meter_id}",
+        meta={"meter_id": str(row.meter_id), "command": row.id, "recharge": recharge.idempotency_key},
+    )
+    post(session, txn, org_id=row.org_id)
+
+
 def pending_commands(
     session: Session, command_ids: Iterable[str], config: ControlConfig
 ) -> list[OutgoingCommand]:
@@ -448,6 +481,8 @@ def apply_ack(
     row.next_try_at = None
     if _topup_mismatch(session, row, ack):
         pass
+    elif row.action == Action.RECHARGE.value and row.status == CommandStatus.ACKED_DONE:
+        _move_to_meter(session, row, now)
     elif row.status in (CommandStatus.ACKED_FAILED, CommandStatus.REJECTED):
         _schedule_retry(session, row, now, config, rand)
     fresh = state.observed_at is None or ack.ts >= state.observed_at
