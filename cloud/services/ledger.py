@@ -66,6 +66,7 @@ _KIND_BY_PREFIX = {
     "revenue": LedgerAccountKind.REVENUE,
     "settlement": LedgerAccountKind.SUSPENSE,
     "payout": LedgerAccountKind.SUSPENSE,
+    "held": LedgerAccountKind.SUSPENSE,  # topped up onto a local-prepay meter: the meter holds it now
 }
 
 
