@@ -29,9 +29,13 @@ class Listener(ABC):
         """Bytes the request took on the wire (without preamble), to know when it started."""
 
 
-class Dlt645Listener(Listener):
-    def __init__(self) -> None:
-        self._parser = dlt645.FrameParser()
+class _FramedListener(Listener):
+    """DL/T 645 and CJ/T 188 share a framer contract: start byte, length, checksum, end byte."""
+
+    _overhead: int  # frame bytes around the data field
+
+    def __init__(self, parser: dlt645.FrameParser | cjt188.FrameParser) -> None:
+        self._parser = parser
 
     def feed(self, byte: int) -> list[object]:
         self._parser.receive_data(bytes((byte,)))
@@ -48,31 +52,22 @@ class Dlt645Listener(Listener):
                 out.append(frame)
 
     def wire_length(self, request: object) -> int:
-        assert isinstance(request, dlt645.Frame)
-        return 12 + len(request.data)
+        assert isinstance(request, dlt645.Frame | cjt188.Frame)
+        return self._overhead + len(request.data)
 
 
-class Cjt188Listener(Listener):
+class Dlt645Listener(_FramedListener):
+    _overhead = 12  # 68 A0..A5 68 C L … CS 16
+
     def __init__(self) -> None:
-        self._parser = cjt188.FrameParser()
+        super().__init__(dlt645.FrameParser())
 
-    def feed(self, byte: int) -> list[object]:
-        self._parser.receive_data(bytes((byte,)))
-        out: list[object] = []
-        while True:
-            try:
-                frame = self._parser.next_frame()
-            except ProtocolError:
-                self.noise += 1
-                continue
-            if frame is None:
-                return out
-            if not frame.is_reply:
-                out.append(frame)
 
-    def wire_length(self, request: object) -> int:
-        assert isinstance(request, cjt188.Frame)
-        return 13 + len(request.data)
+class Cjt188Listener(_FramedListener):
+    _overhead = 13  # 68 T A0..A6 C L … CS 16
+
+    def __init__(self) -> None:
+        super().__init__(cjt188.FrameParser())
 
 
 class ModbusListener(Listener):
