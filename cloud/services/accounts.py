@@ -263,16 +263,37 @@ def recharge_cash(
         receipt=receipt,
         method="cash",
     )
+    return _post_audited(
+        session,
+        actor,
+        txn,
+        account,
+        AuditAction.RECHARGE,
+        {"amount_fen": amount_fen, "receipt_no": receipt},
+        now,
+    )
+
+
+def _post_audited(
+    session: Session,
+    actor: Actor,
+    txn: rules.Transaction,
+    account: Account,
+    action: AuditAction,
+    detail: dict[str, object],
+    now: datetime,
+) -> ledger.PostResult:
+    """Post a money movement on ``account``; audit it once, when it is new (a replay is not a second act)."""
     result = ledger.post(session, txn, org_id=account.org_id, actor_user_id=actor.user_id)
     if result.created:
         record(
             session,
             actor,
-            AuditAction.RECHARGE,
+            action,
             org_id=account.org_id,
             target_type="account",
-            target_id=account_id,
-            detail={"amount_fen": amount_fen, "receipt_no": receipt},
+            target_id=account.id,
+            detail=detail,
             at=now,
         )
     return result
@@ -311,19 +332,15 @@ def refund(
         balance_fen=balance,
         reason=reason,
     )
-    result = ledger.post(session, txn, org_id=account.org_id, actor_user_id=actor.user_id)
-    if result.created:
-        record(
-            session,
-            actor,
-            AuditAction.REFUND,
-            org_id=account.org_id,
-            target_type="account",
-            target_id=account_id,
-            detail={"amount_fen": amount_fen, "reason": reason, "key": key},
-            at=now,
-        )
-    return result
+    return _post_audited(
+        session,
+        actor,
+        txn,
+        account,
+        AuditAction.REFUND,
+        {"amount_fen": amount_fen, "reason": reason, "key": key},
+        now,
+    )
 
 
 def adjust(
@@ -347,19 +364,15 @@ def adjust(
         counter=f"adjustment:{account.project_id}",
         reason=reason,
     )
-    result = ledger.post(session, txn, org_id=account.org_id, actor_user_id=actor.user_id)
-    if result.created:
-        record(
-            session,
-            actor,
-            AuditAction.ADJUSTMENT,
-            org_id=account.org_id,
-            target_type="account",
-            target_id=account_id,
-            detail={"amount_fen": amount_fen, "reason": reason, "key": key},
-            at=now,
-        )
-    return result
+    return _post_audited(
+        session,
+        actor,
+        txn,
+        account,
+        AuditAction.ADJUSTMENT,
+        {"amount_fen": amount_fen, "reason": reason, "key": key},
+        now,
+    )
 
 
 def reverse_transaction(
