@@ -21,7 +21,7 @@ from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Round
 
 from protocol.errors import ValueCodecError
 
-__all__ = ["bcd_decode", "bcd_encode", "bcd_to_decimal", "decimal_to_bcd"]
+__all__ = ["address_matches", "bcd_decode", "bcd_encode", "bcd_to_decimal", "decimal_to_bcd"]
 
 
 def bcd_encode(value: int, nbytes: int) -> bytes:
@@ -114,3 +114,14 @@ def bcd_to_decimal(data: bytes, decimals: int, signed: bool) -> Decimal:
     if negative and result:
         return -result
     return result
+
+
+def address_matches(pattern: str, address: str) -> bool:
+    """Digit-wise match of BCD meter addresses where ``A`` in ``pattern`` is a wildcard digit.
+
+    DL/T 645-2007 [地址域] and CJ/T 188-2004 both let AAH bytes stand for any digits, so one rule
+    serves the gateway (does this reply answer my request?) and the simulator (is this request mine?).
+    """
+    return len(pattern) == len(address) and all(
+        p in "Aa" or p == a for p, a in zip(pattern, address, strict=True)
+    )

@@ -27,6 +27,7 @@ from edge.drivers.base import (
 from edge.errors import BadReply, MeterRefused, NoReply
 from edge.meters import MeterRef
 from protocol import cjt188 as c
+from protocol.bcd import address_matches
 from protocol.contract import Action, Quantity, RelayState
 from protocol.errors import ProtocolError
 
@@ -54,12 +55,6 @@ def supply_state(valve: c.ValveState) -> RelayState:
     }.get(valve, RelayState.UNKNOWN)
 
 
-def _matches(pattern: str, address: str) -> bool:
-    return len(pattern) == len(address) and all(
-        p in "Aa" or p == a for p, a in zip(pattern, address, strict=True)
-    )
-
-
 class Cjt188Decoder:
     """Complete when a reply with ``function``, a matching address and our sequence number arrives."""
 
@@ -78,7 +73,7 @@ class Cjt188Decoder:
             if (
                 not frame.is_reply
                 or frame.function != self.function
-                or not _matches(self.address, frame.address)
+                or not address_matches(self.address, frame.address)
             ):
                 continue
             seq = frame.data[0] if frame.is_abnormal and frame.data else None

@@ -29,10 +29,11 @@ from edge.drivers.base import (
 from edge.errors import BadReply, MeterRefused, NoReply, Unsupported
 from edge.meters import MeterRef
 from protocol import dlt645 as d
+from protocol.bcd import address_matches
 from protocol.contract import Action, Quantity, RelayState
 from protocol.errors import ProtocolError
 
-__all__ = ["Dlt645Decoder", "Dlt645Driver", "describe_error", "matches"]
+__all__ = ["Dlt645Decoder", "Dlt645Driver", "describe_error"]
 
 _PREAMBLE = 4
 _FRAME_OVERHEAD = 12  # 68 A0..A5 68 C L … CS 16
@@ -79,13 +80,6 @@ _THREE_PHASE = (
 )
 
 
-def matches(pattern: str, address: str) -> bool:
-    """Digit-wise match where ``A`` in the request's address is a wildcard (§4.1.2)."""
-    return len(pattern) == len(address) and all(
-        p in "Aa" or p == a for p, a in zip(pattern, address, strict=True)
-    )
-
-
 def describe_error(error: d.ErrorBits) -> str:
     reasons = [text for bit, text in _REASONS if error & bit]
     return ", ".join(reasons) or f"error byte {int(error):02X}H"
@@ -116,7 +110,7 @@ class Dlt645Decoder:
             if (
                 not frame.is_reply
                 or frame.function != self.function
-                or not matches(self.address, frame.address)
+                or not address_matches(self.address, frame.address)
             ):
                 continue
             if self.di is not None and not frame.is_abnormal and frame.data[:4] != self._di_bytes:

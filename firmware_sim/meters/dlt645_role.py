@@ -15,22 +15,16 @@ from typing import TYPE_CHECKING
 
 from firmware_sim.errors import CommandRefused
 from protocol import dlt645 as d
+from protocol.bcd import address_matches
 from protocol.errors import ProtocolError
 
 if TYPE_CHECKING:
     from firmware_sim.meters.circuit import Circuit
     from firmware_sim.meters.electric import ElectricMeter
 
-__all__ = ["Dlt645Role", "address_matches"]
+__all__ = ["Dlt645Role"]
 
 _ZERO2 = Decimal("0.00")
-
-
-def address_matches(frame_address: str, own: str) -> bool:
-    """Digit-wise match where ``A`` in the frame's address is a wildcard."""
-    return len(frame_address) == len(own) and all(
-        f in ("A", "a") or f == o for f, o in zip(frame_address, own, strict=True)
-    )
 
 
 def _yuan(fen: int) -> Decimal:

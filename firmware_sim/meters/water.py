@@ -14,9 +14,9 @@ from firmware_sim.clock import SimClock
 from firmware_sim.errors import CommandRefused
 from firmware_sim.meters.base import SimMeter
 from firmware_sim.meters.circuit import Circuit
-from firmware_sim.meters.dlt645_role import address_matches
 from firmware_sim.profile import PROFILE_SHAPES, LoadProfile, TouSchedule, stable_key
 from protocol import cjt188 as c
+from protocol.bcd import address_matches
 from protocol.errors import ProtocolError
 
 __all__ = ["WaterValveSim"]

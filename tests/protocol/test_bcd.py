@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.bcd import bcd_decode, bcd_encode, bcd_to_decimal, decimal_to_bcd
+from protocol.bcd import address_matches, bcd_decode, bcd_encode, bcd_to_decimal, decimal_to_bcd
 from protocol.errors import ValueCodecError
 
 
@@ -144,3 +144,19 @@ def test_field_shape_errors() -> None:
     with pytest.raises(ValueCodecError):
         bcd_to_decimal(b"\x01", -1, False)
     assert bcd_to_decimal(b"\x12", 4, False) == Decimal("0.0012")  # more decimals than digits
+
+
+@pytest.mark.parametrize(
+    ("pattern", "address", "expected"),
+    [
+        ("123456789012", "123456789012", True),
+        ("AAAAAAAAAAAA", "123456789012", True),
+        ("AAAAAAAAAA12", "123456789012", True),
+        ("aaaaaaaaaa12", "123456789012", True),
+        ("AAAAAAAAAA13", "123456789012", False),
+        ("123456789012", "AAAAAAAAAAAA", False),  # only the pattern carries wildcards
+        ("AAAAAAAAAAAAAA", "123456789012", False),  # CJ/T 188 length against DL/T 645 length
+    ],
+)
+def test_address_matches_wildcard_digits(pattern: str, address: str, expected: bool) -> None:
+    assert address_matches(pattern, address) is expected
