@@ -165,6 +165,58 @@ def test_database_refuses_orphan_legs_and_wrong_leg_count(
         assert session.scalar(select(func.count()).select_from(LedgerEntry)) == 0
 
 
+def test_guards_check_every_row_of_a_multi_row_statement(
+    engine: Engine, session_factory: sessionmaker[Session], site: Site
+) -> None:
+    """The batch path writes many legs and transaction rows per INSERT (on PostgreSQL the guards run
+    once per statement): one bad transaction among good ones still refuses the whole statement."""
+    la = _ledger_accounts(session_factory, site)
+    good, bad = uuid.uuid4(), uuid.uuid4()
+    legs = text("INSERT INTO ledger_entry (transaction_id, ledger_account_id, amount_fen) VALUES (:t, :la, :a)")
+    txns = text(
+        "INSERT INTO ledger_transaction (id, org_id, idempotency_key, kind, memo, entry_count, effective_at,"
+        " created_at, details) VALUES (:id, :org, :key, 'correction', 'raw', 2, :ts, :ts, '{}'),"
+        " (:id2, :org, :key2, 'correction', 'raw', 2, :ts, :ts, '{}')"
+    )
+    rows = [(good, la[0], 300), (good, la[1], -300), (bad, la[0], 300), (bad, la[1], -299)]
+    with pytest.raises((IntegrityError, DBAPIError)), engine.begin() as conn:
+        for tid, account, amount in rows:
+            conn.execute(legs, {"t": _tid_param(engine, tid), "la": account, "a": amount})
+        conn.execute(
+            txns,
+            {
+                "id": _tid_param(engine, good),
+                "id2": _tid_param(engine, bad),
+                "org": site.org_id,
+                "key": "multi-good",
+                "key2": "multi-bad",
+                "ts": "2026-11-23 02:00:00",
+            },
+        )
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(LedgerEntry)) == 0
+        assert session.scalar(select(func.count()).select_from(LedgerTransaction)) == 0
+    # a closed transaction cannot gain a leg even inside a multi-row INSERT with legs of a new one
+    _raw_post(engine, good, [300, -300], la, site.org_id, "multi-good", 2)
+    fresh = uuid.uuid4()
+    many = text(
+        "INSERT INTO ledger_entry (transaction_id, ledger_account_id, amount_fen) VALUES"
+        " (:fresh, :a, 5), (:fresh, :b, -5), (:closed, :a, 7)"
+    )
+    with pytest.raises((IntegrityError, DBAPIError), match="closed"), engine.begin() as conn:
+        conn.execute(
+            many,
+            {
+                "fresh": _tid_param(engine, fresh),
+                "closed": _tid_param(engine, good),
+                "a": la[0],
+                "b": la[1],
+            },
+        )
+    with session_factory() as session:  # only the good transaction's two legs are stored
+        assert session.scalar(select(func.count()).select_from(LedgerEntry)) == 2
+
+
 def test_closed_transaction_takes_no_more_legs_and_ledger_is_append_only(
     engine: Engine, session_factory: sessionmaker[Session], site: Site
 ) -> None:
