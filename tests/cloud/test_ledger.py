@@ -172,27 +172,32 @@ def test_guards_check_every_row_of_a_multi_row_statement(
     once per statement): one bad transaction among good ones still refuses the whole statement."""
     la = _ledger_accounts(session_factory, site)
     good, bad = uuid.uuid4(), uuid.uuid4()
-    legs = text("INSERT INTO ledger_entry (transaction_id, ledger_account_id, amount_fen) VALUES (:t, :la, :a)")
+    legs = text(
+        "INSERT INTO ledger_entry (transaction_id, ledger_account_id, amount_fen) VALUES (:t, :la, :a)"
+    )
     txns = text(
         "INSERT INTO ledger_transaction (id, org_id, idempotency_key, kind, memo, entry_count, effective_at,"
         " created_at, details) VALUES (:id, :org, :key, 'correction', 'raw', 2, :ts, :ts, '{}'),"
         " (:id2, :org, :key2, 'correction', 'raw', 2, :ts, :ts, '{}')"
     )
     rows = [(good, la[0], 300), (good, la[1], -300), (bad, la[0], 300), (bad, la[1], -299)]
-    with pytest.raises((IntegrityError, DBAPIError)), engine.begin() as conn:
-        for tid, account, amount in rows:
-            conn.execute(legs, {"t": _tid_param(engine, tid), "la": account, "a": amount})
-        conn.execute(
-            txns,
-            {
-                "id": _tid_param(engine, good),
-                "id2": _tid_param(engine, bad),
-                "org": site.org_id,
-                "key": "multi-good",
-                "key2": "multi-bad",
-                "ts": "2026-11-23 02:00:00",
-            },
-        )
+    params = {
+        "id": _tid_param(engine, good),
+        "id2": _tid_param(engine, bad),
+        "org": site.org_id,
+        "key": "multi-good",
+        "key2": "multi-bad",
+        "ts": "2026-11-23 02:00:00",
+    }
+
+    def post_both() -> None:
+        with engine.begin() as conn:
+            for tid, account, amount in rows:
+                conn.execute(legs, {"t": _tid_param(engine, tid), "la": account, "a": amount})
+            conn.execute(txns, params)
+
+    with pytest.raises((IntegrityError, DBAPIError)):
+        post_both()
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(LedgerEntry)) == 0
         assert session.scalar(select(func.count()).select_from(LedgerTransaction)) == 0
@@ -203,16 +208,9 @@ def test_guards_check_every_row_of_a_multi_row_statement(
         "INSERT INTO ledger_entry (transaction_id, ledger_account_id, amount_fen) VALUES"
         " (:fresh, :a, 5), (:fresh, :b, -5), (:closed, :a, 7)"
     )
+    closed = {"fresh": _tid_param(engine, fresh), "closed": _tid_param(engine, good), "a": la[0], "b": la[1]}
     with pytest.raises((IntegrityError, DBAPIError), match="closed"), engine.begin() as conn:
-        conn.execute(
-            many,
-            {
-                "fresh": _tid_param(engine, fresh),
-                "closed": _tid_param(engine, good),
-                "a": la[0],
-                "b": la[1],
-            },
-        )
+        conn.execute(many, closed)
     with session_factory() as session:  # only the good transaction's two legs are stored
         assert session.scalar(select(func.count()).select_from(LedgerEntry)) == 2
 
