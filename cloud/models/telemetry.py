@@ -69,6 +69,7 @@ class AlarmKind(StrEnum):
     LEDGER_MISMATCH = "ledger_mismatch"
     NO_TARIFF = "no_tariff"
     TOPUP_FAILED = "topup_failed"  # a local-prepay top-up not written, or written with another count
+    METER_BALANCE_MISMATCH = "meter_balance_mismatch"  # a local-prepay meter's remaining money ≠ held:<meter>
 
 
 class CommandOrigin(StrEnum):

@@ -74,6 +74,7 @@ from cloud.models import (
     utcnow,
 )
 from cloud.services import ledger as ledger_service
+from cloud.services.local_prepay import check_remaining
 from protocol.contract import Quantity
 
 __all__ = [
@@ -305,9 +306,24 @@ def bill_reading(
     if account is None:
         _advance(state, snap, reading)
         return BillingOutcome(ReadingStatus.NO_ACCOUNT)
-    if local:  # the meter deducts from the money written to it: charging the wallet would bill twice
-        _advance(state, snap, reading)
-        return BillingOutcome(ReadingStatus.ZERO, account.id, detail="local prepay: deducted by the meter")
+    if local:  # the meter spends money it holds: charged to held:<meter>, never to the wallet
+        assert meter.id is not None
+        held = dledger.meter_held_code(meter.id)
+        spent = _charge(
+            session, gateway_device, meter, account, reading, last, snap, check.deltas, cache, debit=held
+        )
+        if spent.status is not ReadingStatus.HELD:
+            _advance(state, snap, reading)
+            check_remaining(
+                session,
+                meter,
+                seq=reading.seq,
+                at=snap.at,
+                values=reading.values,
+                charge=spent.txn,
+                timezone=cache.project(session, account.project_id).timezone,
+            )
+        return spent
     outcome = _charge(session, gateway_device, meter, account, reading, last, snap, check.deltas, cache)
     if outcome.status is not ReadingStatus.HELD:
         _advance(state, snap, reading)
@@ -490,8 +506,12 @@ def _charge(
     end: Snapshot,
     register_deltas: Mapping[Quantity, Decimal],
     cache: BillingCache,
+    debit: str | None = None,
 ) -> BillingOutcome:
-    """Rate ``[start, end]`` and build the charge (keyed by ``reading``); HELD when it cannot be rated."""
+    """Rate ``[start, end]`` and build the charge (keyed by ``reading``); HELD when it cannot be rated.
+
+    The charge debits the account's wallet, or ``debit`` (``held:<meter>`` for a local-prepay meter, which
+    spends money it holds); the account's residue and tier counter carry either way."""
     project = cache.project(session, account.project_id)
     tariff_id = _tariff_id(meter, project)
     schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
@@ -516,11 +536,11 @@ def _charge(
     assert meter.id is not None
     txn = dledger.charge(
         key,
-        dledger.wallet_code(account.id),
+        debit or dledger.wallet_code(account.id),
         fen,
         end.at,
         revenue=dledger.revenue_code(account.project_id, utility),
-        memo=f"{utility} {meter.device_id} seq {reading.seq}",
+        memo=f"{utility} {meter.device_id} seq {reading.seq}" + (" (on the meter)" if debit else ""),
         meta={
             "meter_id": str(meter.id),
             "seq": str(reading.seq),

@@ -1,5 +1,6 @@
 """Local-prepay money flow in the ledger: the meter deducts consumption itself, so its readings are
-never charged to the wallet; a confirmed top-up moves its amount wallet → ``held:<meter>`` once."""
+never charged to the wallet but to ``held:<meter>``; a confirmed top-up moves its amount wallet →
+``held:<meter>`` once (tests/cloud/test_local_prepay_lifecycle.py follows the money further)."""
 
 from __future__ import annotations
 
@@ -63,15 +64,18 @@ def _statuses(factory: sessionmaker[Session], site: FlowSite) -> list[str]:
         )
 
 
-def test_local_meter_readings_are_stored_but_never_charged(session_factory: sessionmaker[Session]) -> None:
+def test_local_meter_readings_are_charged_to_the_meter_not_the_wallet(
+    session_factory: sessionmaker[Session],
+) -> None:
     site, _clock, _wire, _reconciler, ingest = _setup(session_factory)
     meter_id, account_id = site.meters["m1"], site.accounts["m1"]
     pay(session_factory, site, 5_000)
     ingest.handle(*reading_with_count(site, 1, T0, 3))  # 100.00 kWh: the baseline
     ingest.handle(*batch(site, [("m1", 2, T0 + timedelta(minutes=30), "101.50")]))
-    assert _statuses(session_factory, site) == ["baseline", "zero"]
+    assert _statuses(session_factory, site) == ["baseline", "billed"]
     assert _wallet_charges(session_factory, account_id) == 0
     assert balance(session_factory, site) == 5_000  # 1.5 kWh used, deducted by the meter, not the wallet
+    assert _held(session_factory, site, meter_id) == -75  # 1.5 kWh × 0.5 yuan, spent from the meter
     with session_factory() as s:
         state = s.get(MeterState, meter_id)
         assert state is not None
@@ -114,11 +118,12 @@ def test_a_confirmed_top_up_moves_wallet_to_meter_once(session_factory: sessionm
         account = s.get(Account, account_id)
         assert account is not None
         assert account.balance_fen == 0
-    # consumption after the top-up is still not charged
+    # consumption after the top-up is spent from the meter's money, not the wallet
     ingest.handle(*batch(site, [("m1", 2, clock.now, "102.00")]))
-    assert _statuses(session_factory, site) == ["baseline", "zero"]
+    assert _statuses(session_factory, site) == ["baseline", "billed"]
     assert _wallet_charges(session_factory, account_id) == 0
     assert balance(session_factory, site) == 0
+    assert _held(session_factory, site, meter_id) == 1_000 - 100  # 2 kWh × 0.5 yuan
 
 
 def test_a_failed_top_up_leaves_the_money_in_the_wallet(session_factory: sessionmaker[Session]) -> None:
