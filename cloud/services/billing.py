@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import bindparam, insert, select, text, update
@@ -62,9 +62,7 @@ from cloud.models import (
     LedgerAccount,
     LedgerEntry,
     LedgerTransaction,
-    Meter,
     MeterKind,
-    MeterState,
     PrepayMode,
     Project,
     ReadingHold,
@@ -74,13 +72,17 @@ from cloud.models import (
     utcnow,
 )
 from cloud.services import ledger as ledger_service
+from cloud.services.bulk import aware_utc, copy_rows
 from cloud.services.local_prepay import check_remaining
 from protocol.contract import Quantity
 
 __all__ = [
+    "Baseline",
     "BillableReading",
     "BillingCache",
     "BillingOutcome",
+    "MeterFacts",
+    "Payer",
     "bill_reading",
     "charge_key",
     "post_charges",
@@ -215,6 +217,55 @@ def snapshot_values(values: Mapping[str, str]) -> dict[Quantity, Decimal]:
     return out
 
 
+class MeterFacts(Protocol):
+    """What billing reads of a meter: the ORM row, or the ingest's plain copy of it."""
+
+    @property
+    def id(self) -> int | None: ...
+    @property
+    def org_id(self) -> int: ...
+    @property
+    def gateway_id(self) -> int: ...
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def prepay_mode(self) -> str: ...
+    @property
+    def tariff_id(self) -> int | None: ...
+    @property
+    def ct_ratio(self) -> int: ...
+
+
+class Baseline(Protocol):
+    """A meter's billing baseline (``meter_state``), read and advanced by billing."""
+
+    last_at: datetime | None
+    last_values: dict[str, str]
+    last_seq: int | None
+
+
+class Payer(Protocol):
+    """The paying account: billing reads its identity and carries its residue and tier counter.
+
+    The ingest passes plain rows it loaded ``FOR UPDATE`` (no ORM instrumentation on the hot path);
+    other callers pass the ORM :class:`cloud.models.Account`."""
+
+    @property
+    def id(self) -> int | None: ...
+    @property
+    def org_id(self) -> int: ...
+    @property
+    def project_id(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+
+    residue_millifen: int
+    tier_period: str
+    tier_usage: Decimal
+
+
 @dataclass(frozen=True, slots=True)
 class BillableReading:
     """What billing needs of a stored reading (its row id, identity and registers)."""
@@ -237,14 +288,14 @@ class BillingOutcome:
     org_id: int | None = None
 
 
-def _tariff_id(meter: Meter, project: Project) -> int | None:
+def _tariff_id(meter: MeterFacts, project: Project) -> int | None:
     if meter.tariff_id is not None:
         return meter.tariff_id
     return project.water_tariff_id if meter.kind == MeterKind.WATER else project.electric_tariff_id
 
 
 def _hold(
-    session: Session, meter: Meter, reading: BillableReading, verdict: str, zh: str, en: str, detail: str
+    session: Session, meter: MeterFacts, reading: BillableReading, verdict: str, zh: str, en: str, detail: str
 ) -> BillingOutcome:
     assert reading.id is not None
     assert meter.id is not None
@@ -265,7 +316,7 @@ def _hold(
     return BillingOutcome(ReadingStatus.HELD, detail=f"{verdict}: {detail}")
 
 
-def _advance(state: MeterState, snap: Snapshot, reading: BillableReading) -> None:
+def _advance(state: Baseline, snap: Snapshot, reading: BillableReading) -> None:
     state.last_at = snap.at
     state.last_values = {q.value: str(v) for q, v in snap.registers().items()}
     state.last_seq = reading.seq
@@ -275,9 +326,9 @@ def bill_reading(
     session: Session,
     *,
     gateway_device: str,
-    meter: Meter,
-    state: MeterState,
-    account: Account | None,
+    meter: MeterFacts,
+    state: Baseline,
+    account: Payer | None,
     reading: BillableReading,
     now: datetime,
     cache: BillingCache,
@@ -333,8 +384,8 @@ def bill_reading(
 def _late(
     session: Session,
     gateway_device: str,
-    meter: Meter,
-    account: Account | None,
+    meter: MeterFacts,
+    account: Payer | None,
     reading: BillableReading,
     snap: Snapshot,
     now: datetime,
@@ -387,8 +438,8 @@ def rerate_key(gateway: str, meter: str, end_seq: int, late_seq: int) -> str:
 def _rerate(
     session: Session,
     gateway_device: str,
-    meter: Meter,
-    account: Account,
+    meter: MeterFacts,
+    account: Payer,
     reading: BillableReading,
     snap: Snapshot,
     now: datetime,
@@ -499,8 +550,8 @@ def _rerate(
 def _charge(
     session: Session,
     gateway_device: str,
-    meter: Meter,
-    account: Account,
+    meter: MeterFacts,
+    account: Payer,
     reading: BillableReading,
     start: Snapshot,
     end: Snapshot,
@@ -570,6 +621,20 @@ _PG_ADD_BALANCE = text(
 )
 
 
+_ENTRY_COLUMNS = ("transaction_id", "ledger_account_id", "amount_fen", "account_id", "meter_id")
+_TXN_COLUMNS = (
+    "id",
+    "org_id",
+    "idempotency_key",
+    "kind",
+    "memo",
+    "entry_count",
+    "effective_at",
+    "created_at",
+    "details",
+)
+
+
 def _ledger_account_ids(
     session: Session, wanted: set[tuple[int, str]]
 ) -> dict[tuple[int, str], tuple[int, int | None]]:
@@ -606,8 +671,8 @@ def post_charges(
     if not charges:
         return 0
     ids = _ledger_account_ids(session, {(org, p.account) for org, txn in charges for p in txn.postings})
-    entries: list[dict[str, Any]] = []
-    txns: list[dict[str, Any]] = []
+    entries: list[tuple[Any, ...]] = []
+    txns: list[tuple[Any, ...]] = []
     deltas: dict[int, int] = {}
     now = utcnow()
     for org_id, txn in charges:
@@ -616,41 +681,32 @@ def post_charges(
         for posting in txn.postings:
             la_id, account_id = ids[(org_id, posting.account)]
             entries.append(
-                {
-                    "transaction_id": txn_id,
-                    "ledger_account_id": la_id,
-                    "amount_fen": posting.amount_fen,
-                    "account_id": account_id,
-                    "meter_id": meter_id if account_id is not None else None,
-                }
+                (txn_id, la_id, posting.amount_fen, account_id, meter_id if account_id is not None else None)
             )
             if account_id is not None:
                 deltas[account_id] = deltas.get(account_id, 0) + posting.amount_fen
         txns.append(
-            {
-                "id": txn_id,
-                "org_id": org_id,
-                "idempotency_key": txn.key,
-                "kind": txn.kind.value,
-                "memo": txn.memo,
-                "receipt_no": None,
-                "reverses_id": None,
-                "actor_user_id": None,
-                "entry_count": len(txn.postings),
-                "effective_at": txn.occurred_at,
-                "created_at": now,
-                "details": dict(txn.meta),
-            }
+            (
+                txn_id,
+                org_id,
+                txn.key,
+                txn.kind.value,
+                txn.memo,
+                len(txn.postings),
+                aware_utc(txn.occurred_at),
+                now,
+                dict(txn.meta),
+            )
         )
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        # RETURNING makes SQLAlchemy send multi-row INSERTs (insertmanyvalues, 1000 rows a page)
-        # instead of psycopg's one statement per row; the rows returned are not needed.
-        connection.execute(_INSERT_ENTRY.returning(_ENTRIES.c.id), entries)
-        connection.execute(_INSERT_TXN.returning(_TXNS.c.id), txns)
-    else:
-        connection.execute(_INSERT_ENTRY, entries)  # sqlite3 executemany: one prepared statement
-        connection.execute(_INSERT_TXN, txns)
+        # COPY: rows formatted in C, statement text fixed; the ledger guards (migration 0003) run
+        # once per COPY, legs first so each transaction row finds its legs
+        copy_rows(connection, _ENTRIES, _ENTRY_COLUMNS, entries)
+        copy_rows(connection, _TXNS, _TXN_COLUMNS, txns)
+    else:  # sqlite3 executemany: one prepared statement, run in C
+        connection.execute(_INSERT_ENTRY, [dict(zip(_ENTRY_COLUMNS, row, strict=True)) for row in entries])
+        connection.execute(_INSERT_TXN, [dict(zip(_TXN_COLUMNS, row, strict=True)) for row in txns])
     if not deltas:
         return len(txns)
     if connection.dialect.name == "postgresql":  # one statement, not one per account

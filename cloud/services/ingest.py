@@ -25,15 +25,15 @@ PostgreSQL one ``UPDATE ... FROM unnest(...)`` per table), not with an ORM flush
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, TextClause, bindparam, select, text, update
+from sqlalchemy import Connection, bindparam, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -44,7 +44,6 @@ from cloud.domain.ledger import Transaction
 from cloud.events import ACK_RECEIVED, DESIRED_CHANGED, GATEWAY_BILLED
 from cloud.models import (
     Account,
-    AccountMeter,
     AccountState,
     AccountStatus,
     Alarm,
@@ -55,13 +54,14 @@ from cloud.models import (
     GatewayStatusRow,
     Meter,
     MeterState,
+    MicroDecimal,
     ProcessedBatch,
-    ReadingRow,
     ReadingStatus,
     metadata,
 )
 from cloud.services.arrears import PolicyCache, evaluate_account
 from cloud.services.billing import BillableReading, BillingCache, bill_reading, post_charges
+from cloud.services.bulk import aware_utc, copy_rows, pg_update
 from cloud.services.control import ControlConfig, apply_ack
 from cloud.services.unit import Publisher, unit_of_work
 from protocol.contract import (
@@ -85,7 +85,11 @@ _MAX_ATTEMPTS = 3
 _READINGS = metadata.tables["reading"]
 _STATES = metadata.tables["meter_state"]
 _ACCOUNTS = metadata.tables["account"]
-# Core executemany statements, compiled once: the batch's rows change through these, not ORM flushes.
+_METERS = metadata.tables["meter"]
+_LINKS = metadata.tables["account_meter"]
+
+# Core executemany statements (SQLite), compiled once: the batch's rows change through these, not
+# ORM flushes.
 _UPDATE_READING = (
     update(_READINGS)
     .where(_READINGS.c.id == bindparam("b_id"))
@@ -114,15 +118,9 @@ _UPDATE_ACCOUNT = (
     )
 )
 
-
 # PostgreSQL: the same updates as one statement over arrays (psycopg would otherwise send one
 # statement per row); the columns' Python-side types do nothing for these values (ints, strings,
 # aware datetimes, booleans; the JSON column gets its text).
-_PG_UPDATE_READING = text(
-    "UPDATE reading AS t SET meter_id = u.meter_id, status = u.status, txn_key = u.txn_key "
-    "FROM unnest(CAST(:b_id AS bigint[]), CAST(:b_meter AS bigint[]), CAST(:b_status AS varchar[]), "
-    "CAST(:b_key AS varchar[])) AS u(id, meter_id, status, txn_key) WHERE t.id = u.id"
-)
 _PG_UPDATE_STATE = text(
     "UPDATE meter_state AS t SET last_at = u.last_at, last_values = CAST(u.last_values AS json), "
     "last_seq = u.last_seq, last_seen = u.last_seen, observed = u.observed, observed_at = u.observed_at, "
@@ -133,29 +131,76 @@ _PG_UPDATE_STATE = text(
     "AS u(meter_id, last_at, last_values, last_seq, last_seen, observed, observed_at, offline) "
     "WHERE t.meter_id = u.meter_id"
 )
+_PG_UPDATE_ACCOUNT = text(
+    "UPDATE account AS t SET residue_millifen = u.residue, tier_period = u.period, tier_usage = u.usage "
+    "FROM unnest(CAST(:b_id AS bigint[]), CAST(:b_residue AS bigint[]), CAST(:b_period AS varchar[]), "
+    "CAST(:b_usage AS bigint[])) AS u(id, residue, period, usage) WHERE t.id = u.id"
+)
+# Which of a batch's reading identities are stored already (exact pairs, via the UNIQUE index).
+_PG_EXISTING = text(
+    "SELECT r.meter_device, r.seq FROM reading AS r "
+    "JOIN unnest(CAST(:devices AS varchar[]), CAST(:seqs AS bigint[])) AS u(device, seq) "
+    "ON r.meter_device = u.device AND r.seq = u.seq WHERE r.gateway_id = :gateway"
+)
+_PG_NEXT_IDS = text("SELECT nextval(pg_get_serial_sequence('reading', 'id')) FROM generate_series(1, :n)")
+_READING_COLUMNS = (
+    "id",
+    "gateway_id",
+    "meter_device",
+    "meter_id",
+    "seq",
+    "ts",
+    "received_at",
+    "values",
+    "relay",
+    "status",
+    "txn_key",
+)
 
 
-def _pg_update(connection: Connection, statement: TextClause, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    columns: dict[str, list[Any]] = {name: [] for name in rows[0]}
-    for row in rows:
-        for name, value in row.items():
-            if isinstance(value, dict):
-                value = json.dumps(value)
-            elif isinstance(value, datetime):
-                value = _aware(value)
-            columns[name].append(value)
-    connection.execute(statement, columns)
+@dataclass(slots=True)
+class _MeterRow:
+    """What the ingest and billing need of a meter, loaded as a plain row (no ORM identity map)."""
+
+    id: int
+    org_id: int
+    gateway_id: int
+    device_id: str
+    kind: str
+    prepay_mode: str
+    tariff_id: int | None
+    ct_ratio: int
 
 
-def _aware(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value!r}: timestamps must carry a timezone")
-    return value.astimezone(UTC)
+@dataclass(slots=True)
+class _StateRow:
+    """A locked ``meter_state`` row: the billing baseline and the observed supply."""
+
+    meter_id: int
+    last_at: datetime | None
+    last_values: dict[str, str]
+    last_seq: int | None
+    last_seen: datetime | None
+    observed: str | None
+    observed_at: datetime | None
+    offline: bool
 
 
-def _state_row(state: MeterState) -> dict[str, Any]:
+@dataclass(slots=True)
+class _AccountRow:
+    """A locked paying account: billing carries its residue and tier counter."""
+
+    id: int
+    org_id: int
+    project_id: int
+    status: str
+    balance_fen: int
+    residue_millifen: int
+    tier_period: str
+    tier_usage: Decimal
+
+
+def _state_row(state: _StateRow) -> dict[str, Any]:
     """What billing and the batch may have changed in a meter's state (every other column is left)."""
     return {
         "b_meter": state.meter_id,
@@ -167,6 +212,19 @@ def _state_row(state: MeterState) -> dict[str, Any]:
         "b_observed_at": state.observed_at,
         "b_offline": state.offline,
     }
+
+
+_MICRO = MicroDecimal()
+_NO_DIALECT: Any = None  # MicroDecimal's conversion does not depend on the dialect
+
+
+def _relay(relay: RelayState | None) -> str | None:
+    return relay.value if relay is not None else None
+
+
+def _micro(row: dict[str, Any]) -> dict[str, Any]:
+    """An account update for PostgreSQL's array statement: the tier usage in micro-units, as stored."""
+    return row | {"b_usage": _MICRO.process_bind_param(row["b_usage"], _NO_DIALECT)}
 
 
 def _utcnow() -> datetime:
@@ -311,38 +369,85 @@ class Ingest:
     def _apply_batch(
         self, session: Session, gateway: Gateway, batch: ReadingBatch, now: datetime
     ) -> list[int]:
+        """Store the batch's new readings, bill them, write everything back in a few statements.
+
+        Order: the meters' states and their paying accounts are locked (id order), *then* the batch's
+        reading identities are checked against the store — the ingest is the only writer of readings
+        and holds these locks while it writes, so "new" cannot change under it. On PostgreSQL the new
+        rows get ids from the table's sequence, are billed, and are written complete with one
+        ``COPY``; on SQLite they are inserted ``ON CONFLICT DO NOTHING RETURNING`` first and their
+        outcome written back with ``executemany``. A reading of a meter the cloud does not know is
+        stored with status ``unknown_meter``.
+        """
         assert gateway.id is not None
+        gateway_id = gateway.id
         self._seen(session, gateway, now)
-        rows = [
-            {
-                "gateway_id": gateway.id,
-                "meter_device": r.meter,
-                "meter_id": None,
-                "seq": r.seq,
-                "ts": r.ts,
-                "received_at": now,
-                "values": {q.value: str(v) for q, v in r.values.items()},
-                "relay": r.relay.value if r.relay else None,
-                "status": ReadingStatus.UNKNOWN_METER,
-                "txn_key": None,
-            }
-            for r in batch.readings
-        ]
-        stmt = (
-            self._insert(ReadingRow)
-            .on_conflict_do_nothing(index_elements=["gateway_id", "meter_device", "seq"])
-            .returning(col(ReadingRow.id), col(ReadingRow.meter_device), col(ReadingRow.seq))
+        connection = session.connection()
+        postgres = connection.dialect.name == "postgresql"
+        devices = sorted({r.meter for r in batch.readings})
+        meters = {
+            row.device_id: row
+            for row in (
+                _MeterRow(*r)
+                for r in connection.execute(
+                    select(
+                        _METERS.c.id,
+                        _METERS.c.org_id,
+                        _METERS.c.gateway_id,
+                        _METERS.c.device_id,
+                        _METERS.c.kind,
+                        _METERS.c.prepay_mode,
+                        _METERS.c.tariff_id,
+                        _METERS.c.ct_ratio,
+                    ).where(_METERS.c.gateway_id == gateway_id, _METERS.c.device_id.in_(devices))
+                )
+            )
+        }
+        meter_ids = sorted(m.id for m in meters.values())
+        states = self._lock_state_rows(connection, meter_ids)
+        account_of = {
+            int(m): int(a)
+            for m, a in connection.execute(
+                select(_LINKS.c.meter_id, _LINKS.c.account_id).where(
+                    _LINKS.c.meter_id.in_(meter_ids), _LINKS.c.unlinked_at.is_(None)
+                )
+            )
+        }
+        accounts = {
+            row.id: row
+            for row in (
+                _AccountRow(*r)
+                for r in connection.execute(
+                    select(
+                        _ACCOUNTS.c.id,
+                        _ACCOUNTS.c.org_id,
+                        _ACCOUNTS.c.project_id,
+                        _ACCOUNTS.c.status,
+                        _ACCOUNTS.c.balance_fen,
+                        _ACCOUNTS.c.residue_millifen,
+                        _ACCOUNTS.c.tier_period,
+                        _ACCOUNTS.c.tier_usage,
+                    )
+                    .where(_ACCOUNTS.c.id.in_(sorted(set(account_of.values()))))
+                    .order_by(_ACCOUNTS.c.id)
+                    .with_for_update()
+                )
+            )
+        }
+        before = {a.id: (a.residue_millifen, a.tier_period, a.tier_usage) for a in accounts.values()}
+        new_ids = (
+            self._pg_new_readings(connection, gateway_id, batch)
+            if postgres
+            else self._sqlite_new_readings(connection, gateway_id, batch, now)
         )
-        inserted = session.execute(stmt, rows).all()
-        new_ids = {(m, int(s)): int(i) for i, m, s in inserted}
         self.stats.readings_new += len(new_ids)
-        self.stats.readings_duplicate += len(rows) - len(new_ids)
-        session.execute(
+        self.stats.readings_duplicate += len(batch.readings) - len(new_ids)
+        connection.execute(
             self._insert(ProcessedBatch)
             .values(
-                gateway_id=gateway.id,
+                gateway_id=gateway_id,
                 batch=batch.batch,
-                readings=len(rows),
+                readings=len(batch.readings),
                 new_readings=len(new_ids),
                 processed_at=now,
                 runner=self._runner[:100],
@@ -352,47 +457,20 @@ class Ingest:
         if not new_ids:
             self.stats.batches_skipped += 1  # every reading was a duplicate: a redelivered batch
             return []
-        devices = sorted({m for m, _ in new_ids})
-        meters = {
-            m.device_id: m
-            for m in session.scalars(
-                select(Meter).where(col(Meter.gateway_id) == gateway.id, col(Meter.device_id).in_(devices))
-            )
-        }
-        meter_ids = sorted(m.id for m in meters.values() if m.id is not None)
-        states = self._lock_states(session, meter_ids)
-        for state in states.values():  # written back with Core below: no ORM flush of 1000 rows
-            session.expunge(state)
-        links = session.execute(
-            select(col(AccountMeter.meter_id), col(AccountMeter.account_id)).where(
-                col(AccountMeter.meter_id).in_(meter_ids), col(AccountMeter.unlinked_at).is_(None)
-            )
-        ).all()
-        account_of = {int(m): int(a) for m, a in links}
-        accounts = {
-            a.id: a
-            for a in session.scalars(
-                select(Account)
-                .where(col(Account.id).in_(sorted(set(account_of.values()))))
-                .order_by(col(Account.id))
-                .with_for_update()
-            )
-        }
-        for loaded in accounts.values():  # detached like the states; residue and tier written below
-            session.expunge(loaded)
-        before = {a.id: (a.residue_millifen, a.tier_period, a.tier_usage) for a in accounts.values()}
         cache = BillingCache()
         by_meter: dict[str, list[tuple[datetime, int, int]]] = {}
         source = {(r.meter, r.seq): r for r in batch.readings}
         for (device, seq), rid in new_ids.items():
             by_meter.setdefault(device, []).append((source[(device, seq)].ts, seq, rid))
-        updates: list[dict[str, Any]] = []
+        outcomes: dict[int, tuple[int | None, str, str | None]] = {}
         pending: list[tuple[int, Transaction]] = []
         deltas: dict[int, int] = {}
         for device, items in sorted(by_meter.items()):
             meter = meters.get(device)
-            if meter is None or meter.id is None:
-                continue  # rows keep status unknown_meter
+            if meter is None:
+                for _, _, rid in items:
+                    outcomes[rid] = (None, ReadingStatus.UNKNOWN_METER, None)
+                continue
             state = states[meter.id]
             account = accounts.get(account_of.get(meter.id, -1))
             if account is not None and account.status != AccountStatus.OPEN:
@@ -410,9 +488,7 @@ class Ingest:
                     now=now,
                     cache=cache,
                 )
-                updates.append(
-                    {"b_id": rid, "b_meter": meter.id, "b_status": outcome.status, "b_key": outcome.txn_key}
-                )
+                outcomes[rid] = (meter.id, outcome.status, outcome.txn_key)
                 self.stats.by_status[outcome.status] = self.stats.by_status.get(outcome.status, 0) + 1
                 if outcome.txn is not None and outcome.org_id is not None and outcome.account_id is not None:
                     pending.append((outcome.org_id, outcome.txn))
@@ -423,17 +499,38 @@ class Ingest:
                     if reading.relay is not None and reading.relay is not RelayState.UNKNOWN:
                         state.observed = reading.relay.value
                         state.observed_at = ts
-        session.flush()  # holds and alarms of this batch, before the Core statements below
-        connection = session.connection()
-        state_rows = [_state_row(s) for s in states.values()]
-        if connection.dialect.name == "postgresql":
-            _pg_update(connection, _PG_UPDATE_READING, updates)
-            _pg_update(connection, _PG_UPDATE_STATE, state_rows)
+        if postgres:  # the rows, complete, before the holds and alarms that refer to them
+            copy_rows(
+                connection,
+                _READINGS,
+                _READING_COLUMNS,
+                (
+                    (
+                        rid,
+                        gateway_id,
+                        device,
+                        outcomes[rid][0],
+                        seq,
+                        aware_utc(source[(device, seq)].ts),
+                        now,
+                        {q.value: str(v) for q, v in source[(device, seq)].values.items()},
+                        _relay(source[(device, seq)].relay),
+                        outcomes[rid][1],
+                        outcomes[rid][2],
+                    )
+                    for (device, seq), rid in sorted(new_ids.items(), key=lambda item: item[1])
+                ),
+            )
         else:  # sqlite3's executemany runs one prepared statement in C
-            if updates:
-                connection.execute(_UPDATE_READING, updates)
-            if state_rows:
-                connection.execute(_UPDATE_STATE, state_rows)
+            connection.execute(
+                _UPDATE_READING,
+                [
+                    {"b_id": rid, "b_meter": meter_id, "b_status": status, "b_key": key}
+                    for rid, (meter_id, status, key) in outcomes.items()
+                ],
+            )
+        session.flush()  # holds and alarms of this batch
+        state_rows = [_state_row(s) for s in states.values()]
         changed_accounts = [
             {
                 "b_id": a.id,
@@ -444,15 +541,65 @@ class Ingest:
             for a in accounts.values()
             if before[a.id] != (a.residue_millifen, a.tier_period, a.tier_usage)
         ]
-        if changed_accounts:
-            connection.execute(_UPDATE_ACCOUNT, changed_accounts)
+        if postgres:
+            pg_update(connection, _PG_UPDATE_STATE, state_rows)
+            pg_update(connection, _PG_UPDATE_ACCOUNT, [_micro(row) for row in changed_accounts])
+        else:
+            if state_rows:
+                connection.execute(_UPDATE_STATE, state_rows)
+            if changed_accounts:
+                connection.execute(_UPDATE_ACCOUNT, changed_accounts)
         self.stats.charges += post_charges(session, pending, cache)
         return self._evaluate(session, accounts, deltas, cache, now)
+
+    def _pg_new_readings(
+        self, connection: Connection, gateway_id: int, batch: ReadingBatch
+    ) -> dict[tuple[str, int], int]:
+        """The batch's reading identities not stored yet, each with an id drawn from the sequence."""
+        pairs = sorted({(r.meter, r.seq) for r in batch.readings})
+        seen = {
+            (str(d), int(q))
+            for d, q in connection.execute(
+                _PG_EXISTING,
+                {"devices": [d for d, _ in pairs], "seqs": [q for _, q in pairs], "gateway": gateway_id},
+            )
+        }
+        fresh = [p for p in pairs if p not in seen]
+        if not fresh:
+            return {}
+        ids = connection.execute(_PG_NEXT_IDS, {"n": len(fresh)}).scalars().all()
+        return {pair: int(rid) for pair, rid in zip(fresh, ids, strict=True)}
+
+    def _sqlite_new_readings(
+        self, connection: Connection, gateway_id: int, batch: ReadingBatch, now: datetime
+    ) -> dict[tuple[str, int], int]:
+        """Insert the batch (``ON CONFLICT DO NOTHING``); the identities this statement stored."""
+        rows = [
+            {
+                "gateway_id": gateway_id,
+                "meter_device": r.meter,
+                "meter_id": None,
+                "seq": r.seq,
+                "ts": r.ts,
+                "received_at": now,
+                "values": {q.value: str(v) for q, v in r.values.items()},
+                "relay": _relay(r.relay),
+                "status": ReadingStatus.UNKNOWN_METER,
+                "txn_key": None,
+            }
+            for r in batch.readings
+        ]
+        stmt = (
+            self._insert(_READINGS)
+            .on_conflict_do_nothing(index_elements=["gateway_id", "meter_device", "seq"])
+            .returning(_READINGS.c.id, _READINGS.c.meter_device, _READINGS.c.seq)
+        )
+        return {(str(m), int(q)): int(i) for i, m, q in connection.execute(stmt, rows)}
 
     def _evaluate(
         self,
         session: Session,
-        accounts: dict[int | None, Account],
+        accounts: dict[int, _AccountRow],
         deltas: dict[int, int],
         cache: BillingCache,
         now: datetime,
@@ -481,16 +628,13 @@ class Ingest:
             quiet = state is not None and state.alarm_level == 0 and state.arrears_since is None
             if quiet and account.balance_fen + delta > top:
                 continue
-            # the batch's account objects are detached (Core wrote them): the policy gets a fresh one
+            # the batch's account rows are plain copies (Core wrote them): the policy loads the ORM row
             fresh = session.get(Account, account_id, populate_existing=True)
             if fresh is not None:
                 changed.extend(evaluate_account(session, fresh, now, policy_cache))
         return changed
 
-    def _lock_states(self, session: Session, meter_ids: list[int]) -> dict[int, MeterState]:
-        if not meter_ids:
-            return {}
-        connection = session.connection()
+    def _insert_missing_states(self, connection: Connection, meter_ids: list[int]) -> None:
         present = set(
             connection.execute(select(_STATES.c.meter_id).where(_STATES.c.meter_id.in_(meter_ids))).scalars()
         )
@@ -503,6 +647,34 @@ class Ingest:
                     for m in missing
                 ],
             )
+
+    def _lock_state_rows(self, connection: Connection, meter_ids: list[int]) -> dict[int, _StateRow]:
+        """The meters' states, locked in id order (``FOR UPDATE``), as plain rows."""
+        if not meter_ids:
+            return {}
+        self._insert_missing_states(connection, meter_ids)
+        query = (
+            select(
+                _STATES.c.meter_id,
+                _STATES.c.last_at,
+                _STATES.c.last_values,
+                _STATES.c.last_seq,
+                _STATES.c.last_seen,
+                _STATES.c.observed,
+                _STATES.c.observed_at,
+                _STATES.c.offline,
+            )
+            .where(_STATES.c.meter_id.in_(meter_ids))
+            .order_by(_STATES.c.meter_id)
+            .with_for_update()
+        )
+        return {int(r[0]): _StateRow(*r) for r in connection.execute(query)}
+
+    def _lock_states(self, session: Session, meter_ids: list[int]) -> dict[int, MeterState]:
+        """The meters' states as ORM objects, locked (events change a single meter's state)."""
+        if not meter_ids:
+            return {}
+        self._insert_missing_states(session.connection(), meter_ids)
         return {
             s.meter_id: s
             for s in session.scalars(
