@@ -39,6 +39,7 @@ from protocol.contract import (
     EventKind,
     RelayState,
     decode,
+    encode,
     verify_command,
 )
 from protocol.errors import CommandExpired, ContractError, SignatureError
@@ -111,7 +112,7 @@ class CommandStore:
         try:
             await self.db.execute(
                 "INSERT INTO commands (id, received, expires, state, payload) VALUES (?, ?, ?, ?, ?)",
-                (cmd.id, now, cmd.expires_at.timestamp(), state, cmd.model_dump_json()),
+                (cmd.id, now, cmd.expires_at.timestamp(), state, encode(cmd).decode()),
             )
         except aiosqlite.IntegrityError:
             return False
@@ -121,7 +122,7 @@ class CommandStore:
 
     async def finish(self, command_id: str, ack: Ack) -> None:
         await self.db.execute(
-            "UPDATE commands SET state = 'done', ack = ? WHERE id = ?", (ack.model_dump_json(), command_id)
+            "UPDATE commands SET state = 'done', ack = ? WHERE id = ?", (encode(ack).decode(), command_id)
         )
 
     async def pending(self) -> list[Command]:
@@ -129,7 +130,7 @@ class CommandStore:
             "SELECT payload FROM commands WHERE state = 'pending' ORDER BY received"
         ) as cur:
             rows = await cur.fetchall()
-        return [Command.model_validate_json(r[0]) for r in rows]
+        return [decode(Command, r[0]) for r in rows]
 
     async def state(self, command_id: str) -> str | None:
         async with self.db.execute("SELECT state FROM commands WHERE id = ?", (command_id,)) as cur:

@@ -13,6 +13,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from edge.config import load_config
 from edge.errors import ConfigError
 from edge.logging import setup_logging
@@ -95,11 +97,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if stale:
         backlog = outbox_backlog(data)
         if backlog is not None:
-            status = status.model_copy(
-                update={"outbox_backlog": backlog[0], "outbox_oldest_age_s": backlog[1]}
+            status = msgspec.structs.replace(
+                status, outbox_backlog=backlog[0], outbox_oldest_age_s=backlog[1]
             )
     if args.json:
-        print(json.dumps(json.loads(status.model_dump_json()), indent=2))
+        print(json.dumps(msgspec.to_builtins(status), indent=2))
     else:
         print(render(status, stale_s=age if stale else None))
     return 1 if stale else 0

@@ -43,7 +43,8 @@ from typing import Any
 import aiosqlite
 
 from edge.errors import OutboxError
-from protocol.contract import Ack, Event, EventKind, Quantity, Reading, RelayState, encode
+from protocol.contract import Ack, Event, EventKind, Quantity, Reading, RelayState, decode, encode
+from protocol.errors import ContractError
 
 __all__ = ["Backlog", "NewReading", "Outbox", "StoredMessage", "StoredReading", "batch_payload"]
 
@@ -242,10 +243,13 @@ class Outbox:
                         relay=item.relay,
                         status=item.status,
                     )
+                    payload = encode(reading)
+                    # Checked as the cloud will check it, so a reading it would refuse spends no seq.
+                    decode(Reading, payload)
                     stored.append(reading)
-                    rows.append((item.meter, seq, now, encode(reading).decode()))
+                    rows.append((item.meter, seq, now, payload.decode()))
                 out.append(stored)
-        except ValueError as exc:  # pydantic ValidationError is a ValueError
+        except (ContractError, ValueError, TypeError) as exc:
             raise OutboxError(f"reading does not fit the contract: {exc}") from exc
         async with self._lock:
             db = self.db

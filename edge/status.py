@@ -13,7 +13,9 @@ import sqlite3
 import time
 from pathlib import Path
 
-from protocol.contract import GatewayStatus, decode
+import msgspec
+
+from protocol.contract import GatewayStatus, decode, encode
 from protocol.errors import ContractError
 
 __all__ = ["STATUS_FILE", "outbox_backlog", "read_status", "render", "write_status"]
@@ -24,7 +26,7 @@ STATUS_FILE = "status.json"
 def write_status(data_dir: Path, status: GatewayStatus) -> None:
     path = data_dir / STATUS_FILE
     tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(status.model_dump_json(indent=2), encoding="utf-8")
+    tmp.write_bytes(msgspec.json.format(encode(status), indent=2))
     os.replace(tmp, path)  # no fsync: a status lost in a power cut is rewritten seconds later
 
 

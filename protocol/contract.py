@@ -26,12 +26,15 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import msgspec
+from msgspec import Meta
 
 from protocol.errors import CommandExpired, ContractError, SignatureError
+from protocol.structs import dotted, error_location
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "HORIZON_QUANTITIES",
     "MAX_BATCH",
     "SCHEMA_VERSION",
     "Ack",
@@ -55,6 +58,7 @@ __all__ = [
     "encode",
     "parse_topic",
     "sign_command",
+    "validate",
     "verify_command",
 ]
 
@@ -63,10 +67,16 @@ DEFAULT_PREFIX = "mf/v1"
 MAX_BATCH = 1000
 """Largest number of readings (or events) in one MQTT message; keeps a payload well under 256 KiB."""
 
-MeterId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/\-]+$")]
-GatewayId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
-# 16 integer digits and 6 decimals cover every register of every meter we read, with headroom.
-Measure = Annotated[Decimal, Field(max_digits=22, decimal_places=6, allow_inf_nan=False)]
+MeterId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/\-]+$")]
+GatewayId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+Timestamp = Annotated[datetime, Meta(tz=True)]
+"""RFC 3339 with an offset; normalised to UTC by each message's ``__post_init__``."""
+NonNegative = Annotated[int, Meta(ge=0)]
+Id64 = Annotated[str, Meta(min_length=1, max_length=64)]
+# A measure (``Decimal``): finite, 16 integer digits and 6 decimals at most, which covers every
+# register of every meter we read with headroom. msgspec has no digit constraints for Decimal, so
+# :func:`_check_decimal` enforces them (the same rule as pydantic's max_digits/decimal_places).
+MEASURE_DIGITS, MEASURE_PLACES = 22, 6
 
 
 class Quantity(StrEnum):
@@ -139,139 +149,214 @@ class EventKind(StrEnum):
     GATEWAY_STARTED = "gateway_started"
 
 
-class _Model(BaseModel):
-    # defer_build: a model's validator and serializer are built on first use, so a gateway never
-    # pays RAM for the models only the cloud uses (and vice versa). Wire format unchanged.
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False, defer_build=True)
+class _Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every payload: immutable, unknown JSON keys refused.
+
+    msgspec validates types, ranges, lengths and patterns while decoding (in C, no model build at
+    import: a gateway pays neither pydantic's RAM nor its start-up). A constructor call does not check
+    those; ``__post_init__`` runs on both paths and holds the rules that must also hold for messages
+    built in Python: timestamps aware and in UTC, measures within their digits. Code that builds a
+    message from outside input re-checks it with :func:`validate`.
+    """
 
 
-def _aware(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError("timestamp must carry a timezone offset")
-    return value.astimezone(UTC)
+def _utc(message: _Model, *names: str) -> None:
+    for name in names:
+        value: datetime = getattr(message, name)
+        if value.tzinfo is UTC:
+            continue
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"{name}: timestamp must carry a timezone offset")
+        msgspec.structs.force_setattr(message, name, value.astimezone(UTC))
 
 
-class Reading(_Model):
+def _check_decimal(
+    value: Decimal,
+    where: str,
+    *,
+    max_digits: int | None = MEASURE_DIGITS,
+    places: int = MEASURE_PLACES,
+) -> None:
+    """Finite, at most ``places`` decimals and ``max_digits`` digits (trailing zeros do not count)."""
+    if not isinstance(value, Decimal):
+        raise TypeError(f"{where}: expected a decimal, got {type(value).__name__}")
+    if not value.is_finite():
+        raise ValueError(f"{where}: must be a finite number, got {value}")
+    _sign, digit_tuple, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    digits = list(digit_tuple)
+    while digits and digits[-1] == 0 and exponent < 0:
+        digits.pop()
+        exponent += 1
+    if not any(digits):
+        return  # zero, whatever its exponent
+    if exponent >= 0:
+        total, decimals = len(digits) + exponent, 0
+    else:
+        decimals = -exponent
+        total = max(len(digits), decimals)
+    if max_digits is not None and total > max_digits:
+        raise ValueError(f"{where}: no more than {max_digits} digits in total, got {value}")
+    if decimals > places:
+        raise ValueError(f"{where}: no more than {places} decimal places, got {value}")
+    if max_digits is not None and total - decimals > max_digits - places:
+        raise ValueError(f"{where}: no more than {max_digits - places} digits before the point, got {value}")
+
+
+class Reading(_Model, frozen=True, kw_only=True):
     """One poll of one meter: a set of values read in one pass, with the supply state seen."""
 
     meter: MeterId
-    seq: int = Field(ge=0, lt=2**63)
-    ts: datetime
-    values: dict[Quantity, Measure] = Field(default_factory=dict)
+    seq: Annotated[int, Meta(ge=0, le=2**63 - 1)]
+    ts: Timestamp
+    values: dict[Quantity, Decimal] = {}
     relay: RelayState | None = None
-    status: dict[str, bool] = Field(default_factory=dict)
+    status: dict[str, bool] = {}
 
-    _ts = field_validator("ts")(_aware)
+    def __post_init__(self) -> None:
+        _utc(self, "ts")
+        for quantity, value in self.values.items():
+            _check_decimal(value, f"values.{quantity}")
 
 
-class ReadingBatch(_Model):
+class ReadingBatch(_Model, frozen=True, kw_only=True):
     v: Literal[1] = 1
     gateway: GatewayId
-    batch: str = Field(min_length=1, max_length=64)
-    sent_at: datetime
-    readings: list[Reading] = Field(min_length=1, max_length=MAX_BATCH)
+    batch: Id64
+    sent_at: Timestamp
+    readings: Annotated[list[Reading], Meta(min_length=1, max_length=MAX_BATCH)]
 
-    _sent_at = field_validator("sent_at")(_aware)
+    def __post_init__(self) -> None:
+        _utc(self, "sent_at")
 
 
-class Event(_Model):
-    id: str = Field(min_length=1, max_length=64)
-    ts: datetime
+class Event(_Model, frozen=True, kw_only=True):
+    id: Id64
+    ts: Timestamp
     kind: EventKind
     meter: MeterId | None = None
-    detail: dict[str, Any] = Field(default_factory=dict)
+    detail: dict[str, Any] = {}
 
-    _ts = field_validator("ts")(_aware)
+    def __post_init__(self) -> None:
+        _utc(self, "ts")
 
 
-class EventBatch(_Model):
+class EventBatch(_Model, frozen=True, kw_only=True):
     v: Literal[1] = 1
     gateway: GatewayId
-    events: list[Event] = Field(min_length=1, max_length=MAX_BATCH)
+    events: Annotated[list[Event], Meta(min_length=1, max_length=MAX_BATCH)]
 
 
-class Command(_Model):
+class Command(_Model, frozen=True, kw_only=True):
     """A signed instruction for one meter behind one gateway."""
 
     v: Literal[1] = 1
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    id: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
     gateway: GatewayId
     meter: MeterId
     action: Action
-    params: dict[str, int | str] = Field(default_factory=dict)
-    issued_at: datetime
-    expires_at: datetime
-    sig: str = Field(default="", max_length=128)
+    params: dict[str, int | str] = {}
+    issued_at: Timestamp
+    expires_at: Timestamp
+    sig: Annotated[str, Meta(max_length=128)] = ""
 
-    _times = field_validator("issued_at", "expires_at")(_aware)
+    def __post_init__(self) -> None:
+        _utc(self, "issued_at", "expires_at")
 
 
-class Ack(_Model):
+class Ack(_Model, frozen=True, kw_only=True):
     v: Literal[1] = 1
     gateway: GatewayId
-    command: str = Field(min_length=1, max_length=64)
+    command: Id64
     meter: MeterId
     action: Action
     status: AckStatus
     observed: RelayState | None = None
     protected: bool | None = None
-    detail: str = Field(default="", max_length=500)
-    ts: datetime
+    detail: Annotated[str, Meta(max_length=500)] = ""
+    ts: Timestamp
 
-    _ts = field_validator("ts")(_aware)
+    def __post_init__(self) -> None:
+        _utc(self, "ts")
 
 
-class LineStats(_Model):
+class LineStats(_Model, frozen=True, kw_only=True):
     name: str
     url: str
-    transactions: int = Field(ge=0)
-    timeouts: int = Field(ge=0)
-    errors: int = Field(ge=0)
-    utilisation: Decimal = Field(ge=0, le=1, decimal_places=4)
-    meters_online: int = Field(ge=0)
-    meters_offline: int = Field(ge=0)
+    transactions: NonNegative
+    timeouts: NonNegative
+    errors: NonNegative
+    utilisation: Decimal  # 0..1, 4 decimals at most
+    meters_online: NonNegative
+    meters_offline: NonNegative
+
+    def __post_init__(self) -> None:
+        _check_decimal(self.utilisation, "utilisation", max_digits=None, places=4)
+        if not 0 <= self.utilisation <= 1:
+            raise ValueError(f"utilisation: must lie in 0..1, got {self.utilisation}")
+
+    def model_dump(self, *, mode: Literal["json"] = "json") -> dict[str, Any]:
+        """Transitional, for cloud/services/ingest.py, which still calls the pydantic name.
+
+        Same output as pydantic's ``model_dump(mode="json")`` (decimals as strings). New code calls
+        ``msgspec.to_builtins``; remove this once ingest.py does.
+        """
+        dumped: dict[str, Any] = msgspec.to_builtins(self)
+        return dumped
 
 
-class GatewayStatus(_Model):
+class GatewayStatus(_Model, frozen=True, kw_only=True):
     """Retained on ``up/status``; the LWT publishes ``online=False`` with the same shape."""
 
     v: Literal[1] = 1
     gateway: GatewayId
     online: bool
     version: str = ""
-    ts: datetime
-    uptime_s: int = Field(default=0, ge=0)
-    lines: list[LineStats] = Field(default_factory=list)
-    outbox_backlog: int = Field(default=0, ge=0)
-    outbox_oldest_age_s: int = Field(default=0, ge=0)
+    ts: Timestamp
+    uptime_s: NonNegative = 0
+    lines: list[LineStats] = []
+    outbox_backlog: NonNegative = 0
+    outbox_oldest_age_s: NonNegative = 0
     autonomous: bool = False
 
-    _ts = field_validator("ts")(_aware)
+    def __post_init__(self) -> None:
+        _utc(self, "ts")
 
 
-class CreditHorizon(_Model):
+HORIZON_QUANTITIES = frozenset({Quantity.ENERGY_TOTAL_KWH, Quantity.FLOW_TOTAL_M3})
+
+
+class CreditHorizon(_Model, frozen=True, kw_only=True):
     """How far a meter may run while the cloud is unreachable.
 
     ``limit`` is an absolute register value of ``quantity`` (for example total kWh 1234.56): when the
     meter's register reaches it with the cloud unreachable, the gateway trips the meter unless
-    ``protected``. Absolute values keep the rule true however long the outage lasts.
+    ``protected``. Absolute values keep the rule true however long the outage lasts. ``quantity`` is
+    one of :data:`HORIZON_QUANTITIES`, the cumulative registers.
     """
 
-    quantity: Literal[Quantity.ENERGY_TOTAL_KWH, Quantity.FLOW_TOTAL_M3]
-    limit: Measure
+    quantity: Quantity
+    limit: Decimal
     protected: bool = False
 
+    def __post_init__(self) -> None:
+        if self.quantity not in HORIZON_QUANTITIES:
+            allowed = ", ".join(sorted(HORIZON_QUANTITIES))
+            raise ValueError(f"quantity: must be one of {allowed}, got {str(self.quantity)!r}")
+        _check_decimal(self.limit, "limit")
 
-class GatewayConfig(_Model):
+
+class GatewayConfig(_Model, frozen=True, kw_only=True):
     """Retained on ``down/config``: what the cloud wants the gateway to know between commands."""
 
     v: Literal[1] = 1
     gateway: GatewayId
-    issued_at: datetime
-    horizons: dict[MeterId, CreditHorizon] = Field(default_factory=dict)
-    offline_after_s: int = Field(default=300, ge=10, le=86400)
+    issued_at: Timestamp
+    horizons: dict[MeterId, CreditHorizon] = {}
+    offline_after_s: Annotated[int, Meta(ge=10, le=86400)] = 300
 
-    _ts = field_validator("issued_at")(_aware)
+    def __post_init__(self) -> None:
+        _utc(self, "issued_at")
 
 
 class Topics:
@@ -303,28 +388,46 @@ def parse_topic(topic: str, prefix: str = DEFAULT_PREFIX) -> tuple[str, str]:
     return rest[0], f"{rest[1]}/{rest[2]}"
 
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=_Model)
+
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+_encoder = msgspec.json.Encoder()
 
 
 def decode(model: type[M], payload: bytes | str) -> M:
-    """Parse and validate a payload; any defect becomes a :class:`ContractError` naming it."""
-    if isinstance(payload, bytes) and len(payload) > 4 * 1024 * 1024:
+    """Parse and validate a payload; any defect becomes a :class:`ContractError` naming it.
+
+    The message names the first defect and where it is: ``invalid ReadingBatch:
+    readings[0].seq: Expected `int` >= 0``.
+    """
+    if len(payload) > 4 * 1024 * 1024:
         raise ContractError(f"{model.__name__} payload too large: {len(payload)} bytes")
+    decoder = _decoders.get(model)
+    if decoder is None:
+        decoder = _decoders.setdefault(model, msgspec.json.Decoder(model))
     try:
-        return model.model_validate_json(payload)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "<root>"
-        raise ContractError(
-            f"invalid {model.__name__}: {where}: {first.get('msg')} ({exc.error_count()} error(s))"
-        ) from exc
-    except (ValueError, UnicodeDecodeError) as exc:  # pragma: no cover - pydantic wraps most
+        message: M = decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        loc, what = error_location(exc)
+        raise ContractError(f"invalid {model.__name__}: {dotted(loc)}: {what}") from exc
+    except (msgspec.DecodeError, UnicodeError) as exc:
         raise ContractError(f"invalid {model.__name__}: {exc}") from exc
+    return message
 
 
-def encode(message: BaseModel) -> bytes:
-    """Serialise a contract model to compact JSON bytes (decimals as strings)."""
-    return message.model_dump_json(exclude_none=False).encode()
+def encode(message: _Model) -> bytes:
+    """Serialise a contract message to compact JSON bytes (decimals as strings, UTC times with Z)."""
+    return _encoder.encode(message)
+
+
+def validate(message: M) -> M:
+    """``message`` checked against every rule of the contract, as the receiving side will check it.
+
+    For messages built in Python from outside input (a meter's reading, a configured id): a
+    constructor does not check ranges, lengths and patterns, decoding does. Raises
+    :class:`ContractError` naming the defect.
+    """
+    return decode(type(message), encode(message))
 
 
 def _epoch(value: datetime) -> str:
@@ -356,7 +459,7 @@ def sign_command(cmd: Command, key: bytes) -> Command:
     if not key:
         raise SignatureError("empty signing key")
     sig = hmac.new(key, command_signing_input(cmd), hashlib.sha256).hexdigest()
-    return cmd.model_copy(update={"sig": sig})
+    return msgspec.structs.replace(cmd, sig=sig)
 
 
 def verify_command(

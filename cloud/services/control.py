@@ -49,6 +49,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from zoneinfo import ZoneInfo
 
+import msgspec
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -702,8 +703,8 @@ def gateway_config(
         if meter.ct_ratio != 1:
             # the horizon is in billed units; the gateway compares raw register values
             over = (horizon.limit - register) / Decimal(meter.ct_ratio)
-            horizon = horizon.model_copy(
-                update={"limit": (register + over).quantize(Decimal("0.01"), rounding=ROUND_FLOOR)}
+            horizon = msgspec.structs.replace(
+                horizon, limit=(register + over).quantize(Decimal("0.01"), rounding=ROUND_FLOOR)
             )
         horizons[meter.device_id] = horizon
     return GatewayConfig(

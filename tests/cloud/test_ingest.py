@@ -213,10 +213,10 @@ def test_a_payload_the_database_refuses_is_dead_lettered_not_retried_forever(
 ) -> None:
     site = make_flow_site(session_factory)
     ingest = _ingest(session_factory, Clock(T0), [])
-    # valid by the contract (detail is free-form JSON) but NaN is not JSON to PostgreSQL
+    # valid by the contract (an event id is any 1..64 characters) but PostgreSQL text holds no NUL
     payload = (
-        b'{"v":1,"gateway":"' + site.gateway.encode() + b'","events":[{"id":"e1","ts":"2026-11-24T02:00:00Z",'
-        b'"kind":"time_sync","detail":{"drift":NaN}}]}'
+        b'{"v":1,"gateway":"' + site.gateway.encode() + b'","events":[{"id":"e\\u00001","ts":"2026-11-24T02:00:00Z",'
+        b'"kind":"time_sync","detail":{"drift":1.5}}]}'
     )
     ingest.handle(Topics(site.gateway).events, payload)
     ingest.handle(*batch(site, [("m1", 1, T0, "1.00")]))  # and the ingest carries on
@@ -224,7 +224,7 @@ def test_a_payload_the_database_refuses_is_dead_lettered_not_retried_forever(
     with session_factory() as s:
         stored = s.scalars(select(GatewayEvent)).all()
         letters = s.scalars(select(DeadLetter)).all()
-    # SQLite stores NaN happily; PostgreSQL refuses it and the message is dead-lettered with its bytes
+    # SQLite stores a NUL happily; PostgreSQL refuses it and the message is dead-lettered with its bytes
     if session_factory.kw["bind"].dialect.name == "postgresql":
         assert (len(stored), [bytes(d.payload) for d in letters]) == (0, [payload])
         assert "database refused it" in letters[0].reason

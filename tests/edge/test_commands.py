@@ -25,6 +25,7 @@ from protocol.contract import (
     EventKind,
     RelayState,
     decode,
+    encode,
     sign_command,
 )
 
@@ -104,7 +105,7 @@ async def events(box: Outbox) -> list[Event]:
 async def test_valid_command_runs_once_and_is_acked_with_read_back(tmp_path: Path) -> None:
     run = Recorder(Outcome(observed=RelayState.OPEN, protected=False, detail="relay open"))
     proc, box, store = await make(tmp_path, run)
-    ack = await proc.handle(command().model_dump_json().encode())
+    ack = await proc.handle(encode(command()))
     assert ack is not None
     assert ack.status == AckStatus.DONE
     assert ack.observed == RelayState.OPEN
@@ -128,7 +129,7 @@ async def test_valid_command_runs_once_and_is_acked_with_read_back(tmp_path: Pat
 async def test_refused_commands_never_execute(tmp_path: Path, cmd: Command, reason: str) -> None:
     run = Recorder(Outcome(observed=RelayState.OPEN))
     proc, box, store = await make(tmp_path, run)
-    ack = await proc.handle(cmd.model_dump_json().encode())
+    ack = await proc.handle(encode(cmd))
     assert run.calls == []
     assert ack is not None
     assert ack.status == AckStatus.REJECTED
@@ -140,7 +141,7 @@ async def test_refused_commands_never_execute(tmp_path: Path, cmd: Command, reas
 async def test_tampered_params_fail_signature(tmp_path: Path) -> None:
     run = Recorder(Outcome(observed=RelayState.CLOSED))
     proc, box, store = await make(tmp_path, run)
-    raw = json.loads(command("r1", Action.RECHARGE, amount_fen=1000, purchase_count=3).model_dump_json())
+    raw = json.loads(encode(command("r1", Action.RECHARGE, amount_fen=1000, purchase_count=3)))
     raw["params"]["amount_fen"] = 100000
     ack = await proc.handle(json.dumps(raw).encode())
     assert ack is not None
@@ -152,7 +153,7 @@ async def test_tampered_params_fail_signature(tmp_path: Path) -> None:
 async def test_replay_refused_even_after_restart(tmp_path: Path) -> None:
     run = Recorder(Outcome(observed=RelayState.OPEN))
     proc, box, store = await make(tmp_path, run)
-    payload = command("dup").model_dump_json().encode()
+    payload = encode(command("dup"))
     assert (await proc.handle(payload)).status == AckStatus.DONE  # type: ignore[union-attr]
     await box.close(), await store.close()
     proc, box, store = await make(tmp_path, run)  # a restart: new objects, same data dir
@@ -185,7 +186,7 @@ async def test_pending_command_survives_restart_and_resumes(tmp_path: Path) -> N
 
 async def test_no_reply_is_failed_not_done(tmp_path: Path) -> None:
     proc, box, store = await make(tmp_path, Recorder(NoReply("no reply from 000000000001 in 0.9 s")))
-    ack = await proc.handle(command().model_dump_json().encode())
+    ack = await proc.handle(encode(command()))
     assert ack is not None
     assert ack.status == AckStatus.FAILED
     assert "no reply" in ack.detail

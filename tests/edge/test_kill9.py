@@ -25,7 +25,7 @@ import pytest
 from firmware_sim.line import SimLine
 from firmware_sim.meters import Ddsy1352Sim
 from firmware_sim.serve import LineHandle, run_line
-from protocol.contract import ReadingBatch, decode
+from protocol.contract import ReadingBatch, decode, encode
 from tests.edge.mqtt_helpers import Subscriber
 
 pytestmark = pytest.mark.services
@@ -130,7 +130,7 @@ def test_kill9_loses_nothing(
         seen: dict[tuple[str, int], str] = {}
         for payload in sub.on("/up/readings"):
             for r in decode(ReadingBatch, payload).readings:
-                text = r.model_dump_json()
+                text = encode(r).decode()
                 assert seen.setdefault((r.meter, r.seq), text) == text  # a re-send, never a reused seq
         for r in stored:
             key = (r["meter"], r["seq"])
