@@ -12,12 +12,20 @@ the account. Refunds, adjustments, reversals, settlements and meter replacements
 Meter replacement keeps the account — its balance, rating residue and tier counter — and moves the
 account's link from the old meter to the new one; the old meter is deactivated and points at its
 successor. Register baselines of the new meter are telemetry's business (first reading).
+
+Money on a local-prepay meter (``held:<meter>``, see :mod:`cloud.services.local_prepay`) is the
+tenant's: closing the account hands it back to the wallet before the settlement
+(``close:<account>:held:<meter>``), replacing the meter hands it back to the wallet
+(``replace:<old>:<new>``), from where the next top-up writes it to the new meter. Either may first
+correct held to a figure the operator read off the meter. Neither proceeds while a top-up to the meter
+is in flight (its ack would move money out of the wallet afterwards); retries still scheduled are
+given up, their money stays in the wallet.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -34,13 +42,16 @@ from cloud.models import (
     LedgerEntry,
     LedgerTransaction,
     Meter,
+    PrepayMode,
     Project,
     Role,
     Tenant,
 )
 from cloud.services import ledger
 from cloud.services.audit import Actor, AuditAction, record
+from cloud.services.control import lock_meter_states
 from cloud.services.errors import Conflict, NotFound
+from cloud.services.local_prepay import HeldReturn, return_held, stop_topups
 from cloud.services.unit import mark_balance_changed
 
 __all__ = [
@@ -400,10 +411,43 @@ def reverse_transaction(
 
 
 def close_account(
-    session: Session, actor: Actor, now: datetime, *, account_id: int, reason: str = "account closed"
+    session: Session,
+    actor: Actor,
+    now: datetime,
+    *,
+    account_id: int,
+    reason: str = "account closed",
+    meter_remaining_fen: Mapping[int, int] | None = None,
 ) -> ledger.PostResult | None:
-    """Settle the whole balance (either sign) to the project's settlement account, unlink, close."""
+    """Settle the whole balance (either sign) to the project's settlement account, unlink, close.
+
+    The money on the account's local-prepay meters goes back to the wallet first, so the settlement
+    pays it out too; ``meter_remaining_fen`` (meter id → fen read off the meter) corrects a meter's held
+    balance to what it really holds. Audited with every figure."""
+    figures = dict(meter_remaining_fen or {})
+    local = [m for m in active_meters(session, account_id) if m.prepay_mode == PrepayMode.LOCAL]
+    lock_meter_states(session, [m.id for m in local if m.id is not None])  # then the account: lock order
     account = _open(get_account(session, account_id, actor, for_update=True))
+    session.refresh(account, ["balance_fen", "version"])
+    unknown = set(figures) - {m.id for m in local}
+    if unknown:
+        raise Conflict(f"meters {sorted(unknown)} are not local-prepay meters of account {account.number}")
+    returned: list[HeldReturn] = []
+    for meter in local:
+        stop_topups(session, meter)
+        returned.append(
+            return_held(
+                session,
+                meter,
+                project_id=account.project_id,
+                wallet=rules.wallet_code(account_id),
+                key=f"close:{account_id}:held:{meter.id}",
+                at=now,
+                why=reason,
+                remaining=figures.get(meter.id or 0),
+                actor_user_id=actor.user_id,
+            )
+        )
     txn = rules.settlement(
         f"close:{account_id}",
         rules.wallet_code(account_id),
@@ -431,7 +475,7 @@ def close_account(
         org_id=account.org_id,
         target_type="account",
         target_id=account_id,
-        detail={"settled_fen": -settled, "reason": reason},
+        detail={"settled_fen": -settled, "reason": reason, "meters": [r.audit() for r in returned]},
         at=now,
     )
     session.flush()
@@ -448,11 +492,21 @@ def replace_meter(
     new_address: str,
     reason: str = "meter replaced",
     new_model: str | None = None,
+    final_remaining_fen: int | None = None,
 ) -> Meter:
-    """Swap a meter for a new one behind the same gateway, keeping the paying account untouched."""
+    """Swap a meter for a new one behind the same gateway, keeping the paying account untouched.
+
+    A local-prepay meter's money goes back to the wallet of the account paying for it (the next top-up
+    writes it to the new meter); ``final_remaining_fen``, read off the old meter, corrects held first."""
     old = _get_meter(session, meter_id, actor)
     if not old.active:
         raise Conflict(f"meter {old.device_id} was already removed")
+    local = old.prepay_mode == PrepayMode.LOCAL
+    if final_remaining_fen is not None and not local:
+        raise Conflict(f"meter {old.device_id} is not a local-prepay meter: it holds no money")
+    if local:
+        lock_meter_states(session, [meter_id])  # the ack path's lock: no top-up lands meanwhile
+        stop_topups(session, old)
     clash = session.scalars(
         select(Meter).where(col(Meter.gateway_id) == old.gateway_id, col(Meter.device_id) == new_device_id)
     ).first()
@@ -489,6 +543,20 @@ def replace_meter(
         link.unlinked_at = now
         session.add(AccountMeter(account_id=link.account_id, meter_id=new.id or 0, linked_at=now))
         moved.append(link.account_id)
+    money: HeldReturn | None = None
+    payer = session.get(Account, moved[0]) if local and len(moved) == 1 else None
+    if payer is not None:
+        money = return_held(
+            session,
+            old,
+            project_id=payer.project_id,
+            wallet=rules.wallet_code(payer.id),
+            key=f"replace:{old.id}:{new.id}",
+            at=now,
+            why=reason,
+            remaining=final_remaining_fen,
+            actor_user_id=actor.user_id,
+        )
     record(
         session,
         actor,
@@ -496,7 +564,12 @@ def replace_meter(
         org_id=old.org_id,
         target_type="meter",
         target_id=meter_id,
-        detail={"new_meter_id": new.id, "accounts": moved, "reason": reason},
+        detail={
+            "new_meter_id": new.id,
+            "accounts": moved,
+            "reason": reason,
+            "money": money.audit() if money is not None else None,
+        },
         at=now,
     )
     session.flush()

@@ -14,7 +14,9 @@ charge from billing, a recharge, an ack, a delivered notice, a timed re-evaluati
 Local-prepay meters get no desired relay state (they cut themselves). Their top-ups are planned by
 :func:`plan_topup` (the control reconciler calls it and sends each as a signed ``recharge`` command):
 one top-up per recharge transaction credited to the account since the meter was linked, oldest
-first, one in flight per meter. A recharge is "written" once a ``recharge`` command carrying its
+first, one in flight per meter. The money a replaced meter held comes back to the wallet as a
+``replace:<old>:<new>`` transfer (:func:`cloud.services.accounts.replace_meter`) and is written to the
+new meter the same way. A recharge is "written" once a ``recharge`` command carrying its
 ledger key (``params["recharge"]``) was issued for the meter — whatever became of it — so the same
 money is never written twice; a failed write is the operator's (alarm), not a silent re-send under a
 new purchase count. The meter's purchase count comes from its readings (``purchase_count``) and from
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -66,19 +68,23 @@ from cloud.services.errors import NotFound
 from protocol.contract import Action, Quantity, RelayState
 
 __all__ = [
+    "CLOSE_PERMIT_NOTICE",
     "FINAL_NOTICE",
     "TOPUP_FAILED",
+    "TOPUP_SOURCE",
     "PlannedTopUp",
     "PolicyCache",
     "ack_purchase_count",
     "evaluate_account",
     "linked_meters",
     "mark_notification_delivered",
+    "notify_close_permit",
     "plan_topup",
     "policy_for",
 ]
 
 FINAL_NOTICE = "final_notice"
+CLOSE_PERMIT_NOTICE = "close_permit"
 TOPUP_FAILED = AlarmKind.TOPUP_FAILED
 
 
@@ -298,6 +304,41 @@ def _payload(account: Account, lang: str, text: str) -> dict[str, Any]:
     return {"account": account.number, "balance_fen": account.balance_fen, "lang": lang, "text": text}
 
 
+def notify_close_permit(
+    session: Session, meter: Meter, command_id: str, *, after_recharge: bool = True
+) -> NotificationOutbox | None:
+    """A close-permit (合闸允许) lets the relay close but leaves supply off until someone presses the
+    meter's button: tell the tenant who pays for the meter, or the restore silently never happens. One
+    notification per command (the key is its id); None when no open account pays for the meter."""
+    account = session.scalars(
+        select(Account)
+        .join(AccountMeter, col(AccountMeter.account_id) == col(Account.id))
+        .where(
+            col(AccountMeter.meter_id) == meter.id,
+            col(AccountMeter.unlinked_at).is_(None),
+            col(Account.status) == AccountStatus.OPEN,
+        )
+    ).first()
+    if account is None or account.id is None:
+        return None
+    if after_recharge:
+        zh = "已充值，请按电表上的合闸按钮恢复供电"
+        en = "Recharged: press the button on your meter to restore power"
+    else:
+        zh = "供电已允许恢复，请按电表上的合闸按钮"
+        en = "Power may be restored: press the button on your meter"
+    row = NotificationOutbox(
+        org_id=account.org_id,
+        account_id=account.id,
+        kind=CLOSE_PERMIT_NOTICE,
+        dedupe_key=f"close_permit:{command_id}"[:200],
+        payload=_payload(account, "zh", f"{zh}（电表 {meter.device_id}）。")
+        | {"text_en": f"{en} (meter {meter.device_id}).", "meter": meter.device_id, "command": command_id},
+    )
+    _add_once(session, row)
+    return row
+
+
 def mark_notification_delivered(session: Session, notification_id: int, at: datetime) -> NotificationOutbox:
     """The notifier's receipt: a final notice delivered lets the policy cut (after its lead time)."""
     row = session.get(NotificationOutbox, notification_id)
@@ -366,17 +407,29 @@ def _known_count(session: Session, meter_id: int, commands: list[CommandRow]) ->
     return max(counts) if counts else None
 
 
+TOPUP_SOURCE = or_(
+    col(LedgerTransaction.kind) == TxnKind.RECHARGE.value,
+    and_(
+        col(LedgerTransaction.kind) == TxnKind.TRANSFER.value,
+        col(LedgerTransaction.idempotency_key).like("replace:%"),
+    ),
+)
+"""Transactions whose credit to a wallet is money for the account's local-prepay meter: recharges, and
+what a replaced meter held (``replace:<old>:<new>``)."""
+
+
 def _unwritten(
     session: Session, account_id: int, since: datetime, written: set[str]
 ) -> tuple[str, int] | None:
-    """The oldest recharge to ``account_id`` since ``since``, not reversed and not yet written."""
+    """The oldest recharge (or replaced meter's money) credited to ``account_id`` since ``since``, not
+    reversed and not yet written."""
     rows = session.execute(
         select(col(LedgerTransaction.id), col(LedgerTransaction.idempotency_key), col(LedgerEntry.amount_fen))
         .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerEntry.transaction_id))
         .where(
             col(LedgerEntry.account_id) == account_id,
             col(LedgerEntry.amount_fen) > 0,
-            col(LedgerTransaction.kind) == TxnKind.RECHARGE.value,
+            TOPUP_SOURCE,
             col(LedgerTransaction.effective_at) >= since,
         )
         .order_by(col(LedgerTransaction.effective_at), col(LedgerTransaction.created_at))

@@ -28,6 +28,11 @@ purchase count, so a meter that already took it answers "already applied". An ac
 count is not the expected one (another purchase went in meanwhile, a replaced meter) gives up at once
 with a ``topup_failed`` alarm for the operator; other failures retry with backoff, then alarm.
 
+A ``close_permit`` (``ControlConfig.close_action`` for sites whose meters only accept 合闸允许) leaves
+the supply off until the tenant presses the meter's button: issuing one queues a notification telling
+them so (:func:`cloud.services.arrears.notify_close_permit`), once per command and not again for its
+retries.
+
 Unknown observed state with "closed" desired sends nothing (a meter is assumed on until a reading says
 otherwise); cutting always needs an explicit command.
 
@@ -84,7 +89,13 @@ from cloud.models import (
     MeterState,
     PrepayMode,
 )
-from cloud.services.arrears import TOPUP_FAILED, ack_purchase_count, plan_topup
+from cloud.services.arrears import (
+    TOPUP_FAILED,
+    TOPUP_SOURCE,
+    ack_purchase_count,
+    notify_close_permit,
+    plan_topup,
+)
 from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.billing import BillingCache, schedule_for, snapshot_values
 from cloud.services.errors import Conflict, NotFound
@@ -219,6 +230,8 @@ def issue_command(
         payload=encode(signed).decode(),
     )
     session.add(row)
+    if action is Action.CLOSE_PERMIT and previous_id is None:  # a retry is the same request: told once
+        notify_close_permit(session, meter, command_id, after_recharge=origin == CommandOrigin.RECONCILER)
     return row
 
 
@@ -249,6 +262,13 @@ def plan_commands(
                 state.desired_at is None or state.desired_at <= latest.issued_at
             ):
                 continue  # given up on this goal; an operator (or a new desired state) restarts it
+            if (
+                latest.action == Action.CLOSE_PERMIT.value
+                and latest.status == CommandStatus.ACKED_DONE
+                and desired is RelayState.CLOSED
+                and (state.desired_at is None or state.desired_at <= latest.issued_at)
+            ):
+                continue  # permitted for this goal: the relay closes when the tenant presses the button
         last = (
             LastCommand(Action(latest.action), CommandStatus(latest.status), latest.expires_at)
             if latest is not None
@@ -313,7 +333,7 @@ def _recently_recharged_local_meters(session: Session, since: datetime, limit: i
             col(AccountMeter.unlinked_at).is_(None),
             col(Meter.prepay_mode) == PrepayMode.LOCAL.value,
             col(Meter.active).is_(True),
-            col(LedgerTransaction.kind) == "recharge",
+            TOPUP_SOURCE,
             col(LedgerTransaction.effective_at) >= since,
         )
         .order_by(col(AccountMeter.meter_id))

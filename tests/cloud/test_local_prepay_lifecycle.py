@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
@@ -21,18 +22,24 @@ from cloud.models import (
     Account,
     Alarm,
     AlarmKind,
+    AuditLog,
     LedgerAccount,
     LedgerEntry,
     LedgerTransaction,
     Meter,
+    NotificationOutbox,
     ReadingRow,
 )
 from cloud.runtime import Reconciler
-from cloud.services import ledger
+from cloud.services import accounts, ledger
+from cloud.services.audit import Actor
 from cloud.services.billing import charge_key
 from cloud.services.control import ControlConfig
+from cloud.services.errors import Conflict
 from cloud.services.ingest import Ingest
+from cloud.services.unit import unit_of_work
 from protocol.contract import (
+    Ack,
     AckStatus,
     Action,
     Command,
@@ -43,7 +50,7 @@ from protocol.contract import (
     Topics,
     encode,
 )
-from tests.cloud.flowkit import T0, FlowSite, balance, make_flow_site
+from tests.cloud.flowkit import T0, FlowSite, balance, batch, commands, make_flow_site, recharge
 from tests.cloud.test_topups import Clock, Wire, pay, recharge_ack
 
 PRICE = "0.5683"
@@ -229,3 +236,247 @@ def test_a_remaining_figure_off_the_ledger_raises_one_alarm_a_day(
     ingest.handle(*reading(site, [(5, at + timedelta(days=1), "112.34", 4, "70.00")]))
     assert len(_alarms(session_factory)) == 2
     ledger_ok(session_factory, site)
+
+
+# --- 2. closing the account hands the meter's money back ----------------------------------------------
+
+
+def _manager(site: FlowSite) -> Actor:
+    return Actor(user_id=None, org_id=site.org_id, role="manager", username="mgr")
+
+
+def _spent(factory: sessionmaker[Session]) -> tuple[FlowSite, Clock, Wire, Reconciler, Ingest]:
+    """Topped up with 100 yuan, then 12.34 kWh used: 92.99 yuan on the meter, 0 in the wallet."""
+    site, clock, wire, reconciler, ingest, _cmd = topped_up(factory)
+    clock.now += timedelta(minutes=30)
+    ingest.handle(*reading(site, [(2, clock.now - timedelta(minutes=15), "112.34", 4, "92.99")]))
+    assert (held(factory, site), balance(factory, site), revenue(factory, site)) == (9_299, 0, 701)
+    return site, clock, wire, reconciler, ingest
+
+
+@pytest.mark.parametrize(("figure", "corrected"), [(None, 0), (9_000, -299), (9_400, 101)])
+def test_close_returns_the_meter_money_and_settles_it(
+    session_factory: sessionmaker[Session], figure: int | None, corrected: int
+) -> None:
+    site, clock, wire, reconciler, _ingest = _spent(session_factory)
+    account_id, meter_id = site.accounts["m1"], site.meters["m1"]
+    pay(session_factory, site, 500)  # paid, not written to the meter yet: in the wallet
+    figures = None if figure is None else {meter_id: figure}
+    with unit_of_work(session_factory) as s:
+        result = accounts.close_account(
+            s, _manager(site), clock.now, account_id=account_id, reason="搬离", meter_remaining_fen=figures
+        )
+        assert result is not None
+        assert result.transaction.kind == "settlement"
+    on_meter = 9_299 + corrected
+    assert held(session_factory, site) == 0
+    assert balance(session_factory, site) == 0
+    assert code_balance(session_factory, site, rules.settlement_code(site.project_id)) == 500 + on_meter
+    assert revenue(session_factory, site) == 701 - corrected  # the meter spent more (or less) than billed
+    with session_factory() as s:
+        back = ledger.get_transaction(s, f"close:{account_id}:held:{meter_id}")
+        assert back is not None
+        assert back.kind == "transfer"
+        fix = ledger.get_transaction(s, f"close:{account_id}:held:{meter_id}:fix")
+        assert (fix is not None) == (corrected != 0)
+        if fix is not None:
+            assert fix.kind == "correction"
+            assert "按表计更正" in fix.memo
+        audit = s.scalars(select(AuditLog).where(col(AuditLog.action) == "account_closed")).one()
+        assert audit.detail["settled_fen"] == 500 + on_meter
+        assert audit.detail["meters"] == [
+            {
+                "meter_id": meter_id,
+                "held_fen": 9_299,
+                "remaining_fen": figure,
+                "reported_fen": 9_299,
+                "corrected_fen": corrected,
+                "returned_fen": on_meter,
+            }
+        ]
+    ledger_ok(session_factory, site)
+    # a closed account writes nothing more to its meter
+    reconciler.react({account_id}, {meter_id})
+    clock.now += timedelta(minutes=10)
+    reconciler.sweep_once()
+    assert len(wire.commands()) == 1
+    with session_factory() as s, pytest.raises(Conflict):  # and is closed once
+        accounts.close_account(s, _manager(site), clock.now, account_id=account_id)
+
+
+def test_close_refuses_a_figure_for_a_meter_it_does_not_hold(session_factory: sessionmaker[Session]) -> None:
+    site, clock, _wire, _reconciler, _ingest = _spent(session_factory)
+    with unit_of_work(session_factory) as s, pytest.raises(Conflict, match="not local-prepay meters"):
+        accounts.close_account(
+            s, _manager(site), clock.now, account_id=site.accounts["m1"], meter_remaining_fen={999: 100}
+        )
+    assert held(session_factory, site) == 9_299
+
+
+def test_close_waits_for_a_top_up_in_flight_and_gives_up_its_retries(
+    session_factory: sessionmaker[Session],
+) -> None:
+    site, clock, wire, reconciler, ingest = _setup(session_factory)
+    account_id, meter_id = site.accounts["m1"], site.meters["m1"]
+    ingest.handle(*reading(site, [(1, T0, "100.00", 3, None)]))
+    pay(session_factory, site, 2_000)
+    reconciler.react({account_id}, set())
+    (cmd,) = wire.commands()
+    with unit_of_work(session_factory) as s, pytest.raises(Conflict, match="being written"):
+        accounts.close_account(s, _manager(site), clock.now, account_id=account_id)
+    ingest.handle(*recharge_ack(site, cmd, AckStatus.FAILED, "meter did not answer", clock.now))
+    assert commands(session_factory, meter_id)[0].next_try_at is not None  # a retry is scheduled
+    with unit_of_work(session_factory) as s:
+        accounts.close_account(s, _manager(site), clock.now, account_id=account_id)
+    assert [c.status for c in commands(session_factory, meter_id)] == ["abandoned"]
+    clock.now += timedelta(minutes=5)
+    assert reconciler.sweep_once() == []  # the retry is not sent: the money went back to the tenant
+    assert (held(session_factory, site), balance(session_factory, site)) == (0, 0)
+    assert code_balance(session_factory, site, rules.settlement_code(site.project_id)) == 2_000
+    ledger_ok(session_factory, site)
+
+
+# --- 3. a replaced meter's money follows the tenant to the new meter ------------------------------------
+
+
+@pytest.mark.parametrize(("figure", "on_meter"), [(None, 9_299), (9_200, 9_200)])
+def test_replacement_returns_the_money_and_the_next_top_up_writes_it_to_the_new_meter(
+    session_factory: sessionmaker[Session], figure: int | None, on_meter: int
+) -> None:
+    site, clock, wire, reconciler, ingest = _spent(session_factory)
+    account_id, old_id = site.accounts["m1"], site.meters["m1"]
+    with unit_of_work(session_factory) as s:
+        new = accounts.replace_meter(
+            s,
+            _manager(site),
+            clock.now,
+            meter_id=old_id,
+            new_device_id="m1b",
+            new_address="000000000099",
+            final_remaining_fen=figure,
+        )
+        assert new.id is not None
+        new_id = new.id
+        assert new.prepay_mode == "local"
+    key = f"replace:{old_id}:{new_id}"
+    assert held(session_factory, site) == 0
+    assert balance(session_factory, site) == on_meter
+    assert revenue(session_factory, site) == 701 + 9_299 - on_meter
+    with session_factory() as s:
+        moved = ledger.get_transaction(s, key)
+        assert moved is not None
+        assert moved.kind == "transfer"
+        audit = s.scalars(select(AuditLog).where(col(AuditLog.action) == "meter_replaced")).one()
+        assert audit.detail["money"]["returned_fen"] == on_meter
+        assert audit.detail["money"]["remaining_fen"] == figure
+    # the new meter reports its purchase count; the planner writes the returned money to it
+    clock.now += timedelta(minutes=5)
+    ingest.handle(*reading(site, [(1, clock.now, "0.00", 0, "0.00")], meter="m1b"))
+    reconciler.react({account_id}, set())
+    cmd = wire.commands()[-1]
+    assert (cmd.meter, cmd.action) == ("m1b", Action.RECHARGE)
+    assert cmd.params == {"amount_fen": on_meter, "purchase_count": 1, "recharge": key}
+    ingest.handle(*recharge_ack(site, cmd, AckStatus.DONE, "recharged, purchase count 1", clock.now))
+    assert code_balance(session_factory, site, rules.meter_held_code(new_id)) == on_meter
+    assert balance(session_factory, site) == 0
+    reconciler.react({account_id}, {new_id})
+    assert len(wire.commands()) == 2  # written once
+    ledger_ok(session_factory, site)
+
+
+def test_a_remote_meter_takes_no_final_figure(session_factory: sessionmaker[Session]) -> None:
+    site = make_flow_site(session_factory, balance_fen=1_000)
+    with unit_of_work(session_factory) as s, pytest.raises(Conflict, match="holds no money"):
+        accounts.replace_meter(
+            s,
+            _manager(site),
+            T0,
+            meter_id=site.meters["m1"],
+            new_device_id="m1b",
+            new_address="000000000099",
+            final_remaining_fen=100,
+        )
+
+
+# --- 4. close-permit: the tenant must press the meter's button -------------------------------------------
+
+
+def test_a_close_permit_tells_the_tenant_to_press_the_button_once(
+    session_factory: sessionmaker[Session],
+) -> None:
+    site = make_flow_site(session_factory, balance_fen=300, price="0.5")  # a remote-prepay meter
+    site, clock, wire, reconciler, ingest = _setup(session_factory, site, close_action=Action.CLOSE_PERMIT)
+    account_id, meter_id = site.accounts["m1"], site.meters["m1"]
+    ingest.handle(*batch(site, [("m1", 1, T0, "100.00"), ("m1", 2, T0 + timedelta(hours=1), "110.00")]))
+    reconciler.react(set(), {meter_id})
+    trip = wire.commands()[-1]
+    assert trip.action is Action.TRIP
+    ingest.handle(*_relay_ack(site, trip, RelayState.OPEN, clock.now))
+    assert _notices(session_factory) == []
+    clock.now += timedelta(minutes=1)
+    recharge(session_factory, site, "m1", 1_000)
+    reconciler.react({account_id}, set())
+    permit = wire.commands()[-1]
+    assert permit.action is Action.CLOSE_PERMIT
+    (notice,) = _notices(session_factory)
+    assert (notice.account_id, notice.dedupe_key) == (account_id, f"close_permit:{permit.id}")
+    assert notice.payload["text"].startswith("已充值，请按电表上的合闸按钮恢复供电")
+    assert notice.payload["text_en"].startswith("Recharged: press the button on your meter to restore power")
+    assert notice.payload["command"] == permit.id
+    # the gateway confirms: permitted, still open until the button is pressed; woken again, the
+    # reconciler waits for the tenant (no second permit, no second notice)
+    clock.now += timedelta(seconds=5)
+    ingest.handle(*_relay_ack(site, permit, RelayState.OPEN, clock.now))
+    reconciler.react({account_id}, {meter_id})
+    assert wire.commands()[-1].id == permit.id
+    assert len(_notices(session_factory)) == 1
+    # pressed: the next reading shows the relay closed; nothing more is sent
+    clock.now += timedelta(minutes=5)
+    ingest.handle(*batch(site, [("m1", 3, clock.now, "110.00")]))
+    reconciler.react({account_id}, {meter_id})
+    assert wire.commands()[-1].id == permit.id
+
+
+def test_a_retried_close_permit_does_not_tell_the_tenant_again(
+    session_factory: sessionmaker[Session],
+) -> None:
+    site = make_flow_site(session_factory, balance_fen=300, price="0.5")
+    site, clock, wire, reconciler, ingest = _setup(session_factory, site, close_action=Action.CLOSE_PERMIT)
+    account_id, meter_id = site.accounts["m1"], site.meters["m1"]
+    ingest.handle(*batch(site, [("m1", 1, T0, "100.00"), ("m1", 2, T0 + timedelta(hours=1), "110.00")]))
+    reconciler.react(set(), {meter_id})
+    ingest.handle(*_relay_ack(site, wire.commands()[-1], RelayState.OPEN, clock.now))
+    clock.now += timedelta(minutes=1)
+    recharge(session_factory, site, "m1", 1_000)
+    reconciler.react({account_id}, set())
+    clock.now += timedelta(minutes=1)  # the permit expires unanswered; the retry is a new command
+    reconciler.sweep_once()
+    clock.now += timedelta(minutes=1)
+    reconciler.sweep_once()
+    permits = [c for c in wire.commands() if c.action is Action.CLOSE_PERMIT]
+    assert len({c.id for c in permits}) == 2
+    assert len(_notices(session_factory)) == 1
+
+
+def _relay_ack(site: FlowSite, cmd: Command, observed: RelayState, at: datetime) -> tuple[str, bytes]:
+    ack = Ack(
+        gateway=site.gateway,
+        command=cmd.id,
+        meter=cmd.meter,
+        action=cmd.action,
+        status=AckStatus.DONE,
+        observed=observed,
+        ts=at,
+    )
+    return Topics(site.gateway, site.prefix).acks, encode(ack)
+
+
+def _notices(factory: sessionmaker[Session]) -> list[NotificationOutbox]:
+    with factory() as s:
+        return list(
+            s.scalars(
+                select(NotificationOutbox)
+                .where(col(NotificationOutbox.kind) == "close_permit")
+                .order_by(col(NotificationOutbox.id))
+            )
+        )
