@@ -18,10 +18,14 @@ billing baseline. A new reading is judged against it by :func:`cloud.domain.read
   version change inside it; see :func:`_rerate`); older than the meter's first accepted reading,
   ``[late, first]`` is charged (billing extends backwards);
 - no tariff in force → held (the baseline stays, so nothing is lost when a tariff is configured);
-- a local-prepay meter (``prepay_mode`` local) → validated, stored and made the baseline like any
-  other, but never charged (status ``zero``): the meter deducts its consumption from the money the
-  cloud wrote to it, which left the wallet when the top-up was acknowledged
-  (:func:`cloud.services.control.apply_ack`). Late readings of such a meter are not re-rated.
+- a local-prepay meter (``prepay_mode`` local) → rated exactly like any other (tariff, TOU, tiers,
+  the account's residue and tier counter) and ``billed``, but the charge debits ``held:<meter>``, not
+  the wallet: the meter deducts its consumption itself, from money that moved wallet → held when its
+  top-up was acknowledged (:func:`cloud.services.control.apply_ack`). So held tracks what the meter
+  should still hold, revenue includes local meters, and neither the wallet balance nor the arrears
+  policy sees these charges. A reported ``remaining_yuan`` is compared with held
+  (:func:`cloud.services.local_prepay.check_remaining`: an alarm beyond 1 yuan, nothing posted). Late
+  readings of such a meter are neither re-rated nor extend billing backwards (status ``late``).
 
 Tariff versions are stored as JSON ``spec`` (see :func:`version_from_spec`).
 """
