@@ -222,6 +222,8 @@ class ReplaceMeterIn(_In):
     new_address: str = Field(min_length=1, max_length=32)
     new_model: str | None = None
     reason: str = Field(default="meter replaced", max_length=200)
+    final_remaining_fen: Fen | None = None
+    """A local-prepay meter: the money the operator read off it (fen); corrects the ledger's figure."""
 
 
 class AccountIn(_In):
@@ -307,6 +309,8 @@ class UserOut(_Out):
 
 class CloseIn(_In):
     reason: str = Field(default="account closed", min_length=1, max_length=200)
+    meter_remaining_fen: dict[Id, Fen] | None = None
+    """Local-prepay meter id → the money the operator read off it (fen); corrects the ledger's figure."""
 
 
 class TransactionOut(_Out):

@@ -7,14 +7,18 @@ flat 0.5683 yuan/kWh (56 830 milli-fen), 12.34 kWh → 701 282.2 → 701 282 mil
 from __future__ import annotations
 
 import uuid
+import warnings
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
+from starlette.exceptions import StarletteDeprecationWarning
 
+from cloud.api import build_app
 from cloud.domain import ledger as rules
 from cloud.domain.control import Backoff
 from cloud.events import LocalEventBus
@@ -31,13 +35,14 @@ from cloud.models import (
     ReadingRow,
 )
 from cloud.runtime import Reconciler
-from cloud.services import accounts, ledger
+from cloud.services import accounts, ledger, users
 from cloud.services.audit import Actor
 from cloud.services.billing import charge_key
 from cloud.services.control import ControlConfig
 from cloud.services.errors import Conflict
 from cloud.services.ingest import Ingest
 from cloud.services.unit import unit_of_work
+from cloud.settings import Settings
 from protocol.contract import (
     Ack,
     AckStatus,
@@ -51,7 +56,14 @@ from protocol.contract import (
     encode,
 )
 from tests.cloud.flowkit import T0, FlowSite, balance, batch, commands, make_flow_site, recharge
+from tests.cloud.test_api import Api, _site
+from tests.cloud.test_api import Bus as ApiBus
+from tests.cloud.test_api import Clock as ApiClock
 from tests.cloud.test_topups import Clock, Wire, pay, recharge_ack
+
+with warnings.catch_warnings():  # as in tests/cloud/test_api.py: plain httpx works the same here
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
 
 PRICE = "0.5683"
 
@@ -480,3 +492,61 @@ def _notices(factory: sessionmaker[Session]) -> list[NotificationOutbox]:
                 .order_by(col(NotificationOutbox.id))
             )
         )
+
+
+# --- the operator's figures through the API ---------------------------------------------------------------
+
+
+def _meter_holds(
+    factory: sessionmaker[Session], org_id: int, project_id: int, meter_id: int, fen: int
+) -> None:
+    """Money on a local meter, as if a top-up had been written to it and acked."""
+    with unit_of_work(factory) as s:
+        s.execute(update(Meter).where(col(Meter.id) == meter_id).values(prepay_mode="local"))
+        topup = rules.transfer(
+            f"topup:test:{meter_id}",
+            rules.cash_code(project_id),
+            rules.meter_held_code(meter_id),
+            fen,
+            T0,
+            reason="t",
+        )
+        ledger.post(s, topup, org_id=org_id)
+
+
+@pytest.fixture
+def api(engine: Engine, session_factory: sessionmaker[Session]) -> Iterator[Api]:
+    """The API on the test database (as tests/cloud/test_api.py builds it)."""
+    clock, bus = ApiClock(), ApiBus()
+    settings = Settings(environment="test", secret_key="s" * 32, database_url=str(engine.url))
+    app = build_app(settings, engine=engine, event_bus=bus, clock=clock)
+    with session_factory() as session:
+        users.create_admin(session, username="root", password="correct horse", org_name=None)
+        session.commit()
+    with TestClient(app) as client:
+        yield Api(client, clock, bus, session_factory)
+
+
+def test_the_api_takes_the_figures_read_off_the_meters(api: Api) -> None:
+    admin = api.login("root")
+    ids = _site(api, admin, "物业L")
+    mgr = api.login(f"mgr-{ids['org']}")
+    _meter_holds(api.factory, ids["org"], ids["project"], ids["meter"], 5_000)
+    new = api.post(
+        f"/meters/{ids['meter']}/replace",
+        mgr,
+        {"new_device_id": "m1b", "new_address": "9", "final_remaining_fen": 4_800},
+    )
+    assert api.get(f"/accounts/{ids['account']}", mgr)["balance_fen"] == 4_800
+    _meter_holds(api.factory, ids["org"], ids["project"], new["id"], 1_000)
+    closed = api.post(
+        f"/accounts/{ids['account']}/close",
+        mgr,
+        {"reason": "退租", "meter_remaining_fen": {new["id"]: 900}},
+        200,
+    )
+    assert (closed["status"], closed["balance_fen"]) == ("closed", 0)
+    with api.factory() as s:
+        audit = s.scalars(select(AuditLog).where(col(AuditLog.action) == "account_closed")).one()
+        assert audit.detail["settled_fen"] == 4_800 + 900
+        assert ledger.check_balances(s, org_id=ids["org"]).ok

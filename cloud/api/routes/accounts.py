@@ -101,8 +101,16 @@ def adjust(account_id: PathId, body: AdjustIn, p: Money, uow: Db, at: Now) -> Tr
 
 @router.post("/accounts/{account_id}/close", response_model=AccountOut)
 def close(account_id: PathId, body: CloseIn, p: Manager, uow: Db, at: Now) -> AccountOut:
-    """Settle the balance to the project's settlement account and close."""
-    accounts.close_account(uow.session, p.actor, at, account_id=account_id, reason=body.reason)
+    """Hand local-prepay meters' money back to the wallet, settle the balance to the project's settlement
+    account and close."""
+    accounts.close_account(
+        uow.session,
+        p.actor,
+        at,
+        account_id=account_id,
+        reason=body.reason,
+        meter_remaining_fen=body.meter_remaining_fen,
+    )
     uow.commit()
     return _out(accounts.get_account(uow.session, account_id, p.actor))
 
