@@ -76,7 +76,7 @@ from cloud.models import (
     utcnow,
 )
 from cloud.services import ledger as ledger_service
-from cloud.services.bulk import aware_utc, copy_rows
+from cloud.services.bulk import aware_utc, connection_cache, copy_rows, in_values
 from cloud.services.local_prepay import check_remaining
 from protocol.contract import Quantity
 
@@ -642,14 +642,17 @@ _TXN_COLUMNS = (
 def _ledger_account_ids(
     session: Session, wanted: set[tuple[int, str]]
 ) -> dict[tuple[int, str], tuple[int, int | None]]:
-    """(org, code) → (ledger account id, prepaid account id): one Core query per organisation, then
-    the rows that do not exist yet are created (:func:`cloud.services.ledger.ensure_ledger_account`)."""
-    found: dict[tuple[int, str], tuple[int, int | None]] = {}
+    """(org, code) → (ledger account id, prepaid account id): from the connection's cache of committed
+    ids, else one Core query per organisation, then the rows that do not exist yet are created
+    (:func:`cloud.services.ledger.ensure_ledger_account`)."""
     connection = session.connection()
-    for org_id in sorted({org for org, _ in wanted}):
-        codes = sorted(code for org, code in wanted if org == org_id)
+    known: dict[tuple[int, str], tuple[int, int | None]] = connection_cache(connection, "ledger_account_ids")
+    found = {k: known[k] for k in wanted if k in known}
+    missing = wanted - set(found)
+    for org_id in sorted({org for org, _ in missing}):
+        codes = sorted(code for org, code in missing if org == org_id)
         query = select(_LEDGER_ACCOUNTS.c.code, _LEDGER_ACCOUNTS.c.id, _LEDGER_ACCOUNTS.c.account_id).where(
-            _LEDGER_ACCOUNTS.c.org_id == org_id, _LEDGER_ACCOUNTS.c.code.in_(codes)
+            _LEDGER_ACCOUNTS.c.org_id == org_id, in_values(_LEDGER_ACCOUNTS.c.code, codes, connection)
         )
         for code, la_id, account_id in connection.execute(query):
             found[(org_id, str(code))] = (int(la_id), None if account_id is None else int(account_id))
@@ -657,6 +660,7 @@ def _ledger_account_ids(
         row = ledger_service.ensure_ledger_account(session, org_id, code)
         assert row.id is not None
         found[(org_id, code)] = (row.id, row.account_id)
+    known.update(found)  # emptied if this unit of work rolls back (see connection_cache)
     return found
 
 

@@ -14,13 +14,47 @@ Everything here runs inside the caller's database transaction (the session's con
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Table, TextClause
+from sqlalchemy import JSON, ColumnElement, Connection, Engine, Table, TextClause, any_, bindparam, event
+from sqlalchemy.dialects.postgresql import ARRAY
 
-__all__ = ["aware_utc", "copy_rows", "pg_update"]
+__all__ = ["aware_utc", "connection_cache", "copy_rows", "in_values", "pg_update"]
+
+_CACHES = "mf_row_caches"
+
+
+def connection_cache(connection: Connection, name: str) -> dict[Any, Any]:
+    """A dict that lives with the pooled database connection, across units of work.
+
+    For facts that never change once committed (a ledger account's id for its code, say): every
+    rollback on the connection — of a transaction or of a savepoint — empties it, so an id read or
+    created in work that was then undone is never reused.
+    """
+    caches: dict[str, dict[Any, Any]] = connection.connection.info.setdefault(_CACHES, {})
+    return caches.setdefault(name, {})
+
+
+def _forget(connection: Connection, *_: object) -> None:
+    if connection.closed or connection.invalidated:
+        return  # an invalidated connection takes its info with it
+    connection.connection.info.pop(_CACHES, None)
+
+
+event.listen(Engine, "rollback", _forget)
+event.listen(Engine, "rollback_savepoint", _forget)
+
+
+def in_values(
+    column: ColumnElement[Any], values: Collection[Any], connection: Connection
+) -> ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL ``column = ANY(:array)``: one bound parameter whose
+    statement text does not change with the number of values (no per-call expansion)."""
+    if connection.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(list(values))
 
 
 def aware_utc(value: datetime) -> datetime:

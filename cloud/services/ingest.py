@@ -44,7 +44,6 @@ from cloud.domain.ledger import Transaction
 from cloud.events import ACK_RECEIVED, DESIRED_CHANGED, GATEWAY_BILLED
 from cloud.models import (
     Account,
-    AccountState,
     AccountStatus,
     Alarm,
     AlarmKind,
@@ -61,7 +60,7 @@ from cloud.models import (
 )
 from cloud.services.arrears import PolicyCache, evaluate_account
 from cloud.services.billing import BillableReading, BillingCache, bill_reading, post_charges
-from cloud.services.bulk import aware_utc, copy_rows, pg_update
+from cloud.services.bulk import aware_utc, copy_rows, in_values, pg_update
 from cloud.services.control import ControlConfig, apply_ack
 from cloud.services.unit import Publisher, unit_of_work
 from protocol.contract import (
@@ -399,7 +398,10 @@ class Ingest:
                         _METERS.c.prepay_mode,
                         _METERS.c.tariff_id,
                         _METERS.c.ct_ratio,
-                    ).where(_METERS.c.gateway_id == gateway_id, _METERS.c.device_id.in_(devices))
+                    ).where(
+                        _METERS.c.gateway_id == gateway_id,
+                        in_values(_METERS.c.device_id, devices, connection),
+                    )
                 )
             )
         }
@@ -409,7 +411,7 @@ class Ingest:
             int(m): int(a)
             for m, a in connection.execute(
                 select(_LINKS.c.meter_id, _LINKS.c.account_id).where(
-                    _LINKS.c.meter_id.in_(meter_ids), _LINKS.c.unlinked_at.is_(None)
+                    in_values(_LINKS.c.meter_id, meter_ids, connection), _LINKS.c.unlinked_at.is_(None)
                 )
             )
         }
@@ -428,7 +430,7 @@ class Ingest:
                         _ACCOUNTS.c.tier_period,
                         _ACCOUNTS.c.tier_usage,
                     )
-                    .where(_ACCOUNTS.c.id.in_(sorted(set(account_of.values()))))
+                    .where(in_values(_ACCOUNTS.c.id, sorted(set(account_of.values())), connection))
                     .order_by(_ACCOUNTS.c.id)
                     .with_for_update()
                 )
@@ -608,12 +610,17 @@ class Ingest:
         above every alarm threshold before and after, never in arrears, already evaluated."""
         if not deltas:
             return []
-        known = {
-            s.account_id: s
-            for s in session.scalars(
-                select(AccountState).where(col(AccountState.account_id).in_(sorted(deltas)))
-            )
-        }
+        states = metadata.tables["account_state"]
+        connection = session.connection()
+        quiet_ids = set(
+            connection.execute(
+                select(states.c.account_id).where(
+                    in_values(states.c.account_id, sorted(deltas), connection),
+                    states.c.alarm_level == 0,
+                    states.c.arrears_since.is_(None),
+                )
+            ).scalars()
+        )
         policy_cache = PolicyCache()
         changed: list[int] = []
         for account_id, delta in sorted(deltas.items()):
@@ -624,9 +631,7 @@ class Ingest:
             top = max(
                 v for v in (project.alarm1_fen, project.alarm2_fen, project.alarm3_fen, 0) if v is not None
             )
-            state = known.get(account_id)
-            quiet = state is not None and state.alarm_level == 0 and state.arrears_since is None
-            if quiet and account.balance_fen + delta > top:
+            if account_id in quiet_ids and account.balance_fen + delta > top:
                 continue
             # the batch's account rows are plain copies (Core wrote them): the policy loads the ORM row
             fresh = session.get(Account, account_id, populate_existing=True)
@@ -636,7 +641,9 @@ class Ingest:
 
     def _insert_missing_states(self, connection: Connection, meter_ids: list[int]) -> None:
         present = set(
-            connection.execute(select(_STATES.c.meter_id).where(_STATES.c.meter_id.in_(meter_ids))).scalars()
+            connection.execute(
+                select(_STATES.c.meter_id).where(in_values(_STATES.c.meter_id, meter_ids, connection))
+            ).scalars()
         )
         missing = [m for m in meter_ids if m not in present]
         if missing:  # a meter's first reading; a concurrent replica may create the same row
@@ -664,7 +671,7 @@ class Ingest:
                 _STATES.c.observed_at,
                 _STATES.c.offline,
             )
-            .where(_STATES.c.meter_id.in_(meter_ids))
+            .where(in_values(_STATES.c.meter_id, meter_ids, connection))
             .order_by(_STATES.c.meter_id)
             .with_for_update()
         )
