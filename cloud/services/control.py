@@ -410,6 +410,34 @@ def _move_to_meter(session: Session, row: CommandRow, now: datetime) -> None:
     post(session, txn, org_id=row.org_id)
 
 
+def _late_topup(session: Session, row: CommandRow) -> None:
+    """A top-up we had given up (retries exhausted, or the account closed / the meter replaced) that
+    the meter took after all: its money is on the meter but still in the wallet — or already paid back
+    to the tenant. Moving it now could overdraw a settled wallet, so a person decides (alarm)."""
+    meter = session.get(Meter, row.meter_id)
+    name = meter.device_id if meter else str(row.meter_id)
+    amount = format_fen(int(row.params.get("amount_fen", 0)))
+    session.add(
+        Alarm(
+            org_id=row.org_id,
+            kind=TOPUP_FAILED,
+            level=3,
+            dedupe_key=f"topup-late:{row.id}"[:200],
+            meter_id=row.meter_id,
+            gateway_id=row.gateway_id,
+            message_zh=f"表计 {name} 确认了已放弃的充值 {amount} 元：表内可能多出这笔钱，"
+            "账上未记，请人工核对",
+            message_en=f"meter {name} confirmed a top-up of {amount} yuan that had been given up: "
+            "the meter may hold money the ledger does not",
+            detail={
+                "command": row.id,
+                "recharge": row.params.get("recharge"),
+                "amount_fen": row.params.get("amount_fen"),
+            },
+        )
+    )
+
+
 def pending_commands(
     session: Session, command_ids: Iterable[str], config: ControlConfig
 ) -> list[OutgoingCommand]:
@@ -504,6 +532,9 @@ def apply_ack(
         pass
     elif row.action == Action.RECHARGE.value and row.status == CommandStatus.ACKED_DONE:
         _move_to_meter(session, row, now)
+    elif row.action == Action.RECHARGE.value and row.status == CommandStatus.ABANDONED:
+        if ack.status is AckStatus.DONE:
+            _late_topup(session, row)
     elif row.status in (CommandStatus.ACKED_FAILED, CommandStatus.REJECTED):
         _schedule_retry(session, row, now, config, rand)
     fresh = state.observed_at is None or ack.ts >= state.observed_at

@@ -345,6 +345,15 @@ def test_close_waits_for_a_top_up_in_flight_and_gives_up_its_retries(
     assert reconciler.sweep_once() == []  # the retry is not sent: the money went back to the tenant
     assert (held(session_factory, site), balance(session_factory, site)) == (0, 0)
     assert code_balance(session_factory, site, rules.settlement_code(site.project_id)) == 2_000
+    # the meter took it after all: nothing moves out of the settled wallet, a person is told (once)
+    late = recharge_ack(site, cmd, AckStatus.DONE, "recharged, purchase count 4", clock.now)
+    ingest.handle(*late)
+    ingest.handle(*late)
+    assert (held(session_factory, site), balance(session_factory, site)) == (0, 0)
+    with session_factory() as s:
+        (alarm,) = s.scalars(select(Alarm).where(col(Alarm.dedupe_key) == f"topup-late:{cmd.id}")).all()
+        assert (alarm.kind, alarm.level, alarm.detail["amount_fen"]) == ("topup_failed", 3, 2_000)
+        assert "已放弃的充值 20.00 元" in alarm.message_zh
     ledger_ok(session_factory, site)
 
 
