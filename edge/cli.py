@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pydantic import ValidationError
+import msgspec
 
 from edge.bus import Bus, TraceEntry
 from edge.errors import ConfigError, EdgeError, Unsupported
@@ -34,6 +34,7 @@ from edge.installer import (
 )
 from edge.meters import MeterRef
 from edge.scan import parse_range
+from protocol.structs import dotted, error_location
 
 __all__ = ["register"]
 
@@ -197,11 +198,9 @@ def _meter(args: argparse.Namespace, protocol: str, **extra: object) -> MeterRef
             circuit=args.circuit,
             **extra,
         )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-        raise ConfigError(f"{where + ': ' if where else ''}{message}") from None
+    except msgspec.ValidationError as exc:
+        loc, message = error_location(exc)
+        raise ConfigError(f"{dotted(loc) + ': ' if loc else ''}{message}") from None
 
 
 def _run(args: argparse.Namespace, body: Callable[[], int]) -> int:

@@ -111,7 +111,7 @@ class LineWorker:
         self._tie = itertools.count()
         for i, meter in enumerate(line.meters):
             # spread first polls over a moment so a restart does not hit every meter at once
-            plan = MeterPlan(meter, MeterRef.model_validate(meter, from_attributes=True), now + i * 0.001)
+            plan = MeterPlan(meter, MeterRef.of(meter), now + i * 0.001)
             self.plans[meter.id] = plan
             heapq.heappush(self._heap, (plan.next_due, next(self._tie), meter.id))
         self._jobs: list[_Job] = []

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 import httpx
+import msgspec
 import uvicorn
 from sqlalchemy import Engine
 
@@ -238,10 +239,10 @@ async def _start_async(stack: _Stack, options: SystemOptions, say: _Say) -> None
     config_edge = edge_config(
         stack.workdir / "edge", mqtt_port=stack.broker.port, key=stack.edge_key, urls=urls
     )
-    mqtt = config_edge.mqtt.model_copy(
-        update={"protocol": _PROTOCOL[stack.broker_kind], "username": GATEWAY_ID}
+    mqtt = msgspec.structs.replace(
+        config_edge.mqtt, protocol=_PROTOCOL[stack.broker_kind], username=GATEWAY_ID
     )
-    config_edge = config_edge.model_copy(update={"mqtt": mqtt})
+    config_edge = msgspec.structs.replace(config_edge, mqtt=mqtt)
     stack.stops["edge"] = asyncio.Event()
     stack.tasks["edge"] = asyncio.create_task(Daemon(config_edge).run(stack.stops["edge"]), name="demo-edge")
     say(f"edge daemon 网关: {GATEWAY_ID} polling {len(all_meters())} meters every 1 s over RS-485 (pty)")

@@ -62,6 +62,7 @@ def test_minimal_config_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL), env=False)
     assert config.client_id == "meterflow-gw-1"
     assert config.signing_key_bytes() == b"k"
+    assert "signing_key='***'" in repr(config.gateway)  # the key stays out of logs and tracebacks
     meter = config.lines[0].meters[0]
     assert meter.read == (Quantity.ENERGY_TOTAL_KWH, Quantity.VOLTAGE_A_V)
     assert config.lines[0].meters[1].read == (Quantity.ENERGY_TOTAL_KWH,)
