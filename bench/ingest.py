@@ -63,14 +63,25 @@ from cloud.models import (  # noqa: E402
     LedgerTransaction,
     Meter,
     Organisation,
+    ProcessedBatch,
     Project,
     ReadingRow,
     Tariff,
     TariffVersion,
 )
 from cloud.services import ledger  # noqa: E402
-from protocol.contract import Command, Reading, ReadingBatch, RelayState, Topics, decode, encode  # noqa: E402
+from protocol.contract import (  # noqa: E402
+    Command,
+    Quantity,
+    Reading,
+    ReadingBatch,
+    RelayState,
+    Topics,
+    decode,
+    encode,
+)
 
+OPENING_FEN = 10_000_000
 PG_SERVER = os.environ.get("MF_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -188,48 +199,123 @@ def count(factory: sessionmaker[Session], what: str) -> int:
         )
 
 
-def throughput(
-    factory: sessionmaker[Session], link: MqttLink, layout: dict[str, list[str]], minutes: int, prefix: str
-) -> tuple[float, float, int]:
-    base = datetime.now(UTC) - timedelta(minutes=minutes + 5)
-    messages: list[tuple[str, bytes]] = []
-    for k in range(minutes):
-        for gateway, meters in layout.items():
-            batch = ReadingBatch(
-                gateway=gateway,
-                batch=f"b{k}",
-                sent_at=base + timedelta(minutes=k),
-                readings=[
-                    Reading(
-                        meter=m,
-                        seq=k,
-                        ts=base + timedelta(minutes=k),
-                        values={"energy_total_kwh": Decimal(100) + Decimal(k) / 10},
-                        relay=RelayState.CLOSED,
-                    )
-                    for m in meters
-                ],
+def _batch(gateway: str, meters: list[str], k: int, base: datetime) -> ReadingBatch:
+    """Minute ``k`` of ``gateway``: every meter 0.1 kWh further than at minute ``k - 1``."""
+    at = base + timedelta(minutes=k)
+    return ReadingBatch(
+        gateway=gateway,
+        batch=f"b{k}",
+        sent_at=at,
+        readings=[
+            Reading(
+                meter=m,
+                seq=k,
+                ts=at,
+                values={Quantity.ENERGY_TOTAL_KWH: Decimal(100) + Decimal(k) / 10},
+                relay=RelayState.CLOSED,
             )
-            messages.append((Topics(gateway, prefix).readings, encode(batch)))
-    total = sum(len(m) for m in layout.values()) * minutes
-    billable = sum(len(m) for m in layout.values()) * (minutes - 1)
+            for m in meters
+        ],
+    )
+
+
+def _processed(factory: sessionmaker[Session], prefix_tag: str) -> int:
+    """Batches of this run applied so far (one ``processed_batch`` row each, same transaction)."""
+    with factory() as s:
+        return int(
+            s.scalar(
+                select(func.count())
+                .select_from(ProcessedBatch)
+                .join(Gateway, col(Gateway.id) == col(ProcessedBatch.gateway_id))
+                .where(col(Gateway.device_id).like(f"{prefix_tag}-g%"))
+            )
+            or 0
+        )
+
+
+def _charged(factory: sessionmaker[Session], tag: str, opening_fen: int) -> int:
+    """Money charged so far: the opening balances minus the balances (updated with every charge)."""
+    with factory() as s:
+        rows = s.execute(
+            select(func.count(), func.coalesce(func.sum(col(Account.balance_fen)), 0))
+            .select_from(Account)
+            .join(Project, col(Project.id) == col(Account.project_id))
+            .join(Organisation, col(Organisation.id) == col(Project.org_id))
+            .where(col(Organisation.name) == f"bench-{tag}")
+        ).one()
+        return int(rows[0]) * opening_fen - int(rows[1])
+
+
+def throughput(
+    factory: sessionmaker[Session],
+    link: MqttLink,
+    layout: dict[str, list[str]],
+    minutes: int,
+    prefix: str,
+    tag: str,
+    opening_fen: int,
+    duration: float = 0.0,
+    window: int = 32,
+) -> tuple[float, float, int]:
+    """Publish minute after minute; with ``duration`` keep going that long (sustained), else publish
+    ``minutes`` minutes. At most ``window`` batches are published ahead of the ingest, so the broker
+    never queues more than a replica's in-flight share (Mosquitto drops QoS 1 messages past its queue
+    limit). Returns (readings/s, charges/s, readings) from the first publish until every reading is
+    stored and every 0.1 kWh interval charged."""
+    per_batch = {g: len(m) for g, m in layout.items()}
+    meters_total = sum(per_batch.values())
+    sustained = duration > 0
+    base = datetime.now(UTC) - timedelta(days=2 if sustained else 0, minutes=minutes + 5)
+    published = 0
+    k = 0
+    samples: list[tuple[float, int]] = []
     started = time.monotonic()
-    for topic, payload in messages:
-        link.publish(topic, payload)
-    published = time.monotonic() - started
-    # Done when every reading is stored and every 0.1 kWh interval is charged (5 fen each). Batches
-    # applied out of order by the two replicas bill some intervals together, so count money, not rows.
+    last_poll = 0.0
+    done_batches = 0
+    while True:
+        now = time.monotonic()
+        if sustained and now - started >= duration:
+            break
+        if not sustained and k >= minutes:
+            break
+        if now - last_poll >= 0.1:
+            done_batches = _processed(factory, tag)
+            samples.append((now - started, done_batches))
+            last_poll = now
+        if published - done_batches >= window:
+            time.sleep(0.005)
+            continue
+        for gateway, meters in layout.items():
+            link.publish(Topics(gateway, prefix).readings, encode(_batch(gateway, meters, k, base)))
+            published += 1
+        k += 1
+    publishing = time.monotonic() - started
+    minutes = k
+    total = meters_total * minutes
+    billable = meters_total * (minutes - 1)
     expected_fen = billable * 5
-    while count(factory, "readings") < total or count(factory, "charged_fen") < expected_fen:
+    while _processed(factory, tag) < published or _charged(factory, tag, opening_fen) < expected_fen:
         time.sleep(0.05)
-        if time.monotonic() - started > 900:
-            raise SystemExit("ingest did not finish within 15 minutes")
+        if time.monotonic() - started > publishing + 900:
+            raise SystemExit("ingest did not finish within 15 minutes of the last publish")
     elapsed = time.monotonic() - started
+    stored = count(factory, "readings")
     charges = count(factory, "charges")
     print(
-        f"  published {len(messages)} messages ({total} readings) in {published:.2f} s; "
-        f"{charges} charge transactions, {expected_fen} fen charged"
+        f"  published {published} messages ({total} readings) in {publishing:.1f} s; {stored} readings "
+        f"stored, {charges} charge transactions, {expected_fen} fen charged"
     )
+    if sustained and len(samples) > 10:
+        # steady state: from a fifth into the run to the end of publishing (warm-up excluded)
+        t0, b0 = next((t, b) for t, b in samples if t >= publishing / 5)
+        t1, b1 = samples[-1]
+        if t1 > t0:
+            print(
+                f"  steady state ({t0:.0f}–{t1:.0f} s): "
+                f"{(b1 - b0) * meters_total / len(layout) / (t1 - t0):,.0f} readings/s"
+            )
+    if stored != total:
+        raise SystemExit(f"expected {total} readings stored, found {stored}")
     return total / elapsed, charges / elapsed, total
 
 
@@ -272,7 +358,7 @@ def trip_latency(
                 meter=m,
                 seq=seq,
                 ts=when,
-                values={"energy_total_kwh": Decimal(value)},
+                values={Quantity.ENERGY_TOTAL_KWH: Decimal(value)},
                 relay=RelayState.CLOSED,
             )
             for m in meters
@@ -458,6 +544,12 @@ def main() -> None:
     parser.add_argument("--gateways", type=int, default=4)
     parser.add_argument("--meters", type=int, default=250, help="meters per gateway (= readings per batch)")
     parser.add_argument("--minutes", type=int, default=20, help="readings per meter")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=0,
+        help="sustained run: publish for this many seconds (else --minutes)",
+    )
     parser.add_argument("--latency-meters", type=int, default=100)
     parser.add_argument("--sim-meters", type=int, default=0, help="phase 3: relay open at simulated meters")
     parser.add_argument("--mqtt-host", default="127.0.0.1")
@@ -471,7 +563,7 @@ def main() -> None:
     upgrade(url)
     engine = make_engine(url, pool_size=2)
     factory = make_session_factory(engine)
-    layout = build_site(factory, args.gateways, args.meters, 10_000_000, tag)
+    layout = build_site(factory, args.gateways, args.meters, OPENING_FEN, tag)
     env = {
         "MF_DATABASE_URL": url,
         "MF_MQTT_HOST": args.mqtt_host,
@@ -486,11 +578,14 @@ def main() -> None:
     )
     link.start()
     try:
+        length = f"{args.duration:.0f} s sustained" if args.duration else f"{args.minutes} readings per meter"
         print(
             f"cloud ingest: {args.db}, {args.replicas} replica(s), {args.gateways} gateways × "
-            f"{args.meters} meters, {args.minutes} readings per meter, batches of {args.meters}"
+            f"{args.meters} meters, {length}, batches of {args.meters}"
         )
-        rate, charges, total = throughput(factory, link, layout, args.minutes, prefix)
+        rate, charges, total = throughput(
+            factory, link, layout, args.minutes, prefix, tag, OPENING_FEN, duration=args.duration
+        )
         print(
             f"  throughput: {rate:,.0f} readings/s stored+validated, "
             f"{charges:,.0f} charges/s posted ({total} readings)"

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
 from cloud.domain.errors import CloudError
-from cloud.domain.ledger import Transaction
+from cloud.domain.ledger import Transaction, wallet_code
 from cloud.events import ACK_RECEIVED, DESIRED_CHANGED, GATEWAY_BILLED
 from cloud.models import (
     Account,
@@ -494,7 +494,10 @@ class Ingest:
                 self.stats.by_status[outcome.status] = self.stats.by_status.get(outcome.status, 0) + 1
                 if outcome.txn is not None and outcome.org_id is not None and outcome.account_id is not None:
                     pending.append((outcome.org_id, outcome.txn))
-                    deltas[outcome.account_id] = deltas.get(outcome.account_id, 0) - outcome.charged_fen
+                    # the wallet's part only: a local-prepay meter's charge leaves held:<meter>
+                    spent = outcome.txn.amount_on(wallet_code(outcome.account_id))
+                    if spent:
+                        deltas[outcome.account_id] = deltas.get(outcome.account_id, 0) + spent
                 if state.last_seen is None or ts > state.last_seen:
                     state.last_seen = ts
                     state.offline = False
