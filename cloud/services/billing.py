@@ -601,6 +601,8 @@ def _charge(
             "seq": str(reading.seq),
             "amount_milli": str(result.amount_milli),
             "units": ";".join(f"{q.value}={u}" for q, u in result.units.items()),
+            "tier_period": counter.period,  # the counter rating started from: lets _rerate redo tiers
+            "tier_used": str(counter.used),
         },
     )
     return BillingOutcome(ReadingStatus.BILLED, account.id, fen, key, txn=txn, org_id=account.org_id)
