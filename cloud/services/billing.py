@@ -500,23 +500,32 @@ def _rerate(
     tariff_id = _tariff_id(meter, project)
     schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
     original = ledger_service.get_transaction(session, after.txn_key)
-    if schedule is None or original is None or any(v.is_tiered for v in schedule.versions):
+    if schedule is None or original is None:
         return BillingOutcome(ReadingStatus.LATE, detail=detail)
+    tiered = any(v.is_tiered for v in schedule.versions)
+    counter = TierCounter(account.tier_period, account.tier_usage)
+    if tiered:  # tiers depend on the counter the original charge started from: stored with it
+        try:
+            counter = TierCounter(
+                str(original.details["tier_period"]), Decimal(original.details["tier_used"])
+            )
+        except (KeyError, TypeError, ValueError, InvalidOperation):
+            return BillingOutcome(ReadingStatus.LATE, detail=f"{detail}; the charge lacks its tier counter")
     ct = Decimal(meter.ct_ratio)
     tz = ZoneInfo(project.timezone)
-    counter = TierCounter(account.tier_period, account.tier_usage)
+    deltas_a = {q: d * ct for q, d in first_half.deltas.items()}
+    deltas_b = {q: d * ct for q, d in second_half.deltas.items()}
     try:
-        part_a = rate(
-            schedule, start.at, snap.at, {q: d * ct for q, d in first_half.deltas.items()}, counter, tz=tz
-        )
-        part_b = rate(
-            schedule, snap.at, end.at, {q: d * ct for q, d in second_half.deltas.items()}, counter, tz=tz
-        )
+        part_a = rate(schedule, start.at, snap.at, deltas_a, counter, tz=tz)
+        part_b = rate(schedule, snap.at, end.at, deltas_b, part_a.counter, tz=tz)
+        # the counter the original charge left after ``end`` (same inputs as then, so the same result)
+        whole = {q: d + deltas_b[q] for q, d in deltas_a.items() if q in deltas_b}
+        billed = rate(schedule, start.at, end.at, whole, counter, tz=tz).counter if tiered else part_b.counter
     except (RatingError, TariffError):
         return BillingOutcome(ReadingStatus.LATE, detail=detail)
     old_milli = int(original.details.get("amount_milli", "0"))
     new_milli = part_a.amount_milli + part_b.amount_milli
-    if new_milli == old_milli:
+    if new_milli == old_milli and part_b.counter == billed:
         return BillingOutcome(ReadingStatus.LATE, detail=f"{detail}; re-rating changes nothing")
     old_txn = ledger_service.load_transaction(session, original)
     old_fen = -old_txn.amount_on(dledger.wallet_code(account.id))
@@ -531,9 +540,9 @@ def _rerate(
     wallet = dledger.wallet_code(account.id)
     key_a = charge_key(gateway_device, meter.device_id, reading.seq)
     key_b = rerate_key(gateway_device, meter.device_id, after.seq, reading.seq)
-    for key, fen, at, milli in (
-        (key_a, fen_a, snap.at, part_a.amount_milli),
-        (key_b, fen_b, end.at, part_b.amount_milli),
+    for key, fen, at, milli, started in (
+        (key_a, fen_a, snap.at, part_a.amount_milli, counter),
+        (key_b, fen_b, end.at, part_b.amount_milli, part_a.counter),
     ):
         if fen > 0:
             meta = {
@@ -541,10 +550,15 @@ def _rerate(
                 "seq": str(reading.seq),
                 "amount_milli": str(milli),
                 "rerate": "1",
+                "tier_period": started.period,
+                "tier_used": str(started.used),
             }
             txn = dledger.charge(key, wallet, fen, at, revenue=revenue, memo=reason, meta=meta)
             ledger_service.post(session, txn, org_id=account.org_id)
     account.residue_millifen = residue
+    if part_b.counter != billed and account.tier_period == billed.period == part_b.counter.period:
+        # usage moved across a tier period reset: the period ``end`` is in counted the wrong amount
+        account.tier_usage = max(Decimal(0), account.tier_usage + part_b.counter.used - billed.used)
     session.execute(
         update(ReadingRow).where(col(ReadingRow.id) == after.id).values(txn_key=key_b if fen_b > 0 else None)
     )
