@@ -15,8 +15,9 @@ billing baseline. A new reading is judged against it by :func:`cloud.domain.read
   consumption is billed once an operator resolves it or the meter reports plausibly again;
 - ``late`` (older than the baseline): inside billed history, the interval around it is re-rated —
   reversal of its charge and two replacement charges — when that changes the amount (a tariff
-  version change inside it; see :func:`_rerate`); older than the meter's first accepted reading,
-  ``[late, first]`` is charged (billing extends backwards);
+  version change inside it; under tiers, usage moved across a tier period reset, rated from the tier
+  counter each charge stores in its meta; see :func:`_rerate`); older than the meter's first accepted
+  reading, ``[late, first]`` is charged (billing extends backwards);
 - no tariff in force → held (the baseline stays, so nothing is lost when a tariff is configured);
 - a local-prepay meter (``prepay_mode`` local) → rated exactly like any other (tariff, TOU, tiers,
   the account's residue and tier counter) and ``billed``, but the charge debits ``held:<meter>``, not
@@ -457,8 +458,19 @@ def _rerate(
     charges, ``[start, late]`` under the late reading's own key and ``[late, end]`` under
     :func:`rerate_key`. The residue is carried so that the fen posted still equal
     ``floor((residue₀ + Σ milli-fen) / 1000)``. Nothing is posted when the re-rated amount equals the
-    billed one (the usual case: no tariff change inside the interval). Tiered tariffs are not re-rated
-    (the tier counter before the interval is not kept); the reading is stored as ``late``.
+    billed one (the usual case: no tariff change inside the interval).
+
+    Tiered tariffs: which tier a kWh falls in depends on the counter before it, so ``[start, late]`` is
+    rated from the counter the original charge started from (``tier_period``/``tier_used`` in its meta,
+    see :func:`_charge`) and ``[late, end]`` from where that leaves it. Inside one tier period a split
+    changes nothing (same units, same tiers); across a reset (month or year end, project time zone) it
+    moves units between periods, which changes the amount and the counter after ``end``. That counter
+    change alone also re-rates (reversal + replacements with the same total), so the late reading
+    becomes a boundary and a second late reading compares against the corrected split. The difference
+    is applied to the account's counter only while the account is still in ``end``'s period; charges
+    already posted after ``end`` (any meter of the account) are **not** re-rated, though the tier they
+    were priced at may have depended on it. A charge without a stored counter (posted before it was
+    recorded) is not re-rated: the reading is stored as ``late``.
     """
     assert meter.id is not None
     assert account.id is not None
