@@ -397,8 +397,8 @@ def _late(
     cache: BillingCache,
     detail: str,
 ) -> BillingOutcome:
-    """A reading older than the baseline. Inside billed history it changes nothing (registers are
-    cumulative: its consumption is in the interval around it). Older than the meter's *first*
+    """A reading older than the baseline. Inside billed history its consumption is already billed
+    (registers are cumulative) but its split may not be: :func:`_rerate`. Older than the meter's *first*
     accepted reading — a new meter's first batches processed out of order by two replicas, or replayed
     late — it extends billing backwards: ``[late, first]`` is charged under its own key, if an account
     already paid for the meter then (link time)."""
