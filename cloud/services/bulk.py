@@ -1,11 +1,12 @@
-"""Writing a batch's rows in a few statements: PostgreSQL ``COPY`` and ``UPDATE ... FROM unnest``.
+"""Writing a batch's rows in a few statements: PostgreSQL ``COPY``, and updates from a copied table.
 
 Billing one MQTT message writes hundreds of rows per table (readings, ledger legs and transaction
 rows, meter states, balances). Row-by-row statements, or multi-row ``INSERT ... VALUES`` whose text
 changes with the row count (psycopg parses each anew), made the ingest's Python the bottleneck
 (bench/ingest.py, docs/benchmarks.md). On PostgreSQL new rows therefore go in with ``COPY ... FROM
 STDIN`` (rows formatted by psycopg's C code; triggers, constraints and the ledger's statement-level
-guards fire as for an ``INSERT``) and updates as one statement over arrays. SQLite gets
+guards fire as for an ``INSERT``) and updates as ``COPY`` into a temporary table, then one
+``UPDATE ... FROM`` it (:func:`copy_update`). SQLite gets
 ``executemany`` on one prepared statement, which its driver already runs in C.
 
 Everything here runs inside the caller's database transaction (the session's connection).
@@ -18,10 +19,10 @@ from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, Connection, Engine, Table, TextClause, any_, bindparam, event
+from sqlalchemy import JSON, ColumnElement, Connection, Engine, Table, any_, bindparam, event
 from sqlalchemy.dialects.postgresql import ARRAY
 
-__all__ = ["aware_utc", "connection_cache", "copy_rows", "in_values", "pg_update"]
+__all__ = ["aware_utc", "connection_cache", "copy_rows", "copy_update", "in_values"]
 
 _CACHES = "mf_row_caches"
 
@@ -65,17 +66,23 @@ def aware_utc(value: datetime) -> datetime:
 
 
 def copy_rows(
-    connection: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    connection: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    into: str | None = None,
 ) -> int:
     """``COPY table (columns) FROM STDIN`` with ``rows`` (tuples in ``columns`` order); PostgreSQL only.
 
     JSON columns take ``dict``/``list`` values (serialised here); every other value goes through
-    psycopg's dumpers as in a query parameter. Returns the number of rows written.
+    psycopg's dumpers as in a query parameter. ``into`` names another table with the same columns
+    (see :func:`copy_update`). Returns the number of rows written.
     """
     json_columns = {i for i, name in enumerate(columns) if isinstance(table.c[name].type, JSON)}
     driver = connection.connection.driver_connection
     assert driver is not None
-    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    statement = f"COPY {into or table.name} ({', '.join(columns)}) FROM STDIN"  # names from metadata
     written = 0
     with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[attr-defined]
         for row in rows:
@@ -86,20 +93,31 @@ def copy_rows(
     return written
 
 
-def pg_update(connection: Connection, statement: TextClause, rows: list[dict[str, Any]]) -> None:
-    """Run an ``UPDATE ... FROM unnest(:col1, :col2, ...)`` with one array per key of ``rows``.
+def copy_update(
+    connection: Connection, table: Table, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """Set ``columns`` of the rows of ``table`` named by ``key``: ``rows`` are ``(key, *columns)``
+    tuples; PostgreSQL only.
 
-    ``dict`` values become JSON text and datetimes must be aware (see :func:`aware_utc`); the
-    statement casts each array to its column type.
+    The rows go with ``COPY`` into a session-local temporary table shaped like those columns, then
+    one ``UPDATE ... FROM`` it — cheaper than binding one array per column (psycopg escapes each
+    element of a text array in Python). The temporary table is created on first use on a connection
+    (again after a rollback) and emptied after each update.
     """
     if not rows:
         return
-    columns: dict[str, list[Any]] = {name: [] for name in rows[0]}
-    for row in rows:
-        for name, value in row.items():
-            if isinstance(value, dict | list):
-                value = json.dumps(value)
-            elif isinstance(value, datetime):
-                value = aware_utc(value)
-            columns[name].append(value)
-    connection.execute(statement, columns)
+    quote = connection.dialect.identifier_preparer.quote
+    names = [quote(table.c[name].name) for name in (key, *columns)]  # KeyError for a foreign name
+    target, temp, k = quote(table.name), quote(f"mf_upd_{table.name}"), names[0]
+    made = connection_cache(connection, "temp_tables")
+    # identifiers only, all taken from the table's metadata and quoted; values travel by COPY
+    if temp not in made:
+        connection.exec_driver_sql(
+            f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DELETE ROWS AS "  # noqa: S608
+            f"SELECT {', '.join(names)} FROM {target} WITH NO DATA"
+        )
+        made[temp] = True
+    copy_rows(connection, table, (key, *columns), rows, into=temp)
+    sets = ", ".join(f"{c} = u.{c}" for c in names[1:])
+    connection.exec_driver_sql(f"UPDATE {target} AS t SET {sets} FROM {temp} AS u WHERE t.{k} = u.{k}")  # noqa: S608
+    connection.exec_driver_sql(f"DELETE FROM {temp}")  # noqa: S608

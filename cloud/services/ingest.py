@@ -18,9 +18,10 @@ retries; any other unexpected error also dead-letters the message (raw bytes kep
 
 Per batch, the meters' ``meter_state`` rows and the paying accounts are locked in id order before any
 billing, so concurrent batches (shared subscriptions hand one gateway's batches to several replicas)
-serialise per meter and per account without deadlocks. Those rows are then detached from the session:
-billing changes them in memory and the batch writes them back with statements compiled once (on
-PostgreSQL one ``UPDATE ... FROM unnest(...)`` per table), not with an ORM flush per row.
+serialise per meter and per account without deadlocks. Those rows are loaded as plain rows, not ORM
+objects: billing changes them in memory and the batch writes them back with statements compiled once (on
+PostgreSQL ``COPY`` and one ``UPDATE ... FROM`` per table, see :mod:`cloud.services.bulk`), not
+with an ORM flush per row.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from cloud.models import (
 )
 from cloud.services.arrears import PolicyCache, evaluate_account
 from cloud.services.billing import BillableReading, BillingCache, bill_reading, post_charges
-from cloud.services.bulk import aware_utc, copy_rows, in_values, pg_update
+from cloud.services.bulk import aware_utc, copy_rows, copy_update, in_values
 from cloud.services.control import ControlConfig, apply_ack
 from cloud.services.unit import Publisher, unit_of_work
 from protocol.contract import (
@@ -117,24 +118,6 @@ _UPDATE_ACCOUNT = (
     )
 )
 
-# PostgreSQL: the same updates as one statement over arrays (psycopg would otherwise send one
-# statement per row); the columns' Python-side types do nothing for these values (ints, strings,
-# aware datetimes, booleans; the JSON column gets its text).
-_PG_UPDATE_STATE = text(
-    "UPDATE meter_state AS t SET last_at = u.last_at, last_values = CAST(u.last_values AS json), "
-    "last_seq = u.last_seq, last_seen = u.last_seen, observed = u.observed, observed_at = u.observed_at, "
-    "offline = u.offline "
-    "FROM unnest(CAST(:b_meter AS bigint[]), CAST(:b_last_at AS timestamptz[]), "
-    "CAST(:b_last_values AS text[]), CAST(:b_last_seq AS bigint[]), CAST(:b_last_seen AS timestamptz[]), "
-    "CAST(:b_observed AS varchar[]), CAST(:b_observed_at AS timestamptz[]), CAST(:b_offline AS boolean[])) "
-    "AS u(meter_id, last_at, last_values, last_seq, last_seen, observed, observed_at, offline) "
-    "WHERE t.meter_id = u.meter_id"
-)
-_PG_UPDATE_ACCOUNT = text(
-    "UPDATE account AS t SET residue_millifen = u.residue, tier_period = u.period, tier_usage = u.usage "
-    "FROM unnest(CAST(:b_id AS bigint[]), CAST(:b_residue AS bigint[]), CAST(:b_period AS varchar[]), "
-    "CAST(:b_usage AS bigint[])) AS u(id, residue, period, usage) WHERE t.id = u.id"
-)
 # Which of a batch's reading identities are stored already (exact pairs, via the UNIQUE index).
 _PG_EXISTING = text(
     "SELECT r.meter_device, r.seq FROM reading AS r "
@@ -142,6 +125,7 @@ _PG_EXISTING = text(
     "ON r.meter_device = u.device AND r.seq = u.seq WHERE r.gateway_id = :gateway"
 )
 _PG_NEXT_IDS = text("SELECT nextval(pg_get_serial_sequence('reading', 'id')) FROM generate_series(1, :n)")
+_STATE_COLUMNS = ("last_at", "last_values", "last_seq", "last_seen", "observed", "observed_at", "offline")
 _READING_COLUMNS = (
     "id",
     "gateway_id",
@@ -222,7 +206,7 @@ def _relay(relay: RelayState | None) -> str | None:
 
 
 def _micro(row: dict[str, Any]) -> dict[str, Any]:
-    """An account update for PostgreSQL's array statement: the tier usage in micro-units, as stored."""
+    """An account update for PostgreSQL's ``COPY``: the tier usage in micro-units, as stored."""
     return row | {"b_usage": _MICRO.process_bind_param(row["b_usage"], _NO_DIALECT)}
 
 
@@ -547,8 +531,20 @@ class Ingest:
             if before[a.id] != (a.residue_millifen, a.tier_period, a.tier_usage)
         ]
         if postgres:
-            pg_update(connection, _PG_UPDATE_STATE, state_rows)
-            pg_update(connection, _PG_UPDATE_ACCOUNT, [_micro(row) for row in changed_accounts])
+            copy_update(
+                connection,
+                _STATES,
+                "meter_id",
+                _STATE_COLUMNS,
+                [tuple(row.values()) for row in state_rows],
+            )
+            copy_update(
+                connection,
+                _ACCOUNTS,
+                "id",
+                ("residue_millifen", "tier_period", "tier_usage"),
+                [tuple(_micro(row).values()) for row in changed_accounts],
+            )
         else:
             if state_rows:
                 connection.execute(_UPDATE_STATE, state_rows)
