@@ -236,3 +236,33 @@ def test_a_charge_without_its_tier_counter_is_not_re_rated(session_factory: sess
     assert _ledger(session_factory, site) == before
     assert balance(session_factory, site) == 50_000 - 4883 - 8432
     assert _readings(session_factory)[3] == ("late", None)
+
+
+def test_a_split_that_only_moves_the_counter_is_still_recorded(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Same money, different counter: without a boundary a later charge would climb tiers too early."""
+    site = make_flow_site(session_factory, balance_fen=50_000)
+    _tiered(session_factory, site, [(T0 - timedelta(days=40), TIERS)])
+    ingest = Ingest(session_factory, clock=lambda: MONTH_END + 11 * H)
+    gw = site.gateway
+    ingest.handle(*batch(site, [("m1", 1, MONTH_END - 10 * H, "1000.00")]))
+    # 40 kWh over 20 h, 20 in November and 20 in December, all tier 1: 40 × 48 830 = 1 953 200
+    # → 1953 fen, residue 200, counter Dec 20
+    ingest.handle(*batch(site, [("m1", 3, MONTH_END + 10 * H, "1040.00")]))
+    assert _counter(session_factory, site) == ("2026-12", Decimal(20), 200)
+    # late, at midnight → 1036.00: Nov 36 × 48 830 = 1 757 880, Dec 4 × 48 830 = 195 320: 1 953 200,
+    # the same money, but December has counted 4 kWh, not 20: reversal and 1757 + 196 fen
+    ingest.handle(*batch(site, [("m1", 2, MONTH_END, "1036.00")]))
+    posted = _ledger(session_factory, site)
+    assert posted[f"rev:chg:{gw}:m1:3"][:2] == ("reversal", 1953)
+    assert posted[f"chg:{gw}:m1:2"][:2] == ("charge", -1757)
+    assert posted[f"rr:{gw}:m1:3:2"][:2] == ("charge", -196)
+    assert balance(session_factory, site) == 50_000 - 1953
+    assert _counter(session_factory, site) == ("2026-12", Decimal(4), 200)
+    # a further late reading inside November's part, on the pro-rata line (18 kWh by 19:00): the
+    # split is already a boundary, so nothing changes and the counter is not corrected twice
+    ingest.handle(*batch(site, [("m1", 4, MONTH_END - 5 * H, "1018.00")]))
+    assert _ledger(session_factory, site) == posted
+    assert _counter(session_factory, site) == ("2026-12", Decimal(4), 200)
+    assert _readings(session_factory)[4] == ("late", None)
