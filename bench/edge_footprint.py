@@ -14,7 +14,13 @@ at each start (≈ 1 MiB more peak RSS from the compiler). The daemon therefore 
 ``Environment=`` lines of deploy/edge/meterflow-edge.service (``MALLOC_ARENA_MAX=2``), as under systemd.
 
 Run:  .venv/bin/python bench/edge_footprint.py [--window 120] [--warmup 30] [--meters 256]
-      [--entry daemon_cli|meterflow] [--source-compile]
+      [--entry daemon_cli|meterflow] [--source-compile] [--tls]
+
+``--tls``: the broker link over TLS (server authentication with a CA file, as deploy/edge/edge.toml
+configures it), to see what an SSL context and a TLS session add. To show that the figure is a working
+daemon's, the bench also counts the readings that reach the broker in the window (a subscriber in
+this process; how many fall in the window depends on where the poll rounds fall) and says whether
+the daemon has pydantic's compiled core mapped (/proc/<pid>/maps).
 
 ``--entry daemon_cli`` (default) starts ``python -m edge.daemon_cli run`` as the systemd unit does;
 ``meterflow`` starts ``meterflow edge run``, which in a venv with every extra also imports the cloud's CLI.
@@ -31,10 +37,14 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.edge.mqtt_helpers
+
 from edge.devbroker import Mosquitto
 from firmware_sim.line import SimLine
 from firmware_sim.meters import Ddsy1352Sim
 from firmware_sim.serve import run_line
+from protocol.contract import ReadingBatch, decode
+from tests.edge.mqtt_helpers import Subscriber
 
 LINES = 4
 TICK = os.sysconf("SC_CLK_TCK")
@@ -62,6 +72,12 @@ def daemon_environment(work: Path, source_compile: bool = False) -> dict[str, st
     return env
 
 
+def readings_received(sub: Subscriber) -> int:
+    with sub.lock:
+        payloads = [payload for _topic, payload, _retain in sub.messages]
+    return sum(len(decode(ReadingBatch, payload).readings) for payload in payloads)
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
@@ -76,11 +92,13 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
-def config_text(data: Path, port: int, urls: list[str], per_line: int) -> str:
+def config_text(data: Path, port: int, urls: list[str], per_line: int, ca_file: Path | None = None) -> str:
     parts = [
         f'[gateway]\nid = "gw-foot"\ndata_dir = "{data}"\nsigning_key = "k"\nlog_level = "WARNING"\n',
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n',
     ]
+    if ca_file is not None:
+        parts.append(f'[mqtt.tls]\nca_file = "{ca_file}"\n')
     for n, url in enumerate(urls):
         parts.append(
             f'[[lines]]\nname = "l{n}"\nurl = "{url}"\nbaudrate = 2400\nparity = "E"\nturnaround_s = 0.3\n'
@@ -100,11 +118,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=30.0)
     parser.add_argument("--entry", choices=("daemon_cli", "meterflow"), default="daemon_cli")
     parser.add_argument("--source-compile", action="store_true", help="no bytecode cache (see above)")
+    parser.add_argument("--tls", action="store_true", help="broker link over TLS (see above)")
     args = parser.parse_args()
     per_line = args.meters // LINES
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         work = Path(tmp)
-        broker = stack.enter_context(Mosquitto(work / "broker"))
+        broker = stack.enter_context(Mosquitto(work / "broker", tls=args.tls))
+        sub = Subscriber(
+            broker.host, broker.port, "mf/v1/gw/+/up/readings", client_id="bench-sub", ca_file=broker.ca_file
+        )
+        stack.callback(sub.close)
         urls = []
         for n in range(LINES):
             sims = [Ddsy1352Sim(f"0000000{n}{i:04d}") for i in range(per_line)]
@@ -113,7 +136,7 @@ def main() -> None:
             )
             urls.append(handle.url)
         config = work / "edge.toml"
-        config.write_text(config_text(work / "data", broker.port, urls, per_line))
+        config.write_text(config_text(work / "data", broker.port, urls, per_line, broker.ca_file))
         if args.entry == "meterflow":
             cmd = [str(Path(sys.executable).with_name("meterflow")), "edge", "run"]
         else:  # what the systemd unit runs
@@ -123,10 +146,11 @@ def main() -> None:
         try:
             time.sleep(args.warmup)
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            c0, t0, n0 = cpu_seconds(proc.pid), time.monotonic(), readings_received(sub)
             time.sleep(args.window)
-            c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+            c1, t1, n1 = cpu_seconds(proc.pid), time.monotonic(), readings_received(sub)
             mem = memory_kib(proc.pid)
+            pydantic = "pydantic_core" in Path(f"/proc/{proc.pid}/maps").read_text()
         finally:
             proc.terminate()
             proc.wait(timeout=20)
@@ -141,6 +165,11 @@ def main() -> None:
         print(
             f"CPU {share * 100:.2f} % of one core; RSS peak {mem['VmHWM'] / 1024:.1f} MiB, "
             f"end {mem['VmRSS'] / 1024:.1f} MiB"
+        )
+        print(
+            f"broker link {'TLS' if args.tls else 'plain TCP'}; readings at the broker: {n1 - n0} in the "
+            f"window, {n1} since start ({args.meters} per poll round); "
+            f"pydantic core mapped in the daemon: {'yes' if pydantic else 'no'}"
         )
 
 
