@@ -173,17 +173,26 @@ def _utc(message: _Model, *names: str) -> None:
 def _check_decimal(
     value: Decimal,
     where: str,
+    key: object = None,
     *,
     max_digits: int | None = MEASURE_DIGITS,
     places: int = MEASURE_PLACES,
 ) -> None:
-    """Finite, at most ``places`` decimals and ``max_digits`` digits (trailing zeros do not count)."""
+    """Finite, at most ``places`` decimals and ``max_digits`` digits (trailing zeros do not count).
+
+    ``where`` (and ``key`` for a mapping's value) names the field in the error; the name is only
+    put together on an error, as this runs for every value of every reading decoded.
+    """
     if not isinstance(value, Decimal):
-        raise TypeError(f"{where}: expected a decimal, got {type(value).__name__}")
+        raise TypeError(f"{_field(where, key)}: expected a decimal, got {type(value).__name__}")
     if not value.is_finite():
-        raise ValueError(f"{where}: must be a finite number, got {value}")
+        raise ValueError(f"{_field(where, key)}: must be a finite number, got {value}")
     _sign, digit_tuple, exponent = value.as_tuple()
     assert isinstance(exponent, int)  # finite
+    n = len(digit_tuple)
+    short = max_digits is not None and n <= max_digits and n + exponent <= max_digits - places
+    if short and exponent >= -places:
+        return  # the usual value: within every limit even before trailing zeros are dropped
     digits = list(digit_tuple)
     while digits and digits[-1] == 0 and exponent < 0:
         digits.pop()
@@ -195,12 +204,19 @@ def _check_decimal(
     else:
         decimals = -exponent
         total = max(len(digits), decimals)
+    problem = None
     if max_digits is not None and total > max_digits:
-        raise ValueError(f"{where}: no more than {max_digits} digits in total, got {value}")
-    if decimals > places:
-        raise ValueError(f"{where}: no more than {places} decimal places, got {value}")
-    if max_digits is not None and total - decimals > max_digits - places:
-        raise ValueError(f"{where}: no more than {max_digits - places} digits before the point, got {value}")
+        problem = f"no more than {max_digits} digits in total"
+    elif decimals > places:
+        problem = f"no more than {places} decimal places"
+    elif max_digits is not None and total - decimals > max_digits - places:
+        problem = f"no more than {max_digits - places} digits before the point"
+    if problem is not None:
+        raise ValueError(f"{_field(where, key)}: {problem}, got {value}")
+
+
+def _field(where: str, key: object) -> str:
+    return where if key is None else f"{where}.{key}"
 
 
 class Reading(_Model, frozen=True, kw_only=True):
@@ -216,7 +232,7 @@ class Reading(_Model, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         _utc(self, "ts")
         for quantity, value in self.values.items():
-            _check_decimal(value, f"values.{quantity}")
+            _check_decimal(value, "values", quantity)
 
 
 class ReadingBatch(_Model, frozen=True, kw_only=True):

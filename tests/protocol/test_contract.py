@@ -18,6 +18,9 @@ from protocol.contract import (
     Action,
     Command,
     CreditHorizon,
+    Event,
+    EventBatch,
+    EventKind,
     GatewayConfig,
     GatewayStatus,
     LineStats,
@@ -336,3 +339,15 @@ def test_validate_checks_what_a_constructor_does_not() -> None:
 def test_oversized_payload_is_refused_unread() -> None:
     with pytest.raises(ContractError, match="too large"):
         decode(ReadingBatch, b" " * (4 * 1024 * 1024 + 1))
+
+
+def test_event_batch_round_trip_and_empty_keys_refused() -> None:
+    local = datetime(2026, 11, 23, 20, 0, tzinfo=timezone(timedelta(hours=8)))
+    event = Event(id="e1", ts=local, kind=EventKind.METER_OFFLINE, meter="m1", detail={"failures": 3})
+    assert event.ts == NOW
+    batch = EventBatch(gateway="gw-01", events=[event])
+    assert decode(EventBatch, encode(batch)) == batch
+    with pytest.raises(SignatureError, match="empty signing key"):
+        sign_command(_command(), b"")
+    with pytest.raises(SignatureError, match="no key configured"):
+        verify_command(sign_command(_command(), KEY), b"", NOW)
