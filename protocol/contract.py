@@ -311,15 +311,6 @@ class LineStats(_Model, frozen=True, kw_only=True):
         if not 0 <= self.utilisation <= 1:
             raise ValueError(f"utilisation: must lie in 0..1, got {self.utilisation}")
 
-    def model_dump(self, *, mode: Literal["json"] = "json") -> dict[str, Any]:
-        """Transitional, for cloud/services/ingest.py, which still calls the pydantic name.
-
-        Same output as pydantic's ``model_dump(mode="json")`` (decimals as strings). New code calls
-        ``msgspec.to_builtins``; remove this once ingest.py does.
-        """
-        dumped: dict[str, Any] = msgspec.to_builtins(self)
-        return dumped
-
 
 class GatewayStatus(_Model, frozen=True, kw_only=True):
     """Retained on ``up/status``; the LWT publishes ``online=False`` with the same shape."""

@@ -42,7 +42,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -77,7 +77,7 @@ from cloud.models import (
     utcnow,
 )
 from cloud.services import ledger as ledger_service
-from cloud.services.bulk import aware_utc, connection_cache, copy_rows, in_values
+from cloud.services.bulk import aware_utc, connection_cache, in_values, insert_rows
 from cloud.services.local_prepay import check_remaining
 from protocol.contract import Quantity
 
@@ -638,8 +638,6 @@ _ENTRIES = LedgerEntry.__table__  # type: ignore[attr-defined]
 _TXNS = LedgerTransaction.__table__  # type: ignore[attr-defined]
 _LEDGER_ACCOUNTS = LedgerAccount.__table__  # type: ignore[attr-defined]
 _PREPAID = Account.__table__  # type: ignore[attr-defined]
-_INSERT_ENTRY = insert(_ENTRIES)
-_INSERT_TXN = insert(_TXNS)
 _ADD_BALANCE = (
     update(_PREPAID)
     .where(_PREPAID.c.id == bindparam("aid"))
@@ -735,14 +733,10 @@ def post_charges(
             )
         )
     connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        # COPY: rows formatted in C, statement text fixed; the ledger guards (migration 0003) run
-        # once per COPY, legs first so each transaction row finds its legs
-        copy_rows(connection, _ENTRIES, _ENTRY_COLUMNS, entries)
-        copy_rows(connection, _TXNS, _TXN_COLUMNS, txns)
-    else:  # sqlite3 executemany: one prepared statement, run in C
-        connection.execute(_INSERT_ENTRY, [dict(zip(_ENTRY_COLUMNS, row, strict=True)) for row in entries])
-        connection.execute(_INSERT_TXN, [dict(zip(_TXN_COLUMNS, row, strict=True)) for row in txns])
+    # legs first, so each transaction row finds its legs (the ledger guards of migrations 0001/0003):
+    # COPY on PostgreSQL, one prepared INSERT run by the driver on SQLite
+    insert_rows(connection, _ENTRIES, _ENTRY_COLUMNS, entries)
+    insert_rows(connection, _TXNS, _TXN_COLUMNS, txns)
     if not deltas:
         return len(txns)
     if connection.dialect.name == "postgresql":  # one statement, not one per account

@@ -15,14 +15,23 @@ Everything here runs inside the caller's database transaction (the session's con
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, Connection, Engine, Table, any_, bindparam, event
+from sqlalchemy import JSON, ColumnElement, Connection, Engine, Table, TypeDecorator, any_, bindparam, event
 from sqlalchemy.dialects.postgresql import ARRAY
 
-__all__ = ["aware_utc", "connection_cache", "copy_rows", "copy_update", "in_values"]
+__all__ = [
+    "aware_utc",
+    "connection_cache",
+    "copy_rows",
+    "copy_update",
+    "in_values",
+    "insert_rows",
+    "update_rows",
+]
 
 _CACHES = "mf_row_caches"
 
@@ -65,6 +74,12 @@ def aware_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def _utc_fast(process: Callable[[Any], Any], value: Any) -> Any:
+    """A datetime already in UTC passes as it is (the usual case: the contract normalises); any other
+    value goes through the column type's own conversion (which refuses naive datetimes)."""
+    return value if isinstance(value, datetime) and value.tzinfo is UTC else process(value)
+
+
 def copy_rows(
     connection: Connection,
     table: Table,
@@ -75,19 +90,34 @@ def copy_rows(
 ) -> int:
     """``COPY table (columns) FROM STDIN`` with ``rows`` (tuples in ``columns`` order); PostgreSQL only.
 
-    JSON columns take ``dict``/``list`` values (serialised here); every other value goes through
-    psycopg's dumpers as in a query parameter. ``into`` names another table with the same columns
-    (see :func:`copy_update`). Returns the number of rows written.
+    Values are what the ORM would take: JSON columns ``dict``/``list`` (serialised here), our
+    TypeDecorators' Python values (converted by their ``process_bind_param``: aware datetimes,
+    decimals stored as integers); psycopg's dumpers do the rest, as for a query parameter. ``into``
+    names another table with the same columns (see :func:`copy_update`). Returns the rows written.
     """
-    json_columns = {i for i, name in enumerate(columns) if isinstance(table.c[name].type, JSON)}
+    dialect = connection.dialect
+    convert: list[tuple[int, Callable[[Any], Any]]] = []
+    for i, name in enumerate(columns):
+        type_ = table.c[name].type
+        if isinstance(type_, TypeDecorator):  # UTCDateTime, MicroDecimal: as a bound parameter
+            process = partial(type_.process_bind_param, dialect=dialect)
+            convert.append(
+                (i, partial(_utc_fast, process) if type_.impl_instance.python_type is datetime else process)
+            )
+        elif isinstance(type_, JSON):
+            convert.append((i, json.dumps))
     driver = connection.connection.driver_connection
     assert driver is not None
     statement = f"COPY {into or table.name} ({', '.join(columns)}) FROM STDIN"  # names from metadata
     written = 0
     with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[attr-defined]
         for row in rows:
-            if json_columns:
-                row = [json.dumps(v) if i in json_columns and v is not None else v for i, v in enumerate(row)]
+            if convert:
+                values = list(row)
+                for i, function in convert:
+                    if values[i] is not None:
+                        values[i] = function(values[i])
+                row = values
             copy.write_row(row)
             written += 1
     return written
@@ -121,3 +151,75 @@ def copy_update(
     sets = ", ".join(f"{c} = u.{c}" for c in names[1:])
     connection.exec_driver_sql(f"UPDATE {target} AS t SET {sets} FROM {temp} AS u WHERE t.{k} = u.{k}")  # noqa: S608
     connection.exec_driver_sql(f"DELETE FROM {temp}")  # noqa: S608
+
+
+_Processor = Callable[[Any], Any] | None
+_PROCESSORS: dict[tuple[str, str, str], _Processor] = {}
+
+
+def _processors(connection: Connection, table: Table, columns: Sequence[str]) -> list[_Processor]:
+    """Each column's bind processor for this dialect (the TypeDecorator's, then the driver type's):
+    what SQLAlchemy applies to a parameter, computed once per column instead of once per value."""
+    dialect = connection.dialect
+    found = []
+    for name in columns:
+        key = (dialect.name, table.name, name)
+        if key not in _PROCESSORS:
+            type_ = table.c[name].type
+            _PROCESSORS[key] = type_.dialect_impl(dialect).bind_processor(dialect)
+        found.append(_PROCESSORS[key])
+    return found
+
+
+def _executemany(
+    connection: Connection,
+    statement: str,
+    table: Table,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+) -> int:
+    """``statement`` (``?`` placeholders in ``columns`` order) once per row, on the DBAPI cursor, with
+    the columns' bind processors applied here (sqlite3 runs the prepared statement in C)."""
+    processors = list(enumerate(_processors(connection, table, columns)))
+    converted = [
+        tuple(
+            value if process is None or value is None else process(value)
+            for (_, process), value in zip(processors, row, strict=True)
+        )
+        for row in rows
+    ]
+    if converted:
+        cursor = connection.connection.cursor()
+        try:
+            cursor.executemany(statement, converted)
+        finally:
+            cursor.close()
+    return len(converted)
+
+
+def insert_rows(
+    connection: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> int:
+    """Insert ``rows`` (tuples in ``columns`` order): ``COPY`` on PostgreSQL, else one prepared
+    ``INSERT`` run by the driver for every row. Triggers and constraints apply as to any insert."""
+    if connection.dialect.name == "postgresql":
+        return copy_rows(connection, table, columns, rows)
+    quote = connection.dialect.identifier_preparer.quote
+    names = ", ".join(quote(table.c[name].name) for name in columns)
+    marks = ", ".join("?" for _ in columns)
+    statement = f"INSERT INTO {quote(table.name)} ({names}) VALUES ({marks})"  # noqa: S608 (metadata names)
+    return _executemany(connection, statement, table, columns, rows)
+
+
+def update_rows(
+    connection: Connection, table: Table, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """Set ``columns`` of the rows named by ``key``; ``rows`` are ``(key, *columns)`` tuples.
+    PostgreSQL: :func:`copy_update`; else one prepared ``UPDATE`` run by the driver for every row."""
+    if connection.dialect.name == "postgresql":
+        copy_update(connection, table, key, columns, rows)
+        return
+    quote = connection.dialect.identifier_preparer.quote
+    sets = ", ".join(f"{quote(table.c[name].name)} = ?" for name in columns)
+    statement = f"UPDATE {quote(table.name)} SET {sets} WHERE {quote(table.c[key].name)} = ?"  # noqa: S608
+    _executemany(connection, statement, table, (*columns, key), [(*row[1:], row[0]) for row in rows])

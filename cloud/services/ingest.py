@@ -26,6 +26,7 @@ with an ORM flush per row.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Callable
@@ -34,7 +35,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, text, update
+import msgspec
+from sqlalchemy import Connection, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -54,14 +56,13 @@ from cloud.models import (
     GatewayStatusRow,
     Meter,
     MeterState,
-    MicroDecimal,
     ProcessedBatch,
     ReadingStatus,
     metadata,
 )
 from cloud.services.arrears import PolicyCache, evaluate_account
 from cloud.services.billing import BillableReading, BillingCache, bill_reading, post_charges
-from cloud.services.bulk import aware_utc, copy_rows, copy_update, in_values
+from cloud.services.bulk import aware_utc, in_values, insert_rows, update_rows
 from cloud.services.control import ControlConfig, apply_ack
 from cloud.services.unit import Publisher, unit_of_work
 from protocol.contract import (
@@ -88,42 +89,18 @@ _ACCOUNTS = metadata.tables["account"]
 _METERS = metadata.tables["meter"]
 _LINKS = metadata.tables["account_meter"]
 
-# Core executemany statements (SQLite), compiled once: the batch's rows change through these, not
-# ORM flushes.
-_UPDATE_READING = (
-    update(_READINGS)
-    .where(_READINGS.c.id == bindparam("b_id"))
-    .values(meter_id=bindparam("b_meter"), status=bindparam("b_status"), txn_key=bindparam("b_key"))
-)
-_UPDATE_STATE = (
-    update(_STATES)
-    .where(_STATES.c.meter_id == bindparam("b_meter"))
-    .values(
-        last_at=bindparam("b_last_at"),
-        last_values=bindparam("b_last_values"),
-        last_seq=bindparam("b_last_seq"),
-        last_seen=bindparam("b_last_seen"),
-        observed=bindparam("b_observed"),
-        observed_at=bindparam("b_observed_at"),
-        offline=bindparam("b_offline"),
-    )
-)
-_UPDATE_ACCOUNT = (
-    update(_ACCOUNTS)
-    .where(_ACCOUNTS.c.id == bindparam("b_id"))
-    .values(
-        residue_millifen=bindparam("b_residue"),
-        tier_period=bindparam("b_period"),
-        tier_usage=bindparam("b_usage"),
-    )
-)
-
 # Which of a batch's reading identities are stored already (exact pairs, via the UNIQUE index).
 _PG_EXISTING = text(
     "SELECT r.meter_device, r.seq FROM reading AS r "
     "JOIN unnest(CAST(:devices AS varchar[]), CAST(:seqs AS bigint[])) AS u(device, seq) "
     "ON r.meter_device = u.device AND r.seq = u.seq WHERE r.gateway_id = :gateway"
 )
+_SQLITE_EXISTING = text(  # CROSS JOIN: SQLite then walks the pairs and probes the UNIQUE index
+    "SELECT r.meter_device, r.seq FROM json_each(:pairs) AS j CROSS JOIN reading AS r "
+    "ON r.gateway_id = :gateway AND r.meter_device = json_extract(j.value, '$[0]') "
+    "AND r.seq = json_extract(j.value, '$[1]')"
+)
+_SQLITE_MAX_ID = text("SELECT coalesce(max(id), 0) FROM reading")
 _PG_NEXT_IDS = text("SELECT nextval(pg_get_serial_sequence('reading', 'id')) FROM generate_series(1, :n)")
 _STATE_COLUMNS = ("last_at", "last_values", "last_seq", "last_seen", "observed", "observed_at", "offline")
 _READING_COLUMNS = (
@@ -183,31 +160,8 @@ class _AccountRow:
     tier_usage: Decimal
 
 
-def _state_row(state: _StateRow) -> dict[str, Any]:
-    """What billing and the batch may have changed in a meter's state (every other column is left)."""
-    return {
-        "b_meter": state.meter_id,
-        "b_last_at": state.last_at,
-        "b_last_values": state.last_values,
-        "b_last_seq": state.last_seq,
-        "b_last_seen": state.last_seen,
-        "b_observed": state.observed,
-        "b_observed_at": state.observed_at,
-        "b_offline": state.offline,
-    }
-
-
-_MICRO = MicroDecimal()
-_NO_DIALECT: Any = None  # MicroDecimal's conversion does not depend on the dialect
-
-
 def _relay(relay: RelayState | None) -> str | None:
     return relay.value if relay is not None else None
-
-
-def _micro(row: dict[str, Any]) -> dict[str, Any]:
-    """An account update for PostgreSQL's ``COPY``: the tier usage in micro-units, as stored."""
-    return row | {"b_usage": _MICRO.process_bind_param(row["b_usage"], _NO_DIALECT)}
 
 
 def _utcnow() -> datetime:
@@ -366,7 +320,6 @@ class Ingest:
         gateway_id = gateway.id
         self._seen(session, gateway, now)
         connection = session.connection()
-        postgres = connection.dialect.name == "postgresql"
         devices = sorted({r.meter for r in batch.readings})
         meters = {
             row.device_id: row
@@ -421,11 +374,7 @@ class Ingest:
             )
         }
         before = {a.id: (a.residue_millifen, a.tier_period, a.tier_usage) for a in accounts.values()}
-        new_ids = (
-            self._pg_new_readings(connection, gateway_id, batch)
-            if postgres
-            else self._sqlite_new_readings(connection, gateway_id, batch, now)
-        )
+        new_ids = self._new_readings(connection, gateway_id, batch)
         self.stats.readings_new += len(new_ids)
         self.stats.readings_duplicate += len(batch.readings) - len(new_ids)
         connection.execute(
@@ -488,114 +437,90 @@ class Ingest:
                     if reading.relay is not None and reading.relay is not RelayState.UNKNOWN:
                         state.observed = reading.relay.value
                         state.observed_at = ts
-        if postgres:  # the rows, complete, before the holds and alarms that refer to them
-            copy_rows(
-                connection,
-                _READINGS,
-                _READING_COLUMNS,
+        insert_rows(  # the rows, complete, before the holds and alarms that refer to them
+            connection,
+            _READINGS,
+            _READING_COLUMNS,
+            [
                 (
-                    (
-                        rid,
-                        gateway_id,
-                        device,
-                        outcomes[rid][0],
-                        seq,
-                        aware_utc(source[(device, seq)].ts),
-                        now,
-                        {q.value: str(v) for q, v in source[(device, seq)].values.items()},
-                        _relay(source[(device, seq)].relay),
-                        outcomes[rid][1],
-                        outcomes[rid][2],
-                    )
-                    for (device, seq), rid in sorted(new_ids.items(), key=lambda item: item[1])
-                ),
-            )
-        else:  # sqlite3's executemany runs one prepared statement in C
-            connection.execute(
-                _UPDATE_READING,
-                [
-                    {"b_id": rid, "b_meter": meter_id, "b_status": status, "b_key": key}
-                    for rid, (meter_id, status, key) in outcomes.items()
-                ],
-            )
+                    rid,
+                    gateway_id,
+                    device,
+                    outcomes[rid][0],
+                    seq,
+                    aware_utc(source[(device, seq)].ts),
+                    now,
+                    {q.value: str(v) for q, v in source[(device, seq)].values.items()},
+                    _relay(source[(device, seq)].relay),
+                    outcomes[rid][1],
+                    outcomes[rid][2],
+                )
+                for (device, seq), rid in sorted(new_ids.items(), key=lambda item: item[1])
+            ],
+        )
         session.flush()  # holds and alarms of this batch
-        state_rows = [_state_row(s) for s in states.values()]
-        changed_accounts = [
-            {
-                "b_id": a.id,
-                "b_residue": a.residue_millifen,
-                "b_period": a.tier_period,
-                "b_usage": a.tier_usage,
-            }
-            for a in accounts.values()
-            if before[a.id] != (a.residue_millifen, a.tier_period, a.tier_usage)
-        ]
-        if postgres:
-            copy_update(
-                connection,
-                _STATES,
-                "meter_id",
-                _STATE_COLUMNS,
-                [tuple(row.values()) for row in state_rows],
-            )
-            copy_update(
-                connection,
-                _ACCOUNTS,
-                "id",
-                ("residue_millifen", "tier_period", "tier_usage"),
-                [tuple(_micro(row).values()) for row in changed_accounts],
-            )
-        else:
-            if state_rows:
-                connection.execute(_UPDATE_STATE, state_rows)
-            if changed_accounts:
-                connection.execute(_UPDATE_ACCOUNT, changed_accounts)
+        update_rows(
+            connection,
+            _STATES,
+            "meter_id",
+            _STATE_COLUMNS,
+            [
+                (
+                    s.meter_id,
+                    s.last_at,
+                    s.last_values,
+                    s.last_seq,
+                    s.last_seen,
+                    s.observed,
+                    s.observed_at,
+                    s.offline,
+                )
+                for s in states.values()
+            ],
+        )
+        update_rows(
+            connection,
+            _ACCOUNTS,
+            "id",
+            ("residue_millifen", "tier_period", "tier_usage"),
+            [
+                (a.id, a.residue_millifen, a.tier_period, a.tier_usage)
+                for a in accounts.values()
+                if before[a.id] != (a.residue_millifen, a.tier_period, a.tier_usage)
+            ],
+        )
         self.stats.charges += post_charges(session, pending, cache)
         return self._evaluate(session, accounts, deltas, cache, now)
 
-    def _pg_new_readings(
+    def _new_readings(
         self, connection: Connection, gateway_id: int, batch: ReadingBatch
     ) -> dict[tuple[str, int], int]:
-        """The batch's reading identities not stored yet, each with an id drawn from the sequence."""
+        """The batch's reading identities not stored yet, each with the id its row will have.
+
+        Called with the batch's meter states locked (PostgreSQL) or the database's write lock held
+        (SQLite's ``BEGIN IMMEDIATE``), so what is new cannot change before the rows are written. Ids:
+        PostgreSQL's sequence; on SQLite the next rowids (``max(id)`` + 1…, what SQLite would assign).
+        A reading of an unknown meter is not covered by a lock on PostgreSQL: a concurrent replica
+        storing it first makes the insert fail on the UNIQUE identity, and the message is retried.
+        """
         pairs = sorted({(r.meter, r.seq) for r in batch.readings})
-        seen = {
-            (str(d), int(q))
-            for d, q in connection.execute(
+        if connection.dialect.name == "postgresql":
+            found = connection.execute(
                 _PG_EXISTING,
                 {"devices": [d for d, _ in pairs], "seqs": [q for _, q in pairs], "gateway": gateway_id},
             )
-        }
+        else:
+            found = connection.execute(_SQLITE_EXISTING, {"pairs": json.dumps(pairs), "gateway": gateway_id})
+        seen = {(str(d), int(q)) for d, q in found}
         fresh = [p for p in pairs if p not in seen]
         if not fresh:
             return {}
-        ids = connection.execute(_PG_NEXT_IDS, {"n": len(fresh)}).scalars().all()
-        return {pair: int(rid) for pair, rid in zip(fresh, ids, strict=True)}
-
-    def _sqlite_new_readings(
-        self, connection: Connection, gateway_id: int, batch: ReadingBatch, now: datetime
-    ) -> dict[tuple[str, int], int]:
-        """Insert the batch (``ON CONFLICT DO NOTHING``); the identities this statement stored."""
-        rows = [
-            {
-                "gateway_id": gateway_id,
-                "meter_device": r.meter,
-                "meter_id": None,
-                "seq": r.seq,
-                "ts": r.ts,
-                "received_at": now,
-                "values": {q.value: str(v) for q, v in r.values.items()},
-                "relay": _relay(r.relay),
-                "status": ReadingStatus.UNKNOWN_METER,
-                "txn_key": None,
-            }
-            for r in batch.readings
-        ]
-        stmt = (
-            self._insert(_READINGS)
-            .on_conflict_do_nothing(index_elements=["gateway_id", "meter_device", "seq"])
-            .returning(_READINGS.c.id, _READINGS.c.meter_device, _READINGS.c.seq)
-        )
-        return {(str(m), int(q)): int(i) for i, m, q in connection.execute(stmt, rows)}
+        if connection.dialect.name == "postgresql":
+            ids = [int(i) for i in connection.execute(_PG_NEXT_IDS, {"n": len(fresh)}).scalars()]
+        else:
+            top = int(connection.execute(_SQLITE_MAX_ID).scalar_one())
+            ids = list(range(top + 1, top + 1 + len(fresh)))
+        return dict(zip(fresh, ids, strict=True))
 
     def _evaluate(
         self,
@@ -714,7 +639,7 @@ class Ingest:
             row.outbox_backlog = status.outbox_backlog
             row.outbox_oldest_age_s = status.outbox_oldest_age_s
             row.autonomous = status.autonomous
-            row.lines = [line.model_dump(mode="json") for line in status.lines]
+            row.lines = [msgspec.to_builtins(line) for line in status.lines]
 
     def _ack(self, device: str, payload: bytes) -> None:
         ack = decode(Ack, payload)

@@ -27,7 +27,7 @@ from cloud.models import (
 )
 from cloud.services import ledger
 from cloud.services.unit import Publisher, unit_of_work
-from protocol.contract import Reading, ReadingBatch, RelayState, Topics, encode
+from protocol.contract import Quantity, Reading, ReadingBatch, RelayState, Topics, encode
 
 KEY = "k" * 32
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)  # Tuesday 10:00 in Shanghai: no friendly-hours block
@@ -147,7 +147,7 @@ def batch(
         batch=batch_id or uuid.uuid4().hex,
         sent_at=max(ts for _, _, ts, _ in readings),
         readings=[
-            Reading(meter=m, seq=seq, ts=ts, values={"energy_total_kwh": Decimal(v)}, relay=relay)
+            Reading(meter=m, seq=seq, ts=ts, values={Quantity.ENERGY_TOTAL_KWH: Decimal(v)}, relay=relay)
             for m, seq, ts, v in readings
         ],
     )

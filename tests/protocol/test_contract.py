@@ -246,7 +246,7 @@ def test_wire_bytes_are_unchanged() -> None:
 
 def test_line_stats_dump_as_json_builtins() -> None:
     line = _status().lines[0]
-    assert line.model_dump(mode="json") == msgspec.to_builtins(line) == json.loads(WIRE_STATUS)["lines"][0]
+    assert msgspec.to_builtins(line) == json.loads(WIRE_STATUS)["lines"][0]
 
 
 def test_timestamps_are_normalised_to_utc_and_must_be_aware() -> None:
