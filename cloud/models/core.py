@@ -7,10 +7,11 @@ one meter or several (``billing_mode`` merged or per-meter) through ``account_me
 
 Ledger (double entry, append-only, integer fen): a ``ledger_transaction`` groups ``ledger_entry`` legs
 whose signed ``amount_fen`` sum to zero. The database refuses anything else (triggers in migration
-0001): entries are inserted first, then the transaction row, whose insert checks that its legs exist,
-number ``entry_count`` and sum to zero; an entry whose transaction never arrives fails the deferred
-foreign key at commit; no entry may be added to a closed transaction; updates and deletes of both
-tables are refused. Write the ledger only through :mod:`cloud.services.ledger`.
+0001; on PostgreSQL checked once per statement since 0003): entries are inserted first, then the
+transaction row, whose insert checks that its legs exist, number ``entry_count`` and sum to zero; an
+entry whose transaction never arrives fails the deferred foreign key at commit; no entry may be added
+to a closed transaction; updates and deletes of both tables are refused. Write the ledger only
+through :mod:`cloud.services.ledger`.
 
 Sign convention: a leg's amount is what it adds to the balance of its ledger account as the tenant
 sees it; a tenant account's ``balance_fen`` is the sum of the legs on its ledger account (a cache
