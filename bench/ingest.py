@@ -4,11 +4,17 @@ Setup: a fresh database (SQLite file, or a private PostgreSQL database), migrate
 meters, one prepaid account per meter, a flat tariff; N background replicas (``python -m
 cloud.runtime`` subprocesses, shared subscription on the machine's Mosquitto).
 
-Phase 1 — throughput: every meter gets B consecutive readings (0.1 kWh apart, one minute apart), one
-batch per gateway and minute, all published at QoS 1 as fast as the broker takes them. The clock runs
-from the first publish until every reading is stored and the ledger holds exactly the money of every
-interval (B − 1 per meter × 5 fen; batches applied out of order by two replicas bill some intervals
-together, so money, not rows, says "done"). Figures: readings/s end to end, charge transactions/s.
+Phase 1 — throughput: every meter gets consecutive readings (0.1 kWh apart, one minute apart), one
+batch per gateway and minute, published at QoS 1. ``--minutes B`` publishes B minutes as fast as the
+broker takes them; ``--duration S`` (sustained) keeps publishing for S seconds, never more than 32
+batches ahead of what the replicas have applied (Mosquitto drops QoS 1 messages beyond its queue
+limit, so an unpaced publisher would measure the broker, not the ingest). The clock runs from the
+first publish until every reading is stored and the money of every interval is charged ((B − 1) per
+meter × 5 fen; batches applied out of order by two replicas bill some intervals together, so money,
+not rows, says "done"); progress is read from ``processed_batch`` rows and account balances, never
+by scanning the ledger while it runs. Figures: readings/s end to end, charge transactions/s, and for
+a sustained run the steady-state rate from a fifth of the way in to the last publish. After the run:
+every reading stored exactly once, and the ledger check (balances = Σ entries, Σ all entries = 0).
 
 Phase 2 — arrears → trip: K meters whose balance is 1 fen get one reading each (10 per second) that
 exhausts it; the latency is from publishing that reading until the signed trip command for the meter
@@ -25,7 +31,7 @@ the transaction in progress, then remote control + read-back at 2400 baud.
 Usage::
 
     .venv/bin/python bench/ingest.py --db sqlite --replicas 2
-    .venv/bin/python bench/ingest.py --db postgres --replicas 2 --meters 500 --minutes 40
+    .venv/bin/python bench/ingest.py --db postgres --replicas 2 --duration 300 --sim-meters 20
 """
 
 from __future__ import annotations
