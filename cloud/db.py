@@ -4,8 +4,9 @@ SQLite gets WAL (readers never block the writer), a busy timeout, enforced forei
 ``BEGIN IMMEDIATE`` transactions: a transaction that reads then writes (idempotency check, then
 insert) takes the write lock up front, so it waits on ``busy_timeout`` instead of failing with
 ``SQLITE_BUSY`` half-way; processes sharing a database file take turns through a lock file first
-(:class:`_WriterTurn`), which wakes a waiting writer sooner than SQLite's sleeping busy handler. PostgreSQL uses the driver's ordinary transactions (READ COMMITTED);
-correctness there comes from unique constraints and atomic ``UPDATE ... SET x = x + d``.
+(:class:`_WriterTurn`), which wakes a waiting writer sooner than SQLite's sleeping busy handler.
+PostgreSQL uses the driver's ordinary transactions (READ COMMITTED); correctness there comes from
+unique constraints and atomic ``UPDATE ... SET x = x + d``.
 
 Also here: :func:`create_database` / :func:`drop_database`, used by tests and benchmarks to get a
 private PostgreSQL database on a shared server.
