@@ -24,6 +24,7 @@ from cloud.domain.ledger import (
     cash_code,
     charge,
     correction,
+    meter_held_code,
     recharge,
     refund,
     revenue_code,
@@ -44,6 +45,7 @@ CASH, REV, SETTLE = cash_code("p1"), revenue_code("p1", "electric"), settlement_
 def test_codes() -> None:
     assert (W, CASH, REV, SETTLE) == ("wallet:7", "cash:p1", "revenue:p1:electric", "settlement:p1")
     assert reversal_key("charge:m1:5") == "rev:charge:m1:5"
+    assert meter_held_code(42) == "held:42"  # money a local-prepay meter holds (a suspense account)
 
 
 def test_builders_post_balanced_legs() -> None:
