@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -219,11 +220,17 @@ def test_prepaid_recharge_checks_purchase_count(serve: Serve) -> None:
 
 def test_prepaid_meter_trips_itself_at_zero_balance(serve: Serve) -> None:
     prepaid = PrepaidSettings(price_fen_per_kwh=Decimal(100), balance_fen=5)
-    meter = Ddsy1352Sim(A1, prepaid=prepaid, base_w=3600)  # 3.6 kW × 1 yuan/kWh: 1 fen per 10 s simulated
-    handle = serve([meter], time_scale=3600.0)  # so 5 fen last ~14 ms of real time
+    # 3.6 kW (flat profile, ±30 % noise) × 1 yuan/kWh: 1 fen per ≈ 10 s simulated, so at 3600× the
+    # 5 fen last ≈ 14–20 ms of real time. The residential profile's night hours (×0.35) made that
+    # ≈ 60 ms and the test failed between midnight and 06:00: the wait is now for the trip itself.
+    meter = Ddsy1352Sim(A1, prepaid=prepaid, base_w=3600, profile="flat")
+    handle = serve([meter], time_scale=3600.0)
     with open_port(handle.url, 9600) as port:
-        port.read(1)
+        deadline = time.monotonic() + 5.0
         word = status3(port, A1)
+        while not word.relay_open and time.monotonic() < deadline:
+            time.sleep(0.01)
+            word = status3(port, A1)
         assert word.relay_open
         assert word.pre_trip_alarm
         assert read_value(port, A1, d.DI_REMAINING_MONEY) == Decimal("0.00")
