@@ -78,7 +78,7 @@ from cloud.models import (
 )
 from cloud.services import ledger as ledger_service
 from cloud.services.bulk import aware_utc, connection_cache, in_values, insert_rows
-from cloud.services.local_prepay import check_remaining
+from cloud.services.local_prepay import MeterIdentity, check_remaining
 from protocol.contract import Quantity
 
 __all__ = [
@@ -222,17 +222,9 @@ def snapshot_values(values: Mapping[str, str]) -> dict[Quantity, Decimal]:
     return out
 
 
-class MeterFacts(Protocol):
+class MeterFacts(MeterIdentity, Protocol):
     """What billing reads of a meter: the ORM row, or the ingest's plain copy of it."""
 
-    @property
-    def id(self) -> int | None: ...
-    @property
-    def org_id(self) -> int: ...
-    @property
-    def gateway_id(self) -> int: ...
-    @property
-    def device_id(self) -> str: ...
     @property
     def kind(self) -> str: ...
     @property

@@ -52,6 +52,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -342,6 +343,31 @@ def _recently_recharged_local_meters(session: Session, since: datetime, limit: i
     return list(rows)
 
 
+def _topup_names(session: Session, row: CommandRow) -> tuple[str, str]:
+    """The meter's device id and the top-up's amount in yuan, as alarm texts show them."""
+    meter = session.get(Meter, row.meter_id)
+    return (meter.device_id if meter else str(row.meter_id)), format_fen(int(row.params.get("amount_fen", 0)))
+
+
+def _topup_alarm(
+    session: Session, row: CommandRow, key: str, zh: str, en: str, detail: dict[str, Any]
+) -> None:
+    """A level-3 ``topup_failed`` alarm about top-up command ``row`` (once per ``key``)."""
+    session.add(
+        Alarm(
+            org_id=row.org_id,
+            kind=TOPUP_FAILED,
+            level=3,
+            dedupe_key=key[:200],
+            meter_id=row.meter_id,
+            gateway_id=row.gateway_id,
+            message_zh=zh,
+            message_en=en,
+            detail=detail,
+        )
+    )
+
+
 def _topup_mismatch(session: Session, row: CommandRow, ack: Ack) -> bool:
     """A recharge ack whose read-back purchase count is not the one this top-up targets: give up and
     tell the operator (retrying cannot help, and a new count could write the money twice)."""
@@ -354,30 +380,22 @@ def _topup_mismatch(session: Session, row: CommandRow, ack: Ack) -> bool:
     with suppress(DomainError):
         row.status = transition(row.status, CommandEvent.GIVE_UP)
     row.next_try_at = None
-    meter = session.get(Meter, row.meter_id)
-    name = meter.device_id if meter else str(row.meter_id)
-    amount = format_fen(int(row.params.get("amount_fen", 0)))
-    session.add(
-        Alarm(
-            org_id=row.org_id,
-            kind=TOPUP_FAILED,
-            level=3,
-            dedupe_key=f"topup:{row.params.get('recharge', row.id)}"[:200],
-            meter_id=row.meter_id,
-            gateway_id=row.gateway_id,
-            message_zh=f"表计 {name} 充值 {amount} 元未确认：购电次数为 {observed}，"
-            f"应为 {expected}，请人工核对",
-            message_en=f"top-up of {amount} yuan to meter {name} unconfirmed: purchase count is {observed}, "
-            f"expected {expected}",
-            detail={
-                "command": row.id,
-                "recharge": row.params.get("recharge"),
-                "observed_count": observed,
-                "expected_count": expected,
-                "ack": ack.status.value,
-                "detail": ack.detail[:300],
-            },
-        )
+    name, amount = _topup_names(session, row)
+    _topup_alarm(
+        session,
+        row,
+        f"topup:{row.params.get('recharge', row.id)}",
+        f"表计 {name} 充值 {amount} 元未确认：购电次数为 {observed}，应为 {expected}，请人工核对",
+        f"top-up of {amount} yuan to meter {name} unconfirmed: purchase count is {observed}, "
+        f"expected {expected}",
+        {
+            "command": row.id,
+            "recharge": row.params.get("recharge"),
+            "observed_count": observed,
+            "expected_count": expected,
+            "ack": ack.status.value,
+            "detail": ack.detail[:300],
+        },
     )
     return True
 
@@ -414,27 +432,19 @@ def _late_topup(session: Session, row: CommandRow) -> None:
     """A top-up we had given up (retries exhausted, or the account closed / the meter replaced) that
     the meter took after all: its money is on the meter but still in the wallet — or already paid back
     to the tenant. Moving it now could overdraw a settled wallet, so a person decides (alarm)."""
-    meter = session.get(Meter, row.meter_id)
-    name = meter.device_id if meter else str(row.meter_id)
-    amount = format_fen(int(row.params.get("amount_fen", 0)))
-    session.add(
-        Alarm(
-            org_id=row.org_id,
-            kind=TOPUP_FAILED,
-            level=3,
-            dedupe_key=f"topup-late:{row.id}"[:200],
-            meter_id=row.meter_id,
-            gateway_id=row.gateway_id,
-            message_zh=f"表计 {name} 确认了已放弃的充值 {amount} 元：表内可能多出这笔钱，"
-            "账上未记，请人工核对",
-            message_en=f"meter {name} confirmed a top-up of {amount} yuan that had been given up: "
-            "the meter may hold money the ledger does not",
-            detail={
-                "command": row.id,
-                "recharge": row.params.get("recharge"),
-                "amount_fen": row.params.get("amount_fen"),
-            },
-        )
+    name, amount = _topup_names(session, row)
+    _topup_alarm(
+        session,
+        row,
+        f"topup-late:{row.id}",
+        f"表计 {name} 确认了已放弃的充值 {amount} 元：表内可能多出这笔钱，账上未记，请人工核对",
+        f"meter {name} confirmed a top-up of {amount} yuan that had been given up: "
+        "the meter may hold money the ledger does not",
+        {
+            "command": row.id,
+            "recharge": row.params.get("recharge"),
+            "amount_fen": row.params.get("amount_fen"),
+        },
     )
 
 
