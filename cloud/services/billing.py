@@ -64,7 +64,6 @@ from cloud.models import (
     AccountMeter,
     Alarm,
     AlarmKind,
-    LedgerAccount,
     LedgerEntry,
     LedgerTransaction,
     MeterKind,
@@ -77,7 +76,7 @@ from cloud.models import (
     utcnow,
 )
 from cloud.services import ledger as ledger_service
-from cloud.services.bulk import aware_utc, connection_cache, in_values, insert_rows
+from cloud.services.bulk import insert_rows
 from cloud.services.local_prepay import MeterIdentity, check_remaining
 from protocol.contract import Quantity
 
@@ -163,26 +162,6 @@ class BillingCache:
     schedules: dict[int, TariffSchedule | None] = field(default_factory=dict)
     projects: dict[int, Project] = field(default_factory=dict)
     rules: ReadingRules = field(default_factory=ReadingRules)
-
-    ledger_accounts: dict[tuple[int, str], LedgerAccount] = field(default_factory=dict)
-
-    def preload_ledger_accounts(self, session: Session, wanted: set[tuple[int, str]]) -> None:
-        missing = wanted - set(self.ledger_accounts)
-        for org_id in sorted({org for org, _ in missing}):
-            codes = sorted(code for org, code in missing if org == org_id)
-            for row in session.scalars(
-                select(LedgerAccount).where(
-                    col(LedgerAccount.org_id) == org_id, col(LedgerAccount.code).in_(codes)
-                )
-            ):
-                self.ledger_accounts[(org_id, row.code)] = row
-
-    def ledger_account(self, session: Session, org_id: int, code: str) -> LedgerAccount:
-        found = self.ledger_accounts.get((org_id, code))
-        if found is None:
-            found = ledger_service.ensure_ledger_account(session, org_id, code)
-            self.ledger_accounts[(org_id, code)] = found
-        return found
 
     def project(self, session: Session, project_id: int) -> Project:
         found = self.projects.get(project_id)
@@ -628,7 +607,6 @@ def _charge(
 
 _ENTRIES = LedgerEntry.__table__  # type: ignore[attr-defined]
 _TXNS = LedgerTransaction.__table__  # type: ignore[attr-defined]
-_LEDGER_ACCOUNTS = LedgerAccount.__table__  # type: ignore[attr-defined]
 _PREPAID = Account.__table__  # type: ignore[attr-defined]
 _ADD_BALANCE = (
     update(_PREPAID)
@@ -660,25 +638,13 @@ _TXN_COLUMNS = (
 def _ledger_account_ids(
     session: Session, wanted: set[tuple[int, str]]
 ) -> dict[tuple[int, str], tuple[int, int | None]]:
-    """(org, code) → (ledger account id, prepaid account id): from the connection's cache of committed
-    ids, else one Core query per organisation, then the rows that do not exist yet are created
-    (:func:`cloud.services.ledger.ensure_ledger_account`)."""
-    connection = session.connection()
-    known: dict[tuple[int, str], tuple[int, int | None]] = connection_cache(connection, "ledger_account_ids")
-    found = {k: known[k] for k in wanted if k in known}
-    missing = wanted - set(found)
-    for org_id in sorted({org for org, _ in missing}):
-        codes = sorted(code for org, code in missing if org == org_id)
-        query = select(_LEDGER_ACCOUNTS.c.code, _LEDGER_ACCOUNTS.c.id, _LEDGER_ACCOUNTS.c.account_id).where(
-            _LEDGER_ACCOUNTS.c.org_id == org_id, in_values(_LEDGER_ACCOUNTS.c.code, codes, connection)
-        )
-        for code, la_id, account_id in connection.execute(query):
-            found[(org_id, str(code))] = (int(la_id), None if account_id is None else int(account_id))
-    for org_id, code in sorted(wanted - set(found)):
-        row = ledger_service.ensure_ledger_account(session, org_id, code)
-        assert row.id is not None
-        found[(org_id, code)] = (row.id, row.account_id)
-    known.update(found)  # emptied if this unit of work rolls back (see connection_cache)
+    """(org, code) → (ledger account id, prepaid account id), per organisation
+    (:func:`cloud.services.ledger.resolve_ledger_accounts`)."""
+    found: dict[tuple[int, str], tuple[int, int | None]] = {}
+    for org_id in sorted({org for org, _ in wanted}):
+        codes = {code for org, code in wanted if org == org_id}
+        for code, ids in ledger_service.resolve_ledger_accounts(session, org_id, codes).items():
+            found[(org_id, code)] = ids
     return found
 
 
@@ -719,7 +685,7 @@ def post_charges(
                 txn.kind.value,
                 txn.memo,
                 len(txn.postings),
-                aware_utc(txn.occurred_at),
+                txn.occurred_at,
                 now,
                 dict(txn.meta),
             )

@@ -24,7 +24,6 @@ from sqlalchemy import JSON, ColumnElement, Connection, Engine, Table, TypeDecor
 from sqlalchemy.dialects.postgresql import ARRAY
 
 __all__ = [
-    "aware_utc",
     "connection_cache",
     "copy_rows",
     "copy_update",
@@ -65,13 +64,6 @@ def in_values(
     if connection.dialect.name == "postgresql":
         return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
     return column.in_(list(values))
-
-
-def aware_utc(value: datetime) -> datetime:
-    """``value`` in UTC; a naive datetime is a bug upstream, refused rather than guessed."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value!r}: timestamps must carry a timezone")
-    return value.astimezone(UTC)
 
 
 def _utc_fast(process: Callable[[Any], Any], value: Any) -> Any:

@@ -30,13 +30,13 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Column, Connection, Table, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -62,7 +62,7 @@ from cloud.models import (
 )
 from cloud.services.arrears import PolicyCache, evaluate_account
 from cloud.services.billing import BillableReading, BillingCache, bill_reading, post_charges
-from cloud.services.bulk import aware_utc, in_values, insert_rows, update_rows
+from cloud.services.bulk import in_values, insert_rows, update_rows
 from cloud.services.control import ControlConfig, apply_ack
 from cloud.services.unit import Publisher, unit_of_work
 from protocol.contract import (
@@ -102,7 +102,6 @@ _SQLITE_EXISTING = text(  # CROSS JOIN: SQLite then walks the pairs and probes t
 )
 _SQLITE_MAX_ID = text("SELECT coalesce(max(id), 0) FROM reading")
 _PG_NEXT_IDS = text("SELECT nextval(pg_get_serial_sequence('reading', 'id')) FROM generate_series(1, :n)")
-_STATE_COLUMNS = ("last_at", "last_values", "last_seq", "last_seen", "observed", "observed_at", "offline")
 _READING_COLUMNS = (
     "id",
     "gateway_id",
@@ -158,6 +157,15 @@ class _AccountRow:
     residue_millifen: int
     tier_period: str
     tier_usage: Decimal
+
+
+_STATE_COLUMNS = tuple(f.name for f in fields(_StateRow) if f.name != "meter_id")
+"""What billing and the batch may change in a meter's state (written back; the rest is left)."""
+
+
+def _columns(table: Table, row_type: type[Any]) -> list[Column[Any]]:
+    """The columns of ``table`` named like the fields of the plain row type, in field order."""
+    return [table.c[f.name] for f in fields(row_type)]
 
 
 def _relay(relay: RelayState | None) -> str | None:
@@ -310,11 +318,10 @@ class Ingest:
 
         Order: the meters' states and their paying accounts are locked (id order), *then* the batch's
         reading identities are checked against the store — the ingest is the only writer of readings
-        and holds these locks while it writes, so "new" cannot change under it. On PostgreSQL the new
-        rows get ids from the table's sequence, are billed, and are written complete with one
-        ``COPY``; on SQLite they are inserted ``ON CONFLICT DO NOTHING RETURNING`` first and their
-        outcome written back with ``executemany``. A reading of a meter the cloud does not know is
-        stored with status ``unknown_meter``.
+        and holds these locks while it writes, so "new" cannot change under it. The new rows get their
+        ids first (:meth:`_new_readings`), are billed, and are written complete in one go
+        (:func:`cloud.services.bulk.insert_rows`: ``COPY`` on PostgreSQL, ``executemany`` on SQLite).
+        A reading of a meter the cloud does not know is stored with status ``unknown_meter``.
         """
         assert gateway.id is not None
         gateway_id = gateway.id
@@ -326,16 +333,7 @@ class Ingest:
             for row in (
                 _MeterRow(*r)
                 for r in connection.execute(
-                    select(
-                        _METERS.c.id,
-                        _METERS.c.org_id,
-                        _METERS.c.gateway_id,
-                        _METERS.c.device_id,
-                        _METERS.c.kind,
-                        _METERS.c.prepay_mode,
-                        _METERS.c.tariff_id,
-                        _METERS.c.ct_ratio,
-                    ).where(
+                    select(*_columns(_METERS, _MeterRow)).where(
                         _METERS.c.gateway_id == gateway_id,
                         in_values(_METERS.c.device_id, devices, connection),
                     )
@@ -357,16 +355,7 @@ class Ingest:
             for row in (
                 _AccountRow(*r)
                 for r in connection.execute(
-                    select(
-                        _ACCOUNTS.c.id,
-                        _ACCOUNTS.c.org_id,
-                        _ACCOUNTS.c.project_id,
-                        _ACCOUNTS.c.status,
-                        _ACCOUNTS.c.balance_fen,
-                        _ACCOUNTS.c.residue_millifen,
-                        _ACCOUNTS.c.tier_period,
-                        _ACCOUNTS.c.tier_usage,
-                    )
+                    select(*_columns(_ACCOUNTS, _AccountRow))
                     .where(in_values(_ACCOUNTS.c.id, sorted(set(account_of.values())), connection))
                     .order_by(_ACCOUNTS.c.id)
                     .with_for_update()
@@ -448,7 +437,7 @@ class Ingest:
                     device,
                     outcomes[rid][0],
                     seq,
-                    aware_utc(source[(device, seq)].ts),
+                    source[(device, seq)].ts,
                     now,
                     {q.value: str(v) for q, v in source[(device, seq)].values.items()},
                     _relay(source[(device, seq)].relay),
@@ -464,19 +453,7 @@ class Ingest:
             _STATES,
             "meter_id",
             _STATE_COLUMNS,
-            [
-                (
-                    s.meter_id,
-                    s.last_at,
-                    s.last_values,
-                    s.last_seq,
-                    s.last_seen,
-                    s.observed,
-                    s.observed_at,
-                    s.offline,
-                )
-                for s in states.values()
-            ],
+            [(s.meter_id, *(getattr(s, c) for c in _STATE_COLUMNS)) for s in states.values()],
         )
         update_rows(
             connection,
@@ -585,16 +562,7 @@ class Ingest:
             return {}
         self._insert_missing_states(connection, meter_ids)
         query = (
-            select(
-                _STATES.c.meter_id,
-                _STATES.c.last_at,
-                _STATES.c.last_values,
-                _STATES.c.last_seq,
-                _STATES.c.last_seen,
-                _STATES.c.observed,
-                _STATES.c.observed_at,
-                _STATES.c.offline,
-            )
+            select(*_columns(_STATES, _StateRow))
             .where(in_values(_STATES.c.meter_id, meter_ids, connection))
             .order_by(_STATES.c.meter_id)
             .with_for_update()

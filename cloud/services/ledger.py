@@ -20,12 +20,12 @@ against Σ entries per account, and the whole ledger's Σ against zero.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, event, func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
@@ -42,6 +42,7 @@ from cloud.models import (
     metadata,
     utcnow,
 )
+from cloud.services.bulk import connection_cache, in_values
 from cloud.services.unit import mark_balance_changed
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "post",
     "post_many",
     "rebuild_balances",
+    "resolve_ledger_accounts",
     "wallet_account_id",
 ]
 
@@ -144,42 +146,31 @@ _ACCOUNTS = metadata.tables["ledger_account"]
 _ENTRIES = metadata.tables["ledger_entry"]
 _TXNS = metadata.tables["ledger_transaction"]
 _PREPAID = metadata.tables["account"]
-_CACHE_KEY = "mf_ledger_accounts"
 
 
-def _clear_cache(session: Session, *_: object) -> None:
-    session.info.pop(_CACHE_KEY, None)
-
-
-def _cache(session: Session) -> dict[tuple[int, str], tuple[int, int | None]]:
-    """(org, code) → (ledger account id, prepaid account id), for this session's current transaction.
-
-    Cleared on any rollback: a ledger account created in a rolled-back transaction does not exist.
-    """
-    cache: dict[tuple[int, str], tuple[int, int | None]] | None = session.info.get(_CACHE_KEY)
-    if cache is None:
-        cache = session.info[_CACHE_KEY] = {}
-        if not event.contains(session, "after_soft_rollback", _clear_cache):
-            event.listen(session, "after_soft_rollback", _clear_cache)
-    return cache
-
-
-def _resolve_many(session: Session, org_id: int, codes: set[str]) -> dict[str, tuple[int, int | None]]:
-    """Ledger account ids of ``codes``: cache, then one query for the rest, then create what is missing."""
-    cache = _cache(session)
-    missing = {c for c in codes if (org_id, c) not in cache}
+def resolve_ledger_accounts(
+    session: Session, org_id: int, codes: Iterable[str]
+) -> dict[str, tuple[int, int | None]]:
+    """code → (ledger account id, prepaid account id) for ``codes`` of ``org_id``: from the
+    connection's cache of ids (:func:`cloud.services.bulk.connection_cache`, emptied on any rollback,
+    so an account created in undone work is never reused), then one query for the rest, then the
+    accounts that do not exist yet are created (:func:`ensure_ledger_account`)."""
+    connection = session.connection()
+    cache: dict[tuple[int, str], tuple[int, int | None]] = connection_cache(connection, "ledger_account_ids")
+    wanted = set(codes)
+    missing = sorted(c for c in wanted if (org_id, c) not in cache)
     if missing:
         query = select(_ACCOUNTS.c.code, _ACCOUNTS.c.id, _ACCOUNTS.c.account_id).where(
-            _ACCOUNTS.c.org_id == org_id, _ACCOUNTS.c.code.in_(missing)
+            _ACCOUNTS.c.org_id == org_id, in_values(_ACCOUNTS.c.code, missing, connection)
         )
-        for code, la_id, account_id in session.connection().execute(query):
-            cache[(org_id, str(code))] = (int(la_id), account_id)
-        for code in sorted(missing):
+        for code, la_id, account_id in connection.execute(query):
+            cache[(org_id, str(code))] = (int(la_id), None if account_id is None else int(account_id))
+        for code in missing:
             if (org_id, code) not in cache:
                 la = ensure_ledger_account(session, org_id, code)
                 assert la.id is not None
                 cache[(org_id, code)] = (la.id, la.account_id)
-    return {c: cache[(org_id, c)] for c in codes}
+    return {c: cache[(org_id, c)] for c in wanted}
 
 
 def ensure_ledger_account(session: Session, org_id: int, code: str, *, name: str = "") -> LedgerAccount:
@@ -308,7 +299,7 @@ def _insert(
     if reversed_keys:
         query = select(_TXNS.c.idempotency_key, _TXNS.c.id).where(_TXNS.c.idempotency_key.in_(reversed_keys))
         originals = {str(k): i for k, i in session.connection().execute(query)}
-    ids = _resolve_many(session, org_id, {p.account for t in txns for p in t.postings})
+    ids = resolve_ledger_accounts(session, org_id, {p.account for t in txns for p in t.postings})
     entries: list[dict[str, object]] = []
     rows: list[dict[str, object]] = []
     deltas: dict[int, int] = {}
