@@ -11,13 +11,17 @@ Conventions
   content is identical and an :class:`IdempotencyConflict` when it is not.
 * The ledger is append-only: a correction is a **reversal** (the mirror image of the original, key
   ``rev:<original key>``, with a reason) followed, if needed, by a new transaction.
+* Consumption is billed in **batch charges** when many readings arrive together
+  (:func:`charge_batch`): one debit leg per reading's payer, one credit per revenue account. One
+  reading's part of such a batch is taken back by :func:`reverse_line` (a ``correction`` that mirrors
+  that leg and its share of revenue), not by reversing the whole batch.
 
 Account codes are plain strings; the helpers below build the standard ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -40,6 +44,7 @@ __all__ = [
     "balances",
     "cash_code",
     "charge",
+    "charge_batch",
     "correction",
     "meter_held_code",
     "recharge",
@@ -47,6 +52,7 @@ __all__ = [
     "revenue_code",
     "reversal_key",
     "reverse",
+    "reverse_line",
     "settlement",
     "settlement_code",
     "transfer",
@@ -204,6 +210,60 @@ def charge(
         at,
         memo=memo,
         meta=dict(meta or {}),
+    )
+
+
+def charge_batch(key: str, lines: Sequence[Transaction], *, memo: str) -> Transaction:
+    """Many single charges (:func:`charge`) as one transaction: each line's debit leg as it is, the
+    credits summed per revenue account; effective at the latest line.
+
+    Why: billing a gateway's batch of readings writes one debit leg per reading instead of a whole
+    transaction (row, two legs) per reading — the ledger rows per reading halve, the money does not
+    change. Each debited account appears once (a transaction posts once per account), so one
+    reading's line stays identifiable by its debited account; the caller puts a payer's second
+    reading of the same batch in another batch.
+    """
+    if not lines:
+        raise LedgerError(f"batch charge {key} has no lines")
+    debits: list[Posting] = []
+    credits: dict[str, int] = {}
+    for line in lines:
+        if line.kind is not TxnKind.CHARGE or len(line.postings) != 2:
+            raise LedgerError(f"batch charge {key}: {line.key} is not a single charge")
+        debit, credit = sorted(line.postings, key=lambda p: p.amount_fen)
+        debits.append(debit)
+        credits[credit.account] = credits.get(credit.account, 0) + credit.amount_fen
+    return Transaction(
+        key,
+        TxnKind.CHARGE,
+        (*debits, *(Posting(account, amount) for account, amount in credits.items())),
+        max(line.occurred_at for line in lines),
+        memo=memo,
+        meta={"lines": str(len(lines))},
+    )
+
+
+def reverse_line(batch: Transaction, account: str, key: str, reason: str, at: datetime) -> Transaction:
+    """Take back ``account``'s line of a batch charge: ``account`` gets its debit back and the batch's
+    revenue account gives it up (a ``correction`` naming the batch in ``meta``; the batch itself stays,
+    other lines untouched). ``key`` is the reading's own reversal key, so a line is reversed once."""
+    if batch.kind is not TxnKind.CHARGE:
+        raise LedgerError(f"{batch.key} is not a charge: only a charge's line can be reversed")
+    if not reason.strip():
+        raise LedgerError(f"reversing a line of {batch.key} needs a reason")
+    amount = -batch.amount_on(account)
+    if amount <= 0:
+        raise LedgerError(f"{batch.key} has no debit on {account}")
+    revenue = [p.account for p in batch.postings if p.amount_fen > 0]
+    if len(revenue) != 1:
+        raise LedgerError(f"{batch.key} credits {len(revenue)} accounts: its lines cannot be told apart")
+    return Transaction(
+        key,
+        TxnKind.CORRECTION,
+        (Posting(account, amount), Posting(revenue[0], -amount)),
+        at,
+        memo=reason,
+        meta={"reverses_line_of": batch.key, "line": account},
     )
 
 

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from cloud.domain import ledger as rules
+from cloud.domain.errors import LedgerError
 from cloud.models import (
     Account,
     AccountMeter,
@@ -393,6 +394,13 @@ def reverse_transaction(
     row = ledger.get_transaction(session, key)
     if row is None or not _visible(row.org_id, actor) or actor.role == Role.TENANT:
         raise NotFound(f"transaction {key} not found")
+    if isinstance(row.details.get("lines"), dict):
+        # a batch charge bills many tenants: reversing it would undo every line, including lines a
+        # late reading has already re-rated (cloud.services.billing.plan_charges)
+        raise LedgerError(
+            f"transaction {key} charges {len(row.details['lines'])} readings of different accounts at "
+            "once: correct the one account with an adjustment instead of reversing the batch"
+        )
     original = ledger.load_transaction(session, row)
     txn = rules.reverse(original, reason, now)
     result = ledger.post(session, txn, org_id=row.org_id, actor_user_id=actor.user_id)

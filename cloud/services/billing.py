@@ -85,10 +85,14 @@ __all__ = [
     "BillableReading",
     "BillingCache",
     "BillingOutcome",
+    "ChargePlan",
     "MeterFacts",
     "Payer",
+    "PendingCharge",
+    "batch_line",
     "bill_reading",
     "charge_key",
+    "plan_charges",
     "post_charges",
     "schedule_for",
     "snapshot_values",
@@ -485,13 +489,15 @@ def _rerate(
     original = ledger_service.get_transaction(session, after.txn_key)
     if schedule is None or original is None:
         return BillingOutcome(ReadingStatus.LATE, detail=detail)
+    wallet = dledger.wallet_code(account.id)
+    # the interval's own charge, or its line of a batch charge (plan_charges)
+    line = batch_line(original.details, wallet)
+    charged = line if line is not None else original.details
     tiered = any(v.is_tiered for v in schedule.versions)
     counter = TierCounter(account.tier_period, account.tier_usage)
     if tiered:  # tiers depend on the counter the original charge started from: stored with it
         try:
-            counter = TierCounter(
-                str(original.details["tier_period"]), Decimal(original.details["tier_used"])
-            )
+            counter = TierCounter(str(charged["tier_period"]), Decimal(charged["tier_used"]))
         except (KeyError, TypeError, ValueError, InvalidOperation):
             return BillingOutcome(ReadingStatus.LATE, detail=f"{detail}; the charge lacks its tier counter")
     ct = Decimal(meter.ct_ratio)
@@ -506,21 +512,26 @@ def _rerate(
         billed = rate(schedule, start.at, end.at, whole, counter, tz=tz).counter if tiered else part_b.counter
     except (RatingError, TariffError):
         return BillingOutcome(ReadingStatus.LATE, detail=detail)
-    old_milli = int(original.details.get("amount_milli", "0"))
+    old_milli = int(charged.get("amount_milli", "0"))
     new_milli = part_a.amount_milli + part_b.amount_milli
     if new_milli == old_milli and part_b.counter == billed:
         return BillingOutcome(ReadingStatus.LATE, detail=f"{detail}; re-rating changes nothing")
     old_txn = ledger_service.load_transaction(session, original)
-    old_fen = -old_txn.amount_on(dledger.wallet_code(account.id))
+    old_fen = -old_txn.amount_on(wallet)
     delta_fen, residue = carry(account.residue_millifen, new_milli - old_milli)
     total = old_fen + delta_fen
     fen_a = min(max(part_a.amount_milli // 1000, 0), max(total, 0))
     fen_b = max(total, 0) - fen_a
-    reason = f"late reading seq {reading.seq} re-rates {after.txn_key}"
-    ledger_service.post(session, dledger.reverse(old_txn, reason, now), org_id=account.org_id)
+    if line is not None:  # only this reading's line of the batch: the other readings' stay as billed
+        reason = f"late reading seq {reading.seq} re-rates seq {after.seq} of {after.txn_key}"
+        own_key = charge_key(gateway_device, meter.device_id, after.seq)
+        undo = dledger.reverse_line(old_txn, wallet, dledger.reversal_key(own_key), reason, now)
+    else:
+        reason = f"late reading seq {reading.seq} re-rates {after.txn_key}"
+        undo = dledger.reverse(old_txn, reason, now)
+    ledger_service.post(session, undo, org_id=account.org_id)
     utility = "water" if meter.kind == MeterKind.WATER else "electric"
     revenue = dledger.revenue_code(account.project_id, utility)
-    wallet = dledger.wallet_code(account.id)
     key_a = charge_key(gateway_device, meter.device_id, reading.seq)
     key_b = rerate_key(gateway_device, meter.device_id, after.seq, reading.seq)
     for key, fen, at, milli, started in (
@@ -648,35 +659,119 @@ def _ledger_account_ids(
     return found
 
 
-def post_charges(
-    session: Session, charges: Sequence[tuple[int, dledger.Transaction]], cache: BillingCache
-) -> int:
-    """Write many charge transactions at once: every leg, then every transaction row, then one
-    balance update per account — the same rows :func:`cloud.services.ledger.post` writes, in the same
-    order, so the database's zero-sum and append-only guards check each transaction as usual.
+@dataclass(frozen=True, slots=True)
+class PendingCharge:
+    """A reading's charge, built by :func:`bill_reading`, waiting for the batch to be written."""
 
-    Idempotency: each charge key derives from a reading identity that this very database transaction
-    has just inserted (the reading row is the guard); the key's UNIQUE constraint is the backstop — a
-    collision raises and the whole message is retried. ``balance_changed`` is *not* announced for
-    charges: the ingest evaluates the arrears policy itself in the same transaction.
+    org_id: int
+    reading_id: int
+    txn: dledger.Transaction
+
+
+@dataclass
+class ChargePlan:
+    """How a batch's charges are written: :func:`plan_charges`."""
+
+    batches: list[tuple[int, dledger.Transaction, list[PendingCharge]]] = field(default_factory=list)
+    singles: list[PendingCharge] = field(default_factory=list)
+    key_of: dict[int, str] = field(default_factory=dict)
+    """Reading id → key of the transaction that holds its charge (written on the reading row)."""
+
+    @property
+    def lines(self) -> int:
+        return len(self.singles) + sum(len(members) for _, _, members in self.batches)
+
+
+BATCH_BUCKET_S = 900
+"""Batch charges group readings by 15-minute UTC bucket: every time zone's offset is a multiple of
+15 minutes, so a batch never straddles a local day boundary and per-day figures (daily aggregates,
+statements by day) stay exact whatever the project's zone."""
+
+
+def plan_charges(pending: Sequence[PendingCharge], gateway_id: int) -> ChargePlan:
+    """Group the wallet charges of one message into batch charges (:func:`cloud.domain.ledger.charge_batch`).
+
+    A group is (organisation, revenue account, 15-minute bucket, round): a payer's *n*-th reading of
+    the group goes in round *n*, so every batch debits each wallet once and a reading's line is its
+    payer's leg. A group of one stays a plain charge under the reading's own key. Batch keys are
+    ``chgb:<gateway id>:<first reading id>`` (reading ids are unique and were allocated under the
+    batch's locks, so a key never repeats). Charges of local-prepay meters (debiting ``held:<meter>``)
+    stay one transaction per reading: the held-balance check compares a meter's figure with held
+    money at the instant of each of its readings.
     """
-    if not charges:
+    plan = ChargePlan()
+    groups: dict[tuple[int, str, int, int], list[PendingCharge]] = {}
+    rounds: dict[tuple[int, str, int, str], int] = {}
+    for item in sorted(pending, key=lambda p: p.reading_id):
+        debit, credit = sorted(item.txn.postings, key=lambda p: p.amount_fen)
+        if len(item.txn.postings) != 2 or not debit.account.startswith("wallet:"):
+            plan.singles.append(item)
+            continue
+        bucket = int(item.txn.occurred_at.timestamp()) // BATCH_BUCKET_S
+        payer = (item.org_id, credit.account, bucket, debit.account)
+        turn = rounds.get(payer, 0)
+        rounds[payer] = turn + 1
+        groups.setdefault((item.org_id, credit.account, bucket, turn), []).append(item)
+    for (org_id, revenue, _, _), members in groups.items():
+        if len(members) == 1:
+            plan.singles.extend(members)
+            continue
+        utility = revenue.rsplit(":", 1)[-1]
+        txn = dledger.charge_batch(
+            f"chgb:{gateway_id}:{members[0].reading_id}",
+            [m.txn for m in members],
+            memo=f"{utility} consumption, {len(members)} readings",
+        )
+        plan.batches.append((org_id, txn, members))
+        plan.key_of.update((m.reading_id, txn.key) for m in members)
+    plan.key_of.update((m.reading_id, m.txn.key) for m in plan.singles)
+    return plan
+
+
+def batch_line(details: Mapping[str, Any], account: str) -> Mapping[str, Any] | None:
+    """What a batch charge stored of ``account``'s line (the reading's rating details), else None."""
+    lines = details.get("lines")
+    if not isinstance(lines, Mapping):
+        return None
+    line = lines.get(account)
+    return line if isinstance(line, Mapping) else None
+
+
+def post_charges(session: Session, plan: ChargePlan, cache: BillingCache) -> int:
+    """Write a batch's charges at once: every leg, then every transaction row, then one balance update
+    per account — the same rows :func:`cloud.services.ledger.post` writes, in the same order, so the
+    database's zero-sum and append-only guards check each transaction as usual. Returns the number of
+    readings charged.
+
+    A batch charge's ``details`` keep each line's rating details under its debited account
+    (``lines``: meter, seq, reading id, milli-fen, units, the tier counter rating started from), so
+    re-rating one reading finds what it was charged from (:func:`batch_line`). Each leg carries its
+    own meter.
+
+    Idempotency: each charge derives from a reading row that this very database transaction has just
+    inserted (the reading row is the guard); the keys' UNIQUE constraint is the backstop — a collision
+    raises and the whole message is retried. ``balance_changed`` is *not* announced for charges: the
+    ingest evaluates the arrears policy itself in the same transaction.
+    """
+    lines = plan.lines
+    if not lines:
         return 0
-    ids = _ledger_account_ids(session, {(org, p.account) for org, txn in charges for p in txn.postings})
+    everything = [(org, txn) for org, txn, _ in plan.batches] + [(p.org_id, p.txn) for p in plan.singles]
+    ids = _ledger_account_ids(session, {(org, p.account) for org, txn in everything for p in txn.postings})
     entries: list[tuple[Any, ...]] = []
     txns: list[tuple[Any, ...]] = []
     deltas: dict[int, int] = {}
     now = utcnow()
-    for org_id, txn in charges:
-        txn_id = uuid.uuid4()
-        meter_id = int(txn.meta["meter_id"]) if txn.meta.get("meter_id", "").isdigit() else None
-        for posting in txn.postings:
-            la_id, account_id = ids[(org_id, posting.account)]
-            entries.append(
-                (txn_id, la_id, posting.amount_fen, account_id, meter_id if account_id is not None else None)
-            )
-            if account_id is not None:
-                deltas[account_id] = deltas.get(account_id, 0) + posting.amount_fen
+
+    def leg(txn_id: uuid.UUID, org_id: int, posting: dledger.Posting, meter_id: int | None) -> None:
+        la_id, account_id = ids[(org_id, posting.account)]
+        entries.append(
+            (txn_id, la_id, posting.amount_fen, account_id, meter_id if account_id is not None else None)
+        )
+        if account_id is not None:
+            deltas[account_id] = deltas.get(account_id, 0) + posting.amount_fen
+
+    def row(txn_id: uuid.UUID, org_id: int, txn: dledger.Transaction, details: dict[str, Any]) -> None:
         txns.append(
             (
                 txn_id,
@@ -687,16 +782,36 @@ def post_charges(
                 len(txn.postings),
                 txn.occurred_at,
                 now,
-                dict(txn.meta),
+                details,
             )
         )
+
+    for org_id, batch, members in plan.batches:
+        txn_id = uuid.uuid4()
+        details: dict[str, Any] = {"lines": {}}
+        for member in members:
+            debit = min(member.txn.postings, key=lambda p: p.amount_fen)
+            leg(txn_id, org_id, debit, _meter_of(member.txn))
+            details["lines"][debit.account] = dict(member.txn.meta) | {
+                "reading_id": str(member.reading_id),
+                "key": member.txn.key,
+            }
+        for posting in batch.postings:
+            if posting.amount_fen > 0:
+                leg(txn_id, org_id, posting, None)
+        row(txn_id, org_id, batch, details)
+    for single in plan.singles:
+        txn_id = uuid.uuid4()
+        for posting in single.txn.postings:
+            leg(txn_id, single.org_id, posting, _meter_of(single.txn))
+        row(txn_id, single.org_id, single.txn, dict(single.txn.meta))
     connection = session.connection()
     # legs first, so each transaction row finds its legs (the ledger guards of migrations 0001/0003):
     # COPY on PostgreSQL, one prepared INSERT run by the driver on SQLite
     insert_rows(connection, _ENTRIES, _ENTRY_COLUMNS, entries)
     insert_rows(connection, _TXNS, _TXN_COLUMNS, txns)
     if not deltas:
-        return len(txns)
+        return lines
     if connection.dialect.name == "postgresql":  # one statement, not one per account
         ordered = sorted(deltas.items())
         connection.execute(
@@ -704,4 +819,9 @@ def post_charges(
         )
     else:
         connection.execute(_ADD_BALANCE, [{"aid": a, "delta": d} for a, d in sorted(deltas.items())])
-    return len(txns)
+    return lines
+
+
+def _meter_of(txn: dledger.Transaction) -> int | None:
+    value = txn.meta.get("meter_id", "")
+    return int(value) if value.isdigit() else None

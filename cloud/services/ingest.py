@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
 from cloud.domain.errors import CloudError
-from cloud.domain.ledger import Transaction, wallet_code
+from cloud.domain.ledger import wallet_code
 from cloud.events import ACK_RECEIVED, DESIRED_CHANGED, GATEWAY_BILLED
 from cloud.models import (
     Account,
@@ -61,7 +61,14 @@ from cloud.models import (
     metadata,
 )
 from cloud.services.arrears import PolicyCache, evaluate_account
-from cloud.services.billing import BillableReading, BillingCache, bill_reading, post_charges
+from cloud.services.billing import (
+    BillableReading,
+    BillingCache,
+    PendingCharge,
+    bill_reading,
+    plan_charges,
+    post_charges,
+)
 from cloud.services.bulk import in_values, insert_rows, update_rows
 from cloud.services.control import ControlConfig, apply_ack
 from cloud.services.unit import Publisher, unit_of_work
@@ -337,7 +344,7 @@ class Ingest:
                         _METERS.c.gateway_id == gateway_id,
                         in_values(_METERS.c.device_id, devices, connection),
                     )
-                )
+                ).all()
             )
         }
         meter_ids = sorted(m.id for m in meters.values())
@@ -348,7 +355,7 @@ class Ingest:
                 select(_LINKS.c.meter_id, _LINKS.c.account_id).where(
                     in_values(_LINKS.c.meter_id, meter_ids, connection), _LINKS.c.unlinked_at.is_(None)
                 )
-            )
+            ).all()
         }
         accounts = {
             row.id: row
@@ -359,7 +366,7 @@ class Ingest:
                     .where(in_values(_ACCOUNTS.c.id, sorted(set(account_of.values())), connection))
                     .order_by(_ACCOUNTS.c.id)
                     .with_for_update()
-                )
+                ).all()
             )
         }
         before = {a.id: (a.residue_millifen, a.tier_period, a.tier_usage) for a in accounts.values()}
@@ -387,7 +394,7 @@ class Ingest:
         for (device, seq), rid in new_ids.items():
             by_meter.setdefault(device, []).append((source[(device, seq)].ts, seq, rid))
         outcomes: dict[int, tuple[int | None, str, str | None]] = {}
-        pending: list[tuple[int, Transaction]] = []
+        pending: list[PendingCharge] = []
         deltas: dict[int, int] = {}
         for device, items in sorted(by_meter.items()):
             meter = meters.get(device)
@@ -415,7 +422,7 @@ class Ingest:
                 outcomes[rid] = (meter.id, outcome.status, outcome.txn_key)
                 self.stats.by_status[outcome.status] = self.stats.by_status.get(outcome.status, 0) + 1
                 if outcome.txn is not None and outcome.org_id is not None and outcome.account_id is not None:
-                    pending.append((outcome.org_id, outcome.txn))
+                    pending.append(PendingCharge(outcome.org_id, rid, outcome.txn))
                     # the wallet's part only: a local-prepay meter's charge leaves held:<meter>
                     spent = outcome.txn.amount_on(wallet_code(outcome.account_id))
                     if spent:
@@ -426,6 +433,7 @@ class Ingest:
                     if reading.relay is not None and reading.relay is not RelayState.UNKNOWN:
                         state.observed = reading.relay.value
                         state.observed_at = ts
+        plan = plan_charges(pending, gateway_id)  # batch charges: which key each reading's charge has
         insert_rows(  # the rows, complete, before the holds and alarms that refer to them
             connection,
             _READINGS,
@@ -442,7 +450,7 @@ class Ingest:
                     {q.value: str(v) for q, v in source[(device, seq)].values.items()},
                     _relay(source[(device, seq)].relay),
                     outcomes[rid][1],
-                    outcomes[rid][2],
+                    plan.key_of.get(rid, outcomes[rid][2]),
                 )
                 for (device, seq), rid in sorted(new_ids.items(), key=lambda item: item[1])
             ],
@@ -466,7 +474,7 @@ class Ingest:
                 if before[a.id] != (a.residue_millifen, a.tier_period, a.tier_usage)
             ],
         )
-        self.stats.charges += post_charges(session, pending, cache)
+        self.stats.charges += post_charges(session, plan, cache)
         return self._evaluate(session, accounts, deltas, cache, now)
 
     def _new_readings(
@@ -488,12 +496,12 @@ class Ingest:
             )
         else:
             found = connection.execute(_SQLITE_EXISTING, {"pairs": json.dumps(pairs), "gateway": gateway_id})
-        seen = {(str(d), int(q)) for d, q in found}
+        seen = {(str(d), int(q)) for d, q in found.all()}
         fresh = [p for p in pairs if p not in seen]
         if not fresh:
             return {}
         if connection.dialect.name == "postgresql":
-            ids = [int(i) for i in connection.execute(_PG_NEXT_IDS, {"n": len(fresh)}).scalars()]
+            ids = [int(i) for i in connection.execute(_PG_NEXT_IDS, {"n": len(fresh)}).scalars().all()]
         else:
             top = int(connection.execute(_SQLITE_MAX_ID).scalar_one())
             ids = list(range(top + 1, top + 1 + len(fresh)))
@@ -544,7 +552,9 @@ class Ingest:
         present = set(
             connection.execute(
                 select(_STATES.c.meter_id).where(in_values(_STATES.c.meter_id, meter_ids, connection))
-            ).scalars()
+            )
+            .scalars()
+            .all()
         )
         missing = [m for m in meter_ids if m not in present]
         if missing:  # a meter's first reading; a concurrent replica may create the same row
@@ -567,7 +577,8 @@ class Ingest:
             .order_by(_STATES.c.meter_id)
             .with_for_update()
         )
-        return {int(r[0]): _StateRow(*r) for r in connection.execute(query)}
+        # .all(): one fetchall, not a fetchone per row (this runs for every batch)
+        return {int(r[0]): _StateRow(*r) for r in connection.execute(query).all()}
 
     def _lock_states(self, session: Session, meter_ids: list[int]) -> dict[int, MeterState]:
         """The meters' states as ORM objects, locked (events change a single meter's state)."""

@@ -163,7 +163,7 @@ def resolve_ledger_accounts(
         query = select(_ACCOUNTS.c.code, _ACCOUNTS.c.id, _ACCOUNTS.c.account_id).where(
             _ACCOUNTS.c.org_id == org_id, in_values(_ACCOUNTS.c.code, missing, connection)
         )
-        for code, la_id, account_id in connection.execute(query):
+        for code, la_id, account_id in connection.execute(query).all():
             cache[(org_id, str(code))] = (int(la_id), None if account_id is None else int(account_id))
         for code in missing:
             if (org_id, code) not in cache:

@@ -211,6 +211,87 @@ def test_late_reading_re_rates_with_reversal_and_replacement(session_factory: se
     assert balance(session_factory, site) == 10_000 - 600
 
 
+def test_a_batch_of_readings_is_one_charge_and_a_late_reading_re_rates_only_its_line(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Two meters (two accounts) per message: each message's charges are one batch transaction (a
+    debit leg per account, one revenue leg); a late reading of m1 reverses m1's line only."""
+    from cloud.models import LedgerEntry, LedgerTransaction, ReadingRow
+    from cloud.services import ledger
+
+    site = make_flow_site(session_factory, meters=2, balance_fen=10_000)
+    _tariff(
+        session_factory,
+        site,
+        [
+            (T0 - timedelta(days=40), {"kind": "flat", "price": "0.5"}),
+            (T0 + timedelta(hours=1), {"kind": "flat", "price": "1.0"}),
+        ],
+    )
+    with session_factory() as s:
+        tariff_id = s.get(Meter, site.meters["m1"]).tariff_id  # type: ignore[union-attr]
+        s.execute(update(Meter).where(col(Meter.id) == site.meters["m2"]).values(tariff_id=tariff_id))
+        s.commit()
+    ingest = Ingest(session_factory, clock=lambda: T0 + timedelta(hours=3))
+    at = T0 + timedelta(hours=2)
+    ingest.handle(*batch(site, [("m1", 1, T0, "100.00"), ("m2", 1, T0, "200.00")]))
+    ingest.handle(*batch(site, [("m1", 3, at, "110.00"), ("m2", 3, at, "210.00")]))
+    assert balance(session_factory, site, "m1") == balance(session_factory, site, "m2") == 10_000 - 750
+    with session_factory() as s:
+        charges = list(s.scalars(select(LedgerTransaction).where(col(LedgerTransaction.kind) == "charge")))
+        assert len(charges) == 1
+        assert charges[0].entry_count == 3
+        batch_key = charges[0].idempotency_key
+        assert batch_key.startswith(f"chgb:{site.gateway_id}:")
+        legs = {
+            (e.account_id, e.meter_id, e.amount_fen)
+            for e in s.scalars(select(LedgerEntry).where(col(LedgerEntry.transaction_id) == charges[0].id))
+        }
+        assert legs == {
+            (site.accounts["m1"], site.meters["m1"], -750),
+            (site.accounts["m2"], site.meters["m2"], -750),
+            (None, None, 1500),
+        }
+        assert {(r.meter_device, r.seq): r.txn_key for r in s.scalars(select(ReadingRow))} == {
+            ("m1", 1): None,
+            ("m2", 1): None,
+            ("m1", 3): batch_key,
+            ("m2", 3): batch_key,
+        }
+        line = charges[0].details["lines"][f"wallet:{site.accounts['m1']}"]
+        assert (line["amount_milli"], line["seq"], line["key"]) == ("750000", "3", f"chg:{site.gateway}:m1:3")
+    # m1's reading at the tariff change arrives late: 8 kWh were used at the old price
+    ingest.handle(*batch(site, [("m1", 2, T0 + timedelta(hours=1), "108.00")]))
+    assert balance(session_factory, site, "m1") == 10_000 - 600  # 8 × 0.5 + 2 × 1.0
+    assert balance(session_factory, site, "m2") == 10_000 - 750  # its line stays as billed
+    with session_factory() as s:
+        posted = {
+            t.idempotency_key: (t.kind, t.details)
+            for t in s.scalars(select(LedgerTransaction).where(col(LedgerTransaction.kind) != "recharge"))
+        }
+        statuses = {(r.meter_device, r.seq): r.txn_key for r in s.scalars(select(ReadingRow))}
+        assert ledger.check_balances(s).ok
+    gw = site.gateway
+    undo = posted[f"rev:chg:{gw}:m1:3"]
+    assert undo[0] == "correction"
+    assert undo[1] == {"reverses_line_of": batch_key, "line": f"wallet:{site.accounts['m1']}"}
+    assert set(posted) == {batch_key, f"rev:chg:{gw}:m1:3", f"chg:{gw}:m1:2", f"rr:{gw}:m1:3:2"}
+    assert statuses[("m1", 3)] == f"rr:{gw}:m1:3:2"
+    assert statuses[("m2", 3)] == batch_key
+    # redelivered: nothing more
+    ingest.handle(*batch(site, [("m1", 2, T0 + timedelta(hours=1), "108.00")]))
+    assert balance(session_factory, site, "m1") == 10_000 - 600
+    # an operator cannot reverse the whole batch (it would undo m1's line a second time)
+    from cloud.domain.errors import LedgerError
+    from cloud.services import accounts
+    from cloud.services.audit import Actor
+    from cloud.services.unit import unit_of_work
+
+    operator = Actor(user_id=None, role="admin", org_id=None)
+    with unit_of_work(session_factory) as s, pytest.raises(LedgerError, match="adjustment instead"):
+        accounts.reverse_transaction(s, operator, T0, key=batch_key, reason="wrong batch")
+
+
 def test_snapshot_values_skips_unknown_names_and_non_numbers() -> None:
     from decimal import Decimal as _D
 

@@ -3,7 +3,7 @@ connection and forgotten on rollback."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cloud.domain import ledger as rules
 from cloud.models import Account, LedgerAccount, LedgerEntry
 from cloud.services import ledger
-from cloud.services.billing import BillingCache, post_charges
+from cloud.services.billing import BillingCache, ChargePlan, PendingCharge, plan_charges, post_charges
 from cloud.services.bulk import connection_cache
 from tests.cloud.conftest import Site
 
@@ -29,13 +29,19 @@ def _charge(site: Site, key: str, fen: int) -> rules.Transaction:
     )
 
 
+def _one(site: Site, key: str, fen: int) -> ChargePlan:
+    return plan_charges([PendingCharge(site.org_id, 1, _charge(site, key, fen))], gateway_id=1)
+
+
 def test_charges_posted_in_bulk_move_balance_and_keep_the_ledger_balanced(
     session_factory: sessionmaker[Session], site: Site
 ) -> None:
     with session_factory() as session:
-        posted = post_charges(
-            session, [(site.org_id, _charge(site, f"bulk-{i}", 100 + i)) for i in range(3)], BillingCache()
-        )
+        # one wallet charged three times: three rounds, so three plain charges (no batch)
+        pending = [PendingCharge(site.org_id, i, _charge(site, f"bulk-{i}", 100 + i)) for i in range(3)]
+        plan = plan_charges(pending, gateway_id=1)
+        assert (plan.batches, plan.key_of) == ([], {0: "bulk-0", 1: "bulk-1", 2: "bulk-2"})
+        posted = post_charges(session, plan, BillingCache())
         session.commit()
     assert posted == 3
     with session_factory() as session:
@@ -51,14 +57,14 @@ def test_ids_of_ledger_accounts_created_in_work_that_rolled_back_are_not_reused(
     engine: Engine, session_factory: sessionmaker[Session], site: Site
 ) -> None:
     with session_factory() as session:
-        post_charges(session, [(site.org_id, _charge(site, "undone", 500))], BillingCache())
+        post_charges(session, _one(site, "undone", 500), BillingCache())
         cached = connection_cache(session.connection(), "ledger_account_ids")
         assert len(cached) == 2  # the wallet and the revenue account, both created just now
         session.rollback()  # the ledger accounts are gone again, and so must their cached ids be
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(LedgerAccount)) == 0
         assert connection_cache(session.connection(), "ledger_account_ids") == {}
-        post_charges(session, [(site.org_id, _charge(site, "kept", 500))], BillingCache())
+        post_charges(session, _one(site, "kept", 500), BillingCache())
         session.commit()
     with session_factory() as session:  # committed ids stay cached with the (one) pooled connection
         assert len(connection_cache(session.connection(), "ledger_account_ids")) == 2
@@ -67,3 +73,57 @@ def test_ids_of_ledger_accounts_created_in_work_that_rolled_back_are_not_reused(
         account = session.get(Account, site.account_id)
         assert account is not None
         assert account.balance_fen == -500
+
+
+def _line(account: int, fen: int, at: datetime, *, debit: str | None = None) -> rules.Transaction:
+    return rules.charge(
+        f"chg:gw:m{account}:{int(at.timestamp())}",
+        debit or rules.wallet_code(account),
+        fen,
+        at,
+        revenue=rules.revenue_code(7, "electric"),
+        meta={"meter_id": str(account)},
+    )
+
+
+def test_plan_batches_wallets_per_bucket_and_round_and_keeps_held_and_lone_charges_single() -> None:
+    t = datetime(2026, 11, 24, 2, 14, tzinfo=UTC)  # 10:14 in Shanghai; the bucket ends at 10:15
+    later = t + timedelta(minutes=1)  # next 15-minute bucket (a local day may end there elsewhere)
+    pending = [
+        PendingCharge(1, 101, _line(1, 5, t)),
+        PendingCharge(1, 102, _line(2, 6, t)),
+        PendingCharge(1, 103, _line(1, 7, t)),  # wallet 1 again: second round
+        PendingCharge(1, 104, _line(3, 8, t)),  # wallet 3 is new: first round
+        PendingCharge(1, 105, _line(4, 9, later)),  # alone in its bucket
+        PendingCharge(1, 106, _line(5, 4, t, debit=rules.meter_held_code(5))),  # local prepay
+    ]
+    plan = plan_charges(pending, gateway_id=9)
+    assert [(txn.key, [m.reading_id for m in members]) for _, txn, members in plan.batches] == [
+        ("chgb:9:101", [101, 102, 104])
+    ]
+    batch = plan.batches[0][1]
+    assert sorted((p.account, p.amount_fen) for p in batch.postings) == [
+        ("revenue:7:electric", 19),
+        ("wallet:1", -5),
+        ("wallet:2", -6),
+        ("wallet:3", -8),
+    ]
+    assert batch.occurred_at == t
+    assert batch.kind is rules.TxnKind.CHARGE
+    assert sorted(m.reading_id for m in plan.singles) == [103, 105, 106]
+    assert plan.key_of[103] == pending[2].txn.key
+    assert plan.key_of[101] == "chgb:9:101"
+    assert plan.lines == 6
+
+
+def test_a_line_of_a_batch_is_reversed_alone() -> None:
+    t = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
+    batch = rules.charge_batch("b", [_line(1, 5, t), _line(2, 6, t)], memo="electric consumption, 2 readings")
+    undo = rules.reverse_line(batch, "wallet:2", "rev:chg:gw:m2:1", "late reading", t)
+    assert undo.kind is rules.TxnKind.CORRECTION
+    assert sorted((p.account, p.amount_fen) for p in undo.postings) == [
+        ("revenue:7:electric", -6),
+        ("wallet:2", 6),
+    ]
+    assert dict(undo.meta) == {"reverses_line_of": "b", "line": "wallet:2"}
+    assert rules.balances([batch, undo])["wallet:1"] == -5

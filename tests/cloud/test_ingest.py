@@ -215,7 +215,9 @@ def test_a_payload_the_database_refuses_is_dead_lettered_not_retried_forever(
     ingest = _ingest(session_factory, Clock(T0), [])
     # valid by the contract (an event id is any 1..64 characters) but PostgreSQL text holds no NUL
     payload = (
-        b'{"v":1,"gateway":"' + site.gateway.encode() + b'","events":[{"id":"e\\u00001","ts":"2026-11-24T02:00:00Z",'
+        b'{"v":1,"gateway":"'
+        + site.gateway.encode()
+        + b'","events":[{"id":"e\\u00001","ts":"2026-11-24T02:00:00Z",'
         b'"kind":"time_sync","detail":{"drift":1.5}}]}'
     )
     ingest.handle(Topics(site.gateway).events, payload)

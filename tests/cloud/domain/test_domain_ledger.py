@@ -213,3 +213,37 @@ def test_balance_always_equals_sum_of_entries(program: list[tuple[str, int]]) ->
         assert j.balance(W) == sums.get(W, 0) == expected
         assert sum(sums.values()) == 0
     assert posted_fen * 1000 + residue == charged_milli
+
+
+def test_batch_charge_sums_revenue_per_account_and_refuses_what_is_not_a_single_charge() -> None:
+    from cloud.domain.ledger import charge_batch, reverse_line
+
+    at = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
+    a = charge("a", wallet_code(1), 5, at, revenue=revenue_code(1, "electric"))
+    b = charge("b", wallet_code(2), 6, at + timedelta(minutes=3), revenue=revenue_code(1, "electric"))
+    w = charge("w", wallet_code(3), 7, at, revenue=revenue_code(1, "water"))
+    mixed = charge_batch("m", [a, b, w], memo="two utilities")
+    assert sorted((p.account, p.amount_fen) for p in mixed.postings if p.amount_fen > 0) == [
+        (revenue_code(1, "electric"), 11),
+        (revenue_code(1, "water"), 7),
+    ]
+    assert mixed.occurred_at == at + timedelta(minutes=3)
+    assert dict(mixed.meta) == {"lines": "3"}
+    with pytest.raises(LedgerError, match="cannot be told apart"):  # two revenue accounts
+        reverse_line(mixed, wallet_code(1), "rev:a", "late", at)
+    with pytest.raises(LedgerError, match="no lines"):
+        charge_batch("e", [], memo="none")
+    top_up = recharge("r", wallet_code(1), 100, at, source=cash_code(1))
+    with pytest.raises(LedgerError, match="not a single charge"):
+        charge_batch("x", [a, top_up], memo="mixed kinds")
+    with pytest.raises(LedgerError, match="posts twice"):  # a payer's second reading: next round
+        charge_batch(
+            "y", [a, charge("a2", wallet_code(1), 1, at, revenue=revenue_code(1, "electric"))], memo=""
+        )
+    batch = charge_batch("z", [a, b], memo="electric")
+    with pytest.raises(LedgerError, match="no debit"):
+        reverse_line(batch, wallet_code(9), "rev:q", "late", at)
+    with pytest.raises(LedgerError, match="needs a reason"):
+        reverse_line(batch, wallet_code(1), "rev:a", " ", at)
+    with pytest.raises(LedgerError, match="not a charge"):
+        reverse_line(top_up, wallet_code(1), "rev:r", "late", at)
