@@ -428,6 +428,8 @@ def _split_by_period(
 
 def _share(delta: Decimal, weights: Sequence[timedelta]) -> list[Decimal]:
     """Split ``delta`` pro rata by ``weights`` with cumulative rounding: parts sum to ``delta`` exactly."""
+    if len(weights) == 1:  # the usual interval: one version, one period — nothing to split
+        return [delta]
     total = sum((w for w in weights), timedelta())
     if total == timedelta():
         return [delta if i == len(weights) - 1 else Decimal(0) for i in range(len(weights))]

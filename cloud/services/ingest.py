@@ -108,7 +108,11 @@ _SQLITE_EXISTING = text(  # CROSS JOIN: SQLite then walks the pairs and probes t
     "AND r.seq = json_extract(j.value, '$[1]')"
 )
 _SQLITE_MAX_ID = text("SELECT coalesce(max(id), 0) FROM reading")
-_PG_NEXT_IDS = text("SELECT nextval(pg_get_serial_sequence('reading', 'id')) FROM generate_series(1, :n)")
+# the sequence is looked up once per statement (a scalar subquery), not once per id
+_PG_NEXT_IDS = text(
+    "SELECT nextval(s.seq) FROM "
+    "(SELECT CAST(pg_get_serial_sequence('reading', 'id') AS regclass) AS seq) AS s, generate_series(1, :n)"
+)
 _READING_COLUMNS = (
     "id",
     "gateway_id",
@@ -334,18 +338,18 @@ class Ingest:
         gateway_id = gateway.id
         self._seen(session, gateway, now)
         connection = session.connection()
-        devices = sorted({r.meter for r in batch.readings})
+        wanted = {r.meter for r in batch.readings}
         meters = {
             row.device_id: row
             for row in (
                 _MeterRow(*r)
                 for r in connection.execute(
-                    select(*_columns(_METERS, _MeterRow)).where(
-                        _METERS.c.gateway_id == gateway_id,
-                        in_values(_METERS.c.device_id, devices, connection),
-                    )
+                    # the gateway's meters, not the batch's: one index range instead of a probe per
+                    # device (a batch usually names most of them; the others are dropped below)
+                    select(*_columns(_METERS, _MeterRow)).where(_METERS.c.gateway_id == gateway_id)
                 ).all()
             )
+            if row.device_id in wanted
         }
         meter_ids = sorted(m.id for m in meters.values())
         states = self._lock_state_rows(connection, meter_ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -127,3 +128,38 @@ def test_a_line_of_a_batch_is_reversed_alone() -> None:
     ]
     assert dict(undo.meta) == {"reverses_line_of": "b", "line": "wallet:2"}
     assert rules.balances([batch, undo])["wallet:1"] == -5
+
+
+def test_copy_is_binary_for_known_column_types_and_text_otherwise(engine: Engine) -> None:
+    """Both COPY formats write the same values (PostgreSQL only; SQLite has no COPY)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("COPY is PostgreSQL's")
+    from decimal import Decimal
+
+    from sqlalchemy import JSON, BigInteger, Column, DateTime, MetaData, Numeric, String, Table
+
+    from cloud.services.bulk import copy_rows
+
+    meta = MetaData()
+    known = Table(
+        "mf_copy_known",
+        meta,
+        Column("id", BigInteger, primary_key=True),
+        Column("name", String(20)),
+        Column("at", DateTime(timezone=True)),
+        Column("doc", JSON),
+    )
+    other = Table(
+        "mf_copy_other", meta, Column("id", BigInteger, primary_key=True), Column("amount", Numeric(12, 3))
+    )
+    meta.create_all(engine)
+    try:
+        with engine.begin() as connection:
+            rows = [(1, "一号表", T0, {"kwh": "1.50"}), (2, None, None, None)]
+            assert copy_rows(connection, known, ("id", "name", "at", "doc"), rows) == 2
+            assert copy_rows(connection, other, ("id", "amount"), [(1, Decimal("2.125"))]) == 1
+        with engine.connect() as connection:
+            assert [tuple(r) for r in connection.execute(select(known).order_by(known.c.id))] == rows
+            assert connection.execute(select(other.c.amount)).scalar_one() == Decimal("2.125")
+    finally:
+        meta.drop_all(engine)
