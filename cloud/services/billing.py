@@ -720,7 +720,7 @@ def plan_charges(pending: Sequence[PendingCharge], gateway_id: int) -> ChargePla
         txn = dledger.charge_batch(
             f"chgb:{gateway_id}:{members[0].reading_id}",
             [m.txn for m in members],
-            memo=f"{utility} consumption, {len(members)} readings",
+            memo=f"{utility} consumption",  # what a tenant's statement line says; the count is in meta
         )
         plan.batches.append((org_id, txn, members))
         plan.key_of.update((m.reading_id, txn.key) for m in members)
