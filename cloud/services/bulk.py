@@ -20,8 +20,20 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, Connection, Engine, Table, TypeDecorator, any_, bindparam, event
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    TypeDecorator,
+    any_,
+    bindparam,
+    event,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.sql.elements import TextClause
 
 __all__ = [
     "connection_cache",
@@ -29,6 +41,7 @@ __all__ = [
     "copy_update",
     "in_values",
     "insert_rows",
+    "update_from_copy",
     "update_rows",
 ]
 
@@ -162,19 +175,36 @@ def copy_update(
         return
     quote = connection.dialect.identifier_preparer.quote
     names = [quote(table.c[name].name) for name in (key, *columns)]  # KeyError for a foreign name
-    target, temp, k = quote(table.name), quote(f"mf_upd_{table.name}"), names[0]
+    target, temp = quote(table.name), quote(f"mf_upd_{table.name}")
     made = connection_cache(connection, "temp_tables")
     # identifiers only, all taken from the table's metadata and quoted; values travel by COPY
     if temp not in made:
         connection.exec_driver_sql(
-            f"CREATE TEMP TABLE IF NOT EXISTS {temp} AS "  # noqa: S608
+            f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DELETE ROWS AS "  # noqa: S608
             f"SELECT {', '.join(names)} FROM {target} WITH NO DATA"
         )
         made[temp] = True
     copy_rows(connection, table, (key, *columns), rows, into=temp)
-    sets = ", ".join(f"{c} = u.{c}" for c in names[1:])
-    connection.exec_driver_sql(f"UPDATE {target} AS t SET {sets} FROM {temp} AS u WHERE t.{k} = u.{k}")  # noqa: S608
+    statement = update_from_copy(connection, table, key, columns)
+    connection.execute(statement, {"keys": [row[0] for row in rows]})
     connection.exec_driver_sql(f"DELETE FROM {temp}")  # noqa: S608
+
+
+def update_from_copy(connection: Connection, table: Table, key: str, columns: Sequence[str]) -> TextClause:
+    """The ``UPDATE`` of :func:`copy_update` (bound parameter ``keys``: the rows' keys).
+
+    ``t.key = ANY(:keys)`` lets the planner reach the rows through the key's index; with the join to
+    the copied rows alone it chose to scan the whole table and hash it, and that table grows with
+    dead row versions between vacuums (the rows updated here are hot: a meter's state changes with
+    every reading) — 3.5 → 5.2 ms per batch within two minutes of the sustained benchmark.
+    """
+    quote = connection.dialect.identifier_preparer.quote
+    names = [quote(table.c[name].name) for name in (key, *columns)]
+    target, temp, k = quote(table.name), quote(f"mf_upd_{table.name}"), names[0]
+    sets = ", ".join(f"{c} = u.{c}" for c in names[1:])
+    return text(
+        f"UPDATE {target} AS t SET {sets} FROM {temp} AS u WHERE t.{k} = u.{k} AND t.{k} = ANY(:keys)"  # noqa: S608
+    ).bindparams(bindparam("keys", type_=ARRAY(table.c[key].type)))
 
 
 _Processor = Callable[[Any], Any] | None
