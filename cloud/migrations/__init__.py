@@ -14,9 +14,30 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
 
-__all__ = ["MIGRATIONS_DIR", "alembic_config", "current_revision", "head_revision", "upgrade"]
+__all__ = [
+    "MIGRATIONS_DIR",
+    "STATEMENT_CHECKED_REFERENCES",
+    "alembic_config",
+    "current_revision",
+    "head_revision",
+    "upgrade",
+]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
+
+STATEMENT_CHECKED_REFERENCES: dict[str, tuple[str, str, str]] = {
+    "fk_reading_gateway_id_gateway": ("reading", "gateway_id", "gateway"),
+    "fk_reading_meter_id_meter": ("reading", "meter_id", "meter"),
+    "fk_ledger_entry_ledger_account_id_ledger_account": (
+        "ledger_entry",
+        "ledger_account_id",
+        "ledger_account",
+    ),
+    "fk_ledger_entry_account_id_account": ("ledger_entry", "account_id", "account"),
+    "fk_ledger_entry_meter_id_meter": ("ledger_entry", "meter_id", "meter"),
+}
+"""Foreign keys the models declare that PostgreSQL checks once per statement instead (migration
+0005): constraint name → (table, column, referenced table). SQLite keeps them as foreign keys."""
 
 
 def alembic_config(database_url: str) -> Config:

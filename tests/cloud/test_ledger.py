@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 T0 = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
 
 
+_OWNER = "(SELECT account_id FROM ledger_account WHERE id = {la})"
+# a leg as the application writes it: on a tenant's ledger account it names the prepaid account too
+_LEG = (
+    "INSERT INTO ledger_entry (transaction_id, ledger_account_id, amount_fen, account_id) "
+    f"VALUES (:t, :la, :a, {_OWNER.format(la=':la')})"
+)
+
+
 def _balance(factory: sessionmaker[Session], account_id: int) -> tuple[int, int]:
     with factory() as session:
         account = session.get(Account, account_id)
@@ -95,9 +103,7 @@ def _tid_param(engine: Engine, tid: uuid.UUID) -> str:
 def _raw_entries(conn: object, engine: Engine, tid: uuid.UUID, amounts: list[int], la_ids: list[int]) -> None:
     for amount, la in zip(amounts, la_ids, strict=True):
         conn.execute(  # type: ignore[attr-defined]
-            text(
-                "INSERT INTO ledger_entry (transaction_id, ledger_account_id, amount_fen) VALUES (:t, :la, :a)"
-            ),
+            text(_LEG),
             {"t": _tid_param(engine, tid), "la": la, "a": amount},
         )
 
@@ -172,9 +178,7 @@ def test_guards_check_every_row_of_a_multi_row_statement(
     once per statement): one bad transaction among good ones still refuses the whole statement."""
     la = _ledger_accounts(session_factory, site)
     good, bad = uuid.uuid4(), uuid.uuid4()
-    legs = text(
-        "INSERT INTO ledger_entry (transaction_id, ledger_account_id, amount_fen) VALUES (:t, :la, :a)"
-    )
+    legs = text(_LEG)
     txns = text(
         "INSERT INTO ledger_transaction (id, org_id, idempotency_key, kind, memo, entry_count, effective_at,"
         " created_at, details) VALUES (:id, :org, :key, 'correction', 'raw', 2, :ts, :ts, '{}'),"
@@ -205,8 +209,9 @@ def test_guards_check_every_row_of_a_multi_row_statement(
     _raw_post(engine, good, [300, -300], la, site.org_id, "multi-good", 2)
     fresh = uuid.uuid4()
     many = text(
-        "INSERT INTO ledger_entry (transaction_id, ledger_account_id, amount_fen) VALUES"
-        " (:fresh, :a, 5), (:fresh, :b, -5), (:closed, :a, 7)"
+        "INSERT INTO ledger_entry (transaction_id, ledger_account_id, amount_fen, account_id) VALUES"
+        f" (:fresh, :a, 5, {_OWNER.format(la=':a')}), (:fresh, :b, -5, {_OWNER.format(la=':b')}),"
+        f" (:closed, :a, 7, {_OWNER.format(la=':a')})"
     )
     closed = {"fresh": _tid_param(engine, fresh), "closed": _tid_param(engine, good), "a": la[0], "b": la[1]}
     with pytest.raises((IntegrityError, DBAPIError), match="closed"), engine.begin() as conn:

@@ -63,9 +63,70 @@ def test_models_and_migrations_agree(engine: Engine) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
+    from cloud.migrations import STATEMENT_CHECKED_REFERENCES
+
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
-        assert compare_metadata(context, metadata) == []
+        diffs = compare_metadata(context, metadata)
+    if engine.dialect.name == "postgresql":  # migration 0005: checked per statement, not foreign keys
+        missing = {d[1].name for d in diffs if d[0] == "add_fk"}
+        assert missing == set(STATEMENT_CHECKED_REFERENCES)
+        diffs = [d for d in diffs if d[0] != "add_fk"]
+    assert diffs == []
+
+
+def test_references_of_readings_and_ledger_legs_are_enforced(
+    engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    """Whether a foreign key (SQLite) or a per-statement check (PostgreSQL, migration 0005) does it:
+    a reading of a meter that does not exist and a leg on a ledger account that does not exist are
+    refused, and a referenced meter, gateway, account or ledger account cannot be deleted."""
+    from sqlalchemy import text
+
+    with session_factory() as session:
+        org, project, _, gateway = _tree(session)
+        meter = Meter(org_id=org.id, gateway_id=gateway.id, device_id="m1", address="000000000001")  # type: ignore[arg-type]
+        spare = Meter(org_id=org.id, gateway_id=gateway.id, device_id="m2", address="000000000002")  # type: ignore[arg-type]
+        account = Account(org_id=org.id, project_id=project.id, number="A-1")  # type: ignore[arg-type]
+        other = Account(org_id=org.id, project_id=project.id, number="A-2")  # type: ignore[arg-type]
+        session.add_all([meter, spare, account, other])
+        session.commit()
+        ids = {"g": gateway.id, "m": meter.id, "spare": spare.id, "a": account.id, "b": other.id, "o": org.id}
+    reading = (
+        'INSERT INTO reading (gateway_id, meter_device, meter_id, seq, ts, received_at, "values", status) '
+        "VALUES (:g, 'm1', :m, :seq, '2026-11-24 02:00:00+00', '2026-11-24 02:00:00+00', '{}', 'billed')"
+    )
+    with engine.begin() as connection:
+        connection.execute(text(reading), {"g": ids["g"], "m": ids["m"], "seq": 1})
+        la = connection.execute(
+            text(
+                "INSERT INTO ledger_account (org_id, code, kind, name, account_id, created_at) "
+                "VALUES (:o, :code, 'tenant', '', :a, '2026-11-24 02:00:00+00') RETURNING id"
+            ),
+            {"o": ids["o"], "code": f"wallet:{ids['a']}", "a": ids["a"]},
+        ).scalar_one()
+    for bad in (
+        (reading, {"g": ids["g"], "m": 999_999, "seq": 2}),  # no such meter
+        (reading, {"g": 999_999, "m": ids["m"], "seq": 3}),  # no such gateway
+    ):
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.execute(text(bad[0]), bad[1])
+    leg = (
+        "INSERT INTO ledger_entry (transaction_id, ledger_account_id, amount_fen, account_id, meter_id) "
+        "VALUES ('00000000-0000-0000-0000-000000000001', :la, 1, :a, :m)"
+    )
+    with pytest.raises(IntegrityError), engine.begin() as connection:  # no such ledger account
+        connection.execute(text(leg), {"la": 999_999, "a": None, "m": None})
+    with pytest.raises(IntegrityError), engine.begin() as connection:  # no such meter
+        connection.execute(text(leg), {"la": la, "a": ids["a"], "m": 999_999})
+    if engine.dialect.name == "postgresql":  # the per-statement check is stricter than a foreign key
+        with pytest.raises(IntegrityError, match="does not match"), engine.begin() as connection:
+            connection.execute(text(leg), {"la": la, "a": ids["b"], "m": None})  # another tenant's account
+    for table, key in (("meter", "m"), ("gateway", "g")):
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.execute(text(f"DELETE FROM {table} WHERE id = :id"), {"id": ids[key]})
+    with engine.begin() as connection:  # nothing refers to it: deleting is allowed
+        connection.execute(text("DELETE FROM meter WHERE id = :id"), {"id": ids["spare"]})
 
 
 def _tree(session: Session) -> tuple[Organisation, Project, Room, Gateway]:
