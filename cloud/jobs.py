@@ -34,7 +34,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
@@ -57,6 +57,7 @@ from cloud.models import (
 )
 from cloud.services import ledger as ledger_service
 from cloud.services.arrears import PolicyCache, evaluate_account, linked_meters
+from cloud.services.bulk import in_values
 from cloud.services.control import lock_meter_states
 from cloud.services.unit import Publisher
 
@@ -168,11 +169,23 @@ def offline_check(session: Session, ctx: JobContext) -> dict[str, Any]:
                 message_en=f"gateway {name} offline since {row.last_seen}",
             )
         )
+    # one statement for all of them, not an ORM update per meter: the rows are locked in id order
+    # (as the ingest locks them) and for as short a time as possible — the ingest of readings that
+    # are still arriving waits for these rows
     meters = session.scalars(
-        select(MeterState).where(col(MeterState.last_seen) < cutoff, col(MeterState.offline).is_(False))
+        select(col(MeterState.meter_id))
+        .where(col(MeterState.last_seen) < cutoff, col(MeterState.offline).is_(False))
+        .order_by(col(MeterState.meter_id))
+        .with_for_update()
     ).all()
-    for state in meters:
-        state.offline = True
+    if meters:
+        connection = session.connection()
+        session.execute(
+            update(MeterState)
+            .where(in_values(MeterState.__table__.c.meter_id, meters, connection))  # type: ignore[attr-defined]
+            .values(offline=True)
+            .execution_options(synchronize_session=False)
+        )
     return {"gateways_offline": len(gone), "meters_offline": len(meters)}
 
 

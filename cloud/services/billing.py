@@ -744,7 +744,7 @@ def post_charges(session: Session, plan: ChargePlan, cache: BillingCache) -> int
     readings charged.
 
     A batch charge's ``details`` keep each line's rating details under its debited account
-    (``lines``: meter, seq, reading id, milli-fen, units, the tier counter rating started from), so
+    (``lines``: seq, reading id, milli-fen, units, the tier counter rating started from), so
     re-rating one reading finds what it was charged from (:func:`batch_line`). Each leg carries its
     own meter.
 
@@ -792,10 +792,10 @@ def post_charges(session: Session, plan: ChargePlan, cache: BillingCache) -> int
         for member in members:
             debit = min(member.txn.postings, key=lambda p: p.amount_fen)
             leg(txn_id, org_id, debit, _meter_of(member.txn))
-            details["lines"][debit.account] = dict(member.txn.meta) | {
-                "reading_id": str(member.reading_id),
-                "key": member.txn.key,
-            }
+            line = dict(member.txn.meta)
+            del line["meter_id"]  # on the leg already
+            line["reading_id"] = str(member.reading_id)
+            details["lines"][debit.account] = line
         for posting in batch.postings:
             if posting.amount_fen > 0:
                 leg(txn_id, org_id, posting, None)

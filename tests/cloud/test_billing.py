@@ -259,7 +259,7 @@ def test_a_batch_of_readings_is_one_charge_and_a_late_reading_re_rates_only_its_
             ("m2", 3): batch_key,
         }
         line = charges[0].details["lines"][f"wallet:{site.accounts['m1']}"]
-        assert (line["amount_milli"], line["seq"], line["key"]) == ("750000", "3", f"chg:{site.gateway}:m1:3")
+        assert (line["amount_milli"], line["seq"], line["tier_period"]) == ("750000", "3", "")
     # m1's reading at the tariff change arrives late: 8 kWh were used at the old price
     ingest.handle(*batch(site, [("m1", 2, T0 + timedelta(hours=1), "108.00")]))
     assert balance(session_factory, site, "m1") == 10_000 - 600  # 8 × 0.5 + 2 × 1.0

@@ -227,3 +227,33 @@ def test_operator_commands_are_audited_signed_and_published(session_factory: ses
     stranger = Actor(user_id=None, org_id=site.org_id + 999, role="manager")
     with session_factory() as s, pytest.raises(NotFound):
         operator_command(s, stranger, meter_id, Action.TRIP, clock.now, ControlConfig())
+
+
+def test_billing_refreshes_horizons_slowly_and_a_balance_change_promptly(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A charge leaves a gateway's credit horizons where they were, so billing refreshes them once a
+    minute (the first time at once); a recharge or a policy decision (``react``) on the next round."""
+    site, clock, _, wire, _, ingest = _setup(session_factory)
+    from cloud.events import GATEWAY_BILLED
+
+    reconciler = Reconciler(
+        session_factory,
+        wire,
+        LocalEventBus(),
+        ControlConfig(),
+        clock=clock,
+        horizon_interval_s=0.0,
+        billed_horizon_interval_s=3600.0,
+    )
+    ingest.handle(*batch(site, [("m1", 1, clock.now, "100.00")]))
+    ingest.handle(*batch(site, [("m1", 2, clock.now + timedelta(minutes=1), "100.10")]))
+    billed = (GATEWAY_BILLED, {"gateway_id": site.gateway_id})
+    reconciler._collect(billed, set(), set())
+    assert reconciler.publish_configs() == 1  # never sent: at once
+    reconciler._collect(billed, set(), set())
+    assert reconciler.publish_configs() == 0  # billed again: not before the slow round
+    reconciler.mark_gateways_dirty({site.gateway_id})  # what react() does for a recharge
+    assert reconciler.publish_configs() == 1
+    assert reconciler.publish_configs() == 0  # nothing new
+    assert [t for t, _, _ in wire.sent].count(Topics(site.gateway).config) == 2

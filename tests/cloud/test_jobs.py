@@ -209,6 +209,10 @@ def test_offline_check_marks_and_alarms_once(session_factory: sessionmaker[Sessi
         assert offline_check(s, ctx(later)) == {"gateways_offline": 1, "meters_offline": 1}
         s.commit()
     with session_factory() as s:
+        state = s.get(MeterState, site.meters["m1"])
+        assert state is not None
+        assert state.offline is True  # written, not only counted
+    with session_factory() as s:
         assert offline_check(s, ctx(later + timedelta(minutes=1))) == {
             "gateways_offline": 0,
             "meters_offline": 0,
