@@ -247,6 +247,8 @@ class AccountOut(_Out):
     protected: bool
     tier_period: str
     tier_usage: Decimal
+    water_tier_period: str = ""
+    water_tier_usage: Decimal = Decimal(0)
     opened_at: datetime
     closed_at: datetime | None
 

@@ -275,7 +275,12 @@ class Account(SQLModel, table=True):
     tier_period: str = Field(default="", sa_type=String(16))
     """Tier counter period key (``2026-11`` monthly, ``2026`` yearly); empty before the first charge."""
     tier_usage: Decimal = Field(default=Decimal(0), sa_type=MicroDecimal)
-    """Consumption counted toward tiers in ``tier_period`` (kWh or m³)."""
+    """Electricity counted toward tiers in ``tier_period`` (kWh)."""
+    water_tier_period: str = Field(default="", sa_type=String(16))
+    """The water tier counter's period: water and electricity tiers count separately (and usually
+    reset differently: water yearly, electricity monthly)."""
+    water_tier_usage: Decimal = Field(default=Decimal(0), sa_type=MicroDecimal)
+    """Water counted toward tiers in ``water_tier_period`` (m³)."""
     protected: bool = False
     credit_limit_fen: int | None = Field(default=None, sa_type=FEN)
     """Overrides the project's credit limit."""

@@ -26,7 +26,8 @@ billing baseline. A new reading is judged against it by :func:`cloud.domain.read
   should still hold, revenue includes local meters, and neither the wallet balance nor the arrears
   policy sees these charges. A reported ``remaining_yuan`` is compared with held
   (:func:`cloud.services.local_prepay.check_remaining`: an alarm beyond 1 yuan, nothing posted). Late
-  readings of such a meter are neither re-rated nor extend billing backwards (status ``late``).
+  readings of such a meter are re-rated (and extend billing backwards) like any other, on
+  ``held:<meter>``.
 
 Tariff versions are stored as JSON ``spec`` (see :func:`version_from_spec`).
 """
@@ -96,6 +97,7 @@ __all__ = [
     "post_charges",
     "schedule_for",
     "snapshot_values",
+    "tier_counter",
     "version_from_spec",
 ]
 
@@ -244,6 +246,22 @@ class Payer(Protocol):
     residue_millifen: int
     tier_period: str
     tier_usage: Decimal
+    water_tier_period: str
+    water_tier_usage: Decimal
+
+
+def tier_counter(account: Payer, kind: str) -> TierCounter:
+    """The account's tier counter for a meter of ``kind``: electricity and water count apart."""
+    if kind == MeterKind.WATER:
+        return TierCounter(account.water_tier_period, account.water_tier_usage)
+    return TierCounter(account.tier_period, account.tier_usage)
+
+
+def _store_counter(account: Payer, kind: str, counter: TierCounter) -> None:
+    if kind == MeterKind.WATER:
+        account.water_tier_period, account.water_tier_usage = counter.period, counter.used
+    else:
+        account.tier_period, account.tier_usage = counter.period, counter.used
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,8 +345,7 @@ def bill_reading(
         return BillingOutcome(ReadingStatus.DUPLICATE)
     local = meter.prepay_mode == PrepayMode.LOCAL
     if check.verdict is Verdict.LATE:
-        payer = None if local else account
-        return _late(session, gateway_device, meter, payer, reading, snap, now, cache, check.detail)
+        return _late(session, gateway_device, meter, account, reading, snap, now, cache, check.detail)
     if check.hold:
         return _hold(session, meter, reading, check.verdict.value, check.text_zh, check.text_en, check.detail)
     if last is None:
@@ -403,7 +420,27 @@ def _late(
         return BillingOutcome(
             ReadingStatus.LATE, detail=f"{detail}; cannot extend backwards: {check.verdict}"
         )
-    return _charge(session, gateway_device, meter, account, reading, snap, later, check.deltas, cache)
+    return _charge(
+        session,
+        gateway_device,
+        meter,
+        account,
+        reading,
+        snap,
+        later,
+        check.deltas,
+        cache,
+        debit=_debit_of(meter),
+    )
+
+
+def _debit_of(meter: MeterFacts) -> str | None:
+    """What a charge of ``meter`` debits when not the payer's wallet: ``held:<meter>`` for a
+    local-prepay meter (it spends money it holds), else None (the wallet)."""
+    if meter.prepay_mode == PrepayMode.LOCAL:
+        assert meter.id is not None
+        return dledger.meter_held_code(meter.id)
+    return None
 
 
 def rerate_key(gateway: str, meter: str, end_seq: int, late_seq: int) -> str:
@@ -489,12 +526,13 @@ def _rerate(
     original = ledger_service.get_transaction(session, after.txn_key)
     if schedule is None or original is None:
         return BillingOutcome(ReadingStatus.LATE, detail=detail)
-    wallet = dledger.wallet_code(account.id)
+    held = _debit_of(meter)
+    wallet = held or dledger.wallet_code(account.id)  # the account the interval's charge debited
     # the interval's own charge, or its line of a batch charge (plan_charges)
     line = batch_line(original.details, wallet)
     charged = line if line is not None else original.details
     tiered = any(v.is_tiered for v in schedule.versions)
-    counter = TierCounter(account.tier_period, account.tier_usage)
+    counter = tier_counter(account, meter.kind)
     if tiered:  # tiers depend on the counter the original charge started from: stored with it
         try:
             counter = TierCounter(str(charged["tier_period"]), Decimal(charged["tier_used"]))
@@ -547,12 +585,15 @@ def _rerate(
                 "tier_period": started.period,
                 "tier_used": str(started.used),
             }
-            txn = dledger.charge(key, wallet, fen, at, revenue=revenue, memo=reason, meta=meta)
+            memo = reason + (" (on the meter)" if held else "")
+            txn = dledger.charge(key, wallet, fen, at, revenue=revenue, memo=memo, meta=meta)
             ledger_service.post(session, txn, org_id=account.org_id)
     account.residue_millifen = residue
-    if part_b.counter != billed and account.tier_period == billed.period == part_b.counter.period:
+    now_counter = tier_counter(account, meter.kind)
+    if part_b.counter != billed and now_counter.period == billed.period == part_b.counter.period:
         # usage moved across a tier period reset: the period ``end`` is in counted the wrong amount
-        account.tier_usage = max(Decimal(0), account.tier_usage + part_b.counter.used - billed.used)
+        used = max(Decimal(0), now_counter.used + part_b.counter.used - billed.used)
+        _store_counter(account, meter.kind, TierCounter(now_counter.period, used))
     session.execute(
         update(ReadingRow).where(col(ReadingRow.id) == after.id).values(txn_key=key_b if fen_b > 0 else None)
     )
@@ -582,15 +623,14 @@ def _charge(
         return _hold(session, meter, reading, "no_tariff", "未配置电价", "no tariff configured", "")
     ct = Decimal(meter.ct_ratio)
     deltas = {q: d * ct for q, d in register_deltas.items() if q in CUMULATIVE}
-    counter = TierCounter(account.tier_period, account.tier_usage)
+    counter = tier_counter(account, meter.kind)
     try:
         result = rate(schedule, start.at, end.at, deltas, counter, tz=ZoneInfo(project.timezone))
     except (RatingError, TariffError) as exc:
         return _hold(session, meter, reading, "rating", "无法计费", "cannot rate", str(exc))
     fen, residue = carry(account.residue_millifen, result.amount_milli)
     account.residue_millifen = residue
-    account.tier_period = result.counter.period
-    account.tier_usage = result.counter.used
+    _store_counter(account, meter.kind, result.counter)
     if fen <= 0:
         return BillingOutcome(ReadingStatus.ZERO, account.id)
     key = charge_key(gateway_device, meter.device_id, reading.seq)

@@ -73,7 +73,6 @@ from cloud.domain.control import (
 from cloud.domain.errors import DomainError
 from cloud.domain.horizons import credit_horizon
 from cloud.domain.money import format_fen
-from cloud.domain.tariffs import TierCounter
 from cloud.models import (
     Account,
     AccountMeter,
@@ -98,7 +97,7 @@ from cloud.services.arrears import (
     plan_topup,
 )
 from cloud.services.audit import Actor, AuditAction, record
-from cloud.services.billing import BillingCache, schedule_for, snapshot_values
+from cloud.services.billing import BillingCache, schedule_for, snapshot_values, tier_counter
 from cloud.services.errors import Conflict, NotFound
 from cloud.services.ledger import get_transaction, load_transaction, post
 from protocol.contract import (
@@ -755,7 +754,7 @@ def gateway_config(
                 balance_fen=share,
                 residue_milli=account.residue_millifen,
                 credit_limit_fen=0,
-                counter=TierCounter(account.tier_period, account.tier_usage),
+                counter=tier_counter(account, meter.kind),
                 protected=meter.protected or account.protected,
                 tz=ZoneInfo(project.timezone),
             )

@@ -174,9 +174,19 @@ class _AccountRow:
     residue_millifen: int
     tier_period: str
     tier_usage: Decimal
+    water_tier_period: str
+    water_tier_usage: Decimal
 
 
 _STATE_COLUMNS = tuple(f.name for f in fields(_StateRow) if f.name != "meter_id")
+_CARRIED = ("residue_millifen", "tier_period", "tier_usage", "water_tier_period", "water_tier_usage")
+"""What billing carries on an account from one charge to the next (written back when changed)."""
+
+
+def _carried(account: _AccountRow) -> tuple[Any, ...]:
+    return tuple(getattr(account, name) for name in _CARRIED)
+
+
 """What billing and the batch may change in a meter's state (written back; the rest is left)."""
 
 
@@ -391,7 +401,7 @@ class Ingest:
                 ).all()
             )
         }
-        before = {a.id: (a.residue_millifen, a.tier_period, a.tier_usage) for a in accounts.values()}
+        before = {a.id: _carried(a) for a in accounts.values()}
         new_ids = self._new_readings(connection, gateway_id, batch)
         self.stats.readings_new += len(new_ids)
         self.stats.readings_duplicate += len(batch.readings) - len(new_ids)
@@ -489,12 +499,8 @@ class Ingest:
             connection,
             _ACCOUNTS,
             "id",
-            ("residue_millifen", "tier_period", "tier_usage"),
-            [
-                (a.id, a.residue_millifen, a.tier_period, a.tier_usage)
-                for a in accounts.values()
-                if before[a.id] != (a.residue_millifen, a.tier_period, a.tier_usage)
-            ],
+            _CARRIED,
+            [(a.id, *_carried(a)) for a in accounts.values() if before[a.id] != _carried(a)],
         )
         self.stats.charges += post_charges(session, plan, cache)
         return self._evaluate(session, accounts, deltas, cache, now)

@@ -300,3 +300,78 @@ def test_snapshot_values_skips_unknown_names_and_non_numbers() -> None:
 
     got = snapshot_values({"energy_total_kwh": "1.50", "energy_t1_kwh": "abc", "bogus": "1"})
     assert got == {_Q.ENERGY_TOTAL_KWH: _D("1.50")}
+
+
+def test_electricity_and_water_of_one_account_count_toward_their_own_tiers(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """One account pays for an electricity meter (monthly tiers: 10 kWh at 0.5, then 1.0) and a water
+    meter (yearly tiers: 5 m³ at 3.0, then 5.0). Hand-computed, counters apart:
+    electricity 0 → 8 kWh: 8 × 0.5 = 400 fen; water 0 → 4 m³: 4 × 3.0 = 1,200 fen;
+    electricity 8 → 12 kWh: 2 × 0.5 + 2 × 1.0 = 300 fen. (One shared counter would have priced the
+    water at 5.0 — 2,000 fen — and all 4 kWh at 1.0 — 400 fen.)"""
+    from cloud.models import AccountMeter, MeterKind
+
+    site = make_flow_site(session_factory, meters=2, balance_fen=10_000)
+    account_id = site.accounts["m1"]
+    with session_factory() as s:
+        ids = {}
+        for name, spec in (
+            (
+                "阶梯电价",
+                {
+                    "kind": "tiered",
+                    "tier_reset": "monthly",
+                    "tiers": [{"upto": "10", "price": "0.5"}, {"upto": None, "price": "1.0"}],
+                },
+            ),
+            (
+                "阶梯水价",
+                {
+                    "kind": "water",
+                    "tier_reset": "yearly",
+                    "tiers": [{"upto": "5", "price": "3.0"}, {"upto": None, "price": "5.0"}],
+                },
+            ),
+        ):
+            tariff = Tariff(org_id=site.org_id, name=name, kind=spec["kind"])
+            s.add(tariff)
+            s.flush()
+            s.add(TariffVersion(tariff_id=tariff.id, effective_from=T0 - timedelta(days=40), spec=spec))
+            ids[spec["kind"]] = tariff.id
+        s.execute(update(Meter).where(col(Meter.id) == site.meters["m1"]).values(tariff_id=ids["tiered"]))
+        s.execute(
+            update(Meter)
+            .where(col(Meter.id) == site.meters["m2"])
+            .values(tariff_id=ids["water"], kind=MeterKind.WATER)
+        )
+        s.execute(  # the water meter is paid by the same account
+            update(AccountMeter)
+            .where(col(AccountMeter.meter_id) == site.meters["m2"])
+            .values(account_id=account_id)
+        )
+        s.commit()
+    ingest = Ingest(session_factory, clock=lambda: T0 + timedelta(hours=3))
+
+    def water(seq: int, at: datetime, m3: str) -> tuple[str, bytes]:
+        msg = ReadingBatch(
+            gateway=site.gateway,
+            batch=f"w{seq}",
+            sent_at=at,
+            readings=[Reading(meter="m2", seq=seq, ts=at, values={Quantity.FLOW_TOTAL_M3: Decimal(m3)})],
+        )
+        return Topics(site.gateway).readings, encode(msg)
+
+    ingest.handle(*batch(site, [("m1", 1, T0, "100.00")]))
+    ingest.handle(*water(1, T0, "50.00"))
+    ingest.handle(*batch(site, [("m1", 2, T0 + timedelta(minutes=30), "108.00")]))
+    assert balance(session_factory, site, "m1") == 10_000 - 400
+    ingest.handle(*water(2, T0 + timedelta(minutes=40), "54.00"))
+    assert balance(session_factory, site, "m1") == 10_000 - 400 - 1_200
+    ingest.handle(*batch(site, [("m1", 3, T0 + timedelta(hours=1), "112.00")]))
+    assert balance(session_factory, site, "m1") == 10_000 - 400 - 1_200 - 300
+    with session_factory() as s:
+        account = s.get(Account, account_id)
+        assert account is not None
+        assert (account.tier_period, account.tier_usage) == ("2026-11", Decimal(12))
+        assert (account.water_tier_period, account.water_tier_usage) == ("2026", Decimal(4))

@@ -559,3 +559,49 @@ def test_the_api_takes_the_figures_read_off_the_meters(api: Api) -> None:
         audit = s.scalars(select(AuditLog).where(col(AuditLog.action) == "account_closed")).one()
         assert audit.detail["settled_fen"] == 4_800 + 900
         assert ledger.check_balances(s, org_id=ids["org"]).ok
+
+
+def test_a_late_reading_re_rates_a_local_meter_on_held_money(session_factory: sessionmaker[Session]) -> None:
+    """As for a remote meter (tests/cloud/test_billing.py), on ``held:<meter>``: 0.5 yuan/kWh until
+    T0 + 1 h, 1.0 after. 100.00 at T0, 110.00 at T0 + 2 h: pro rata 5 × 0.5 + 5 × 1.0 = 750 fen. The
+    reading at T0 + 1 h (108.00) arrives late: 8 × 0.5 + 2 × 1.0 = 600 fen — the 750 are reversed and
+    replaced by 400 + 200, all on held money; the wallet is never touched."""
+    from cloud.models import Tariff, TariffVersion
+
+    site, clock, _wire, _reconciler, ingest = _setup(session_factory)
+    with session_factory() as s:
+        tariff = Tariff(org_id=site.org_id, name="分时调价", kind="flat")
+        s.add(tariff)
+        s.flush()
+        for at, price in ((T0 - timedelta(days=40), "0.5"), (T0 + timedelta(hours=1), "1.0")):
+            s.add(
+                TariffVersion(tariff_id=tariff.id, effective_from=at, spec={"kind": "flat", "price": price})
+            )
+        s.execute(update(Meter).where(col(Meter.id) == site.meters["m1"]).values(tariff_id=tariff.id))
+        s.commit()
+    clock.now = T0 + timedelta(hours=3)
+    ingest.handle(*reading(site, [(1, T0, "100.00", None, None)]))
+    ingest.handle(*reading(site, [(3, T0 + timedelta(hours=2), "110.00", None, None)]))
+    assert (held(session_factory, site), revenue(session_factory, site)) == (-750, 750)
+    late = reading(site, [(2, T0 + timedelta(hours=1), "108.00", None, None)])
+    ingest.handle(*late)
+    assert (held(session_factory, site), revenue(session_factory, site)) == (-600, 600)
+    assert balance(session_factory, site) == 0
+    ingest.handle(*late)  # redelivered: nothing more
+    assert held(session_factory, site) == -600
+    gw = site.gateway
+    with session_factory() as s:
+        posted = {
+            t.idempotency_key: t.kind
+            for t in s.scalars(select(LedgerTransaction).where(col(LedgerTransaction.kind) != "recharge"))
+        }
+        statuses = {r.seq: (r.status, r.txn_key) for r in s.scalars(select(ReadingRow))}
+    assert posted == {
+        f"chg:{gw}:m1:3": "charge",
+        f"rev:chg:{gw}:m1:3": "reversal",
+        f"chg:{gw}:m1:2": "charge",
+        f"rr:{gw}:m1:3:2": "charge",
+    }
+    assert statuses[2] == ("billed", f"chg:{gw}:m1:2")
+    assert statuses[3] == ("billed", f"rr:{gw}:m1:3:2")
+    ledger_ok(session_factory, site)
