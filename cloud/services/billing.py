@@ -78,7 +78,7 @@ from cloud.models import (
 )
 from cloud.services import ledger as ledger_service
 from cloud.services.bulk import insert_rows
-from cloud.services.local_prepay import MeterIdentity, check_remaining
+from cloud.services.local_prepay import MeterIdentity, check_remaining, utility_of
 from protocol.contract import Quantity
 
 __all__ = [
@@ -355,8 +355,7 @@ def bill_reading(
         _advance(state, snap, reading)
         return BillingOutcome(ReadingStatus.NO_ACCOUNT)
     if local:  # the meter spends money it holds: charged to held:<meter>, never to the wallet
-        assert meter.id is not None
-        held = dledger.meter_held_code(meter.id)
+        held = _debit_of(meter)
         spent = _charge(
             session, gateway_device, meter, account, reading, last, snap, check.deltas, cache, debit=held
         )
@@ -568,7 +567,7 @@ def _rerate(
         reason = f"late reading seq {reading.seq} re-rates {after.txn_key}"
         undo = dledger.reverse(old_txn, reason, now)
     ledger_service.post(session, undo, org_id=account.org_id)
-    utility = "water" if meter.kind == MeterKind.WATER else "electric"
+    utility = utility_of(meter.kind)
     revenue = dledger.revenue_code(account.project_id, utility)
     key_a = charge_key(gateway_device, meter.device_id, reading.seq)
     key_b = rerate_key(gateway_device, meter.device_id, after.seq, reading.seq)
@@ -634,7 +633,7 @@ def _charge(
     if fen <= 0:
         return BillingOutcome(ReadingStatus.ZERO, account.id)
     key = charge_key(gateway_device, meter.device_id, reading.seq)
-    utility = "water" if meter.kind == MeterKind.WATER else "electric"
+    utility = utility_of(meter.kind)
     assert account.id is not None
     assert meter.id is not None
     txn = dledger.charge(

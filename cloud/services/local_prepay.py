@@ -83,8 +83,9 @@ class MeterIdentity(Protocol):
     def device_id(self) -> str: ...
 
 
-def utility_of(meter: Meter) -> str:
-    return "water" if meter.kind == MeterKind.WATER else "electric"
+def utility_of(kind: str) -> str:
+    """The utility a meter of ``kind`` bills (its revenue account, its tier counter)."""
+    return "water" if kind == MeterKind.WATER else "electric"
 
 
 def remaining_fen(values: Mapping[Any, Any]) -> int | None:
@@ -300,7 +301,7 @@ def return_held(
             held_code,
             corrected,
             at,
-            counter=dledger.revenue_code(project_id, utility_of(meter)),
+            counter=dledger.revenue_code(project_id, utility_of(meter.kind)),
             reason=f"表计 {meter.device_id} 实余 {format_fen(remaining)} 元，账上 {format_fen(held)} 元，"
             f"按表计更正 / meter {meter.device_id} holds {format_fen(remaining)} yuan, ledger "
             f"{format_fen(held)} yuan: corrected to the meter ({why})",
