@@ -50,6 +50,7 @@ from cloud.models import (
 )
 from cloud.services import ledger
 from cloud.services.audit import Actor, AuditAction, record
+from cloud.services.billing import batch_lines
 from cloud.services.control import lock_meter_states
 from cloud.services.errors import Conflict, NotFound
 from cloud.services.local_prepay import HeldReturn, return_held, stop_topups
@@ -394,11 +395,12 @@ def reverse_transaction(
     row = ledger.get_transaction(session, key)
     if row is None or not _visible(row.org_id, actor) or actor.role == Role.TENANT:
         raise NotFound(f"transaction {key} not found")
-    if isinstance(row.details.get("lines"), dict):
+    lines = batch_lines(row.details)
+    if lines is not None:
         # a batch charge bills many tenants: reversing it would undo every line, including lines a
         # late reading has already re-rated (cloud.services.billing.plan_charges)
         raise LedgerError(
-            f"transaction {key} charges {len(row.details['lines'])} readings of different accounts at "
+            f"transaction {key} charges {len(lines)} readings of different accounts at "
             "once: correct the one account with an adjustment instead of reversing the batch"
         )
     original = ledger.load_transaction(session, row)

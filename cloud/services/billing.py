@@ -91,6 +91,7 @@ __all__ = [
     "Payer",
     "PendingCharge",
     "batch_line",
+    "batch_lines",
     "bill_reading",
     "charge_key",
     "plan_charges",
@@ -767,10 +768,17 @@ def plan_charges(pending: Sequence[PendingCharge], gateway_id: int) -> ChargePla
     return plan
 
 
+def batch_lines(details: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """A batch charge's lines (debited account → the reading's rating details), from the stored
+    transaction ``details``; None for any other transaction."""
+    lines = details.get("lines")
+    return lines if isinstance(lines, Mapping) else None
+
+
 def batch_line(details: Mapping[str, Any], account: str) -> Mapping[str, Any] | None:
     """What a batch charge stored of ``account``'s line (the reading's rating details), else None."""
-    lines = details.get("lines")
-    if not isinstance(lines, Mapping):
+    lines = batch_lines(details)
+    if lines is None:
         return None
     line = lines.get(account)
     return line if isinstance(line, Mapping) else None
@@ -830,7 +838,7 @@ def post_charges(session: Session, plan: ChargePlan, cache: BillingCache) -> int
         details: dict[str, Any] = {"lines": {}}
         for member in members:
             debit = min(member.txn.postings, key=lambda p: p.amount_fen)
-            leg(txn_id, org_id, debit, _meter_of(member.txn))
+            leg(txn_id, org_id, debit, ledger_service.meter_id_of(member.txn))
             line = dict(member.txn.meta)
             del line["meter_id"]  # on the leg already
             line["reading_id"] = str(member.reading_id)
@@ -842,7 +850,7 @@ def post_charges(session: Session, plan: ChargePlan, cache: BillingCache) -> int
     for single in plan.singles:
         txn_id = uuid.uuid4()
         for posting in single.txn.postings:
-            leg(txn_id, single.org_id, posting, _meter_of(single.txn))
+            leg(txn_id, single.org_id, posting, ledger_service.meter_id_of(single.txn))
         row(txn_id, single.org_id, single.txn, dict(single.txn.meta))
     connection = session.connection()
     # legs first, so each transaction row finds its legs (the ledger guards of migrations 0001/0003):
@@ -859,8 +867,3 @@ def post_charges(session: Session, plan: ChargePlan, cache: BillingCache) -> int
     else:
         connection.execute(_ADD_BALANCE, [{"aid": a, "delta": d} for a, d in sorted(deltas.items())])
     return lines
-
-
-def _meter_of(txn: dledger.Transaction) -> int | None:
-    value = txn.meta.get("meter_id", "")
-    return int(value) if value.isdigit() else None

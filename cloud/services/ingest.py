@@ -179,15 +179,13 @@ class _AccountRow:
 
 
 _STATE_COLUMNS = tuple(f.name for f in fields(_StateRow) if f.name != "meter_id")
+"""What billing and the batch may change in a meter's state (written back; the rest is left)."""
 _CARRIED = ("residue_millifen", "tier_period", "tier_usage", "water_tier_period", "water_tier_usage")
 """What billing carries on an account from one charge to the next (written back when changed)."""
 
 
 def _carried(account: _AccountRow) -> tuple[Any, ...]:
     return tuple(getattr(account, name) for name in _CARRIED)
-
-
-"""What billing and the batch may change in a meter's state (written back; the rest is left)."""
 
 
 def _columns(table: Table, row_type: type[Any]) -> list[Column[Any]]:

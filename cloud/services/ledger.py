@@ -55,6 +55,7 @@ __all__ = [
     "ensure_ledger_account",
     "get_transaction",
     "load_transaction",
+    "meter_id_of",
     "post",
     "post_many",
     "rebuild_balances",
@@ -229,7 +230,8 @@ def _replay(session: Session, existing: LedgerTransaction, txn: Transaction) -> 
     return PostResult(Posted.of(existing), created=False)
 
 
-def _meter_id(txn: Transaction) -> int | None:
+def meter_id_of(txn: Transaction) -> int | None:
+    """The meter a transaction concerns (its ``meter_id`` meta), written on its tenant legs."""
     value = txn.meta.get("meter_id", "")
     return int(value) if value.isdigit() else None
 
@@ -307,7 +309,7 @@ def _insert(
     for txn in txns:
         if txn.reverses is not None and txn.reverses not in originals:
             raise LedgerError(f"{txn.key} reverses unknown transaction {txn.reverses}")
-        meter_id = _meter_id(txn)
+        meter_id = meter_id_of(txn)
         txn_id = originals[txn.key] = uuid.uuid4()  # a later transaction of the batch may reverse it
         for p in txn.postings:
             la_id, account_id = ids[p.account]
