@@ -18,7 +18,7 @@ from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
 from cloud.domain.errors import CloudError
-from cloud.settings import Settings
+from cloud.settings import InsecureSettingsError, Settings
 
 __all__ = ["register"]
 
@@ -80,13 +80,19 @@ def _settings(args: argparse.Namespace) -> Settings | None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from cloud.datadir import token_secret
     from cloud.db import make_engine
     from cloud.migrations import current_revision, head_revision, upgrade
 
     settings = _settings(args)
     if settings is None:
         return 2
-    engine = make_engine(settings)  # also creates the SQLite data directory
+    try:
+        token_secret(settings)  # generated here, before any replica starts, unless MF_SECRET_KEY is set
+    except (OSError, InsecureSettingsError) as exc:
+        print(f"meterflow cloud migrate: token secret: {exc}", file=sys.stderr)
+        return 2
+    engine = make_engine(settings)  # also creates the SQLite data directory (0700)
     try:
         before = current_revision(engine)
         upgrade(settings.database_url)
@@ -153,7 +159,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.migrate:
         upgrade(settings.database_url)
-    app = build_app(settings, background=settings.run_background and not args.no_background)
+    try:
+        app = build_app(settings, background=settings.run_background and not args.no_background)
+    except (OSError, InsecureSettingsError) as exc:
+        print(f"meterflow cloud serve: {exc}", file=sys.stderr)
+        return 2
     host = args.host or settings.api_host
     port = settings.api_port if args.port is None else args.port
     log.info("serving the Meterflow API on http://%s:%s (docs at /docs)", host, port)

@@ -8,6 +8,8 @@ insert) takes the write lock up front, so it waits on ``busy_timeout`` instead o
 PostgreSQL uses the driver's ordinary transactions (READ COMMITTED); correctness there comes from
 unique constraints and atomic ``UPDATE ... SET x = x + d``.
 
+SQLite files are created owner-only (:mod:`cloud.datadir`): the database holds gateway signing keys.
+
 Also here: :func:`create_database` / :func:`drop_database`, used by tests and benchmarks to get a
 private PostgreSQL database on a shared server.
 """
@@ -28,6 +30,7 @@ from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud.datadir import private_dir, private_sqlite_files
 from cloud.settings import Settings
 
 __all__ = [
@@ -127,8 +130,12 @@ def make_engine(target: Settings | str, *, echo: bool | None = None, pool_size: 
     url = make_url(url_s)
     echo = echo_s if echo is None else echo
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+            database = Path(url.database)
+            ours = isinstance(target, Settings) and database.parent == target.data_dir
+            if ours or not database.parent.exists():
+                private_dir(database.parent)  # an existing directory named in a URL is left as it is
+            private_sqlite_files(database)
         engine = create_engine(
             url, echo=echo, connect_args={"check_same_thread": False, "timeout": busy / 1000}
         )

@@ -1,8 +1,10 @@
 """Typed settings of the cloud service, read once from ``MF_*`` environment variables.
 
 Built once at start-up (``Settings()`` or :func:`load_settings`) and passed down; nothing below reads
-the environment again. Outside ``MF_ENVIRONMENT=development`` the service refuses to start with the
-built-in secret key, because that key signs every API token.
+the environment again. The key that signs API tokens is either ``MF_SECRET_KEY`` or, when that is unset,
+a random key generated once into the data directory (:func:`cloud.datadir.token_secret`). The old
+built-in development key is public (it is in this file), so it is refused in every environment; with
+``MF_ENVIRONMENT=production`` the key must be given explicitly, because API replicas must share it.
 """
 
 from __future__ import annotations
@@ -13,9 +15,17 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_SECRET_KEY", "InsecureSettingsError", "Settings", "load_settings"]
+__all__ = [
+    "DEFAULT_SECRET_KEY",
+    "MIN_SECRET_KEY_LENGTH",
+    "InsecureSettingsError",
+    "Settings",
+    "load_settings",
+]
 
-DEFAULT_SECRET_KEY = "meterflow-development-secret-change-me"  # noqa: S105 - refused outside development
+DEFAULT_SECRET_KEY = "meterflow-development-secret-change-me"  # noqa: S105 - public, so refused everywhere
+"""The key older versions signed tokens with when none was set; anyone could mint tokens with it."""
+MIN_SECRET_KEY_LENGTH = 16
 
 
 class InsecureSettingsError(ValueError):
@@ -29,7 +39,12 @@ def _default_data_dir() -> Path:
 class Settings(BaseSettings):
     """Everything the cloud service needs to know about its surroundings."""
 
-    model_config = SettingsConfigDict(env_prefix="MF_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="MF_",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,  # errors never show keys
+    )
 
     environment: Literal["development", "test", "production"] = "development"
     data_dir: Path = Field(default_factory=_default_data_dir)
@@ -57,7 +72,8 @@ class Settings(BaseSettings):
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
     """MQTT 5 (session expiry, shared subscriptions); "3.1.1" for brokers without v5, e.g. amqtt."""
 
-    secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
+    secret_key: SecretStr | None = None
+    """Signs API tokens; unset: a random key kept in ``<data_dir>/secret_key`` (mode 0600)."""
     token_ttl_s: int = Field(default=12 * 3600, ge=60)
     login_max_failures: int = Field(default=5, ge=1)
     """Failed logins per username within ``login_window_s`` before the account is locked."""
@@ -76,12 +92,21 @@ class Settings(BaseSettings):
     def _fill_and_check(self) -> Settings:
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'meterflow.db'}")
-        if self.environment != "development" and self.secret_key.get_secret_value() == DEFAULT_SECRET_KEY:
+        if self.secret_key is None:
+            if self.environment == "production":
+                raise InsecureSettingsError(
+                    "MF_SECRET_KEY must be set to a private value when MF_ENVIRONMENT=production "
+                    "(every API replica must sign tokens with the same key)"
+                )
+            return self
+        key = self.secret_key.get_secret_value()
+        if key == DEFAULT_SECRET_KEY:
             raise InsecureSettingsError(
-                f"MF_SECRET_KEY must be set to a private value when MF_ENVIRONMENT={self.environment}"
+                "MF_SECRET_KEY is the public built-in development key: anyone could sign tokens with it; "
+                "set a private value or unset it to use a generated one"
             )
-        if len(self.secret_key.get_secret_value()) < 16:
-            raise InsecureSettingsError("MF_SECRET_KEY must be at least 16 characters")
+        if len(key) < MIN_SECRET_KEY_LENGTH:
+            raise InsecureSettingsError(f"MF_SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} characters")
         return self
 
     @property

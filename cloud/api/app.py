@@ -27,6 +27,7 @@ from cloud.api import holds
 from cloud.api.errors import install_error_handlers
 from cloud.api.ratelimit import RateLimiter, make_rate_limiter
 from cloud.api.routes import accounts, auth, calendar, hierarchy, meters, operations, tariffs, users
+from cloud.datadir import token_secret
 from cloud.db import make_engine, make_session_factory
 from cloud.services.users import LoginPolicy
 from cloud.settings import Settings
@@ -117,7 +118,7 @@ def build_app(
     app.state.event_bus = bus
     app.state.publish = bus.publish if bus is not None else None
     app.state.clock = clock
-    app.state.secret = settings.secret_key.get_secret_value().encode()
+    app.state.secret = token_secret(settings)
     app.state.login_policy = LoginPolicy(settings.login_max_failures, settings.login_lockout_s)
     app.state.login_limiter = login_limiter or make_rate_limiter(
         settings.redis_url, limit=settings.login_max_failures * 4, window_s=settings.login_window_s
