@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     login_window_s: int = Field(default=900, ge=1)
     login_lockout_s: int = Field(default=900, ge=1)
 
+    api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest request body the API reads (413 above it), declared or chunked."""
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
     run_background: bool = True

@@ -25,6 +25,7 @@ from sqlalchemy import Engine, text
 
 from cloud.api import holds
 from cloud.api.errors import install_error_handlers
+from cloud.api.limits import BodyLimit
 from cloud.api.ratelimit import RateLimiter, make_rate_limiter
 from cloud.api.routes import accounts, auth, calendar, hierarchy, meters, operations, tariffs, users
 from cloud.datadir import token_secret
@@ -124,6 +125,7 @@ def build_app(
         settings.redis_url, limit=settings.login_max_failures * 4, window_s=settings.login_window_s
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     for module in (auth, users, hierarchy, meters, accounts, tariffs, operations, calendar):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(holds.router, prefix=API_PREFIX)

@@ -7,10 +7,10 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.deps import OptionalId, PathId, Principal, Uow, get_uow, now, require
-from cloud.api.schemas import no_nul
+from cloud.api.schemas import In
 from cloud.models import Role
 from cloud.services import holds
 
@@ -40,9 +40,7 @@ class HoldOut(BaseModel):
     baseline_values: dict[str, str]
 
 
-class ResolveIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    _no_nul = field_validator("*", mode="after")(no_nul)
+class ResolveIn(In):
     action: Literal["accept", "bill", "discard"] = Field(
         description="accept: new baseline, gap not charged; bill: bill the delta as read; discard: ignore"
     )

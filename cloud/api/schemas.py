@@ -1,13 +1,20 @@
-"""Request and response bodies. Money travels as integer fen (``*_fen``) plus a display yuan string."""
+"""Request and response bodies. Money travels as integer fen (``*_fen``) plus a display yuan string.
+
+Money in a request is a JSON integer and nothing else: ``true``, ``"100"``, ``100.0`` and ``1e3``
+(which JSON parsers read as a float) are refused with a 422 naming the field, rather than coerced,
+so a client bug never moves a different amount than it meant. Every request body refuses NaN and
+±Infinity anywhere in it (Python's JSON parser accepts them, and ``1e400`` reads as infinity).
+"""
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, computed_field, field_validator, model_validator
 
 from cloud.domain.money import fen_to_yuan
 
@@ -15,9 +22,11 @@ __all__ = [
     "AccountIn",
     "AccountOut",
     "AdjustIn",
+    "AmountFen",
     "BuildingIn",
     "CloseIn",
     "EntryOut",
+    "Fen",
     "FloorIn",
     "GatewayCreated",
     "GatewayIn",
@@ -29,6 +38,7 @@ __all__ = [
     "MeterIn",
     "MeterOut",
     "NamedOut",
+    "NonNegativeFen",
     "OrganisationIn",
     "ProjectIn",
     "ProjectOut",
@@ -38,6 +48,7 @@ __all__ = [
     "ReplaceMeterIn",
     "ReverseIn",
     "RoomIn",
+    "SignedAmountFen",
     "TenantIn",
     "TenantOut",
     "TokenOut",
@@ -49,7 +60,17 @@ __all__ = [
 
 MAX_ID = 2**31 - 1
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
-Fen = Annotated[int, Field(ge=-(10**12), le=10**12)]
+MAX_BALANCE_FEN = 10**12
+MAX_OPERATION_FEN = 10_000_000
+"""The largest single recharge, refund or adjustment: 100,000 元."""
+Fen = Annotated[StrictInt, Field(ge=-MAX_BALANCE_FEN, le=MAX_BALANCE_FEN, description="integer fen")]
+NonNegativeFen = Annotated[StrictInt, Field(ge=0, le=MAX_BALANCE_FEN, description="integer fen")]
+AmountFen = Annotated[
+    StrictInt, Field(gt=0, le=MAX_OPERATION_FEN, description="integer fen (1 yuan = 100 fen), positive")
+]
+SignedAmountFen = Annotated[
+    StrictInt, Field(ge=-MAX_OPERATION_FEN, le=MAX_OPERATION_FEN, description="integer fen, signed")
+]
 Small = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 
 
@@ -64,12 +85,31 @@ def no_nul(value: object) -> object:
     return value
 
 
-class In(BaseModel):
-    """Base of request bodies: unknown fields and NUL characters are refused."""
+def finite(data: Any) -> Any:
+    """Refuse NaN and ±Infinity anywhere in a parsed body (iteratively: nesting depth is the sender's)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite: NaN and Infinity are not JSON")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return data
 
-    model_config = ConfigDict(extra="forbid")
+
+class In(BaseModel):
+    """Base of request bodies: unknown fields, NUL characters and non-finite numbers are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     _no_nul = field_validator("*", mode="after")(no_nul)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_numbers(cls, data: Any) -> Any:
+        return finite(data)
 
 
 _In = In
@@ -110,7 +150,7 @@ class ProjectIn(_In):
     alarm1_fen: Fen = 2000
     alarm2_fen: Fen = 500
     alarm3_fen: Fen | None = None
-    credit_limit_fen: int = Field(default=0, ge=0, le=10**12)
+    credit_limit_fen: NonNegativeFen = 0
     grace_period_s: int = Field(default=0, ge=0, le=2**31 - 1)
     friendly_start: str = Field(default="18:00", pattern=r"^\d{2}:\d{2}$")
     friendly_end: str = Field(default="09:00", pattern=r"^\d{2}:\d{2}$")
@@ -259,18 +299,18 @@ class AccountOut(_Out):
 
 
 class RechargeIn(_In):
-    amount_fen: int = Field(gt=0, le=10_000_000, description="integer fen (1 yuan = 100 fen)")
+    amount_fen: AmountFen
     receipt_no: str = Field(min_length=1, max_length=64, description="cash receipt number; credited once")
 
 
 class RefundIn(_In):
-    amount_fen: int = Field(gt=0, le=10_000_000)
+    amount_fen: AmountFen
     reason: str = Field(min_length=1, max_length=200)
     request_id: str = Field(min_length=1, max_length=64, description="retrying with the same id refunds once")
 
 
 class AdjustIn(_In):
-    amount_fen: int = Field(ge=-10_000_000, le=10_000_000, description="positive credits the tenant")
+    amount_fen: SignedAmountFen = Field(description="integer fen; positive credits the tenant")
     reason: str = Field(min_length=1, max_length=200)
     request_id: str = Field(min_length=1, max_length=64)
 

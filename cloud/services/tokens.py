@@ -3,6 +3,10 @@
 Stateless (any replica verifies with MF_SECRET_KEY), expiring, and revocable per user: the claims
 carry the user's ``token_version``, bumped on lock-out or password change, and the API checks it
 against the row on every request.
+
+Whatever arrives in the ``Authorization`` header is read defensively: an over-long or non-ASCII
+token, claims that are not a JSON object of integers in range (an ``exp`` beyond year 9999 made
+``datetime.fromtimestamp`` raise) are all a plain "malformed token" (401), never a server error.
 """
 
 from __future__ import annotations
@@ -16,7 +20,12 @@ from datetime import UTC, datetime, timedelta
 
 from cloud.services.errors import AuthError
 
-__all__ = ["TokenClaims", "issue_token", "read_token"]
+__all__ = ["MAX_TOKEN_CHARS", "TokenClaims", "issue_token", "read_token"]
+
+MAX_TOKEN_CHARS = 1024
+"""Ours are about 120 characters; anything much longer is not one of ours."""
+_MAX_ID = 2**31 - 1
+_MAX_EXP = int(datetime(9999, 1, 1, tzinfo=UTC).timestamp())
 
 
 @dataclass(frozen=True)
@@ -52,17 +61,28 @@ def issue_token(
     return f"{body}.{_sign(secret, body)}", expires
 
 
+def _claim(claims: object, name: str, low: int, high: int) -> int:
+    value = claims.get(name) if isinstance(claims, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise AuthError("malformed token claims")
+    return value
+
+
 def read_token(secret: bytes, token: str, now: datetime) -> TokenClaims:
+    if len(token) > MAX_TOKEN_CHARS or not token.isascii():
+        raise AuthError("malformed token")
     body, dot, sig = token.partition(".")
     if not dot or not body or not sig:
         raise AuthError("malformed token")
-    if not hmac.compare_digest(_sign(secret, body), sig):
+    if not hmac.compare_digest(_sign(secret, body).encode(), sig.encode()):
         raise AuthError("token signature does not verify")
     try:
         claims = json.loads(_unb64(body))
-        user_id, version, exp = int(claims["sub"]), int(claims["tv"]), int(claims["exp"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except ValueError as exc:  # binascii.Error, UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise AuthError("malformed token claims") from exc
+    user_id = _claim(claims, "sub", 1, _MAX_ID)
+    version = _claim(claims, "tv", 0, _MAX_ID)
+    exp = _claim(claims, "exp", 0, _MAX_EXP)
     expires = datetime.fromtimestamp(exp, UTC)
     if expires <= now:
         raise AuthError("token expired")

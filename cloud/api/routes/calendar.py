@@ -6,10 +6,10 @@ from datetime import date, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.deps import Principal, Uow, current, get_uow, now, require
-from cloud.api.schemas import no_nul
+from cloud.api.schemas import In
 from cloud.services import calendar
 
 router = APIRouter(tags=["calendar"])
@@ -25,9 +25,7 @@ class DayOut(BaseModel):
     source: str
 
 
-class DayIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    _no_nul = field_validator("*", mode="after")(no_nul)
+class DayIn(In):
     kind: Literal["holiday", "workday", "normal"]
     name: str = Field(default="", max_length=100)
 

@@ -8,10 +8,10 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.deps import PathId, Principal, Uow, get_uow, now, require
-from cloud.api.schemas import no_nul
+from cloud.api.schemas import In
 from cloud.models import Role
 from cloud.services import control, operations
 from protocol.contract import Action
@@ -26,9 +26,7 @@ Now = Annotated[datetime, Depends(now)]
 OperatorAction = Literal["trip", "close", "close_permit", "protect", "unprotect", "valve_open", "valve_close"]
 
 
-class CommandIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    _no_nul = field_validator("*", mode="after")(no_nul)
+class CommandIn(In):
     action: OperatorAction
 
 

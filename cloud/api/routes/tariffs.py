@@ -6,10 +6,10 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from cloud.api.deps import PathId, Principal, Uow, get_uow, now, require
-from cloud.api.schemas import no_nul
+from cloud.api.schemas import In
 from cloud.models import Role
 from cloud.services import tariffs
 
@@ -21,9 +21,7 @@ Db = Annotated[Uow, Depends(get_uow)]
 Now = Annotated[datetime, Depends(now)]
 
 
-class TariffIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    _no_nul = field_validator("*", mode="after")(no_nul)
+class TariffIn(In):
     name: str = Field(min_length=1, max_length=200)
     kind: Literal["flat", "tou", "tiered", "water"]
     org_id: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
@@ -37,9 +35,7 @@ class TariffOut(BaseModel):
     kind: str
 
 
-class VersionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    _no_nul = field_validator("*", mode="after")(no_nul)
+class VersionIn(In):
     effective_from: AwareDatetime
     spec: dict[str, Any] = Field(
         description="see docs/billing.md; e.g. {'kind': 'flat', 'price': '0.5683'} (yuan) or price_milli"
@@ -55,9 +51,7 @@ class VersionOut(BaseModel):
     created_at: datetime
 
 
-class ProjectTariffsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    _no_nul = field_validator("*", mode="after")(no_nul)
+class ProjectTariffsIn(In):
     electric_tariff_id: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
     water_tariff_id: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
 
