@@ -151,7 +151,7 @@ def _create_admin(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from cloud.api import build_app
+    from cloud.api import build_app, uvicorn_options
     from cloud.migrations import upgrade
 
     settings = _settings(args)
@@ -167,5 +167,5 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or settings.api_host
     port = settings.api_port if args.port is None else args.port
     log.info("serving the Meterflow API on http://%s:%s (docs at /docs)", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, **uvicorn_options())
     return 0

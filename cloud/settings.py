@@ -10,10 +10,10 @@ built-in development key is public (it is in this file), so it is refused in eve
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = [
     "DEFAULT_SECRET_KEY",
@@ -76,9 +76,17 @@ class Settings(BaseSettings):
     """Signs API tokens; unset: a random key kept in ``<data_dir>/secret_key`` (mode 0600)."""
     token_ttl_s: int = Field(default=12 * 3600, ge=60)
     login_max_failures: int = Field(default=5, ge=1)
-    """Failed logins per username within ``login_window_s`` before the account is locked."""
-    login_window_s: int = Field(default=900, ge=1)
+    """Failed logins per username within ``login_window_s`` before each further attempt is delayed
+    (1 s after the last failure, then 2, 4, … up to ``login_lockout_s``); see cloud/api/ratelimit.py."""
+    login_address_max_failures: int = Field(default=20, ge=1)
+    """The same, per client address (an IPv6 client counts by its /64)."""
+    login_window_s: int = Field(default=24 * 3600, ge=60)
+    """Failures older than this are forgotten (sliding window)."""
     login_lockout_s: int = Field(default=900, ge=1)
+    """The longest delay between attempts on one username or address."""
+    trusted_proxies: Annotated[tuple[IPvAnyNetwork, ...], NoDecode] = ()
+    """Reverse proxies (addresses or CIDRs, comma-separated) whose ``X-Forwarded-For`` names the
+    client; from any other peer the header is ignored. Empty: no proxy is trusted."""
 
     api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     """Largest request body the API reads (413 above it), declared or chunked."""
@@ -89,6 +97,16 @@ class Settings(BaseSettings):
 
     timezone: str = "Asia/Shanghai"
     """Default local timezone of projects: friendly hours, holidays, daily aggregates."""
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            items = [item for item in value.replace(",", " ").split() if item]
+            if "*" in items:
+                raise ValueError("MF_TRUSTED_PROXIES takes addresses or CIDRs; '*' would trust anyone")
+            return tuple(items)
+        return value
 
     @model_validator(mode="after")
     def _fill_and_check(self) -> Settings:

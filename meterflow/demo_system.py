@@ -33,7 +33,7 @@ import msgspec
 import uvicorn
 from sqlalchemy import Engine
 
-from cloud.api import build_app
+from cloud.api import build_app, uvicorn_options
 from cloud.db import make_engine, make_session_factory
 from cloud.events import LocalEventBus
 from cloud.migrations import upgrade
@@ -224,7 +224,7 @@ async def _start_async(stack: _Stack, options: SystemOptions, say: _Say) -> None
         check_port_free(options.api_port, "API")
     app = build_app(stack.settings, engine=stack.engine, event_bus=bus, background=False)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                            lifespan="on")  # fmt: skip
+                            lifespan="on", **uvicorn_options())  # fmt: skip
     stack.server = _Server(config)
     stack.tasks["api"] = asyncio.create_task(stack.server.serve(), name="demo-api")
     deadline = time.monotonic() + 15

@@ -5,6 +5,12 @@ synchronous (FastAPI runs them in its threadpool) and call :mod:`cloud.services`
 request. With ``background=True`` (``meterflow cloud serve``) the lifespan also runs
 ``cloud.runtime.run_background(settings, stop_event)`` — ingest, control, jobs — and stops it on
 shutdown; the API and the background share one event bus, so a recharge wakes the reconciler.
+
+Whoever can reach the port can send a request, so the app itself bounds request bodies
+(:mod:`cloud.api.limits`) and decides who the client is: the TCP peer, or — only when the peer is one
+of ``MF_TRUSTED_PROXIES`` — the address that proxy put in ``X-Forwarded-For`` (uvicorn's
+``ProxyHeadersMiddleware``, configured from our settings; uvicorn's own default of trusting
+127.0.0.1 is switched off wherever we run uvicorn, see :func:`uvicorn_options`).
 """
 
 from __future__ import annotations
@@ -22,18 +28,18 @@ from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import Engine, text
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from cloud.api import holds
 from cloud.api.errors import install_error_handlers
 from cloud.api.limits import BodyLimit
-from cloud.api.ratelimit import RateLimiter, make_rate_limiter
+from cloud.api.ratelimit import LoginThrottle, make_login_throttle
 from cloud.api.routes import accounts, auth, calendar, hierarchy, meters, operations, tariffs, users
 from cloud.datadir import token_secret
 from cloud.db import make_engine, make_session_factory
-from cloud.services.users import LoginPolicy
 from cloud.settings import Settings
 
-__all__ = ["API_PREFIX", "build_app"]
+__all__ = ["API_PREFIX", "build_app", "uvicorn_options"]
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger(__name__)
@@ -68,6 +74,13 @@ async def _run_background(app: FastAPI, settings: Settings, stop: Any) -> None:
         await asyncio.to_thread(run, settings, stop, **kwargs)
 
 
+def uvicorn_options() -> dict[str, Any]:
+    """Keyword arguments every ``uvicorn.run`` / ``uvicorn.Config`` of ours passes: no proxy headers
+    from uvicorn (it trusts ``X-Forwarded-For`` from 127.0.0.1 by default, or from anyone when
+    ``FORWARDED_ALLOW_IPS=*`` is in the environment); :func:`build_app` applies MF_TRUSTED_PROXIES."""
+    return {"proxy_headers": False, "server_header": False}
+
+
 def build_app(
     settings: Settings,
     *,
@@ -75,7 +88,7 @@ def build_app(
     event_bus: Any = None,
     clock: Callable[[], datetime] = _utcnow,
     background: bool = False,
-    login_limiter: RateLimiter | None = None,
+    login_throttle: LoginThrottle | None = None,
 ) -> FastAPI:
     """The API for ``settings``; tests inject an engine, a clock and a bus."""
     owns_engine = engine is None
@@ -120,12 +133,19 @@ def build_app(
     app.state.publish = bus.publish if bus is not None else None
     app.state.clock = clock
     app.state.secret = token_secret(settings)
-    app.state.login_policy = LoginPolicy(settings.login_max_failures, settings.login_lockout_s)
-    app.state.login_limiter = login_limiter or make_rate_limiter(
-        settings.redis_url, limit=settings.login_max_failures * 4, window_s=settings.login_window_s
+    app.state.login_throttle = login_throttle or make_login_throttle(
+        settings.redis_url,
+        user_free=settings.login_max_failures,
+        address_free=settings.login_address_max_failures,
+        window_s=settings.login_window_s,
+        max_delay_s=settings.login_lockout_s,
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    if settings.trusted_proxies:
+        # The client address (login throttle, audit) comes from X-Forwarded-For only when the peer is
+        # one of these; uvicorn's own proxy handling is switched off where we run it (cloud/cli.py).
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=[str(n) for n in settings.trusted_proxies])
     for module in (auth, users, hierarchy, meters, accounts, tariffs, operations, calendar):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(holds.router, prefix=API_PREFIX)

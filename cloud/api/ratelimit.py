@@ -1,57 +1,209 @@
-"""Login rate limit per client address: fixed windows, in-process or in Redis (shared by replicas)."""
+"""Login throttling: failed logins slow down further attempts, per username and per client address.
+
+Who attacks the login: anyone who can reach the API, guessing passwords of one user from many
+addresses, or of many users from one address, or locking a user out on purpose. So:
+
+- Two counters per attempt, ``user:<username>`` and ``addr:<address>``; each keeps the failures of
+  the last ``window_s`` (a sliding window: old failures age out, nothing to reset). After ``free``
+  failures in the window the next attempt on that key must wait 1 s after the last failure, then 2,
+  4, … up to ``max_delay_s``. A blocked attempt is answered 429 with ``Retry-After`` and is not
+  counted, so waiting it out always works.
+- The username key is taken from what was *typed*, not from the user row: an unknown username is
+  throttled exactly like a known one, so neither 401 nor 429 tells which usernames exist.
+- Only failures count. An attempt is written down *before* the password is checked and removed when
+  it succeeds, so a burst of parallel guesses sees itself: at most ``free`` of them get through.
+  (A login that fails for another reason, e.g. the database is down, stays counted: the safe side.)
+- Nothing here touches the user row: a throttled user's live sessions keep working (the old lock-out
+  revoked them, which let anyone log any user out forever with five wrong passwords).
+
+State lives in Redis when ``MF_REDIS_URL`` is set (shared by API replicas, a sorted set per key) and in
+process otherwise; both implement :class:`AttemptStore` and share :class:`LoginThrottle`'s rules.
+Which address a request comes from is decided before this module (see :mod:`cloud.api.app` and
+``MF_TRUSTED_PROXIES``).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import math
 import threading
-import time
-from collections.abc import Callable
-from typing import Protocol
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 
-__all__ = ["MemoryRateLimiter", "RateLimiter", "RedisRateLimiter", "make_rate_limiter"]
+__all__ = [
+    "MAX_ENTRIES",
+    "AttemptStore",
+    "LoginAttempt",
+    "LoginThrottle",
+    "MemoryAttemptStore",
+    "RedisAttemptStore",
+    "ThrottleRule",
+    "address_key",
+    "make_login_throttle",
+    "username_key",
+]
+
+Entry = tuple[str, float]
+"""``(attempt id, unix time)`` of one failed (or still being checked) attempt."""
+MAX_ENTRIES = 1000
+"""A key's entries are bounded by the throttle itself (blocked attempts are not kept, so a window
+holds ``free`` plus about ``window_s / max_delay_s`` failures); this cap only guards memory against a
+configuration that makes that large. Trimming happens before an attempt is added, so removing a
+refused attempt never shortens the real history."""
 
 
-class RateLimiter(Protocol):
-    def hit(self, key: str) -> int | None:
-        """Count one attempt; None if allowed, else seconds until the window ends."""
+class AttemptStore(Protocol):
+    def add(self, key: str, member: str, at: float, *, window_s: int) -> list[Entry]:
+        """Record ``member`` at ``at``; return the key's entries within ``window_s``, oldest first."""
+
+    def remove(self, key: str, member: str) -> None:
+        """Forget one attempt (it succeeded, or it was refused without being checked)."""
 
 
-class MemoryRateLimiter:
-    def __init__(self, limit: int, window_s: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.window_s, self._clock = limit, window_s, clock
-        self._hits: dict[str, tuple[float, int]] = {}
+@dataclass(frozen=True)
+class ThrottleRule:
+    free: int
+    """Failures within the window before any delay."""
+    window_s: int
+    max_delay_s: int
+
+    def delay_s(self, failures: int) -> float:
+        """How long after the last failure an attempt must wait, with ``failures`` before it."""
+        if failures < self.free:
+            return 0.0
+        return float(min(self.max_delay_s, 2 ** min(failures - self.free, 62)))
+
+    def wait_s(self, entries: list[Entry], member: str, at: float) -> float:
+        """Seconds the attempt ``member`` (made at ``at``) must still wait; 0 if it may go on.
+
+        Every other entry in the window counts as before it, including attempts still being checked
+        by other requests or replicas (even with a clock slightly ahead): a parallel burst past
+        ``free`` is refused as a whole rather than let through.
+        """
+        others = [when for entry_member, when in entries if entry_member != member]
+        if not others:
+            return 0.0
+        return max(0.0, max(others) + self.delay_s(len(others)) - at)
+
+
+def username_key(username: str) -> str:
+    """Hashed: the store never holds the (attacker-chosen, possibly personal) text itself."""
+    folded = username.strip().casefold().encode("utf-8", "replace")
+    return "user:" + hashlib.sha256(folded).hexdigest()[:32]
+
+
+def address_key(host: str) -> str:
+    """An IPv6 client is counted by its /64 (one subscriber usually has the whole /64)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "addr:" + host[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return "addr:" + str(address.ipv4_mapped)
+        return "addr:" + str(ipaddress.IPv6Network((address, 64), strict=False))
+    return "addr:" + str(address)
+
+
+@dataclass(frozen=True)
+class LoginAttempt:
+    member: str
+    keys: tuple[str, ...]
+    retry_after_s: int | None
+    """None: go on and check the password; else refused, answer 429 with this ``Retry-After``."""
+
+
+class LoginThrottle:
+    def __init__(self, store: AttemptStore, *, user: ThrottleRule, address: ThrottleRule) -> None:
+        self.store, self.user_rule, self.address_rule = store, user, address
+
+    def begin(self, username: str, address: str, now: datetime) -> LoginAttempt:
+        """Write the attempt down (as a failure until :meth:`succeeded`) and say whether it may go on."""
+        at = now.timestamp()
+        member = f"{at:.6f}:{uuid.uuid4().hex}"
+        rules = ((username_key(username), self.user_rule), (address_key(address), self.address_rule))
+        wait = 0.0
+        for key, rule in rules:
+            entries = self.store.add(key, member, at, window_s=rule.window_s)
+            wait = max(wait, rule.wait_s(entries, member, at))
+        keys = tuple(key for key, _ in rules)
+        if wait <= 0:
+            return LoginAttempt(member, keys, None)
+        self._forget(member, keys)  # refused unchecked: does not count
+        return LoginAttempt(member, keys, max(1, math.ceil(wait)))
+
+    def succeeded(self, attempt: LoginAttempt) -> None:
+        self._forget(attempt.member, attempt.keys)
+
+    def _forget(self, member: str, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            self.store.remove(key, member)
+
+
+class MemoryAttemptStore:
+    """One process's attempts; at most ``max_keys`` keys (least recently failed ones are dropped)."""
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self._keys: OrderedDict[str, list[Entry]] = OrderedDict()
         self._lock = threading.Lock()
+        self._max_keys = max_keys
 
-    def hit(self, key: str) -> int | None:
-        now = self._clock()
+    def add(self, key: str, member: str, at: float, *, window_s: int) -> list[Entry]:
         with self._lock:
-            if len(self._hits) > 10_000:  # forget expired windows; bounded memory under a spray
-                self._hits = {k: v for k, v in self._hits.items() if v[0] > now}
-            ends, count = self._hits.get(key, (now + self.window_s, 0))
-            if ends <= now:
-                ends, count = now + self.window_s, 0
-            count += 1
-            self._hits[key] = (ends, count)
-        return None if count <= self.limit else max(1, int(ends - now))
+            entries = [e for e in self._keys.pop(key, []) if e[1] > at - window_s][-MAX_ENTRIES:]
+            entries.append((member, at))
+            entries.sort(key=lambda e: (e[1], e[0]))
+            self._keys[key] = entries
+            while len(self._keys) > self._max_keys:
+                self._keys.popitem(last=False)
+            return list(entries)
+
+    def remove(self, key: str, member: str) -> None:
+        with self._lock:
+            entries = self._keys.get(key)
+            if entries is not None:
+                entries[:] = [e for e in entries if e[0] != member]
 
 
-class RedisRateLimiter:
-    def __init__(self, url: str, limit: int, window_s: int, prefix: str = "mf:ratelimit:login:") -> None:
+class RedisAttemptStore:
+    """A sorted set per key (member = attempt id, score = time), shared by every API replica."""
+
+    def __init__(self, url: str, prefix: str = "mf:login:") -> None:
         import redis
 
-        self._redis = redis.Redis.from_url(url)
-        self.limit, self.window_s, self.prefix = limit, window_s, prefix
+        self._redis: Any = redis.Redis.from_url(url)
+        self.prefix = prefix
 
-    def hit(self, key: str) -> int | None:
+    def add(self, key: str, member: str, at: float, *, window_s: int) -> list[Entry]:
         name = self.prefix + key
-        pipe = self._redis.pipeline()
-        pipe.incr(name)
-        pipe.expire(name, self.window_s, nx=True)
-        pipe.ttl(name)
-        count, _, ttl = pipe.execute()
-        return None if int(count) <= self.limit else max(1, int(ttl))
+        pipe = self._redis.pipeline(transaction=True)  # MULTI/EXEC: replicas interleave whole steps
+        pipe.zremrangebyscore(name, "-inf", at - window_s)
+        pipe.zremrangebyrank(name, 0, -(MAX_ENTRIES + 1))
+        pipe.zadd(name, {member: at})
+        pipe.expire(name, window_s)
+        pipe.zrange(name, 0, -1, withscores=True)
+        rows = pipe.execute()[-1]
+        return [(m.decode() if isinstance(m, bytes) else str(m), float(score)) for m, score in rows]
+
+    def remove(self, key: str, member: str) -> None:
+        self._redis.zrem(self.prefix + key, member)
 
 
-def make_rate_limiter(redis_url: str | None, limit: int, window_s: int) -> RateLimiter:
-    if redis_url:
-        return RedisRateLimiter(redis_url, limit, window_s)
-    return MemoryRateLimiter(limit, window_s)
+def make_login_throttle(
+    redis_url: str | None,
+    *,
+    user_free: int,
+    address_free: int,
+    window_s: int,
+    max_delay_s: int,
+) -> LoginThrottle:
+    store: AttemptStore = RedisAttemptStore(redis_url) if redis_url else MemoryAttemptStore()
+    return LoginThrottle(
+        store,
+        user=ThrottleRule(user_free, window_s, max_delay_s),
+        address=ThrottleRule(address_free, window_s, max_delay_s),
+    )

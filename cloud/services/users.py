@@ -1,9 +1,11 @@
 """Users, passwords and logins.
 
 Passwords are argon2id hashes (argon2-cffi defaults), re-hashed on login when the parameters change.
-Lock-out lives in the database row (``failed_logins``, ``locked_until``) so it holds across replicas:
-``max_failures`` wrong passwords within the window lock the user for ``lockout_s``; a success resets.
-Per-address rate limiting is the API's job (:mod:`cloud.api.ratelimit`).
+:func:`authenticate` only answers "is this the password": it keeps no lock-out state (throttling
+failed logins per username and per address is the API's job, :mod:`cloud.api.ratelimit`, keyed by
+the typed name so that unknown usernames are throttled alike), never revokes sessions, and does the
+same work for every refusal — one argon2 verification (against a dummy hash of the current
+parameters when there is no such user) and one audit row — so its time tells nothing.
 
 Admins with ``org_id`` None administer the platform; every other user belongs to one organisation,
 and a tenant user also names the tenant whose accounts they may see.
@@ -11,8 +13,8 @@ and a tenant user also names the tenant whose accounts they may see.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+import secrets
+from datetime import datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -26,7 +28,6 @@ from cloud.services.errors import AuthError, Conflict, NotFound
 
 __all__ = [
     "MIN_PASSWORD_LENGTH",
-    "LoginPolicy",
     "authenticate",
     "create_admin",
     "create_user",
@@ -37,12 +38,6 @@ __all__ = [
 
 MIN_PASSWORD_LENGTH = 8
 _hasher = PasswordHasher()
-
-
-@dataclass(frozen=True)
-class LoginPolicy:
-    max_failures: int = 5
-    lockout_s: int = 900
 
 
 def hash_password(password: str) -> str:
@@ -118,26 +113,18 @@ def create_admin(session: Session, *, username: str, password: str, org_name: st
     return create_user(session, username=username, password=password, role=Role.ADMIN, org_id=org_id)
 
 
-def authenticate(
-    session: Session, username: str, password: str, now: datetime, policy: LoginPolicy, *, ip: str = ""
-) -> User:
-    """The user if the password is right and the user is not locked; failures are counted."""
-    user = session.scalars(select(User).where(col(User.username) == username.strip())).first()
+def authenticate(session: Session, username: str, password: str, now: datetime, *, ip: str = "") -> User:
+    """The user if the password is right and the user active; every failure is audited alike."""
+    name = username.strip()
+    user = session.scalars(select(User).where(col(User.username) == name)).first()
     if user is None:
-        verify_password(_DUMMY_HASH, password)  # same work whether or not the user exists
+        verify_password(_dummy_hash(), password)  # the same work whether or not the user exists
+        actor = Actor(user_id=None, org_id=None, role="anonymous", ip=ip, username=name[:64])
+        record(session, actor, AuditAction.LOGIN_FAILED, org_id=None, target_type="user", at=now)
         raise AuthError("wrong username or password")
     actor = Actor(user_id=user.id, org_id=user.org_id, role=user.role, ip=ip, username=user.username)
-    if user.locked_until is not None and user.locked_until > now:
-        retry = int((user.locked_until - now).total_seconds()) + 1
-        raise AuthError("too many failed logins; try again later", retry_after_s=retry)
-    if not user.active or not verify_password(user.password_hash, password):
-        user.failed_logins += 1
-        detail: dict[str, object] = {"failures": user.failed_logins}
-        if user.failed_logins >= policy.max_failures:
-            user.locked_until = now + timedelta(seconds=policy.lockout_s)
-            user.failed_logins = 0
-            user.token_version += 1
-            detail["locked_until"] = user.locked_until.isoformat()
+    right = verify_password(user.password_hash, password)  # verified even for an inactive user
+    if not right or not user.active:
         record(
             session,
             actor,
@@ -145,21 +132,27 @@ def authenticate(
             org_id=user.org_id,
             target_type="user",
             target_id=user.id,
-            detail=detail,
             at=now,
         )
         raise AuthError("wrong username or password")
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
-    user.failed_logins = 0
-    user.locked_until = None
     record(
         session, actor, AuditAction.LOGIN, org_id=user.org_id, target_type="user", target_id=user.id, at=now
     )
     return user
 
 
-_DUMMY_HASH = _hasher.hash("meterflow-dummy-password")
+_dummy: dict[int, str] = {}
+
+
+def _dummy_hash() -> str:
+    """A hash made with the hasher's current parameters, so verifying it costs what a real one does."""
+    key = id(_hasher)
+    if key not in _dummy:
+        _dummy.clear()
+        _dummy[key] = _hasher.hash(secrets.token_hex(16))
+    return _dummy[key]
 
 
 def list_users(session: Session, actor: Actor) -> list[User]:

@@ -148,7 +148,7 @@ def test_tokens_are_required_signed_and_expire(api: Api) -> None:
     assert "expired" in r.json()["detail"]
 
 
-def test_login_lock_out_after_failures(api: Api) -> None:
+def test_login_failures_slow_down_without_revoking_sessions(api: Api) -> None:
     earlier = api.login("root")
     for _ in range(3):
         r = api.client.post("/api/v1/auth/login", json={"username": "root", "password": "wrong password"})
@@ -156,8 +156,8 @@ def test_login_lock_out_after_failures(api: Api) -> None:
     r = api.client.post("/api/v1/auth/login", json={"username": "root", "password": "correct horse"})
     assert r.status_code == 429
     assert int(r.headers["Retry-After"]) > 0
-    # locking revokes the tokens issued before
-    assert api.client.get("/api/v1/auth/me", headers=earlier).status_code == 401
+    # throttling a username does not log its user out (anyone can type wrong passwords for it)
+    assert api.client.get("/api/v1/auth/me", headers=earlier).status_code == 200
     api.clock.now += timedelta(minutes=16)
     api.get("/auth/me", api.login("root"))
 
@@ -281,32 +281,6 @@ def test_tariffs_versions_and_assignment_are_audited(api: Api) -> None:
     with api.factory() as session:
         changes = [x.target_type for x in session.query(AuditLog).all() if x.action == "tariff_change"]
         assert changes == ["tariff", "tariff", "project"]
-
-
-@pytest.mark.services
-def test_login_rate_limit_shared_through_redis(redis_url: str) -> None:
-    import uuid
-
-    from cloud.api.ratelimit import RedisRateLimiter
-
-    prefix = f"mftest:{uuid.uuid4().hex}:"
-    one, two = RedisRateLimiter(redis_url, 3, 60, prefix), RedisRateLimiter(redis_url, 3, 60, prefix)
-    assert [one.hit("10.0.0.1"), two.hit("10.0.0.1"), one.hit("10.0.0.1")] == [None, None, None]
-    retry = two.hit("10.0.0.1")  # the fourth attempt, seen by another replica
-    assert retry is not None
-    assert 0 < retry <= 60
-    assert one.hit("10.0.0.2") is None
-
-
-def test_login_rate_limit_in_process() -> None:
-    from cloud.api.ratelimit import MemoryRateLimiter
-
-    t = [0.0]
-    limiter = MemoryRateLimiter(2, 10, clock=lambda: t[0])
-    assert [limiter.hit("a"), limiter.hit("a"), limiter.hit("b")] == [None, None, None]
-    assert limiter.hit("a") == 10
-    t[0] = 10.5
-    assert limiter.hit("a") is None
 
 
 def test_holiday_calendar_builtin_and_overrides(api: Api) -> None:

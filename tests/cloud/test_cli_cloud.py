@@ -16,7 +16,7 @@ import pytest
 
 from cloud.db import create_database, drop_database, make_engine, make_session_factory
 from cloud.migrations import current_revision, head_revision
-from cloud.services.users import LoginPolicy, authenticate
+from cloud.services.users import authenticate
 from meterflow.cli import main
 
 
@@ -73,7 +73,7 @@ def test_create_admin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     engine = make_engine(url)
     try:
         with make_session_factory(engine)() as session:
-            user = authenticate(session, "boss", "long enough secret", datetime.now(UTC), LoginPolicy())
+            user = authenticate(session, "boss", "long enough secret", datetime.now(UTC))
             assert (user.role, user.org_id is not None) == ("admin", True)
     finally:
         engine.dispose()

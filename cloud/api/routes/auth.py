@@ -1,4 +1,9 @@
-"""Login (rate-limited per client address, lock-out per user) and "who am I"."""
+"""Login (throttled per username and per client address, see :mod:`cloud.api.ratelimit`) and "who am I".
+
+Every refusal looks the same whoever the username belongs to, or whether it exists: 401 "wrong
+username or password" after the same password-hashing work, or 429 with ``Retry-After`` from the
+throttle, which is keyed by the typed username and never reads the user row.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from cloud.api.deps import Principal, Uow, current, get_uow, now
+from cloud.api.ratelimit import LoginThrottle
 from cloud.api.schemas import LoginIn, MeOut, TokenOut
 from cloud.services import users
 from cloud.services.errors import AuthError
@@ -23,18 +29,18 @@ def login(
     uow: Annotated[Uow, Depends(get_uow)],
     at: Annotated[datetime, Depends(now)],
 ) -> TokenOut:
-    ip = request.client.host if request.client else "unknown"
-    retry = request.app.state.login_limiter.hit(ip)
-    if retry is not None:
-        raise AuthError("too many login attempts from this address", retry_after_s=retry)
+    ip = request.client.host if request.client else "unknown"  # the proxy's client, if trusted
+    throttle: LoginThrottle = request.app.state.login_throttle
+    attempt = throttle.begin(body.username, ip, at)
+    if attempt.retry_after_s is not None:
+        raise AuthError("too many failed logins; try again later", retry_after_s=attempt.retry_after_s)
     try:
-        user = users.authenticate(
-            uow.session, body.username, body.password, at, request.app.state.login_policy, ip=ip
-        )
+        user = users.authenticate(uow.session, body.username, body.password, at, ip=ip)
     except AuthError:
-        uow.commit()  # keep the failure count and the audit row
+        uow.commit()  # keep the audit row; the attempt stays counted as a failure
         raise
     uow.commit()
+    throttle.succeeded(attempt)
     settings = request.app.state.settings
     token, expires = issue_token(
         request.app.state.secret, user.id or 0, user.token_version, at, settings.token_ttl_s
