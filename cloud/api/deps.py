@@ -1,33 +1,103 @@
-"""Request-scoped dependencies: the unit of work, the clock, and who is asking.
+"""Request-scoped dependencies: the unit of work, the clock, who is asking, and which page of a list.
 
 Routes get a :class:`Uow` and call ``uow.commit()`` explicitly once their change is complete; the
 commit (and the balance events after it) happen before the response is built, so a failure to commit
 is an error response, never a success that did not happen. Anything not committed is rolled back.
+
+List routes take :data:`Paging` (``?limit=&cursor=``) and answer through :func:`page_response`: a JSON
+array of at most ``limit`` items, and when more follow an ``X-Next-Cursor`` header to pass as
+``cursor`` for the next page (:mod:`cloud.services.pages` says why keyset cursors).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import base64
+import binascii
+import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import date, datetime
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from cloud.models import Role, User
 from cloud.services.audit import Actor
 from cloud.services.errors import AuthError, PermissionDenied
+from cloud.services.pages import InvalidCursor, Page, after_key
 from cloud.services.tokens import read_token
 from cloud.services.unit import BALANCE_CHANGED, Publisher
 
-__all__ = ["MAX_ID", "OptionalId", "PathId", "Principal", "Uow", "current", "get_uow", "now", "require"]
+__all__ = [
+    "DEFAULT_PAGE",
+    "MAX_ID",
+    "MAX_PAGE",
+    "NEXT_CURSOR",
+    "OptionalId",
+    "Paging",
+    "PathId",
+    "Principal",
+    "Uow",
+    "current",
+    "get_uow",
+    "now",
+    "page_response",
+    "require",
+]
+
+T = TypeVar("T")
 
 MAX_ID = 2**31 - 1
 """Row ids are 32-bit integers on PostgreSQL: a larger one is a 422, not a database error."""
 PathId = Annotated[int, Path(ge=1, le=MAX_ID)]
 OptionalId = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+NEXT_CURSOR = "X-Next-Cursor"
+
+
+def _encode_cursor(key: tuple[Any, ...]) -> str:
+    values = [v.isoformat() if isinstance(v, date) else v for v in key]  # datetime is a date too
+    return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[Any, ...]:
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidCursor("cursor is not one this API gave out") from None
+    if not isinstance(values, list) or not 1 <= len(values) <= 4:
+        raise InvalidCursor("cursor is not one this API gave out")
+    return tuple(values)
+
+
+def _page(
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="items per page")] = DEFAULT_PAGE,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=512, pattern=r"^[A-Za-z0-9_\-]+$", description=f"{NEXT_CURSOR} of the previous page"
+        ),
+    ] = None,
+) -> Page:
+    return Page(limit, None if cursor is None else _decode_cursor(cursor))
+
+
+Paging = Annotated[Page, Depends(_page)]
+
+
+def page_response(
+    response: Response, rows: Sequence[T], page: Page, key: Callable[[T], tuple[Any, ...]]
+) -> list[T]:
+    """The page's items; sets ``X-Next-Cursor`` when another page follows."""
+    items, after = after_key(rows, page, key)
+    if after is not None:
+        response.headers[NEXT_CURSOR] = _encode_cursor(after)
+    return items
+
 
 _bearer = HTTPBearer(auto_error=False, description="token from POST /api/v1/auth/login")
 

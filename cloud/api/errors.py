@@ -27,6 +27,7 @@ from cloud.domain.errors import (
     MoneyError,
 )
 from cloud.services.errors import AuthError, Conflict, NotFound, PermissionDenied
+from cloud.services.pages import InvalidCursor
 
 __all__ = ["ECHO_CHARS", "MAX_ERRORS", "bounded", "install_error_handlers"]
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _STATUS: list[tuple[type[Exception], int, str]] = [
     (NotFound, 404, "not_found"),
+    (InvalidCursor, 422, "invalid_cursor"),
     (PermissionDenied, 403, "forbidden"),
     (Conflict, 409, "conflict"),
     (InsufficientBalance, 409, "insufficient_balance"),

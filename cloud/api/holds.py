@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.api.deps import OptionalId, PathId, Principal, Uow, get_uow, now, require
+from cloud.api.deps import OptionalId, Paging, PathId, Principal, Uow, get_uow, now, page_response, require
 from cloud.api.schemas import In
 from cloud.models import Role
 from cloud.services import holds
@@ -57,13 +57,14 @@ class ResolveOut(BaseModel):
 def list_holds(
     p: Operator,
     uow: Db,
+    page: Paging,
+    response: Response,
     open_only: bool = True,
     meter_id: OptionalId = None,
-    limit: int = Query(default=200, ge=1, le=1000),
 ) -> list[HoldOut]:
     """Held readings of the caller's organisation, oldest first (open ones by default)."""
-    rows = holds.list_holds(uow.session, p.actor, open_only=open_only, meter_id=meter_id, limit=limit)
-    return [HoldOut.model_validate(r) for r in rows]
+    rows = holds.list_holds(uow.session, p.actor, open_only=open_only, meter_id=meter_id, page=page)
+    return [HoldOut.model_validate(r) for r in page_response(response, rows, page, lambda h: (h.ts, h.id))]
 
 
 @router.post("/holds/{hold_id}/resolve", response_model=ResolveOut)

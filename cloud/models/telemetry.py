@@ -257,13 +257,17 @@ class NotificationOutbox(SQLModel, table=True):
 
 
 class DeadLetter(SQLModel, table=True):
-    """A message that could not be applied: its topic, raw bytes and why."""
+    """A message that could not be applied: its topic, why, and a bounded copy of its bytes (the first
+    ``cloud.services.dead_letters.PREFIX_BYTES``, with the full size and SHA-256; migration 0010)."""
 
     __tablename__ = "dead_letter"
 
     id: int | None = Field(default=None, sa_type=BIG_ID, primary_key=True)
     topic: str = Field(sa_type=String(300))
     payload: bytes = Field(sa_type=LargeBinary)
+    """The first bytes of the message only; ``payload_size`` says how many there were."""
+    payload_size: int = Field(default=0, sa_type=BigInteger)
+    payload_sha256: str = Field(default="", sa_type=String(64))
     reason: str = Field(sa_type=String(1000))
     gateway_device: str | None = Field(default=None, sa_type=String(64))
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)

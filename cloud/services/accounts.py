@@ -54,6 +54,7 @@ from cloud.services.billing import batch_lines
 from cloud.services.control import lock_meter_states
 from cloud.services.errors import Conflict, NotFound
 from cloud.services.local_prepay import HeldReturn, return_held, stop_topups
+from cloud.services.pages import Page, paged
 from cloud.services.unit import mark_balance_changed
 
 __all__ = [
@@ -100,7 +101,7 @@ def list_accounts(
     *,
     project_id: int | None = None,
     status: str | None = None,
-    limit: int = 500,
+    page: Page | None = None,
 ) -> list[Account]:
     query = select(Account)
     if actor.org_id is not None:
@@ -111,7 +112,7 @@ def list_accounts(
         query = query.where(col(Account.project_id) == project_id)
     if status is not None:
         query = query.where(col(Account.status) == status)
-    return list(session.scalars(query.order_by(col(Account.id)).limit(limit)))
+    return list(session.scalars(paged(query, [col(Account.id)], page)))
 
 
 @dataclass(frozen=True)
@@ -127,16 +128,17 @@ class EntryView:
     meter_id: int | None
 
 
-def account_entries(session: Session, actor: Actor, account_id: int, *, limit: int = 200) -> list[EntryView]:
+def account_entries(
+    session: Session, actor: Actor, account_id: int, *, page: Page | None = None
+) -> list[EntryView]:
     """Newest first."""
     get_account(session, account_id, actor)
-    rows = session.execute(
+    query = (
         select(LedgerEntry, LedgerTransaction)
         .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerEntry.transaction_id))
         .where(col(LedgerEntry.account_id) == account_id)
-        .order_by(col(LedgerEntry.id).desc())
-        .limit(limit)
-    ).all()
+    )
+    rows = session.execute(paged(query, [col(LedgerEntry.id)], page, descending=True)).all()
     return [
         EntryView(e.id or 0, t.idempotency_key, t.kind, t.memo, e.amount_fen, t.effective_at, e.meter_id)
         for e, t in rows

@@ -30,6 +30,7 @@ from cloud.models import (
 )
 from cloud.services.audit import Actor
 from cloud.services.errors import Conflict, NotFound, PermissionDenied
+from cloud.services.pages import Page, paged
 
 __all__ = [
     "create_building",
@@ -81,9 +82,9 @@ def _add(session: Session, row: M, what: str) -> M:
     return row
 
 
-def list_organisations(session: Session, actor: Actor) -> Sequence[Organisation]:
+def list_organisations(session: Session, actor: Actor, *, page: Page | None = None) -> Sequence[Organisation]:
     query = _scoped(select(Organisation), col(Organisation.id), actor)
-    return session.scalars(query.order_by(col(Organisation.id))).all()
+    return session.scalars(paged(query, [col(Organisation.id)], page)).all()
 
 
 def create_organisation(session: Session, actor: Actor, name: str) -> Organisation:
@@ -99,10 +100,9 @@ def get_project(session: Session, actor: Actor, project_id: int) -> Project:
     return project
 
 
-def list_projects(session: Session, actor: Actor) -> Sequence[Project]:
-    return session.scalars(
-        _scoped(select(Project), col(Project.org_id), actor).order_by(col(Project.id))
-    ).all()
+def list_projects(session: Session, actor: Actor, *, page: Page | None = None) -> Sequence[Project]:
+    query = _scoped(select(Project), col(Project.org_id), actor)
+    return session.scalars(paged(query, [col(Project.id)], page)).all()
 
 
 def create_project(
@@ -153,23 +153,26 @@ def create_room(session: Session, actor: Actor, *, floor_id: int, name: str) -> 
     return _add(session, Room(floor_id=floor_id, name=name), f"room {name}")
 
 
-def list_buildings(session: Session, actor: Actor, project_id: int) -> Sequence[Building]:
+def list_buildings(
+    session: Session, actor: Actor, project_id: int, *, page: Page | None = None
+) -> Sequence[Building]:
     get_project(session, actor, project_id)
-    query = select(Building).where(col(Building.project_id) == project_id).order_by(col(Building.id))
-    return session.scalars(query).all()
+    query = select(Building).where(col(Building.project_id) == project_id)
+    return session.scalars(paged(query, [col(Building.id)], page)).all()
 
 
-def list_floors(session: Session, actor: Actor, building_id: int) -> Sequence[Floor]:
+def list_floors(
+    session: Session, actor: Actor, building_id: int, *, page: Page | None = None
+) -> Sequence[Floor]:
     _building(session, actor, building_id)
-    query = (
-        select(Floor).where(col(Floor.building_id) == building_id).order_by(col(Floor.level), col(Floor.id))
-    )
-    return session.scalars(query).all()
+    query = select(Floor).where(col(Floor.building_id) == building_id)
+    return session.scalars(paged(query, [col(Floor.level), col(Floor.id)], page)).all()
 
 
-def list_rooms(session: Session, actor: Actor, floor_id: int) -> Sequence[Room]:
+def list_rooms(session: Session, actor: Actor, floor_id: int, *, page: Page | None = None) -> Sequence[Room]:
     _floor(session, actor, floor_id)
-    return session.scalars(select(Room).where(col(Room.floor_id) == floor_id).order_by(col(Room.id))).all()
+    query = select(Room).where(col(Room.floor_id) == floor_id)
+    return session.scalars(paged(query, [col(Room.id)], page)).all()
 
 
 def create_tenant(
@@ -187,8 +190,9 @@ def create_tenant(
     return _add(session, Tenant(org_id=org, name=name, phone=phone, room_id=room_id), f"tenant {name}")
 
 
-def list_tenants(session: Session, actor: Actor) -> Sequence[Tenant]:
-    return session.scalars(_scoped(select(Tenant), col(Tenant.org_id), actor).order_by(col(Tenant.id))).all()
+def list_tenants(session: Session, actor: Actor, *, page: Page | None = None) -> Sequence[Tenant]:
+    query = _scoped(select(Tenant), col(Tenant.org_id), actor)
+    return session.scalars(paged(query, [col(Tenant.id)], page)).all()
 
 
 def get_gateway(session: Session, actor: Actor, gateway_id: int) -> Gateway:
@@ -198,10 +202,9 @@ def get_gateway(session: Session, actor: Actor, gateway_id: int) -> Gateway:
     return gateway
 
 
-def list_gateways(session: Session, actor: Actor) -> Sequence[Gateway]:
-    return session.scalars(
-        _scoped(select(Gateway), col(Gateway.org_id), actor).order_by(col(Gateway.id))
-    ).all()
+def list_gateways(session: Session, actor: Actor, *, page: Page | None = None) -> Sequence[Gateway]:
+    query = _scoped(select(Gateway), col(Gateway.org_id), actor)
+    return session.scalars(paged(query, [col(Gateway.id)], page)).all()
 
 
 def create_gateway(
@@ -231,14 +234,19 @@ def get_meter(session: Session, actor: Actor, meter_id: int) -> Meter:
 
 
 def list_meters(
-    session: Session, actor: Actor, *, gateway_id: int | None = None, active: bool | None = True
+    session: Session,
+    actor: Actor,
+    *,
+    gateway_id: int | None = None,
+    active: bool | None = True,
+    page: Page | None = None,
 ) -> Sequence[Meter]:
     query = _scoped(select(Meter), col(Meter.org_id), actor)
     if gateway_id is not None:
         query = query.where(col(Meter.gateway_id) == gateway_id)
     if active is not None:
         query = query.where(col(Meter.active) == active)
-    return session.scalars(query.order_by(col(Meter.id))).all()
+    return session.scalars(paged(query, [col(Meter.id)], page)).all()
 
 
 def create_meter(

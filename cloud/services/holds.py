@@ -49,6 +49,7 @@ from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.billing import BillableReading, BillingCache, bill_reading, snapshot_values
 from cloud.services.control import lock_meter_states
 from cloud.services.errors import Conflict, NotFound
+from cloud.services.pages import Page, paged
 
 __all__ = [
     "AUDIT_ACTION",
@@ -140,13 +141,16 @@ def _view(
     )
 
 
+_FIRST_PAGE = Page(200)
+
+
 def list_holds(
     session: Session,
     actor: Actor,
     *,
     open_only: bool = True,
     meter_id: int | None = None,
-    limit: int = 200,
+    page: Page | None = _FIRST_PAGE,
 ) -> list[HoldView]:
     """Holds visible to ``actor`` (its organisation; all for a platform admin), oldest first."""
     stmt = _query(actor)
@@ -154,7 +158,7 @@ def list_holds(
         stmt = stmt.where(col(ReadingHold.resolved_at).is_(None))
     if meter_id is not None:
         stmt = stmt.where(col(ReadingHold.meter_id) == meter_id)
-    stmt = stmt.order_by(col(ReadingRow.ts), col(ReadingHold.id)).limit(limit)
+    stmt = paged(stmt, [col(ReadingRow.ts), col(ReadingHold.id)], page)
     return [_view(*row) for row in session.execute(stmt).all()]
 
 

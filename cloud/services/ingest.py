@@ -12,9 +12,11 @@ effects are committed, so paho's PUBACK (sent when the handler returns) means "a
 - events are unique per ``(gateway, event id)``, acks move a command only once.
 
 Malformed payloads (bad JSON, schema violations, a topic that does not match the payload's gateway,
-an unknown gateway) go to ``dead_letter`` with the reason, the topic and the raw bytes, and the ingest
-carries on. A failure of the database itself propagates, so the MQTT adapter withholds the PUBACK and
-retries; any other unexpected error also dead-letters the message (raw bytes kept for a replay).
+an unknown gateway) go to ``dead_letter`` with the reason, the topic and the first bytes of the
+payload with its size and SHA-256 (:mod:`cloud.services.dead_letters`: bounded, whoever published it),
+and the ingest carries on. A failure of the database itself propagates, so the MQTT adapter withholds
+the PUBACK and retries; any other unexpected error also dead-letters the message (small ones whole,
+for a replay).
 
 Per batch, the meters' ``meter_state`` rows and the paying accounts are locked in id order before any
 billing, so concurrent batches (shared subscriptions hand one gateway's batches to several replicas)
@@ -50,7 +52,6 @@ from cloud.models import (
     AccountStatus,
     Alarm,
     AlarmKind,
-    DeadLetter,
     Gateway,
     GatewayEvent,
     GatewayStatusRow,
@@ -60,6 +61,7 @@ from cloud.models import (
     ReadingStatus,
     metadata,
 )
+from cloud.services import dead_letters
 from cloud.services.arrears import PolicyCache, evaluate_account
 from cloud.services.billing import (
     BillableReading,
@@ -296,17 +298,12 @@ class Ingest:
                 return
 
     def _dead_letter(self, topic: str, payload: bytes, reason: str, gateway: str | None) -> None:
+        """Keep a bounded record of the refused message (:mod:`cloud.services.dead_letters`)."""
         self.stats.dead_letters += 1
-        log.warning("dead letter on %s: %s", topic, reason)
+        log.warning("dead letter on %r (%d bytes): %s", topic[:300], len(payload), reason[:300])
         with unit_of_work(self._factory) as session:
-            session.add(
-                DeadLetter(
-                    topic=topic[:300],
-                    payload=payload,
-                    reason=reason[:1000],
-                    gateway_device=gateway[:64] if gateway else None,
-                    received_at=self._clock(),
-                )
+            dead_letters.record(
+                session, topic=topic, payload=payload, reason=reason, gateway=gateway, at=self._clock()
             )
 
     def _gateway(self, session: Session, device: str) -> Gateway:

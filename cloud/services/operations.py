@@ -11,8 +11,12 @@ from sqlmodel import col
 from cloud.models import Alarm, CommandRow, DeadLetter, Gateway, MeterState
 from cloud.services.audit import Actor
 from cloud.services.hierarchy import get_meter
+from cloud.services.pages import Page, paged
 
 __all__ = ["list_alarms", "list_dead_letters", "meter_commands", "meter_state"]
+
+_RECENT_COMMANDS, _RECENT_ALARMS, _RECENT_LETTERS = Page(50), Page(200), Page(100)
+"""First pages when a caller names none (pages are immutable, so shared defaults are safe)."""
 
 
 def meter_state(session: Session, actor: Actor, meter_id: int) -> MeterState | None:
@@ -20,28 +24,33 @@ def meter_state(session: Session, actor: Actor, meter_id: int) -> MeterState | N
     return session.get(MeterState, meter_id)
 
 
-def meter_commands(session: Session, actor: Actor, meter_id: int, *, limit: int = 50) -> Sequence[CommandRow]:
+def meter_commands(
+    session: Session, actor: Actor, meter_id: int, *, page: Page | None = _RECENT_COMMANDS
+) -> Sequence[CommandRow]:
     """Newest first."""
     get_meter(session, actor, meter_id)
     query = select(CommandRow).where(col(CommandRow.meter_id) == meter_id)
-    return session.scalars(query.order_by(col(CommandRow.issued_at).desc()).limit(limit)).all()
+    order = [col(CommandRow.issued_at), col(CommandRow.id)]
+    return session.scalars(paged(query, order, page, descending=True)).all()
 
 
 def list_alarms(
-    session: Session, actor: Actor, *, open_only: bool = True, limit: int = 200
+    session: Session, actor: Actor, *, open_only: bool = True, page: Page | None = _RECENT_ALARMS
 ) -> Sequence[Alarm]:
     query = select(Alarm)
     if actor.org_id is not None:
         query = query.where(col(Alarm.org_id) == actor.org_id)
     if open_only:
         query = query.where(col(Alarm.cleared_at).is_(None))
-    return session.scalars(query.order_by(col(Alarm.id).desc()).limit(limit)).all()
+    return session.scalars(paged(query, [col(Alarm.id)], page, descending=True)).all()
 
 
-def list_dead_letters(session: Session, actor: Actor, *, limit: int = 100) -> Sequence[DeadLetter]:
-    """Messages that could not be applied; an organisation sees those of its own gateways."""
+def list_dead_letters(
+    session: Session, actor: Actor, *, page: Page | None = _RECENT_LETTERS
+) -> Sequence[DeadLetter]:
+    """Messages that could not be applied, newest first; an organisation sees its own gateways' ones."""
     query = select(DeadLetter)
     if actor.org_id is not None:
         own = select(col(Gateway.device_id)).where(col(Gateway.org_id) == actor.org_id)
         query = query.where(col(DeadLetter.gateway_device).in_(own))
-    return session.scalars(query.order_by(col(DeadLetter.id).desc()).limit(limit)).all()
+    return session.scalars(paged(query, [col(DeadLetter.id)], page, descending=True)).all()

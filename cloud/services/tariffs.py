@@ -20,6 +20,7 @@ from cloud.models import Tariff, TariffKind, TariffVersion
 from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.errors import Conflict, NotFound
 from cloud.services.hierarchy import get_project, org_of
+from cloud.services.pages import Page, paged
 
 __all__ = [
     "add_version",
@@ -38,11 +39,11 @@ def get_tariff(session: Session, actor: Actor, tariff_id: int) -> Tariff:
     return tariff
 
 
-def list_tariffs(session: Session, actor: Actor) -> Sequence[Tariff]:
+def list_tariffs(session: Session, actor: Actor, *, page: Page | None = None) -> Sequence[Tariff]:
     query = select(Tariff)
     if actor.org_id is not None:
         query = query.where(col(Tariff.org_id) == actor.org_id)
-    return session.scalars(query.order_by(col(Tariff.id))).all()
+    return session.scalars(paged(query, [col(Tariff.id)], page)).all()
 
 
 def create_tariff(
@@ -68,10 +69,13 @@ def create_tariff(
     return tariff
 
 
-def list_versions(session: Session, actor: Actor, tariff_id: int) -> Sequence[TariffVersion]:
+def list_versions(
+    session: Session, actor: Actor, tariff_id: int, *, page: Page | None = None
+) -> Sequence[TariffVersion]:
     get_tariff(session, actor, tariff_id)
     query = select(TariffVersion).where(col(TariffVersion.tariff_id) == tariff_id)
-    return session.scalars(query.order_by(col(TariffVersion.effective_from))).all()
+    order = [col(TariffVersion.effective_from), col(TariffVersion.id)]
+    return session.scalars(paged(query, order, page)).all()
 
 
 def add_version(

@@ -25,6 +25,7 @@ from sqlmodel import col
 from cloud.models import Organisation, Role, Tenant, User
 from cloud.services.audit import SYSTEM, Actor, AuditAction, record
 from cloud.services.errors import AuthError, Conflict, NotFound
+from cloud.services.pages import Page, paged
 
 __all__ = [
     "MIN_PASSWORD_LENGTH",
@@ -155,8 +156,8 @@ def _dummy_hash() -> str:
     return _dummy[key]
 
 
-def list_users(session: Session, actor: Actor) -> list[User]:
+def list_users(session: Session, actor: Actor, *, page: Page | None = None) -> list[User]:
     query = select(User)
     if actor.org_id is not None:
         query = query.where(col(User.org_id) == actor.org_id)
-    return list(session.scalars(query.order_by(col(User.id))))
+    return list(session.scalars(paged(query, [col(User.id)], page)))

@@ -5,9 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 
-from cloud.api.deps import OptionalId, PathId, Principal, Uow, current, get_uow, now, require
+from cloud.api.deps import (
+    OptionalId,
+    Paging,
+    PathId,
+    Principal,
+    Uow,
+    current,
+    get_uow,
+    now,
+    page_response,
+    require,
+)
 from cloud.api.schemas import (
     AccountIn,
     AccountOut,
@@ -41,20 +52,22 @@ def _out(account: Account) -> AccountOut:
 def list_accounts(
     p: Anyone,
     uow: Db,
+    page: Paging,
+    response: Response,
     project_id: OptionalId = None,
     status: str | None = Query(default=None, pattern="^(open|closed)$"),
 ) -> list[AccountOut]:
     """Tenants see only their own accounts."""
-    return [
-        _out(a) for a in accounts.list_accounts(uow.session, p.actor, project_id=project_id, status=status)
-    ]
+    rows = accounts.list_accounts(uow.session, p.actor, project_id=project_id, status=status, page=page)
+    return [_out(a) for a in page_response(response, rows, page, lambda a: (a.id,))]
 
 
 @router.get("/balances", response_model=list[AccountOut], summary="Balances of every visible account")
-def balances(p: Anyone, uow: Db, project_id: OptionalId = None) -> list[AccountOut]:
-    return [
-        _out(a) for a in accounts.list_accounts(uow.session, p.actor, project_id=project_id, status="open")
-    ]
+def balances(
+    p: Anyone, uow: Db, page: Paging, response: Response, project_id: OptionalId = None
+) -> list[AccountOut]:
+    rows = accounts.list_accounts(uow.session, p.actor, project_id=project_id, status="open", page=page)
+    return [_out(a) for a in page_response(response, rows, page, lambda a: (a.id,))]
 
 
 @router.post("/accounts", response_model=AccountOut, status_code=201)
@@ -71,10 +84,11 @@ def get_account(account_id: PathId, p: Anyone, uow: Db) -> AccountOut:
 
 @router.get("/accounts/{account_id}/ledger", response_model=list[EntryOut], summary="Statement, newest first")
 def account_ledger(
-    account_id: PathId, p: Anyone, uow: Db, limit: int = Query(default=200, ge=1, le=1000)
+    account_id: PathId, p: Anyone, uow: Db, page: Paging, response: Response
 ) -> list[EntryOut]:
-    rows = accounts.account_entries(uow.session, p.actor, account_id, limit=limit)
-    return [EntryOut.model_validate(r, from_attributes=True) for r in rows]
+    rows = accounts.account_entries(uow.session, p.actor, account_id, page=page)
+    entries = page_response(response, rows, page, lambda e: (e.entry_id,))
+    return [EntryOut.model_validate(r, from_attributes=True) for r in entries]
 
 
 @router.post("/accounts/{account_id}/recharge", response_model=TransactionOut)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.api.deps import Principal, Uow, current, get_uow, now, require
+from cloud.api.deps import Paging, Principal, Uow, current, get_uow, now, page_response, require
 from cloud.api.schemas import In
 from cloud.services import calendar
+from cloud.services.pages import paged_list
 
 router = APIRouter(tags=["calendar"])
 
@@ -32,9 +33,19 @@ class DayIn(In):
 
 @router.get("/holidays", response_model=list[DayOut])
 def holidays(
-    _: Annotated[Principal, Depends(current)], uow: Db, year: int = Query(ge=2000, le=2100)
+    _: Annotated[Principal, Depends(current)],
+    uow: Db,
+    page: Paging,
+    response: Response,
+    year: int = Query(ge=2000, le=2100),
 ) -> list[DayOut]:
-    return [DayOut.model_validate(d) for d in calendar.year_entries(uow.session, year)]
+    """By day."""
+    days = paged_list(calendar.year_entries(uow.session, year), page, _by_day)
+    return [DayOut.model_validate(d) for d in page_response(response, days, page, _by_day)]
+
+
+def _by_day(day: Any) -> tuple[str]:
+    return (day.day.isoformat(),)
 
 
 @router.put("/holidays/{day}", response_model=DayOut)

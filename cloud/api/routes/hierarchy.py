@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
-from cloud.api.deps import PathId, Principal, Uow, get_uow, require
+from cloud.api.deps import Paging, PathId, Principal, Uow, get_uow, page_response, require
 from cloud.api.schemas import (
     BuildingIn,
     FloorIn,
@@ -28,9 +28,14 @@ Builder = Annotated[Principal, require(Role.MANAGER, Role.INSTALLER)]
 Db = Annotated[Uow, Depends(get_uow)]
 
 
+def _by_id(row: Any) -> tuple[int]:
+    return (row.id,)
+
+
 @router.get("/organisations", response_model=list[NamedOut])
-def list_organisations(p: Staff, uow: Db) -> list[NamedOut]:
-    return [NamedOut.model_validate(o) for o in hierarchy.list_organisations(uow.session, p.actor)]
+def list_organisations(p: Staff, uow: Db, page: Paging, response: Response) -> list[NamedOut]:
+    rows = hierarchy.list_organisations(uow.session, p.actor, page=page)
+    return [NamedOut.model_validate(o) for o in page_response(response, rows, page, _by_id)]
 
 
 @router.post("/organisations", response_model=NamedOut, status_code=201)
@@ -41,8 +46,9 @@ def create_organisation(body: OrganisationIn, p: Annotated[Principal, require()]
 
 
 @router.get("/projects", response_model=list[ProjectOut])
-def list_projects(p: Staff, uow: Db) -> list[ProjectOut]:
-    return [ProjectOut.model_validate(x) for x in hierarchy.list_projects(uow.session, p.actor)]
+def list_projects(p: Staff, uow: Db, page: Paging, response: Response) -> list[ProjectOut]:
+    rows = hierarchy.list_projects(uow.session, p.actor, page=page)
+    return [ProjectOut.model_validate(x) for x in page_response(response, rows, page, _by_id)]
 
 
 @router.post("/projects", response_model=ProjectOut, status_code=201)
@@ -54,8 +60,9 @@ def create_project(body: ProjectIn, p: Annotated[Principal, require(Role.MANAGER
 
 
 @router.get("/projects/{project_id}/buildings", response_model=list[NamedOut])
-def list_buildings(project_id: PathId, p: Staff, uow: Db) -> list[NamedOut]:
-    return [NamedOut.model_validate(x) for x in hierarchy.list_buildings(uow.session, p.actor, project_id)]
+def list_buildings(project_id: PathId, p: Staff, uow: Db, page: Paging, response: Response) -> list[NamedOut]:
+    rows = hierarchy.list_buildings(uow.session, p.actor, project_id, page=page)
+    return [NamedOut.model_validate(x) for x in page_response(response, rows, page, _by_id)]
 
 
 @router.post("/projects/{project_id}/buildings", response_model=NamedOut, status_code=201)
@@ -66,8 +73,12 @@ def create_building(project_id: PathId, body: BuildingIn, p: Builder, uow: Db) -
 
 
 @router.get("/buildings/{building_id}/floors", response_model=list[NamedOut])
-def list_floors(building_id: PathId, p: Staff, uow: Db) -> list[NamedOut]:
-    return [NamedOut.model_validate(x) for x in hierarchy.list_floors(uow.session, p.actor, building_id)]
+def list_floors(building_id: PathId, p: Staff, uow: Db, page: Paging, response: Response) -> list[NamedOut]:
+    """By level, then id."""
+    rows = hierarchy.list_floors(uow.session, p.actor, building_id, page=page)
+    return [
+        NamedOut.model_validate(x) for x in page_response(response, rows, page, lambda f: (f.level, f.id))
+    ]
 
 
 @router.post("/buildings/{building_id}/floors", response_model=NamedOut, status_code=201)
@@ -80,8 +91,9 @@ def create_floor(building_id: PathId, body: FloorIn, p: Builder, uow: Db) -> Nam
 
 
 @router.get("/floors/{floor_id}/rooms", response_model=list[NamedOut])
-def list_rooms(floor_id: PathId, p: Staff, uow: Db) -> list[NamedOut]:
-    return [NamedOut.model_validate(x) for x in hierarchy.list_rooms(uow.session, p.actor, floor_id)]
+def list_rooms(floor_id: PathId, p: Staff, uow: Db, page: Paging, response: Response) -> list[NamedOut]:
+    rows = hierarchy.list_rooms(uow.session, p.actor, floor_id, page=page)
+    return [NamedOut.model_validate(x) for x in page_response(response, rows, page, _by_id)]
 
 
 @router.post("/floors/{floor_id}/rooms", response_model=NamedOut, status_code=201)
@@ -92,8 +104,11 @@ def create_room(floor_id: PathId, body: RoomIn, p: Builder, uow: Db) -> NamedOut
 
 
 @router.get("/tenants", response_model=list[TenantOut])
-def list_tenants(p: Annotated[Principal, require(Role.MANAGER, Role.FINANCE)], uow: Db) -> list[TenantOut]:
-    return [TenantOut.model_validate(x) for x in hierarchy.list_tenants(uow.session, p.actor)]
+def list_tenants(
+    p: Annotated[Principal, require(Role.MANAGER, Role.FINANCE)], uow: Db, page: Paging, response: Response
+) -> list[TenantOut]:
+    rows = hierarchy.list_tenants(uow.session, p.actor, page=page)
+    return [TenantOut.model_validate(x) for x in page_response(response, rows, page, _by_id)]
 
 
 @router.post("/tenants", response_model=TenantOut, status_code=201)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
-from cloud.api.deps import OptionalId, PathId, Principal, Uow, get_uow, now, require
+from cloud.api.deps import OptionalId, Paging, PathId, Principal, Uow, get_uow, now, page_response, require
 from cloud.api.schemas import GatewayCreated, GatewayIn, GatewayOut, MeterIn, MeterOut, ReplaceMeterIn
 from cloud.models import Role
 from cloud.services import accounts, hierarchy
@@ -21,8 +21,9 @@ Now = Annotated[datetime, Depends(now)]
 
 
 @router.get("/gateways", response_model=list[GatewayOut])
-def list_gateways(p: Staff, uow: Db) -> list[GatewayOut]:
-    return [GatewayOut.model_validate(g) for g in hierarchy.list_gateways(uow.session, p.actor)]
+def list_gateways(p: Staff, uow: Db, page: Paging, response: Response) -> list[GatewayOut]:
+    rows = hierarchy.list_gateways(uow.session, p.actor, page=page)
+    return [GatewayOut.model_validate(g) for g in page_response(response, rows, page, lambda g: (g.id,))]
 
 
 @router.post("/gateways", response_model=GatewayCreated, status_code=201)
@@ -41,10 +42,15 @@ def create_gateway(body: GatewayIn, p: Builder, uow: Db) -> GatewayCreated:
 
 @router.get("/meters", response_model=list[MeterOut])
 def list_meters(
-    p: Staff, uow: Db, gateway_id: OptionalId = None, active: bool | None = True
+    p: Staff,
+    uow: Db,
+    page: Paging,
+    response: Response,
+    gateway_id: OptionalId = None,
+    active: bool | None = True,
 ) -> list[MeterOut]:
-    rows = hierarchy.list_meters(uow.session, p.actor, gateway_id=gateway_id, active=active)
-    return [MeterOut.model_validate(m) for m in rows]
+    rows = hierarchy.list_meters(uow.session, p.actor, gateway_id=gateway_id, active=active, page=page)
+    return [MeterOut.model_validate(m) for m in page_response(response, rows, page, lambda m: (m.id,))]
 
 
 @router.post("/meters", response_model=MeterOut, status_code=201)

@@ -7,10 +7,10 @@ import base64
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.api.deps import PathId, Principal, Uow, get_uow, now, require
+from cloud.api.deps import Paging, PathId, Principal, Uow, get_uow, now, page_response, require
 from cloud.api.schemas import In
 from cloud.models import Role
 from cloud.services import control, operations
@@ -79,7 +79,10 @@ class DeadLetterOut(BaseModel):
     reason: str
     gateway_device: str | None
     received_at: datetime
-    payload_b64: str = Field(description="the raw message bytes, base64")
+    payload_b64: str = Field(description="the first bytes of the message (at most 4096), base64")
+    payload_size: int = Field(description="the message's full size in bytes")
+    payload_sha256: str = Field(description="SHA-256 of the whole message, hex (match a gateway's copy)")
+    payload_truncated: bool = Field(description="payload_b64 holds only the first bytes")
 
 
 @router.post("/meters/{meter_id}/commands", response_model=CommandOut, status_code=202)
@@ -99,11 +102,13 @@ def send_command(
 
 
 @router.get("/meters/{meter_id}/commands", response_model=list[CommandOut])
-def list_commands(
-    meter_id: PathId, p: Staff, uow: Db, limit: int = Query(default=50, ge=1, le=500)
-) -> list[CommandOut]:
-    rows = operations.meter_commands(uow.session, p.actor, meter_id, limit=limit)
-    return [CommandOut.model_validate(r) for r in rows]
+def list_commands(meter_id: PathId, p: Staff, uow: Db, page: Paging, response: Response) -> list[CommandOut]:
+    """Newest first."""
+    rows = operations.meter_commands(uow.session, p.actor, meter_id, page=page)
+    return [
+        CommandOut.model_validate(r)
+        for r in page_response(response, rows, page, lambda c: (c.issued_at, c.id))
+    ]
 
 
 @router.get("/meters/{meter_id}/state", response_model=MeterStateOut | None)
@@ -113,16 +118,20 @@ def get_state(meter_id: PathId, p: Staff, uow: Db) -> MeterStateOut | None:
 
 
 @router.get("/alarms", response_model=list[AlarmOut])
-def list_alarms(p: Staff, uow: Db, open_only: bool = True) -> list[AlarmOut]:
-    return [
-        AlarmOut.model_validate(a) for a in operations.list_alarms(uow.session, p.actor, open_only=open_only)
-    ]
+def list_alarms(
+    p: Staff, uow: Db, page: Paging, response: Response, open_only: bool = True
+) -> list[AlarmOut]:
+    """Newest first."""
+    rows = operations.list_alarms(uow.session, p.actor, open_only=open_only, page=page)
+    return [AlarmOut.model_validate(a) for a in page_response(response, rows, page, lambda a: (a.id,))]
 
 
 @router.get("/dead-letters", response_model=list[DeadLetterOut])
 def list_dead_letters(
-    p: Annotated[Principal, require(Role.MANAGER, Role.INSTALLER)], uow: Db
+    p: Annotated[Principal, require(Role.MANAGER, Role.INSTALLER)], uow: Db, page: Paging, response: Response
 ) -> list[DeadLetterOut]:
+    """Newest first; an organisation sees its own gateways' letters."""
+    rows = operations.list_dead_letters(uow.session, p.actor, page=page)
     return [
         DeadLetterOut(
             id=d.id or 0,
@@ -131,6 +140,9 @@ def list_dead_letters(
             gateway_device=d.gateway_device,
             received_at=d.received_at,
             payload_b64=base64.b64encode(d.payload).decode("ascii"),
+            payload_size=d.payload_size,
+            payload_sha256=d.payload_sha256,
+            payload_truncated=d.payload_size > len(d.payload),
         )
-        for d in operations.list_dead_letters(uow.session, p.actor)
+        for d in page_response(response, rows, page, lambda d: (d.id,))
     ]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from cloud.api.deps import PathId, Principal, Uow, get_uow, now, require
+from cloud.api.deps import Paging, PathId, Principal, Uow, get_uow, now, page_response, require
 from cloud.api.schemas import In
 from cloud.models import Role
 from cloud.services import tariffs
@@ -57,8 +57,9 @@ class ProjectTariffsIn(In):
 
 
 @router.get("/tariffs", response_model=list[TariffOut])
-def list_tariffs(p: Staff, uow: Db) -> list[TariffOut]:
-    return [TariffOut.model_validate(t) for t in tariffs.list_tariffs(uow.session, p.actor)]
+def list_tariffs(p: Staff, uow: Db, page: Paging, response: Response) -> list[TariffOut]:
+    rows = tariffs.list_tariffs(uow.session, p.actor, page=page)
+    return [TariffOut.model_validate(t) for t in page_response(response, rows, page, lambda t: (t.id,))]
 
 
 @router.post("/tariffs", response_model=TariffOut, status_code=201)
@@ -69,8 +70,11 @@ def create_tariff(body: TariffIn, p: Staff, uow: Db, at: Now) -> TariffOut:
 
 
 @router.get("/tariffs/{tariff_id}/versions", response_model=list[VersionOut])
-def list_versions(tariff_id: PathId, p: Staff, uow: Db) -> list[VersionOut]:
-    return [VersionOut.model_validate(v) for v in tariffs.list_versions(uow.session, p.actor, tariff_id)]
+def list_versions(tariff_id: PathId, p: Staff, uow: Db, page: Paging, response: Response) -> list[VersionOut]:
+    """By effective date."""
+    rows = tariffs.list_versions(uow.session, p.actor, tariff_id, page=page)
+    versions = page_response(response, rows, page, lambda v: (v.effective_from, v.id))
+    return [VersionOut.model_validate(v) for v in versions]
 
 
 @router.post("/tariffs/{tariff_id}/versions", response_model=VersionOut, status_code=201)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
-from cloud.api.deps import Principal, Uow, get_uow, require
+from cloud.api.deps import Paging, Principal, Uow, get_uow, page_response, require
 from cloud.api.schemas import UserIn, UserOut
 from cloud.services import users
 from cloud.services.errors import NotFound
@@ -18,8 +18,9 @@ Db = Annotated[Uow, Depends(get_uow)]
 
 
 @router.get("/users", response_model=list[UserOut])
-def list_users(p: Admin, uow: Db) -> list[UserOut]:
-    return [UserOut.model_validate(u) for u in users.list_users(uow.session, p.actor)]
+def list_users(p: Admin, uow: Db, page: Paging, response: Response) -> list[UserOut]:
+    rows = users.list_users(uow.session, p.actor, page=page)
+    return [UserOut.model_validate(u) for u in page_response(response, rows, page, lambda u: (u.id,))]
 
 
 @router.post("/users", response_model=UserOut, status_code=201)
