@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, literal, tuple_
+from sqlalchemy import BigInteger, Select, TypeDecorator, literal, tuple_
 
 from cloud.services.errors import ServiceError
 
@@ -24,7 +24,8 @@ __all__ = ["InvalidCursor", "Page", "after_key", "paged", "paged_list"]
 T = TypeVar("T")
 S = TypeVar("S", bound=Select[*tuple[Any, ...]])
 
-_MAX_INT = 2**63 - 1
+_MAX_INT, _MAX_BIG = 2**31 - 1, 2**63 - 1
+"""What PostgreSQL's integer and bigint hold: a cursor value beyond them is refused here."""
 
 
 class InvalidCursor(ServiceError):
@@ -39,14 +40,18 @@ class Page:
 
 
 def _typed(value: Any, column: Any) -> Any:
+    sql_type = column.type
+    if isinstance(sql_type, TypeDecorator):  # e.g. UTCDateTime: its own python_type is ``object``
+        sql_type = sql_type.impl_instance
     try:
-        python_type = column.type.python_type
+        python_type = sql_type.python_type
     except NotImplementedError:  # pragma: no cover - every ordered column of ours has one
         python_type = object
     if python_type is bool:
         ok = isinstance(value, bool)
     elif python_type is int:
-        ok = isinstance(value, int) and not isinstance(value, bool) and -_MAX_INT <= value <= _MAX_INT
+        bound = _MAX_BIG if isinstance(sql_type, BigInteger) else _MAX_INT
+        ok = isinstance(value, int) and not isinstance(value, bool) and -bound <= value <= bound
     elif python_type is datetime:
         if isinstance(value, str):
             try:
