@@ -28,7 +28,7 @@ MAX_ROWS = 10_000
 
 def _text(value: str, limit: int) -> str:
     """Bounded, and without NUL (PostgreSQL text cannot hold it: the dead letter itself must not fail)."""
-    return value[:limit].replace("\x00", "\\x00")
+    return value[:limit].replace("\x00", "\\x00")[:limit]
 
 
 def record(
