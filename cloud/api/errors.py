@@ -98,8 +98,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def auth_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, AuthError)
         if exc.retry_after_s is not None:
+            wait = exc.retry_after_s
             return JSONResponse(
-                _body("too_many_attempts", exc),
+                _body("too_many_attempts", exc)
+                | {
+                    "message_zh": f"登录失败次数过多，请 {wait} 秒后再试",
+                    "message_en": f"too many failed logins; try again in {wait} s",
+                },
                 status_code=429,
                 headers={"Retry-After": str(exc.retry_after_s)},
             )

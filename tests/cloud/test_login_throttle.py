@@ -134,6 +134,7 @@ def test_failures_delay_the_next_attempt_exponentially_and_decay(login: Login) -
         blocked = login.attempt(c, "root", PASSWORD)  # even the right password waits
         assert blocked.status_code == 429
         assert blocked.json()["error"] == "too_many_attempts"
+        assert blocked.json()["message_zh"].startswith("登录失败次数过多")
         retries.append(int(blocked.headers["Retry-After"]))
         login.clock.advance(retries[-1])
         assert login.attempt(c, "root").status_code == 401  # allowed again, and wrong again
