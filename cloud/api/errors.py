@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, IntegrityError
 
 from cloud.api.limits import BodyTooLarge, body_too_large
+from cloud.api.ratelimit import ThrottleUnavailable
 from cloud.domain.errors import (
     DomainError,
     IdempotencyConflict,
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 _STATUS: list[tuple[type[Exception], int, str]] = [
     (NotFound, 404, "not_found"),
     (InvalidCursor, 422, "invalid_cursor"),
+    (ThrottleUnavailable, 503, "unavailable"),
     (PermissionDenied, 403, "forbidden"),
     (Conflict, 409, "conflict"),
     (InsufficientBalance, 409, "insufficient_balance"),

@@ -17,7 +17,9 @@ addresses, or of many users from one address, or locking a user out on purpose. 
   revoked them, which let anyone log any user out forever with five wrong passwords).
 
 State lives in Redis when ``MF_REDIS_URL`` is set (shared by API replicas, a sorted set per key) and in
-process otherwise; both implement :class:`AttemptStore` and share :class:`LoginThrottle`'s rules.
+process otherwise; both implement :class:`AttemptStore` and share :class:`LoginThrottle`'s rules. When
+Redis cannot be reached, logins are refused (:class:`ThrottleUnavailable`, a 503) rather than let
+through uncounted.
 Which address a request comes from is decided before this module (see :mod:`cloud.api.app` and
 ``MF_TRUSTED_PROXIES``).
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import math
 import threading
 import uuid
@@ -33,6 +36,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
+
+from cloud.services.errors import ServiceError
 
 __all__ = [
     "MAX_ENTRIES",
@@ -42,10 +47,13 @@ __all__ = [
     "MemoryAttemptStore",
     "RedisAttemptStore",
     "ThrottleRule",
+    "ThrottleUnavailable",
     "address_key",
     "make_login_throttle",
     "username_key",
 ]
+
+log = logging.getLogger(__name__)
 
 Entry = tuple[str, float]
 """``(attempt id, unix time)`` of one failed (or still being checked) attempt."""
@@ -54,6 +62,10 @@ MAX_ENTRIES = 1000
 holds ``free`` plus about ``window_s / max_delay_s`` failures); this cap only guards memory against a
 configuration that makes that large. Trimming happens before an attempt is added, so removing a
 refused attempt never shortens the real history."""
+
+
+class ThrottleUnavailable(ServiceError):
+    """The shared attempt store (Redis) did not answer: refuse the login, do not skip the count."""
 
 
 class AttemptStore(Protocol):
@@ -137,7 +149,10 @@ class LoginThrottle:
         return LoginAttempt(member, keys, max(1, math.ceil(wait)))
 
     def succeeded(self, attempt: LoginAttempt) -> None:
-        self._forget(attempt.member, attempt.keys)
+        try:
+            self._forget(attempt.member, attempt.keys)
+        except ThrottleUnavailable as exc:  # the login stands; its entry ages out as a failure
+            log.warning("could not clear a successful login attempt: %s", exc)
 
     def _forget(self, member: str, keys: tuple[str, ...]) -> None:
         for key in keys:
@@ -175,10 +190,18 @@ class RedisAttemptStore:
     def __init__(self, url: str, prefix: str = "mf:login:") -> None:
         import redis
 
-        self._redis: Any = redis.Redis.from_url(url)
+        self._redis: Any = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
         self.prefix = prefix
 
     def add(self, key: str, member: str, at: float, *, window_s: int) -> list[Entry]:
+        try:
+            return self._add(key, member, at, window_s)
+        except self._errors as exc:
+            log.exception("login throttle: Redis does not answer")
+            raise ThrottleUnavailable("login is unavailable: the attempt store does not answer") from exc
+
+    def _add(self, key: str, member: str, at: float, window_s: int) -> list[Entry]:
         name = self.prefix + key
         pipe = self._redis.pipeline(transaction=True)  # MULTI/EXEC: replicas interleave whole steps
         pipe.zremrangebyscore(name, "-inf", at - window_s)
@@ -190,7 +213,10 @@ class RedisAttemptStore:
         return [(m.decode() if isinstance(m, bytes) else str(m), float(score)) for m, score in rows]
 
     def remove(self, key: str, member: str) -> None:
-        self._redis.zrem(self.prefix + key, member)
+        try:
+            self._redis.zrem(self.prefix + key, member)
+        except self._errors as exc:
+            raise ThrottleUnavailable("the attempt store does not answer") from exc
 
 
 def make_login_throttle(

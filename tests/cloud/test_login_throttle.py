@@ -319,6 +319,19 @@ def test_the_api_uses_redis_when_configured(engine: Engine, redis_url: str) -> N
     )
 
 
+def test_an_unreachable_redis_refuses_logins_with_503_not_500(engine: Engine) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens here once the socket is closed
+    throttle = make_login_throttle(
+        f"redis://127.0.0.1:{closed}/0", user_free=3, address_free=6, window_s=60, max_delay_s=60
+    )
+    with TestClient(build_app(_settings(engine), engine=engine, login_throttle=throttle)) as c:
+        r = c.post(LOGIN, json={"username": "root", "password": PASSWORD})
+    assert r.status_code == 503
+    assert r.json()["error"] == "unavailable"
+
+
 # --- a real server -----------------------------------------------------------------------------------
 
 
