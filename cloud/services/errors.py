@@ -5,7 +5,7 @@ CloudError (cloud.domain.errors)
     ├── NotFound        no such row in the caller's organisation (also hides other orgs' rows)
     ├── Conflict        the row exists but its state forbids the operation (closed account, ...)
     ├── PermissionDenied  the actor's role may not do this
-    └── AuthError       bad credentials, expired/forged token, locked user
+    └── AuthError       bad credentials, expired/forged token, throttled login (retry_after_s)
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class PermissionDenied(ServiceError):
 
 
 class AuthError(ServiceError):
-    """Authentication failed (credentials, token, lock-out)."""
+    """Authentication failed (credentials, token, login throttled)."""
 
     def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
