@@ -13,9 +13,12 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_SECRET_KEY", "InsecureSettingsError", "Settings", "load_settings"]
+__all__ = ["DEFAULT_SECRET_KEY", "DEFAULT_SHARE_GROUP", "InsecureSettingsError", "Settings", "load_settings"]
 
 DEFAULT_SECRET_KEY = "meterflow-development-secret-change-me"  # noqa: S105 - refused outside development
+DEFAULT_SHARE_GROUP = "meterflow"
+"""Refused in production: Mosquitto 2.0 does not check SUBSCRIBE against its ACL, so a gateway that
+knows the ingest's group can join it and take a share of every gateway's messages (docs/security.md)."""
 
 
 class InsecureSettingsError(ValueError):
@@ -52,7 +55,9 @@ class Settings(BaseSettings):
     mqtt_prefix: str = "mf/v1"
     mqtt_shared: bool = True
     """Use ``$share/<group>/...`` subscriptions; the embedded demo broker may not support them."""
-    mqtt_share_group: str = "meterflow"
+    mqtt_share_group: str = Field(default=DEFAULT_SHARE_GROUP, pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    """A private value in production (see :data:`DEFAULT_SHARE_GROUP`); ``meterflow broker add --cloud``
+    makes one."""
     mqtt_client_id: str | None = None
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
     """MQTT 5 (session expiry, shared subscriptions); "3.1.1" for brokers without v5, e.g. amqtt."""
@@ -82,6 +87,11 @@ class Settings(BaseSettings):
             )
         if len(self.secret_key.get_secret_value()) < 16:
             raise InsecureSettingsError("MF_SECRET_KEY must be at least 16 characters")
+        if self.environment == "production" and self.mqtt_shared and len(self.mqtt_share_group) < 16:
+            raise InsecureSettingsError(
+                "MF_MQTT_SHARE_GROUP must be a private value of at least 16 characters when "
+                "MF_ENVIRONMENT=production (a gateway that knows it can divert readings; docs/security.md)"
+            )
         return self
 
     @property
