@@ -17,7 +17,7 @@ and ACLs and disconnects every connected client whose account is gone or whose p
 ``remove --reload`` locks a gateway out at once (tests/deploy/test_broker_accounts.py).
 
 Exit codes: 0 done; 1 refused or failed (account exists / missing, mosquitto_passwd or the reload
-failed); 2 bad arguments.
+failed); 2 bad arguments (a name that is not a gateway id).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_CLOUD_USER",
     "GATEWAY_PORT",
     "AccountError",
+    "InvalidAccountName",
     "PasswordFile",
     "check_account_name",
     "cloud_snippet",
@@ -74,6 +75,10 @@ class AccountError(Exception):
     """The account operation was refused or failed; the message says why, for the operator."""
 
 
+class InvalidAccountName(AccountError):
+    """The name cannot be an account: not a gateway id of the contract."""
+
+
 def check_account_name(name: str) -> str:
     """A gateway id as the contract defines it (protocol/contract.py ``GatewayId``).
 
@@ -83,7 +88,7 @@ def check_account_name(name: str) -> str:
     try:
         return msgspec.convert(name, GatewayId)
     except msgspec.ValidationError as exc:
-        raise AccountError(
+        raise InvalidAccountName(
             f"{name!r} is not a valid gateway id (1-64 of letters, digits, '_', '.', '-'): {exc}"
         ) from None
 
@@ -343,9 +348,13 @@ def _file(args: argparse.Namespace) -> PasswordFile:
     return PasswordFile(args.password_file or default)
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = EXIT_FAILED) -> int:
     print(f"meterflow broker: {message}", file=sys.stderr)
-    return EXIT_FAILED
+    return code
+
+
+def _refused(exc: AccountError) -> int:
+    return _fail(str(exc), EXIT_USAGE if isinstance(exc, InvalidAccountName) else EXIT_FAILED)
 
 
 def _reload(args: argparse.Namespace, file: PasswordFile) -> int:
@@ -368,7 +377,7 @@ def _cmd_set(args: argparse.Namespace) -> int:
     try:
         password = file.add(args.name, replace=args.replace)
     except AccountError as exc:
-        return _fail(str(exc))
+        return _refused(exc)
     host = args.host or socket.getfqdn()
     if args.cloud:
         group = None if args.replace else secrets.token_hex(16)
@@ -397,7 +406,7 @@ def _cmd_remove(args: argparse.Namespace) -> int:
     try:
         file.remove(args.name)
     except AccountError as exc:
-        return _fail(str(exc))
+        return _refused(exc)
     print(f"meterflow broker: removed {args.name} from {file.path}", file=sys.stderr)
     return _reload(args, file)
 
