@@ -102,7 +102,8 @@ def test_plain_tcp_to_a_tls_listener_gets_no_mqtt(broker: ShippedBroker, listene
     # paho with valid credentials but without TLS gets no further
     probe = Probe(port, "gw-a", broker.passwords["gw-a"], tls=False)
     try:
-        assert probe.connack is None and probe.disconnects
+        assert probe.connack is None
+        assert probe.disconnects
     finally:
         probe.close()
 
@@ -116,9 +117,11 @@ def test_a_client_that_trusts_another_ca_does_not_talk_to_the_broker(
     other_ca = make_tls_files(tmp_path / "other")["ca"]
     for port in (broker.gateway_port, broker.cloud_port):
         context = ssl.create_default_context(cafile=str(other_ca))
-        with socket.create_connection((broker.host, port), timeout=10) as raw:
-            with pytest.raises(ssl.SSLCertVerificationError):
-                context.wrap_socket(raw, server_hostname=broker.host)
+        with (
+            socket.create_connection((broker.host, port), timeout=10) as raw,
+            pytest.raises(ssl.SSLCertVerificationError),
+        ):
+            context.wrap_socket(raw, server_hostname=broker.host)
 
 
 # --- what a gateway may do -------------------------------------------------------------------------
@@ -145,7 +148,9 @@ def test_a_gateway_publishes_its_own_uplink_and_nothing_else(broker: ShippedBrok
             "$SYS/broker/uptime": False,
             "other/prefix": False,
         }
-        answers = {topic: attacker.publish(topic, b"forged", retain=retain) for topic, retain in forged.items()}
+        answers = {
+            topic: attacker.publish(topic, b"forged", retain=retain) for topic, retain in forged.items()
+        }
         assert answers == dict.fromkeys(forged, "Not authorized")
         assert attacker.publish(t(a).events, b"marker") == "Success"
         cloud.wait(t(a).events, b"marker")
@@ -222,7 +227,7 @@ def test_a_gateway_gets_its_own_retained_config_even_after_a_broker_restart(tmp_
         try:
             other.subscribe(t("gw-0001").config)  # someone else's first
             other.subscribe(t("gw-0002").config)
-            gateway.subscribe(f"mf/v1/gw/gw-0001/down/#")
+            gateway.subscribe("mf/v1/gw/gw-0001/down/#")
             wait_for(lambda: gateway.got(t("gw-0001").config) == [b"config of 0001"])
             assert gateway.messages == [(t("gw-0001").config, b"config of 0001", True)]
             wait_for(lambda: other.got(t("gw-0002").config) == [b"config of 0002"])
@@ -355,7 +360,9 @@ def _divert(broker: ShippedBroker, cloud: CloudSide, *, gateway: str, victim: st
 
 
 @pytest.mark.services
-def test_a_gateway_in_the_default_share_group_diverts_nothing(broker: ShippedBroker, cloud: CloudSide) -> None:
+def test_a_gateway_in_the_default_share_group_diverts_nothing(
+    broker: ShippedBroker, cloud: CloudSide
+) -> None:
     got = _divert(broker, cloud, gateway="gw-l", victim="gw-m", group="meterflow")
     assert got == [f"reading {i}".encode() for i in range(8)]
 
@@ -375,7 +382,11 @@ def test_mosquitto_lets_a_gateway_into_a_known_share_group(broker: ShippedBroker
 
 # --- limits that must not bite legitimate traffic ----------------------------------------------------
 def max_packet_size() -> int:
-    lines = [ln for ln in (SHIPPED / "mosquitto.conf").read_text().splitlines() if ln.startswith("max_packet_size ")]
+    lines = [
+        ln
+        for ln in (SHIPPED / "mosquitto.conf").read_text().splitlines()
+        if ln.startswith("max_packet_size ")
+    ]
     assert len(lines) == 1
     return int(lines[0].split()[1])
 
@@ -403,7 +414,9 @@ def test_the_largest_reading_batch_a_gateway_can_build_fits_the_packet_limit() -
             True,
         ),
     )
-    batch = ReadingBatch(gateway="g" * 64, batch="b" * 64, sent_at=datetime.now(UTC), readings=[reading] * 1000)
+    batch = ReadingBatch(
+        gateway="g" * 64, batch="b" * 64, sent_at=datetime.now(UTC), readings=[reading] * 1000
+    )
     packet = len(encode(batch)) + len(Topics("g" * 64).readings) + 16  # + fixed and variable header
     print(f"largest reading batch: {packet} bytes of max_packet_size {max_packet_size()}")
     assert packet < max_packet_size()
