@@ -42,7 +42,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def make_tls_files(directory: Path, *, san: str = "IP:127.0.0.1,DNS:localhost") -> dict[str, Path]:
-    """A CA and a server cert for ``san`` (default 127.0.0.1/localhost), made with openssl in ``directory``."""
+    """A CA and a server cert for ``san`` (default 127.0.0.1 and localhost), made by openssl here."""
     directory.mkdir(parents=True, exist_ok=True)
     _openssl(
         "req",

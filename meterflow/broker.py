@@ -182,9 +182,11 @@ class PasswordFile:
         exe = shutil.which("mosquitto_passwd")
         if exe is None:
             raise AccountError("mosquitto_passwd not found: run this on the broker host (package mosquitto)")
-        # umask 077: mosquitto_passwd writes a backup copy (<file>.tmp) of every hash beside the file
+        # mosquitto_passwd takes options only before the file, so an absolute path (never "-...") ends
+        # them and a gateway named "-c" stays a name. umask 077: it writes a backup copy
+        # (<file>.tmp) of every hash beside the file.
         done = subprocess.run(  # noqa: S603 - fixed program, arguments checked above
-            [exe, *args[:-1], str(self.path), args[-1]],
+            [exe, *args[:-1], os.path.abspath(self.path), args[-1]],
             input=stdin,
             capture_output=True,
             text=True,

@@ -38,11 +38,11 @@ SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 class ShippedBroker:
     """mosquitto -c <the shipped config, paths moved>; gateways on ``gateway_port``, cloud on ``cloud_port``."""
 
-    def __init__(self, workdir: Path, *, tls_dir: Path | None = None) -> None:
+    def __init__(self, workdir: Path, *, san: str = "IP:127.0.0.1,DNS:localhost") -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "data").mkdir(exist_ok=True)
-        self.tls = make_tls_files(tls_dir or workdir / "tls")
+        self.tls = make_tls_files(workdir / "tls", san=san)
         self.ca_file = self.tls["ca"]
         self.host = "127.0.0.1"
         self.gateway_port = free_port()
