@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from cloud.integrations.mqtt import MqttConfig, MqttLink, ingest_filter
 from cloud.settings import Settings
-from meterflow.broker import AccountError, PasswordFile, reload_broker
+from meterflow.broker import AccountError, PasswordFile, cloud_snippet, edge_snippet, reload_broker
 from meterflow.cli import main
 from tests.deploy.shipped_broker import Probe, ShippedBroker, wait_for
 
@@ -343,3 +343,21 @@ def test_reload_signals_only_a_mosquitto_process(tmp_path: Path) -> None:
         reload_broker(pid_file)
     with pytest.raises(AccountError, match="cannot read a pid"):
         reload_broker(tmp_path / "missing.pid")
+
+
+def test_the_shipped_samples_name_what_the_tool_prints() -> None:
+    """deploy/cloud/cloud.env.example and deploy/edge/edge.env.example hold the variables of the snippets."""
+    root = Path(__file__).resolve().parents[2]
+    cloud = env_lines((root / "deploy" / "cloud" / "cloud.env.example").read_text())
+    printed = env_lines(cloud_snippet("c", "p", host="h", port=8884, ca_file=Path("/ca"), share_group="g"))
+    assert set(printed) <= set(cloud)
+    assert cloud["MF_MQTT_PORT"] == "8884"
+    assert cloud["MF_MQTT_USERNAME"] == "meterflow-cloud"  # the user of deploy/mosquitto/cloud.acl
+    assert "user meterflow-cloud" in (root / "deploy" / "mosquitto" / "cloud.acl").read_text()
+    edge = env_lines((root / "deploy" / "edge" / "edge.env.example").read_text())
+    printed = env_lines(edge_snippet("gw", "p", host="h", port=8883, ca_file=Path("/ca")))
+    assert set(printed) <= set(edge)
+    sample = tomllib.loads((root / "deploy" / "edge" / "edge.toml").read_text())
+    assert sample["mqtt"]["port"] == 8883
+    assert sample["mqtt"]["username"] == sample["gateway"]["id"]
+    assert sample["mqtt"]["tls"]["ca_file"] == "/etc/meterflow/ca.pem"
