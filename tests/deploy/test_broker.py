@@ -380,6 +380,12 @@ def test_mosquitto_lets_a_gateway_into_a_known_share_group(broker: ShippedBroker
     assert 0 < len(got) < 8
 
 
+@pytest.mark.services
+def test_the_share_group_stays_out_of_the_broker_log(broker: ShippedBroker, cloud: CloudSide) -> None:
+    assert cloud.link.connected  # subscribed with the group (MqttLink.start waits for the SUBACK)
+    assert GROUP not in broker.log()
+
+
 # --- limits that must not bite legitimate traffic ----------------------------------------------------
 def max_packet_size() -> int:
     lines = [

@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import tomllib
 from pathlib import Path
@@ -361,3 +363,36 @@ def test_the_shipped_samples_name_what_the_tool_prints() -> None:
     assert sample["mqtt"]["port"] == 8883
     assert sample["mqtt"]["username"] == sample["gateway"]["id"]
     assert sample["mqtt"]["tls"]["ca_file"] == "/etc/meterflow/ca.pem"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as another user")
+def test_reload_refuses_a_password_file_the_broker_could_not_read_back(tmp_path: Path) -> None:
+    """A broker running as its own user re-reads the files after SIGHUP; one it cannot read would
+    refuse every login, so the tool does not send the signal. A stand-in 'mosquitto' (sleep under that
+    name, as nobody) shows whether the signal went: SIGHUP ends it."""
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    public = Path(tempfile.mkdtemp(prefix="mf-broker-"))
+    try:
+        public.chmod(0o755)
+        fake = public / "mosquitto"
+        shutil.copy(sleep, fake)
+        fake.chmod(0o755)
+        broker = subprocess.Popen([str(fake), "60"], user="nobody")
+        try:
+            pid_file = tmp_path / "mosquitto.pid"
+            pid_file.write_text(str(broker.pid))
+            passwd = tmp_path / "gateways.passwd"
+            passwd.write_text("")
+            with pytest.raises(AccountError, match="could not read it after a reload"):
+                reload_broker(pid_file, (passwd,))
+            assert broker.poll() is None  # not signalled
+            os.chown(passwd, broker_uid := Path(f"/proc/{broker.pid}").stat().st_uid, -1)
+            assert reload_broker(pid_file, (passwd,)) == broker.pid
+            assert broker.wait(timeout=10) == -signal.SIGHUP  # this time it was
+            assert broker_uid != 0
+        finally:
+            broker.kill()
+            broker.wait()
+    finally:
+        shutil.rmtree(public)
