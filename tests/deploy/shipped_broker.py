@@ -56,7 +56,8 @@ class ShippedBroker:
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(self.render())
         self.proc: subprocess.Popen[bytes] | None = None
-        self.passwords: dict[str, str] = {}
+        self.passwords: dict[str, str] = {}  # gateway accounts
+        self.cloud_passwords: dict[str, str] = {}
 
     def render(self) -> str:
         text = (SHIPPED / "mosquitto.conf").read_text()
@@ -85,8 +86,8 @@ class ShippedBroker:
         return self.passwords[gateway]
 
     def add_cloud(self, username: str = DEFAULT_CLOUD_USER) -> str:
-        self.passwords[username] = self.cloud.add(username, replace=False)
-        return self.passwords[username]
+        self.cloud_passwords[username] = self.cloud.add(username, replace=False)
+        return self.cloud_passwords[username]
 
     def gateway(self, gateway: str, **kwargs: Any) -> Probe:
         """A client logged in as ``gateway`` on the gateways' listener."""
@@ -274,7 +275,7 @@ class CloudSide:
             port=broker.cloud_port,
             client_id=client_id,
             username=username,
-            password=broker.passwords[username],
+            password=broker.cloud_passwords[username],
             tls=True,
             ca_file=broker.ca_file,
             clean_start=True,  # no session left behind in the share group when the test ends

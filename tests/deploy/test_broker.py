@@ -25,7 +25,8 @@ from protocol.contract import Quantity, Reading, ReadingBatch, RelayState, Topic
 from tests.deploy.shipped_broker import SHIPPED, CloudSide, Probe, ShippedBroker, wait_for
 
 GROUP = "private-share-group-5f0c2a9e"  # what `meterflow broker add --cloud` would have made
-GATEWAYS = [f"gw-{c}" for c in "abcdefghijklmnop"]
+# "meterflow-cloud": a gateway registered under the cloud's username gets a gateway's rights only
+GATEWAYS = [*(f"gw-{c}" for c in "abcdefghijklmnop"), "meterflow-cloud"]
 
 
 def require_mosquitto() -> None:
@@ -62,7 +63,7 @@ def t(gateway: str) -> Topics:
 # --- who may connect -------------------------------------------------------------------------------
 @pytest.mark.services
 def test_anonymous_wrong_password_and_the_wrong_listener_are_refused(broker: ShippedBroker) -> None:
-    gw, cloud_user = broker.passwords["gw-a"], broker.passwords["meterflow-cloud"]
+    gw, cloud_user = broker.passwords["gw-a"], broker.cloud_passwords["meterflow-cloud"]
     attempts = {
         "anonymous on the gateways' listener": Probe(broker.gateway_port, None, None, ca_file=broker.ca_file),
         "wrong password": Probe(broker.gateway_port, "gw-a", "not-the-password", ca_file=broker.ca_file),
@@ -292,6 +293,23 @@ def test_an_oversized_packet_disconnects_its_sender_and_goes_nowhere(
         wait_for(lambda: cloud.got(t("gw-i").readings) == [large])
     finally:
         ok.close()
+
+
+@pytest.mark.services
+def test_a_gateway_named_like_the_cloud_gets_a_gateways_rights(
+    broker: ShippedBroker, cloud: CloudSide
+) -> None:
+    namesake = broker.gateway("meterflow-cloud")
+    try:
+        namesake.subscribe("mf/v1/gw/+/up/#")
+        assert namesake.publish(t("gw-p").commands, b"forged") == "Not authorized"
+        assert namesake.publish(t("gw-p").readings, b"forged") == "Not authorized"
+        assert namesake.publish(t("meterflow-cloud").events, b"marker") == "Success"
+        cloud.wait(t("meterflow-cloud").events, b"marker")
+        assert namesake.messages == []  # its own up/ is not readable to it either
+        assert b"forged" not in cloud.payloads()
+    finally:
+        namesake.close()
 
 
 # --- what the cloud may do -------------------------------------------------------------------------
