@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import secrets
@@ -115,7 +116,8 @@ class PasswordFile:
     def add(self, name: str, *, replace: bool) -> str:
         """Give ``name`` a new password and return it; ``replace`` says the account must exist."""
         check_account_name(name)
-        self._ensure()
+        if not replace:
+            self._ensure()
         with self._locked():
             present = name in self.users()
             if replace and not present:
@@ -230,15 +232,16 @@ def reload_broker(pid_file: Path, password_files: tuple[Path, ...] = ()) -> int:
 
 def edge_snippet(gateway: str, password: str, *, host: str, port: int, ca_file: Path) -> str:
     """What the installer puts in the gateway's edge.toml and edge.env (deploy/edge/INSTALL.md)."""
+    # JSON strings are TOML basic strings: a host or path with a quote or a backslash stays one value
     return f"""\
 # ---- /etc/meterflow/edge.toml: replace the [mqtt] host/port/username and [mqtt.tls] ----
 [mqtt]
-host = "{host}"
+host = {json.dumps(host)}
 port = {port}
-username = "{gateway}"
+username = {json.dumps(gateway)}
 
 [mqtt.tls]
-ca_file = "{ca_file}"
+ca_file = {json.dumps(str(ca_file))}
 
 # ---- /etc/meterflow/edge.env (mode 0600): the password stays out of edge.toml ----
 MF_MQTT__PASSWORD={password}
