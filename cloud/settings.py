@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = [
     "DEFAULT_SECRET_KEY",
+    "DEFAULT_SHARE_GROUP",
     "MIN_SECRET_KEY_LENGTH",
     "InsecureSettingsError",
     "Settings",
@@ -26,6 +27,9 @@ __all__ = [
 DEFAULT_SECRET_KEY = "meterflow-development-secret-change-me"  # noqa: S105 - public, so refused everywhere
 """The key older versions signed tokens with when none was set; anyone could mint tokens with it."""
 MIN_SECRET_KEY_LENGTH = 16
+DEFAULT_SHARE_GROUP = "meterflow"
+"""Refused in production: Mosquitto 2.0 does not check SUBSCRIBE against its ACL, so a gateway that
+knows the ingest's group can join it and take a share of every gateway's messages (docs/security.md)."""
 
 
 class InsecureSettingsError(ValueError):
@@ -67,7 +71,9 @@ class Settings(BaseSettings):
     mqtt_prefix: str = "mf/v1"
     mqtt_shared: bool = True
     """Use ``$share/<group>/...`` subscriptions; the embedded demo broker may not support them."""
-    mqtt_share_group: str = "meterflow"
+    mqtt_share_group: str = Field(default=DEFAULT_SHARE_GROUP, pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    """A private value in production (see :data:`DEFAULT_SHARE_GROUP`); ``meterflow broker add --cloud``
+    makes one."""
     mqtt_client_id: str | None = None
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
     """MQTT 5 (session expiry, shared subscriptions); "3.1.1" for brokers without v5, e.g. amqtt."""
@@ -127,6 +133,11 @@ class Settings(BaseSettings):
             )
         if len(key) < MIN_SECRET_KEY_LENGTH:
             raise InsecureSettingsError(f"MF_SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} characters")
+        if self.environment == "production" and self.mqtt_shared and len(self.mqtt_share_group) < 16:
+            raise InsecureSettingsError(
+                "MF_MQTT_SHARE_GROUP must be a private value of at least 16 characters when "
+                "MF_ENVIRONMENT=production (a gateway that knows it can divert readings; docs/security.md)"
+            )
         return self
 
     @property

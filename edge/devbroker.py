@@ -1,8 +1,10 @@
 """A throwaway Mosquitto with its own config, users, ACL and TLS: for tests, benchmarks, lab setups.
 
 Why a real broker rather than a fake: persistent sessions, PUBACK timing, LWT and ACL behaviour are
-exactly what the uplink must get right, and only the real broker tells the truth about them. The ACL
-is the one in deploy/edge/ (each gateway publishes and subscribes only under its own id).
+exactly what the uplink must get right, and only the real broker tells the truth about them.
+:data:`GATEWAY_ACL` has the rules of deploy/mosquitto/ (gateways.acl and cloud.acl) on one listener;
+the broker shipped there also splits gateways and the cloud onto two TLS listeners with separate
+password files, which tests/deploy/ runs from the shipped files themselves.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from pathlib import Path
 
 __all__ = ["GATEWAY_ACL", "Mosquitto", "free_port", "make_tls_files"]
 
-# Gateways log in with username == gateway id; the cloud's ingest user sees everything.
+# Gateways log in with username == gateway id; the cloud reads every uplink, writes every downlink.
 GATEWAY_ACL = """\
 user {cloud}
-topic readwrite #
+topic read {prefix}/gw/+/up/#
+topic write {prefix}/gw/+/down/#
 
 pattern write {prefix}/gw/%u/up/#
 pattern read {prefix}/gw/%u/down/#
@@ -38,8 +41,8 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)  # noqa: S603,S607
 
 
-def make_tls_files(directory: Path) -> dict[str, Path]:
-    """A CA and a server cert for 127.0.0.1/localhost, made with openssl in ``directory``."""
+def make_tls_files(directory: Path, *, san: str = "IP:127.0.0.1,DNS:localhost") -> dict[str, Path]:
+    """A CA and a server cert for ``san`` (default 127.0.0.1 and localhost), made by openssl here."""
     directory.mkdir(parents=True, exist_ok=True)
     _openssl(
         "req",
@@ -70,7 +73,7 @@ def make_tls_files(directory: Path) -> dict[str, Path]:
         "server.csr",
         cwd=directory,
     )
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (directory / "san.ext").write_text(f"subjectAltName={san}\n")
     _openssl(
         "x509",
         "-req",

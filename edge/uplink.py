@@ -289,6 +289,7 @@ class Uplink:
                 None, lambda: client.connect(cfg.host, cfg.port, cfg.keepalive_s, **kwargs)
             )
         except (OSError, ssl.SSLError, ValueError) as exc:
+            conn.connack.cancel()  # nobody will await it: no "exception never retrieved" on every retry
             raise _Disconnected(f"cannot connect: {exc}") from exc
         conn.start(f"mqtt-{self.config.gateway.id}")
         await asyncio.wait_for(asyncio.shield(conn.connack), 15.0)

@@ -19,6 +19,7 @@ _PARTS = {
     "cloud": "cloud.cli",
     "edge": "edge.cli",
     "sim": "firmware_sim.cli",
+    "broker": "meterflow.broker",
 }
 
 

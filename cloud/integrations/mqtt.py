@@ -21,7 +21,9 @@ Delivery design (at-least-once from the broker, at-most-once in effect):
   backoff and the PUBACK withheld until it succeeds; malformed messages are the ingest's business
   (dead-letter table), never an exception here.
 
-Publishing (commands, retained configs) waits for the PUBACK, so "published" means the broker has it.
+Publishing (commands, retained configs) waits for the PUBACK, so "published" means the broker has it;
+an MQTT 5 PUBACK with a failure reason (the broker's ACL refused the topic, say) raises
+:class:`MqttError` instead of passing for delivered.
 
 MQTT 3.1.1 (``MF_MQTT_PROTOCOL=3.1.1``) exists for brokers that speak nothing newer, e.g. the embedded
 amqtt broker of ``meterflow demo``: no CONNECT properties, and ``$share`` subscriptions only where the
@@ -126,6 +128,7 @@ class MqttLink:
         self._subscribed = threading.Event()
         self._stopping = threading.Event()
         self.received = 0
+        self._refused: dict[int, str] = {}  # message id -> PUBACK failure reason, until publish() reads it
         if config.protocol not in ("5", "3.1.1"):
             raise MqttError(f"MQTT protocol must be '5' or '3.1.1', got {config.protocol!r}")
         v5 = config.protocol == "5"
@@ -147,6 +150,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
         self._client = client
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -193,6 +197,9 @@ class MqttLink:
             raise MqttError(f"publish to {topic} failed: {exc}") from exc
         if not info.is_published():
             raise MqttError(f"publish to {topic}: no PUBACK within {timeout_s} s")
+        refused = self._refused.pop(info.mid, None)
+        if refused is not None:
+            raise MqttError(f"publish to {topic} refused by the broker: {refused}")
 
     # --- paho callbacks (network thread) ----------------------------------------------------------
     def _on_connect(
@@ -216,6 +223,14 @@ class MqttLink:
             log.error("MQTT subscription refused: %s", failed)
             return
         self._subscribed.set()
+
+    def _on_publish(self, _c: paho.Client, _userdata: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
+        # paho calls this before it marks the message published, so publish() sees the entry; a success
+        # clears what an abandoned publish with the same (reused) message id may have left
+        if reason.is_failure:
+            self._refused[mid] = str(reason)
+        else:
+            self._refused.pop(mid, None)
 
     def _on_disconnect(
         self, _client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
