@@ -15,6 +15,7 @@ from typing import Any
 
 from edge.bus import Bus, Trace
 from edge.drivers import ControlOutcome, MeterReading, get_driver
+from edge.drivers.base import CLOCK, RELAY
 from edge.meters import MeterRef, Protocol
 from edge.scan import ScanReport, parse_range, scan
 from protocol.contract import Action, Quantity, RelayState
@@ -173,12 +174,19 @@ def format_reading(meter: MeterRef, reading: MeterReading) -> str:
     for quantity, value in reading.values.items():
         unit = _UNITS.get(quantity, "kWh")
         rows.append((quantity.value, f"{value} {unit}".rstrip()))
-    rows.append(("valve" if meter.protocol == "cjt188" else "relay", _supply(meter, reading.relay)))
+    supply = _supply(meter, reading.relay)
+    if reading.relay is None and RELAY in reading.unavailable:
+        supply = f"- ({reading.unavailable[RELAY]})"
+    rows.append(("valve" if meter.protocol == "cjt188" else "relay", supply))
     if reading.protected is not None:
         rows.append(("protect (保电)", "on" if reading.protected else "off"))
-    rows.append(
-        ("meter time", reading.meter_time.isoformat(sep=" ") if reading.meter_time else "not available")
-    )
+    if reading.meter_time is not None:
+        clock = reading.meter_time.isoformat(sep=" ")
+    elif CLOCK in reading.unavailable:
+        clock = f"- ({reading.unavailable[CLOCK]})"
+    else:
+        clock = "not available"
+    rows.append(("meter time", clock))
     for name, flag in reading.status.items():
         if flag and name not in ("relay_open", "protected", "valve_open"):
             rows.append(("status", name.replace("_", " ")))
@@ -186,6 +194,9 @@ def format_reading(meter: MeterRef, reading: MeterReading) -> str:
         rows.append((quantity.value, f"- ({why})"))
     width = max(len(name) for name, _ in rows)
     lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+    essential = reading.essential_problems()
+    if essential:
+        lines.append(f"  ! not read: {', '.join(essential)} — this reading cannot be billed or acted on")
     return "\n".join(lines)
 
 
@@ -199,7 +210,8 @@ def reading_json(meter: MeterRef, reading: MeterReading) -> str:
         "protected": reading.protected,
         "meter_time": reading.meter_time.isoformat() if reading.meter_time else None,
         "status": reading.status,
-        "missing": {q.value: why for q, why in reading.missing.items()},
+        "missing": reading.problems(),  # everything asked for and not read, with the reason
+        "essential_read": not reading.essential_problems(),  # billing register and relay/valve state
     }
     return json.dumps(payload, ensure_ascii=False, indent=2, default=_json_default)
 

@@ -15,8 +15,10 @@ from datetime import datetime
 
 from edge.bus import Bus
 from edge.drivers.base import (
+    CLOCK,
     READBACK_DELAY_S,
     READBACK_TRIES,
+    RELAY,
     ControlOutcome,
     Driver,
     MeterReading,
@@ -141,9 +143,21 @@ class Cjt188Driver(Driver):
         state: bool = True,
         clock: bool = False,
     ) -> MeterReading:
-        data = self.read_data(bus, meter)
+        """One transaction (901F) gives everything; a refusal leaves every value unavailable."""
+        wanted = tuple(dict.fromkeys(quantities))
+        try:
+            data = self.read_data(bus, meter)
+        except MeterRefused as exc:  # it answered, with an abnormal reply: nothing to keep
+            reading = MeterReading(missing=dict.fromkeys(wanted, str(exc)))
+            if state:
+                reading.unavailable[RELAY] = str(exc)
+            if clock:
+                reading.unavailable[CLOCK] = str(exc)
+            return reading
         reading = MeterReading(meter_time=data.meter_time)
-        for quantity in dict.fromkeys(quantities):
+        if clock and data.time_problem is not None:
+            reading.unavailable[CLOCK] = data.time_problem  # the flows of the same reply are good
+        for quantity in wanted:
             if quantity == Quantity.FLOW_TOTAL_M3:
                 reading.values[quantity] = data.flow_total
             elif quantity == Quantity.FLOW_SETTLE_M3:
