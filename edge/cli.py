@@ -113,6 +113,13 @@ def register(subparsers: Any) -> None:
         help="probe only these addresses / unit ids (1-32, 000000000001-000000000040)",
     )
     p.add_argument("--no-hints", action="store_true", help="do not read extra registers for model hints")
+    p.add_argument(
+        "--wildcards",
+        choices=("auto", "byte", "digit"),
+        default="auto",
+        help="DL/T 645, CJ/T 188: per-digit probes falling back to whole AA bytes (auto, default), "
+        "whole bytes only (byte: the standard; meters of several kinds on one line), digits only",
+    )
     p.set_defaults(func=_cmd_scan)
 
     p = sub.add_parser(
@@ -223,7 +230,13 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             parse_range(args.address_range, protocol)  # refuse a bad range before touching the line
         with _line(args, protocol, scanning=True) as bus:
             print(f"scanning {bus.describe()} for {protocol} meters …", flush=True)
-            report = scan_line(bus, protocol, address_range=args.address_range, hints=not args.no_hints)
+            report = scan_line(
+                bus,
+                protocol,
+                address_range=args.address_range,
+                hints=not args.no_hints,
+                wildcards=args.wildcards,
+            )
             print(format_scan(report))
             print(format_stats(bus))
         if not report.found:

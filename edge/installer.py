@@ -17,7 +17,7 @@ from edge.bus import Bus, Trace
 from edge.drivers import ControlOutcome, MeterReading, get_driver
 from edge.drivers.base import CLOCK, RELAY
 from edge.meters import MeterRef, Protocol
-from edge.scan import ScanReport, parse_range, scan
+from edge.scan import ScanReport, Wildcards, parse_range, scan
 from protocol.contract import Action, Quantity, RelayState
 
 __all__ = [
@@ -121,9 +121,16 @@ def open_bus(settings: LineSettings, *, scanning: bool = False, trace: Trace | N
     return bus
 
 
-def scan_line(bus: Bus, protocol: str, *, address_range: str | None = None, hints: bool = True) -> ScanReport:
+def scan_line(
+    bus: Bus,
+    protocol: str,
+    *,
+    address_range: str | None = None,
+    hints: bool = True,
+    wildcards: Wildcards = "auto",
+) -> ScanReport:
     candidates = parse_range(address_range, protocol) if address_range else None
-    return scan(bus, protocol, candidates=candidates, hints=hints)
+    return scan(bus, protocol, candidates=candidates, hints=hints, wildcards=wildcards)
 
 
 def read_meter(bus: Bus, meter: MeterRef, quantities: Iterable[Quantity] | None = None) -> MeterReading:
@@ -164,6 +171,15 @@ def format_scan(report: ScanReport) -> str:
             lines.append(f"  {found.address:<{width}}  {found.protocol:<8}  {'; '.join(found.hints) or '-'}")
     for pattern in report.unresolved:
         lines.append(f"  ! {pattern}: answers with corrupt frames (duplicate address or a faulty meter?)")
+    if report.refusals:
+        lines.append(
+            f"  ! {report.refusals} probe(s) got error replies, which never count as a meter: a meter that "
+            "answers frames meant for others? (--range probes exact addresses)"
+        )
+    if report.echoes and not report.found:
+        lines.append(
+            f"  ! {report.echoes} reply(ies) did not say who answered (the wildcard address echoed back)"
+        )
     return "\n".join(lines)
 
 

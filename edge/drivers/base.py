@@ -34,6 +34,7 @@ __all__ = [
     "MeterState",
     "Params",
     "PerValue",
+    "ProbeAnswer",
     "Unavailable",
     "expected_state",
     "parsed",
@@ -111,6 +112,20 @@ class ControlOutcome:
     ok: bool = True
     sent: str = ""
     needs_button: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeAnswer:
+    """A valid reply frame heard by a scan probe, before anyone believes it.
+
+    ``address`` is what the reply says (it may be the probe's own wildcard pattern echoed back, or
+    another meter's address); ``refused`` marks an abnormal reply, which proves only that something
+    on the line answers frames, not which meter it is. ``frame`` is the protocol's frame, for hints.
+    """
+
+    address: str
+    refused: bool = False
+    frame: object = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from edge.drivers.base import (
     MeterReading,
     MeterState,
     Params,
+    ProbeAnswer,
     parsed,
 )
 from edge.errors import BadReply, MeterRefused, NoReply
@@ -58,9 +59,12 @@ def supply_state(valve: c.ValveState) -> RelayState:
 
 
 class Cjt188Decoder:
-    """Complete when a reply with ``function``, a matching address and our sequence number arrives."""
+    """Complete when a reply with ``function``, a matching address and our sequence number arrives.
 
-    def __init__(self, address: str, function: int, seq: int) -> None:
+    ``address=None`` takes a reply from any address (a scan judges it afterwards).
+    """
+
+    def __init__(self, address: str | None, function: int, seq: int) -> None:
         self.address, self.function, self.seq = address, function, seq
         self.frame: c.Frame | None = None
         self._parser = c.FrameParser()
@@ -75,7 +79,7 @@ class Cjt188Decoder:
             if (
                 not frame.is_reply
                 or frame.function != self.function
-                or not address_matches(self.address, frame.address)
+                or (self.address is not None and not address_matches(self.address, frame.address))
             ):
                 continue
             seq = frame.data[0] if frame.is_abnormal and frame.data else None
@@ -218,11 +222,19 @@ class Cjt188Driver(Driver):
 
     # ------------------------------------------------------------------ line-wide
     def probe(
-        self, bus: Bus, pattern: str, *, read_address: bool = False, meter_type: int = c.WILDCARD_METER_TYPE
-    ) -> c.Frame | None:
-        """The reply frame of the one meter matching ``pattern``; None when silent (BadReply: several).
+        self,
+        bus: Bus,
+        pattern: str,
+        *,
+        read_address: bool = False,
+        meter_type: int = c.WILDCARD_METER_TYPE,
+        retries: int = 0,
+    ) -> ProbeAnswer | None:
+        """The one valid reply to a probe of ``pattern``, as heard; None when silent.
 
         The probe is a read-data request, or with ``read_address`` a read-address request (all-AA).
+        A reply with our sequence number from any address is returned, an abnormal one too:
+        :mod:`edge.scan` decides what it proves. Several meters at once collide: :class:`BadReply`.
         """
         seq = self._next_seq()
         if read_address:
@@ -231,13 +243,15 @@ class Cjt188Driver(Driver):
         else:
             message = c.ReadDataRequest(meter_type, pattern, seq)
             function, length = int(c.Function.READ_DATA), _READ_DATA_LEN
-        decoder = Cjt188Decoder(pattern, function, seq)
+        decoder = Cjt188Decoder(None, function, seq)
         request = c.build(message, valve_bits=self.valve_bits)
         try:
-            bus.transact(request, decoder, expected_len=_PREAMBLE + _OVERHEAD + length, retries=0)
+            bus.transact(request, decoder, expected_len=_PREAMBLE + _OVERHEAD + length, retries=retries)
         except NoReply:
             return None
-        return decoder.frame
+        frame = decoder.frame
+        assert frame is not None
+        return ProbeAnswer(frame.address, refused=frame.is_abnormal, frame=frame)
 
     def scan(self, bus: Bus, *, candidates: Iterable[str] | None = None) -> list[str]:
         from edge.scan import scan_cjt188

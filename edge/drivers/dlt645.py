@@ -26,6 +26,7 @@ from edge.drivers.base import (
     MeterState,
     Params,
     PerValue,
+    ProbeAnswer,
     Unavailable,
     parsed,
     press_button,
@@ -95,10 +96,10 @@ class Dlt645Decoder:
 
     Our own request (local echo), replies from other meters and, with ``di``, a late reply to an
     earlier read of another identifier are skipped; a checksum error is raised so the bus can count
-    it and retry.
+    it and retry. ``address=None`` takes a reply from any address (a scan judges it afterwards).
     """
 
-    def __init__(self, address: str, function: int, di: int | None = None) -> None:
+    def __init__(self, address: str | None, function: int, di: int | None = None) -> None:
         self.address = address
         self.function = function
         self.di = di
@@ -115,7 +116,7 @@ class Dlt645Decoder:
             if (
                 not frame.is_reply
                 or frame.function != self.function
-                or not address_matches(self.address, frame.address)
+                or (self.address is not None and not address_matches(self.address, frame.address))
             ):
                 continue
             if self.di is not None and not frame.is_abnormal and frame.data[:4] != self._di_bytes:
@@ -434,26 +435,37 @@ class Dlt645Driver(Driver):
         """Broadcast time (function 08, address 999999999999); meters never answer it."""
         bus.send(d.build(d.TimeSyncRequest(now.replace(microsecond=0, tzinfo=None))))
 
-    def probe(self, bus: Bus, pattern: str, *, read_address: bool = False) -> str | None:
-        """Address of the one meter matching ``pattern`` (A = wildcard digit); None when silent.
+    def probe(
+        self, bus: Bus, pattern: str, *, read_address: bool = False, retries: int = 0
+    ) -> ProbeAnswer | None:
+        """The one valid reply to a read of ``pattern`` (A = wildcard), as heard; None when silent.
 
         The probe reads the forward energy register, or with ``read_address`` sends read-address
-        (13H, to the all-wildcard address only). Several meters answering at once collide and raise
-        :class:`BadReply`.
+        (13H, to the all-wildcard address only; the answer is the address in its data). A reply from
+        any address is returned, error replies too: :mod:`edge.scan` decides what it proves. Several
+        meters answering at once collide into bytes that make no frame: :class:`BadReply`.
         """
         if read_address:
             message: d.Message = d.ReadAddressRequest()
-            function, length = d.Function.READ_ADDRESS, 6
+            function, length, di = d.Function.READ_ADDRESS, 6, None
         else:
             message = d.ReadRequest(pattern, d.DI_ENERGY_FORWARD_TOTAL)
-            function, length = d.Function.READ, 8
-        decoder = Dlt645Decoder(pattern, function)
+            function, length, di = d.Function.READ, 8, d.DI_ENERGY_FORWARD_TOTAL
+        decoder = Dlt645Decoder(None, function, di)
         try:
-            bus.transact(d.build(message), decoder, expected_len=_reply_len(length), retries=0)
+            bus.transact(d.build(message), decoder, expected_len=_reply_len(length), retries=retries)
         except NoReply:
             return None
-        assert decoder.frame is not None
-        return decoder.frame.address
+        frame = decoder.frame
+        assert frame is not None
+        if frame.is_abnormal:
+            return ProbeAnswer(frame.address, refused=True, frame=frame)
+        try:
+            reply = d.parse(frame)
+        except ProtocolError as exc:
+            raise BadReply(f"unreadable reply to a scan probe: {exc}") from exc
+        address = reply.address if isinstance(reply, d.AddressResponse | d.ReadResponse) else frame.address
+        return ProbeAnswer(address, frame=frame)
 
     def scan(self, bus: Bus, *, candidates: Iterable[str] | None = None) -> list[str]:
         from edge.scan import scan_dlt645

@@ -468,7 +468,8 @@ def test_a_clock_that_is_not_a_time_leaves_the_flows_readable(clock: str) -> Non
     assert msg.status.valve is ValveState.CLOSED
     assert msg.meter_time is None
     assert msg.time_raw == bytes.fromhex(clock)
-    assert msg.time_problem is not None and clock in msg.time_problem
+    assert msg.time_problem is not None
+    assert clock in msg.time_problem
 
 
 def test_an_all_zero_clock_is_no_clock_not_a_problem() -> None:
