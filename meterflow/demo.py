@@ -79,7 +79,7 @@ def demo_site() -> SiteConfig:
     for meter in electric:
         if meter["protocol"] == "dlt645":
             meter["quirks"] = digits
-    water = [
+    water: list[dict[str, Any]] = [
         {"model": "water_valve", "address": f"2025000000030{n}", "initial_m3": f"{n * 11}.5"}
         for n in range(1, 5)
     ]
