@@ -18,14 +18,15 @@ One transaction (:meth:`Bus.transact`)::
 
 End of frame is found by parsing, not by a silence timeout: the protocol's streaming FrameParser is
 fed every chunk and the transaction ends the instant it yields the awaited reply. That is what keeps
-the bus within a few percent of the line's lower bound (QUALITY.md, bus efficiency).
+the bus within a few percent of the line's lower bound (docs/development.md, "Quality targets";
+measured in docs/benchmarks.md).
 
 A reply with a bad checksum or bytes that never make a frame (a collision, line noise) is
 :class:`~edge.errors.BadReply`; silence is :class:`~edge.errors.NoReply`. Both are retried up to
 ``retries`` times; an abnormal reply from the meter is a valid frame and is returned, not retried
 (the driver turns it into :class:`~edge.errors.MeterRefused`).
 
-Observability (STYLE.md 11): :attr:`Bus.stats` counts transactions, timeouts, errors, bytes and
+Observability (docs/development.md): :attr:`Bus.stats` counts transactions, timeouts, errors, bytes and
 busy time (→ utilisation); :attr:`Bus.recent` is a ring buffer of the last frames with timestamps;
 ``trace`` is called with every raw chunk sent or received.
 """

@@ -35,7 +35,8 @@ __all__ = [
     "scan_line",
 ]
 
-# Factory defaults: DL/T 645 and CJ/T 188 at 2400 8E1, Modbus at 9600 8N1 (PROTOCOLS.md).
+# Factory defaults: DL/T 645 and CJ/T 188 at 2400 8E1, Modbus at 9600 8N1 (docs/protocols.md,
+# "Line settings and timing").
 LINE_DEFAULTS: dict[str, tuple[int, str]] = {
     "dlt645": (2400, "E"),
     "cjt188": (2400, "E"),

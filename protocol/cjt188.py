@@ -125,7 +125,7 @@ class Function(IntEnum):
     WRITE_SYNC = 0x16
 
 
-# PROTOCOLS.md lists "09 read address", but two independent field implementations (and the function
+# Some protocol summaries list "09 read address", but two independent field implementations (and the function
 # tables they quote) use 03 = read address (reply 83H, DI 810AH) and 09 = read key version. We send
 # 03 and accept either 03 or 09 carrying DI 810AH on receipt. UNVERIFIED against the standard's text:
 # pass ``read_address_function`` to :func:`build` to change what we send.
@@ -327,7 +327,7 @@ def _di_bytes(di: int, order: DIOrder) -> bytes:
 
 
 def _read_di(b0: int, b1: int) -> int:
-    """Both orders are accepted for known DIs (PROTOCOLS.md byte-order trap)."""
+    """Both orders are accepted for known DIs (docs/protocols.md, "DI byte order")."""
     standard = b0 | b1 << 8
     if standard in KNOWN_DIS:
         return standard

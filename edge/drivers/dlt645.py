@@ -349,7 +349,7 @@ class Dlt645Driver(Driver):
             except MeterRefused:
                 if code != d.ControlAction.CLOSE:
                     raise
-                # Some meters take only close-permit (PROTOCOLS.md): try that before giving up.
+                # Some meters take only close-permit (docs/protocols.md, "Transactions"): try it.
                 self._remote(bus, meter, d.ControlAction.CLOSE_PERMIT, when)
                 code = d.ControlAction.CLOSE_PERMIT
                 fallback = "; this meter refuses direct close: set control_mode = close_permit"

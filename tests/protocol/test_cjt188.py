@@ -319,7 +319,7 @@ def test_read_address_request_goes_to_wildcard_with_function_03() -> None:
     frame = decode_frame(build(ReadAddressRequest(COLD, 4)))
     assert frame.address == WILDCARD_ADDRESS
     assert frame.control == FUNC_READ_ADDRESS == 0x03
-    # PROTOCOLS.md names 09 for read address: it is accepted on receipt and can be sent on request.
+    # Some summaries name 09 for read address: it is accepted on receipt and can be sent on request.
     alt = decode_frame(build(AddressResponse(COLD, ADDR, 4), read_address_function=0x09))
     assert alt.control == 0x89
     assert parse(alt) == AddressResponse(COLD, ADDR, 4)
