@@ -172,6 +172,8 @@ def format_scan(report: ScanReport) -> str:
             lines.append(f"  {found.address:<{width}}  {found.protocol:<8}  {'; '.join(found.hints) or '-'}")
     for pattern in report.unresolved:
         lines.append(f"  ! {pattern}: answers with corrupt frames (duplicate address or a faulty meter?)")
+    if report.stopped:
+        lines.append(f"  ! {report.stopped}: find that device (--range probes exact addresses)")
     if report.refusals:
         lines.append(
             f"  ! {report.refusals} probe(s) got error replies, which never count as a meter: a meter that "

@@ -66,6 +66,7 @@ from protocol import modbus_maps as mm
 from protocol.bcd import address_matches
 
 __all__ = [
+    "MAX_METERS",
     "FoundMeter",
     "Probe",
     "ScanReport",
@@ -81,6 +82,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Probe = Callable[[str], "ProbeAnswer | None"]  # pattern -> the one reply heard; BadReply: garbled
+MAX_METERS = 256
+"""More meters than one RS-485 line can carry (256 with 1/8 unit-load transceivers): when disjoint
+patterns still to resolve prove more than this, something answers every address (a device with
+address filtering off that echoes the request) and the search stops instead of running forever."""
 Wildcards = Literal["auto", "digit", "byte"]
 
 
@@ -103,6 +108,7 @@ class ScanReport:
     elapsed_s: float = 0.0
     refusals: int = 0  # error replies heard: they never count as meters
     echoes: int = 0  # normal replies whose address was the wildcard echoed, or did not confirm
+    stopped: str | None = None  # why the search gave up before resolving every pattern
 
 
 def parse_range(text: str, protocol: str) -> list[str]:
@@ -242,6 +248,14 @@ class _Search:
                 continue
             unresolved = (_Heard.ECHO, _Heard.COLLIDED)
             stack += [(child, result) for child, result in reversed(results) if result in unresolved]
+            shown = len(self.found) + sum(_FEWEST[result] for _, result in stack)
+            if shown > MAX_METERS:  # disjoint patterns each answered: more meters than a line holds
+                self.report.stopped = (
+                    f"search stopped after {self.report.probes} probes: something answers every address "
+                    f"(below {pattern}, with the wildcard echoed back)"
+                )
+                log.warning("scan: %s", self.report.stopped)
+                return
 
     def follow_leads(self) -> None:
         for address in self.leads:
@@ -273,14 +287,15 @@ def discover(
         report.collisions += 1  # several meters answered at once
         root = _Heard.COLLIDED
     else:
-        if first is not None and not first.refused and first.address.isdigit():
-            if search.confirmed(first.address) and _alone(search, first.address):
+        if first is not None and first.refused:
+            report.refusals += 1
+        elif first is not None and first.address.isdigit() and search.confirmed(first.address):
+            search.add(first.address)
+            if _alone(search, first.address):
                 report.method = "read address"
-                search.add(first.address)
                 search.follow_leads()
                 return sorted(search.found)
-        elif first is not None and first.refused:
-            report.refusals += 1
+            root = _Heard.COLLIDED  # the wildcard read says there are more
     if root is None:
         root, _ = search.heard(wildcard)
         if root in (_Heard.SILENT, _Heard.FOUND):
@@ -294,7 +309,7 @@ def discover(
 
 
 def _alone(search: _Search, address: str) -> bool:
-    """After 13H named ``address``: does the wildcard read agree that it is the only meter?
+    """After 13H named ``address`` (confirmed): does the wildcard read agree it is the only meter?
 
     Two meters' 13H replies could in principle add up to one valid frame; the wildcard read is a
     second, independent question. A collision, or a normal reply from another meter, says there are

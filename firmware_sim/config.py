@@ -98,6 +98,7 @@ class QuirksConfig(_Strict):
     digit_wildcards: bool = False
     echo_address: bool = False
     error_for_others: bool = False
+    ignore_address: bool = False
     clock: Literal["ok", "zero", "binary"] = "ok"
     fe_preamble: int | None = Field(None, ge=0, le=16)
     turnaround_ms: float | None = Field(None, ge=0)

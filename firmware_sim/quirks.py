@@ -34,6 +34,9 @@ class Quirks:
       strict meters.
     - ``echo_address``: replies carry the request's address, wildcards included, instead of the
       meter's own (the read-address reply is unaffected: it is the one that must say who answers).
+    - ``ignore_address``: the meter answers every frame as if it were addressed to it (address
+      filtering off, as on some cheap modules and test benches); with ``echo_address`` it answers
+      every address a scan can ask for.
     - ``error_for_others``: a frame for another address is answered with an abnormal reply (DL/T 645
       ``C | 40H`` "other error"; CJ/T 188 ``C | C0H``), the request's address echoed — what the
       PyPI ``dlt645`` package's meter does. On a bus with other meters it collides with their replies.
@@ -52,6 +55,7 @@ class Quirks:
     digit_wildcards: bool = False
     echo_address: bool = False
     error_for_others: bool = False
+    ignore_address: bool = False
     clock: ClockQuirk = "ok"
     fe_preamble: int | None = None
     turnaround_ms: float | None = None

@@ -84,6 +84,27 @@ def test_issue_meter_on_a_cjt188_line() -> None:
     assert addresses(report) == ["00000000004711"]
 
 
+def test_a_meter_answering_every_address_as_itself_is_found_once() -> None:
+    """Address filtering off: every probe is answered by the same meter. Its reply to a pattern it
+    does not match is a lead, confirmed once; no pattern is believed for it."""
+    with line([Ddsy1352Sim("000000000042", quirks=Quirks(ignore_address=True))]) as handle:
+        report = scan_of(handle)
+    assert addresses(report) == ["000000000042"]
+
+
+def test_a_device_echoing_every_address_stops_the_search() -> None:
+    """Address filtering off and the request's address echoed: beside another meter (so read address
+    collides), every pattern 'answers'. The search stops once the answers prove more meters than a
+    line can carry, instead of running forever, and says so."""
+    quirks = Quirks(ignore_address=True, echo_address=True)
+    with line([Ddsy1352Sim("000000000042", quirks=quirks), Ddsy1352Sim("000000000017")]) as handle:
+        report = scan_of(handle, wildcards="byte")
+    assert report.stopped is not None
+    assert "answers every address" in report.stopped
+    assert report.probes < 400
+    assert all("A" not in a for a in addresses(report))
+
+
 # ------------------------------------------------------------------------ error replies
 @pytest.mark.parametrize("protocol", ["dlt645", "cjt188"])
 def test_error_replies_never_count_as_a_meter(protocol: str) -> None:

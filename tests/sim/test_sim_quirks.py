@@ -109,6 +109,15 @@ def test_error_for_others_water_meter(serve: Serve) -> None:
     assert (reply.address, reply.seq, reply.control) == ("AAAAAAAAAAAAA7", 6, 0xC1)
 
 
+def test_ignore_address_quirk(serve: Serve) -> None:
+    handle = serve([Ddsy1352Sim(A1, quirks=Quirks(ignore_address=True))])
+    with open_port(handle.url, 9600) as port:
+        for pattern in (A2, "AAAAAAAAAAA5", "999999999998"):
+            reply = dlt645_message(port, d.ReadRequest(pattern, d.DI_ENERGY_FORWARD_TOTAL))
+            assert isinstance(reply, d.ReadResponse)
+            assert reply.address == A1  # whoever was asked, the meter answers as itself
+
+
 # ------------------------------------------------------------------------------------ clocks
 def test_zero_clock_quirk(serve: Serve) -> None:
     handle = serve([Ddsy1352Sim(A1, quirks=Quirks(clock="zero"))])
@@ -199,6 +208,7 @@ def test_quirks_in_the_site_file() -> None:
                 "digit_wildcards": True,
                 "echo_address": True,
                 "error_for_others": True,
+                "ignore_address": True,
                 "clock": "zero",
                 "fe_preamble": 9,
                 "turnaround_ms": 350,
@@ -207,7 +217,16 @@ def test_quirks_in_the_site_file() -> None:
         )
     )
     meter = build_meter(config.lines[0].meters[0])
-    assert meter.quirks == Quirks(True, True, True, "zero", 9, 350.0, "reversed")
+    assert meter.quirks == Quirks(
+        digit_wildcards=True,
+        echo_address=True,
+        error_for_others=True,
+        ignore_address=True,
+        clock="zero",
+        fe_preamble=9,
+        turnaround_ms=350.0,
+        time_sync_order="reversed",
+    )
     assert meter.turnaround_s == 0.35
     assert build_meter(parse_site(site({})).lines[0].meters[0]).quirks == Quirks()  # strict
 
