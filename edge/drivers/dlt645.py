@@ -283,13 +283,6 @@ class Dlt645Driver(Driver):
                 reading.unavailable[CLOCK] = "; ".join(reasons) or "date/time registers have unexpected types"
         return reading
 
-    def read_time(self, bus: Bus, meter: MeterRef) -> datetime:
-        day = self.read_di(bus, meter, d.DI_DATE)
-        moment = self.read_di(bus, meter, d.DI_TIME)
-        if not isinstance(day, date) or not isinstance(moment, time):
-            raise BadReply(f"meter {meter.label}: date/time registers have unexpected types")
-        return datetime.combine(day, moment)
-
     def read_state(self, bus: Bus, meter: MeterRef) -> MeterState:
         word = self.read_di(bus, meter, d.DI_STATUS_3)
         if not isinstance(word, int):
