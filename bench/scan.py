@@ -136,5 +136,6 @@ def main() -> None:
                 f"-> measured / whole-byte floor = {report.elapsed_s / floor_s:.2f}"
             )
 
+
 if __name__ == "__main__":
     main()
