@@ -217,8 +217,7 @@ class Dlt645Driver(Driver):
         try:
             return d.decode_value(di, reply.data)
         except ProtocolError as exc:
-            raw = reply.data.hex(" ").upper() or "nothing"
-            return Unavailable(f"{item.name} ({di:08X}) reads {raw}, not a value: {exc}")
+            return Unavailable(f"{item.name} ({di:08X}) does not decode: {exc}")
 
     # ------------------------------------------------------------------ reads
     def default_quantities(self, meter: MeterRef) -> tuple[Quantity, ...]:

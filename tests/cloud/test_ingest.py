@@ -240,7 +240,7 @@ def test_a_value_unavailable_event_is_stored_and_changes_no_meter_state(
     """The gateway reports a value a meter does not deliver: kept for the record, nothing acted on."""
     site = make_flow_site(session_factory)
     ingest = _ingest(session_factory, Clock(T0), [])
-    detail = {"line": "a", "values": {"meter_time": "date (04000101) reads 00 00 00 00, not a value"}}
+    detail = {"line": "a", "values": {"meter_time": "date (04000101) does not decode: 00 00 00 00"}}
     event = Event(id="v1", ts=T0, kind=EventKind.VALUE_UNAVAILABLE, meter="m1", detail=detail)
     ingest.handle(Topics(site.gateway).events, encode(EventBatch(gateway=site.gateway, events=[event])))
     with session_factory() as s:

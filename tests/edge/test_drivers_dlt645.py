@@ -223,8 +223,7 @@ def test_a_date_register_reading_zero_costs_only_the_clock(odd_line: LineHandle)
     assert reading.relay == RelayState.CLOSED
     assert reading.meter_time is None
     assert reading.unavailable == {
-        CLOCK: "date and weekday (YYMMDDWW) (04000101) reads 00 00 00 00, not a value: "
-        "not a valid YYMMDDWW date: 00 00 00 00"
+        CLOCK: "date and weekday (YYMMDDWW) (04000101) does not decode: not a valid YYMMDDWW date: 00 00 00 00"
     }
     assert reading.essential_problems() == {}
 

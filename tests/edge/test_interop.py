@@ -79,7 +79,10 @@ def test_issue_case_1_the_peer_meter_is_read(
     assert "energy_total_kwh  1520.37 kWh" in out
     assert "voltage_a_v       229.8 V" in out
     assert "relay             CLOSED (supply on)" in out
-    assert "meter time        - (date and weekday (YYMMDDWW) (04000101) reads 00 00 00 00, not a value" in out
+    assert (
+        "meter time        - (date and weekday (YYMMDDWW) (04000101) does not decode: "
+        "not a valid YYMMDDWW date: 00 00 00 00)" in out
+    )
     assert "remaining_yuan    - (no such data)" in out  # refused: not a local-prepay meter
     assert err == ""
 
