@@ -4,7 +4,7 @@
 (total energy, voltage, current, power; no state read), polled back to back by the daemon's own
 LineWorker with every reading stored durably in an outbox (the real path). Lower bound of the
 measured window = Σ bytes actually sent and received × 11 bits ÷ 2400 + one simulator turnaround per
-transaction (QUALITY.md). Ratio 1.00 would be a line that never idles.
+transaction (docs/development.md, "Quality targets"). Ratio 1.00 would be a line that never idles.
 
 Run:  .venv/bin/python bench/edge_bus.py [--cycles 2] [--meters 32] [--gap default|0]
 

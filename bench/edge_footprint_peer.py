@@ -1,6 +1,6 @@
 """Edge footprint side by side: our daemon and thingsboard-gateway polling the same kind of meters.
 
-QUALITY.md wants the gateway daemon "better than the peer on both" RSS and CPU. The peer is
+The target (docs/development.md) is a gateway daemon "better than the peer on both" RSS and CPU. The peer is
 thingsboard-gateway 3.8.5 (PyPI) with its Modbus connector; it speaks no DL/T 645, so both gateways
 poll simulated Acrel DDSY1352 meters in **Modbus-RTU** mode: 2 × 4 lines × 64 meters (9600 8E1
 wire timing, served by this process as RTU over TCP, ``socket://``, the way an RS-485-to-Ethernet

@@ -18,14 +18,15 @@ One transaction (:meth:`Bus.transact`)::
 
 End of frame is found by parsing, not by a silence timeout: the protocol's streaming FrameParser is
 fed every chunk and the transaction ends the instant it yields the awaited reply. That is what keeps
-the bus within a few percent of the line's lower bound (QUALITY.md, bus efficiency).
+the bus within a few percent of the line's lower bound (docs/development.md, "Quality targets";
+measured in docs/benchmarks.md).
 
 A reply with a bad checksum or bytes that never make a frame (a collision, line noise) is
 :class:`~edge.errors.BadReply`; silence is :class:`~edge.errors.NoReply`. Both are retried up to
 ``retries`` times; an abnormal reply from the meter is a valid frame and is returned, not retried
 (the driver turns it into :class:`~edge.errors.MeterRefused`).
 
-Observability (STYLE.md 11): :attr:`Bus.stats` counts transactions, timeouts, errors, bytes and
+Observability (docs/development.md): :attr:`Bus.stats` counts transactions, timeouts, errors, bytes and
 busy time (→ utilisation); :attr:`Bus.recent` is a ring buffer of the last frames with timestamps;
 ``trace`` is called with every raw chunk sent or received.
 """
@@ -59,6 +60,7 @@ _PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARIT
 # Port read timeout. A read returns as soon as a byte arrives, so this only bounds how late a silent
 # deadline is noticed and how often an idle wait wakes (CPU on a Pi with 256 meters).
 _READ_POLL_S = 0.05
+_DEADLINE_STEP_S = 0.002  # how finely the last poll interval before a deadline is watched
 _HOST_SLACK_S = 0.03  # OS, USB adapter and TCP converter latency on top of the wire time
 _DEFAULT_EXPECTED = 64  # reply length budget when the caller cannot say
 _ERRNO_RE = re.compile(r"\[Errno (\d+)\]")
@@ -380,10 +382,27 @@ class Bus:
         self.stats.bytes_sent += len(request)
         self._record("tx", request, note)
 
-    def _read(self, port: serial.Serial) -> bytes:
+    def _read(self, port: serial.Serial, until: float | None = None) -> bytes:
+        """What has arrived, or the next byte within the poll interval — or by ``until``, if sooner.
+
+        Waking exactly at a silent meter's deadline, not up to one poll interval after it, matters
+        where silence is the common answer: a scan's probes (edge/scan.py).
+        """
         try:
             waiting = port.in_waiting
-            return bytes(port.read(waiting if waiting > 0 else 1))
+            if waiting > 0:
+                return bytes(port.read(waiting))
+            end = None if until is None else until
+            if end is None or end - time.monotonic() >= _READ_POLL_S:
+                return bytes(port.read(1))
+            # Within one poll interval of the deadline: look in short steps rather than change the
+            # port's timeout (that reconfigures the tty, which a pty refuses with parity set).
+            while time.monotonic() < end:
+                waiting = port.in_waiting
+                if waiting > 0:
+                    return bytes(port.read(waiting))
+                time.sleep(_DEADLINE_STEP_S)
+            return b""
         except (serial.SerialException, OSError) as exc:
             self.close()
             raise PortError(f"cannot read from {self.url}: {_strerror(exc)}") from exc
@@ -413,7 +432,7 @@ class Bus:
         pending = self._strip_echo(port, request, first_deadline) if self.local_echo else b""
         last_rx = time.monotonic()
         while True:
-            chunk = pending or self._read(port)
+            chunk = pending or self._read(port, None if received else first_deadline)
             pending = b""
             now = time.monotonic()
             if chunk:
@@ -444,7 +463,8 @@ class Bus:
             if corrupt is not None and quiet >= max(self.min_gap_s, 10 * self.char_time()):
                 self._record("rx", bytes(received), f"bad reply: {corrupt}")
                 raise BadReply(f"corrupt reply on {self.url}: {corrupt}")
-            # A meter may pause up to inter_byte_s between bytes (PROTOCOLS.md); longer is the end.
+            # A meter may pause up to inter_byte_s between bytes (docs/protocols.md, "Line timing");
+            # longer is the end.
             if quiet >= self.inter_byte_s or now >= hard_deadline:
                 note = corrupt or f"{len(received)} bytes without a complete valid frame"
                 self._record("rx", bytes(received), f"bad reply: {note}")

@@ -2,7 +2,9 @@
 
 Every failure is one readable line on stderr and a non-zero exit code, never a traceback:
 0 done; 1 the line or the meter failed (port missing, no reply, refused); 2 bad arguments;
-3 the command went out but the read-back state is not what it asked for (relay stuck).
+3 the command went out but the read-back state is not what it asked for (relay stuck); 4 (read) the
+meter answered, but an essential value (billing register, relay/valve state) could not be read —
+the values that were read are printed all the same.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ __all__ = ["register"]
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_REACHED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_REACHED, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
 
 _EPILOG = """\
 examples:
@@ -111,6 +113,13 @@ def register(subparsers: Any) -> None:
         help="probe only these addresses / unit ids (1-32, 000000000001-000000000040)",
     )
     p.add_argument("--no-hints", action="store_true", help="do not read extra registers for model hints")
+    p.add_argument(
+        "--wildcards",
+        choices=("auto", "byte", "digit"),
+        default="auto",
+        help="DL/T 645, CJ/T 188: per-digit probes falling back to whole AA bytes (auto, default), "
+        "whole bytes only (byte: the standard; meters of several kinds on one line), digits only",
+    )
     p.set_defaults(func=_cmd_scan)
 
     p = sub.add_parser(
@@ -221,7 +230,13 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             parse_range(args.address_range, protocol)  # refuse a bad range before touching the line
         with _line(args, protocol, scanning=True) as bus:
             print(f"scanning {bus.describe()} for {protocol} meters …", flush=True)
-            report = scan_line(bus, protocol, address_range=args.address_range, hints=not args.no_hints)
+            report = scan_line(
+                bus,
+                protocol,
+                address_range=args.address_range,
+                hints=not args.no_hints,
+                wildcards=args.wildcards,
+            )
             print(format_scan(report))
             print(format_stats(bus))
         if not report.found:
@@ -239,6 +254,11 @@ def _cmd_read(args: argparse.Namespace) -> int:
         with _line(args, meter.protocol) as bus:
             reading = read_meter(bus, meter)
         print(reading_json(meter, reading) if args.json else format_reading(meter, reading))
+        essential = reading.essential_problems()
+        if essential:
+            missing = "; ".join(f"{name}: {why}" for name, why in essential.items())
+            message = f"meter {meter.label} answered, but not everything essential: {missing}"
+            return _fail(args, message, EXIT_INCOMPLETE)
         return EXIT_OK
 
     return _run(args, body)

@@ -1,6 +1,6 @@
 """Signed commands from the cloud: verify, remember, execute once, read back, acknowledge.
 
-Lifecycle of one command (a transition table, STYLE.md 2)::
+Lifecycle of one command (a transition table, docs/development.md)::
 
     received --verify ok--> pending --executed + read back--> done
         \\--bad sig / expired / unknown meter / duplicate id--> rejected (Ack REJECTED, event)

@@ -173,7 +173,7 @@ class GatewaySection(_Section, frozen=True, kw_only=True):
 
 
 class EdgeConfig(_Section, frozen=True, kw_only=True):
-    """The whole gateway configuration, built once and passed down (STYLE.md 13)."""
+    """The whole gateway configuration, built once and passed down (docs/development.md, "Configuration")."""
 
     gateway: GatewaySection
     mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)

@@ -15,8 +15,9 @@ from typing import Any
 
 from edge.bus import Bus, Trace
 from edge.drivers import ControlOutcome, MeterReading, get_driver
+from edge.drivers.base import CLOCK, RELAY
 from edge.meters import MeterRef, Protocol
-from edge.scan import ScanReport, parse_range, scan
+from edge.scan import ScanReport, Wildcards, parse_range, scan
 from protocol.contract import Action, Quantity, RelayState
 
 __all__ = [
@@ -34,7 +35,8 @@ __all__ = [
     "scan_line",
 ]
 
-# Factory defaults: DL/T 645 and CJ/T 188 at 2400 8E1, Modbus at 9600 8N1 (PROTOCOLS.md).
+# Factory defaults: DL/T 645 and CJ/T 188 at 2400 8E1, Modbus at 9600 8N1 (docs/protocols.md,
+# "Line settings and timing").
 LINE_DEFAULTS: dict[str, tuple[int, str]] = {
     "dlt645": (2400, "E"),
     "cjt188": (2400, "E"),
@@ -120,9 +122,16 @@ def open_bus(settings: LineSettings, *, scanning: bool = False, trace: Trace | N
     return bus
 
 
-def scan_line(bus: Bus, protocol: str, *, address_range: str | None = None, hints: bool = True) -> ScanReport:
+def scan_line(
+    bus: Bus,
+    protocol: str,
+    *,
+    address_range: str | None = None,
+    hints: bool = True,
+    wildcards: Wildcards = "auto",
+) -> ScanReport:
     candidates = parse_range(address_range, protocol) if address_range else None
-    return scan(bus, protocol, candidates=candidates, hints=hints)
+    return scan(bus, protocol, candidates=candidates, hints=hints, wildcards=wildcards)
 
 
 def read_meter(bus: Bus, meter: MeterRef, quantities: Iterable[Quantity] | None = None) -> MeterReading:
@@ -163,6 +172,17 @@ def format_scan(report: ScanReport) -> str:
             lines.append(f"  {found.address:<{width}}  {found.protocol:<8}  {'; '.join(found.hints) or '-'}")
     for pattern in report.unresolved:
         lines.append(f"  ! {pattern}: answers with corrupt frames (duplicate address or a faulty meter?)")
+    if report.stopped:
+        lines.append(f"  ! {report.stopped}: find that device (--range probes exact addresses)")
+    if report.refusals:
+        lines.append(
+            f"  ! {report.refusals} probe(s) got error replies, which never count as a meter: a meter that "
+            "answers frames meant for others? (--range probes exact addresses)"
+        )
+    if report.echoes and not report.found:
+        lines.append(
+            f"  ! {report.echoes} reply(ies) did not say who answered (the wildcard address echoed back)"
+        )
     return "\n".join(lines)
 
 
@@ -173,12 +193,19 @@ def format_reading(meter: MeterRef, reading: MeterReading) -> str:
     for quantity, value in reading.values.items():
         unit = _UNITS.get(quantity, "kWh")
         rows.append((quantity.value, f"{value} {unit}".rstrip()))
-    rows.append(("valve" if meter.protocol == "cjt188" else "relay", _supply(meter, reading.relay)))
+    supply = _supply(meter, reading.relay)
+    if reading.relay is None and RELAY in reading.unavailable:
+        supply = f"- ({reading.unavailable[RELAY]})"
+    rows.append(("valve" if meter.protocol == "cjt188" else "relay", supply))
     if reading.protected is not None:
         rows.append(("protect (保电)", "on" if reading.protected else "off"))
-    rows.append(
-        ("meter time", reading.meter_time.isoformat(sep=" ") if reading.meter_time else "not available")
-    )
+    if reading.meter_time is not None:
+        clock = reading.meter_time.isoformat(sep=" ")
+    elif CLOCK in reading.unavailable:
+        clock = f"- ({reading.unavailable[CLOCK]})"
+    else:
+        clock = "not available"
+    rows.append(("meter time", clock))
     for name, flag in reading.status.items():
         if flag and name not in ("relay_open", "protected", "valve_open"):
             rows.append(("status", name.replace("_", " ")))
@@ -186,6 +213,9 @@ def format_reading(meter: MeterRef, reading: MeterReading) -> str:
         rows.append((quantity.value, f"- ({why})"))
     width = max(len(name) for name, _ in rows)
     lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+    essential = reading.essential_problems()
+    if essential:
+        lines.append(f"  ! not read: {', '.join(essential)} — this reading cannot be billed or acted on")
     return "\n".join(lines)
 
 
@@ -199,7 +229,8 @@ def reading_json(meter: MeterRef, reading: MeterReading) -> str:
         "protected": reading.protected,
         "meter_time": reading.meter_time.isoformat() if reading.meter_time else None,
         "status": reading.status,
-        "missing": {q.value: why for q, why in reading.missing.items()},
+        "missing": reading.problems(),  # everything asked for and not read, with the reason
+        "essential_read": not reading.essential_problems(),  # billing register and relay/valve state
     }
     return json.dumps(payload, ensure_ascii=False, indent=2, default=_json_default)
 

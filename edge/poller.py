@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from edge.bus import Bus
 from edge.config import LineConfig, MeterConfig
 from edge.drivers import MeterReading, get_driver
+from edge.drivers.base import ESSENTIAL
 from edge.errors import BusError, EdgeError, MeterRefused, PortError, Unsupported
 from edge.meters import MeterRef
 from protocol.contract import EventKind, LineStats
@@ -77,6 +78,7 @@ class MeterPlan:
     online: bool | None = None  # None: not polled yet
     polls: int = 0
     last_error: str = ""
+    unavailable: dict[str, str] = field(default_factory=dict)  # last reported VALUE_UNAVAILABLE
 
 
 @dataclass(order=True)
@@ -185,6 +187,7 @@ class LineWorker:
             await self._failed(plan, exc)
             return
         plan.polls += 1
+        await self._report_unavailable(plan, reading)
         if plan.failures or plan.online is not True:
             was_offline = plan.online is False
             plan.failures = 0
@@ -197,10 +200,30 @@ class LineWorker:
         if next_due < now - meter.interval_s:  # fell more than a cycle behind: skip, do not burst
             next_due = now
         self._schedule(plan, max(next_due, now) if meter.interval_s == 0 else next_due)
+        unbillable = [q for q in meter.read if q in ESSENTIAL and q in reading.missing]
+        if unbillable:  # the meter answered, but not the register the reading is for
+            why = reading.missing[unbillable[0]]
+            log.warning("meter %s on %s: reading not kept, %s", meter.id, self.line.name, why)
+            return
         # hand over to the outbox while the line thread goes on with the next meter
         previous, self._sink_task = self._sink_task, asyncio.create_task(self._on_reading(meter, reading))
         if previous is not None:
             await previous
+
+    async def _report_unavailable(self, plan: MeterPlan, reading: MeterReading) -> None:
+        """A VALUE_UNAVAILABLE event when the values a meter does not deliver change (not every poll:
+        a meter that never has a date register would otherwise report it every interval)."""
+        problems = reading.problems()
+        if problems.keys() == plan.unavailable.keys():
+            return
+        plan.unavailable = problems
+        meter = plan.config
+        if problems:
+            log.warning("meter %s on %s does not deliver %s", meter.id, self.line.name, problems)
+        else:
+            log.info("meter %s on %s delivers every value again", meter.id, self.line.name)
+        detail = {"line": self.line.name, "values": {name: why[:200] for name, why in problems.items()}}
+        await self._on_event(EventKind.VALUE_UNAVAILABLE, meter.id, detail)
 
     async def _failed(self, plan: MeterPlan, exc: EdgeError) -> None:
         meter = plan.config

@@ -8,7 +8,7 @@ Theory of operation
   outbox is the only store, and everything unacknowledged is re-sent from it after a reconnect.
 * paho's network loop runs in a named thread (``client.loop()`` in a loop, never its own reconnect);
   every callback hops to the asyncio loop with ``call_soon_threadsafe``. A publish returns a message
-  id and a future keyed by it; ``on_publish`` (PUBACK) resolves it (STYLE.md 7). Both happen on the
+  id and a future keyed by it; ``on_publish`` (PUBACK) resolves it (docs/development.md). Both happen on the
   asyncio thread, so a PUBACK can never arrive before its future exists.
 * Reconnect in an outer loop with exponential backoff and full jitter.
 * Sending: events/acks first (small, urgent), then readings oldest-first in batches of

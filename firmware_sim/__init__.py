@@ -24,6 +24,7 @@ from firmware_sim.meters import (
     SimMeter,
     WaterValveSim,
 )
+from firmware_sim.quirks import Quirks
 from firmware_sim.serve import LineHandle, SiteHandle, run_line, run_site
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "Faults",
     "LineHandle",
     "PrepaidSettings",
+    "Quirks",
     "SimClock",
     "SimConfigError",
     "SimError",

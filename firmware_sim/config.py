@@ -30,6 +30,7 @@ from firmware_sim.meters import (
     WaterValveSim,
 )
 from firmware_sim.profile import PROFILE_SHAPES, TouSchedule, default_tou
+from firmware_sim.quirks import Quirks
 
 __all__ = [
     "CircuitConfig",
@@ -37,6 +38,7 @@ __all__ = [
     "LineConfig",
     "MeterConfig",
     "PrepaidConfig",
+    "QuirksConfig",
     "SiteConfig",
     "build_line",
     "build_meter",
@@ -90,6 +92,22 @@ class FaultsConfig(_Strict):
     relay_stuck: bool = False
 
 
+class QuirksConfig(_Strict):
+    """Departures from the standard, off by default (see :class:`firmware_sim.quirks.Quirks`)."""
+
+    digit_wildcards: bool = False
+    echo_address: bool = False
+    error_for_others: bool = False
+    ignore_address: bool = False
+    clock: Literal["ok", "zero", "binary"] = "ok"
+    fe_preamble: int | None = Field(None, ge=0, le=16)
+    turnaround_ms: float | None = Field(None, ge=0)
+    time_sync_order: Literal["standard", "reversed"] = "standard"
+
+    def quirks(self) -> Quirks:
+        return Quirks(**self.model_dump())
+
+
 class CircuitConfig(_Strict):
     """One circuit of an ADF300L (or the only circuit of a single meter)."""
 
@@ -138,6 +156,7 @@ class MeterConfig(_Strict):
     di_order: Literal["standard", "swapped", "echo"] = "standard"
     battery_low: bool = False
     faults: FaultsConfig = FaultsConfig()
+    quirks: QuirksConfig = QuirksConfig()
 
     @field_validator("profile")
     @classmethod
@@ -269,6 +288,7 @@ def build_meter(cfg: MeterConfig, tou: TouSchedule | None = None) -> SimMeter:
             preamble=2 if cfg.preamble is None else cfg.preamble,
             seed=cfg.seed,
             clock_offset_s=cfg.clock_offset_s,
+            quirks=cfg.quirks.quirks(),
         )
     else:
         if isinstance(cfg.circuits, list):
@@ -306,6 +326,7 @@ def build_meter(cfg: MeterConfig, tou: TouSchedule | None = None) -> SimMeter:
             preamble=4 if cfg.preamble is None else cfg.preamble,
             seed=cfg.seed,
             clock_offset_s=cfg.clock_offset_s,
+            quirks=cfg.quirks.quirks(),
         )
     meter.faults.set(**cfg.faults.model_dump())
     return meter

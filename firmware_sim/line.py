@@ -197,7 +197,8 @@ class SimLine:
             reply = meter.respond(request)
             if not reply:
                 continue
-            start = t_done + self.turnaround_s + meter.faults.slow_reply_s
+            turnaround = self.turnaround_s if meter.turnaround_s is None else meter.turnaround_s
+            start = t_done + turnaround + meter.faults.slow_reply_s
             end = start + len(reply) * self.char_time
             self._deaf_until[id(meter)] = end + self.listen_gap_s
             self.stats.replies += 1

@@ -116,12 +116,22 @@ def bcd_to_decimal(data: bytes, decimals: int, signed: bool) -> Decimal:
     return result
 
 
-def address_matches(pattern: str, address: str) -> bool:
-    """Digit-wise match of BCD meter addresses where ``A`` in ``pattern`` is a wildcard digit.
+def address_matches(pattern: str, address: str, *, per_digit: bool = True) -> bool:
+    """Whether ``address`` is reached by ``pattern``, where ``A`` in the pattern is a wildcard.
 
-    DL/T 645-2007 [地址域] and CJ/T 188-2004 both let AAH bytes stand for any digits, so one rule
-    serves the gateway (does this reply answer my request?) and the simulator (is this request mine?).
+    The standards' wildcard is a whole byte: DL/T 645-2007 [地址域] short addressing fills the
+    remaining high bytes with AAH, and CJ/T 188-2004 addresses its meters the same way (see
+    docs/protocols.md, "Addresses and wildcards"). With ``per_digit=False`` that is the rule: each
+    digit pair of the pattern is ``AA`` or equal to the address's. Many meters also take a single
+    ``A`` digit as "any digit" (``per_digit=True``, the lenient rule): the gateway uses it to
+    recognise the reply to a pattern it sent, a simulated meter only when told to
+    (:class:`firmware_sim.quirks.Quirks`).
     """
-    return len(pattern) == len(address) and all(
-        p in "Aa" or p == a for p, a in zip(pattern, address, strict=True)
+    if len(pattern) != len(address) or len(pattern) % 2:
+        return False
+    if per_digit:
+        return all(p in "Aa" or p == a for p, a in zip(pattern, address, strict=True))
+    return all(
+        pattern[i : i + 2] in ("AA", "aa", "Aa", "aA") or pattern[i : i + 2] == address[i : i + 2]
+        for i in range(0, len(pattern), 2)
     )

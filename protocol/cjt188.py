@@ -125,7 +125,7 @@ class Function(IntEnum):
     WRITE_SYNC = 0x16
 
 
-# PROTOCOLS.md lists "09 read address", but two independent field implementations (and the function
+# Some protocol summaries list "09 read address", but two independent field implementations (and the function
 # tables they quote) use 03 = read address (reply 83H, DI 810AH) and 09 = read key version. We send
 # 03 and accept either 03 or 09 carrying DI 810AH on receipt. UNVERIFIED against the standard's text:
 # pass ``read_address_function`` to :func:`build` to change what we send.
@@ -286,23 +286,36 @@ def _bcd_to_flow(data: bytes, what: str) -> Decimal:
         raise ValueCodecError(f"{what}: {exc}") from exc
 
 
-def _time_to_bcd(when: datetime | None) -> bytes:
-    """ssmmhhDDMMYYYY, seconds first, year as two bytes low pair first (实时时间 field)."""
+def _time_to_bcd(when: datetime | None, raw: bytes | None = None) -> bytes:
+    """ssmmhhDDMMYYYY, seconds first, year as two bytes low pair first (实时时间 field).
+
+    ``raw`` (exactly 7 bytes) goes out as it is: a simulator reproducing a meter whose clock bytes
+    are not a time.
+    """
+    if raw is not None:
+        if len(raw) != _TIME_BYTES:
+            raise ValueCodecError(f"raw meter time must be {_TIME_BYTES} bytes, got {len(raw)}")
+        return bytes(raw)
     if when is None:
         return bytes(_TIME_BYTES)
     parts = (when.second, when.minute, when.hour, when.day, when.month, when.year % 100, when.year // 100)
     return b"".join(bcd_encode(p, 1) for p in parts)
 
 
-def _bcd_to_time(data: bytes) -> datetime | None:
-    """Decode the real-time field; all zeros (meters without a clock) decode to ``None``."""
+def _bcd_to_time(data: bytes) -> tuple[datetime | None, bytes | None]:
+    """The real-time field as ``(time, None)``, or ``(None, the bytes)`` when they are not a time.
+
+    All zeros (a meter without a clock) is ``(None, None)``: nothing to report. Bytes that are not
+    BCD or not a calendar time (one public example sends ``0A 0F 0C 17 0B 11 14``, the fields in
+    binary) do not make the flows in the same reply unreadable: the caller reports the clock invalid.
+    """
     if not any(data):
-        return None
+        return None, None
     try:
         ss, mi, hh, dd, mo, ylo, yhi = (bcd_decode(data[i : i + 1]) for i in range(_TIME_BYTES))
-        return datetime(yhi * 100 + ylo, mo, dd, hh, mi, ss)  # meter local time, no zone
-    except (ValueError, ValueCodecError) as exc:
-        raise ValueCodecError(f"meter time {data.hex(' ')} is not a valid date and time: {exc}") from exc
+        return datetime(yhi * 100 + ylo, mo, dd, hh, mi, ss), None  # meter local time, no zone
+    except (ValueError, ValueCodecError):
+        return None, bytes(data)
 
 
 def _di_bytes(di: int, order: DIOrder) -> bytes:
@@ -314,7 +327,7 @@ def _di_bytes(di: int, order: DIOrder) -> bytes:
 
 
 def _read_di(b0: int, b1: int) -> int:
-    """Both orders are accepted for known DIs (PROTOCOLS.md byte-order trap)."""
+    """Both orders are accepted for known DIs (docs/protocols.md, "DI byte order")."""
     standard = b0 | b1 << 8
     if standard in KNOWN_DIS:
         return standard
@@ -524,6 +537,15 @@ class ReadDataResponse:
     meter_time: datetime | None
     status: WaterStatus
     settle_unit: int | None = None  # None: same unit byte as flow_total
+    time_raw: bytes | None = None
+    """The clock bytes when they are not a time (``meter_time`` is then None); see :func:`time_problem`."""
+
+    @property
+    def time_problem(self) -> str | None:
+        """Why ``meter_time`` is missing although the meter has a clock, in words (None: no problem)."""
+        if self.time_raw is None:
+            return None
+        return f"the meter's clock bytes {self.time_raw.hex(' ').upper()} are not a valid BCD date and time"
 
 
 @dataclass(frozen=True, slots=True)
@@ -615,7 +637,7 @@ def _to_frame(msg: Message, di_order: DIOrder, valve_bits: ValveBits, read_addre
                 + bytes((msg.unit,))
                 + _flow_to_bcd(msg.flow_settle, "flow_settle")
                 + bytes((settle_unit,))
-                + _time_to_bcd(msg.meter_time)
+                + _time_to_bcd(msg.meter_time, msg.time_raw)
                 + _status_bytes(msg.status, valve_bits)
             )
             return Frame(msg.meter_type, msg.address, CONTROL_REPLY | Function.READ_DATA, data)
@@ -710,6 +732,7 @@ def parse(frame: Frame, *, valve_bits: ValveBits = ValveBits()) -> Message:
             _need(frame, 3, "read-data request")
             return ReadDataRequest(frame.meter_type, frame.address, seq)
         _need(frame, 3 + _READ_DATA_PAYLOAD_LEN, "read-data reply")
+        meter_time, time_raw = _bcd_to_time(payload[10:17])
         return ReadDataResponse(
             meter_type=frame.meter_type,
             address=frame.address,
@@ -718,8 +741,9 @@ def parse(frame: Frame, *, valve_bits: ValveBits = ValveBits()) -> Message:
             unit=payload[4],
             flow_settle=_bcd_to_flow(payload[5:9], "flow_settle"),
             settle_unit=None if payload[9] == payload[4] else payload[9],
-            meter_time=_bcd_to_time(payload[10:17]),
+            meter_time=meter_time,
             status=WaterStatus.decode(int.from_bytes(payload[17:19], "little"), valve_bits),
+            time_raw=time_raw,
         )
     if func == Function.WRITE_DATA and di == DI_VALVE:
         if not frame.is_reply:

@@ -147,6 +147,10 @@ class EventKind(StrEnum):
     OUTBOX_OVERFLOW = "outbox_overflow"
     TIME_SYNC = "time_sync"
     GATEWAY_STARTED = "gateway_started"
+    # A meter answers but some value it was polled for is not delivered (refused, garbled, not a
+    # value); sent when the set of such values changes, ``detail["values"]`` = {name: reason}, {}
+    # when everything is back.
+    VALUE_UNAVAILABLE = "value_unavailable"
 
 
 class _Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -6,7 +6,7 @@ A DL/T 645 line is a master/slave RS-485 bus (2400 bps 8E1 by default). The mast
 sends one request frame to one meter address; that meter answers with one reply frame, or not at all.
 Broadcast time sync is the one request that is never answered.
 
-This module has three layers, from bytes up (STYLE.md §1, §3):
+This module has three layers, from bytes up (docs/development.md, "Sans-IO codecs"):
 
 1. **Framing** — :func:`encode_frame`, :func:`decode_frame` and the streaming :class:`FrameParser`
    turn bytes into :class:`Frame` objects and back. A frame carries the meter address, the control
@@ -645,7 +645,7 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class ErrorResponse:
-    """Abnormal reply (C | 40H, L = 1, one error byte). An event, not an exception (STYLE.md §5)."""
+    """Abnormal reply (C | 40H, L = 1, one error byte). An event, not an exception (docs/development.md)."""
 
     address: str
     function: int
@@ -973,7 +973,7 @@ class DataItem:
     unit: str = ""
     quantity: Quantity | None = None
     verified: bool = True
-    """False where PROTOCOLS.md marks the numbering UNVERIFIED: correct the table, not the code."""
+    """False where docs/protocols.md marks the numbering UNVERIFIED: correct the table, not the code."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1024,7 +1024,7 @@ DI_STATUS_4 = 0x04000504
 DI_STATUS_5 = 0x04000505
 DI_STATUS_6 = 0x04000506
 DI_STATUS_7 = 0x04000507
-# Prepaid thresholds, 040010xx: numbering UNVERIFIED (PROTOCOLS.md) - correct the table if needed.
+# Prepaid thresholds, 040010xx: numbering UNVERIFIED (docs/protocols.md) - correct the table if needed.
 DI_ALARM_AMOUNT_1 = 0x04001001
 DI_ALARM_AMOUNT_2 = 0x04001002
 DI_OVERDRAFT_LIMIT = 0x04001003
@@ -1089,7 +1089,7 @@ _ITEMS: tuple[DataItem, ...] = (
 )  # fmt: skip
 
 REGISTRY: Mapping[int, DataItem] = MappingProxyType({item.di: item for item in _ITEMS})
-"""Every DI Meterflow reads or writes; one table for both roles (STYLE.md §3)."""
+"""Every DI Meterflow reads or writes; one table for both roles (docs/development.md)."""
 
 # The purchase count reports PURCHASE_COUNT although its value is an int.
 QUANTITY_DI: Mapping[Quantity, int] = MappingProxyType(
@@ -1196,7 +1196,7 @@ def encode_value(di: int, value: Value) -> bytes:
 @dataclass(frozen=True, slots=True)
 class StatusWord3:
     """Running status word 3 (04000503). Bits above 4 are consistent across implementations but not
-    confirmed in the standard's table (PROTOCOLS.md)."""
+    confirmed in the standard's table (docs/protocols.md, "Values")."""
 
     relay_open: bool  # bit4: actual relay state, 1 = open (supply off)
     relay_command_open: bool  # bit6: last relay command was "open"

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A vendor's register table is a fact about a meter, not about our code, and for the Acrel prepaid
-models only part of it is public (PROTOCOLS.md, "Acrel meters"). So each model's table lives in
+models only part of it is public (docs/protocols.md, "Shipped maps"). So each model's table lives in
 ``protocol/maps/<model>.toml`` where a field engineer can correct an address, a scale or a relay
 command value without touching Python; every entry says whether it is ``verified`` against a
 manual. This module loads and checks those files and does the arithmetic:

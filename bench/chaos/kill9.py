@@ -1,4 +1,4 @@
-"""Long power-cut run (QUALITY.md: 200 kills): tests/edge/test_kill9.py with more rounds.
+"""Long power-cut run (docs/development.md: 200 kills): tests/edge/test_kill9.py with more rounds.
 
     .venv/bin/python bench/chaos/kill9.py [ROUNDS] [SEED]
 

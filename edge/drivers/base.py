@@ -19,17 +19,23 @@ from decimal import Decimal
 from typing import ClassVar, TypeVar
 
 from edge.bus import Bus
-from edge.errors import Unsupported
+from edge.errors import BadReply, NoReply, Unsupported
 from edge.meters import MeterRef
 from protocol.contract import Action, Quantity, RelayState
 from protocol.errors import ProtocolError
 
 __all__ = [
+    "CLOCK",
+    "ESSENTIAL",
+    "RELAY",
     "ControlOutcome",
     "Driver",
     "MeterReading",
     "MeterState",
     "Params",
+    "PerValue",
+    "ProbeAnswer",
+    "Unavailable",
     "expected_state",
     "parsed",
     "press_button",
@@ -45,9 +51,22 @@ READBACK_TRIES = 3
 READBACK_DELAY_S = 0.2
 
 
+ESSENTIAL: tuple[Quantity, ...] = (Quantity.ENERGY_TOTAL_KWH, Quantity.FLOW_TOTAL_M3)
+"""The billing registers: a reading that asked for one of these and lacks it cannot be billed."""
+RELAY = "relay"  # key of :attr:`MeterReading.unavailable`: the relay/valve state was asked for, not read
+CLOCK = "meter_time"  # key of :attr:`MeterReading.unavailable`: the clock was asked for, not read
+
+
 @dataclass
 class MeterReading:
-    """One pass over a meter: the values it gave, its supply state and clock, what it lacked."""
+    """One pass over a meter: the values it gave, its supply state and clock, what it lacked.
+
+    Reading is per value: a meter in the field refuses one data identifier, garbles another or
+    answers a register with bytes that are not a value, and still gives the rest. Everything that was
+    asked for and not delivered is named with its reason, in :attr:`missing` (quantities) or
+    :attr:`unavailable` (:data:`RELAY`, :data:`CLOCK`), so an installer sees it and the daemon can
+    report it; nothing is dropped silently and nothing good is thrown away with it.
+    """
 
     values: dict[Quantity, Decimal] = field(default_factory=dict)
     relay: RelayState | None = None
@@ -55,6 +74,18 @@ class MeterReading:
     meter_time: datetime | None = None
     status: dict[str, bool] = field(default_factory=dict)
     missing: dict[Quantity, str] = field(default_factory=dict)  # quantity -> why the meter lacks it
+    unavailable: dict[str, str] = field(default_factory=dict)  # RELAY / CLOCK -> why it was not read
+
+    def problems(self) -> dict[str, str]:
+        """Every value asked for and not delivered, by name (quantity value, ``relay``, ``meter_time``)."""
+        return {**{q.value: why for q, why in self.missing.items()}, **self.unavailable}
+
+    def essential_problems(self) -> dict[str, str]:
+        """The missing values that make a reading useless: billing register, relay/valve state."""
+        out = {q.value: why for q, why in self.missing.items() if q in ESSENTIAL}
+        if RELAY in self.unavailable:
+            out[RELAY] = self.unavailable[RELAY]
+        return out
 
 
 @dataclass(frozen=True)
@@ -81,6 +112,59 @@ class ControlOutcome:
     ok: bool = True
     sent: str = ""
     needs_button: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeAnswer:
+    """A valid reply frame heard by a scan probe, before anyone believes it.
+
+    ``address`` is what the reply says (it may be the probe's own wildcard pattern echoed back, or
+    another meter's address); ``refused`` marks an abnormal reply, which proves only that something
+    on the line answers frames, not which meter it is. ``frame`` is the protocol's frame, for hints.
+    """
+
+    address: str
+    refused: bool = False
+    frame: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """Why one value of a reading could not be had (the meter refused it, garbled it, …)."""
+
+    reason: str
+
+
+class PerValue:
+    """The transactions of one read, each for one value, with the line's failures sorted out.
+
+    A meter that has not answered anything yet fails the whole read at once (:class:`NoReply`,
+    :class:`BadReply` propagate): a dead meter costs one transaction budget, not one per value. Once it
+    has answered, a garbled reply costs only its own value, and a meter that falls silent mid-read
+    ends the read: the values still to come are unavailable ("stopped answering"), the ones already
+    read are kept.
+    """
+
+    def __init__(self) -> None:
+        self.answered = False
+        self._stopped: Unavailable | None = None
+
+    def step(self, transaction: Callable[[], T]) -> T | Unavailable:
+        if self._stopped is not None:
+            return self._stopped
+        try:
+            result = transaction()
+        except NoReply as exc:
+            if not self.answered:
+                raise
+            self._stopped = Unavailable(f"the meter stopped answering ({exc})")
+            return self._stopped
+        except BadReply as exc:
+            if not self.answered:
+                raise
+            return Unavailable(f"garbled reply: {exc}")
+        self.answered = True
+        return result
 
 
 def expected_state(action: Action) -> RelayState | None:

@@ -15,13 +15,16 @@ from datetime import datetime
 
 from edge.bus import Bus
 from edge.drivers.base import (
+    CLOCK,
     READBACK_DELAY_S,
     READBACK_TRIES,
+    RELAY,
     ControlOutcome,
     Driver,
     MeterReading,
     MeterState,
     Params,
+    ProbeAnswer,
     parsed,
 )
 from edge.errors import BadReply, MeterRefused, NoReply
@@ -56,9 +59,12 @@ def supply_state(valve: c.ValveState) -> RelayState:
 
 
 class Cjt188Decoder:
-    """Complete when a reply with ``function``, a matching address and our sequence number arrives."""
+    """Complete when a reply with ``function``, a matching address and our sequence number arrives.
 
-    def __init__(self, address: str, function: int, seq: int) -> None:
+    ``address=None`` takes a reply from any address (a scan judges it afterwards).
+    """
+
+    def __init__(self, address: str | None, function: int, seq: int) -> None:
         self.address, self.function, self.seq = address, function, seq
         self.frame: c.Frame | None = None
         self._parser = c.FrameParser()
@@ -73,7 +79,7 @@ class Cjt188Decoder:
             if (
                 not frame.is_reply
                 or frame.function != self.function
-                or not address_matches(self.address, frame.address)
+                or (self.address is not None and not address_matches(self.address, frame.address))
             ):
                 continue
             seq = frame.data[0] if frame.is_abnormal and frame.data else None
@@ -141,9 +147,21 @@ class Cjt188Driver(Driver):
         state: bool = True,
         clock: bool = False,
     ) -> MeterReading:
-        data = self.read_data(bus, meter)
+        """One transaction (901F) gives everything; a refusal leaves every value unavailable."""
+        wanted = tuple(dict.fromkeys(quantities))
+        try:
+            data = self.read_data(bus, meter)
+        except MeterRefused as exc:  # it answered, with an abnormal reply: nothing to keep
+            reading = MeterReading(missing=dict.fromkeys(wanted, str(exc)))
+            if state:
+                reading.unavailable[RELAY] = str(exc)
+            if clock:
+                reading.unavailable[CLOCK] = str(exc)
+            return reading
         reading = MeterReading(meter_time=data.meter_time)
-        for quantity in dict.fromkeys(quantities):
+        if clock and data.time_problem is not None:
+            reading.unavailable[CLOCK] = data.time_problem  # the flows of the same reply are good
+        for quantity in wanted:
             if quantity == Quantity.FLOW_TOTAL_M3:
                 reading.values[quantity] = data.flow_total
             elif quantity == Quantity.FLOW_SETTLE_M3:
@@ -204,11 +222,19 @@ class Cjt188Driver(Driver):
 
     # ------------------------------------------------------------------ line-wide
     def probe(
-        self, bus: Bus, pattern: str, *, read_address: bool = False, meter_type: int = c.WILDCARD_METER_TYPE
-    ) -> c.Frame | None:
-        """The reply frame of the one meter matching ``pattern``; None when silent (BadReply: several).
+        self,
+        bus: Bus,
+        pattern: str,
+        *,
+        read_address: bool = False,
+        meter_type: int = c.WILDCARD_METER_TYPE,
+        retries: int = 0,
+    ) -> ProbeAnswer | None:
+        """The one valid reply to a probe of ``pattern``, as heard; None when silent.
 
         The probe is a read-data request, or with ``read_address`` a read-address request (all-AA).
+        A reply with our sequence number from any address is returned, an abnormal one too:
+        :mod:`edge.scan` decides what it proves. Several meters at once collide: :class:`BadReply`.
         """
         seq = self._next_seq()
         if read_address:
@@ -217,13 +243,15 @@ class Cjt188Driver(Driver):
         else:
             message = c.ReadDataRequest(meter_type, pattern, seq)
             function, length = int(c.Function.READ_DATA), _READ_DATA_LEN
-        decoder = Cjt188Decoder(pattern, function, seq)
+        decoder = Cjt188Decoder(None, function, seq)
         request = c.build(message, valve_bits=self.valve_bits)
         try:
-            bus.transact(request, decoder, expected_len=_PREAMBLE + _OVERHEAD + length, retries=0)
+            bus.transact(request, decoder, expected_len=_PREAMBLE + _OVERHEAD + length, retries=retries)
         except NoReply:
             return None
-        return decoder.frame
+        frame = decoder.frame
+        assert frame is not None
+        return ProbeAnswer(frame.address, refused=frame.is_abnormal, frame=frame)
 
     def scan(self, bus: Bus, *, candidates: Iterable[str] | None = None) -> list[str]:
         from edge.scan import scan_cjt188

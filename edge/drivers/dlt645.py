@@ -14,14 +14,20 @@ import itertools
 from collections.abc import Iterable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
+from functools import partial
 
 from edge.bus import Bus
 from edge.drivers.base import (
+    CLOCK,
+    RELAY,
     ControlOutcome,
     Driver,
     MeterReading,
     MeterState,
     Params,
+    PerValue,
+    ProbeAnswer,
+    Unavailable,
     parsed,
     press_button,
     settle,
@@ -90,10 +96,10 @@ class Dlt645Decoder:
 
     Our own request (local echo), replies from other meters and, with ``di``, a late reply to an
     earlier read of another identifier are skipped; a checksum error is raised so the bus can count
-    it and retry.
+    it and retry. ``address=None`` takes a reply from any address (a scan judges it afterwards).
     """
 
-    def __init__(self, address: str, function: int, di: int | None = None) -> None:
+    def __init__(self, address: str | None, function: int, di: int | None = None) -> None:
         self.address = address
         self.function = function
         self.di = di
@@ -110,7 +116,7 @@ class Dlt645Decoder:
             if (
                 not frame.is_reply
                 or frame.function != self.function
-                or not address_matches(self.address, frame.address)
+                or (self.address is not None and not address_matches(self.address, frame.address))
             ):
                 continue
             if self.di is not None and not frame.is_abnormal and frame.data[:4] != self._di_bytes:
@@ -126,6 +132,21 @@ class Dlt645Decoder:
     @property
     def discarded(self) -> int:
         return self._parser.discarded
+
+
+def _state_of(word: int) -> MeterState:
+    status = d.StatusWord3.decode(word)
+    return MeterState(
+        relay=RelayState.OPEN if status.relay_open else RelayState.CLOSED,
+        protected=status.protected,
+        status={
+            "relay_open": status.relay_open,
+            "relay_command_open": status.relay_command_open,
+            "pre_trip_alarm": status.pre_trip_alarm,
+            "prepaid_money": status.prepaid_money,
+            "protected": status.protected,
+        },
+    )
 
 
 def _reply_len(data_len: int) -> int:
@@ -168,17 +189,35 @@ class Dlt645Driver(Driver):
         return value
 
     def _read_or_error(self, bus: Bus, meter: MeterRef, di: int) -> d.Value | d.ErrorBits:
+        value = self._value(bus, meter, di)
+        if isinstance(value, Unavailable):
+            raise BadReply(f"meter {meter.label}: {value.reason}")
+        return value
+
+    def _value(self, bus: Bus, meter: MeterRef, di: int) -> d.Value | d.ErrorBits | Unavailable:
+        """The value of ``di``, the meter's refusal, or why the answer is not a value.
+
+        Only the line's own failures raise (:class:`NoReply`, :class:`BadReply`): an answer that is a
+        valid frame but not a valid value (a date register reading ``00 00 00 00``) is a fact about
+        this one register, not about the meter.
+        """
         item = d.lookup(di)
         request = d.ReadRequest(meter.address, di)
-        reply = self.exchange(bus, meter.address, request, d.Function.READ, 4 + item.length)
+        decoder = Dlt645Decoder(meter.address, d.Function.READ, di)
+        bus.transact(d.build(request), decoder, expected_len=_reply_len(4 + item.length))
+        assert decoder.frame is not None
+        try:
+            reply = d.parse(decoder.frame)
+        except ProtocolError as exc:
+            return Unavailable(f"unreadable reply to {item.name}: {exc}")
         if isinstance(reply, d.ErrorResponse):
             return reply.error
         if not isinstance(reply, d.ReadResponse) or reply.di != di:
-            raise BadReply(f"meter {meter.label} answered a read of {di:08X} with {reply!r}")
+            return Unavailable(f"answered a read of {di:08X} with {reply!r}")
         try:
             return d.decode_value(di, reply.data)
         except ProtocolError as exc:
-            raise BadReply(f"meter {meter.label}: {item.name} does not decode: {exc}") from exc
+            return Unavailable(f"{item.name} ({di:08X}) does not decode: {exc}")
 
     # ------------------------------------------------------------------ reads
     def default_quantities(self, meter: MeterRef) -> tuple[Quantity, ...]:
@@ -195,51 +234,59 @@ class Dlt645Driver(Driver):
         state: bool = True,
         clock: bool = False,
     ) -> MeterReading:
+        """One transaction per value; each refused or undecodable one is reported, the rest kept."""
         reading = MeterReading()
+        plan: list[tuple[Quantity | str, int]] = []
         for quantity in dict.fromkeys(quantities):
             di = d.QUANTITY_DI.get(quantity)
             if di is None:
                 reading.missing[quantity] = "not a DL/T 645 quantity"
-                continue
-            value = self._read_or_error(bus, meter, di)
-            if isinstance(value, d.ErrorBits):
-                reading.missing[quantity] = describe_error(value)
-                continue
-            reading.values[quantity] = value if isinstance(value, Decimal) else Decimal(str(value))
+            else:
+                plan.append((quantity, di))
         if state:
-            current = self.read_state(bus, meter)
-            reading.relay, reading.protected, reading.status = (
-                current.relay,
-                current.protected,
-                dict(current.status),
-            )
+            plan.append((RELAY, d.DI_STATUS_3))
         if clock:
-            reading.meter_time = self.read_time(bus, meter)
+            plan += [(CLOCK, d.DI_DATE), (CLOCK, d.DI_TIME)]
+        run = PerValue()
+        got: dict[int, d.Value] = {}
+        why: dict[int, str] = {}
+        for _, di in plan:
+            result = run.step(partial(self._value, bus, meter, di))
+            if isinstance(result, Unavailable):
+                why[di] = result.reason
+            elif isinstance(result, d.ErrorBits):
+                why[di] = describe_error(result)
+            else:
+                got[di] = result
+        for name, di in plan:
+            if isinstance(name, Quantity):
+                value = got.get(di)
+                if value is None:
+                    reading.missing[name] = why[di]
+                else:
+                    reading.values[name] = value if isinstance(value, Decimal) else Decimal(str(value))
+        if state:
+            word = got.get(d.DI_STATUS_3)
+            if isinstance(word, int):
+                current = _state_of(word)
+                reading.relay, reading.protected = current.relay, current.protected
+                reading.status = dict(current.status)
+            else:
+                reading.unavailable[RELAY] = why.get(d.DI_STATUS_3, "status word 3 is not a word")
+        if clock:
+            day, moment = got.get(d.DI_DATE), got.get(d.DI_TIME)
+            if isinstance(day, date) and isinstance(moment, time):
+                reading.meter_time = datetime.combine(day, moment)
+            else:
+                reasons = [why[di] for di in (d.DI_DATE, d.DI_TIME) if di in why]
+                reading.unavailable[CLOCK] = "; ".join(reasons) or "date/time registers have unexpected types"
         return reading
-
-    def read_time(self, bus: Bus, meter: MeterRef) -> datetime:
-        day = self.read_di(bus, meter, d.DI_DATE)
-        moment = self.read_di(bus, meter, d.DI_TIME)
-        if not isinstance(day, date) or not isinstance(moment, time):
-            raise BadReply(f"meter {meter.label}: date/time registers have unexpected types")
-        return datetime.combine(day, moment)
 
     def read_state(self, bus: Bus, meter: MeterRef) -> MeterState:
         word = self.read_di(bus, meter, d.DI_STATUS_3)
         if not isinstance(word, int):
             raise BadReply(f"meter {meter.label}: status word 3 is not a word")
-        status = d.StatusWord3.decode(word)
-        return MeterState(
-            relay=RelayState.OPEN if status.relay_open else RelayState.CLOSED,
-            protected=status.protected,
-            status={
-                "relay_open": status.relay_open,
-                "relay_command_open": status.relay_command_open,
-                "pre_trip_alarm": status.pre_trip_alarm,
-                "prepaid_money": status.prepaid_money,
-                "protected": status.protected,
-            },
-        )
+        return _state_of(word)
 
     # ------------------------------------------------------------------ control
     def _remote(self, bus: Bus, meter: MeterRef, action: d.ControlAction, now: datetime) -> None:
@@ -294,7 +341,7 @@ class Dlt645Driver(Driver):
             except MeterRefused:
                 if code != d.ControlAction.CLOSE:
                     raise
-                # Some meters take only close-permit (PROTOCOLS.md): try that before giving up.
+                # Some meters take only close-permit (docs/protocols.md, "Transactions"): try it.
                 self._remote(bus, meter, d.ControlAction.CLOSE_PERMIT, when)
                 code = d.ControlAction.CLOSE_PERMIT
                 fallback = "; this meter refuses direct close: set control_mode = close_permit"
@@ -380,26 +427,37 @@ class Dlt645Driver(Driver):
         """Broadcast time (function 08, address 999999999999); meters never answer it."""
         bus.send(d.build(d.TimeSyncRequest(now.replace(microsecond=0, tzinfo=None))))
 
-    def probe(self, bus: Bus, pattern: str, *, read_address: bool = False) -> str | None:
-        """Address of the one meter matching ``pattern`` (A = wildcard digit); None when silent.
+    def probe(
+        self, bus: Bus, pattern: str, *, read_address: bool = False, retries: int = 0
+    ) -> ProbeAnswer | None:
+        """The one valid reply to a read of ``pattern`` (A = wildcard), as heard; None when silent.
 
         The probe reads the forward energy register, or with ``read_address`` sends read-address
-        (13H, to the all-wildcard address only). Several meters answering at once collide and raise
-        :class:`BadReply`.
+        (13H, to the all-wildcard address only; the answer is the address in its data). A reply from
+        any address is returned, error replies too: :mod:`edge.scan` decides what it proves. Several
+        meters answering at once collide into bytes that make no frame: :class:`BadReply`.
         """
         if read_address:
             message: d.Message = d.ReadAddressRequest()
-            function, length = d.Function.READ_ADDRESS, 6
+            function, length, di = d.Function.READ_ADDRESS, 6, None
         else:
             message = d.ReadRequest(pattern, d.DI_ENERGY_FORWARD_TOTAL)
-            function, length = d.Function.READ, 8
-        decoder = Dlt645Decoder(pattern, function)
+            function, length, di = d.Function.READ, 8, d.DI_ENERGY_FORWARD_TOTAL
+        decoder = Dlt645Decoder(None, function, di)
         try:
-            bus.transact(d.build(message), decoder, expected_len=_reply_len(length), retries=0)
+            bus.transact(d.build(message), decoder, expected_len=_reply_len(length), retries=retries)
         except NoReply:
             return None
-        assert decoder.frame is not None
-        return decoder.frame.address
+        frame = decoder.frame
+        assert frame is not None
+        if frame.is_abnormal:
+            return ProbeAnswer(frame.address, refused=True, frame=frame)
+        try:
+            reply = d.parse(frame)
+        except ProtocolError as exc:
+            raise BadReply(f"unreadable reply to a scan probe: {exc}") from exc
+        address = reply.address if isinstance(reply, d.AddressResponse | d.ReadResponse) else frame.address
+        return ProbeAnswer(address, frame=frame)
 
     def scan(self, bus: Bus, *, candidates: Iterable[str] | None = None) -> list[str]:
         from edge.scan import scan_dlt645

@@ -12,14 +12,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 
 from edge.bus import Bus
 from edge.drivers.base import (
+    CLOCK,
+    RELAY,
     ControlOutcome,
     Driver,
     MeterReading,
     MeterState,
     Params,
+    PerValue,
+    Unavailable,
     parsed,
     press_button,
     settle,
@@ -147,19 +152,27 @@ class ModbusDriver(Driver):
         status_name = self._status_register(modbus_map)
         if state and status_name:
             wanted.append(status_name)
+        elif state:
+            reading.unavailable[RELAY] = f"the {modbus_map.model} register map has no relay status register"
+        if clock:
+            reading.unavailable[CLOCK] = f"the {modbus_map.model} register map has no clock"
         try:
             blocks = mm.plan_reads(modbus_map, wanted, circuit)
         except ProtocolError as exc:
             raise ConfigError(f"meter {meter.label}: {exc}") from exc
         results: list[tuple[int, Sequence[int]]] = []
-        refused: list[tuple[int, int, str]] = []
+        refused: list[tuple[int, int, str]] = []  # blocks without values, and why
+        run = PerValue()
         for address, count in blocks:
-            reply = self.exchange(bus, rtu.build_read_request(meter.unit, address, count))
-            if reply.is_exception:
+            request = rtu.build_read_request(meter.unit, address, count)
+            reply = run.step(partial(self.exchange, bus, request))
+            if isinstance(reply, Unavailable):
+                refused.append((address, count, reply.reason))
+            elif reply.is_exception:
                 refused.append((address, count, _meaning(reply.exception_code)))
             elif len(reply.values) != count:
-                raise BadReply(
-                    f"meter {meter.label} returned {len(reply.values)} registers, asked for {count}"
+                refused.append(
+                    (address, count, f"the meter returned {len(reply.values)} registers, asked for {count}")
                 )
             else:
                 results.append((address, reply.values))
@@ -169,6 +182,8 @@ class ModbusDriver(Driver):
             if reason is not None:
                 if name in names:
                     reading.missing[names[name]] = reason
+                else:
+                    reading.unavailable[RELAY] = reason
                 continue
             value = mm.decode_reads(modbus_map, [name], results, circuit)[name]
             if name in names:

@@ -1,8 +1,9 @@
 """What every simulated meter shares: address, lock, faults, its own clock, and fault application.
 
-A meter is the server role of a sans-IO codec (STYLE.md §1): the line hands it a parsed request,
-``handle`` returns the reply bytes built with the same codec the gateway uses (or None for silence),
-and :meth:`SimMeter.respond` applies the configured faults on the way out.
+A meter is the server role of a sans-IO codec (docs/development.md, "Sans-IO codecs"): the line
+hands it a parsed request, ``handle`` returns the reply bytes built with the same codec the gateway
+uses (or None for silence), and :meth:`SimMeter.respond` applies the configured faults and quirks on
+the way out.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import ClassVar
 from firmware_sim.clock import SimClock, from_ms, to_ms
 from firmware_sim.faults import FaultSet
 from firmware_sim.profile import stable_key
+from firmware_sim.quirks import Quirks
+from protocol.bcd import address_matches
 
 __all__ = ["PROTOCOLS", "SimMeter"]
 
@@ -35,12 +38,14 @@ class SimMeter(ABC):
         protocol: str,
         seed: int | None = None,
         clock_offset_s: float = 0.0,
+        quirks: Quirks | None = None,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         self.address = address
         self.protocol = protocol
         self.seed = seed
+        self.quirks = quirks or Quirks()
         self.lock = threading.RLock()
         self.faults = FaultSet()
         self.clock = SimClock()
@@ -71,6 +76,23 @@ class SimMeter(ABC):
         with self.lock:
             self._clock_offset_ms = to_ms(when) - self.clock.sim_ms()
 
+    # ------------------------------------------------------------------ addressing
+    def addressed_by(self, pattern: str) -> bool:
+        """Whether a request to ``pattern`` is for this meter: whole AAH wildcard bytes only, as the
+        standards have it, unless the meter also takes single ``A`` digits (``digit_wildcards``)."""
+        if self.quirks.ignore_address:
+            return True
+        return address_matches(pattern, self.address, per_digit=self.quirks.digit_wildcards)
+
+    def reply_address(self, pattern: str) -> str:
+        """The address a reply carries: the meter's own, or the request's (``echo_address``)."""
+        return pattern.upper() if self.quirks.echo_address else self.address
+
+    @property
+    def turnaround_s(self) -> float | None:
+        """This meter's own turnaround (``turnaround_ms`` quirk); None: the line's."""
+        return self.quirks.turnaround_s
+
     # ------------------------------------------------------------------ requests
     def respond(self, request: object) -> bytes | None:
         """Reply bytes for a request heard on the line, with faults applied; None = silence."""
@@ -83,6 +105,7 @@ class SimMeter(ABC):
                 return None
             if faults.bad_checksum:
                 reply = self.corrupt_checksum(reply)
+            reply = self.quirks.with_preamble(reply)
             if faults.garbage:
                 reply = self._noise() + reply + self._noise()
             return reply

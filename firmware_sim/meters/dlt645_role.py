@@ -1,9 +1,11 @@
 """DL/T 645-2007 server role of an electricity meter: requests in, reply bytes out.
 
 Built on :mod:`protocol.dlt645` (the gateway's own codec): parse the request frame, act on the
-meter's first circuit, build the reply. Addressing (§4.1.2): a frame reaches this meter when every
-digit matches or is the wildcard ``A``; the broadcast address reaches every meter and is never
-answered (time sync).
+meter's first circuit, build the reply. Addressing ([地址域], docs/protocols.md "Addresses and
+wildcards"): a frame reaches this meter when every byte of its address matches or is the wildcard
+AAH; the broadcast address reaches every meter and is never answered (time sync). What real meters
+do beyond that (per-digit wildcards, echoed addresses, errors for other meters' frames, zero or
+binary clocks, a reversed broadcast time) is the meter's :class:`~firmware_sim.quirks.Quirks`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from firmware_sim.errors import CommandRefused
 from protocol import dlt645 as d
-from protocol.bcd import address_matches
 from protocol.errors import ProtocolError
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class Dlt645Role:
         self.meter = meter
         self.preamble = preamble
         self._readers = self._build_readers()
+        self._reply_to = meter.address  # the address of the reply being built
 
     # ------------------------------------------------------------------ entry point
     def handle(self, frame: d.Frame) -> bytes | None:
@@ -51,8 +53,12 @@ class Dlt645Role:
         if frame.address == d.BROADCAST_ADDRESS:
             self._broadcast(frame)
             return None
-        if not address_matches(frame.address, meter.address):
+        if not meter.addressed_by(frame.address):
+            if meter.quirks.error_for_others:  # "other error", the request's address echoed
+                error = d.ErrorResponse(frame.address, frame.function, d.ErrorBits.OTHER)
+                return d.build(error, preamble=self.preamble)
             return None
+        self._reply_to = meter.reply_address(frame.address)
         try:
             message = d.parse(frame)
         except ProtocolError:
@@ -69,6 +75,9 @@ class Dlt645Role:
         return self._error(frame.function, d.ErrorBits.NO_DATA)
 
     def _broadcast(self, frame: d.Frame) -> None:
+        if self.meter.quirks.time_sync_order == "reversed" and frame.function == d.Function.BROADCAST_TIME:
+            # reads YY MM DD hh mm ss in wire order: the standard's order is ss first
+            frame = d.Frame(frame.address, frame.control, frame.data[::-1])
         try:
             message = d.parse(frame)
         except ProtocolError:
@@ -77,19 +86,33 @@ class Dlt645Role:
             self.meter.set_meter_time(message.when)
 
     def _error(self, function: int, error: d.ErrorBits) -> bytes:
-        return d.build(d.ErrorResponse(self.meter.address, function, error), preamble=self.preamble)
+        return d.build(d.ErrorResponse(self._reply_to, function, error), preamble=self.preamble)
 
     def _ack(self, function: int) -> bytes:
-        return d.build(d.Ack(self.meter.address, function), preamble=self.preamble)
+        return d.build(d.Ack(self._reply_to, function), preamble=self.preamble)
 
     # ------------------------------------------------------------------ reads
     def _read(self, di: int) -> bytes:
-        reader = self._readers.get(di)
-        value = reader() if reader is not None else None
-        if value is None:
-            return self._error(d.Function.READ, d.ErrorBits.NO_DATA)
-        data = d.encode_value(di, value)
-        return d.build(d.ReadResponse(self.meter.address, di, data), preamble=self.preamble)
+        data = self._clock_quirk(di)
+        if data is None:
+            reader = self._readers.get(di)
+            value = reader() if reader is not None else None
+            if value is None:
+                return self._error(d.Function.READ, d.ErrorBits.NO_DATA)
+            data = d.encode_value(di, value)
+        return d.build(d.ReadResponse(self._reply_to, di, data), preamble=self.preamble)
+
+    def _clock_quirk(self, di: int) -> bytes | None:
+        """The date/time register bytes of a meter whose clock is all zero or binary; else None."""
+        quirk = self.meter.quirks.clock
+        if quirk == "ok" or di not in (d.DI_DATE, d.DI_TIME):
+            return None
+        if quirk == "zero":
+            return bytes(4 if di == d.DI_DATE else 3)
+        now = self.meter.meter_time
+        if di == d.DI_DATE:  # WW DD MM YY, each field in binary
+            return bytes((now.isoweekday() % 7, now.day, now.month, now.year - 2000))
+        return bytes((now.second, now.minute, now.hour))
 
     def _build_readers(self) -> dict[int, Callable[[], d.Value | None]]:
         meter = self.meter

@@ -19,6 +19,7 @@ from firmware_sim.meters.circuit import Circuit, PrepaidSettings
 from firmware_sim.meters.dlt645_role import Dlt645Role
 from firmware_sim.meters.modbus_role import ModbusRole
 from firmware_sim.profile import PROFILE_SHAPES, LoadProfile, TouSchedule, default_tou, stable_key
+from firmware_sim.quirks import Quirks
 from protocol import dlt645, modbus_rtu
 
 __all__ = ["Adf300lSim", "CircuitSpec", "Ddsy1352Sim", "Dtsy1352Sim", "ElectricMeter"]
@@ -65,6 +66,7 @@ class ElectricMeter(SimMeter):
         preamble: int = 4,
         seed: int | None = None,
         clock_offset_s: float = 0.0,
+        quirks: Quirks | None = None,
     ) -> None:
         if protocol not in ("dlt645", "modbus"):
             raise ValueError(f"{self.model} speaks dlt645 or modbus, not {protocol!r}")
@@ -77,7 +79,7 @@ class ElectricMeter(SimMeter):
             text = str(int(text))
         elif len(text) != 12 or not text.isdigit():
             raise ValueError(f"DL/T 645 address must be 12 digits, got {address!r}")
-        super().__init__(text, protocol=protocol, seed=seed, clock_offset_s=clock_offset_s)
+        super().__init__(text, protocol=protocol, seed=seed, clock_offset_s=clock_offset_s, quirks=quirks)
         self.password = password
         self.password_level = password_level
         self.tou = tou or default_tou()

@@ -7,6 +7,7 @@ stops the count and ``relay_stuck`` makes the valve refuse to open.
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
 from typing import ClassVar, Literal
 
@@ -15,8 +16,8 @@ from firmware_sim.errors import CommandRefused
 from firmware_sim.meters.base import SimMeter
 from firmware_sim.meters.circuit import Circuit
 from firmware_sim.profile import PROFILE_SHAPES, LoadProfile, TouSchedule, stable_key
+from firmware_sim.quirks import Quirks
 from protocol import cjt188 as c
-from protocol.bcd import address_matches
 from protocol.errors import ProtocolError
 
 __all__ = ["WaterValveSim"]
@@ -45,12 +46,13 @@ class WaterValveSim(SimMeter):
         preamble: int = 2,
         seed: int | None = None,
         clock_offset_s: float = 0.0,
+        quirks: Quirks | None = None,
     ) -> None:
         if len(address) != 14 or not address.isdigit():
             raise ValueError(f"CJ/T 188 address must be 14 digits, got {address!r}")
         if profile not in PROFILE_SHAPES:
             raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILE_SHAPES)}")
-        super().__init__(address, protocol="cjt188", seed=seed, clock_offset_s=clock_offset_s)
+        super().__init__(address, protocol="cjt188", seed=seed, clock_offset_s=clock_offset_s, quirks=quirks)
         self.meter_type = int(meter_type)
         self.di_order = di_order
         self.valve_bits = valve_bits or c.ValveBits()
@@ -113,43 +115,58 @@ class WaterValveSim(SimMeter):
             return None
         if request.meter_type not in (self.meter_type, c.WILDCARD_METER_TYPE):
             return None
-        if not address_matches(request.address, self.address):
-            return None
         order: c.DIOrder = "standard"
         if self.di_order == "swapped":
             order = "swapped"
         elif self.di_order == "echo":
             order = c.detect_di_order(request) or "standard"
         seq = request.data[2] if len(request.data) >= 3 else 0
+        if not self.addressed_by(request.address):
+            if self.quirks.error_for_others:  # abnormal reply, the request's address echoed
+                other = c.ErrorResponse(self.meter_type, request.address, request.control, seq, self.status())
+                return self._build(other, order)
+            return None
+        to = self.reply_address(request.address)
         try:
             message = c.parse(request, valve_bits=self.valve_bits)
         except ProtocolError:
-            return self._build(
-                c.ErrorResponse(self.meter_type, self.address, request.control, seq, self.status()), order
-            )
+            refused = c.ErrorResponse(self.meter_type, to, request.control, seq, self.status())
+            return self._build(refused, order)
         if isinstance(message, c.ReadDataRequest):
+            meter_time, time_raw = self._clock()
             reply: c.Message = c.ReadDataResponse(
                 meter_type=self.meter_type,
-                address=self.address,
+                address=to,
                 seq=message.seq,
                 flow_total=self.flow_m3,
                 flow_settle=self.flow_settle_m3,
                 unit=c.UNIT_M3,
-                meter_time=self.meter_time.replace(microsecond=0),
+                meter_time=meter_time,
                 status=self.status(),
+                time_raw=time_raw,
             )
         elif isinstance(message, c.ValveRequest):
             try:
                 self.open_valve() if message.open else self.close_valve()
             except CommandRefused:
-                reply = c.ErrorResponse(self.meter_type, self.address, request.control, seq, self.status())
+                reply = c.ErrorResponse(self.meter_type, to, request.control, seq, self.status())
             else:
-                reply = c.ValveResponse(self.meter_type, self.address, message.seq, self.status())
+                reply = c.ValveResponse(self.meter_type, to, message.seq, self.status())
         elif isinstance(message, c.ReadAddressRequest):
             reply = c.AddressResponse(self.meter_type, self.address, message.seq)
         else:
             return None
         return self._build(reply, order)
+
+    def _clock(self) -> tuple[datetime | None, bytes | None]:
+        """The real-time field: the meter's time, all zero (no clock) or binary fields (quirk)."""
+        now = self.meter_time.replace(microsecond=0)
+        if self.quirks.clock == "zero":
+            return None, None
+        if self.quirks.clock == "binary":  # ss mm hh DD MM YYlo YYhi, each in binary
+            fields = (now.second, now.minute, now.hour, now.day, now.month, now.year % 100, now.year // 100)
+            return None, bytes(fields)
+        return now, None
 
     def _build(self, message: c.Message, order: c.DIOrder) -> bytes:
         return c.build(message, di_order=order, preamble=self.preamble, valve_bits=self.valve_bits)

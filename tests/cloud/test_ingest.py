@@ -232,3 +232,22 @@ def test_a_payload_the_database_refuses_is_dead_lettered_not_retried_forever(
         assert "database refused it" in letters[0].reason
     else:
         assert (len(stored), len(letters)) == (1, 0)
+
+
+def test_a_value_unavailable_event_is_stored_and_changes_no_meter_state(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The gateway reports a value a meter does not deliver: kept for the record, nothing acted on."""
+    site = make_flow_site(session_factory)
+    ingest = _ingest(session_factory, Clock(T0), [])
+    detail = {"line": "a", "values": {"meter_time": "date (04000101) does not decode: 00 00 00 00"}}
+    event = Event(id="v1", ts=T0, kind=EventKind.VALUE_UNAVAILABLE, meter="m1", detail=detail)
+    ingest.handle(Topics(site.gateway).events, encode(EventBatch(gateway=site.gateway, events=[event])))
+    with session_factory() as s:
+        stored = s.scalars(select(GatewayEvent)).one()
+        state = s.get(MeterState, site.meters["m1"])
+        alarms = s.scalars(select(Alarm)).all()
+    assert (stored.kind, stored.meter_device, stored.detail) == ("value_unavailable", "m1", detail)
+    assert state is not None
+    assert (state.observed, state.offline) == (None, False)
+    assert alarms == []

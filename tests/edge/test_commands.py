@@ -1,6 +1,6 @@
 """Command verification, dedupe across restarts, persistence before execution, and ack judgement.
 
-The executor here is the injectable seam the daemon fills with a line worker (STYLE.md 8); the
+The executor here is the injectable seam the daemon fills with a line worker (docs/development.md, "Seams"); the
 end-to-end path with simulated meters is in test_daemon_e2e.py.
 """
 

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
-from edge.bus import Bus
+from edge.bus import Bus, TraceEntry
 from edge.drivers import get_driver
+from edge.drivers.base import CLOCK, RELAY
 from edge.drivers.dlt645 import Dlt645Driver
 from edge.errors import MeterRefused, NoReply, Unsupported
 from edge.meters import MeterRef
-from firmware_sim import Ddsy1352Sim, Dtsy1352Sim, LineHandle, PrepaidSettings, SimLine, run_line
+from firmware_sim import Ddsy1352Sim, Dtsy1352Sim, LineHandle, PrepaidSettings, Quirks, SimLine, run_line
 from protocol.contract import Action, Quantity, RelayState
 
 PREPAID, PLAIN, THREE, PERMIT, SECRET, DEAD = (
@@ -196,3 +197,69 @@ def test_dead_meter_costs_one_transaction_budget(bus: Bus) -> None:
     elapsed = time.monotonic() - start
     assert bus.stats.transactions == 1
     assert elapsed <= bus.no_reply_budget(20) + 0.3
+
+
+# ------------------------------------------------------------------ per-value reading
+CLOCKLESS = "000000000077"
+
+
+@pytest.fixture
+def odd_line() -> Iterator[LineHandle]:
+    meters = [Ddsy1352Sim(CLOCKLESS, base_w=0, initial_kwh=Decimal("42.00"), quirks=Quirks(clock="zero"))]
+    with run_line(SimLine(9600, "E", meters, turnaround_s=0.02), tcp_port=None) as handle:
+        yield handle
+
+
+def odd_bus(handle: LineHandle, trace: Callable[[TraceEntry], None] | None = None) -> Bus:
+    return Bus(handle.url, baudrate=9600, parity="E", turnaround_s=0.15, inter_byte_s=0.1, trace=trace)
+
+
+def test_a_date_register_reading_zero_costs_only_the_clock(odd_line: LineHandle) -> None:
+    wanted = [Quantity.ENERGY_TOTAL_KWH, Quantity.VOLTAGE_A_V]
+    with odd_bus(odd_line) as bus:
+        reading = driver.read(bus, ref(CLOCKLESS), wanted, clock=True)
+    assert reading.values[Quantity.ENERGY_TOTAL_KWH] == Decimal("42.00")
+    assert Quantity.VOLTAGE_A_V in reading.values
+    assert reading.relay == RelayState.CLOSED
+    assert reading.meter_time is None
+    assert reading.unavailable == {
+        CLOCK: "date and weekday (YYMMDDWW) (04000101) does not decode: not a valid YYMMDDWW date: 00 00 00 00"
+    }
+    assert reading.essential_problems() == {}
+
+
+def after_replies(handle: LineHandle, replies: int, **fault: object) -> Callable[[TraceEntry], None]:
+    """A trace hook that injects ``fault`` once the meter has given ``replies`` replies (the hook runs
+    on the bus's thread before the next request goes out, so the timing is exact)."""
+    seen = 0
+
+    def hook(entry: TraceEntry) -> None:
+        nonlocal seen
+        if entry.direction == "rx" and entry.note == "reply":
+            seen += 1
+            if seen == replies:
+                handle.meter(CLOCKLESS).faults.set(**fault)
+
+    return hook
+
+
+def test_a_meter_falling_silent_mid_read_keeps_what_it_gave(odd_line: LineHandle) -> None:
+    wanted = [Quantity.ENERGY_TOTAL_KWH, Quantity.VOLTAGE_A_V, Quantity.CURRENT_A_A]
+    with odd_bus(odd_line, after_replies(odd_line, 1, no_reply=True)) as bus:
+        reading = driver.read(bus, ref(CLOCKLESS), wanted)
+        transactions = bus.stats.transactions
+    assert reading.values == {Quantity.ENERGY_TOTAL_KWH: Decimal("42.00")}
+    assert set(reading.missing) == {Quantity.VOLTAGE_A_V, Quantity.CURRENT_A_A}
+    assert all("stopped answering" in why for why in reading.problems().values())
+    assert RELAY in reading.unavailable
+    assert transactions == 2  # the silent one ended the read: no budget spent on the rest
+
+
+def test_a_garbled_value_mid_read_costs_only_that_value(odd_line: LineHandle) -> None:
+    wanted = [Quantity.ENERGY_TOTAL_KWH, Quantity.VOLTAGE_A_V]
+    with odd_bus(odd_line, after_replies(odd_line, 1, bad_checksum=True)) as bus:
+        reading = driver.read(bus, ref(CLOCKLESS), wanted)
+    assert reading.values == {Quantity.ENERGY_TOTAL_KWH: Decimal("42.00")}
+    assert reading.missing[Quantity.VOLTAGE_A_V].startswith("garbled reply: corrupt reply")
+    assert reading.unavailable[RELAY].startswith("garbled reply")
+    assert reading.essential_problems() == {"relay": reading.unavailable[RELAY]}

@@ -20,6 +20,7 @@ from firmware_sim import (
     Dtsy1352Sim,
     LineHandle,
     PrepaidSettings,
+    Quirks,
     SimLine,
     WaterValveSim,
     run_line,
@@ -39,12 +40,13 @@ FAST = ["--baud", "9600", "--timeout", "0.15", "--inter-byte", "0.1"]
 
 @pytest.fixture(scope="module")
 def dlt_line() -> Iterator[LineHandle]:
+    digits = Quirks(digit_wildcards=True)  # strict lines: tests/edge/test_scan.py
     meters = [
-        Ddsy1352Sim(PREPAID, base_w=0, prepaid=PrepaidSettings(balance_fen=8_800)),
-        Ddsy1352Sim(PLAIN, base_w=0, initial_kwh=Decimal("1234.56")),
-        Ddsy1352Sim(SECRET, base_w=0, password="123456"),
-        Ddsy1352Sim(FAULTY, base_w=0, initial_kwh=Decimal("5.00")),
-        Dtsy1352Sim(THREE, base_w=1000),
+        Ddsy1352Sim(PREPAID, base_w=0, prepaid=PrepaidSettings(balance_fen=8_800), quirks=digits),
+        Ddsy1352Sim(PLAIN, base_w=0, initial_kwh=Decimal("1234.56"), quirks=digits),
+        Ddsy1352Sim(SECRET, base_w=0, password="123456", quirks=digits),
+        Ddsy1352Sim(FAULTY, base_w=0, initial_kwh=Decimal("5.00"), quirks=digits),
+        Dtsy1352Sim(THREE, base_w=1000, quirks=digits),
     ]
     with run_line(SimLine(9600, "E", meters, turnaround_s=0.02), tcp_port=0) as handle:
         yield handle
@@ -77,7 +79,7 @@ def test_scan_finds_every_meter_sharing_a_line(
 ) -> None:
     code, out, _ = run(capsys, "scan", "--port", dlt_line.url, *FAST)
     assert code == 0
-    assert "5 meter(s) found by wildcard digit search" in out
+    assert "5 meter(s) found by wildcard search, digits" in out
     for address in (PREPAID, PLAIN, SECRET, FAULTY, THREE):
         assert address in out
     assert "three-phase (DTSY1352?)" in out
@@ -108,7 +110,8 @@ def test_scan_modbus_units_and_models(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_scan_water_meters(capsys: pytest.CaptureFixture[str]) -> None:
-    meters = [WaterValveSim(f"1234567890000{n}", base_lph=0) for n in (1, 2, 3)]
+    digits = Quirks(digit_wildcards=True)
+    meters = [WaterValveSim(f"1234567890000{n}", base_lph=0, quirks=digits) for n in (1, 2, 3)]
     with run_line(SimLine(2400, "E", meters, turnaround_s=0.02), tcp_port=None) as handle:
         code, out, _ = run(capsys, "scan", "--port", handle.url, "--protocol", "cjt188", *FAST)
     assert code == 0

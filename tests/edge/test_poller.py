@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from edge.bus import Bus
@@ -17,7 +18,7 @@ from edge.poller import LineWorker
 from firmware_sim.line import SimLine
 from firmware_sim.meters import Ddsy1352Sim
 from firmware_sim.serve import LineHandle, run_line
-from protocol.contract import EventKind
+from protocol.contract import EventKind, Quantity
 
 
 @pytest.fixture
@@ -110,3 +111,29 @@ async def test_submitted_job_runs_before_further_polls(sim: LineHandle) -> None:
     assert stats.transactions > 0
     assert stats.meters_online == 3
     assert 0 < stats.utilisation <= 1
+
+
+async def test_a_value_the_meter_lacks_is_reported_once_and_the_reading_kept(sim: LineHandle) -> None:
+    """m0 has no local balance (no-data error reply): one VALUE_UNAVAILABLE, energy kept every poll."""
+    config = line_config(sim.url, [0.05])
+    meter = msgspec.structs.replace(
+        config.meters[0], read=(Quantity.ENERGY_TOTAL_KWH, Quantity.REMAINING_YUAN), read_state=True
+    )
+    config = msgspec.structs.replace(config, meters=(meter,))
+    kept: list[MeterReading] = []
+    events: list[tuple[EventKind, str, dict[str, Any]]] = []
+
+    async def reading(_: MeterConfig, got: MeterReading) -> None:
+        kept.append(got)
+
+    async def event(kind: EventKind, meter_id: str, detail: dict[str, Any]) -> None:
+        events.append((kind, meter_id, detail))
+
+    worker = LineWorker(config, on_reading=reading, on_event=event)
+    await run_for(worker, 1.0)
+    assert len(kept) >= 5
+    assert all(Quantity.ENERGY_TOTAL_KWH in r.values and r.relay is not None for r in kept)
+    assert events == [
+        (EventKind.VALUE_UNAVAILABLE, "m0", {"line": "p", "values": {"remaining_yuan": "no such data"}})
+    ]
+    assert worker.plans["m0"].online is True

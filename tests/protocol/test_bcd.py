@@ -17,7 +17,7 @@ from protocol.errors import ValueCodecError
     [
         (0, 1, "00"),
         (7, 2, "0700"),
-        (123456789012, 6, "129078563412"),  # PROTOCOLS.md: meter 123456789012 -> 12 90 78 56 34 12
+        (123456789012, 6, "129078563412"),  # docs/protocols.md: meter 123456789012 -> 12 90 78 56 34 12
         (99999999, 4, "99999999"),
         (1234, 4, "34120000"),
     ],
@@ -160,3 +160,22 @@ def test_field_shape_errors() -> None:
 )
 def test_address_matches_wildcard_digits(pattern: str, address: str, expected: bool) -> None:
     assert address_matches(pattern, address) is expected
+    assert address_matches(pattern, address, per_digit=False) is expected  # whole AA bytes here
+
+
+@pytest.mark.parametrize(
+    ("pattern", "address", "lenient", "strict"),
+    [
+        ("AAAAAAAAAAA2", "123456789012", True, False),  # half byte A2: a digit wildcard only
+        ("AAAAAAAAAA1A", "123456789012", True, False),
+        ("AAAAAAAAAAAA12", "00000000000012", True, True),  # CJ/T 188 width
+        ("AAAAAAAAAAA2AA", "00000000000212", True, False),
+        ("12AAAAAAAA12", "123456789012", True, True),  # a fixed high byte is still whole-byte
+        ("AAAAAAAAAAA", "12345678901", False, False),  # odd length is no address
+    ],
+)
+def test_whole_byte_wildcards_are_the_standard_rule(
+    pattern: str, address: str, lenient: bool, strict: bool
+) -> None:
+    assert address_matches(pattern, address) is lenient
+    assert address_matches(pattern, address, per_digit=False) is strict

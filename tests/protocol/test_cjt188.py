@@ -103,6 +103,24 @@ FRAMES: list[tuple[str, str, Message, str]] = [
         "swapped",
     ),
     (
+        # the clock bytes of a public example: the fields in binary, not BCD (2017-11-23 12:15:10)
+        "read data reply, clock not BCD",
+        "68 10 34 12 90 78 56 34 12 81 16 1F 90 03 56 34 12 00 2C 00 00 12 00 2C"
+        " 0A 0F 0C 17 0B 11 14 00 00 1D 16",
+        ReadDataResponse(
+            meter_type=COLD,
+            address=ADDR,
+            seq=3,
+            flow_total=Decimal("1234.56"),
+            flow_settle=Decimal("1200.00"),
+            unit=UNIT_M3,
+            meter_time=None,
+            status=OPEN,
+            time_raw=bytes.fromhex("0A 0F 0C 17 0B 11 14"),
+        ),
+        "standard",
+    ),
+    (
         "valve close request",
         "68 10 34 12 90 78 56 34 12 04 04 17 A0 01 99 BB 16",
         ValveRequest(COLD, ADDR, 1, open=False),
@@ -301,7 +319,7 @@ def test_read_address_request_goes_to_wildcard_with_function_03() -> None:
     frame = decode_frame(build(ReadAddressRequest(COLD, 4)))
     assert frame.address == WILDCARD_ADDRESS
     assert frame.control == FUNC_READ_ADDRESS == 0x03
-    # PROTOCOLS.md names 09 for read address: it is accepted on receipt and can be sent on request.
+    # Some summaries name 09 for read address: it is accepted on receipt and can be sent on request.
     alt = decode_frame(build(AddressResponse(COLD, ADDR, 4), read_address_function=0x09))
     assert alt.control == 0x89
     assert parse(alt) == AddressResponse(COLD, ADDR, 4)
@@ -427,16 +445,43 @@ def _frame(control: int, data_hex: str, address: str = ADDR) -> Frame:
             ValueCodecError,
             "flow_total",
         ),
-        (
-            _frame(0x81, "1F 90 00 00 00 00 00 2C 00 00 00 00 2C 00 00 00 32 13 26 20 00 00"),
-            ValueCodecError,
-            "meter time",
-        ),
     ],
 )
 def test_malformed_payloads_raise_named_errors(frame: Frame, error: type[ProtocolError], match: str) -> None:
     with pytest.raises(error, match=match):
         parse(frame)
+
+
+@pytest.mark.parametrize(
+    "clock",
+    [
+        "0A 0F 0C 17 0B 11 14",  # binary fields (public example)
+        "00 00 00 32 13 26 20",  # BCD, but day 32 of month 13
+        "00 00 00 00 00 00 01",  # not all zero, yet no date
+    ],
+)
+def test_a_clock_that_is_not_a_time_leaves_the_flows_readable(clock: str) -> None:
+    """The flows in the same reply are valid: the reply decodes, the clock is reported invalid."""
+    msg = parse(_frame(0x81, f"1F 90 00 10 00 00 00 2C 05 00 00 00 2C {clock} 01 00"))
+    assert isinstance(msg, ReadDataResponse)
+    assert (msg.flow_total, msg.flow_settle) == (Decimal("0.10"), Decimal("0.05"))
+    assert msg.status.valve is ValveState.CLOSED
+    assert msg.meter_time is None
+    assert msg.time_raw == bytes.fromhex(clock)
+    assert msg.time_problem is not None
+    assert clock in msg.time_problem
+
+
+def test_an_all_zero_clock_is_no_clock_not_a_problem() -> None:
+    msg = parse(_frame(0x81, "1F 90 00 10 00 00 00 2C 05 00 00 00 2C 00 00 00 00 00 00 00 01 00"))
+    assert isinstance(msg, ReadDataResponse)
+    assert (msg.meter_time, msg.time_raw, msg.time_problem) == (None, None, None)
+
+
+def test_raw_clock_bytes_must_be_seven() -> None:
+    bad = ReadDataResponse(COLD, ADDR, 0, Decimal(0), Decimal(0), UNIT_M3, None, OPEN, time_raw=b"\x01")
+    with pytest.raises(ValueCodecError, match="7 bytes"):
+        build(bad)
 
 
 def test_abnormal_reply_layouts() -> None:

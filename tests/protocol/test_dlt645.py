@@ -1,4 +1,4 @@
-"""DL/T 645-2007 framing and messages, driven by one table of known-good frames (STYLE.md §9).
+"""DL/T 645-2007 framing and messages, driven by one table of known-good frames (docs/development.md, "Tests").
 
 Every frame below was written out by hand from the standard's rules (address low byte first, data
 +33H, CS = sum from the first 68H to the end of DATA) and its checksum is re-checked here by a naive
@@ -46,7 +46,7 @@ KNOWN: list[tuple[str, str, d.Message]] = [
         "FE FE FE FE 68 12 90 78 56 34 12 68 91 08 33 33 33 33 89 67 45 33 53 16",
         d.ReadResponse(A, d.DI_ENERGY_COMBINED_TOTAL, bytes.fromhex("56341200")),
     ),
-    # PROTOCOLS.md: DI 00900200 goes out as 33 35 C3 33.
+    # docs/protocols.md: DI 00900200 goes out as 33 35 C3 33.
     (
         "read remaining money",
         "FE FE FE FE 68 12 90 78 56 34 12 68 11 04 33 35 C3 33 F9 16",

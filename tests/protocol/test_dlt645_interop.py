@@ -2,7 +2,7 @@
 
 Its meter simulator is driven sans-IO: our request bytes go through its own ``deserialize`` and
 ``handle_request``; its reply bytes come back through our decoder. Its addresses are strings and
-bytes in wire order (PROTOCOLS.md), hence the reversed address below.
+bytes in wire order (docs/protocols.md, "Frame"), hence the reversed address below.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Each injected fault is observable by a client on the line (STYLE.md §8: faults over real links)."""
+"""Each injected fault is observable by a client on the line (docs/development.md: faults over real links)."""
 
 from __future__ import annotations
 
