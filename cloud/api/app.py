@@ -20,20 +20,30 @@ from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy import Engine, text
 
 from cloud.api import holds
+from cloud.api.access import API_PREFIX, authorize
 from cloud.api.errors import install_error_handlers
 from cloud.api.ratelimit import RateLimiter, make_rate_limiter
-from cloud.api.routes import accounts, auth, calendar, hierarchy, meters, operations, tariffs, users
+from cloud.api.routes import (
+    accounts,
+    approvals,
+    auth,
+    calendar,
+    hierarchy,
+    meters,
+    operations,
+    tariffs,
+    users,
+)
 from cloud.db import make_engine, make_session_factory
 from cloud.services.users import LoginPolicy
 from cloud.settings import Settings
 
 __all__ = ["API_PREFIX", "build_app"]
 
-API_PREFIX = "/api/v1"
 log = logging.getLogger(__name__)
 
 
@@ -123,9 +133,10 @@ def build_app(
         settings.redis_url, limit=settings.login_max_failures * 4, window_s=settings.login_window_s
     )
     install_error_handlers(app)
-    for module in (auth, users, hierarchy, meters, accounts, tariffs, operations, calendar):
-        app.include_router(module.router, prefix=API_PREFIX)
-    app.include_router(holds.router, prefix=API_PREFIX)
+    # every route under the prefix is checked against cloud.api.access.POLICY, those added later too
+    checked = [Depends(authorize)]
+    for module in (auth, users, hierarchy, meters, accounts, tariffs, operations, calendar, holds, approvals):
+        app.include_router(module.router, prefix=API_PREFIX, dependencies=checked)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and database reachability")
     def healthz() -> dict[str, str]:

@@ -1,8 +1,10 @@
 """Request-scoped dependencies: the unit of work, the clock, and who is asking.
 
-Routes get a :class:`Uow` and call ``uow.commit()`` explicitly once their change is complete; the
-commit (and the balance events after it) happen before the response is built, so a failure to commit
-is an error response, never a success that did not happen. Anything not committed is rolled back.
+Routes get a :class:`Uow` (``Db``) and call ``uow.commit()`` explicitly once their change is complete;
+the commit (and the balance events after it) happen before the response is built, so a failure to
+commit is an error response, never a success that did not happen. Anything not committed is rolled
+back. Who may call a route is not decided here but in :mod:`cloud.api.access` (one table for the API);
+:func:`authenticate` only says who is asking.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -18,11 +20,23 @@ from sqlalchemy.orm import Session
 
 from cloud.models import Role, User
 from cloud.services.audit import Actor
-from cloud.services.errors import AuthError, PermissionDenied
+from cloud.services.errors import AuthError
 from cloud.services.tokens import read_token
 from cloud.services.unit import BALANCE_CHANGED, Publisher
 
-__all__ = ["MAX_ID", "OptionalId", "PathId", "Principal", "Uow", "current", "get_uow", "now", "require"]
+__all__ = [
+    "MAX_ID",
+    "Bearer",
+    "Db",
+    "Now",
+    "OptionalId",
+    "PathId",
+    "Principal",
+    "Uow",
+    "authenticate",
+    "get_uow",
+    "now",
+]
 
 MAX_ID = 2**31 - 1
 """Row ids are 32-bit integers on PostgreSQL: a larger one is a 422, not a database error."""
@@ -70,12 +84,15 @@ class Principal:
     actor: Actor
 
 
-def current(
-    request: Request,
-    uow: Annotated[Uow, Depends(get_uow)],
-    at: Annotated[datetime, Depends(now)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+Db = Annotated[Uow, Depends(get_uow)]
+Now = Annotated[datetime, Depends(now)]
+
+
+def authenticate(
+    request: Request, uow: Uow, at: datetime, credentials: HTTPAuthorizationCredentials | None
 ) -> Principal:
+    """The caller of a valid, unrevoked token of an active user; :class:`AuthError` (401) otherwise."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthError("missing bearer token")
     secret: bytes = request.app.state.secret
@@ -93,15 +110,3 @@ def current(
         tenant_id=user.tenant_id,
     )
     return Principal(user.id or 0, user.username, Role(user.role), user.org_id, user.tenant_id, actor)
-
-
-def require(*roles: Role) -> Any:
-    """A dependency admitting only ``roles`` (admins always)."""
-    allowed = {Role.ADMIN, *roles}
-
-    def check(principal: Annotated[Principal, Depends(current)]) -> Principal:
-        if principal.role not in allowed:
-            raise PermissionDenied(f"role {principal.role} may not do this")
-        return principal
-
-    return Depends(check)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated
+from fastapi import APIRouter, Request
 
-from fastapi import APIRouter, Depends, Request
-
-from cloud.api.deps import Principal, Uow, current, get_uow, now
+from cloud.api.access import Caller
+from cloud.api.deps import Db, Now
 from cloud.api.schemas import LoginIn, MeOut, TokenOut
 from cloud.services import users
 from cloud.services.errors import AuthError
@@ -20,8 +18,8 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 def login(
     body: LoginIn,
     request: Request,
-    uow: Annotated[Uow, Depends(get_uow)],
-    at: Annotated[datetime, Depends(now)],
+    uow: Db,
+    at: Now,
 ) -> TokenOut:
     ip = request.client.host if request.client else "unknown"
     retry = request.app.state.login_limiter.hit(ip)
@@ -43,7 +41,7 @@ def login(
 
 
 @router.get("/me", response_model=MeOut)
-def me(principal: Annotated[Principal, Depends(current)]) -> MeOut:
+def me(principal: Caller) -> MeOut:
     return MeOut(
         id=principal.user_id,
         username=principal.username,

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import Annotated, Literal
+from datetime import date
+from typing import Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cloud.api.deps import Principal, Uow, current, get_uow, now, require
+from cloud.api.access import Caller
+from cloud.api.deps import Db, Now
 from cloud.api.schemas import no_nul
 from cloud.services import calendar
 
 router = APIRouter(tags=["calendar"])
-
-Db = Annotated[Uow, Depends(get_uow)]
 
 
 class DayOut(BaseModel):
@@ -33,16 +32,12 @@ class DayIn(BaseModel):
 
 
 @router.get("/holidays", response_model=list[DayOut])
-def holidays(
-    _: Annotated[Principal, Depends(current)], uow: Db, year: int = Query(ge=2000, le=2100)
-) -> list[DayOut]:
+def holidays(_: Caller, uow: Db, year: int = Query(ge=2000, le=2100)) -> list[DayOut]:
     return [DayOut.model_validate(d) for d in calendar.year_entries(uow.session, year)]
 
 
 @router.put("/holidays/{day}", response_model=DayOut)
-def set_day(
-    day: date, body: DayIn, p: Annotated[Principal, require()], uow: Db, at: Annotated[datetime, Depends(now)]
-) -> DayOut:
+def set_day(day: date, body: DayIn, p: Caller, uow: Db, at: Now) -> DayOut:
     """Platform administrators only: add a holiday or 调休 workday, or cancel a built-in one (normal)."""
     row = calendar.set_day(uow.session, p.actor, at, day=day, kind=body.kind, name=body.name)
     uow.commit()

@@ -5,23 +5,18 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cloud.api.deps import PathId, Principal, Uow, get_uow, now, require
+from cloud.api.access import Caller, alarm_kinds_for
+from cloud.api.deps import Db, Now, PathId
 from cloud.api.schemas import no_nul
-from cloud.models import Role
 from cloud.services import control, operations
 from protocol.contract import Action
 
 router = APIRouter(tags=["operations"])
-
-Staff = Annotated[Principal, require(Role.MANAGER, Role.FINANCE, Role.INSTALLER)]
-Operator = Annotated[Principal, require(Role.MANAGER)]
-Db = Annotated[Uow, Depends(get_uow)]
-Now = Annotated[datetime, Depends(now)]
 
 OperatorAction = Literal["trip", "close", "close_permit", "protect", "unprotect", "valve_open", "valve_close"]
 
@@ -86,7 +81,7 @@ class DeadLetterOut(BaseModel):
 
 @router.post("/meters/{meter_id}/commands", response_model=CommandOut, status_code=202)
 def send_command(
-    meter_id: PathId, body: CommandIn, request: Request, p: Operator, uow: Db, at: Now
+    meter_id: PathId, body: CommandIn, request: Request, p: Caller, uow: Db, at: Now
 ) -> CommandOut:
     """Queue a signed command for the meter's gateway; audited. The reconciler publishes and retries it."""
     settings = request.app.state.settings
@@ -102,29 +97,30 @@ def send_command(
 
 @router.get("/meters/{meter_id}/commands", response_model=list[CommandOut])
 def list_commands(
-    meter_id: PathId, p: Staff, uow: Db, limit: int = Query(default=50, ge=1, le=500)
+    meter_id: PathId, p: Caller, uow: Db, limit: int = Query(default=50, ge=1, le=500)
 ) -> list[CommandOut]:
     rows = operations.meter_commands(uow.session, p.actor, meter_id, limit=limit)
     return [CommandOut.model_validate(r) for r in rows]
 
 
 @router.get("/meters/{meter_id}/state", response_model=MeterStateOut | None)
-def get_state(meter_id: PathId, p: Staff, uow: Db) -> MeterStateOut | None:
+def get_state(meter_id: PathId, p: Caller, uow: Db) -> MeterStateOut | None:
     state = operations.meter_state(uow.session, p.actor, meter_id)
     return None if state is None else MeterStateOut.model_validate(state)
 
 
 @router.get("/alarms", response_model=list[AlarmOut])
-def list_alarms(p: Staff, uow: Db, open_only: bool = True) -> list[AlarmOut]:
+def list_alarms(p: Caller, uow: Db, open_only: bool = True) -> list[AlarmOut]:
     return [
-        AlarmOut.model_validate(a) for a in operations.list_alarms(uow.session, p.actor, open_only=open_only)
+        AlarmOut.model_validate(a)
+        for a in operations.list_alarms(
+            uow.session, p.actor, open_only=open_only, kinds=alarm_kinds_for(p.role)
+        )
     ]
 
 
 @router.get("/dead-letters", response_model=list[DeadLetterOut])
-def list_dead_letters(
-    p: Annotated[Principal, require(Role.MANAGER, Role.INSTALLER)], uow: Db
-) -> list[DeadLetterOut]:
+def list_dead_letters(p: Caller, uow: Db) -> list[DeadLetterOut]:
     return [
         DeadLetterOut(
             id=d.id or 0,
