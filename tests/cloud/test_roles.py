@@ -7,6 +7,7 @@ The approval limit here is 50.00 yuan (5,000 fen).
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Iterator
 from datetime import timedelta
@@ -21,7 +22,9 @@ from starlette.exceptions import StarletteDeprecationWarning
 from cloud.api import build_app
 from cloud.domain import ledger as rules
 from cloud.models import Account, Alarm, AuditLog, Meter, Role
-from cloud.services import ledger, users
+from cloud.services import approvals, ledger, users
+from cloud.services.audit import Actor
+from cloud.services.errors import Conflict
 from cloud.services.unit import unit_of_work
 from cloud.settings import Settings
 from tests.cloud.flowkit import FlowSite, balance
@@ -438,3 +441,36 @@ def test_deactivating_a_user_ends_their_live_tokens(api: Api) -> None:
         "password" not in str(x.detail) or "a brand new one" not in str(x.detail)
         for x in _audit(api, "password_reset")
     )
+
+
+def test_two_approvers_at_once_move_the_money_once(api: Api) -> None:
+    """Two finance users approve the same replacement at the same instant: one carries it out, the
+    other finds it decided (409); the wallet is credited once."""
+    site, _ingest = _local(api, 8_000)
+    installer = api.user("inst", Role.INSTALLER, site.org_id)
+    approval_id = api.post(
+        f"/meters/{site.meters['m1']}/replace", installer, {"new_device_id": "m1b", "new_address": "9"}
+    )["money"]["approval_id"]
+    deciders = [api.get("/auth/me", api.user(f"fin-{i}", Role.FINANCE, site.org_id))["id"] for i in (1, 2)]
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def decide(user_id: int) -> None:
+        actor = Actor(user_id=user_id, org_id=site.org_id, role="finance", username=f"user-{user_id}")
+        barrier.wait()
+        try:
+            with unit_of_work(api.factory) as s:
+                approvals.approve(s, actor, approval_id, api.clock.now, "核对无误")
+            outcomes.append("approved")
+        except Conflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=decide, args=(user_id,)) for user_id in deciders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["approved", "conflict"]
+    assert (balance(api.factory, site), held(api.factory, site)) == (8_000, 0)
+    assert len(_audit(api, "approval_approved")) == 1
+    ledger_ok(api.factory, site)
