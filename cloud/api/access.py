@@ -340,8 +340,9 @@ def authorize(request: Request, uow: Db, at: Now, credentials: Bearer) -> Princi
     principal = authenticate(request, uow, at, credentials)
     if not rule.admits(principal):
         log.info("refused %s %s to %s (%s)", request.method, path, principal.username, principal.role)
-        where = " of the platform" if rule.platform and principal.role in rule.roles else ""
-        raise PermissionDenied(f"role {principal.role}{where} may not {request.method} {path}")
+        if rule.platform and principal.role in rule.roles:
+            raise PermissionDenied(f"only platform administrators may {request.method} {path}")
+        raise PermissionDenied(f"role {principal.role} may not {request.method} {path}")
     return principal
 
 

@@ -488,7 +488,8 @@ def _remaining(figure: Figure) -> int | None:
 
 def _awaiting(session: Session, account: Account, approved: Approval | None = None) -> None:
     """Money of this account that waits for a second person must be decided before it closes."""
-    waiting = [a.id for a in approvals.pending_for(session, account_id=account.id) if a is not approved]
+    exempt = None if approved is None else approved.id
+    waiting = [a.id for a in approvals.pending_for(session, account_id=account.id) if a.id != exempt]
     if waiting:
         raise Conflict(
             f"账户 {account.number} 有待复核的款项（审批 {waiting}），请先处理 / account {account.number} "
@@ -970,7 +971,7 @@ def _requested(
             rules.wallet_code(account_id),
             amount_fen,
             now,
-            payout="-",
+            payout=rules.cash_code(account.project_id),
             balance_fen=account.balance_fen,
             reason=reason,
         )

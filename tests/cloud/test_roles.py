@@ -107,6 +107,31 @@ def test_an_installer_cannot_type_the_money_on_a_replaced_meter(api: Api) -> Non
     ledger_ok(api.factory, site)
 
 
+@pytest.mark.parametrize(("remaining", "read", "figure"), [("120.00", 12_000, 3_000), ("-5.00", -500, 0)])
+def test_a_reading_out_of_bounds_is_clamped_to_what_the_ledger_holds(
+    api: Api, remaining: str, read: int, figure: int
+) -> None:
+    """Whoever can publish readings (a tampered meter, a broker intruder) moves no more than the ledger
+    says the meter holds, and no less than nothing: 120 yuan reported on 30 yuan held hands back 30; an
+    overdrawn figure hands back 0 (the 30 yuan are written off to revenue: the meter spent them)."""
+    site, ingest = _local(api, 3_000)
+    meter_id = site.meters["m1"]
+    ingest.handle(*reading(site, [(2, api.clock.now - timedelta(minutes=5), "100.00", 4, remaining)]))
+    installer = api.user("inst", Role.INSTALLER, site.org_id)
+    money = api.post(f"/meters/{meter_id}/replace", installer, {"new_device_id": "m1b", "new_address": "9"})[
+        "money"
+    ]
+    assert (money["source"], money["read_fen"], money["figure_fen"], money["returned_fen"]) == (
+        "reading",
+        read,
+        figure,
+        figure,
+    )
+    assert (balance(api.factory, site), held(api.factory, site)) == (figure, 0)
+    assert revenue(api.factory, site) == 3_000 - figure
+    ledger_ok(api.factory, site)
+
+
 def test_a_typed_figure_never_exceeds_what_the_ledger_says_the_meter_holds(api: Api) -> None:
     site, _ingest = _local(api, 3_000)
     meter_id, account_id = site.meters["m1"], site.accounts["m1"]
