@@ -50,6 +50,7 @@ from cloud.models import (
     LedgerEntry,
     LedgerTransaction,
     Meter,
+    MeterState,
     PrepayMode,
     Project,
     Role,
@@ -809,12 +810,22 @@ def replace_meter(
             "new_meter_id": new.id,
             "accounts": moved,
             "reason": reason,
+            "closing_register": _closing_register(session, meter_id),
             "money": money.audit() if money is not None else None,
         },
         at=now,
     )
     session.flush()
     return Replacement(new, money)
+
+
+def _closing_register(session: Session, meter_id: int) -> dict[str, object] | None:
+    """The old meter's last registers as the gateway read them and billing accepted them (never typed
+    in): what the account was billed up to when the meter came off the wall."""
+    state = session.get(MeterState, meter_id)
+    if state is None or state.last_at is None:
+        return None
+    return {"values": dict(state.last_values), "at": state.last_at.isoformat(), "seq": state.last_seq}
 
 
 def closing_figure(

@@ -104,6 +104,8 @@ def test_an_installer_cannot_type_the_money_on_a_replaced_meter(api: Api) -> Non
     (audit,) = _audit(api, "meter_replaced")
     assert audit.detail["by"] == "inst"
     assert (audit.detail["money"]["source"], audit.detail["money"]["returned_fen"]) == ("reading", 3_000)
+    register = audit.detail["closing_register"]  # the gateway's, not typed
+    assert (register["seq"], register["values"]["energy_total_kwh"]) == (2, "100.00")
     ledger_ok(api.factory, site)
 
 
