@@ -501,3 +501,21 @@ def test_two_approvers_at_once_move_the_money_once(api: Api) -> None:
     assert (balance(api.factory, site), held(api.factory, site)) == (8_000, 0)
     assert len(_audit(api, "approval_approved")) == 1
     ledger_ok(api.factory, site)
+
+
+def test_a_tenant_sees_only_their_own_accounts(api: Api) -> None:
+    admin = api.login("root")
+    ids = _site(api, admin, "物业T")
+    mgr = api.login(f"mgr-{ids['org']}")
+    neighbour = api.post("/tenants", mgr, {"name": "王五"})["id"]
+    theirs = api.post(
+        "/accounts", mgr, {"project_id": ids["project"], "number": "302-E", "tenant_id": neighbour}
+    )
+    tenant = api.user("tenant-t", Role.TENANT, ids["org"], tenant_id=ids["tenant"])
+    assert [a["id"] for a in api.get("/accounts", tenant)] == [ids["account"]]
+    assert [a["id"] for a in api.get("/balances", tenant)] == [ids["account"]]
+    api.get(f"/accounts/{ids['account']}/ledger", tenant)
+    api.get(f"/accounts/{theirs['id']}", tenant, 404)  # the neighbour's account does not exist for them
+    api.get(f"/accounts/{theirs['id']}/ledger", tenant, 404)
+    for path in ("/meters", "/tenants", "/alarms", "/approvals", "/projects", "/gateways"):
+        api.get(path, tenant, 403)
