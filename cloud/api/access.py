@@ -1,6 +1,6 @@
 """Who may call what: the role sets and the one table of routes → roles of the API.
 
-Every route under ``/api/v1`` is checked here, before its handler runs and before its body is read
+Every route under ``/api/v1`` is checked here, before its handler runs and its body is validated
 (:func:`authorize`, a dependency of every router in :func:`cloud.api.app.build_app`): the caller's role
 must be in the route's :class:`Rule`. A route missing from :data:`POLICY` is refused to everyone (403,
 logged), so a route added without a rule is closed, not open; ``tests/cloud/test_access_matrix.py``
