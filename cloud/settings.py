@@ -96,6 +96,10 @@ class Settings(BaseSettings):
 
     api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     """Largest request body the API reads (413 above it), declared or chunked."""
+    approval_limit_fen: int = Field(default=50_000, ge=0)
+    """Four eyes: money moved on one person's word above this (fen) waits for a second person — a
+    replaced or closed local-prepay meter's money, a refund, a manual adjustment."""
+
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
     run_background: bool = True

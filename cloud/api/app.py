@@ -26,22 +26,32 @@ from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy import Engine, text
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from cloud.api import holds
+from cloud.api.access import API_PREFIX, authorize
 from cloud.api.errors import install_error_handlers
 from cloud.api.limits import BodyLimit
 from cloud.api.ratelimit import LoginThrottle, make_login_throttle
-from cloud.api.routes import accounts, auth, calendar, hierarchy, meters, operations, tariffs, users
+from cloud.api.routes import (
+    accounts,
+    approvals,
+    auth,
+    calendar,
+    hierarchy,
+    meters,
+    operations,
+    tariffs,
+    users,
+)
 from cloud.datadir import token_secret
 from cloud.db import make_engine, make_session_factory
 from cloud.settings import Settings
 
 __all__ = ["API_PREFIX", "build_app", "uvicorn_options"]
 
-API_PREFIX = "/api/v1"
 log = logging.getLogger(__name__)
 
 
@@ -146,9 +156,10 @@ def build_app(
         # The client address (login throttle, audit) comes from X-Forwarded-For only when the peer is
         # one of these; uvicorn's own proxy handling is switched off where we run it (cloud/cli.py).
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=[str(n) for n in settings.trusted_proxies])
-    for module in (auth, users, hierarchy, meters, accounts, tariffs, operations, calendar):
-        app.include_router(module.router, prefix=API_PREFIX)
-    app.include_router(holds.router, prefix=API_PREFIX)
+    # every route under the prefix is checked against cloud.api.access.POLICY, those added later too
+    checked = [Depends(authorize)]
+    for module in (auth, users, hierarchy, meters, accounts, tariffs, operations, calendar, holds, approvals):
+        app.include_router(module.router, prefix=API_PREFIX, dependencies=checked)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and database reachability")
     def healthz() -> dict[str, str]:

@@ -1,8 +1,10 @@
 """Request-scoped dependencies: the unit of work, the clock, who is asking, and which page of a list.
 
-Routes get a :class:`Uow` and call ``uow.commit()`` explicitly once their change is complete; the
-commit (and the balance events after it) happen before the response is built, so a failure to commit
-is an error response, never a success that did not happen. Anything not committed is rolled back.
+Routes get a :class:`Uow` (``Db``) and call ``uow.commit()`` explicitly once their change is complete;
+the commit (and the balance events after it) happen before the response is built, so a failure to
+commit is an error response, never a success that did not happen. Anything not committed is rolled
+back. Who may call a route is not decided here but in :mod:`cloud.api.access` (one table for the API);
+:func:`authenticate` only says who is asking.
 
 List routes take :data:`Paging` (``?limit=&cursor=``) and answer through :func:`page_response`: a JSON
 array of at most ``limit`` items, and when more follow an ``X-Next-Cursor`` header to pass as
@@ -25,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from cloud.models import Role, User
 from cloud.services.audit import Actor
-from cloud.services.errors import AuthError, PermissionDenied
+from cloud.services.errors import AuthError
 from cloud.services.pages import InvalidCursor, Page, after_key
 from cloud.services.tokens import read_token
 from cloud.services.unit import BALANCE_CHANGED, Publisher
@@ -35,16 +37,18 @@ __all__ = [
     "MAX_ID",
     "MAX_PAGE",
     "NEXT_CURSOR",
+    "Bearer",
+    "Db",
+    "Now",
     "OptionalId",
     "Paging",
     "PathId",
     "Principal",
     "Uow",
-    "current",
+    "authenticate",
     "get_uow",
     "now",
     "page_response",
-    "require",
 ]
 
 T = TypeVar("T")
@@ -98,7 +102,6 @@ def page_response(
         response.headers[NEXT_CURSOR] = _encode_cursor(after)
     return items
 
-
 _bearer = HTTPBearer(auto_error=False, description="token from POST /api/v1/auth/login")
 
 
@@ -140,12 +143,15 @@ class Principal:
     actor: Actor
 
 
-def current(
-    request: Request,
-    uow: Annotated[Uow, Depends(get_uow)],
-    at: Annotated[datetime, Depends(now)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+Db = Annotated[Uow, Depends(get_uow)]
+Now = Annotated[datetime, Depends(now)]
+
+
+def authenticate(
+    request: Request, uow: Uow, at: datetime, credentials: HTTPAuthorizationCredentials | None
 ) -> Principal:
+    """The caller of a valid, unrevoked token of an active user; :class:`AuthError` (401) otherwise."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthError("missing bearer token")
     secret: bytes = request.app.state.secret
@@ -163,15 +169,3 @@ def current(
         tenant_id=user.tenant_id,
     )
     return Principal(user.id or 0, user.username, Role(user.role), user.org_id, user.tenant_id, actor)
-
-
-def require(*roles: Role) -> Any:
-    """A dependency admitting only ``roles`` (admins always)."""
-    allowed = {Role.ADMIN, *roles}
-
-    def check(principal: Annotated[Principal, Depends(current)]) -> Principal:
-        if principal.role not in allowed:
-            raise PermissionDenied(f"role {principal.role} may not do this")
-        return principal
-
-    return Depends(check)

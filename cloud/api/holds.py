@@ -4,21 +4,24 @@ only; other organisations' holds are invisible (404), as everywhere in the API."
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.api.deps import OptionalId, Paging, PathId, Principal, Uow, get_uow, now, page_response, require
+from cloud.api.access import Caller
+from cloud.api.deps import (
+    Db,
+    Now,
+    OptionalId,
+    Paging,
+    PathId,
+    page_response,
+)
 from cloud.api.schemas import In
-from cloud.models import Role
 from cloud.services import holds
 
 router = APIRouter(tags=["holds"])
-
-Operator = Annotated[Principal, require(Role.MANAGER)]
-Db = Annotated[Uow, Depends(get_uow)]
-Now = Annotated[datetime, Depends(now)]
 
 
 class HoldOut(BaseModel):
@@ -55,7 +58,7 @@ class ResolveOut(BaseModel):
 
 @router.get("/holds", response_model=list[HoldOut])
 def list_holds(
-    p: Operator,
+    p: Caller,
     uow: Db,
     page: Paging,
     response: Response,
@@ -69,7 +72,7 @@ def list_holds(
 
 @router.post("/holds/{hold_id}/resolve", response_model=ResolveOut)
 def resolve_hold(
-    hold_id: PathId, body: ResolveIn, request: Request, p: Operator, uow: Db, at: Now
+    hold_id: PathId, body: ResolveIn, request: Request, p: Caller, uow: Db, at: Now
 ) -> ResolveOut:
     """Resolve one open hold; audited. 409 when already resolved or when the action cannot apply."""
     outcome = holds.resolve_hold(

@@ -23,8 +23,11 @@ __all__ = [
     "AccountOut",
     "AdjustIn",
     "AmountFen",
+    "ApprovalOut",
     "BuildingIn",
     "CloseIn",
+    "ClosingFigureIn",
+    "DecisionIn",
     "EntryOut",
     "Fen",
     "FloorIn",
@@ -36,16 +39,19 @@ __all__ = [
     "LoginIn",
     "MeOut",
     "MeterIn",
+    "MeterMoneyOut",
     "MeterOut",
     "NamedOut",
     "NonNegativeFen",
     "OrganisationIn",
+    "PasswordResetIn",
     "ProjectIn",
     "ProjectOut",
     "ProtectIn",
     "RechargeIn",
     "RefundIn",
     "ReplaceMeterIn",
+    "ReplacedMeterOut",
     "ReverseIn",
     "RoomIn",
     "SignedAmountFen",
@@ -55,6 +61,7 @@ __all__ = [
     "TransactionOut",
     "UserIn",
     "UserOut",
+    "UserStatusIn",
 ]
 
 
@@ -72,6 +79,8 @@ SignedAmountFen = Annotated[
     StrictInt, Field(ge=-MAX_OPERATION_FEN, le=MAX_OPERATION_FEN, description="integer fen, signed")
 ]
 Small = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+OnMeterFen = Annotated[StrictInt, Field(ge=0, le=MAX_BALANCE_FEN, description="integer fen")]
+"""Money read off a meter: never negative (and never above what the ledger says it holds: 409)."""
 
 
 class _Out(BaseModel):
@@ -262,8 +271,34 @@ class ReplaceMeterIn(_In):
     new_address: str = Field(min_length=1, max_length=32)
     new_model: str | None = None
     reason: str = Field(default="meter replaced", max_length=200)
-    final_remaining_fen: Fen | None = None
-    """A local-prepay meter: the money the operator read off it (fen); corrects the ledger's figure."""
+    final_remaining_fen: OnMeterFen | None = Field(
+        default=None,
+        description="a local-prepay meter: the money read off it (fen), 0 … what the ledger says it holds; "
+        "finance and managers only (without it: the gateway's last reading, else the ledger's figure)",
+    )
+
+
+class MeterMoneyOut(BaseModel):
+    """The money on a local-prepay meter leaving service: the figure, and whether it moved."""
+
+    model_config = ConfigDict(from_attributes=True)
+    meter_id: int
+    figure_fen: int
+    source: str = Field(description="entered, reading (the gateway's last remaining_yuan) or ledger")
+    held_fen: int = Field(description="what the ledger said the meter held")
+    read_fen: int | None
+    read_at: datetime | None
+    returned_fen: int | None = Field(description="moved back to the wallet; None while awaiting approval")
+    approval_id: int | None = Field(description="a second person approves before the money moves")
+
+
+class ReplacedMeterOut(MeterOut):
+    money: MeterMoneyOut | None = None
+
+
+class ClosingFigureIn(_In):
+    remaining_fen: OnMeterFen = Field(description="the money read off the replaced meter (fen)")
+    reason: str = Field(min_length=1, max_length=200)
 
 
 class AccountIn(_In):
@@ -351,8 +386,10 @@ class UserOut(_Out):
 
 class CloseIn(_In):
     reason: str = Field(default="account closed", min_length=1, max_length=200)
-    meter_remaining_fen: dict[Id, Fen] | None = None
-    """Local-prepay meter id → the money the operator read off it (fen); corrects the ledger's figure."""
+    meter_remaining_fen: dict[Id, OnMeterFen] | None = Field(
+        default=None,
+        description="local-prepay meter id → the money read off it (fen), 0 … what the ledger says it holds",
+    )
 
 
 class TransactionOut(_Out):
@@ -374,3 +411,34 @@ class EntryOut(BaseModel):
     amount_fen: int
     effective_at: datetime
     meter_id: int | None
+
+
+class UserStatusIn(_In):
+    reason: str = Field(min_length=1, max_length=200)
+
+
+class PasswordResetIn(_In):
+    password: str = Field(min_length=8, max_length=256)
+
+
+class DecisionIn(_In):
+    reason: str = Field(min_length=1, max_length=500, description="why (audited) / 审批意见")
+
+
+class ApprovalOut(_Out):
+    id: int
+    org_id: int
+    kind: str = Field(description="held_return, account_close, refund, adjustment")
+    status: str = Field(description="pending, approved, rejected")
+    amount_fen: int = Field(description="the largest sum the decision moves")
+    account_id: int | None
+    meter_id: int | None
+    payload: dict[str, Any]
+    message_zh: str
+    message_en: str
+    requested_by: int | None
+    requested_at: datetime
+    request_reason: str
+    decided_by: int | None
+    decided_at: datetime | None
+    decision_reason: str

@@ -37,6 +37,8 @@ __all__ = [
     "Account",
     "AccountMeter",
     "AccountStatus",
+    "Approval",
+    "ApprovalStatus",
     "AuditLog",
     "BillingMode",
     "Building",
@@ -109,6 +111,12 @@ class HolidayKind(StrEnum):
     HOLIDAY = "holiday"  # statutory day off
     WORKDAY = "workday"  # 调休: a weekend day worked
     NORMAL = "normal"  # override cancelling a built-in entry of the statutory calendar
+
+
+class ApprovalStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"  # decided, and the money moved in the same database transaction
+    REJECTED = "rejected"  # decided: nothing moved
 
 
 class Role(StrEnum):
@@ -442,3 +450,31 @@ class AuditLog(SQLModel, table=True):
     detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     ip: str = Field(default="", sa_type=String(64))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+
+
+class Approval(SQLModel, table=True):
+    """Four eyes: a money movement one user asked for, waiting for a second, different user.
+
+    ``kind`` names what approving does with ``payload`` (:mod:`cloud.services.approvals`); nothing has
+    moved while it is pending, and the decision is taken once (approved: the money moved in the same
+    database transaction; rejected: it never will under this row)."""
+
+    __tablename__ = "approval"
+
+    id: int | None = Field(default=None, primary_key=True)
+    org_id: int = Field(foreign_key="organisation.id", index=True)
+    kind: str = Field(sa_type=String(32))
+    status: str = Field(default=ApprovalStatus.PENDING, sa_type=String(16), index=True)
+    amount_fen: int = Field(sa_type=FEN)
+    """The largest sum the decision moves (what the approval limit is compared with)."""
+    account_id: int | None = Field(default=None, foreign_key="account.id", index=True)
+    meter_id: int | None = Field(default=None, foreign_key="meter.id")
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    message_zh: str = Field(default="", sa_type=String(500))
+    message_en: str = Field(default="", sa_type=String(500))
+    requested_by: int | None = Field(default=None, foreign_key="user_account.id")
+    requested_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    request_reason: str = Field(default="", sa_type=String(500))
+    decided_by: int | None = Field(default=None, foreign_key="user_account.id")
+    decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    decision_reason: str = Field(default="", sa_type=String(500))

@@ -16,10 +16,14 @@ successor. Register baselines of the new meter are telemetry's business (first r
 Money on a local-prepay meter (``held:<meter>``, see :mod:`cloud.services.local_prepay`) is the
 tenant's: closing the account hands it back to the wallet before the settlement
 (``close:<account>:held:<meter>``), replacing the meter hands it back to the wallet
-(``replace:<old>:<new>``), from where the next top-up writes it to the new meter. Either may first
-correct held to a figure the operator read off the meter. Neither proceeds while a top-up to the meter
-is in flight (its ack would move money out of the wallet afterwards); retries still scheduled are
-given up, their money stays in the wallet.
+(``replace:<old>:<new>``), from where the next top-up writes it to the new meter. The figure handed
+back is the meter's (:func:`cloud.services.local_prepay.figure_on_meter`: entered by finance or a
+manager, else the gateway's latest reading, else the ledger's), never more than held nor below zero.
+Above the approval limit a second person decides (:mod:`cloud.services.approvals`): the replacement
+completes and the money waits in held; the close waits as a whole. Neither proceeds while a top-up to
+the meter is in flight (its ack would move money out of the wallet afterwards); retries still
+scheduled are given up, their money stays in the wallet. Refunds and adjustments above the limit wait
+for a second person too (:func:`request_refund`, :func:`request_adjustment`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -35,34 +40,50 @@ from sqlmodel import col
 
 from cloud.domain import ledger as rules
 from cloud.domain.errors import LedgerError
+from cloud.domain.money import format_fen
 from cloud.models import (
     Account,
     AccountMeter,
     AccountStatus,
+    Approval,
     BillingMode,
     LedgerEntry,
     LedgerTransaction,
     Meter,
+    MeterState,
     PrepayMode,
     Project,
     Role,
     Tenant,
 )
-from cloud.services import ledger
+from cloud.services import approvals, ledger
+from cloud.services.approvals import DEFAULT_LIMIT_FEN, ApprovalKind, needs_approval
 from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.billing import batch_lines
 from cloud.services.control import lock_meter_states
 from cloud.services.errors import Conflict, NotFound
-from cloud.services.local_prepay import HeldReturn, return_held, stop_topups
+from cloud.services.local_prepay import (
+    Figure,
+    FigureSource,
+    HeldReturn,
+    figure_on_meter,
+    held_balance,
+    return_held,
+    stop_topups,
+)
 from cloud.services.pages import Page, paged
 from cloud.services.unit import mark_balance_changed
 
 __all__ = [
+    "Closing",
     "EntryView",
+    "MeterMoney",
+    "Replacement",
     "account_entries",
     "active_meters",
     "adjust",
     "close_account",
+    "closing_figure",
     "get_account",
     "link_meter",
     "list_accounts",
@@ -70,6 +91,8 @@ __all__ = [
     "recharge_cash",
     "refund",
     "replace_meter",
+    "request_adjustment",
+    "request_refund",
     "reverse_transaction",
     "set_protected",
 ]
@@ -422,6 +445,80 @@ def reverse_transaction(
     return result
 
 
+_SOURCE_ZH = {FigureSource.ENTERED: "人工录入", FigureSource.READING: "网关读数", FigureSource.LEDGER: "账面"}
+
+
+@dataclass(frozen=True)
+class MeterMoney:
+    """What became of the money on a local-prepay meter leaving service."""
+
+    meter_id: int
+    figure: Figure
+    returned: HeldReturn | None
+    """Moved back to the wallet now."""
+    approval: Approval | None
+    """Waits for a second person; nothing moved."""
+
+    def audit(self) -> dict[str, object]:
+        out: dict[str, object] = {"meter_id": self.meter_id, **self.figure.audit()}
+        if self.returned is not None:
+            out |= self.returned.audit()
+        if self.approval is not None:
+            out["approval_id"] = self.approval.id
+        return out
+
+
+@dataclass(frozen=True)
+class Replacement:
+    meter: Meter
+    """The new meter."""
+    money: MeterMoney | None
+    """The old meter's money, when it was a local-prepay meter with one paying account."""
+
+
+@dataclass(frozen=True)
+class Closing:
+    settlement: ledger.PostResult | None
+    """The wallet's balance paid out (None: nothing to settle, or not closed yet)."""
+    approval: Approval | None
+    """The close waits for a second person: nothing moved, the account is still open."""
+
+
+def _remaining(figure: Figure) -> int | None:
+    """The figure :func:`return_held` corrects held to (the ledger's own needs no correction)."""
+    return None if figure.source is FigureSource.LEDGER else figure.fen
+
+
+def _awaiting(session: Session, account: Account, approved: Approval | None = None) -> None:
+    """Money of this account that waits for a second person must be decided before it closes."""
+    exempt = None if approved is None else approved.id
+    waiting = [a.id for a in approvals.pending_for(session, account_id=account.id) if a.id != exempt]
+    if waiting:
+        raise Conflict(
+            f"账户 {account.number} 有待复核的款项（审批 {waiting}），请先处理 / account {account.number} "
+            f"has money awaiting approval ({waiting}): decide it first"
+        )
+
+
+def _approved_figure(session: Session, meter: Meter, entry: Mapping[str, Any] | None) -> Figure:
+    """The figure a second person approved, if the ledger still says what it said then."""
+    assert meter.id is not None
+    held = held_balance(session, meter.org_id, meter.id)
+    if entry is None or int(entry["held_fen"]) != held:
+        raise Conflict(
+            f"表计 {meter.device_id} 的账面余额在申请后已变化，请重新申请 / the ledger of meter "
+            f"{meter.device_id} changed since the request: ask again"
+        )
+    read_at = entry.get("read_at")
+    return Figure(
+        int(entry["figure_fen"]),
+        FigureSource(entry["source"]),
+        held,
+        None if entry.get("read_fen") is None else int(entry["read_fen"]),
+        None if read_at is None else datetime.fromisoformat(str(read_at)),
+    )
+
+
 def close_account(
     session: Session,
     actor: Actor,
@@ -430,12 +527,16 @@ def close_account(
     account_id: int,
     reason: str = "account closed",
     meter_remaining_fen: Mapping[int, int] | None = None,
-) -> ledger.PostResult | None:
+    approval_limit_fen: int = DEFAULT_LIMIT_FEN,
+    approved: Approval | None = None,
+) -> Closing:
     """Settle the whole balance (either sign) to the project's settlement account, unlink, close.
 
     The money on the account's local-prepay meters goes back to the wallet first, so the settlement
-    pays it out too; ``meter_remaining_fen`` (meter id → fen read off the meter) corrects a meter's held
-    balance to what it really holds. Audited with every figure."""
+    pays it out too, at the meter's figure (``meter_remaining_fen``: meter id → fen read off the
+    meter; else the gateway's reading; else the ledger's). When those figures move more than
+    ``approval_limit_fen`` the close becomes an approval and nothing moves until a second person
+    approves it (which calls this again with ``approved``). Audited with every figure."""
     figures = dict(meter_remaining_fen or {})
     local = [m for m in active_meters(session, account_id) if m.prepay_mode == PrepayMode.LOCAL]
     lock_meter_states(session, [m.id for m in local if m.id is not None])  # then the account: lock order
@@ -444,22 +545,54 @@ def close_account(
     unknown = set(figures) - {m.id for m in local}
     if unknown:
         raise Conflict(f"meters {sorted(unknown)} are not local-prepay meters of account {account.number}")
-    returned: list[HeldReturn] = []
+    _awaiting(session, account, approved)
+    if approved is None:
+        decided = {m.id or 0: figure_on_meter(session, m, entered=figures.get(m.id or 0)) for m in local}
+        at_stake = sum(f.at_stake_fen for f in decided.values())
+        if local and needs_approval(at_stake, approval_limit_fen):
+            payload = {
+                "reason": reason,
+                "meters": {str(i): f.audit() | {"held_fen": f.held_fen} for i, f in decided.items()},
+            }
+            approval = approvals.request(
+                session,
+                actor,
+                now,
+                kind=ApprovalKind.ACCOUNT_CLOSE,
+                org_id=account.org_id,
+                amount_fen=at_stake,
+                payload=payload,
+                reason=reason,
+                account_id=account_id,
+                message_zh=f"账户 {account.number} 销户：表内余额共 {format_fen(at_stake)} 元待复核",
+                message_en=f"account {account.number} closes: {format_fen(at_stake)} yuan on its meters "
+                "awaits a second person's approval",
+            )
+            return Closing(None, approval)
+    else:
+        entries: Mapping[str, Any] = approved.payload.get("meters", {})
+        if set(entries) != {str(m.id) for m in local}:
+            raise Conflict(
+                f"账户 {account.number} 的表计在申请后已变化，请重新申请 / the meters of account "
+                f"{account.number} changed since the request: ask again"
+            )
+        decided = {m.id or 0: _approved_figure(session, m, entries.get(str(m.id))) for m in local}
+    moneys: list[MeterMoney] = []
     for meter in local:
         stop_topups(session, meter)
-        returned.append(
-            return_held(
-                session,
-                meter,
-                project_id=account.project_id,
-                wallet=rules.wallet_code(account_id),
-                key=f"close:{account_id}:held:{meter.id}",
-                at=now,
-                why=reason,
-                remaining=figures.get(meter.id or 0),
-                actor_user_id=actor.user_id,
-            )
+        figure = decided[meter.id or 0]
+        back = return_held(
+            session,
+            meter,
+            project_id=account.project_id,
+            wallet=rules.wallet_code(account_id),
+            key=f"close:{account_id}:held:{meter.id}",
+            at=now,
+            why=reason,
+            remaining=_remaining(figure),
+            actor_user_id=actor.user_id,
         )
+        moneys.append(MeterMoney(meter.id or 0, figure, back, None))
     txn = rules.settlement(
         f"close:{account_id}",
         rules.wallet_code(account_id),
@@ -480,6 +613,13 @@ def close_account(
     settled = txn.amount_on(rules.wallet_code(account_id)) if txn is not None else 0
     account.status = AccountStatus.CLOSED
     account.closed_at = now
+    detail: dict[str, object] = {
+        "settled_fen": -settled,
+        "reason": reason,
+        "meters": [m.audit() for m in moneys],
+    }
+    if approved is not None:
+        detail["approval_id"] = approved.id
     record(
         session,
         actor,
@@ -487,11 +627,98 @@ def close_account(
         org_id=account.org_id,
         target_type="account",
         target_id=account_id,
-        detail={"settled_fen": -settled, "reason": reason, "meters": [r.audit() for r in returned]},
+        detail=detail,
         at=now,
     )
     session.flush()
-    return result
+    return Closing(result, None)
+
+
+@approvals.handles(ApprovalKind.ACCOUNT_CLOSE)
+def _approved_close(session: Session, actor: Actor, row: Approval, now: datetime) -> Mapping[str, Any]:
+    assert row.account_id is not None
+    closing = close_account(
+        session, actor, now, account_id=row.account_id, reason=str(row.payload["reason"]), approved=row
+    )
+    return {"settled": None if closing.settlement is None else closing.settlement.transaction.idempotency_key}
+
+
+def _hand_back(
+    session: Session,
+    actor: Actor,
+    now: datetime,
+    meter: Meter,
+    payer: Account,
+    *,
+    key: str,
+    figure: Figure,
+    why: str,
+    limit_fen: int,
+) -> MeterMoney:
+    """The money on a replaced meter back to ``payer``'s wallet under ``key`` at ``figure`` — or, above
+    the limit, an approval and the money stays in held."""
+    assert meter.id is not None
+    assert payer.id is not None
+    if needs_approval(figure.at_stake_fen, limit_fen):
+        yuan = format_fen(figure.fen)
+        approval = approvals.request(
+            session,
+            actor,
+            now,
+            kind=ApprovalKind.HELD_RETURN,
+            org_id=meter.org_id,
+            amount_fen=figure.at_stake_fen,
+            payload={
+                "meter_id": meter.id,
+                "key": key,
+                "why": why,
+                "held_fen": figure.held_fen,
+                **figure.audit(),
+            },
+            reason=why,
+            account_id=payer.id,
+            meter_id=meter.id,
+            message_zh=f"表计 {meter.device_id} 已拆除：表内余额 {yuan} 元（{_SOURCE_ZH[figure.source]}，"
+            f"账上 {format_fen(figure.held_fen)} 元）待复核后退回账户 {payer.number}",
+            message_en=f"meter {meter.device_id} was removed: {yuan} yuan left on it ({figure.source}; "
+            f"ledger {format_fen(figure.held_fen)} yuan) goes back to account {payer.number} once a second "
+            "person approves",
+        )
+        return MeterMoney(meter.id, figure, None, approval)
+    back = return_held(
+        session,
+        meter,
+        project_id=payer.project_id,
+        wallet=rules.wallet_code(payer.id),
+        key=key,
+        at=now,
+        why=why,
+        remaining=_remaining(figure),
+        actor_user_id=actor.user_id,
+    )
+    return MeterMoney(meter.id, figure, back, None)
+
+
+@approvals.handles(ApprovalKind.HELD_RETURN)
+def _approved_held_return(session: Session, actor: Actor, row: Approval, now: datetime) -> Mapping[str, Any]:
+    assert row.meter_id is not None
+    assert row.account_id is not None
+    meter = _get_meter(session, row.meter_id, actor)
+    lock_meter_states(session, [row.meter_id])
+    payer = _open(get_account(session, row.account_id, actor, for_update=True))
+    figure = _approved_figure(session, meter, row.payload)
+    back = return_held(
+        session,
+        meter,
+        project_id=payer.project_id,
+        wallet=rules.wallet_code(row.account_id),
+        key=str(row.payload["key"]),
+        at=now,
+        why=str(row.payload["why"]),
+        remaining=_remaining(figure),
+        actor_user_id=actor.user_id,
+    )
+    return {"money": MeterMoney(row.meter_id, figure, back, None).audit()}
 
 
 def replace_meter(
@@ -505,20 +732,25 @@ def replace_meter(
     reason: str = "meter replaced",
     new_model: str | None = None,
     final_remaining_fen: int | None = None,
-) -> Meter:
+    approval_limit_fen: int = DEFAULT_LIMIT_FEN,
+) -> Replacement:
     """Swap a meter for a new one behind the same gateway, keeping the paying account untouched.
 
     A local-prepay meter's money goes back to the wallet of the account paying for it (the next top-up
-    writes it to the new meter); ``final_remaining_fen``, read off the old meter, corrects held first."""
+    writes it to the new meter), at the meter's figure (``final_remaining_fen`` read off the old meter,
+    else its last reading, else the ledger's; see :func:`_hand_back`); above ``approval_limit_fen`` it
+    stays in held until a second person approves."""
     old = _get_meter(session, meter_id, actor)
     if not old.active:
         raise Conflict(f"meter {old.device_id} was already removed")
     local = old.prepay_mode == PrepayMode.LOCAL
     if final_remaining_fen is not None and not local:
         raise Conflict(f"meter {old.device_id} is not a local-prepay meter: it holds no money")
+    figure: Figure | None = None
     if local:
         lock_meter_states(session, [meter_id])  # the ack path's lock: no top-up lands meanwhile
         stop_topups(session, old)
+        figure = figure_on_meter(session, old, entered=final_remaining_fen)  # refused before any change
     clash = session.scalars(
         select(Meter).where(col(Meter.gateway_id) == old.gateway_id, col(Meter.device_id) == new_device_id)
     ).first()
@@ -555,19 +787,19 @@ def replace_meter(
         link.unlinked_at = now
         session.add(AccountMeter(account_id=link.account_id, meter_id=new.id or 0, linked_at=now))
         moved.append(link.account_id)
-    money: HeldReturn | None = None
-    payer = session.get(Account, moved[0]) if local and len(moved) == 1 else None
-    if payer is not None:
-        money = return_held(
+    money: MeterMoney | None = None
+    payer = session.get(Account, moved[0]) if figure is not None and len(moved) == 1 else None
+    if payer is not None and figure is not None:
+        money = _hand_back(
             session,
+            actor,
+            now,
             old,
-            project_id=payer.project_id,
-            wallet=rules.wallet_code(payer.id),
+            payer,
             key=f"replace:{old.id}:{new.id}",
-            at=now,
+            figure=figure,
             why=reason,
-            remaining=final_remaining_fen,
-            actor_user_id=actor.user_id,
+            limit_fen=approval_limit_fen,
         )
     record(
         session,
@@ -580,12 +812,214 @@ def replace_meter(
             "new_meter_id": new.id,
             "accounts": moved,
             "reason": reason,
+            "closing_register": _closing_register(session, meter_id),
             "money": money.audit() if money is not None else None,
         },
         at=now,
     )
     session.flush()
-    return new
+    return Replacement(new, money)
+
+
+def _closing_register(session: Session, meter_id: int) -> dict[str, object] | None:
+    """The old meter's last registers as the gateway read them and billing accepted them (never typed
+    in): what the account was billed up to when the meter came off the wall."""
+    state = session.get(MeterState, meter_id)
+    if state is None or state.last_at is None:
+        return None
+    return {"values": dict(state.last_values), "at": state.last_at.isoformat(), "seq": state.last_seq}
+
+
+def closing_figure(
+    session: Session,
+    actor: Actor,
+    now: datetime,
+    *,
+    meter_id: int,
+    remaining_fen: int,
+    reason: str,
+    approval_limit_fen: int = DEFAULT_LIMIT_FEN,
+) -> MeterMoney:
+    """Finance's figure for the money left on a replaced local-prepay meter whose money was not handed
+    back (its approval was rejected): back to the account that paid for it, or, above the limit, an
+    approval. Audited."""
+    meter = _get_meter(session, meter_id, actor)
+    if meter.prepay_mode != PrepayMode.LOCAL:
+        raise Conflict(f"meter {meter.device_id} is not a local-prepay meter: it holds no money")
+    if meter.active or meter.replaced_by_id is None:
+        raise Conflict(
+            f"表计 {meter.device_id} 仍在使用：更换或销户时退回表内余额 / meter {meter.device_id} is in "
+            "service: its money goes back when it is replaced or its account closes"
+        )
+    lock_meter_states(session, [meter_id])
+    waiting = [a.id for a in approvals.pending_for(session, meter_id=meter_id)]
+    if waiting:
+        raise Conflict(f"the money on meter {meter.device_id} awaits approval {waiting}: decide it first")
+    key = f"replace:{meter.id}:{meter.replaced_by_id}"
+    if ledger.get_transaction(session, key) or ledger.get_transaction(session, f"{key}:fix"):
+        raise Conflict(f"the money on meter {meter.device_id} was already handed back ({key})")
+    last = session.scalars(
+        select(AccountMeter)
+        .where(col(AccountMeter.meter_id) == meter_id, col(AccountMeter.unlinked_at).is_not(None))
+        .order_by(col(AccountMeter.unlinked_at).desc(), col(AccountMeter.id).desc())
+    ).first()
+    if last is None:
+        raise Conflict(f"no account paid for meter {meter.device_id}")
+    payer = _open(get_account(session, last.account_id, actor, for_update=True))
+    figure = figure_on_meter(session, meter, entered=remaining_fen)
+    money = _hand_back(
+        session,
+        actor,
+        now,
+        meter,
+        payer,
+        key=key,
+        figure=figure,
+        why=reason,
+        limit_fen=approval_limit_fen,
+    )
+    record(
+        session,
+        actor,
+        AuditAction.HELD_RETURNED,
+        org_id=meter.org_id,
+        target_type="meter",
+        target_id=meter_id,
+        detail={"account_id": payer.id, "reason": reason, "money": money.audit()},
+        at=now,
+    )
+    session.flush()
+    return money
+
+
+def request_refund(
+    session: Session,
+    actor: Actor,
+    now: datetime,
+    *,
+    account_id: int,
+    amount_fen: int,
+    reason: str,
+    request_id: str,
+    approval_limit_fen: int = DEFAULT_LIMIT_FEN,
+) -> ledger.PostResult | Approval:
+    """:func:`refund`, or above the limit an approval (the same ``request_id`` again returns it, or the
+    refund once approved)."""
+    return _requested(
+        session,
+        actor,
+        now,
+        ApprovalKind.REFUND,
+        account_id=account_id,
+        amount_fen=amount_fen,
+        reason=reason,
+        request_id=request_id,
+        limit_fen=approval_limit_fen,
+    )
+
+
+def request_adjustment(
+    session: Session,
+    actor: Actor,
+    now: datetime,
+    *,
+    account_id: int,
+    amount_fen: int,
+    reason: str,
+    request_id: str,
+    approval_limit_fen: int = DEFAULT_LIMIT_FEN,
+) -> ledger.PostResult | Approval:
+    """:func:`adjust`, or above the limit (either sign) an approval, as :func:`request_refund`."""
+    return _requested(
+        session,
+        actor,
+        now,
+        ApprovalKind.ADJUSTMENT,
+        account_id=account_id,
+        amount_fen=amount_fen,
+        reason=reason,
+        request_id=request_id,
+        limit_fen=approval_limit_fen,
+    )
+
+
+_MOVES = {
+    ApprovalKind.REFUND: ("refund", "退费", "a refund"),
+    ApprovalKind.ADJUSTMENT: ("adjust", "调账", "an adjustment"),
+}
+
+
+def _requested(
+    session: Session,
+    actor: Actor,
+    now: datetime,
+    kind: ApprovalKind,
+    *,
+    account_id: int,
+    amount_fen: int,
+    reason: str,
+    request_id: str,
+    limit_fen: int,
+) -> ledger.PostResult | Approval:
+    move = refund if kind is ApprovalKind.REFUND else adjust
+    prefix, zh, en = _MOVES[kind]
+    key = f"{prefix}:{account_id}:{_request_key(request_id)}"
+    if not needs_approval(amount_fen, limit_fen) or ledger.get_transaction(session, key) is not None:
+        return move(
+            session,
+            actor,
+            now,
+            account_id=account_id,
+            amount_fen=amount_fen,
+            reason=reason,
+            request_id=request_id,
+        )
+    account = _open(get_account(session, account_id, actor, for_update=True))
+    for waiting in approvals.pending_for(session, account_id=account_id):
+        if waiting.kind == kind and waiting.payload.get("key") == key:
+            return waiting  # the same request again
+    if kind is ApprovalKind.REFUND:  # refused now rather than after a second person's work
+        rules.refund(
+            key,
+            rules.wallet_code(account_id),
+            amount_fen,
+            now,
+            payout=rules.cash_code(account.project_id),
+            balance_fen=account.balance_fen,
+            reason=reason,
+        )
+    yuan = format_fen(amount_fen)
+    return approvals.request(
+        session,
+        actor,
+        now,
+        kind=kind,
+        org_id=account.org_id,
+        amount_fen=amount_fen,
+        payload={"key": key, "amount_fen": amount_fen, "reason": reason, "request_id": request_id},
+        reason=reason,
+        account_id=account_id,
+        message_zh=f"账户 {account.number} {zh} {yuan} 元待复核（{reason}）",
+        message_en=f"{en} of {yuan} yuan on account {account.number} awaits a second person's approval "
+        f"({reason})",
+    )
+
+
+@approvals.handles(ApprovalKind.REFUND)
+@approvals.handles(ApprovalKind.ADJUSTMENT)
+def _approved_move(session: Session, actor: Actor, row: Approval, now: datetime) -> Mapping[str, Any]:
+    assert row.account_id is not None
+    move = refund if row.kind == ApprovalKind.REFUND else adjust
+    result = move(
+        session,
+        actor,
+        now,
+        account_id=row.account_id,
+        amount_fen=int(row.payload["amount_fen"]),
+        reason=str(row.payload["reason"]),
+        request_id=str(row.payload["request_id"]),
+    )
+    return {"transaction": result.transaction.idempotency_key}
 
 
 def set_protected(

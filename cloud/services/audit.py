@@ -28,9 +28,16 @@ class AuditAction(StrEnum):
     ACCOUNT_CLOSED = "account_closed"
     METER_LINKED = "meter_linked"
     METER_REPLACED = "meter_replaced"
+    HELD_RETURNED = "held_returned"
     PROTECT_CHANGED = "protect_changed"
     CALENDAR_CHANGE = "calendar_change"
     READING_HOLD_RESOLVED = "reading_hold_resolved"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVAL_APPROVED = "approval_approved"
+    APPROVAL_REJECTED = "approval_rejected"
+    USER_DEACTIVATED = "user_deactivated"
+    USER_REACTIVATED = "user_reactivated"
+    PASSWORD_RESET = "password_reset"  # noqa: S105 - the name of an audited action, not a secret
 
 
 @dataclass(frozen=True)

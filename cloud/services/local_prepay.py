@@ -14,9 +14,11 @@ so neither the wallet balance nor the arrears policy ever sees it):
   or the ledger is right (the meter's own price table, a top-up it did not take, readings held for an
   operator) is a person's call;
 - when the account closes or the meter is replaced the money belongs to the tenant again:
-  :func:`return_held` moves it back to the wallet, after correcting held to a figure the operator read
-  off the meter, if one is given. :func:`stop_topups` first makes sure no top-up can still land on
-  the meter afterwards (which would move money out of a settled wallet).
+  :func:`return_held` moves it back to the wallet, after correcting held to the meter's figure.
+  :func:`figure_on_meter` says what that figure is — entered by a person, else the gateway's latest
+  reading, else the ledger's — and :func:`check_figure` bounds it to 0 … held: a figure may write
+  money off, never create it (whoever types it). :func:`stop_topups` first makes sure no top-up can
+  still land on the meter afterwards (which would move money out of a settled wallet).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from enum import StrEnum
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -52,10 +55,15 @@ from protocol.contract import Action, Quantity
 
 __all__ = [
     "TOLERANCE_FEN",
+    "Figure",
+    "FigureSource",
     "HeldReturn",
     "MeterIdentity",
+    "check_figure",
     "check_remaining",
+    "figure_on_meter",
     "held_balance",
+    "last_reported",
     "last_reported_fen",
     "remaining_fen",
     "return_held",
@@ -200,19 +208,88 @@ def check_remaining(
     return alarm
 
 
-def last_reported_fen(session: Session, meter_id: int) -> int | None:
-    """The ``remaining_yuan`` of the meter's latest reading that carries one (for the audit trail)."""
-    rows = session.scalars(
-        select(col(ReadingRow.values))
+def last_reported(session: Session, meter_id: int) -> tuple[int, datetime] | None:
+    """The ``remaining_yuan`` of the meter's latest reading that carries one, in fen, with the
+    reading's time (among its 20 latest readings: older figures say little about the meter now)."""
+    rows = session.execute(
+        select(col(ReadingRow.values), col(ReadingRow.ts))
         .where(col(ReadingRow.meter_id) == meter_id)
         .order_by(col(ReadingRow.ts).desc(), col(ReadingRow.id).desc())
         .limit(20)
     )
-    for values in rows:
+    for values, ts in rows:
         found = remaining_fen(values or {})
         if found is not None:
-            return found
+            return found, ts
     return None
+
+
+def last_reported_fen(session: Session, meter_id: int) -> int | None:
+    """:func:`last_reported` without its time (for the audit trail)."""
+    found = last_reported(session, meter_id)
+    return None if found is None else found[0]
+
+
+class FigureSource(StrEnum):
+    ENTERED = "entered"  # a person of finance or management read it off the meter
+    READING = "reading"  # the gateway's latest reading of the meter that carried remaining_yuan
+    LEDGER = "ledger"  # no figure: what the ledger says the meter holds
+
+
+@dataclass(frozen=True)
+class Figure:
+    """The money on a local-prepay meter leaving service, and where the figure comes from."""
+
+    fen: int
+    source: FigureSource
+    held_fen: int
+    """What the ledger says the meter holds (``held:<meter>``) when the figure was taken."""
+    read_fen: int | None = None
+    """The reading's own ``remaining_yuan`` in fen, before the ledger's later movements and bounds."""
+    read_at: datetime | None = None
+
+    @property
+    def at_stake_fen(self) -> int:
+        """The larger sum the figure moves: to the wallet, or off held (written off to revenue)."""
+        return max(self.fen, self.held_fen - self.fen, 0)
+
+    def audit(self) -> dict[str, object]:
+        return {
+            "figure_fen": self.fen,
+            "source": str(self.source),
+            "read_fen": self.read_fen,
+            "read_at": None if self.read_at is None else self.read_at.isoformat(),
+        }
+
+
+def check_figure(meter: MeterIdentity, figure: int, held: int) -> None:
+    """A figure for the money on a meter lies within 0 … what the ledger says it holds: a figure can
+    write money off (the meter spent more than billed) but never create it, nor drain the wallet."""
+    ceiling = max(held, 0)
+    if not 0 <= figure <= ceiling:
+        raise Conflict(
+            f"表计 {meter.device_id} 的表内余额须在 0 至账上 {format_fen(ceiling)} 元之间，"
+            f"收到 {format_fen(figure)} 元 / the money on meter {meter.device_id} must lie between 0 and "
+            f"the ledger's {format_fen(ceiling)} yuan, got {format_fen(figure)} yuan"
+        )
+
+
+def figure_on_meter(session: Session, meter: Meter, *, entered: int | None = None) -> Figure:
+    """How much money is on ``meter`` now. A figure a person ``entered`` must lie within
+    :func:`check_figure`'s bounds; without one, the meter's latest ``remaining_yuan`` reading, moved by
+    the ledger's movements on held since it (top-ups, later charges) and clamped into the bounds;
+    without a reading, the ledger's own figure (which may be negative: the wallet pays an overdraft)."""
+    assert meter.id is not None
+    held = held_balance(session, meter.org_id, meter.id)
+    if entered is not None:
+        check_figure(meter, entered, held)
+        return Figure(entered, FigureSource.ENTERED, held)
+    last = last_reported(session, meter.id)
+    if last is None:
+        return Figure(held, FigureSource.LEDGER, held)
+    read, at = last
+    since = held - held_balance(session, meter.org_id, meter.id, until=at)
+    return Figure(min(max(read + since, 0), max(held, 0)), FigureSource.READING, held, read, at)
 
 
 def stop_topups(session: Session, meter: Meter) -> list[str]:
@@ -284,8 +361,9 @@ def return_held(
     actor_user_id: int | None = None,
 ) -> HeldReturn:
     """Hand the money on ``meter`` back to ``wallet`` under ``key`` (a transfer; ``<key>:fix`` for the
-    correction). With ``remaining`` (fen read off the meter), held is first corrected to it against the
-    meter's revenue account — the meter, not the ledger, knows what it spent — with a reason. Idempotent
+    correction). With ``remaining`` (fen read off the meter, within :func:`check_figure`'s bounds), held
+    is first corrected down to it against the meter's revenue account — the meter, not the ledger,
+    knows what it spent — with a reason. Idempotent
     by its keys; the caller holds the meter's ``meter_state`` lock (the ack path's), so no top-up moves
     held meanwhile."""
     assert meter.id is not None
@@ -294,6 +372,8 @@ def return_held(
     reported = last_reported_fen(session, meter.id)
     corrected = 0
     balance = held
+    if remaining is not None:
+        check_figure(meter, remaining, held)
     if remaining is not None and remaining != held:
         corrected = remaining - held
         fix = dledger.correction(

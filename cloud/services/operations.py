@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -35,11 +35,19 @@ def meter_commands(
 
 
 def list_alarms(
-    session: Session, actor: Actor, *, open_only: bool = True, page: Page | None = _RECENT_ALARMS
+    session: Session,
+    actor: Actor,
+    *,
+    open_only: bool = True,
+    kinds: Collection[str] | None = None,
+    page: Page | None = _RECENT_ALARMS,
 ) -> Sequence[Alarm]:
+    """Newest first; ``kinds`` limits them to what the caller's role may see (None: all)."""
     query = select(Alarm)
     if actor.org_id is not None:
         query = query.where(col(Alarm.org_id) == actor.org_id)
+    if kinds is not None:
+        query = query.where(col(Alarm.kind).in_(sorted(kinds)))
     if open_only:
         query = query.where(col(Alarm.cleared_at).is_(None))
     return session.scalars(paged(query, [col(Alarm.id)], page, descending=True)).all()

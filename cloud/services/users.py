@@ -8,7 +8,9 @@ same work for every refusal — one argon2 verification (against a dummy hash of
 parameters when there is no such user) and one audit row — so its time tells nothing.
 
 Admins with ``org_id`` None administer the platform; every other user belongs to one organisation,
-and a tenant user also names the tenant whose accounts they may see.
+and a tenant user also names the tenant whose accounts they may see. Admins deactivate, reactivate and
+reset the password of users they can see (:func:`set_active`, :func:`reset_password`); both bump
+``token_version``, so tokens issued before stop working at once. Audited.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ __all__ = [
     "create_user",
     "hash_password",
     "list_users",
+    "reset_password",
+    "set_active",
     "verify_password",
 ]
 
@@ -161,3 +165,61 @@ def list_users(session: Session, actor: Actor, *, page: Page | None = None) -> l
     if actor.org_id is not None:
         query = query.where(col(User.org_id) == actor.org_id)
     return list(session.scalars(paged(query, [col(User.id)], page)))
+
+
+def _managed(session: Session, actor: Actor, user_id: int) -> User:
+    """A user the (admin) actor administers: of the actor's organisation, or any for the platform."""
+    user = session.get(User, user_id, with_for_update=True)
+    if user is None or (actor.org_id is not None and user.org_id != actor.org_id):
+        raise NotFound(f"user {user_id} not found")
+    return user
+
+
+def set_active(
+    session: Session, actor: Actor, user_id: int, *, active: bool, reason: str, now: datetime
+) -> User:
+    """Deactivate (no logins; live tokens revoked) or reactivate a user; audited. Nobody deactivates
+    themselves (an organisation would be left without the admin who could undo it)."""
+    user = _managed(session, actor, user_id)
+    if not active and user.id == actor.user_id:
+        raise Conflict("you cannot deactivate yourself")
+    if user.active != active:
+        user.active = active
+        user.token_version += 1
+        if active:
+            user.failed_logins = 0
+            user.locked_until = None
+    record(
+        session,
+        actor,
+        AuditAction.USER_REACTIVATED if active else AuditAction.USER_DEACTIVATED,
+        org_id=user.org_id,
+        target_type="user",
+        target_id=user.id,
+        detail={"username": user.username, "reason": reason},
+        at=now,
+    )
+    session.flush()
+    return user
+
+
+def reset_password(session: Session, actor: Actor, user_id: int, password: str, *, now: datetime) -> User:
+    """A new password set by an admin: tokens issued before stop working, a lock-out is lifted. Audited
+    (never the password)."""
+    user = _managed(session, actor, user_id)
+    user.password_hash = hash_password(password)
+    user.token_version += 1
+    user.failed_logins = 0
+    user.locked_until = None
+    record(
+        session,
+        actor,
+        AuditAction.PASSWORD_RESET,
+        org_id=user.org_id,
+        target_type="user",
+        target_id=user.id,
+        detail={"username": user.username},
+        at=now,
+    )
+    session.flush()
+    return user

@@ -197,7 +197,7 @@ def test_close_settles_whole_balance(
         )
     events = Events()
     with unit_of_work(session_factory, events) as session:
-        result = accounts.close_account(session, _manager(site), NOW, account_id=account_id)
+        result = accounts.close_account(session, _manager(site), NOW, account_id=account_id).settlement
         assert result is not None
         assert result.transaction.kind == "settlement"
     account = _account(session_factory, account_id)
@@ -231,7 +231,7 @@ def test_meter_replacement_keeps_balance_and_tier_counter(
     with unit_of_work(session_factory) as session:
         new = accounts.replace_meter(
             session, _manager(site), NOW, meter_id=m0, new_device_id="m0-b", new_address="000000000099"
-        )
+        ).meter
         new_id = new.id
     with unit_of_work(session_factory) as session, pytest.raises(Conflict):
         accounts.replace_meter(

@@ -5,6 +5,7 @@ characters and 64-bit ids that SQLite would take)."""
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +67,9 @@ bodies = st.dictionaries(
             "new_device_id",
             "new_address",
             "level",
+            "final_remaining_fen",
+            "meter_remaining_fen",
+            "remaining_fen",
         ]
     ),
     st.one_of(
@@ -128,7 +132,7 @@ def test_no_server_errors(client: tuple[TestClient, list[dict[str, str]]], data:
     method, path = data.draw(st.sampled_from(_routes(c)))
     ident = data.draw(st.sampled_from(["1", "2", "0", "-1", "99999999999999999999", "x", "2026-10-10"]))
     url = path
-    for name in ("account_id", "project_id", "building_id", "floor_id", "meter_id", "tariff_id", "day"):
+    for name in re.findall(r"\{([a-z_]+)\}", path):  # every path parameter, those of later routes too
         url = url.replace("{" + name + "}", ident)
     body = data.draw(bodies)
     who = data.draw(st.sampled_from(headers))

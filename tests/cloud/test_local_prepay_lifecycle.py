@@ -266,7 +266,7 @@ def _spent(factory: sessionmaker[Session]) -> tuple[FlowSite, Clock, Wire, Recon
     return site, clock, wire, reconciler, ingest
 
 
-@pytest.mark.parametrize(("figure", "corrected"), [(None, 0), (9_000, -299), (9_400, 101)])
+@pytest.mark.parametrize(("figure", "corrected"), [(None, 0), (9_000, -299), (0, -9_299)])
 def test_close_returns_the_meter_money_and_settles_it(
     session_factory: sessionmaker[Session], figure: int | None, corrected: int
 ) -> None:
@@ -275,11 +275,12 @@ def test_close_returns_the_meter_money_and_settles_it(
     pay(session_factory, site, 500)  # paid, not written to the meter yet: in the wallet
     figures = None if figure is None else {meter_id: figure}
     with unit_of_work(session_factory) as s:
-        result = accounts.close_account(
+        closing = accounts.close_account(
             s, _manager(site), clock.now, account_id=account_id, reason="搬离", meter_remaining_fen=figures
         )
-        assert result is not None
-        assert result.transaction.kind == "settlement"
+        assert closing.approval is None
+        assert closing.settlement is not None
+        assert closing.settlement.transaction.kind == "settlement"
     on_meter = 9_299 + corrected
     assert held(session_factory, site) == 0
     assert balance(session_factory, site) == 0
@@ -287,8 +288,8 @@ def test_close_returns_the_meter_money_and_settles_it(
     assert revenue(session_factory, site) == 701 - corrected  # the meter spent more (or less) than billed
     with session_factory() as s:
         back = ledger.get_transaction(s, f"close:{account_id}:held:{meter_id}")
-        assert back is not None
-        assert back.kind == "transfer"
+        assert (back is not None) == (on_meter != 0)  # nothing left on the meter: nothing to move
+        assert back is None or back.kind == "transfer"
         fix = ledger.get_transaction(s, f"close:{account_id}:held:{meter_id}:fix")
         assert (fix is not None) == (corrected != 0)
         if fix is not None:
@@ -296,11 +297,17 @@ def test_close_returns_the_meter_money_and_settles_it(
             assert "按表计更正" in fix.memo
         audit = s.scalars(select(AuditLog).where(col(AuditLog.action) == "account_closed")).one()
         assert audit.detail["settled_fen"] == 500 + on_meter
+        (read_at,) = s.scalars(select(ReadingRow.ts).where(col(ReadingRow.seq) == 2)).all()
+        # without a figure: the gateway's reading (92.99 yuan, as the ledger says)
         assert audit.detail["meters"] == [
             {
                 "meter_id": meter_id,
+                "figure_fen": on_meter,
+                "source": "reading" if figure is None else "entered",
+                "read_fen": None if figure is not None else 9_299,
+                "read_at": None if figure is not None else read_at.isoformat(),
                 "held_fen": 9_299,
-                "remaining_fen": figure,
+                "remaining_fen": on_meter,
                 "reported_fen": 9_299,
                 "corrected_fen": corrected,
                 "returned_fen": on_meter,
@@ -314,6 +321,43 @@ def test_close_returns_the_meter_money_and_settles_it(
     assert len(wire.commands()) == 1
     with session_factory() as s, pytest.raises(Conflict):  # and is closed once
         accounts.close_account(s, _manager(site), clock.now, account_id=account_id)
+
+
+@pytest.mark.parametrize("figure", [9_300, 10**12])
+def test_a_figure_above_what_the_ledger_holds_mints_nothing(
+    session_factory: sessionmaker[Session], figure: int
+) -> None:
+    """The meter holds 92.99 yuan by the ledger: a figure above it would create money (credited to the
+    wallet, paid out by the settlement) — refused, nothing moves, the account stays open."""
+    site, clock, _wire, _reconciler, _ingest = _spent(session_factory)
+    account_id, meter_id = site.accounts["m1"], site.meters["m1"]
+    with pytest.raises(Conflict, match="must lie between 0 and"), unit_of_work(session_factory) as s:
+        accounts.close_account(
+            s, _manager(site), clock.now, account_id=account_id, meter_remaining_fen={meter_id: figure}
+        )
+    with pytest.raises(Conflict, match="must lie between 0 and"), unit_of_work(session_factory) as s:
+        accounts.replace_meter(
+            s,
+            _manager(site),
+            clock.now,
+            meter_id=meter_id,
+            new_device_id="m1b",
+            new_address="000000000099",
+            final_remaining_fen=figure,
+        )
+    assert (held(session_factory, site), balance(session_factory, site), revenue(session_factory, site)) == (
+        9_299,
+        0,
+        701,
+    )
+    with session_factory() as s:
+        account = s.get(Account, account_id)
+        assert account is not None
+        assert account.status == "open"
+        meter = s.get(Meter, meter_id)
+        assert meter is not None
+        assert meter.active
+    ledger_ok(session_factory, site)
 
 
 def test_close_refuses_a_figure_for_a_meter_it_does_not_hold(session_factory: sessionmaker[Session]) -> None:
@@ -375,7 +419,7 @@ def test_replacement_returns_the_money_and_the_next_top_up_writes_it_to_the_new_
             new_device_id="m1b",
             new_address="000000000099",
             final_remaining_fen=figure,
-        )
+        ).meter
         assert new.id is not None
         new_id = new.id
         assert new.prepay_mode == "local"
@@ -389,7 +433,8 @@ def test_replacement_returns_the_money_and_the_next_top_up_writes_it_to_the_new_
         assert moved.kind == "transfer"
         audit = s.scalars(select(AuditLog).where(col(AuditLog.action) == "meter_replaced")).one()
         assert audit.detail["money"]["returned_fen"] == on_meter
-        assert audit.detail["money"]["remaining_fen"] == figure
+        assert audit.detail["money"]["figure_fen"] == on_meter
+        assert audit.detail["money"]["source"] == ("reading" if figure is None else "entered")
     # the new meter reports its purchase count; the planner writes the returned money to it
     clock.now += timedelta(minutes=5)
     ingest.handle(*reading(site, [(1, clock.now, "0.00", 0, "0.00")], meter="m1b"))

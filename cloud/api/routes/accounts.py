@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated
+from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
 
+from cloud.api.access import Caller, may_enter_figures
 from cloud.api.deps import (
+    Db,
+    Now,
     OptionalId,
     Paging,
     PathId,
-    Principal,
-    Uow,
-    current,
-    get_uow,
-    now,
     page_response,
-    require,
 )
 from cloud.api.schemas import (
     AccountIn,
     AccountOut,
     AdjustIn,
+    ApprovalOut,
     CloseIn,
     EntryOut,
     LinkMeterIn,
@@ -32,25 +30,29 @@ from cloud.api.schemas import (
     ReverseIn,
     TransactionOut,
 )
-from cloud.models import Account, Role
+from cloud.models import Account, Approval
 from cloud.services import accounts
 
 router = APIRouter(tags=["accounts"])
 
-Anyone = Annotated[Principal, Depends(current)]
-Manager = Annotated[Principal, require(Role.MANAGER)]
-Money = Annotated[Principal, require(Role.MANAGER, Role.FINANCE)]
-Db = Annotated[Uow, Depends(get_uow)]
-Now = Annotated[datetime, Depends(now)]
+
+_PENDING: dict[int | str, dict[str, Any]] = {
+    202: {"model": ApprovalOut, "description": "above the approval limit: waits for a second person"}
+}
 
 
 def _out(account: Account) -> AccountOut:
     return AccountOut.model_validate(account)
 
 
+def _pending(approval: Approval) -> JSONResponse:
+    """202: nothing moved yet; the approval a second person decides (GET/POST /approvals/{id})."""
+    return JSONResponse(ApprovalOut.model_validate(approval).model_dump(mode="json"), status_code=202)
+
+
 @router.get("/accounts", response_model=list[AccountOut])
 def list_accounts(
-    p: Anyone,
+    p: Caller,
     uow: Db,
     page: Paging,
     response: Response,
@@ -64,27 +66,27 @@ def list_accounts(
 
 @router.get("/balances", response_model=list[AccountOut], summary="Balances of every visible account")
 def balances(
-    p: Anyone, uow: Db, page: Paging, response: Response, project_id: OptionalId = None
+    p: Caller, uow: Db, page: Paging, response: Response, project_id: OptionalId = None
 ) -> list[AccountOut]:
     rows = accounts.list_accounts(uow.session, p.actor, project_id=project_id, status="open", page=page)
     return [_out(a) for a in page_response(response, rows, page, lambda a: (a.id,))]
 
 
 @router.post("/accounts", response_model=AccountOut, status_code=201)
-def open_account(body: AccountIn, p: Manager, uow: Db, at: Now) -> AccountOut:
+def open_account(body: AccountIn, p: Caller, uow: Db, at: Now) -> AccountOut:
     account = accounts.open_account(uow.session, p.actor, at, **body.model_dump())
     uow.commit()
     return _out(account)
 
 
 @router.get("/accounts/{account_id}", response_model=AccountOut)
-def get_account(account_id: PathId, p: Anyone, uow: Db) -> AccountOut:
+def get_account(account_id: PathId, p: Caller, uow: Db) -> AccountOut:
     return _out(accounts.get_account(uow.session, account_id, p.actor))
 
 
 @router.get("/accounts/{account_id}/ledger", response_model=list[EntryOut], summary="Statement, newest first")
 def account_ledger(
-    account_id: PathId, p: Anyone, uow: Db, page: Paging, response: Response
+    account_id: PathId, p: Caller, uow: Db, page: Paging, response: Response
 ) -> list[EntryOut]:
     rows = accounts.account_entries(uow.session, p.actor, account_id, page=page)
     entries = page_response(response, rows, page, lambda e: (e.entry_id,))
@@ -92,45 +94,77 @@ def account_ledger(
 
 
 @router.post("/accounts/{account_id}/recharge", response_model=TransactionOut)
-def recharge(account_id: PathId, body: RechargeIn, p: Money, uow: Db, at: Now) -> TransactionOut:
+def recharge(account_id: PathId, body: RechargeIn, p: Caller, uow: Db, at: Now) -> TransactionOut:
     """Cash recharge; posting the same receipt number again returns the first transaction."""
     result = accounts.recharge_cash(uow.session, p.actor, at, account_id=account_id, **body.model_dump())
     uow.commit()
     return TransactionOut.model_validate(result.transaction)
 
 
-@router.post("/accounts/{account_id}/refund", response_model=TransactionOut)
-def refund(account_id: PathId, body: RefundIn, p: Money, uow: Db, at: Now) -> TransactionOut:
-    result = accounts.refund(uow.session, p.actor, at, account_id=account_id, **body.model_dump())
+@router.post("/accounts/{account_id}/refund", response_model=TransactionOut, responses=_PENDING)
+def refund(
+    account_id: PathId, body: RefundIn, request: Request, p: Caller, uow: Db, at: Now
+) -> TransactionOut | JSONResponse:
+    """Pay money back; above the approval limit a second person approves first (202)."""
+    result = accounts.request_refund(
+        uow.session,
+        p.actor,
+        at,
+        account_id=account_id,
+        approval_limit_fen=request.app.state.settings.approval_limit_fen,
+        **body.model_dump(),
+    )
     uow.commit()
+    if isinstance(result, Approval):
+        return _pending(result)
     return TransactionOut.model_validate(result.transaction)
 
 
-@router.post("/accounts/{account_id}/adjust", response_model=TransactionOut)
-def adjust(account_id: PathId, body: AdjustIn, p: Money, uow: Db, at: Now) -> TransactionOut:
-    result = accounts.adjust(uow.session, p.actor, at, account_id=account_id, **body.model_dump())
+@router.post("/accounts/{account_id}/adjust", response_model=TransactionOut, responses=_PENDING)
+def adjust(
+    account_id: PathId, body: AdjustIn, request: Request, p: Caller, uow: Db, at: Now
+) -> TransactionOut | JSONResponse:
+    """Manual adjustment; above the approval limit (either sign) a second person approves first (202)."""
+    result = accounts.request_adjustment(
+        uow.session,
+        p.actor,
+        at,
+        account_id=account_id,
+        approval_limit_fen=request.app.state.settings.approval_limit_fen,
+        **body.model_dump(),
+    )
     uow.commit()
+    if isinstance(result, Approval):
+        return _pending(result)
     return TransactionOut.model_validate(result.transaction)
 
 
-@router.post("/accounts/{account_id}/close", response_model=AccountOut)
-def close(account_id: PathId, body: CloseIn, p: Manager, uow: Db, at: Now) -> AccountOut:
+@router.post("/accounts/{account_id}/close", response_model=AccountOut, responses=_PENDING)
+def close(
+    account_id: PathId, body: CloseIn, request: Request, p: Caller, uow: Db, at: Now
+) -> AccountOut | JSONResponse:
     """Hand local-prepay meters' money back to the wallet, settle the balance to the project's settlement
-    account and close."""
-    accounts.close_account(
+    account and close; when the meters' money is above the approval limit, nothing moves until a second
+    person approves (202)."""
+    if body.meter_remaining_fen:
+        may_enter_figures(p)
+    closing = accounts.close_account(
         uow.session,
         p.actor,
         at,
         account_id=account_id,
         reason=body.reason,
         meter_remaining_fen=body.meter_remaining_fen,
+        approval_limit_fen=request.app.state.settings.approval_limit_fen,
     )
     uow.commit()
+    if closing.approval is not None:
+        return _pending(closing.approval)
     return _out(accounts.get_account(uow.session, account_id, p.actor))
 
 
 @router.post("/accounts/{account_id}/meters", response_model=AccountOut)
-def link_meter(account_id: PathId, body: LinkMeterIn, p: Manager, uow: Db, at: Now) -> AccountOut:
+def link_meter(account_id: PathId, body: LinkMeterIn, p: Caller, uow: Db, at: Now) -> AccountOut:
     """The account also pays for this meter (one open account per meter)."""
     account = accounts.get_account(uow.session, account_id, p.actor)
     accounts.link_meter(uow.session, account, body.meter_id, p.actor, at)
@@ -139,7 +173,7 @@ def link_meter(account_id: PathId, body: LinkMeterIn, p: Manager, uow: Db, at: N
 
 
 @router.put("/accounts/{account_id}/protected", response_model=AccountOut, summary="保电 on or off")
-def set_protected(account_id: PathId, body: ProtectIn, p: Manager, uow: Db, at: Now) -> AccountOut:
+def set_protected(account_id: PathId, body: ProtectIn, p: Caller, uow: Db, at: Now) -> AccountOut:
     account = accounts.set_protected(
         uow.session, p.actor, at, account_id=account_id, protected=body.protected
     )
@@ -148,7 +182,7 @@ def set_protected(account_id: PathId, body: ProtectIn, p: Manager, uow: Db, at: 
 
 
 @router.post("/ledger/reverse", response_model=TransactionOut, summary="Correct a transaction by reversal")
-def reverse(body: ReverseIn, p: Money, uow: Db, at: Now) -> TransactionOut:
+def reverse(body: ReverseIn, p: Caller, uow: Db, at: Now) -> TransactionOut:
     """Posts the mirror image of the transaction ``key`` once; reversing again returns the same reversal."""
     result = accounts.reverse_transaction(uow.session, p.actor, at, key=body.key, reason=body.reason)
     uow.commit()

@@ -7,12 +7,10 @@ throttle, which is keyed by the typed username and never reads the user row.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated
+from fastapi import APIRouter, Request
 
-from fastapi import APIRouter, Depends, Request
-
-from cloud.api.deps import Principal, Uow, current, get_uow, now
+from cloud.api.access import Caller
+from cloud.api.deps import Db, Now
 from cloud.api.ratelimit import LoginThrottle
 from cloud.api.schemas import LoginIn, MeOut, TokenOut
 from cloud.services import users
@@ -26,8 +24,8 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 def login(
     body: LoginIn,
     request: Request,
-    uow: Annotated[Uow, Depends(get_uow)],
-    at: Annotated[datetime, Depends(now)],
+    uow: Db,
+    at: Now,
 ) -> TokenOut:
     ip = request.client.host if request.client else "unknown"  # the proxy's client, if trusted
     throttle: LoginThrottle = request.app.state.login_throttle
@@ -49,7 +47,7 @@ def login(
 
 
 @router.get("/me", response_model=MeOut)
-def me(principal: Annotated[Principal, Depends(current)]) -> MeOut:
+def me(principal: Caller) -> MeOut:
     return MeOut(
         id=principal.user_id,
         username=principal.username,

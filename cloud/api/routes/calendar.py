@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from datetime import date
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.api.deps import Paging, Principal, Uow, current, get_uow, now, page_response, require
+from cloud.api.access import Caller
+from cloud.api.deps import Db, Now, Paging, page_response
 from cloud.api.schemas import In
 from cloud.services import calendar
 from cloud.services.pages import paged_list
 
 router = APIRouter(tags=["calendar"])
-
-Db = Annotated[Uow, Depends(get_uow)]
 
 
 class DayOut(BaseModel):
@@ -33,7 +32,7 @@ class DayIn(In):
 
 @router.get("/holidays", response_model=list[DayOut])
 def holidays(
-    _: Annotated[Principal, Depends(current)],
+    _: Caller,
     uow: Db,
     page: Paging,
     response: Response,
@@ -49,9 +48,7 @@ def _by_day(day: Any) -> tuple[str]:
 
 
 @router.put("/holidays/{day}", response_model=DayOut)
-def set_day(
-    day: date, body: DayIn, p: Annotated[Principal, require()], uow: Db, at: Annotated[datetime, Depends(now)]
-) -> DayOut:
+def set_day(day: date, body: DayIn, p: Caller, uow: Db, at: Now) -> DayOut:
     """Platform administrators only: add a holiday or 调休 workday, or cancel a built-in one (normal)."""
     row = calendar.set_day(uow.session, p.actor, at, day=day, kind=body.kind, name=body.name)
     uow.commit()

@@ -1,33 +1,42 @@
-"""Gateways and meters: registration, listing, replacement."""
+"""Gateways and meters: registration, listing, replacement, and the money left on a replaced meter."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated
+from fastapi import APIRouter, Request, Response
 
-from fastapi import APIRouter, Depends, Response
-
-from cloud.api.deps import OptionalId, Paging, PathId, Principal, Uow, get_uow, now, page_response, require
-from cloud.api.schemas import GatewayCreated, GatewayIn, GatewayOut, MeterIn, MeterOut, ReplaceMeterIn
-from cloud.models import Role
+from cloud.api.access import Caller, may_enter_figures
+from cloud.api.deps import (
+    Db,
+    Now,
+    OptionalId,
+    Paging,
+    PathId,
+    page_response,
+)
+from cloud.api.schemas import (
+    ClosingFigureIn,
+    GatewayCreated,
+    GatewayIn,
+    GatewayOut,
+    MeterIn,
+    MeterMoneyOut,
+    MeterOut,
+    ReplacedMeterOut,
+    ReplaceMeterIn,
+)
 from cloud.services import accounts, hierarchy
 
 router = APIRouter(tags=["devices"])
 
-Staff = Annotated[Principal, require(Role.MANAGER, Role.FINANCE, Role.INSTALLER)]
-Builder = Annotated[Principal, require(Role.MANAGER, Role.INSTALLER)]
-Db = Annotated[Uow, Depends(get_uow)]
-Now = Annotated[datetime, Depends(now)]
-
 
 @router.get("/gateways", response_model=list[GatewayOut])
-def list_gateways(p: Staff, uow: Db, page: Paging, response: Response) -> list[GatewayOut]:
+def list_gateways(p: Caller, uow: Db, page: Paging, response: Response) -> list[GatewayOut]:
     rows = hierarchy.list_gateways(uow.session, p.actor, page=page)
     return [GatewayOut.model_validate(g) for g in page_response(response, rows, page, lambda g: (g.id,))]
 
 
 @router.post("/gateways", response_model=GatewayCreated, status_code=201)
-def create_gateway(body: GatewayIn, p: Builder, uow: Db) -> GatewayCreated:
+def create_gateway(body: GatewayIn, p: Caller, uow: Db) -> GatewayCreated:
     gw = hierarchy.create_gateway(
         uow.session,
         p.actor,
@@ -42,7 +51,7 @@ def create_gateway(body: GatewayIn, p: Builder, uow: Db) -> GatewayCreated:
 
 @router.get("/meters", response_model=list[MeterOut])
 def list_meters(
-    p: Staff,
+    p: Caller,
     uow: Db,
     page: Paging,
     response: Response,
@@ -54,20 +63,67 @@ def list_meters(
 
 
 @router.post("/meters", response_model=MeterOut, status_code=201)
-def create_meter(body: MeterIn, p: Builder, uow: Db) -> MeterOut:
+def create_meter(body: MeterIn, p: Caller, uow: Db) -> MeterOut:
     meter = hierarchy.create_meter(uow.session, p.actor, **body.model_dump())
     uow.commit()
     return MeterOut.model_validate(meter)
 
 
 @router.get("/meters/{meter_id}", response_model=MeterOut)
-def get_meter(meter_id: PathId, p: Staff, uow: Db) -> MeterOut:
+def get_meter(meter_id: PathId, p: Caller, uow: Db) -> MeterOut:
     return MeterOut.model_validate(hierarchy.get_meter(uow.session, p.actor, meter_id))
 
 
-@router.post("/meters/{meter_id}/replace", response_model=MeterOut, status_code=201)
-def replace_meter(meter_id: PathId, body: ReplaceMeterIn, p: Builder, uow: Db, at: Now) -> MeterOut:
-    """Swap the meter; the paying account keeps its balance and tier counter."""
-    new = accounts.replace_meter(uow.session, p.actor, at, meter_id=meter_id, **body.model_dump())
+def money_out(money: accounts.MeterMoney) -> MeterMoneyOut:
+    return MeterMoneyOut(
+        meter_id=money.meter_id,
+        figure_fen=money.figure.fen,
+        source=str(money.figure.source),
+        held_fen=money.figure.held_fen,
+        read_fen=money.figure.read_fen,
+        read_at=money.figure.read_at,
+        returned_fen=None if money.returned is None else money.returned.returned_fen,
+        approval_id=None if money.approval is None else money.approval.id,
+    )
+
+
+@router.post("/meters/{meter_id}/replace", response_model=ReplacedMeterOut, status_code=201)
+def replace_meter(
+    meter_id: PathId, body: ReplaceMeterIn, request: Request, p: Caller, uow: Db, at: Now
+) -> ReplacedMeterOut:
+    """Swap the meter; the paying account keeps its balance and tier counter. A local-prepay meter's
+    money goes back to the wallet at the meter's figure, or waits for approval above the limit
+    (``money``)."""
+    if body.final_remaining_fen is not None:
+        may_enter_figures(p)
+    done = accounts.replace_meter(
+        uow.session,
+        p.actor,
+        at,
+        meter_id=meter_id,
+        approval_limit_fen=request.app.state.settings.approval_limit_fen,
+        **body.model_dump(),
+    )
     uow.commit()
-    return MeterOut.model_validate(new)
+    out = ReplacedMeterOut.model_validate(done.meter)
+    out.money = None if done.money is None else money_out(done.money)
+    return out
+
+
+@router.post("/meters/{meter_id}/closing-figure", response_model=MeterMoneyOut)
+def closing_figure(
+    meter_id: PathId, body: ClosingFigureIn, request: Request, p: Caller, uow: Db, at: Now
+) -> MeterMoneyOut:
+    """The money read off a replaced local-prepay meter whose money was not handed back (its approval
+    was rejected): back to the paying account's wallet, or an approval above the limit. Audited."""
+    money = accounts.closing_figure(
+        uow.session,
+        p.actor,
+        at,
+        meter_id=meter_id,
+        remaining_fen=body.remaining_fen,
+        reason=body.reason,
+        approval_limit_fen=request.app.state.settings.approval_limit_fen,
+    )
+    uow.commit()
+    return money_out(money)

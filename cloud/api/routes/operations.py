@@ -5,23 +5,18 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.api.deps import Paging, PathId, Principal, Uow, get_uow, now, page_response, require
+from cloud.api.access import Caller, alarm_kinds_for
+from cloud.api.deps import Db, Now, Paging, PathId, page_response
 from cloud.api.schemas import In
-from cloud.models import Role
 from cloud.services import control, operations
 from protocol.contract import Action
 
 router = APIRouter(tags=["operations"])
-
-Staff = Annotated[Principal, require(Role.MANAGER, Role.FINANCE, Role.INSTALLER)]
-Operator = Annotated[Principal, require(Role.MANAGER)]
-Db = Annotated[Uow, Depends(get_uow)]
-Now = Annotated[datetime, Depends(now)]
 
 OperatorAction = Literal["trip", "close", "close_permit", "protect", "unprotect", "valve_open", "valve_close"]
 
@@ -87,7 +82,7 @@ class DeadLetterOut(BaseModel):
 
 @router.post("/meters/{meter_id}/commands", response_model=CommandOut, status_code=202)
 def send_command(
-    meter_id: PathId, body: CommandIn, request: Request, p: Operator, uow: Db, at: Now
+    meter_id: PathId, body: CommandIn, request: Request, p: Caller, uow: Db, at: Now
 ) -> CommandOut:
     """Queue a signed command for the meter's gateway; audited. The reconciler publishes and retries it."""
     settings = request.app.state.settings
@@ -102,7 +97,7 @@ def send_command(
 
 
 @router.get("/meters/{meter_id}/commands", response_model=list[CommandOut])
-def list_commands(meter_id: PathId, p: Staff, uow: Db, page: Paging, response: Response) -> list[CommandOut]:
+def list_commands(meter_id: PathId, p: Caller, uow: Db, page: Paging, response: Response) -> list[CommandOut]:
     """Newest first."""
     rows = operations.meter_commands(uow.session, p.actor, meter_id, page=page)
     return [
@@ -112,23 +107,25 @@ def list_commands(meter_id: PathId, p: Staff, uow: Db, page: Paging, response: R
 
 
 @router.get("/meters/{meter_id}/state", response_model=MeterStateOut | None)
-def get_state(meter_id: PathId, p: Staff, uow: Db) -> MeterStateOut | None:
+def get_state(meter_id: PathId, p: Caller, uow: Db) -> MeterStateOut | None:
     state = operations.meter_state(uow.session, p.actor, meter_id)
     return None if state is None else MeterStateOut.model_validate(state)
 
 
 @router.get("/alarms", response_model=list[AlarmOut])
 def list_alarms(
-    p: Staff, uow: Db, page: Paging, response: Response, open_only: bool = True
+    p: Caller, uow: Db, page: Paging, response: Response, open_only: bool = True
 ) -> list[AlarmOut]:
     """Newest first."""
-    rows = operations.list_alarms(uow.session, p.actor, open_only=open_only, page=page)
+    rows = operations.list_alarms(
+        uow.session, p.actor, open_only=open_only, kinds=alarm_kinds_for(p.role), page=page
+    )
     return [AlarmOut.model_validate(a) for a in page_response(response, rows, page, lambda a: (a.id,))]
 
 
 @router.get("/dead-letters", response_model=list[DeadLetterOut])
 def list_dead_letters(
-    p: Annotated[Principal, require(Role.MANAGER, Role.INSTALLER)], uow: Db, page: Paging, response: Response
+    p: Caller, uow: Db, page: Paging, response: Response
 ) -> list[DeadLetterOut]:
     """Newest first; an organisation sees its own gateways' letters."""
     rows = operations.list_dead_letters(uow.session, p.actor, page=page)

@@ -5,20 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from cloud.api.deps import Paging, PathId, Principal, Uow, get_uow, now, page_response, require
+from cloud.api.access import Caller
+from cloud.api.deps import Db, Now, Paging, PathId, page_response
 from cloud.api.schemas import In
-from cloud.models import Role
 from cloud.services import tariffs
 
 router = APIRouter(tags=["tariffs"])
-
-Staff = Annotated[Principal, require(Role.MANAGER, Role.FINANCE)]
-Manager = Annotated[Principal, require(Role.MANAGER)]
-Db = Annotated[Uow, Depends(get_uow)]
-Now = Annotated[datetime, Depends(now)]
 
 
 class TariffIn(In):
@@ -57,20 +52,22 @@ class ProjectTariffsIn(In):
 
 
 @router.get("/tariffs", response_model=list[TariffOut])
-def list_tariffs(p: Staff, uow: Db, page: Paging, response: Response) -> list[TariffOut]:
+def list_tariffs(p: Caller, uow: Db, page: Paging, response: Response) -> list[TariffOut]:
     rows = tariffs.list_tariffs(uow.session, p.actor, page=page)
     return [TariffOut.model_validate(t) for t in page_response(response, rows, page, lambda t: (t.id,))]
 
 
 @router.post("/tariffs", response_model=TariffOut, status_code=201)
-def create_tariff(body: TariffIn, p: Staff, uow: Db, at: Now) -> TariffOut:
+def create_tariff(body: TariffIn, p: Caller, uow: Db, at: Now) -> TariffOut:
     row = tariffs.create_tariff(uow.session, p.actor, at, name=body.name, kind=body.kind, org_id=body.org_id)
     uow.commit()
     return TariffOut.model_validate(row)
 
 
 @router.get("/tariffs/{tariff_id}/versions", response_model=list[VersionOut])
-def list_versions(tariff_id: PathId, p: Staff, uow: Db, page: Paging, response: Response) -> list[VersionOut]:
+def list_versions(
+    tariff_id: PathId, p: Caller, uow: Db, page: Paging, response: Response
+) -> list[VersionOut]:
     """By effective date."""
     rows = tariffs.list_versions(uow.session, p.actor, tariff_id, page=page)
     versions = page_response(response, rows, page, lambda v: (v.effective_from, v.id))
@@ -78,7 +75,7 @@ def list_versions(tariff_id: PathId, p: Staff, uow: Db, page: Paging, response: 
 
 
 @router.post("/tariffs/{tariff_id}/versions", response_model=VersionOut, status_code=201)
-def add_version(tariff_id: PathId, body: VersionIn, p: Staff, uow: Db, at: Now) -> VersionOut:
+def add_version(tariff_id: PathId, body: VersionIn, p: Caller, uow: Db, at: Now) -> VersionOut:
     """A new price from ``effective_from`` (now or later)."""
     row = tariffs.add_version(
         uow.session, p.actor, at, tariff_id=tariff_id, effective_from=body.effective_from, spec=body.spec
@@ -88,6 +85,6 @@ def add_version(tariff_id: PathId, body: VersionIn, p: Staff, uow: Db, at: Now) 
 
 
 @router.put("/projects/{project_id}/tariffs", status_code=204)
-def assign(project_id: PathId, body: ProjectTariffsIn, p: Manager, uow: Db, at: Now) -> None:
+def assign(project_id: PathId, body: ProjectTariffsIn, p: Caller, uow: Db, at: Now) -> None:
     tariffs.assign_project_tariffs(uow.session, p.actor, at, project_id=project_id, **body.model_dump())
     uow.commit()

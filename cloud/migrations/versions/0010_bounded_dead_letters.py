@@ -1,4 +1,4 @@
-"""Dead letters keep a bounded prefix of the payload with its size and SHA-256. Revises 0006.
+"""Dead letters keep a bounded prefix of the payload with its size and SHA-256. Revises 0009.
 
 A message on the broker is anyone-with-publish-rights' choice, and the dead-letter table stored each
 refused one whole (up to the broker's packet limit) and served it back whole. From now on a dead
@@ -7,7 +7,7 @@ and ``payload_sha256``. Existing rows get their size and hash computed from what
 to the prefix, and only the newest 10,000 (``MAX_ROWS``) are kept, as the ingest keeps them from now on.
 
 Revision ID: 0010
-Revises: 0006
+Revises: 0009
 Create Date: 2026-12-08 10:00:00
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | Sequence[str] | None = "0006"
+down_revision: str | Sequence[str] | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,356 @@
+"""Who may call what: the role sets and the one table of routes → roles of the API.
+
+Every route under ``/api/v1`` is checked here, before its handler runs and its body is validated
+(:func:`authorize`, a dependency of every router in :func:`cloud.api.app.build_app`): the caller's role
+must be in the route's :class:`Rule`. A route missing from :data:`POLICY` is refused to everyone (403,
+logged), so a route added without a rule is closed, not open; ``tests/cloud/test_access_matrix.py``
+fails on it and on every rule the API does not keep. The services still scope every row to the
+caller's organisation (another organisation's row is 404) and a tenant to their own accounts.
+
+Roles (:class:`cloud.models.Role`) follow the jobs of a property company: the *manager* runs the sites,
+*finance* handles money, the *installer* commissions devices and sees no finances, a *tenant* sees their
+own accounts; an *admin* may do everything in the organisation (without an organisation: the platform).
+Decisions that are finer than a route (which alarms an installer sees, who may enter a money figure)
+are named here too (:data:`FIGURE_ROLES`, :data:`APPROVER_ROLES`, :func:`alarm_kinds_for`).
+
+``docs/roles.md`` shows the table, rendered from this module by :mod:`cloud.api.roles_doc` (``python
+-m cloud.api.roles_doc --write``); a test fails when the two differ.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from cloud.api.deps import Bearer, Db, Now, Principal, authenticate
+from cloud.models import AlarmKind, Role
+from cloud.services.errors import AuthError, PermissionDenied
+
+__all__ = [
+    "ADMIN",
+    "API_PREFIX",
+    "APPROVER_ROLES",
+    "BUILDER",
+    "EVERYONE",
+    "FIGURE_ROLES",
+    "HOLDERS",
+    "MANAGER",
+    "MONEY",
+    "POLICY",
+    "PUBLIC",
+    "STAFF",
+    "Caller",
+    "Example",
+    "Rule",
+    "alarm_kinds_for",
+    "authorize",
+    "may_enter_figures",
+    "rule_for",
+]
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+
+# --- role sets: one name, one meaning ------------------------------------------------------------------
+
+ADMIN = frozenset({Role.ADMIN})
+"""Administrators: users, and (without an organisation) the platform."""
+MANAGER = frozenset({Role.ADMIN, Role.MANAGER})
+"""Run the sites: projects, tenants, accounts, remote control, held readings."""
+MONEY = frozenset({Role.ADMIN, Role.MANAGER, Role.FINANCE})
+"""Handle money: recharge, refund, adjust, reverse, tariffs, approvals, tenants' details."""
+BUILDER = frozenset({Role.ADMIN, Role.MANAGER, Role.INSTALLER})
+"""Commission devices: buildings, floors, rooms, gateways, meters, replacements, dead letters."""
+STAFF = frozenset({Role.ADMIN, Role.MANAGER, Role.FINANCE, Role.INSTALLER})
+"""Everyone of the property company: the site tree, meters and their state, alarms."""
+HOLDERS = frozenset({Role.ADMIN, Role.MANAGER, Role.FINANCE, Role.TENANT})
+"""Read accounts, balances and statements (a tenant only their own); never installers."""
+EVERYONE = frozenset(Role)
+"""Any signed-in user."""
+PUBLIC: frozenset[Role] = frozenset()
+"""No token needed (logging in)."""
+
+FIGURE_ROLES = MONEY
+"""Who may enter a money figure read off a meter (a replaced or closed local-prepay meter's money):
+installers replace meters but move no money; their replacement takes the gateway's reading."""
+APPROVER_ROLES = MONEY
+"""Who may approve or reject a pending approval (never the user who asked for it)."""
+
+
+def may_enter_figures(principal: Principal) -> None:
+    """Refuse (403) a money figure typed by a role outside :data:`FIGURE_ROLES`."""
+    if principal.role not in FIGURE_ROLES:
+        raise PermissionDenied(
+            f"role {principal.role} may not enter money figures: the gateway's last reading is used, "
+            "or finance enters the figure (POST /meters/{id}/closing-figure)"
+        )
+
+
+_DEVICE_ALARMS = frozenset(
+    {
+        AlarmKind.GATEWAY_OFFLINE,
+        AlarmKind.METER_OFFLINE,
+        AlarmKind.COMMAND_ABANDONED,
+        AlarmKind.COMMAND_REJECTED,
+        AlarmKind.READING_HELD,
+    }
+)
+
+
+def alarm_kinds_for(role: Role) -> frozenset[str] | None:
+    """The alarm kinds a role sees; None: all. Installers see device alarms only (money alarms carry
+    balances and amounts)."""
+    return frozenset(str(k) for k in _DEVICE_ALARMS) if role is Role.INSTALLER else None
+
+
+# --- the table -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Example:
+    """A request that the route should accept from an admitted role, for the access matrix test.
+
+    Strings ``"{name}"`` are placeholders for the ids of a seeded organisation (``{meter}``,
+    ``{account}``, ...; ``{uniq}`` makes a fresh name); ``path`` names the placeholder of a path
+    parameter when it is not the parameter's name without ``_id`` (a meter that may be replaced)."""
+
+    body: Mapping[str, Any] | None = None
+    path: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rule:
+    roles: frozenset[Role]
+    why: str
+    """One line for docs/roles.md: why these roles."""
+    own: bool = False
+    """Tenants see only their own accounts here."""
+    platform: bool = False
+    """Only administrators without an organisation (the platform's)."""
+    example: Example = Example()
+
+    @property
+    def public(self) -> bool:
+        return not self.roles
+
+    def admits(self, principal: Principal) -> bool:
+        if principal.role not in self.roles:
+            return False
+        return not self.platform or principal.org_id is None
+
+
+_READING_FIGURE = "the gateway's reading or a figure finance enters; approved above the limit"
+
+POLICY: Mapping[tuple[str, str], Rule] = {
+    # auth
+    ("POST", "/auth/login"): Rule(
+        PUBLIC, "exchange a password for a token", example=Example({"username": "x", "password": "y"})
+    ),
+    ("GET", "/auth/me"): Rule(EVERYONE, "who am I"),
+    # users
+    ("GET", "/users"): Rule(ADMIN, "user administration"),
+    ("POST", "/users"): Rule(
+        ADMIN,
+        "user administration",
+        example=Example(
+            {"username": "u-{uniq}", "password": "a long password", "role": "installer", "org_id": "{org}"}
+        ),
+    ),
+    ("POST", "/users/{user_id}/deactivate"): Rule(
+        ADMIN, "stops the user's logins and live tokens", example=Example({"reason": "离职"})
+    ),
+    ("POST", "/users/{user_id}/reactivate"): Rule(
+        ADMIN, "user administration", example=Example({"reason": "复职"})
+    ),
+    ("POST", "/users/{user_id}/password"): Rule(
+        ADMIN, "reset a forgotten password; live tokens stop", example=Example({"password": "a new password"})
+    ),
+    # hierarchy
+    ("GET", "/organisations"): Rule(STAFF, "the organisation they work for"),
+    ("POST", "/organisations"): Rule(
+        ADMIN, "new property companies", platform=True, example=Example({"name": "org-{uniq}"})
+    ),
+    ("GET", "/projects"): Rule(STAFF, "the site tree"),
+    ("POST", "/projects"): Rule(
+        MANAGER,
+        "a project carries the arrears policy",
+        example=Example({"name": "p-{uniq}", "org_id": "{org}"}),
+    ),
+    ("GET", "/projects/{project_id}/buildings"): Rule(STAFF, "the site tree"),
+    ("POST", "/projects/{project_id}/buildings"): Rule(
+        BUILDER, "building the site tree", example=Example({"name": "b-{uniq}"})
+    ),
+    ("GET", "/buildings/{building_id}/floors"): Rule(STAFF, "the site tree"),
+    ("POST", "/buildings/{building_id}/floors"): Rule(
+        BUILDER, "building the site tree", example=Example({"name": "f-{uniq}", "level": 2})
+    ),
+    ("GET", "/floors/{floor_id}/rooms"): Rule(STAFF, "the site tree"),
+    ("POST", "/floors/{floor_id}/rooms"): Rule(
+        BUILDER, "building the site tree", example=Example({"name": "r-{uniq}"})
+    ),
+    ("GET", "/tenants"): Rule(MONEY, "names and phone numbers of the people who pay"),
+    ("POST", "/tenants"): Rule(
+        MANAGER,
+        "tenants sign with the manager",
+        example=Example({"name": "t-{uniq}", "room_id": "{room}", "org_id": "{org}"}),
+    ),
+    # devices
+    ("GET", "/gateways"): Rule(BUILDER, "commissioning"),
+    ("POST", "/gateways"): Rule(
+        BUILDER,
+        "commissioning",
+        example=Example({"device_id": "gw-{uniq}", "project_id": "{project}", "org_id": "{org}"}),
+    ),
+    ("GET", "/meters"): Rule(STAFF, "which meter is where (finance: statement lines name meters)"),
+    ("POST", "/meters"): Rule(
+        BUILDER,
+        "commissioning",
+        example=Example({"gateway_id": "{gateway}", "device_id": "m-{uniq}", "address": "7"}),
+    ),
+    ("GET", "/meters/{meter_id}"): Rule(STAFF, "which meter is where"),
+    ("POST", "/meters/{meter_id}/replace"): Rule(
+        BUILDER,
+        f"swap a meter; the money left on a local-prepay meter: {_READING_FIGURE}",
+        example=Example(
+            {"new_device_id": "m-{uniq}", "new_address": "9"}, path={"meter_id": "meter_replace"}
+        ),
+    ),
+    ("POST", "/meters/{meter_id}/closing-figure"): Rule(
+        MONEY,
+        f"the money left on a replaced local-prepay meter: {_READING_FIGURE}",
+        example=Example({"remaining_fen": 100, "reason": "表内实余"}, path={"meter_id": "meter_replaced"}),
+    ),
+    # accounts
+    ("GET", "/accounts"): Rule(HOLDERS, "balances are finances", own=True),
+    ("GET", "/balances"): Rule(HOLDERS, "balances are finances", own=True),
+    ("POST", "/accounts"): Rule(
+        MANAGER,
+        "tenants sign with the manager",
+        example=Example({"project_id": "{project}", "number": "n-{uniq}"}),
+    ),
+    ("GET", "/accounts/{account_id}"): Rule(HOLDERS, "balances are finances", own=True),
+    ("GET", "/accounts/{account_id}/ledger"): Rule(HOLDERS, "the statement", own=True),
+    ("POST", "/accounts/{account_id}/recharge"): Rule(
+        MONEY, "the cash desk", example=Example({"amount_fen": 100, "receipt_no": "SJ-{uniq}"})
+    ),
+    ("POST", "/accounts/{account_id}/refund"): Rule(
+        MONEY,
+        "pays money out",
+        example=Example({"amount_fen": 1, "reason": "退费", "request_id": "rf-{uniq}"}),
+    ),
+    ("POST", "/accounts/{account_id}/adjust"): Rule(
+        MONEY,
+        "manual correction",
+        example=Example({"amount_fen": 1, "reason": "更正", "request_id": "ad-{uniq}"}),
+    ),
+    ("POST", "/accounts/{account_id}/close"): Rule(
+        MANAGER,
+        f"tenants leave through the manager; money left on local-prepay meters: {_READING_FIGURE}",
+        example=Example({"reason": "退租"}, path={"account_id": "account_close"}),
+    ),
+    ("POST", "/accounts/{account_id}/meters"): Rule(
+        MANAGER, "who pays for a meter", example=Example({"meter_id": "{meter_spare}"})
+    ),
+    ("PUT", "/accounts/{account_id}/protected"): Rule(
+        MANAGER, "保电 overrides the arrears policy", example=Example({"protected": False})
+    ),
+    ("POST", "/ledger/reverse"): Rule(
+        MONEY, "corrects a transaction", example=Example({"key": "{txn}", "reason": "误操作"})
+    ),
+    # tariffs
+    ("GET", "/tariffs"): Rule(MONEY, "prices"),
+    ("POST", "/tariffs"): Rule(
+        MONEY, "prices", example=Example({"name": "t-{uniq}", "kind": "flat", "org_id": "{org}"})
+    ),
+    ("GET", "/tariffs/{tariff_id}/versions"): Rule(MONEY, "prices"),
+    ("POST", "/tariffs/{tariff_id}/versions"): Rule(
+        MONEY,
+        "prices",
+        example=Example(
+            {"effective_from": "2030-01-01T00:00:00+08:00", "spec": {"kind": "flat", "price": "0.6"}}
+        ),
+    ),
+    ("PUT", "/projects/{project_id}/tariffs"): Rule(
+        MANAGER, "which prices a site bills", example=Example({"electric_tariff_id": "{tariff}"})
+    ),
+    # operations
+    ("POST", "/meters/{meter_id}/commands"): Rule(
+        MANAGER, "cutting supply is the manager's call", example=Example({"action": "trip"})
+    ),
+    ("GET", "/meters/{meter_id}/commands"): Rule(STAFF, "did the meter obey"),
+    ("GET", "/meters/{meter_id}/state"): Rule(STAFF, "supply state"),
+    ("GET", "/alarms"): Rule(STAFF, "installers see device alarms only (money alarms carry amounts)"),
+    ("GET", "/dead-letters"): Rule(BUILDER, "messages a gateway sent that could not be applied"),
+    # calendar
+    ("GET", "/holidays"): Rule(EVERYONE, "public calendar", example=Example(query={"year": 2026})),
+    ("PUT", "/holidays/{day}"): Rule(
+        ADMIN,
+        "one calendar for every organisation",
+        platform=True,
+        example=Example({"kind": "holiday", "name": "厂休"}),
+    ),
+    # held readings
+    ("GET", "/holds"): Rule(MANAGER, "readings held from billing"),
+    ("POST", "/holds/{hold_id}/resolve"): Rule(
+        MANAGER,
+        "decides whether a reading is billed",
+        example=Example({"action": "discard", "reason": "核对"}),
+    ),
+    # approvals (four eyes)
+    ("GET", "/approvals"): Rule(MONEY, "money waiting for a second person"),
+    ("GET", "/approvals/{approval_id}"): Rule(MONEY, "money waiting for a second person"),
+    ("POST", "/approvals/{approval_id}/approve"): Rule(
+        MONEY, "a second person, never the requester", example=Example({"reason": "核对无误"})
+    ),
+    ("POST", "/approvals/{approval_id}/reject"): Rule(
+        MONEY,
+        "a second person, never the requester",
+        example=Example({"reason": "数字不对"}, path={"approval_id": "approval_reject"}),
+    ),
+}
+
+
+def rule_for(method: str, path: str) -> Rule | None:
+    """The rule of ``method path`` (the route's template, with or without the API prefix)."""
+    relative = path.removeprefix(API_PREFIX) or "/"
+    return POLICY.get(("GET" if method.upper() == "HEAD" else method.upper(), relative))
+
+
+def authorize(request: Request, uow: Db, at: Now, credentials: Bearer) -> Principal | None:
+    """The caller, admitted by the route's rule; None on a public route. 401 without a valid token,
+    403 for a role the rule does not admit or a route without a rule."""
+    route = request.scope.get("route")
+    path: str = getattr(route, "path_format", request.url.path)
+    rule = rule_for(request.method, path)
+    if rule is None:
+        log.error(
+            "no access rule for %s %s: refused to everyone (add it to cloud/api/access.py)",
+            request.method,
+            path,
+        )
+        raise PermissionDenied(f"{request.method} {path} has no access rule")
+    if rule.public:
+        return None
+    principal = authenticate(request, uow, at, credentials)
+    if not rule.admits(principal):
+        log.info("refused %s %s to %s (%s)", request.method, path, principal.username, principal.role)
+        if rule.platform and principal.role in rule.roles:
+            raise PermissionDenied(f"only platform administrators may {request.method} {path}")
+        raise PermissionDenied(f"role {principal.role} may not {request.method} {path}")
+    return principal
+
+
+def _caller(principal: Annotated[Principal | None, Depends(authorize)]) -> Principal:
+    if principal is None:  # a public route's handler asked who is calling
+        raise AuthError("this route takes no caller")
+    return principal
+
+
+Caller = Annotated[Principal, Depends(_caller)]
+"""The authenticated caller of a route, admitted by its rule in :data:`POLICY`."""
