@@ -146,6 +146,8 @@ class _MeterRow:
     prepay_mode: str
     tariff_id: int | None
     ct_ratio: int
+    model: str
+    max_rate_per_hour: Decimal | None
 
 
 @dataclass(slots=True)
@@ -156,6 +158,7 @@ class _StateRow:
     last_at: datetime | None
     last_values: dict[str, str]
     last_seq: int | None
+    rate_budget: Decimal | None
     last_seen: datetime | None
     observed: str | None
     observed_at: datetime | None
@@ -425,6 +428,7 @@ class Ingest:
             by_meter.setdefault(device, []).append((source[(device, seq)].ts, seq, rid))
         outcomes: dict[int, tuple[int | None, str, str | None]] = {}
         pending: list[PendingCharge] = []
+        held: list[Any] = []  # holds and alarms: written after the reading rows they refer to
         deltas: dict[int, int] = {}
         for device, items in sorted(by_meter.items()):
             meter = meters.get(device)
@@ -450,6 +454,7 @@ class Ingest:
                     cache=cache,
                 )
                 outcomes[rid] = (meter.id, outcome.status, outcome.txn_key)
+                held.extend(outcome.rows)
                 self.stats.by_status[outcome.status] = self.stats.by_status.get(outcome.status, 0) + 1
                 if outcome.txn is not None and outcome.org_id is not None and outcome.account_id is not None:
                     pending.append(PendingCharge(outcome.org_id, rid, outcome.txn))
@@ -485,6 +490,7 @@ class Ingest:
                 for (device, seq), rid in sorted(new_ids.items(), key=lambda item: item[1])
             ],
         )
+        session.add_all(held)
         session.flush()  # holds and alarms of this batch
         update_rows(
             connection,
