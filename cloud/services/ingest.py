@@ -69,7 +69,7 @@ from cloud.services.billing import (
     plan_charges,
     post_charges,
 )
-from cloud.services.bulk import in_values, insert_rows, update_rows
+from cloud.services.bulk import in_values, insert_missing, insert_rows, update_rows
 from cloud.services.control import ControlConfig, apply_ack
 from cloud.services.unit import Publisher, unit_of_work
 from protocol.contract import (
@@ -580,29 +580,11 @@ class Ingest:
                 changed.extend(evaluate_account(session, fresh, now, policy_cache))
         return changed
 
-    def _insert_missing_states(self, connection: Connection, meter_ids: list[int]) -> None:
-        present = set(
-            connection.execute(
-                select(_STATES.c.meter_id).where(in_values(_STATES.c.meter_id, meter_ids, connection))
-            )
-            .scalars()
-            .all()
-        )
-        missing = [m for m in meter_ids if m not in present]
-        if missing:  # a meter's first reading; a concurrent replica may create the same row
-            connection.execute(
-                self._insert(_STATES).on_conflict_do_nothing(index_elements=["meter_id"]),
-                [
-                    {"meter_id": m, "last_values": {}, "desired_reasons": [], "offline": False}
-                    for m in missing
-                ],
-            )
-
     def _lock_state_rows(self, connection: Connection, meter_ids: list[int]) -> dict[int, _StateRow]:
         """The meters' states, locked in id order (``FOR UPDATE``), as plain rows."""
         if not meter_ids:
             return {}
-        self._insert_missing_states(connection, meter_ids)
+        insert_missing(connection, _STATES, "meter_id", meter_ids)  # a meter's first reading
         query = (
             select(*_columns(_STATES, _StateRow))
             .where(in_values(_STATES.c.meter_id, meter_ids, connection))
@@ -616,7 +598,7 @@ class Ingest:
         """The meters' states as ORM objects, locked (events change a single meter's state)."""
         if not meter_ids:
             return {}
-        self._insert_missing_states(session.connection(), meter_ids)
+        insert_missing(session.connection(), _STATES, "meter_id", meter_ids)
         return {
             s.meter_id: s
             for s in session.scalars(
