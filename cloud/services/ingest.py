@@ -95,6 +95,7 @@ _STATES = metadata.tables["meter_state"]
 _ACCOUNTS = metadata.tables["account"]
 _METERS = metadata.tables["meter"]
 _LINKS = metadata.tables["account_meter"]
+_GATEWAY_STATUS = metadata.tables["gateway_status"]
 
 # Which of a batch's reading identities are stored already: one probe of the UNIQUE index per pair.
 # Written as LATERAL ... LIMIT 1 so that the plan can only be a probe (or, on a tiny table, a scan) per
@@ -321,9 +322,11 @@ class Ingest:
     def _seen(self, session: Session, gateway: Gateway, now: datetime) -> GatewayStatusRow:
         assert gateway.id is not None
         row = session.get(GatewayStatusRow, gateway.id)
-        if row is None:
-            row = GatewayStatusRow(gateway_id=gateway.id, online=True)
-            session.add(row)
+        if row is None:  # a new gateway's first message; another replica may be creating the row too
+            insert_missing(session.connection(), _GATEWAY_STATUS, "gateway_id", [gateway.id])
+            row = session.get(GatewayStatusRow, gateway.id)
+            assert row is not None
+            row.online = row.online or row.reported_at is None  # what is known: it is sending
         row.last_seen = now if row.last_seen is None or now > row.last_seen else row.last_seen
         return row
 

@@ -21,9 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
 from cloud.db import make_engine, make_session_factory
-from cloud.models import Account, AccountState, MeterState
+from cloud.models import Account, AccountState, Gateway, GatewayStatusRow, MeterState
 from cloud.services.arrears import evaluate_account
 from cloud.services.control import lock_meter_states
+from cloud.services.ingest import Ingest
 from tests.cloud.flowkit import T0, FlowSite, make_flow_site
 
 pytestmark = pytest.mark.services
@@ -113,3 +114,20 @@ def test_arrears_evaluations_of_a_new_account_race_free(pg_factory: sessionmaker
     assert _states(pg_factory, site) == 1
     with pg_factory() as s:
         assert s.get(AccountState, site.accounts["m1"]) is not None
+
+
+def test_first_messages_of_a_new_gateway_race_free(pg_factory: sessionmaker[Session]) -> None:
+    """Its status row is created by whichever message is applied first (readings, status, acks, events)."""
+    site = make_flow_site(pg_factory, balance_fen=0)
+    ingest = Ingest(pg_factory, clock=lambda: T0)
+
+    def seen(s: Session) -> object:
+        gateway = s.get(Gateway, site.gateway_id)
+        assert gateway is not None
+        return ingest._seen(s, gateway, T0)
+
+    _race(pg_factory, seen)
+    with pg_factory() as s:
+        row = s.get(GatewayStatusRow, site.gateway_id)
+        assert row is not None
+        assert (row.online, row.last_seen) == (True, T0)
