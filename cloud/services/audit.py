@@ -31,6 +31,7 @@ class AuditAction(StrEnum):
     PROTECT_CHANGED = "protect_changed"
     CALENDAR_CHANGE = "calendar_change"
     READING_HOLD_RESOLVED = "reading_hold_resolved"
+    METER_RATE_CHANGED = "meter_rate_changed"
 
 
 @dataclass(frozen=True)

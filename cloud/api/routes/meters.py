@@ -8,7 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from cloud.api.deps import OptionalId, PathId, Principal, Uow, get_uow, now, require
-from cloud.api.schemas import GatewayCreated, GatewayIn, GatewayOut, MeterIn, MeterOut, ReplaceMeterIn
+from cloud.api.schemas import (
+    GatewayCreated,
+    GatewayIn,
+    GatewayOut,
+    MeterIn,
+    MeterOut,
+    MeterRateIn,
+    ReplaceMeterIn,
+)
 from cloud.models import Role
 from cloud.services import accounts, hierarchy
 
@@ -16,6 +24,7 @@ router = APIRouter(tags=["devices"])
 
 Staff = Annotated[Principal, require(Role.MANAGER, Role.FINANCE, Role.INSTALLER)]
 Builder = Annotated[Principal, require(Role.MANAGER, Role.INSTALLER)]
+Manager = Annotated[Principal, require(Role.MANAGER)]
 Db = Annotated[Uow, Depends(get_uow)]
 Now = Annotated[datetime, Depends(now)]
 
@@ -65,3 +74,18 @@ def replace_meter(meter_id: PathId, body: ReplaceMeterIn, p: Builder, uow: Db, a
     new = accounts.replace_meter(uow.session, p.actor, at, meter_id=meter_id, **body.model_dump())
     uow.commit()
     return MeterOut.model_validate(new)
+
+
+@router.put("/meters/{meter_id}/max-rate", response_model=MeterOut, summary="额定最大用量速率 / rated rate")
+def set_max_rate(meter_id: PathId, body: MeterRateIn, p: Manager, uow: Db, at: Now) -> MeterOut:
+    """What this supply can deliver per hour (billed side); readings beyond it are held. Audited."""
+    meter = hierarchy.set_max_rate(
+        uow.session,
+        p.actor,
+        at,
+        meter_id=meter_id,
+        max_rate_per_hour=body.max_rate_per_hour,
+        reason=body.reason,
+    )
+    uow.commit()
+    return MeterOut.model_validate(meter)
