@@ -243,18 +243,17 @@ def consumption(deltas: Mapping[Quantity, Decimal]) -> Decimal:
     return max(total, tou, water, Decimal(0))
 
 
-def _hours(since: datetime, until: datetime) -> Decimal:
-    with localcontext() as ctx:
-        ctx.rounding = ROUND_FLOOR
-        return Decimal((until - since) // timedelta(microseconds=1)) / _HOUR_US
+def _micros(since: datetime, until: datetime) -> int:
+    return max(0, (until - since) // timedelta(microseconds=1))
 
 
-def _available(budget: Decimal | None, hours: Decimal, rules: ReadingRules) -> Decimal:
-    """What the meter may bill over ``hours`` after its baseline: budget + rate × hours (rounded down)."""
+def _available(budget: Decimal | None, micros: int, rules: ReadingRules) -> Decimal:
+    """What the meter may bill ``micros`` µs after its baseline: budget + rate × elapsed, rounded down
+    (one division, so a whole figure — 30 kW for a minute, 0.5 kWh — stays whole)."""
     level = rules.spike_allowance if budget is None else min(budget, rules.spike_allowance)
     with localcontext() as ctx:
         ctx.rounding = ROUND_FLOOR
-        return level + rules.max_rate_per_hour * hours
+        return level + rules.max_rate_per_hour * micros / _HOUR_US
 
 
 def _left(available: Decimal, used: Decimal, rules: ReadingRules) -> Decimal:
@@ -267,8 +266,7 @@ def _left(available: Decimal, used: Decimal, rules: ReadingRules) -> Decimal:
 def budget_at(budget: Decimal | None, since: datetime, until: datetime, rules: ReadingRules) -> Decimal:
     """The budget at ``until`` when nothing was billed since ``since`` (an operator accepted a reading
     as the new baseline without charging the gap: it refills, it is not reset to full)."""
-    hours = _hours(since, until) if until > since else Decimal(0)
-    return _left(_available(budget, hours, rules), Decimal(0), rules)
+    return _left(_available(budget, _micros(since, until), rules), Decimal(0), rules)
 
 
 # Severity when several registers disagree: the worst one decides.
@@ -308,8 +306,9 @@ def check_reading(
         changed = tuple(q for q in common if now_regs[q] != last_regs[q])
         return ReadingCheck(Verdict.CONFLICT, True, registers=changed, detail="same time, different values")
 
-    hours = _hours(last.at, new.at)
-    plausible = _available(None, hours, rules)  # a full budget: what one reading alone may bill
+    micros = _micros(last.at, new.at)
+    hours = Decimal(micros) / _HOUR_US  # for the details only
+    plausible = _available(None, micros, rules)  # a full budget: what one reading alone may bill
     verdicts: dict[Quantity, Verdict] = {}
     deltas: dict[Quantity, Decimal] = {}
     notes: list[str] = []
@@ -338,7 +337,7 @@ def check_reading(
     left = budget
     if worst in (Verdict.OK, Verdict.ROLLOVER):
         used = consumption(deltas)
-        available = _available(budget, hours, rules)
+        available = _available(budget, micros, rules)
         counted = tuple(q for q, d in deltas.items() if d > 0 and q is not Quantity.ENERGY_REVERSE_KWH)
         if rules.limit_rate and used > plausible:  # each register fitted, their sum (TOU) does not
             worst, flagged = Verdict.SPIKE, counted
