@@ -43,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from decimal import ROUND_FLOOR, Decimal, localcontext
+from decimal import ROUND_FLOOR, Context, Decimal
 from enum import StrEnum
 
 from cloud.domain.errors import ReadingError
@@ -89,6 +89,9 @@ _TOU: tuple[Quantity, ...] = (
 )
 _MICRO = Decimal("0.000001")
 _HOUR_US = Decimal(3_600_000_000)
+_FLOOR = Context(prec=28, rounding=ROUND_FLOOR)
+"""Arithmetic of the rate budget: every inexact step rounds down, so rounding never widens the bound
+(its methods, not a ``localcontext`` per reading: this runs for every reading of the ingest)."""
 
 
 class Verdict(StrEnum):
@@ -156,7 +159,8 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class ReadingRules:
-    """Thresholds of plausibility; build one per meter (see :meth:`for_capacity`)."""
+    """Thresholds of plausibility; one per meter (its rate and allowance:
+    :func:`cloud.domain.plausibility.rules_for`)."""
 
     register_max: Decimal = Decimal("999999.99")
     register_resolution: Decimal = Decimal("0.01")
@@ -177,25 +181,6 @@ class ReadingRules:
     max_backlog: timedelta = timedelta(days=8)
     """Oldest a buffered reading can legitimately be when it arrives (edge outbox keeps 7 days)."""
     auto_accept_rollover: bool = False
-
-    @classmethod
-    def for_capacity(
-        cls,
-        max_current_a: Decimal,
-        *,
-        voltage_v: Decimal = Decimal(220),
-        phases: int = 1,
-        ct_ratio: Decimal = Decimal(1),
-        headroom: Decimal = Decimal("1.5"),
-        **overrides: object,
-    ) -> ReadingRules:
-        """Rules whose spike limit follows the meter's capacity: I × U × phases × CT × headroom.
-
-        Pass ``ct_ratio`` only when the values checked are primary-side (already multiplied by the CT
-        ratio); a meter whose registers count the secondary side is checked with ``ct_ratio=1``.
-        """
-        kw = max_current_a * voltage_v * phases * ct_ratio * headroom / 1000
-        return cls(max_rate_per_hour=kw, **overrides)  # type: ignore[arg-type]
 
 
 DEFAULT_RULES = ReadingRules()
@@ -243,17 +228,25 @@ def consumption(deltas: Mapping[Quantity, Decimal]) -> Decimal:
     return max(total, tou, water, Decimal(0))
 
 
+def _consuming(deltas: Mapping[Quantity, Decimal]) -> tuple[Quantity, ...]:
+    """The registers a consumption is made of (those named when it is held)."""
+    return tuple(q for q, d in deltas.items() if d > 0 and q is not Quantity.ENERGY_REVERSE_KWH)
+
+
 def _micros(since: datetime, until: datetime) -> int:
     return max(0, (until - since) // timedelta(microseconds=1))
 
 
-def _available(budget: Decimal | None, micros: int, rules: ReadingRules) -> Decimal:
-    """What the meter may bill ``micros`` µs after its baseline: budget + rate × elapsed, rounded down
-    (one division, so a whole figure — 30 kW for a minute, 0.5 kWh — stays whole)."""
+def _refill(micros: int, rules: ReadingRules) -> Decimal:
+    """Rate × elapsed, rounded down (one division, so a whole figure — 30 kW for a minute, 0.5 kWh —
+    stays whole)."""
+    return _FLOOR.divide(_FLOOR.multiply(rules.max_rate_per_hour, Decimal(micros)), _HOUR_US)
+
+
+def _available(budget: Decimal | None, refill: Decimal, rules: ReadingRules) -> Decimal:
+    """What the meter may bill after its baseline: its budget (None: full) + the refill, rounded down."""
     level = rules.spike_allowance if budget is None else min(budget, rules.spike_allowance)
-    with localcontext() as ctx:
-        ctx.rounding = ROUND_FLOOR
-        return level + rules.max_rate_per_hour * micros / _HOUR_US
+    return _FLOOR.add(level, refill)
 
 
 def _left(available: Decimal, used: Decimal, rules: ReadingRules) -> Decimal:
@@ -266,7 +259,7 @@ def _left(available: Decimal, used: Decimal, rules: ReadingRules) -> Decimal:
 def budget_at(budget: Decimal | None, since: datetime, until: datetime, rules: ReadingRules) -> Decimal:
     """The budget at ``until`` when nothing was billed since ``since`` (an operator accepted a reading
     as the new baseline without charging the gap: it refills, it is not reset to full)."""
-    return _left(_available(budget, _micros(since, until), rules), Decimal(0), rules)
+    return _left(_available(budget, _refill(_micros(since, until), rules), rules), Decimal(0), rules)
 
 
 # Severity when several registers disagree: the worst one decides.
@@ -307,8 +300,9 @@ def check_reading(
         return ReadingCheck(Verdict.CONFLICT, True, registers=changed, detail="same time, different values")
 
     micros = _micros(last.at, new.at)
-    hours = Decimal(micros) / _HOUR_US  # for the details only
-    plausible = _available(None, micros, rules)  # a full budget: what one reading alone may bill
+    hours = Decimal(micros) / _HOUR_US  # for the details
+    refill = _refill(micros, rules)
+    plausible = _available(None, refill, rules)  # a full budget: what one reading alone may bill
     verdicts: dict[Quantity, Verdict] = {}
     deltas: dict[Quantity, Decimal] = {}
     notes: list[str] = []
@@ -337,13 +331,12 @@ def check_reading(
     left = budget
     if worst in (Verdict.OK, Verdict.ROLLOVER):
         used = consumption(deltas)
-        available = _available(budget, micros, rules)
-        counted = tuple(q for q, d in deltas.items() if d > 0 and q is not Quantity.ENERGY_REVERSE_KWH)
+        available = _available(budget, refill, rules)
         if rules.limit_rate and used > plausible:  # each register fitted, their sum (TOU) does not
-            worst, flagged = Verdict.SPIKE, counted
+            worst, flagged = Verdict.SPIKE, _consuming(deltas)
             notes.append(f"consumption {used} in {hours:.6f} h exceeds {plausible:.6f}")
         elif rules.limit_rate and used > available:
-            worst, flagged = Verdict.RATE_LIMIT, counted
+            worst, flagged = Verdict.RATE_LIMIT, _consuming(deltas)
             notes.append(
                 f"consumption {used} in {hours:.6f} h exceeds the {available:.6f} left of the meter's "
                 f"rate budget ({rules.max_rate_per_hour} per hour, {rules.spike_allowance} allowance, "
