@@ -237,6 +237,11 @@ def _micros(since: datetime, until: datetime) -> int:
     return max(0, (until - since) // timedelta(microseconds=1))
 
 
+def _hours(micros: int) -> str:
+    """Elapsed time for a hold's details."""
+    return f"{Decimal(micros) / _HOUR_US:.6f}"
+
+
 def _refill(micros: int, rules: ReadingRules) -> Decimal:
     """Rate × elapsed, rounded down (one division, so a whole figure — 30 kW for a minute, 0.5 kWh —
     stays whole)."""
@@ -300,7 +305,6 @@ def check_reading(
         return ReadingCheck(Verdict.CONFLICT, True, registers=changed, detail="same time, different values")
 
     micros = _micros(last.at, new.at)
-    hours = Decimal(micros) / _HOUR_US  # for the details
     refill = _refill(micros, rules)
     plausible = _available(None, refill, rules)  # a full budget: what one reading alone may bill
     verdicts: dict[Quantity, Verdict] = {}
@@ -320,7 +324,7 @@ def check_reading(
             else:
                 verdict = Verdict.NEGATIVE
         if verdict in (Verdict.OK, Verdict.ROLLOVER) and rules.limit_rate and delta > plausible:
-            notes.append(f"{q}: {delta} in {hours:.6f} h exceeds {plausible:.6f}")
+            notes.append(f"{q}: {delta} in {_hours(micros)} h exceeds {plausible:.6f}")
             verdict = Verdict.SPIKE
         elif verdict is not Verdict.OK:
             notes.append(f"{q}: {before} → {after}")
@@ -334,11 +338,11 @@ def check_reading(
         available = _available(budget, refill, rules)
         if rules.limit_rate and used > plausible:  # each register fitted, their sum (TOU) does not
             worst, flagged = Verdict.SPIKE, _consuming(deltas)
-            notes.append(f"consumption {used} in {hours:.6f} h exceeds {plausible:.6f}")
+            notes.append(f"consumption {used} in {_hours(micros)} h exceeds {plausible:.6f}")
         elif rules.limit_rate and used > available:
             worst, flagged = Verdict.RATE_LIMIT, _consuming(deltas)
             notes.append(
-                f"consumption {used} in {hours:.6f} h exceeds the {available:.6f} left of the meter's "
+                f"consumption {used} in {_hours(micros)} h exceeds the {available:.6f} left of the meter's "
                 f"rate budget ({rules.max_rate_per_hour} per hour, {rules.spike_allowance} allowance, "
                 "less what the readings before it used)"
             )
