@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
+from cloud.domain.plausibility import rate_for
 from cloud.models import (
     Account,
     Building,
@@ -37,6 +39,7 @@ from meterflow.demo_site import (
     ELECTRIC_PRICE_YUAN,
     GATEWAY_ID,
     ROOMS,
+    TIME_SCALE,
     WATER_PRICE_YUAN,
     DemoMeter,
 )
@@ -140,10 +143,14 @@ def seed_cloud(factory: sessionmaker[Session], *, key: str, admin_password: str)
 
 
 def _add_meter(s: Session, org_id: int, gateway_id: int, room_id: int | None, m: DemoMeter) -> int:
+    # The simulators run TIME_SCALE × real time and the gateway stamps readings with the wall clock, so
+    # in one wall-clock hour a demo meter delivers TIME_SCALE hours of consumption: its plausible rate
+    # (cloud.domain.plausibility) is its model's, TIME_SCALE times over, set as a manager would.
+    fast = rate_for(m.model, m.kind, 1) * Decimal(str(TIME_SCALE))
     meter = Meter(
         org_id=org_id, gateway_id=gateway_id, device_id=m.device_id, room_id=room_id, kind=m.kind,
         protocol=m.protocol, model=m.model, line=m.line, address=m.address, circuit=m.circuit,
-        installed_at=_now() - timedelta(days=30),
+        max_rate_per_hour=fast, installed_at=_now() - timedelta(days=30),
     )  # fmt: skip
     s.add(meter)
     s.flush()

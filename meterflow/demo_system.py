@@ -87,6 +87,7 @@ class SystemResult:
 
     readings: int = 0
     charges: int = 0
+    held: int = 0  # readings held for an operator (none, for meters that behave)
     opening_fen: dict[str, int] = field(default_factory=dict)
     balances_fen: dict[str, int] = field(default_factory=dict)
     trip_at_meter: bool = False  # the simulated meter's relay opened
@@ -471,7 +472,7 @@ def _final(stack: _Stack, result: SystemResult, say: _Say) -> None:
     if stack.seeded is None or stack.engine is None:
         return
     snap = snapshot(make_session_factory(stack.engine), stack.seeded)
-    result.readings, result.charges = snap.readings, snap.charges
+    result.readings, result.charges, result.held = snap.readings, snap.charges, snap.readings_held
     result.balances_fen = dict(snap.balances_fen)
     say.section("commands 指令 (cloud → gateway)")
     for dev, action, status in snap.commands:

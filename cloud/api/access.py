@@ -221,6 +221,11 @@ POLICY: Mapping[tuple[str, str], Rule] = {
             {"new_device_id": "m-{uniq}", "new_address": "9"}, path={"meter_id": "meter_replace"}
         ),
     ),
+    ("PUT", "/meters/{meter_id}/max-rate"): Rule(
+        MANAGER,
+        "what a supply can deliver bounds what it bills (docs/billing.md §4)",
+        example=Example({"max_rate_per_hour": "20", "reason": "扩容"}),
+    ),
     ("POST", "/meters/{meter_id}/closing-figure"): Rule(
         MONEY,
         f"the money left on a replaced local-prepay meter: {_READING_FIGURE}",

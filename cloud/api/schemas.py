@@ -41,6 +41,7 @@ __all__ = [
     "MeterIn",
     "MeterMoneyOut",
     "MeterOut",
+    "MeterRateIn",
     "NamedOut",
     "NonNegativeFen",
     "OrganisationIn",
@@ -260,10 +261,17 @@ class MeterOut(_Out):
     address: str
     circuit: int | None
     ct_ratio: int
+    max_rate_per_hour: Decimal | None
     prepay_mode: str
     protected: bool
     active: bool
     replaced_by_id: int | None
+
+
+class MeterRateIn(_In):
+    max_rate_per_hour: Decimal | None = Field(gt=0, le=100_000, decimal_places=6)
+    """Billed side: kW for electricity, m³/h for water; null returns to the model's rated figure."""
+    reason: str = Field(min_length=1, max_length=200)
 
 
 class ReplaceMeterIn(_In):

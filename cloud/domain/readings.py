@@ -18,20 +18,32 @@ rollover       register wrapped past its maximum (e.g. 999999.99 → 0.xx)  yes*
 reset          register dropped to about zero (meter reset / replaced)    yes
 negative       register went down otherwise                               yes
 spike          delta beyond max plausible rate × elapsed + allowance      yes
+rate_limit     delta beyond what is left of the meter's rate budget       yes
 ok             billable                                                   no
 =============  =========================================================  ====
 
 \\* a late reading is not billed as a new interval; :func:`plan_rerate` says what to reverse and
 re-bill. \\** unless ``ReadingRules.auto_accept_rollover``; the delta across the wrap is computed
 either way so an operator can approve it with one click.
+
+**Rate budget** (a token bucket per meter): ``spike`` judges one reading alone, so readings 1 ms apart
+each rising by the allowance would all pass. What a meter bills over *any* window of its accepted
+readings is therefore bounded by ``max_rate_per_hour × hours + spike_allowance``: the meter's budget
+(``meter_state.rate_budget``, at most ``spike_allowance``, at the baseline's time) refills at the rate
+over meter time, a reading that extends billing forward must fit in ``budget + rate × elapsed`` and
+leaves ``min(allowance, budget + rate × elapsed − consumed)``. By induction, for accepted readings
+``i < k``: ``Σ consumed(i..k] ≤ allowance + rate × (t_k − t_i)``. A held reading consumes nothing; a
+first reading starts with a full budget. :func:`consumption` says what one interval consumed (the
+total, or the sum of the TOU registers, whichever is larger; water's flow). The figures per meter are
+:mod:`cloud.domain.plausibility`'s; every step rounds down, so rounding never widens the bound.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Context, Decimal
 from enum import StrEnum
 
 from cloud.domain.errors import ReadingError
@@ -48,7 +60,10 @@ __all__ = [
     "ReratePlan",
     "Snapshot",
     "Verdict",
+    "budget_at",
+    "check_backfill",
     "check_reading",
+    "consumption",
     "deltas_between",
     "plan_rerate",
 ]
@@ -66,6 +81,18 @@ CUMULATIVE: frozenset[Quantity] = frozenset(
 )
 """Registers that only grow (until they wrap): the ones that are validated and billed."""
 
+_TOU: tuple[Quantity, ...] = (
+    Quantity.ENERGY_T1_KWH,
+    Quantity.ENERGY_T2_KWH,
+    Quantity.ENERGY_T3_KWH,
+    Quantity.ENERGY_T4_KWH,
+)
+_MICRO = Decimal("0.000001")
+_HOUR_US = Decimal(3_600_000_000)
+_FLOOR = Context(prec=28, rounding=ROUND_FLOOR)
+"""Arithmetic of the rate budget: every inexact step rounds down, so rounding never widens the bound
+(its methods, not a ``localcontext`` per reading: this runs for every reading of the ingest)."""
+
 
 class Verdict(StrEnum):
     OK = "ok"
@@ -76,6 +103,7 @@ class Verdict(StrEnum):
     RESET = "reset"
     NEGATIVE = "negative"
     SPIKE = "spike"
+    RATE_LIMIT = "rate_limit"
     CLOCK_AHEAD = "clock_ahead"
     CLOCK_BEHIND = "clock_behind"
 
@@ -89,6 +117,10 @@ _TEXT: Mapping[Verdict, tuple[str, str]] = {
     Verdict.RESET: ("表码清零（换表或复位）", "register dropped to zero: meter reset or replaced"),
     Verdict.NEGATIVE: ("表码倒走", "register went backwards"),
     Verdict.SPIKE: ("用量异常突增", "consumption beyond what the meter can deliver"),
+    Verdict.RATE_LIMIT: (
+        "近期累计用量超出表计额定能力",
+        "consumption over recent readings beyond what the meter can deliver",
+    ),
     Verdict.CLOCK_AHEAD: ("表计时钟超前", "meter clock ahead of the server"),
     Verdict.CLOCK_BEHIND: ("表计时钟滞后过多", "meter time older than any buffered reading can be"),
 }
@@ -99,6 +131,7 @@ _HOLD = frozenset(
         Verdict.RESET,
         Verdict.NEGATIVE,
         Verdict.SPIKE,
+        Verdict.RATE_LIMIT,
         Verdict.CLOCK_AHEAD,
         Verdict.CLOCK_BEHIND,
     }
@@ -126,7 +159,8 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class ReadingRules:
-    """Thresholds of plausibility; build one per meter (see :meth:`for_capacity`)."""
+    """Thresholds of plausibility; one per meter (its rate and allowance:
+    :func:`cloud.domain.plausibility.rules_for`)."""
 
     register_max: Decimal = Decimal("999999.99")
     register_resolution: Decimal = Decimal("0.01")
@@ -136,32 +170,17 @@ class ReadingRules:
     reset_floor: Decimal = Decimal("1")
     """A drop to at most this value (units) is a reset/replacement."""
     max_rate_per_hour: Decimal = Decimal("30")
-    """Largest plausible consumption per hour (kWh/h = kW, or m³/h)."""
+    """Largest plausible consumption per hour (kWh/h = kW, or m³/h), in register units."""
     spike_allowance: Decimal = Decimal("1")
-    """Absolute slack added to rate × elapsed (register resolution, clock jitter)."""
+    """Absolute slack added to rate × elapsed (register resolution, clock jitter): the most a reading
+    may bill beyond the rate, and the capacity of the meter's rate budget."""
+    limit_rate: bool = True
+    """False only when an operator bills a held ``spike``/``rate_limit`` reading (an audited override):
+    the rate is not enforced, the budget is still drawn down."""
     clock_tolerance: timedelta = timedelta(minutes=10)
     max_backlog: timedelta = timedelta(days=8)
     """Oldest a buffered reading can legitimately be when it arrives (edge outbox keeps 7 days)."""
     auto_accept_rollover: bool = False
-
-    @classmethod
-    def for_capacity(
-        cls,
-        max_current_a: Decimal,
-        *,
-        voltage_v: Decimal = Decimal(220),
-        phases: int = 1,
-        ct_ratio: Decimal = Decimal(1),
-        headroom: Decimal = Decimal("1.5"),
-        **overrides: object,
-    ) -> ReadingRules:
-        """Rules whose spike limit follows the meter's capacity: I × U × phases × CT × headroom.
-
-        Pass ``ct_ratio`` only when the values checked are primary-side (already multiplied by the CT
-        ratio); a meter whose registers count the secondary side is checked with ``ct_ratio=1``.
-        """
-        kw = max_current_a * voltage_v * phases * ct_ratio * headroom / 1000
-        return cls(max_rate_per_hour=kw, **overrides)  # type: ignore[arg-type]
 
 
 DEFAULT_RULES = ReadingRules()
@@ -176,6 +195,9 @@ class ReadingCheck:
     registers: tuple[Quantity, ...] = ()
     """The registers that produced the verdict."""
     detail: str = ""
+    budget: Decimal | None = None
+    """The meter's rate budget once this reading is its baseline (``ok``/``rollover``; None: full,
+    a meter's first reading)."""
 
     @property
     def billable(self) -> bool:
@@ -196,6 +218,55 @@ def deltas_between(previous: Snapshot, current: Snapshot) -> dict[Quantity, Deci
     return {q: v - before[q] for q, v in current.registers().items() if q in before}
 
 
+def consumption(deltas: Mapping[Quantity, Decimal]) -> Decimal:
+    """What one interval consumed, for the rate budget: the total register's delta or the sum of the
+    TOU registers' (a flat tariff bills the one, a TOU tariff the others: the budget bounds whichever
+    is larger), or the water register's. The reverse register is export: never billed, not counted."""
+    tou = sum((deltas[q] for q in _TOU if q in deltas), Decimal(0))
+    total = deltas.get(Quantity.ENERGY_TOTAL_KWH, Decimal(0))
+    water = deltas.get(Quantity.FLOW_TOTAL_M3, Decimal(0))
+    return max(total, tou, water, Decimal(0))
+
+
+def _consuming(deltas: Mapping[Quantity, Decimal]) -> tuple[Quantity, ...]:
+    """The registers a consumption is made of (those named when it is held)."""
+    return tuple(q for q, d in deltas.items() if d > 0 and q is not Quantity.ENERGY_REVERSE_KWH)
+
+
+def _micros(since: datetime, until: datetime) -> int:
+    return max(0, (until - since) // timedelta(microseconds=1))
+
+
+def _hours(micros: int) -> str:
+    """Elapsed time for a hold's details."""
+    return f"{Decimal(micros) / _HOUR_US:.6f}"
+
+
+def _refill(micros: int, rules: ReadingRules) -> Decimal:
+    """Rate × elapsed, rounded down (one division, so a whole figure — 30 kW for a minute, 0.5 kWh —
+    stays whole)."""
+    return _FLOOR.divide(_FLOOR.multiply(rules.max_rate_per_hour, Decimal(micros)), _HOUR_US)
+
+
+def _available(budget: Decimal | None, refill: Decimal, rules: ReadingRules) -> Decimal:
+    """What the meter may bill after its baseline: its budget (None: full) + the refill, rounded down."""
+    level = rules.spike_allowance if budget is None else min(budget, rules.spike_allowance)
+    return _FLOOR.add(level, refill)
+
+
+def _left(available: Decimal, used: Decimal, rules: ReadingRules) -> Decimal:
+    """The budget after consuming ``used`` of ``available``: capped at the allowance, never below 0,
+    in whole millionths (``meter_state.rate_budget`` keeps six places), rounded down."""
+    left = max(Decimal(0), min(rules.spike_allowance, available - used))
+    return left.quantize(_MICRO, rounding=ROUND_FLOOR)
+
+
+def budget_at(budget: Decimal | None, since: datetime, until: datetime, rules: ReadingRules) -> Decimal:
+    """The budget at ``until`` when nothing was billed since ``since`` (an operator accepted a reading
+    as the new baseline without charging the gap: it refills, it is not reset to full)."""
+    return _left(_available(budget, _refill(_micros(since, until), rules), rules), Decimal(0), rules)
+
+
 # Severity when several registers disagree: the worst one decides.
 _SEVERITY = (Verdict.SPIKE, Verdict.NEGATIVE, Verdict.RESET, Verdict.ROLLOVER, Verdict.OK)
 
@@ -205,8 +276,13 @@ def check_reading(
     new: Snapshot,
     received_at: datetime,
     rules: ReadingRules = DEFAULT_RULES,
+    budget: Decimal | None = None,
 ) -> ReadingCheck:
-    """Judge ``new`` against ``last`` (the last accepted reading; ``None`` for a meter's first)."""
+    """Judge ``new`` against ``last`` (the last accepted reading; ``None`` for a meter's first).
+
+    ``budget`` is the meter's rate budget at ``last`` (None: full); the result's ``budget`` is what
+    is left if ``new`` becomes the baseline.
+    """
     if received_at.tzinfo is None or received_at.utcoffset() is None:
         raise ReadingError("received_at must be timezone-aware")
     if new.at > received_at + rules.clock_tolerance:
@@ -228,8 +304,9 @@ def check_reading(
         changed = tuple(q for q in common if now_regs[q] != last_regs[q])
         return ReadingCheck(Verdict.CONFLICT, True, registers=changed, detail="same time, different values")
 
-    hours = Decimal((new.at - last.at) // timedelta(microseconds=1)) / Decimal(3_600_000_000)
-    plausible = rules.max_rate_per_hour * hours + rules.spike_allowance
+    micros = _micros(last.at, new.at)
+    refill = _refill(micros, rules)
+    plausible = _available(None, refill, rules)  # a full budget: what one reading alone may bill
     verdicts: dict[Quantity, Verdict] = {}
     deltas: dict[Quantity, Decimal] = {}
     notes: list[str] = []
@@ -246,17 +323,43 @@ def check_reading(
                 verdict = Verdict.RESET
             else:
                 verdict = Verdict.NEGATIVE
-        if verdict in (Verdict.OK, Verdict.ROLLOVER) and delta > plausible:
-            notes.append(f"{q}: {delta} in {hours:.4f} h exceeds {plausible:.4f}")
+        if verdict in (Verdict.OK, Verdict.ROLLOVER) and rules.limit_rate and delta > plausible:
+            notes.append(f"{q}: {delta} in {_hours(micros)} h exceeds {plausible:.6f}")
             verdict = Verdict.SPIKE
         elif verdict is not Verdict.OK:
             notes.append(f"{q}: {before} → {after}")
         verdicts[q] = verdict
         deltas[q] = delta
     worst = next(v for v in _SEVERITY if v in verdicts.values() or v is Verdict.OK)
-    hold = worst in _HOLD or (worst is Verdict.ROLLOVER and not rules.auto_accept_rollover)
     flagged = tuple(q for q, v in verdicts.items() if v is worst and worst is not Verdict.OK)
-    return ReadingCheck(worst, hold, deltas, flagged, "; ".join(notes))
+    left = budget
+    if worst in (Verdict.OK, Verdict.ROLLOVER):
+        used = consumption(deltas)
+        available = _available(budget, refill, rules)
+        if rules.limit_rate and used > plausible:  # each register fitted, their sum (TOU) does not
+            worst, flagged = Verdict.SPIKE, _consuming(deltas)
+            notes.append(f"consumption {used} in {_hours(micros)} h exceeds {plausible:.6f}")
+        elif rules.limit_rate and used > available:
+            worst, flagged = Verdict.RATE_LIMIT, _consuming(deltas)
+            notes.append(
+                f"consumption {used} in {_hours(micros)} h exceeds the {available:.6f} left of the meter's "
+                f"rate budget ({rules.max_rate_per_hour} per hour, {rules.spike_allowance} allowance, "
+                "less what the readings before it used)"
+            )
+        left = _left(available, used, rules)
+    hold = worst in _HOLD or (worst is Verdict.ROLLOVER and not rules.auto_accept_rollover)
+    return ReadingCheck(worst, hold, deltas, flagged, "; ".join(notes), left)
+
+
+def check_backfill(
+    early: Snapshot, first: Snapshot, received_at: datetime, rules: ReadingRules
+) -> ReadingCheck:
+    """Judge a reading older than the meter's first accepted one (billing extends backwards over
+    ``[early, first]``): ``ok`` only when its consumption fits in the rate alone, no allowance. The
+    windows from ``first`` on are already bounded by allowance + rate × span, so adding at most
+    rate × (first − early) before them keeps every window from ``early`` within the same bound."""
+    strict = replace(rules, spike_allowance=Decimal(0))
+    return check_reading(early, first, received_at, strict, Decimal(0))
 
 
 @dataclass(frozen=True, slots=True)

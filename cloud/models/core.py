@@ -239,6 +239,9 @@ class Meter(SQLModel, table=True):
     circuit: int | None = None
     ct_ratio: int = Field(default=1, ge=1)
     """Current-transformer ratio: register kWh × ct_ratio = billed kWh."""
+    max_rate_per_hour: Decimal | None = Field(default=None, sa_type=MicroDecimal)
+    """Set by a manager: the most this supply can deliver per hour, billed side (kW, or m³/h for
+    water). None: the model's rated figure (:mod:`cloud.domain.plausibility`)."""
     prepay_mode: str = Field(default=PrepayMode.REMOTE, sa_type=String(16))
     protected: bool = False
     """保电: never cut automatically."""

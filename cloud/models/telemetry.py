@@ -17,13 +17,14 @@ redelivers can never double-apply anything:
 from __future__ import annotations
 
 from datetime import date, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Index, LargeBinary, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from cloud.models.base import BIG_ID, FEN, UTCDateTime, utcnow
+from cloud.models.base import BIG_ID, FEN, MicroDecimal, UTCDateTime, utcnow
 
 __all__ = [
     "AccountState",
@@ -132,6 +133,9 @@ class MeterState(SQLModel, table=True):
     """Meter time of the last accepted reading."""
     last_values: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
     last_seq: int | None = Field(default=None, sa_type=BigInteger)
+    rate_budget: Decimal | None = Field(default=None, sa_type=MicroDecimal)
+    """What the meter may still bill beyond its rate at ``last_at``, in register units (None: full).
+    See :mod:`cloud.domain.readings` (rate budget) and :mod:`cloud.domain.plausibility`."""
     last_seen: datetime | None = Field(default=None, sa_type=UTCDateTime)
     observed: str | None = Field(default=None, sa_type=String(16))
     observed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -768,6 +768,7 @@ def replace_meter(
         address=new_address,
         circuit=old.circuit,
         ct_ratio=old.ct_ratio,
+        max_rate_per_hour=old.max_rate_per_hour,  # a figure of the supply, which the new meter keeps
         prepay_mode=old.prepay_mode,
         protected=old.protected,
         tariff_id=old.tariff_id,

@@ -64,6 +64,7 @@ from cloud.models import (
     Project,
     ReadingRow,
 )
+from cloud.services.bulk import insert_missing
 from cloud.services.errors import NotFound
 from protocol.contract import Action, Quantity, RelayState
 
@@ -147,19 +148,25 @@ def linked_meters(session: Session, account_ids: Iterable[int]) -> list[tuple[in
     return [(int(a), m) for a, m in rows]
 
 
+_ACCOUNT_STATES = AccountState.__table__  # type: ignore[attr-defined]
+_METER_STATES = MeterState.__table__  # type: ignore[attr-defined]
+
+
 def _state(session: Session, account_id: int) -> AccountState:
     row = session.get(AccountState, account_id)
-    if row is None:
-        row = AccountState(account_id=account_id)
-        session.add(row)
+    if row is None:  # created race-free: a concurrent evaluation may be creating it too
+        insert_missing(session.connection(), _ACCOUNT_STATES, "account_id", [account_id])
+        row = session.get(AccountState, account_id)
+        assert row is not None
     return row
 
 
 def _meter_state(session: Session, meter_id: int) -> MeterState:
     row = session.get(MeterState, meter_id)
-    if row is None:
-        row = MeterState(meter_id=meter_id)
-        session.add(row)
+    if row is None:  # created race-free: the ingest or the reconciler may be creating it too
+        insert_missing(session.connection(), _METER_STATES, "meter_id", [meter_id])
+        row = session.get(MeterState, meter_id)
+        assert row is not None
     return row
 
 

@@ -38,6 +38,7 @@ class AuditAction(StrEnum):
     USER_DEACTIVATED = "user_deactivated"
     USER_REACTIVATED = "user_reactivated"
     PASSWORD_RESET = "password_reset"  # noqa: S105 - the name of an audited action, not a secret
+    METER_RATE_CHANGED = "meter_rate_changed"
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,15 @@ billing baseline. A new reading is judged against it by :func:`cloud.domain.read
   ``charge`` transaction whose idempotency key is derived from the reading identity
   ``chg:<gateway>:<meter>:<seq>`` (returned, and written for the whole batch at once by
   :func:`post_charges`); the reading becomes the new baseline;
-- a held verdict (reset, negative, spike, clock far off, rollover unless auto-accepted) → a
-  ``reading_hold`` row and an alarm; nothing billed and the baseline stays where it was, so the
-  consumption is billed once an operator resolves it or the meter reports plausibly again;
+- a held verdict (reset, negative, spike, rate limit, clock far off, rollover unless auto-accepted) →
+  a ``reading_hold`` row and an alarm; nothing billed and the baseline stays where it was, so the
+  consumption is billed once an operator resolves it or the meter reports plausibly again. The hold
+  and the alarm come back on the outcome (:attr:`BillingOutcome.rows`) for the caller to add once the
+  reading row they refer to is written: added to the session here, a query billing a later meter of
+  the same batch made (auto)flush them before their reading existed;
+- the plausibility rules are the meter's own (:meth:`BillingCache.rules_for`: its model's rated rate,
+  its CT ratio, a manager's ``max_rate_per_hour``) and the reading is judged against the meter's rate
+  budget (``meter_state.rate_budget``, :mod:`cloud.domain.readings`), which moves with the baseline;
 - ``late`` (older than the baseline): inside billed history, the interval around it is re-rated —
   reversal of its charge and two replacement charges — when that changes the amount (a tariff
   version change inside it; under tiers, usage moved across a tier period reset, rated from the tier
@@ -50,7 +56,15 @@ from sqlmodel import col
 from cloud.domain import ledger as dledger
 from cloud.domain.errors import RatingError, TariffError
 from cloud.domain.money import carry, price_to_milli
-from cloud.domain.readings import CUMULATIVE, ReadingRules, Snapshot, Verdict, check_reading
+from cloud.domain.plausibility import rules_for
+from cloud.domain.readings import (
+    CUMULATIVE,
+    ReadingRules,
+    Snapshot,
+    Verdict,
+    check_backfill,
+    check_reading,
+)
 from cloud.domain.tariffs import (
     TariffKind,
     TariffSchedule,
@@ -169,6 +183,16 @@ class BillingCache:
     schedules: dict[int, TariffSchedule | None] = field(default_factory=dict)
     projects: dict[int, Project] = field(default_factory=dict)
     rules: ReadingRules = field(default_factory=ReadingRules)
+    """The base rules (clock, rollover, whether the rate is enforced); rate and allowance are per meter."""
+    _per_meter: dict[tuple[str, str, int, Decimal | None], ReadingRules] = field(default_factory=dict)
+
+    def rules_for(self, meter: MeterFacts) -> ReadingRules:
+        """:attr:`rules` with the meter's rate and allowance (:func:`cloud.domain.plausibility.rules_for`)."""
+        key = (meter.model, meter.kind, meter.ct_ratio, meter.max_rate_per_hour)
+        found = self._per_meter.get(key)
+        if found is None:
+            found = self._per_meter[key] = rules_for(self.rules, *key)
+        return found
 
     def project(self, session: Session, project_id: int) -> Project:
         found = self.projects.get(project_id)
@@ -219,6 +243,10 @@ class MeterFacts(MeterIdentity, Protocol):
     def tariff_id(self) -> int | None: ...
     @property
     def ct_ratio(self) -> int: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def max_rate_per_hour(self) -> Decimal | None: ...
 
 
 class Baseline(Protocol):
@@ -227,6 +255,7 @@ class Baseline(Protocol):
     last_at: datetime | None
     last_values: dict[str, str]
     last_seq: int | None
+    rate_budget: Decimal | None
 
 
 class Payer(Protocol):
@@ -285,6 +314,9 @@ class BillingOutcome:
     txn: dledger.Transaction | None = None
     """The charge to post (:func:`post_charges`), built but not yet written."""
     org_id: int | None = None
+    rows: tuple[ReadingHold | Alarm, ...] = ()
+    """A held reading's hold and alarm, not yet in the session: the caller adds them once the reading
+    row they refer to is written (the ingest writes a batch's readings after billing all of them)."""
 
 
 def _tariff_id(meter: MeterFacts, project: Project) -> int | None:
@@ -294,31 +326,31 @@ def _tariff_id(meter: MeterFacts, project: Project) -> int | None:
 
 
 def _hold(
-    session: Session, meter: MeterFacts, reading: BillableReading, verdict: str, zh: str, en: str, detail: str
+    meter: MeterFacts, reading: BillableReading, verdict: str, zh: str, en: str, detail: str
 ) -> BillingOutcome:
     assert reading.id is not None
     assert meter.id is not None
-    session.add(ReadingHold(reading_id=reading.id, meter_id=meter.id, verdict=verdict, detail=detail[:1000]))
-    session.add(
-        Alarm(
-            org_id=meter.org_id,
-            kind=AlarmKind.READING_HELD if verdict != "no_tariff" else AlarmKind.NO_TARIFF,
-            level=2,
-            dedupe_key=f"hold:{reading.id}",
-            meter_id=meter.id,
-            gateway_id=meter.gateway_id,
-            message_zh=f"表计 {meter.device_id} 读数挂起：{zh}",
-            message_en=f"meter {meter.device_id} reading held: {en}",
-            detail={"verdict": verdict, "seq": reading.seq, "detail": detail[:500]},
-        )
+    hold = ReadingHold(reading_id=reading.id, meter_id=meter.id, verdict=verdict, detail=detail[:1000])
+    alarm = Alarm(
+        org_id=meter.org_id,
+        kind=AlarmKind.READING_HELD if verdict != "no_tariff" else AlarmKind.NO_TARIFF,
+        level=2,
+        dedupe_key=f"hold:{reading.id}",
+        meter_id=meter.id,
+        gateway_id=meter.gateway_id,
+        message_zh=f"表计 {meter.device_id} 读数挂起：{zh}",
+        message_en=f"meter {meter.device_id} reading held: {en}",
+        detail={"verdict": verdict, "seq": reading.seq, "detail": detail[:500]},
     )
-    return BillingOutcome(ReadingStatus.HELD, detail=f"{verdict}: {detail}")
+    return BillingOutcome(ReadingStatus.HELD, detail=f"{verdict}: {detail}", rows=(hold, alarm))
 
 
-def _advance(state: Baseline, snap: Snapshot, reading: BillableReading) -> None:
+def _advance(state: Baseline, snap: Snapshot, reading: BillableReading, budget: Decimal | None) -> None:
+    """The reading becomes the baseline, with the rate budget it leaves (None: full)."""
     state.last_at = snap.at
     state.last_values = {q.value: str(v) for q, v in snap.registers().items()}
     state.last_seq = reading.seq
+    state.rate_budget = budget
 
 
 def bill_reading(
@@ -341,19 +373,19 @@ def bill_reading(
     if not snap.registers():
         return BillingOutcome(ReadingStatus.INFO)
     last = Snapshot(state.last_at, snapshot_values(state.last_values)) if state.last_at else None
-    check = check_reading(last, snap, now, cache.rules)
+    check = check_reading(last, snap, now, cache.rules_for(meter), state.rate_budget if last else None)
     if check.verdict is Verdict.DUPLICATE:
         return BillingOutcome(ReadingStatus.DUPLICATE)
     local = meter.prepay_mode == PrepayMode.LOCAL
     if check.verdict is Verdict.LATE:
         return _late(session, gateway_device, meter, account, reading, snap, now, cache, check.detail)
     if check.hold:
-        return _hold(session, meter, reading, check.verdict.value, check.text_zh, check.text_en, check.detail)
+        return _hold(meter, reading, check.verdict.value, check.text_zh, check.text_en, check.detail)
     if last is None:
-        _advance(state, snap, reading)
+        _advance(state, snap, reading, check.budget)
         return BillingOutcome(ReadingStatus.BASELINE)
     if account is None:
-        _advance(state, snap, reading)
+        _advance(state, snap, reading, check.budget)
         return BillingOutcome(ReadingStatus.NO_ACCOUNT)
     if local:  # the meter spends money it holds: charged to held:<meter>, never to the wallet
         held = _debit_of(meter)
@@ -361,7 +393,7 @@ def bill_reading(
             session, gateway_device, meter, account, reading, last, snap, check.deltas, cache, debit=held
         )
         if spent.status is not ReadingStatus.HELD:
-            _advance(state, snap, reading)
+            _advance(state, snap, reading, check.budget)
             check_remaining(
                 session,
                 meter,
@@ -374,7 +406,7 @@ def bill_reading(
         return spent
     outcome = _charge(session, gateway_device, meter, account, reading, last, snap, check.deltas, cache)
     if outcome.status is not ReadingStatus.HELD:
-        _advance(state, snap, reading)
+        _advance(state, snap, reading, check.budget)
     return outcome
 
 
@@ -415,7 +447,7 @@ def _late(
     if linked is None or snap.at < linked:
         return BillingOutcome(ReadingStatus.LATE, detail=f"{detail}; before the account's link")
     later = Snapshot(first[0], snapshot_values(first[1]))
-    check = check_reading(snap, later, now, cache.rules)
+    check = check_backfill(snap, later, now, cache.rules_for(meter))  # within the rate alone: see there
     if check.verdict is not Verdict.OK or check.hold:
         return BillingOutcome(
             ReadingStatus.LATE, detail=f"{detail}; cannot extend backwards: {check.verdict}"
@@ -516,8 +548,9 @@ def _rerate(
         return BillingOutcome(ReadingStatus.LATE, detail=detail)
     start = Snapshot(before[0], snapshot_values(before[1]))
     end = Snapshot(after.ts, snapshot_values(after.values))
-    first_half = check_reading(start, snap, now, cache.rules)
-    second_half = check_reading(snap, end, now, cache.rules)
+    rules = cache.rules_for(meter)  # the split moves no consumption: each half judged alone
+    first_half = check_reading(start, snap, now, rules)
+    second_half = check_reading(snap, end, now, rules)
     if first_half.verdict is not Verdict.OK or second_half.verdict is not Verdict.OK:
         return BillingOutcome(ReadingStatus.LATE, detail=f"{detail}; does not fit between its neighbours")
     project = cache.project(session, account.project_id)
@@ -620,14 +653,14 @@ def _charge(
     tariff_id = _tariff_id(meter, project)
     schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
     if schedule is None:
-        return _hold(session, meter, reading, "no_tariff", "未配置电价", "no tariff configured", "")
+        return _hold(meter, reading, "no_tariff", "未配置电价", "no tariff configured", "")
     ct = Decimal(meter.ct_ratio)
     deltas = {q: d * ct for q, d in register_deltas.items() if q in CUMULATIVE}
     counter = tier_counter(account, meter.kind)
     try:
         result = rate(schedule, start.at, end.at, deltas, counter, tz=ZoneInfo(project.timezone))
     except (RatingError, TariffError) as exc:
-        return _hold(session, meter, reading, "rating", "无法计费", "cannot rate", str(exc))
+        return _hold(meter, reading, "rating", "无法计费", "cannot rate", str(exc))
     fen, residue = carry(account.residue_millifen, result.amount_milli)
     account.residue_millifen = residue
     _store_counter(account, meter.kind, result.counter)

@@ -30,8 +30,10 @@ from sqlalchemy import (
     any_,
     bindparam,
     event,
+    select,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import TextClause
 
@@ -40,6 +42,7 @@ __all__ = [
     "copy_rows",
     "copy_update",
     "in_values",
+    "insert_missing",
     "insert_rows",
     "update_from_copy",
     "update_rows",
@@ -277,3 +280,30 @@ def update_rows(
     sets = ", ".join(f"{quote(table.c[name].name)} = ?" for name in columns)
     statement = f"UPDATE {quote(table.name)} SET {sets} WHERE {quote(table.c[key].name)} = ?"  # noqa: S608
     _executemany(connection, statement, table, (*columns, key), [(*row[1:], row[0]) for row in rows])
+
+
+def insert_missing(connection: Connection, table: Table, key: str, keys: Collection[Any]) -> None:
+    """Create the rows of ``table`` named by ``keys`` (its primary key ``key``) that do not exist yet,
+    with the columns' defaults, such that two transactions doing it at once both succeed.
+
+    Per-entity rows (``meter_state``, ``account_state``) are created on first use, by whichever unit of
+    work gets there first: the ingest, the reconciler, an operator's action, two replicas of each. A
+    plain ``INSERT`` after finding no row fails on the primary key when another transaction created
+    it meanwhile (on PostgreSQL its uncommitted row is invisible to the lookup), and that failure lost
+    the unit's work. ``INSERT ... ON CONFLICT DO NOTHING`` on both engines instead: on PostgreSQL the
+    second insert waits for the first transaction and then does nothing (or inserts, if that one rolled
+    back); SQLite runs one writer at a time. The caller then selects the rows (``FOR UPDATE``): that
+    statement sees the other transaction's commit. The existing rows are looked up first, so the usual
+    case — every row there — writes nothing.
+    """
+    if not keys:
+        return
+    column = table.c[key]
+    present = set(connection.execute(select(column).where(in_values(column, keys, connection))).scalars())
+    missing = sorted(k for k in set(keys) if k not in present)  # key order: concurrent inserts never deadlock
+    if not missing:
+        return
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    connection.execute(
+        insert(table).on_conflict_do_nothing(index_elements=[key]), [{key: k} for k in missing]
+    )

@@ -98,6 +98,7 @@ from cloud.services.arrears import (
 )
 from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.billing import BillingCache, schedule_for, snapshot_values, tier_counter
+from cloud.services.bulk import insert_missing
 from cloud.services.errors import Conflict, NotFound
 from cloud.services.ledger import get_transaction, load_transaction, post
 from protocol.contract import (
@@ -165,6 +166,9 @@ def _latest(session: Session, meter_id: int) -> CommandRow | None:
     ).first()
 
 
+_STATES = MeterState.__table__  # type: ignore[attr-defined]
+
+
 def lock_meter_states(session: Session, meter_ids: Iterable[int]) -> None:
     """Lock the meters' ``meter_state`` rows in id order (the first lock of every unit of work)."""
     for meter_id in sorted(set(meter_ids)):
@@ -172,13 +176,18 @@ def lock_meter_states(session: Session, meter_ids: Iterable[int]) -> None:
 
 
 def _lock_state(session: Session, meter_id: int) -> MeterState:
-    row = session.scalars(
-        select(MeterState).where(col(MeterState.meter_id) == meter_id).with_for_update()
-    ).first()
+    """The meter's state row, locked; created first if the meter has none (race-free, see
+    :func:`cloud.services.bulk.insert_missing`)."""
+    query = (
+        select(MeterState)
+        .where(col(MeterState.meter_id) == meter_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    row = session.scalars(query).first()
     if row is None:
-        row = MeterState(meter_id=meter_id)
-        session.add(row)
-        session.flush()
+        insert_missing(session.connection(), _STATES, "meter_id", [meter_id])
+        row = session.scalars(query).one()
     return row
 
 

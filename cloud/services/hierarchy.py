@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, select
@@ -15,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlmodel import SQLModel, col
 
+from cloud.domain.plausibility import rate_for
 from cloud.models import (
     Building,
     Floor,
@@ -28,7 +31,7 @@ from cloud.models import (
     Room,
     Tenant,
 )
-from cloud.services.audit import Actor
+from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.errors import Conflict, NotFound, PermissionDenied
 from cloud.services.pages import Page, paged
 
@@ -53,6 +56,7 @@ __all__ = [
     "list_rooms",
     "list_tenants",
     "org_of",
+    "set_max_rate",
 ]
 
 M = TypeVar("M", bound=SQLModel)
@@ -230,6 +234,45 @@ def get_meter(session: Session, actor: Actor, meter_id: int) -> Meter:
     meter = session.get(Meter, meter_id)
     if meter is None or (actor.org_id is not None and meter.org_id != actor.org_id):
         raise NotFound(f"meter {meter_id} not found")
+    return meter
+
+
+def set_max_rate(
+    session: Session,
+    actor: Actor,
+    now: datetime,
+    *,
+    meter_id: int,
+    max_rate_per_hour: Decimal | None,
+    reason: str,
+) -> Meter:
+    """Set (or, with None, clear) what one supply can deliver per hour, billed side (kW, or m³/h for
+    water): the rate the meter's readings are held to instead of its model's rated figure
+    (:mod:`cloud.domain.plausibility`). Raising it lets more consumption be billed without an operator
+    looking, so it is a manager's decision with a reason, audited with both figures."""
+    reason = reason.strip()
+    if not reason:
+        raise Conflict("a reason is required to change a meter's rate")
+    meter = get_meter(session, actor, meter_id)
+    before = meter.max_rate_per_hour
+    rated = rate_for(meter.model, meter.kind, meter.ct_ratio) * meter.ct_ratio
+    meter.max_rate_per_hour = max_rate_per_hour
+    record(
+        session,
+        actor,
+        AuditAction.METER_RATE_CHANGED,
+        org_id=meter.org_id,
+        target_type="meter",
+        target_id=meter_id,
+        detail={
+            "before": None if before is None else str(before),
+            "after": None if max_rate_per_hour is None else str(max_rate_per_hour),
+            "model_rate": str(rated),
+            "reason": reason[:200],
+        },
+        at=now,
+    )
+    session.flush()
     return meter
 
 

@@ -5,11 +5,15 @@ negative, spike, clock off, no tariff) with a ``reading_hold`` row and an alarm,
 billing baseline where it was. An operator resolves each hold once, with a reason, audited:
 
 - ``accept`` — the held reading becomes the new baseline and nothing is charged for the gap (a meter
-  reset or replaced: the drop is not consumption);
+  reset or replaced: the drop is not consumption); the rate budget refills over the gap, as if a
+  reading of no consumption had come;
 - ``bill`` — the delta is billed as read, through :func:`cloud.services.billing.bill_reading` with the
   plausibility rule that held it relaxed (a genuine rollover: the domain already computes the wrapped
-  delta; a genuine spike; a gateway clock that was off; a tariff configured since). The charge has the
-  reading's own key (``chg:<gateway>:<meter>:<seq>``), so it can never be posted twice;
+  delta; a genuine spike or burst beyond the meter's rate budget; a gateway clock that was off; a
+  tariff configured since). Billing a ``spike`` or ``rate_limit`` is the one way consumption beyond a
+  meter's rated rate is billed: an override, audited like every resolution; the meter's rate budget
+  is left empty after it. The charge has the reading's own key (``chg:<gateway>:<meter>:<seq>``), so
+  it can never be posted twice;
 - ``discard`` — the reading is ignored; the baseline stays.
 
 ``accept`` and ``bill`` need the reading to be at or after the current baseline: once a later reading
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -30,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from cloud.domain.readings import Snapshot
+from cloud.domain.readings import Snapshot, budget_at
 from cloud.models import (
     Account,
     AccountMeter,
@@ -63,12 +66,11 @@ __all__ = [
 
 AUDIT_ACTION = AuditAction.READING_HOLD_RESOLVED
 
-BILLABLE_VERDICTS = frozenset({"rollover", "spike", "clock_ahead", "clock_behind", "no_tariff", "rating"})
+BILLABLE_VERDICTS = frozenset(
+    {"rollover", "spike", "rate_limit", "clock_ahead", "clock_behind", "no_tariff", "rating"}
+)
 """Verdicts whose delta can be billed as read. A reset or a negative delta has no consumption to bill:
 accept it (new baseline) or discard it."""
-
-_NEVER = Decimal("1e15")
-
 
 class Resolution(StrEnum):
     ACCEPT = "accept"
@@ -188,8 +190,8 @@ def _relaxed(cache: BillingCache, verdict: str) -> BillingCache:
     rules = cache.rules
     if verdict == "rollover":
         rules = replace(rules, auto_accept_rollover=True)
-    elif verdict == "spike":
-        rules = replace(rules, max_rate_per_hour=_NEVER, spike_allowance=_NEVER)
+    elif verdict in ("spike", "rate_limit"):
+        rules = replace(rules, limit_rate=False)
     elif verdict in ("clock_ahead", "clock_behind"):
         rules = replace(rules, clock_tolerance=timedelta(days=36500), max_backlog=timedelta(days=36500))
     return BillingCache(rules=rules)
@@ -232,6 +234,9 @@ def resolve_hold(
         snap = Snapshot(reading.ts, snapshot_values(reading.values))
         if not snap.registers():
             raise Conflict("the held reading has no cumulative register to use as a baseline")
+        if state.last_at is not None:
+            rules = BillingCache().rules_for(meter)
+            state.rate_budget = budget_at(state.rate_budget, state.last_at, snap.at, rules)
         state.last_at = snap.at
         state.last_values = {q.value: str(v) for q, v in snap.registers().items()}
         state.last_seq = reading.seq

@@ -71,7 +71,7 @@ from cloud.services.billing import (
     plan_charges,
     post_charges,
 )
-from cloud.services.bulk import in_values, insert_rows, update_rows
+from cloud.services.bulk import in_values, insert_missing, insert_rows, update_rows
 from cloud.services.control import ControlConfig, apply_ack
 from cloud.services.unit import Publisher, unit_of_work
 from protocol.contract import (
@@ -97,6 +97,7 @@ _STATES = metadata.tables["meter_state"]
 _ACCOUNTS = metadata.tables["account"]
 _METERS = metadata.tables["meter"]
 _LINKS = metadata.tables["account_meter"]
+_GATEWAY_STATUS = metadata.tables["gateway_status"]
 
 # Which of a batch's reading identities are stored already: one probe of the UNIQUE index per pair.
 # Written as LATERAL ... LIMIT 1 so that the plan can only be a probe (or, on a tiny table, a scan) per
@@ -148,6 +149,8 @@ class _MeterRow:
     prepay_mode: str
     tariff_id: int | None
     ct_ratio: int
+    model: str
+    max_rate_per_hour: Decimal | None
 
 
 @dataclass(slots=True)
@@ -158,6 +161,7 @@ class _StateRow:
     last_at: datetime | None
     last_values: dict[str, str]
     last_seq: int | None
+    rate_budget: Decimal | None
     last_seen: datetime | None
     observed: str | None
     observed_at: datetime | None
@@ -315,9 +319,11 @@ class Ingest:
     def _seen(self, session: Session, gateway: Gateway, now: datetime) -> GatewayStatusRow:
         assert gateway.id is not None
         row = session.get(GatewayStatusRow, gateway.id)
-        if row is None:
-            row = GatewayStatusRow(gateway_id=gateway.id, online=True)
-            session.add(row)
+        if row is None:  # a new gateway's first message; another replica may be creating the row too
+            insert_missing(session.connection(), _GATEWAY_STATUS, "gateway_id", [gateway.id])
+            row = session.get(GatewayStatusRow, gateway.id)
+            assert row is not None
+            row.online = row.online or row.reported_at is None  # what is known: it is sending
         row.last_seen = now if row.last_seen is None or now > row.last_seen else row.last_seen
         return row
 
@@ -422,6 +428,7 @@ class Ingest:
             by_meter.setdefault(device, []).append((source[(device, seq)].ts, seq, rid))
         outcomes: dict[int, tuple[int | None, str, str | None]] = {}
         pending: list[PendingCharge] = []
+        held: list[Any] = []  # holds and alarms: written after the reading rows they refer to
         deltas: dict[int, int] = {}
         for device, items in sorted(by_meter.items()):
             meter = meters.get(device)
@@ -447,6 +454,7 @@ class Ingest:
                     cache=cache,
                 )
                 outcomes[rid] = (meter.id, outcome.status, outcome.txn_key)
+                held.extend(outcome.rows)
                 self.stats.by_status[outcome.status] = self.stats.by_status.get(outcome.status, 0) + 1
                 if outcome.txn is not None and outcome.org_id is not None and outcome.account_id is not None:
                     pending.append(PendingCharge(outcome.org_id, rid, outcome.txn))
@@ -482,6 +490,7 @@ class Ingest:
                 for (device, seq), rid in sorted(new_ids.items(), key=lambda item: item[1])
             ],
         )
+        session.add_all(held)
         session.flush()  # holds and alarms of this batch
         update_rows(
             connection,
@@ -571,29 +580,11 @@ class Ingest:
                 changed.extend(evaluate_account(session, fresh, now, policy_cache))
         return changed
 
-    def _insert_missing_states(self, connection: Connection, meter_ids: list[int]) -> None:
-        present = set(
-            connection.execute(
-                select(_STATES.c.meter_id).where(in_values(_STATES.c.meter_id, meter_ids, connection))
-            )
-            .scalars()
-            .all()
-        )
-        missing = [m for m in meter_ids if m not in present]
-        if missing:  # a meter's first reading; a concurrent replica may create the same row
-            connection.execute(
-                self._insert(_STATES).on_conflict_do_nothing(index_elements=["meter_id"]),
-                [
-                    {"meter_id": m, "last_values": {}, "desired_reasons": [], "offline": False}
-                    for m in missing
-                ],
-            )
-
     def _lock_state_rows(self, connection: Connection, meter_ids: list[int]) -> dict[int, _StateRow]:
         """The meters' states, locked in id order (``FOR UPDATE``), as plain rows."""
         if not meter_ids:
             return {}
-        self._insert_missing_states(connection, meter_ids)
+        insert_missing(connection, _STATES, "meter_id", meter_ids)  # a meter's first reading
         query = (
             select(*_columns(_STATES, _StateRow))
             .where(in_values(_STATES.c.meter_id, meter_ids, connection))
@@ -607,7 +598,7 @@ class Ingest:
         """The meters' states as ORM objects, locked (events change a single meter's state)."""
         if not meter_ids:
             return {}
-        self._insert_missing_states(session.connection(), meter_ids)
+        insert_missing(session.connection(), _STATES, "meter_id", meter_ids)
         return {
             s.meter_id: s
             for s in session.scalars(

@@ -21,6 +21,7 @@ from cloud.api.schemas import (
     MeterIn,
     MeterMoneyOut,
     MeterOut,
+    MeterRateIn,
     ReplacedMeterOut,
     ReplaceMeterIn,
 )
@@ -127,3 +128,18 @@ def closing_figure(
     )
     uow.commit()
     return money_out(money)
+
+
+@router.put("/meters/{meter_id}/max-rate", response_model=MeterOut, summary="额定最大用量速率 / rated rate")
+def set_max_rate(meter_id: PathId, body: MeterRateIn, p: Caller, uow: Db, at: Now) -> MeterOut:
+    """What this supply can deliver per hour (billed side); readings beyond it are held. Audited."""
+    meter = hierarchy.set_max_rate(
+        uow.session,
+        p.actor,
+        at,
+        meter_id=meter_id,
+        max_rate_per_hour=body.max_rate_per_hour,
+        reason=body.reason,
+    )
+    uow.commit()
+    return MeterOut.model_validate(meter)

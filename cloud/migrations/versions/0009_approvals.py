@@ -1,11 +1,11 @@
-"""Four eyes: the ``approval`` table (a money movement waiting for a second user). Revises 0006.
+"""Four eyes: the ``approval`` table (a money movement waiting for a second user). Revises 0008.
 
 A replaced or closed local-prepay meter's money, figured above the approval limit, waits here until a
 second, different user of finance or management approves it; nothing moves while it is pending
 (``cloud/services/approvals.py``).
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-07 09:00:00
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | Sequence[str] | None = "0006"
+down_revision: str | Sequence[str] | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

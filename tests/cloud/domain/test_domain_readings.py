@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from cloud.domain.errors import ReadingError
+from cloud.domain.plausibility import rules_for
 from cloud.domain.readings import (
     DEFAULT_RULES,
     BilledInterval,
@@ -118,12 +119,10 @@ def test_reset_negative_and_spike() -> None:
 
 
 def test_capacity_rules_and_worst_register_wins() -> None:
-    rules = ReadingRules.for_capacity(D(60))  # 60 A × 220 V × 1.5 = 19.8 kW
-    assert rules.max_rate_per_hour == D("19.8")
-    three_phase = ReadingRules.for_capacity(D(100), voltage_v=D(220), phases=3, ct_ratio=D(40), headroom=D(1))
-    assert three_phase.max_rate_per_hour == D(2640)
+    rules = rules_for(DEFAULT_RULES, "ddsy1352", "electric", 1)  # 60 A × 220 V × 1.5 = 19.8 kW
+    assert (rules.max_rate_per_hour, rules.spike_allowance) == (D("19.8"), D("0.67"))
     last = snap(0, energy_total_kwh="100", energy_t1_kwh="50")
-    # 2 h at 19.8 kW + 1 kWh allowance = 40.6 kWh plausible
+    # 2 h at 19.8 kW + 0.67 kWh allowance = 40.27 kWh plausible
     negative = check(last, snap(2, energy_total_kwh="130", energy_t1_kwh="49"), rules)
     assert (negative.verdict, negative.registers) == (Verdict.NEGATIVE, (T1,))
     spike = check(last, snap(2, energy_total_kwh="141", energy_t1_kwh="49"), rules)
