@@ -30,6 +30,7 @@ from pathlib import Path
 import aiosqlite
 
 from edge.errors import BusError, CommandRejected, EdgeError, MeterRefused, OutboxError
+from edge.keys import KeyRing
 from edge.outbox import Outbox
 from protocol.contract import (
     Ack,
@@ -177,7 +178,7 @@ class CommandProcessor:
     def __init__(
         self,
         gateway: str,
-        key: bytes,
+        keys: KeyRing,
         store: CommandStore,
         outbox: Outbox,
         execute: Executor,
@@ -186,7 +187,7 @@ class CommandProcessor:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.gateway = gateway
-        self._key = key
+        self.keys = keys
         self.store = store
         self.outbox = outbox
         self._execute = execute
@@ -217,7 +218,7 @@ class CommandProcessor:
         if cmd.gateway != self.gateway:
             raise CommandRejected(f"command {cmd.id} is for gateway {cmd.gateway}, not {self.gateway}")
         try:
-            verify_command(cmd, self._key, self._now())
+            verify_command(cmd, self.keys.key_for(cmd.kid) or b"", self._now())
         except (SignatureError, CommandExpired) as exc:
             raise CommandRejected(str(exc)) from exc
         if not self._known(cmd.meter):
@@ -228,7 +229,7 @@ class CommandProcessor:
         count = 0
         for cmd in await self.store.pending():
             try:
-                verify_command(cmd, self._key, self._now())
+                verify_command(cmd, self.keys.key_for(cmd.kid) or b"", self._now())
             except (SignatureError, CommandExpired) as exc:
                 ack = self._ack(cmd, AckStatus.FAILED, f"not executed before restart: {exc}")
                 await self.outbox.add_ack(ack)
