@@ -31,6 +31,8 @@ class AuditAction(StrEnum):
     PROTECT_CHANGED = "protect_changed"
     CALENDAR_CHANGE = "calendar_change"
     READING_HOLD_RESOLVED = "reading_hold_resolved"
+    GATEWAY_KEY_ROTATED = "gateway_key_rotated"
+    GATEWAY_KEY_OVERLAP_ENDED = "gateway_key_overlap_ended"
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,28 @@
-"""Gateways and meters: registration, listing, replacement."""
+"""Gateways and meters: registration, listing, replacement; gateway signing keys (rotation)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
 from cloud.api.deps import OptionalId, PathId, Principal, Uow, get_uow, now, require
-from cloud.api.schemas import GatewayCreated, GatewayIn, GatewayOut, MeterIn, MeterOut, ReplaceMeterIn
+from cloud.api.schemas import (
+    EndOverlapIn,
+    GatewayCreated,
+    GatewayIn,
+    GatewayKeyCreated,
+    GatewayKeyOut,
+    GatewayOut,
+    MeterIn,
+    MeterOut,
+    ReplaceMeterIn,
+    RotateKeyIn,
+)
+from cloud.events import GATEWAY_KEYS_CHANGED
 from cloud.models import Role
-from cloud.services import accounts, hierarchy
+from cloud.services import accounts, hierarchy, keys
 
 router = APIRouter(tags=["devices"])
 
@@ -35,8 +47,53 @@ def create_gateway(body: GatewayIn, p: Builder, uow: Db) -> GatewayCreated:
         project_id=body.project_id,
         org_id=body.org_id,
     )
+    created = GatewayCreated(  # the key moved to gateway_key at insert: read it before the commit
+        id=gw.id or 0,
+        org_id=gw.org_id,
+        project_id=gw.project_id,
+        device_id=gw.device_id,
+        name=gw.name,
+        signing_key=gw.signing_key,
+    )
     uow.commit()
-    return GatewayCreated.model_validate(gw)
+    return created
+
+
+@router.get("/gateways/{gateway_id}/keys", response_model=list[GatewayKeyOut])
+def list_gateway_keys(gateway_id: PathId, p: Builder, uow: Db) -> list[GatewayKeyOut]:
+    """The gateway's signing keys, oldest first: ids and dates, never the secrets."""
+    return [GatewayKeyOut.model_validate(k) for k in keys.list_keys(uow.session, p.actor, gateway_id)]
+
+
+@router.post("/gateways/{gateway_id}/keys", response_model=GatewayKeyCreated, status_code=201)
+def rotate_gateway_key(
+    gateway_id: PathId, body: RotateKeyIn, p: Builder, uow: Db, at: Now
+) -> GatewayKeyCreated:
+    """A new signing key (its secret shown this once); older keys stay valid for ``overlap_s``."""
+    key, secret = keys.rotate(uow.session, p.actor, gateway_id, at, overlap=timedelta(seconds=body.overlap_s))
+    created = GatewayKeyCreated(
+        kid=key.kid,
+        created_at=key.created_at,
+        not_after=key.not_after,
+        seen_at=key.seen_at,
+        secret=secret,
+        old_keys_retire_at=at + timedelta(seconds=body.overlap_s),
+    )
+    uow.commit()
+    uow.announce(GATEWAY_KEYS_CHANGED, {"gateway_id": gateway_id})
+    return created
+
+
+@router.post("/gateways/{gateway_id}/keys/end-overlap", response_model=list[GatewayKeyOut])
+def end_gateway_key_overlap(
+    gateway_id: PathId, body: EndOverlapIn, p: Builder, uow: Db, at: Now
+) -> list[GatewayKeyOut]:
+    """Retire every key but the newest now (409 while the gateway has not used the newest)."""
+    rows = keys.end_overlap(uow.session, p.actor, gateway_id, at, force=body.force)
+    out = [GatewayKeyOut.model_validate(k) for k in rows]
+    uow.commit()
+    uow.announce(GATEWAY_KEYS_CHANGED, {"gateway_id": gateway_id})
+    return out
 
 
 @router.get("/meters", response_model=list[MeterOut])
