@@ -734,6 +734,8 @@ class Ingest:
             if fresh:
                 self._seen(session, gateway, now)
             for event in batch.events:
+                if event.id in fresh and event.kind is EventKind.CONFIG_REJECTED:
+                    self._config_rejected(session, gateway, event.id, event.detail)
                 if event.id in fresh and event.meter is not None:
                     meter_id = self._apply_event(
                         session, gateway, event.kind, event.meter, event.ts, event.detail
@@ -742,6 +744,26 @@ class Ingest:
                         touched.append(meter_id)
         if touched:
             self._publish_after(DESIRED_CHANGED, {"meter_ids": touched})
+
+    def _config_rejected(
+        self, session: Session, gateway: Gateway, event_id: str, detail: dict[str, Any]
+    ) -> None:
+        """The gateway refused a config (someone forged one, or a key is wrong): the operator must know."""
+        reason = str(detail.get("reason", ""))[:200]
+        session.add(
+            Alarm(
+                org_id=gateway.org_id,
+                kind=AlarmKind.CONFIG_REJECTED,
+                level=2,
+                dedupe_key=f"config-rejected:{gateway.id}:{event_id}"[:200],
+                gateway_id=gateway.id,
+                message_zh=f"网关 {gateway.device_id} 拒绝了下发的配置（伪造、过期或密钥不符）：{reason}",
+                message_en=(
+                    f"gateway {gateway.device_id} refused a config (forged, stale or wrong key): {reason}"
+                ),
+                detail={k: str(v)[:200] for k, v in detail.items()},
+            )
+        )
 
     def _apply_event(
         self,

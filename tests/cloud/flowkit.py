@@ -64,6 +64,7 @@ def make_flow_site(
     prefix: str = "mf/v1",
     gateway: str | None = None,
     org_name: str | None = None,
+    key: str = KEY,
 ) -> FlowSite:
     """One organisation, a project that cuts at zero at any hour, a flat tariff, one account per meter."""
     gateway = gateway or f"gw-{uuid.uuid4().hex[:8]}"
@@ -98,7 +99,7 @@ def make_flow_site(
         s.add(project)
         s.flush()
         assert project.id is not None
-        gw = Gateway(org_id=org.id, project_id=project.id, device_id=gateway, signing_key=KEY)
+        gw = Gateway(org_id=org.id, project_id=project.id, device_id=gateway, signing_key=key)
         s.add(gw)
         s.flush()
         assert gw.id is not None
