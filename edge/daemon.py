@@ -42,14 +42,15 @@ configs must not become a flood of events in the outbox."""
 
 
 class Daemon:
-    def __init__(self, config: EdgeConfig) -> None:
+    def __init__(self, config: EdgeConfig, *, keys: KeyRing | None = None) -> None:
+        """``keys``: the key ring to use (default: edge.toml's key and the data dir's key store)."""
         self.config = config
         data = config.gateway.data_dir
         self.outbox = Outbox(
             data / "outbox.db", max_rows=config.outbox.max_rows, synchronous=config.outbox.synchronous
         )
         self.store = CommandStore(data / "commands.db")
-        self.keys = KeyRing.for_config(config)
+        self.keys = keys or KeyRing.for_config(config)
         self.autonomy = Autonomy(
             config.gateway.id,
             data / "autonomy.json",
