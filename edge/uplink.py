@@ -259,7 +259,7 @@ class Uplink:
         conn = self._conn
         if conn is None or conn.closed.done():
             return
-        log.info("signing key is now %s: reconnecting to seal the last will with it", self.keys.signing()[0])
+        log.info("signing keys changed (%s): reconnecting to seal the last will anew", self.keys.describe())
         with contextlib.suppress(Exception):
             conn.client.disconnect()
 

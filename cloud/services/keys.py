@@ -208,8 +208,9 @@ class KeyCache:
     An entry is reloaded after ``ttl_s``, when ``gateway_keys_changed`` names its gateway
     (:meth:`on_event`), and — at most every ``miss_s`` — when a message names a key or gateway the
     entry does not have (a rotation whose event was lost), so a flood of forgeries cannot turn into a
-    flood of queries. Retirement is judged at each lookup from ``not_after``, never from the cache's
-    age: a retired key is refused from its ``not_after`` on.
+    flood of queries. At most ``max_entries`` gateways are held: topics naming made-up gateways are
+    the first to go, so they cannot grow the cache without bound. Retirement is judged at each lookup
+    from ``not_after``, never from the cache's age: a retired key is refused from its ``not_after`` on.
     """
 
     def __init__(
@@ -218,11 +219,13 @@ class KeyCache:
         *,
         ttl_s: float = 30.0,
         miss_s: float = 2.0,
+        max_entries: int = 20_000,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._factory = factory
         self._ttl = ttl_s
         self._miss = miss_s
+        self._max = max_entries
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
@@ -276,8 +279,19 @@ class KeyCache:
                 return entry
         entry = self._load(device, now)
         with self._lock:
+            if device not in self._entries and len(self._entries) >= self._max:
+                self._evict()
             self._entries[device] = entry
         return entry
+
+    def _evict(self) -> None:
+        """Full: drop the entries of unknown gateways (topics anyone can make up), else everything.
+        Called with the lock held."""
+        unknown = [d for d, e in self._entries.items() if e.gateway_id is None]
+        for device in unknown:
+            del self._entries[device]
+        if len(self._entries) >= self._max:
+            self._entries.clear()
 
     def _load(self, device: str, now: float) -> _Entry:
         with self._factory() as session:

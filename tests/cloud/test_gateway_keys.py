@@ -239,3 +239,13 @@ def test_key_cache_reloads_on_event_on_ttl_and_on_a_missing_kid(
     assert cache.key_for(site.gateway, "k2", T0) is None  # …until the event (or the TTL)
     assert "KeyCache(" in repr(cache)
     assert secret not in repr(cache)
+
+
+def test_made_up_gateway_names_cannot_grow_the_key_cache(session_factory: sessionmaker[Session]) -> None:
+    site = make_flow_site(session_factory)
+    cache = keys.KeyCache(session_factory, max_entries=5)
+    assert cache.key_for(site.gateway, "k1", T0) == KEY.encode()
+    for i in range(50):  # an attacker publishing under invented gateway ids
+        assert cache.key_for(f"made-up-{i}", "k1", T0) is None
+        assert len(cache._entries) <= 5
+    assert site.gateway in cache._entries  # a real gateway's entry outlives the flood
