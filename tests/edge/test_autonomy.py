@@ -10,18 +10,24 @@ from pathlib import Path
 import pytest
 
 from edge.autonomy import Autonomy
+from edge.daemon import Daemon
 from edge.errors import ConfigRejected
 from edge.keys import KeyRing, install_key
+from edge.outbox import Outbox
 from protocol.contract import (
     CreditHorizon,
+    Event,
+    EventKind,
     GatewayConfig,
     Kind,
     Quantity,
     RelayState,
+    decode,
     encode,
     seal,
     seal_message,
 )
+from tests.edge.mqtt_helpers import make_config
 
 T0 = datetime(2026, 11, 23, tzinfo=UTC)
 KWH = Quantity.ENERGY_TOTAL_KWH
@@ -230,3 +236,17 @@ def test_without_config_uses_local_threshold(tmp_path: Path) -> None:
     assert auto.offline_after_s == 120
     assert not auto.active(100)
     assert auto.active(121)
+
+
+async def test_a_flood_of_forged_configs_is_one_event_not_a_flood(tmp_path: Path) -> None:
+    daemon = Daemon(make_config(tmp_path, 1883, "mf/v1", gateway="gw-1"))
+    async with Outbox(tmp_path / "outbox.db") as box:
+        daemon.outbox = box
+        forged = config(9, key=b"an-attacker-s-own-key-of-32-bytes")
+        for _ in range(100):
+            await daemon._on_config(forged)
+        stored = [decode(Event, m.payload) for m in await box.messages_after(0, 1000)]
+    assert [e.kind for e in stored] == [EventKind.CONFIG_REJECTED]
+    assert stored[0].detail == {"reason": "signature under key 'k1' does not verify", "refused": 1}
+    assert daemon._config_rejected_since == 99  # counted, and reported with the next event
+    assert daemon.autonomy.config is None
