@@ -8,6 +8,9 @@ Lifecycle of one command (a transition table, STYLE.md 2)::
 * ``pending`` is written to ``commands.db`` (SQLite, WAL, synchronous=FULL) BEFORE execution, so a
   command survives a restart between receipt and execution: :meth:`CommandProcessor.resume`
   executes what is still pending (if it has not expired meanwhile).
+* The signature is checked under the key the command names (``kid``), if the gateway holds it and
+  it has not retired (:class:`edge.keys.KeyRing`): after a rotation's overlap a command signed with
+  the old key is refused like a forged one.
 * The id is the primary key of that table: a replayed id is refused even after a restart. Ids are
   kept until a day after their expiry, after which the expiry check alone refuses them.
 * The Ack goes into the outbox (durable) only after the line worker has executed the command AND
