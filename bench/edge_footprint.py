@@ -43,7 +43,7 @@ from edge.devbroker import Mosquitto
 from firmware_sim.line import SimLine
 from firmware_sim.meters import Ddsy1352Sim
 from firmware_sim.serve import run_line
-from protocol.contract import ReadingBatch, decode
+from protocol.contract import ReadingBatch
 from tests.edge.mqtt_helpers import Subscriber
 
 LINES = 4
@@ -73,9 +73,7 @@ def daemon_environment(work: Path, source_compile: bool = False) -> dict[str, st
 
 
 def readings_received(sub: Subscriber) -> int:
-    with sub.lock:
-        payloads = [payload for _topic, payload, _retain in sub.messages]
-    return sum(len(decode(ReadingBatch, payload).readings) for payload in payloads)
+    return sum(len(batch.readings) for batch in sub.opened(ReadingBatch, "/up/readings"))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -125,7 +123,12 @@ def main() -> None:
         work = Path(tmp)
         broker = stack.enter_context(Mosquitto(work / "broker", tls=args.tls))
         sub = Subscriber(
-            broker.host, broker.port, "mf/v1/gw/+/up/readings", client_id="bench-sub", ca_file=broker.ca_file
+            broker.host,
+            broker.port,
+            "mf/v1/gw/+/up/readings",
+            client_id="bench-sub",
+            ca_file=broker.ca_file,
+            keys={"k1": b"k"},  # the gateway's signing_key below
         )
         stack.callback(sub.close)
         urls = []

@@ -28,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.config import EdgeConfig, GatewaySection, MqttConfig
 from edge.devbroker import Mosquitto
+from edge.keys import KeyRing
 from edge.outbox import NewReading, Outbox
 from edge.uplink import Uplink
 from protocol.contract import GatewayStatus, Quantity, RelayState
-from tests.edge.mqtt_helpers import Subscriber
+from tests.edge.mqtt_helpers import KEY, Subscriber
 
 METERS = 1000
 
@@ -67,7 +68,7 @@ async def replay_rate(work: Path, total: int) -> tuple[float, int, bool]:
     with Mosquitto(work / "broker") as broker:
         sub = Subscriber(broker.host, broker.port, "mf/v1/gw/+/up/readings", client_id="bench-sub")
         config = EdgeConfig(
-            gateway=GatewaySection(id="gw-bench", data_dir=work),
+            gateway=GatewaySection(id="gw-bench", data_dir=work, signing_key=KEY),
             mqtt=MqttConfig(
                 port=broker.port, reconnect_min_s=0.05, reconnect_max_s=0.1, status_interval_s=60
             ),
@@ -80,7 +81,8 @@ async def replay_rate(work: Path, total: int) -> tuple[float, int, bool]:
             return None
 
         async with Outbox(db) as box:
-            uplink = Uplink(config, box, on_command=noop, on_config=noop, status=status)
+            keys = KeyRing.for_config(config)
+            uplink = Uplink(config, box, keys=keys, on_command=noop, on_config=noop, status=status)
             task = asyncio.create_task(uplink.run())
             await uplink.connected.wait()
             started = time.perf_counter()

@@ -85,10 +85,16 @@ from protocol.contract import (  # noqa: E402
     RelayState,
     Topics,
     decode,
-    encode,
+    seal_message,
 )
 
 OPENING_FEN = 10_000_000
+GATEWAY_KEY = "k" * 32
+"""Every bench gateway's signing key (kid k1): the bench publishes sealed messages as gateways do."""
+
+
+def _sealed(message: ReadingBatch) -> bytes:
+    return seal_message(message, kid="k1", key=GATEWAY_KEY.encode())
 PG_SERVER = os.environ.get("MF_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -129,7 +135,9 @@ def build_site(
         assert project.id is not None
         accounts: list[int] = []
         for g in range(gateways):
-            gw = Gateway(org_id=org.id, project_id=project.id, device_id=f"{tag}-g{g}", signing_key="k" * 32)
+            gw = Gateway(
+                org_id=org.id, project_id=project.id, device_id=f"{tag}-g{g}", signing_key=GATEWAY_KEY
+            )
             s.add(gw)
             s.flush()
             assert gw.id is not None
@@ -307,7 +315,7 @@ def throughput(
             time.sleep(0.005)
             continue
         for gateway, meters in layout.items():
-            link.publish(Topics(gateway, prefix).readings, encode(_batch(gateway, meters, k, base)))
+            link.publish(Topics(gateway, prefix).readings, _sealed(_batch(gateway, meters, k, base)))
             published += 1
         k += 1
     publishing = time.monotonic() - started
@@ -388,7 +396,7 @@ def trip_latency(
         if seq == 0:
             pub.publish(
                 topics.readings,
-                encode(ReadingBatch(gateway=gateway, batch="base", sent_at=when, readings=readings)),
+                _sealed(ReadingBatch(gateway=gateway, batch="base", sent_at=when, readings=readings)),
             )
             deadline = time.monotonic() + 60
             while count(factory, "readings") < k and time.monotonic() < deadline:
@@ -400,7 +408,7 @@ def trip_latency(
             sent[reading.meter] = time.monotonic()
             pub.publish(
                 topics.readings,
-                encode(
+                _sealed(
                     ReadingBatch(
                         gateway=gateway, batch=f"x-{reading.meter}", sent_at=when, readings=[reading]
                     )
@@ -453,7 +461,7 @@ def sim_latency(
                 spec={"kind": "flat", "price": "50"},
             )
         )
-        gw = Gateway(org_id=org.id, project_id=project.id, device_id=gateway, signing_key="k" * 32)
+        gw = Gateway(org_id=org.id, project_id=project.id, device_id=gateway, signing_key=GATEWAY_KEY)
         s.add(gw)
         s.flush()
         assert gw.id is not None
@@ -491,7 +499,7 @@ def sim_latency(
     async def run() -> None:
         with run_line(SimLine(2400, "E", sims, turnaround_s=0.02, name="bench"), pty=False) as handle:
             config = EdgeConfig(
-                gateway=GatewaySection(id=gateway, data_dir=tmp / "edge", signing_key="k" * 32),
+                gateway=GatewaySection(id=gateway, data_dir=tmp / "edge", signing_key=GATEWAY_KEY),
                 mqtt=EdgeMqtt(
                     host=host,
                     port=port,

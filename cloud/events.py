@@ -30,6 +30,7 @@ __all__ = [
     "COMMAND_QUEUED",
     "DESIRED_CHANGED",
     "GATEWAY_BILLED",
+    "GATEWAY_KEYS_CHANGED",
     "AsyncSubscription",
     "EventBus",
     "EventError",
@@ -46,6 +47,7 @@ DESIRED_CHANGED = "desired_changed"  # {"meter_ids": [int, ...]}
 ACK_RECEIVED = "ack_received"  # {"command_id": str, "meter_id": int}
 COMMAND_QUEUED = "command_queued"  # {"command_id": str}: committed by the API, publish it now
 GATEWAY_BILLED = "gateway_billed"  # {"gateway_id": int}: balances behind it moved (credit horizons)
+GATEWAY_KEYS_CHANGED = "gateway_keys_changed"  # {"gateway_id": int}: rotated, overlap ended, key first seen
 
 Handler = Callable[[str, dict[str, Any]], None]
 

@@ -43,6 +43,7 @@ from cloud.events import (
     COMMAND_QUEUED,
     DESIRED_CHANGED,
     GATEWAY_BILLED,
+    GATEWAY_KEYS_CHANGED,
     AsyncSubscription,
     EventBus,
     make_event_bus,
@@ -63,9 +64,10 @@ from cloud.services.control import (
     sweep,
 )
 from cloud.services.ingest import Ingest
+from cloud.services.keys import NoKey
 from cloud.services.unit import unit_of_work
 from cloud.settings import Settings
-from protocol.contract import Topics, encode
+from protocol.contract import Topics
 
 __all__ = ["Reconciler", "RuntimeOptions", "main", "run_background"]
 
@@ -124,7 +126,16 @@ class Reconciler:
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         sub = AsyncSubscription(
-            self._bus, {BALANCE_CHANGED, DESIRED_CHANGED, ACK_RECEIVED, GATEWAY_BILLED, COMMAND_QUEUED}, loop
+            self._bus,
+            {
+                BALANCE_CHANGED,
+                DESIRED_CHANGED,
+                ACK_RECEIVED,
+                GATEWAY_BILLED,
+                COMMAND_QUEUED,
+                GATEWAY_KEYS_CHANGED,
+            },
+            loop,
         )
         configs = asyncio.create_task(self._configs_loop(stop), name="mf-horizons")
         next_sweep = 0.0
@@ -169,6 +180,8 @@ class Reconciler:
         kind, payload = item
         if kind == GATEWAY_BILLED and "gateway_id" in payload:
             self._billed_gateways.add(int(payload["gateway_id"]))
+        if kind == GATEWAY_KEYS_CHANGED and "gateway_id" in payload:
+            self._dirty_gateways.add(int(payload["gateway_id"]))  # re-seal its config with the right key
         if kind == COMMAND_QUEUED and "command_id" in payload:
             self._queued.add(str(payload["command_id"]))
         if kind == BALANCE_CHANGED and "account_id" in payload:
@@ -263,10 +276,12 @@ class Reconciler:
                 gateway = session.get(Gateway, gateway_id)
                 if gateway is None:
                     continue
-                config = gateway_config(session, gateway, now, self._config, cache)
-                payloads.append(
-                    (gateway_id, Topics(gateway.device_id, self._config.prefix).config, encode(config))
-                )
+                try:
+                    sealed = gateway_config(session, gateway, now, self._config, cache)
+                except NoKey:
+                    log.warning("gateway %s has no valid signing key: no config for it", gateway.device_id)
+                    continue
+                payloads.append((gateway_id, Topics(gateway.device_id, self._config.prefix).config, sealed))
         for gateway_id, topic, payload in payloads:
             try:
                 self._publish(topic, payload, True)
@@ -349,6 +364,7 @@ async def run_background(
             ingest = Ingest(
                 factory, prefix=settings.mqtt_prefix, publish=bus.publish, clock=clock, runner=client_id
             )
+            bus.subscribe(ingest.keys.on_event)  # a rotation reaches every replica's key cache
             topic = ingest_filter(
                 settings.mqtt_prefix, shared=settings.mqtt_shared, group=settings.mqtt_share_group
             )

@@ -9,6 +9,21 @@ meter whose register has reached its horizon is tripped (unless the horizon says
 The last config is kept in ``autonomy.json`` in the data dir (written atomically), so a gateway that
 reboots during an outage still knows every horizon. A meter is tripped once per outage; if it is seen
 closed again (someone closed it by hand) it is tripped again, at most once per ``retrip_s``.
+
+Trust: anyone with broker access can publish a retained ``down/config``, so a config is only taken if
+it is sealed by the cloud with a key the gateway holds and that is not retired (``edge.keys``), names
+this gateway, lies inside its acceptance window (not expired, not issued more than
+:data:`protocol.contract.CONFIG_CLOCK_SKEW` ahead of the gateway's clock) and carries a ``version``
+newer than the one in force. Anything else raises :class:`edge.errors.ConfigRejected`; the daemon logs
+it and tells the cloud (``CONFIG_REJECTED`` event). The same config redelivered (a retained message on
+every reconnect) is quietly ignored. ``autonomy.json`` holds the sealed bytes as received and is
+verified again at load (under any key held, retired ones included: it was accepted under a key valid
+then), so a file that does not verify, or one written before configs were sealed, is ignored.
+
+An expired config stays in force: ``expires_at`` bounds when a config may be *accepted*, so an old
+retained config cannot be replayed to a gateway; once accepted, its horizons are absolute register
+limits that the tenant's money bought, and a gateway cut off for longer than the expiry is safer
+enforcing the last good limits than none. Only a newer genuine config replaces it.
 """
 
 from __future__ import annotations
@@ -18,10 +33,21 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from protocol.contract import CreditHorizon, GatewayConfig, Quantity, RelayState, decode
+from edge.errors import ConfigRejected
+from edge.keys import KeyRing
+from protocol.contract import (
+    CreditHorizon,
+    GatewayConfig,
+    Kind,
+    Quantity,
+    RelayState,
+    check_config_window,
+    open_message,
+)
 from protocol.errors import ContractError
 
 __all__ = ["Autonomy", "TripDecision"]
@@ -43,21 +69,26 @@ class Autonomy:
         gateway: str,
         path: str | Path,
         *,
+        keys: KeyRing,
         offline_after_s: float = 300.0,
         retrip_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.gateway = gateway
         self.path = Path(path)
+        self.keys = keys
         self.default_offline_after_s = offline_after_s
         self.retrip_s = retrip_s
         self._clock = clock
+        self._wall = wall
         self.config: GatewayConfig | None = None
+        self._payload: bytes | None = None
         self._tripped: dict[str, float] = {}
 
     # -- configuration from the cloud ------------------------------------------------------------
     def load(self) -> None:
-        """Read the last config the cloud sent (if any); a corrupt file is logged and ignored."""
+        """Read the last config the cloud sent (if any); a file that does not verify is ignored."""
         try:
             payload = self.path.read_bytes()
         except FileNotFoundError:
@@ -66,23 +97,46 @@ class Autonomy:
             log.warning("cannot read %s: %s", self.path, exc)
             return
         try:
-            self.config = decode(GatewayConfig, payload)
+            _kid, config = open_message(
+                GatewayConfig, Kind.CONFIG, self.gateway, payload, self.keys.any_key_for
+            )
         except ContractError as exc:
-            log.warning("ignoring corrupt %s: %s", self.path, exc)
+            log.warning("ignoring %s, it does not verify: %s", self.path, exc)
+            return
+        if config.gateway != self.gateway:
+            log.warning("ignoring %s: it is gateway %s's config", self.path, config.gateway)
+            return
+        self.config, self._payload = config, payload
+        log.info(
+            "credit horizons v%d in force for %d meters (from %s)",
+            config.version,
+            len(config.horizons),
+            self.path,
+        )
 
     def apply(self, payload: bytes) -> GatewayConfig | None:
-        """Take a ``down/config`` payload; older or foreign configs are ignored. Returns the new config."""
+        """Take a ``down/config`` payload: the new config, None for the one in force redelivered.
+
+        Raises :class:`ConfigRejected` (reason in the message) for anything not sealed with a key in
+        force, not this gateway's, outside its acceptance window, or not newer than the one in force.
+        """
         try:
-            config = decode(GatewayConfig, payload)
+            kid, config = open_message(GatewayConfig, Kind.CONFIG, self.gateway, payload, self.keys.key_for)
         except ContractError as exc:
-            log.warning("ignoring invalid gateway config: %s", exc)
-            return None
+            raise ConfigRejected(str(exc)) from exc
         if config.gateway != self.gateway:
-            log.warning("ignoring config for gateway %s", config.gateway)
-            return None
-        if self.config is not None and config.issued_at < self.config.issued_at:
-            log.info("ignoring config issued %s, older than the one in force", config.issued_at)
-            return None
+            raise ConfigRejected(f"config is for gateway {config.gateway}, not {self.gateway}")
+        if self.config is not None and config.version <= self.config.version:
+            if config.version == self.config.version and payload == self._payload:
+                log.debug("config v%d redelivered", config.version)
+                return None
+            raise ConfigRejected(
+                f"config v{config.version} is not newer than v{self.config.version} in force"
+            )
+        try:
+            check_config_window(config, self._wall())
+        except ContractError as exc:
+            raise ConfigRejected(str(exc)) from exc
         tmp = self.path.with_suffix(".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
@@ -90,8 +144,10 @@ class Autonomy:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
-        self.config = config
-        log.info("credit horizons in force for %d meters", len(config.horizons))
+        self.config, self._payload = config, payload
+        log.info(
+            "credit horizons v%d (key %s) in force for %d meters", config.version, kid, len(config.horizons)
+        )
         return config
 
     @property

@@ -8,6 +8,9 @@ Lifecycle of one command (a transition table, docs/development.md)::
 * ``pending`` is written to ``commands.db`` (SQLite, WAL, synchronous=FULL) BEFORE execution, so a
   command survives a restart between receipt and execution: :meth:`CommandProcessor.resume`
   executes what is still pending (if it has not expired meanwhile).
+* The signature is checked under the key the command names (``kid``), if the gateway holds it and
+  it has not retired (:class:`edge.keys.KeyRing`): after a rotation's overlap a command signed with
+  the old key is refused like a forged one.
 * The id is the primary key of that table: a replayed id is refused even after a restart. Ids are
   kept until a day after their expiry, after which the expiry check alone refuses them.
 * The Ack goes into the outbox (durable) only after the line worker has executed the command AND
@@ -30,6 +33,7 @@ from pathlib import Path
 import aiosqlite
 
 from edge.errors import BusError, CommandRejected, EdgeError, MeterRefused, OutboxError
+from edge.keys import KeyRing
 from edge.outbox import Outbox
 from protocol.contract import (
     Ack,
@@ -177,7 +181,7 @@ class CommandProcessor:
     def __init__(
         self,
         gateway: str,
-        key: bytes,
+        keys: KeyRing,
         store: CommandStore,
         outbox: Outbox,
         execute: Executor,
@@ -186,7 +190,7 @@ class CommandProcessor:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.gateway = gateway
-        self._key = key
+        self.keys = keys
         self.store = store
         self.outbox = outbox
         self._execute = execute
@@ -217,7 +221,7 @@ class CommandProcessor:
         if cmd.gateway != self.gateway:
             raise CommandRejected(f"command {cmd.id} is for gateway {cmd.gateway}, not {self.gateway}")
         try:
-            verify_command(cmd, self._key, self._now())
+            verify_command(cmd, self.keys.key_for(cmd.kid) or b"", self._now())
         except (SignatureError, CommandExpired) as exc:
             raise CommandRejected(str(exc)) from exc
         if not self._known(cmd.meter):
@@ -228,7 +232,7 @@ class CommandProcessor:
         count = 0
         for cmd in await self.store.pending():
             try:
-                verify_command(cmd, self._key, self._now())
+                verify_command(cmd, self.keys.key_for(cmd.kid) or b"", self._now())
             except (SignatureError, CommandExpired) as exc:
                 ack = self._ack(cmd, AckStatus.FAILED, f"not executed before restart: {exc}")
                 await self.outbox.add_ack(ack)

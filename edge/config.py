@@ -154,6 +154,8 @@ class GatewaySection(_Section, frozen=True, kw_only=True):
     data_dir: Path = Path("/var/lib/meterflow")
     signing_key: str | None = None
     signing_key_file: Path | None = None
+    # the id the cloud knows this key by (docs/security.md): k1 until a rotation installs k2 in keys.json
+    signing_kid: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.\-]{1,32}$")] = "k1"
     offline_after_s: Annotated[float, Meta(ge=1)] = 300.0  # before the retained GatewayConfig says
     time_sync_at: Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "03:17"
     log_json: bool = False
@@ -205,7 +207,8 @@ class EdgeConfig(_Section, frozen=True, kw_only=True):
         return self.mqtt.client_id or f"meterflow-{self.gateway.id}"
 
     def signing_key_bytes(self) -> bytes:
-        """The HMAC key for commands (from the key file when one is configured)."""
+        """The commissioning HMAC key (from the key file when one is configured); ``edge.keys`` adds
+        the keys installed since."""
         if self.gateway.signing_key:
             return self.gateway.signing_key.encode()
         if self.gateway.signing_key_file is not None:

@@ -22,7 +22,8 @@ from edge.bus import Bus
 from edge.commands import CommandProcessor, CommandStore, Outcome
 from edge.config import EdgeConfig, MeterConfig
 from edge.drivers import ControlOutcome, MeterReading, get_driver
-from edge.errors import BusError, EdgeError, MeterRefused, Unsupported
+from edge.errors import BusError, ConfigError, ConfigRejected, EdgeError, MeterRefused, Unsupported
+from edge.keys import KeyRing
 from edge.outbox import NewReading, Outbox
 from edge.poller import LineWorker
 from edge.status import write_status
@@ -35,18 +36,26 @@ __all__ = ["Daemon"]
 log = logging.getLogger(__name__)
 
 STATUS_FILE_INTERVAL_S = 5.0
+CONFIG_REJECTED_EVENT_EVERY_S = 60.0
+"""At most one CONFIG_REJECTED event this often (with the count refused since): a flood of forged
+configs must not become a flood of events in the outbox."""
 
 
 class Daemon:
-    def __init__(self, config: EdgeConfig) -> None:
+    def __init__(self, config: EdgeConfig, *, keys: KeyRing | None = None) -> None:
+        """``keys``: the key ring to use (default: edge.toml's key and the data dir's key store)."""
         self.config = config
         data = config.gateway.data_dir
         self.outbox = Outbox(
             data / "outbox.db", max_rows=config.outbox.max_rows, synchronous=config.outbox.synchronous
         )
         self.store = CommandStore(data / "commands.db")
+        self.keys = keys or KeyRing.for_config(config)
         self.autonomy = Autonomy(
-            config.gateway.id, data / "autonomy.json", offline_after_s=config.gateway.offline_after_s
+            config.gateway.id,
+            data / "autonomy.json",
+            keys=self.keys,
+            offline_after_s=config.gateway.offline_after_s,
         )
         self.workers: dict[str, LineWorker] = {}
         self._meter_line: dict[str, LineWorker] = {}
@@ -57,7 +66,7 @@ class Daemon:
                 self._meter_line[meter.id] = worker
         self.commands = CommandProcessor(
             config.gateway.id,
-            config.signing_key_bytes(),
+            self.keys,
             self.store,
             self.outbox,
             self._execute,
@@ -66,6 +75,7 @@ class Daemon:
         self.uplink = Uplink(
             config,
             self.outbox,
+            keys=self.keys,
             on_command=self.commands.handle,
             on_config=self._on_config,
             status=self.status,
@@ -73,13 +83,16 @@ class Daemon:
         self.started = time.monotonic()
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
+        self._config_rejected_at: float | None = None
+        self._config_rejected_since = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set; then shut down gracefully."""
         self.config.gateway.data_dir.mkdir(parents=True, exist_ok=True)
-        if not self.config.signing_key_bytes():
-            log.warning("no command signing key configured: every command will be refused")
+        self.keys.reload()
+        self.keys.signing()  # ConfigError: nothing this gateway sends would be accepted
+        log.info("signing keys: %s", self.keys.describe())
         await self.outbox.open()
         await self.store.open()
         self.autonomy.load()
@@ -154,7 +167,39 @@ class Daemon:
         await self.outbox.add_event(kind, meter=meter, detail=detail)
 
     async def _on_config(self, payload: bytes) -> None:
-        self.autonomy.apply(payload)
+        try:
+            self.autonomy.apply(payload)
+        except ConfigRejected as exc:
+            await self._config_rejected(str(exc))
+
+    async def _config_rejected(self, reason: str) -> None:
+        log.warning("gateway config refused: %s", reason)
+        self._config_rejected_since += 1
+        now = time.monotonic()
+        last = self._config_rejected_at
+        if last is not None and now - last < CONFIG_REJECTED_EVENT_EVERY_S:
+            return
+        self._config_rejected_at = now
+        count, self._config_rejected_since = self._config_rejected_since, 0
+        await self.outbox.add_event(
+            EventKind.CONFIG_REJECTED, detail={"reason": reason[:200], "refused": count}
+        )
+
+    # -- keys ------------------------------------------------------------------------------------
+    def reload_keys(self) -> None:
+        """Re-read the key store (SIGHUP, and every housekeeping round); reconnect if the signing key
+        changed, so the broker's copy of our last will is sealed with it."""
+        before = self._signing_kid()
+        if not self.keys.reload():
+            return
+        if self._signing_kid() != before:
+            self.uplink.rekey()
+
+    def _signing_kid(self) -> str | None:
+        try:
+            return self.keys.signing()[0]
+        except ConfigError:
+            return None
 
     # -- commands and autonomy -------------------------------------------------------------------
     async def control(self, meter_id: str, action: Action, params: dict[str, int | str]) -> ControlOutcome:
@@ -258,6 +303,7 @@ class Daemon:
         was_connected = False
         last_prune = 0.0
         while True:
+            self.reload_keys()
             connected = self.uplink.connected.is_set()
             if connected and not was_connected:
                 self.autonomy.reconnected()

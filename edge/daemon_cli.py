@@ -1,6 +1,7 @@
 """``meterflow edge run`` and ``meterflow edge status``: the daemon's two subcommands.
 
-edge/cli.py (the installer's tools) calls :func:`add_commands` with its subparsers.
+edge/cli.py (the installer's tools) calls :func:`add_commands` with its subparsers; it also adds the
+daemon's key commands (:mod:`edge.keys_cli`), which belong with it on a gateway.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any
 
 import msgspec
 
+from edge import keys_cli
 from edge.config import load_config
 from edge.errors import ConfigError
+from edge.keys import KeyRing
 from edge.logging import setup_logging
 from edge.status import outbox_backlog, read_status, render
 
@@ -26,6 +29,7 @@ STALE_AFTER_S = 30.0
 
 
 def add_commands(sub: Any) -> None:
+    keys_cli.add_commands(sub)
     run = sub.add_parser(
         "run",
         help="run the gateway daemon (poll meters, buffer, sync over MQTT, obey signed commands)",
@@ -50,7 +54,7 @@ def add_commands(sub: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
-        config.signing_key_bytes()
+        KeyRing.for_config(config).signing()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -68,7 +72,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Daemon(config).run(stop)
+        daemon = Daemon(config)
+        loop.add_signal_handler(signal.SIGHUP, daemon.reload_keys)  # systemctl reload: keys now
+        await daemon.run(stop)
 
     asyncio.run(main())
     return 0

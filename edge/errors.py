@@ -11,6 +11,7 @@
     ├── Unsupported           the meter or its driver cannot do what was asked (valve on a relay meter)
     ├── ConfigError           the gateway configuration is invalid (names key and line)
     ├── CommandRejected       a cloud command failed verification (signature, expiry, replay)
+    ├── ConfigRejected        a cloud config failed verification (signature, window, version)
     ├── OutboxError           the durable outbox cannot store or read
     └── UplinkError           the MQTT uplink is misconfigured or refused
 
@@ -24,6 +25,7 @@ __all__ = [
     "BusError",
     "CommandRejected",
     "ConfigError",
+    "ConfigRejected",
     "EdgeError",
     "MeterRefused",
     "NoReply",
@@ -68,6 +70,10 @@ class ConfigError(EdgeError):
 
 class CommandRejected(EdgeError):
     """A command from the cloud failed verification and was not executed."""
+
+
+class ConfigRejected(EdgeError):
+    """A ``down/config`` failed verification (unsigned, forged, stale, not newer) and was not taken."""
 
 
 class OutboxError(EdgeError):

@@ -18,6 +18,11 @@ Theory of operation
   rate (tens of thousands per second) bounds how long they wait, and the status shows the backlog.
 * LWT: the retained status topic gets ``GatewayStatus(online=False)`` if we vanish; on a graceful
   stop we publish it ourselves before disconnecting.
+* Everything published is sealed (:func:`protocol.contract.seal`) with the newest key of
+  :class:`edge.keys.KeyRing` at the moment it is sent, so a backlog stored before a key rotation goes
+  out under the new key. A reading batch is sealed over the very bytes ``batch_payload`` built. The
+  LWT is sealed when the connection is made; :meth:`Uplink.rekey` reconnects after the signing key
+  changed, so the broker never holds a will under a key that is about to retire.
 """
 
 from __future__ import annotations
@@ -42,9 +47,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.config import EdgeConfig
-from edge.errors import UplinkError
+from edge.errors import ConfigError, UplinkError
+from edge.keys import KeyRing
 from edge.outbox import Outbox, StoredReading, batch_payload
-from protocol.contract import MAX_BATCH, Event, EventBatch, GatewayStatus, Topics, decode, encode
+from protocol.contract import MAX_BATCH, Event, EventBatch, GatewayStatus, Kind, Topics, decode, encode, seal
 
 __all__ = ["Uplink", "backoff_delay"]
 
@@ -172,6 +178,7 @@ class Uplink:
         config: EdgeConfig,
         outbox: Outbox,
         *,
+        keys: KeyRing,
         on_command: Handler,
         on_config: Handler,
         status: StatusProvider,
@@ -179,6 +186,7 @@ class Uplink:
     ) -> None:
         self.config = config
         self.outbox = outbox
+        self.keys = keys
         self.topics = Topics(config.gateway.id, config.mqtt.prefix)
         self._on_command = on_command
         self._on_config = on_config
@@ -234,13 +242,33 @@ class Uplink:
             return
         try:
             status = await self._status(False)
-            await asyncio.wait_for(conn.publish(self.topics.status, encode(status), retain=True), 3.0)
+            payload = self._seal(Kind.STATUS, encode(status))
+            await asyncio.wait_for(conn.publish(self.topics.status, payload, retain=True), 3.0)
         except (TimeoutError, _Disconnected, UplinkError) as exc:
             log.warning("could not publish offline status on shutdown: %s", exc)
         with contextlib.suppress(Exception):
             conn.client.disconnect()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(conn.closed), 2.0)
+
+    def rekey(self) -> None:
+        """The signing key changed: end this connection so the next one carries a will sealed with it.
+
+        A clean DISCONNECT (the broker does not publish the will); the outer loop reconnects at once.
+        """
+        conn = self._conn
+        if conn is None or conn.closed.done():
+            return
+        log.info("signing keys changed (%s): reconnecting to seal the last will anew", self.keys.describe())
+        with contextlib.suppress(Exception):
+            conn.client.disconnect()
+
+    def _seal(self, kind: Kind, body: bytes) -> bytes:
+        try:
+            kid, key = self.keys.signing()
+        except ConfigError as exc:
+            raise UplinkError(str(exc)) from exc
+        return seal(kind, self.config.gateway.id, body, kid=kid, key=key)
 
     # -- one connection --------------------------------------------------------------------------
     def _client(self) -> mqtt.Client:
@@ -266,7 +294,7 @@ class Uplink:
             if cfg.tls.insecure_skip_verify:
                 client.tls_insecure_set(True)
         offline = GatewayStatus(gateway=self.config.gateway.id, online=False, ts=datetime.now(UTC))
-        client.will_set(self.topics.status, encode(offline), qos=1, retain=True)
+        client.will_set(self.topics.status, self._seal(Kind.STATUS, encode(offline)), qos=1, retain=True)
         return client
 
     async def _session(self) -> None:
@@ -357,8 +385,8 @@ class Uplink:
             self.published_readings += head.count
 
     def _publish_batch(self, conn: _Connection, rows: list[StoredReading]) -> _Inflight:
-        payload = batch_payload(self.config.gateway.id, uuid.uuid4().hex, datetime.now(UTC), rows)
-        future = conn.publish(self.topics.readings, payload)
+        body = batch_payload(self.config.gateway.id, uuid.uuid4().hex, datetime.now(UTC), rows)
+        future = conn.publish(self.topics.readings, self._seal(Kind.READINGS, body))
         return _Inflight(rows[0].rowid, rows[-1].rowid, len(rows), future)
 
     async def _send_messages(self, conn: _Connection) -> None:
@@ -373,12 +401,14 @@ class Uplink:
             acks = [r for r in rows if r.kind == "ack"]
             futures: list[tuple[list[int], asyncio.Future[None]]] = []
             for ack in acks:
-                futures.append(([ack.rowid], conn.publish(self.topics.acks, ack.payload.encode())))
+                payload = self._seal(Kind.ACKS, ack.payload.encode())
+                futures.append(([ack.rowid], conn.publish(self.topics.acks, payload)))
             if events:
                 batch = EventBatch(
                     gateway=self.config.gateway.id, events=[decode(Event, e.payload) for e in events]
                 )
-                futures.append(([e.rowid for e in events], conn.publish(self.topics.events, encode(batch))))
+                payload = self._seal(Kind.EVENTS, encode(batch))
+                futures.append(([e.rowid for e in events], conn.publish(self.topics.events, payload)))
             for ids, future in futures:
                 await future
                 await self.outbox.delete_messages(ids)
@@ -386,7 +416,7 @@ class Uplink:
     async def _send_status(self, conn: _Connection) -> None:
         while True:
             status = await self._status(True)
-            await conn.publish(self.topics.status, encode(status), retain=True)
+            await conn.publish(self.topics.status, self._seal(Kind.STATUS, encode(status)), retain=True)
             await asyncio.sleep(self.config.mqtt.status_interval_s)
 
     # -- incoming --------------------------------------------------------------------------------

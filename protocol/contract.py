@@ -14,6 +14,19 @@ Commands are signed with HMAC-SHA256 over a canonical string of every field that
 its meaning (see :func:`command_signing_input`) with the gateway's own key. The gateway refuses a
 command whose signature does not verify, whose validity window does not contain "now", or whose id it
 has already executed.
+
+Every other message is sent sealed: a :class:`Sealed` envelope ``{"v":1,"kid":…,"sig":…,"body":…}``
+whose ``body`` is the message's JSON exactly as its sender built it. The HMAC covers the topic kind,
+the gateway id and the key id bound to those bytes (:func:`message_signing_input`), so the receiver
+checks the bytes it received without re-encoding anything, and a genuine message moved to another
+gateway's topic or to another kind of topic does not verify. Who may send what: the gateway seals
+``up/*`` (readings, events, acks, status and its LWT), the cloud seals ``down/config``; a topic alone
+proves nothing, since anyone with broker access can publish on it.
+
+Keys have an id (``kid``): a gateway starts with :data:`FIRST_KID` and each rotation adds the next
+(``k2``, ``k3``…). Both sides hold several keys during a rotation's overlap and pick the key to verify
+with by the message's ``kid``; which keys are acceptable at a given moment is the holder's business
+(``edge.keys``, ``cloud.services.keys``), not the contract's.
 """
 
 from __future__ import annotations
@@ -21,6 +34,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -29,11 +44,13 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import Meta
 
-from protocol.errors import CommandExpired, ContractError, SignatureError
+from protocol.errors import CommandExpired, ConfigExpired, ContractError, SignatureError
 from protocol.structs import dotted, error_location
 
 __all__ = [
+    "CONFIG_CLOCK_SKEW",
     "DEFAULT_PREFIX",
+    "FIRST_KID",
     "HORIZON_QUANTITIES",
     "MAX_BATCH",
     "SCHEMA_VERSION",
@@ -47,17 +64,29 @@ __all__ = [
     "EventKind",
     "GatewayConfig",
     "GatewayStatus",
+    "Kind",
     "LineStats",
     "Quantity",
     "Reading",
     "ReadingBatch",
     "RelayState",
+    "Sealed",
+    "SealedMessage",
     "Topics",
+    "Unsealed",
+    "check_config_window",
     "command_signing_input",
     "decode",
     "encode",
+    "is_key_id",
+    "kind_of",
+    "message_signing_input",
+    "open_message",
     "parse_topic",
+    "seal",
+    "seal_message",
     "sign_command",
+    "unseal",
     "validate",
     "verify_command",
 ]
@@ -73,6 +102,13 @@ Timestamp = Annotated[datetime, Meta(tz=True)]
 """RFC 3339 with an offset; normalised to UTC by each message's ``__post_init__``."""
 NonNegative = Annotated[int, Meta(ge=0)]
 Id64 = Annotated[str, Meta(min_length=1, max_length=64)]
+_KEY_ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,32}$"
+KeyId = Annotated[str, Meta(min_length=1, max_length=32, pattern=_KEY_ID_PATTERN)]
+"""A signing key's id: short, and safe to place in JSON and in the signing input as it is."""
+FIRST_KID = "k1"
+"""The id of the key a gateway is created with; each rotation adds the next (``k2``, ``k3``, …)."""
+CONFIG_CLOCK_SKEW = timedelta(minutes=5)
+"""How far ahead of the gateway's clock a config may be issued before it counts as "from the future"."""
 # A measure (``Decimal``): finite, 16 integer digits and 6 decimals at most, which covers every
 # register of every meter we read with headroom. msgspec has no digit constraints for Decimal, so
 # :func:`_check_decimal` enforces them (the same rule as pydantic's max_digits/decimal_places).
@@ -144,6 +180,7 @@ class EventKind(StrEnum):
     METER_ONLINE = "meter_online"
     AUTONOMY_TRIP = "autonomy_trip"
     COMMAND_REJECTED = "command_rejected"
+    CONFIG_REJECTED = "config_rejected"  # a down/config refused: unsigned, forged, stale, not newer
     OUTBOX_OVERFLOW = "outbox_overflow"
     TIME_SYNC = "time_sync"
     GATEWAY_STARTED = "gateway_started"
@@ -278,6 +315,7 @@ class Command(_Model, frozen=True, kw_only=True):
     params: dict[str, int | str] = {}
     issued_at: Timestamp
     expires_at: Timestamp
+    kid: Annotated[str, Meta(max_length=32, pattern=r"^[A-Za-z0-9_.\-]*$")] = ""
     sig: Annotated[str, Meta(max_length=128)] = ""
 
     def __post_init__(self) -> None:
@@ -358,16 +396,36 @@ class CreditHorizon(_Model, frozen=True, kw_only=True):
 
 
 class GatewayConfig(_Model, frozen=True, kw_only=True):
-    """Retained on ``down/config``: what the cloud wants the gateway to know between commands."""
+    """Retained on ``down/config``, sealed by the cloud: what the gateway must know between commands.
+
+    ``version`` rises with every config the cloud issues for the gateway; the gateway only takes a
+    version newer than the one in force, so a replayed older config changes nothing. ``expires_at``
+    bounds when a config may still be *accepted* (a stale retained config is refused); a config
+    already in force stays in force past it (see :mod:`edge.autonomy`). :func:`check_config_window`
+    holds the time rules.
+    """
 
     v: Literal[1] = 1
     gateway: GatewayId
+    version: Annotated[int, Meta(ge=1, le=2**63 - 1)]
     issued_at: Timestamp
+    expires_at: Timestamp
     horizons: dict[MeterId, CreditHorizon] = {}
     offline_after_s: Annotated[int, Meta(ge=10, le=86400)] = 300
 
     def __post_init__(self) -> None:
-        _utc(self, "issued_at")
+        _utc(self, "issued_at", "expires_at")
+
+
+class Kind(StrEnum):
+    """The kind part of a topic (what :func:`parse_topic` returns after the gateway id)."""
+
+    READINGS = "up/readings"
+    EVENTS = "up/events"
+    ACKS = "up/acks"
+    STATUS = "up/status"
+    COMMANDS = "down/commands"
+    CONFIG = "down/config"
 
 
 class Topics:
@@ -375,12 +433,23 @@ class Topics:
 
     def __init__(self, gateway: str, prefix: str = DEFAULT_PREFIX) -> None:
         base = f"{prefix}/gw/{gateway}"
-        self.readings = f"{base}/up/readings"
-        self.events = f"{base}/up/events"
-        self.acks = f"{base}/up/acks"
-        self.status = f"{base}/up/status"
-        self.commands = f"{base}/down/commands"
-        self.config = f"{base}/down/config"
+        self.readings = f"{base}/{Kind.READINGS}"
+        self.events = f"{base}/{Kind.EVENTS}"
+        self.acks = f"{base}/{Kind.ACKS}"
+        self.status = f"{base}/{Kind.STATUS}"
+        self.commands = f"{base}/{Kind.COMMANDS}"
+        self.config = f"{base}/{Kind.CONFIG}"
+
+    def of(self, kind: Kind) -> str:
+        """The topic of ``kind`` for this gateway."""
+        return {
+            Kind.READINGS: self.readings,
+            Kind.EVENTS: self.events,
+            Kind.ACKS: self.acks,
+            Kind.STATUS: self.status,
+            Kind.COMMANDS: self.commands,
+            Kind.CONFIG: self.config,
+        }[kind]
 
     @staticmethod
     def shared(topic_filter: str, group: str = "ingest") -> str:
@@ -448,8 +517,8 @@ def _epoch(value: datetime) -> str:
 def command_signing_input(cmd: Command) -> bytes:
     """The canonical bytes that a command's HMAC covers.
 
-    ``v1|id|gateway|meter|action|params-json|issued-epoch|expires-epoch``; params as JSON with sorted
-    keys and no spaces, so both sides produce the same bytes from the same meaning.
+    ``v1|id|gateway|meter|action|params-json|issued-epoch|expires-epoch|kid``; params as JSON with
+    sorted keys and no spaces, so both sides produce the same bytes from the same meaning.
     """
     params = json.dumps(cmd.params, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     parts = [
@@ -461,26 +530,33 @@ def command_signing_input(cmd: Command) -> bytes:
         params,
         _epoch(cmd.issued_at),
         _epoch(cmd.expires_at),
+        cmd.kid,
     ]
     return "|".join(parts).encode()
 
 
-def sign_command(cmd: Command, key: bytes) -> Command:
-    """Return a copy of ``cmd`` carrying its HMAC-SHA256 signature (hex)."""
+def sign_command(cmd: Command, key: bytes, *, kid: str) -> Command:
+    """Return a copy of ``cmd`` carrying ``kid`` and its HMAC-SHA256 signature (hex) under ``key``."""
     if not key:
         raise SignatureError("empty signing key")
-    sig = hmac.new(key, command_signing_input(cmd), hashlib.sha256).hexdigest()
-    return msgspec.structs.replace(cmd, sig=sig)
+    if not is_key_id(kid):
+        raise SignatureError(f"not a key id: {kid!r}")
+    kidded = msgspec.structs.replace(cmd, kid=kid)
+    sig = hmac.new(key, command_signing_input(kidded), hashlib.sha256).hexdigest()
+    return msgspec.structs.replace(kidded, sig=sig)
 
 
 def verify_command(
     cmd: Command, key: bytes, now: datetime, *, clock_skew: timedelta = timedelta(seconds=120)
 ) -> None:
-    """Raise unless ``cmd`` is signed with ``key`` and ``now`` lies inside its validity window."""
+    """Raise unless ``cmd`` is signed with ``key`` and ``now`` lies inside its validity window.
+
+    ``key`` is the receiver's key for ``cmd.kid`` (``b""`` when it holds none under that id).
+    """
     if not cmd.sig:
         raise SignatureError(f"command {cmd.id} is unsigned")
     if not key:
-        raise SignatureError("no key configured to verify commands")
+        raise SignatureError(f"command {cmd.id}: no valid key {cmd.kid!r} to verify it with")
     expected = hmac.new(key, command_signing_input(cmd), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, cmd.sig.lower()):
         raise SignatureError(f"command {cmd.id}: signature does not verify")
@@ -490,3 +566,138 @@ def verify_command(
         raise CommandExpired(f"command {cmd.id} expired at {cmd.expires_at.isoformat()}")
     if now + clock_skew < cmd.issued_at:
         raise CommandExpired(f"command {cmd.id} is issued in the future ({cmd.issued_at.isoformat()})")
+
+
+def check_config_window(
+    config: GatewayConfig, now: datetime, *, clock_skew: timedelta = CONFIG_CLOCK_SKEW
+) -> None:
+    """Raise :class:`ConfigExpired` unless ``config`` may be accepted at ``now``.
+
+    Refused: a window that ends before it starts, a config whose acceptance window has passed, and a
+    config issued more than ``clock_skew`` ahead of ``now`` (the forged 2099 config that would make
+    every later genuine config look "older" is refused on this rule alone, signed or not).
+    """
+    if config.expires_at <= config.issued_at:
+        raise ConfigExpired(f"config v{config.version}: expires_at is not after issued_at")
+    if now >= config.expires_at:
+        raise ConfigExpired(f"config v{config.version} expired at {config.expires_at.isoformat()}")
+    if now + clock_skew < config.issued_at:
+        raise ConfigExpired(
+            f"config v{config.version} is issued in the future ({config.issued_at.isoformat()})"
+        )
+
+
+# -- sealed messages ----------------------------------------------------------------------------
+
+_KEY_ID = re.compile(_KEY_ID_PATTERN)
+_GATEWAY_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+MAX_PAYLOAD = 4 * 1024 * 1024
+
+
+def is_key_id(kid: str) -> bool:
+    """Whether ``kid`` is a well-formed key id (letters, digits, ``_ . -``; 1–32 characters)."""
+    return _KEY_ID.match(kid) is not None
+
+
+class Sealed(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The envelope of a signed message; ``body`` stays the sender's exact bytes (``msgspec.Raw``)."""
+
+    v: Literal[1] = 1
+    kid: KeyId
+    sig: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+    body: msgspec.Raw
+
+
+class Unsealed(msgspec.Struct, frozen=True):
+    """What :func:`unseal` found genuine: the key id it verified with and the body's bytes."""
+
+    kid: str
+    body: bytes
+
+
+SealedMessage = ReadingBatch | EventBatch | Ack | GatewayStatus | GatewayConfig
+"""The messages that travel sealed (commands carry their own signature)."""
+
+_KIND_OF: dict[type[Any], Kind] = {
+    ReadingBatch: Kind.READINGS,
+    EventBatch: Kind.EVENTS,
+    Ack: Kind.ACKS,
+    GatewayStatus: Kind.STATUS,
+    GatewayConfig: Kind.CONFIG,
+}
+_sealed_decoder = msgspec.json.Decoder(Sealed)
+
+
+def kind_of(message: SealedMessage) -> Kind:
+    """The topic kind a sealed message travels on."""
+    return _KIND_OF[type(message)]
+
+
+def message_signing_input(kind: str, gateway: str, kid: str) -> bytes:
+    """What a sealed message's HMAC covers before its body bytes: ``mf1|<kind>|<gateway>|<kid>|``.
+
+    None of the three may contain ``|`` (kinds are fixed, ids are checked by pattern), so the
+    prefix is unambiguous and the body follows it as it is.
+    """
+    return f"mf1|{kind}|{gateway}|{kid}|".encode()
+
+
+def _mac(key: bytes, kind: str, gateway: str, kid: str, body: bytes | memoryview) -> str:
+    mac = hmac.new(key, message_signing_input(kind, gateway, kid), hashlib.sha256)
+    mac.update(body)
+    return mac.hexdigest()
+
+
+def seal(kind: str, gateway: str, body: bytes, *, kid: str, key: bytes) -> bytes:
+    """``body`` (a message's JSON, built by the caller) in a signed envelope, as bytes to publish.
+
+    The envelope is put together from bytes, so a gateway that builds its batch JSON by
+    concatenating stored readings (``edge.outbox.batch_payload``) signs exactly what it sends.
+    """
+    if not key:
+        raise SignatureError("empty signing key")
+    if not is_key_id(kid):
+        raise SignatureError(f"not a key id: {kid!r}")
+    if _GATEWAY_ID.match(gateway) is None:
+        raise SignatureError(f"not a gateway id: {gateway!r}")
+    sig = _mac(key, kind, gateway, kid, body)
+    return b'{"v":1,"kid":"' + kid.encode() + b'","sig":"' + sig.encode() + b'","body":' + body + b"}"
+
+
+def seal_message(message: SealedMessage, *, kid: str, key: bytes) -> bytes:
+    """A contract message sealed for its own topic kind and gateway: what gateways, the cloud's
+    config publisher, the demo, benchmarks and tests all publish."""
+    return seal(kind_of(message), message.gateway, encode(message), kid=kid, key=key)
+
+
+def unseal(kind: str, gateway: str, payload: bytes, key_for: Callable[[str], bytes | None]) -> Unsealed:
+    """The body of a genuine sealed message on ``kind`` of ``gateway``, or :class:`SignatureError`.
+
+    ``key_for(kid)`` gives the receiver's key for that id, or ``None`` when it holds no valid key by
+    that name (unknown, retired). The HMAC is compared in constant time, over the bytes received.
+    """
+    if len(payload) > MAX_PAYLOAD:
+        raise SignatureError(f"payload too large: {len(payload)} bytes")
+    try:
+        envelope: Sealed = _sealed_decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        loc, what = error_location(exc)
+        raise SignatureError(f"not a sealed message: {dotted(loc)}: {what}") from exc
+    except (msgspec.DecodeError, UnicodeError) as exc:
+        raise SignatureError(f"not a sealed message: {exc}") from exc
+    key = key_for(envelope.kid)
+    if not key:
+        raise SignatureError(f"no valid key {envelope.kid!r} for gateway {gateway}")
+    body = memoryview(envelope.body)
+    expected = _mac(key, kind, gateway, envelope.kid, body)
+    if not hmac.compare_digest(expected, envelope.sig):
+        raise SignatureError(f"signature under key {envelope.kid!r} does not verify")
+    return Unsealed(envelope.kid, body.tobytes())
+
+
+def open_message(
+    model: type[M], kind: str, gateway: str, payload: bytes, key_for: Callable[[str], bytes | None]
+) -> tuple[str, M]:
+    """:func:`unseal` then :func:`decode`: the key id and the verified message."""
+    opened = unseal(kind, gateway, payload, key_for)
+    return opened.kid, decode(model, opened.body)

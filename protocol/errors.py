@@ -13,8 +13,9 @@ names what was wrong; callers never see ``IndexError``/``ValueError``/``KeyError
     ├── UnsupportedDI         a data identifier is not in our registry
     ├── UnexpectedMessage     a well-formed frame of a kind the caller did not expect
     └── ContractError         an edge<->cloud MQTT payload is malformed or invalid
-        ├── SignatureError    a command's HMAC is missing or does not verify
-        └── CommandExpired    a command arrived after its expires-at (or is not yet valid)
+        ├── SignatureError    a command's or sealed message's HMAC is missing or does not verify
+        ├── CommandExpired    a command arrived after its expires-at (or is not yet valid)
+        └── ConfigExpired     a gateway config is past its acceptance window (or from the future)
 
 An *abnormal reply from a meter* (DL/T 645 error reply, CJ/T 188 abnormal bit) is a normal,
 well-formed message and is returned as an event, not raised.
@@ -26,6 +27,7 @@ __all__ = [
     "AddressError",
     "ChecksumError",
     "CommandExpired",
+    "ConfigExpired",
     "ContractError",
     "FrameError",
     "ProtocolError",
@@ -69,8 +71,12 @@ class ContractError(ProtocolError):
 
 
 class SignatureError(ContractError):
-    """A command signature is missing, malformed or wrong."""
+    """A signature (of a command or a sealed message) is missing, malformed or wrong."""
 
 
 class CommandExpired(ContractError):
     """A command is outside its validity window."""
+
+
+class ConfigExpired(ContractError):
+    """A gateway config is outside its acceptance window: expired, or issued in the future."""

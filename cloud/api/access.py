@@ -207,6 +207,15 @@ POLICY: Mapping[tuple[str, str], Rule] = {
         "commissioning",
         example=Example({"device_id": "gw-{uniq}", "project_id": "{project}", "org_id": "{org}"}),
     ),
+    ("GET", "/gateways/{gateway_id}/keys"): Rule(BUILDER, "key ids and dates, never the secrets"),
+    ("POST", "/gateways/{gateway_id}/keys"): Rule(
+        BUILDER,
+        "commissioning: a gateway's new signing key, installed on it by the installer",
+        example=Example({"overlap_s": 3600}),
+    ),
+    ("POST", "/gateways/{gateway_id}/keys/end-overlap"): Rule(
+        BUILDER, "retire the old keys once the gateway uses the new one", example=Example({"force": True})
+    ),
     ("GET", "/meters"): Rule(STAFF, "which meter is where (finance: statement lines name meters)"),
     ("POST", "/meters"): Rule(
         BUILDER,

@@ -117,6 +117,11 @@ class Uow:
             for account_id in sorted(changed):
                 self._publish(BALANCE_CHANGED, {"account_id": account_id})
 
+    def announce(self, kind: str, payload: dict[str, Any]) -> None:
+        """Publish an event about what was just committed (call after :meth:`commit`)."""
+        if self._publish is not None:
+            self._publish(kind, payload)
+
 
 def get_uow(request: Request) -> Iterator[Uow]:
     session: Session = request.app.state.sessions()

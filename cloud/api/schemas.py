@@ -28,11 +28,14 @@ __all__ = [
     "CloseIn",
     "ClosingFigureIn",
     "DecisionIn",
+    "EndOverlapIn",
     "EntryOut",
     "Fen",
     "FloorIn",
     "GatewayCreated",
     "GatewayIn",
+    "GatewayKeyCreated",
+    "GatewayKeyOut",
     "GatewayOut",
     "In",
     "LinkMeterIn",
@@ -55,6 +58,7 @@ __all__ = [
     "ReplacedMeterOut",
     "ReverseIn",
     "RoomIn",
+    "RotateKeyIn",
     "SignedAmountFen",
     "TenantIn",
     "TenantOut",
@@ -229,8 +233,38 @@ class GatewayOut(_Out):
 
 class GatewayCreated(GatewayOut):
     signing_key: str = Field(
-        description="HMAC key for commands; shown only once, configure it on the gateway"
+        description="the gateway's HMAC key (key id k1); shown only once, configure it on the gateway"
     )
+    signing_kid: str = Field(default="k1", description="the key's id (edge.toml gateway.signing_kid)")
+
+
+class RotateKeyIn(_In):
+    overlap_s: int = Field(
+        default=86_400,
+        ge=300,
+        le=7 * 86_400,
+        description="how long the gateway's older keys stay valid (5 minutes to 7 days; default 24 h)",
+    )
+
+
+class EndOverlapIn(_In):
+    force: bool = Field(
+        default=False,
+        description="retire the older keys even though the gateway has not used the newest yet "
+        "(cuts the gateway off until it has)",
+    )
+
+
+class GatewayKeyOut(_Out):
+    kid: str
+    created_at: datetime
+    not_after: datetime | None = Field(description="the key is refused from then on (None: not retiring)")
+    seen_at: datetime | None = Field(description="first message the gateway sealed with it")
+
+
+class GatewayKeyCreated(GatewayKeyOut):
+    secret: str = Field(description="shown only once: install it with `meterflow edge key install`")
+    old_keys_retire_at: datetime = Field(description="end of the overlap for the gateway's older keys")
 
 
 class MeterIn(_In):

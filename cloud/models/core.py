@@ -28,10 +28,22 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, String, UniqueConstraint, Uuid
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Connection,
+    ForeignKey,
+    Index,
+    String,
+    UniqueConstraint,
+    Uuid,
+    event,
+)
 from sqlmodel import Field, SQLModel
 
 from cloud.models.base import BIG_ID, FEN, MicroDecimal, UTCDateTime, utcnow
+from protocol.contract import FIRST_KID
 
 __all__ = [
     "Account",
@@ -44,6 +56,7 @@ __all__ = [
     "Building",
     "Floor",
     "Gateway",
+    "GatewayKey",
     "Holiday",
     "HolidayKind",
     "LedgerAccount",
@@ -205,7 +218,13 @@ class Room(SQLModel, table=True):
 
 
 class Gateway(SQLModel, table=True):
-    """An edge gateway; ``device_id`` is its contract id, ``signing_key`` the HMAC key of its commands."""
+    """An edge gateway; ``device_id`` is its contract id.
+
+    Its signing keys live in ``gateway_key`` (read them through :mod:`cloud.services.keys`).
+    ``signing_key`` is only the slot a new gateway's first key is given in: when the row is inserted,
+    the key moves to ``gateway_key`` as kid ``k1`` and the column is blanked (:func:`_first_key`), so
+    no secret is kept in two places and code that creates gateways needs nothing else.
+    """
 
     __tablename__ = "gateway"
 
@@ -214,8 +233,44 @@ class Gateway(SQLModel, table=True):
     project_id: int | None = Field(default=None, foreign_key="project.id", index=True)
     device_id: str = Field(sa_type=String(64), unique=True)
     name: str = Field(default="", sa_type=String(200))
-    signing_key: str = Field(sa_type=String(128))
+    signing_key: str = Field(default="", sa_type=String(128))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    config_version: int = Field(default=0, sa_type=BigInteger)
+    """Version of the last GatewayConfig issued for it; each new config takes the next one."""
+
+
+class GatewayKey(SQLModel, table=True):
+    """One HMAC key of a gateway, by key id; several during a rotation's overlap.
+
+    A key is valid until ``not_after`` (None: not being retired). ``seen_at`` records the first
+    message the gateway sealed with it: the cloud signs down with the newest key the gateway has been
+    seen using, so a gateway that has not got a rotated key yet keeps obeying during the overlap.
+    """
+
+    __tablename__ = "gateway_key"
+    __table_args__ = (UniqueConstraint("gateway_id", "kid"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    gateway_id: int = Field(foreign_key="gateway.id", index=True)
+    kid: str = Field(sa_type=String(32))
+    secret: str = Field(sa_type=String(128), repr=False)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    not_after: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    seen_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+@event.listens_for(Gateway, "after_insert")
+def _first_key(_mapper: Any, connection: Connection, target: Gateway) -> None:
+    """A new gateway's ``signing_key`` becomes its key ``k1`` in ``gateway_key``; the column is blanked."""
+    if not target.signing_key:
+        return
+    keys, gateways = GatewayKey.__table__, Gateway.__table__  # type: ignore[attr-defined]
+    connection.execute(
+        keys.insert().values(
+            gateway_id=target.id, kid=FIRST_KID, secret=target.signing_key, created_at=target.created_at
+        )
+    )
+    connection.execute(gateways.update().where(gateways.c.id == target.id).values(signing_key=""))
 
 
 class Meter(SQLModel, table=True):

@@ -67,6 +67,7 @@ class AlarmKind(StrEnum):
     GATEWAY_OFFLINE = "gateway_offline"
     METER_OFFLINE = "meter_offline"
     COMMAND_REJECTED = "command_rejected"
+    CONFIG_REJECTED = "config_rejected"  # a gateway refused a down/config: forged, stale, or a key problem
     LEDGER_MISMATCH = "ledger_mismatch"
     NO_TARIFF = "no_tariff"
     TOPUP_FAILED = "topup_failed"  # a local-prepay top-up not written, or written with another count

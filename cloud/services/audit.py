@@ -39,6 +39,8 @@ class AuditAction(StrEnum):
     USER_REACTIVATED = "user_reactivated"
     PASSWORD_RESET = "password_reset"  # noqa: S105 - the name of an audited action, not a secret
     METER_RATE_CHANGED = "meter_rate_changed"
+    GATEWAY_KEY_ROTATED = "gateway_key_rotated"
+    GATEWAY_KEY_OVERLAP_ENDED = "gateway_key_overlap_ended"
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ unprotect also set the meter's 保电 flag so the policy honours it.
 
 :func:`gateway_config` builds the retained ``GatewayConfig`` with a credit horizon per remote-prepay
 meter (:func:`cloud.domain.horizons.credit_horizon`): the register value at which the meter's share of
-its account's money runs out, for the gateway to enforce while it cannot reach the cloud.
+its account's money runs out, for the gateway to enforce while it cannot reach the cloud. It is sealed
+with the gateway's key and numbered, like commands are signed (docs/security.md, "SIGN").
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -100,6 +101,7 @@ from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.billing import BillingCache, schedule_for, snapshot_values, tier_counter
 from cloud.services.bulk import insert_missing
 from cloud.services.errors import Conflict, NotFound
+from cloud.services.keys import down_key
 from cloud.services.ledger import get_transaction, load_transaction, post
 from protocol.contract import (
     Ack,
@@ -112,12 +114,14 @@ from protocol.contract import (
     RelayState,
     Topics,
     encode,
+    seal_message,
     sign_command,
 )
 
 __all__ = [
     "ControlConfig",
     "OutgoingCommand",
+    "ack_is_news",
     "apply_ack",
     "gateway_config",
     "issue_command",
@@ -142,6 +146,9 @@ class ControlConfig:
     topup_window: timedelta = timedelta(days=1)
     """The sweep re-plans top-ups for local-prepay meters whose account was recharged this recently (a
     lost ``balance_changed``, a purchase count that arrived after the recharge)."""
+    config_ttl: timedelta = timedelta(days=1)
+    """How long a gateway may still *accept* a config after it was issued (a replayed stale retained
+    config is refused); one in force stays in force past it (see :mod:`edge.autonomy`)."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +216,7 @@ def issue_command(
     assert meter.id is not None
     assert gateway.id is not None
     command_id = f"c-{uuid.uuid4().hex}"
+    kid, key = down_key(session, gateway.id, now)
     signed = sign_command(
         Command(
             id=command_id,
@@ -219,7 +227,8 @@ def issue_command(
             issued_at=now,
             expires_at=now + config.command_ttl,
         ),
-        gateway.signing_key.encode(),
+        key,
+        kid=kid,
     )
     row = CommandRow(
         id=command_id,
@@ -513,6 +522,14 @@ def _schedule_retry(
     )
 
 
+def ack_is_news(session: Session, gateway: Gateway, ack: Ack) -> bool:
+    """Whether ``ack`` would change its command: not a redelivery (or replay) of the ack applied."""
+    row = session.get(CommandRow, ack.command)
+    if row is None or row.gateway_id != gateway.id:
+        return False
+    return row.acked_at is None or row.ack_status != ack.status.value
+
+
 def apply_ack(
     session: Session,
     gateway: Gateway,
@@ -528,7 +545,7 @@ def apply_ack(
     state = _lock_state(session, found.meter_id)  # meter_state first, then the command row
     row = session.get(CommandRow, ack.command, with_for_update=True, populate_existing=True)
     assert row is not None
-    if row.acked_at is not None and row.ack_status == ack.status.value:
+    if not ack_is_news(session, gateway, ack):
         return row.meter_id  # a redelivered ack
     event = {
         AckStatus.DONE: CommandEvent.ACK_DONE,
@@ -715,8 +732,13 @@ def gateway_config(
     now: datetime,
     config: ControlConfig,
     cache: BillingCache | None = None,
-) -> GatewayConfig:
-    """The retained config of ``gateway``: a credit horizon per billed remote-prepay meter."""
+) -> bytes:
+    """The retained config of ``gateway``, sealed: a credit horizon per billed remote-prepay meter.
+
+    Each call issues the gateway's next config version (``gateway.config_version``, raised in the
+    caller's transaction, so two replicas never issue the same version) and seals it with
+    :func:`cloud.services.keys.down_key`.
+    """
     cache = cache or BillingCache()
     rows = session.execute(
         select(Meter, Account)
@@ -776,6 +798,20 @@ def gateway_config(
                 horizon, limit=(register + over).quantize(Decimal("0.01"), rounding=ROUND_FLOOR)
             )
         horizons[meter.device_id] = horizon
-    return GatewayConfig(
-        gateway=gateway.device_id, issued_at=now, horizons=horizons, offline_after_s=config.offline_after_s
+    assert gateway.id is not None
+    version = session.execute(
+        update(Gateway)
+        .where(col(Gateway.id) == gateway.id)
+        .values(config_version=col(Gateway.config_version) + 1)
+        .returning(col(Gateway.config_version))
+    ).scalar_one()
+    message = GatewayConfig(
+        gateway=gateway.device_id,
+        version=int(version),
+        issued_at=now,
+        expires_at=now + config.config_ttl,
+        horizons=horizons,
+        offline_after_s=config.offline_after_s,
     )
+    kid, key = down_key(session, gateway.id, now)
+    return seal_message(message, kid=kid, key=key)

@@ -11,6 +11,15 @@ effects are committed, so paho's PUBACK (sent when the handler returns) means "a
   nothing);
 - events are unique per ``(gateway, event id)``, acks move a command only once.
 
+Before anything else, a message must be sealed by the gateway its topic names (docs/security.md,
+"SIGN"): :func:`protocol.contract.unseal` checks the HMAC over the exact bytes received, bound to the
+topic's kind and gateway, under a key of that gateway that is not retired (:class:`KeyCache`, cached
+per gateway). Anyone with broker access can publish on any topic; an unsigned, forged, retired-key or
+other-gateway message goes to ``dead_letter`` with the reason and moves nothing. A replayed genuine
+message changes nothing either: readings and events are applied once by identity, an ack once per
+command, a status only if newer than the last; and only news (a new reading, a new event, an ack
+that moves its command, a newer status) counts as the gateway being seen.
+
 Malformed payloads (bad JSON, schema violations, a topic that does not match the payload's gateway,
 an unknown gateway) go to ``dead_letter`` with the reason, the topic and the first bytes of the
 payload with its size and SHA-256 (:mod:`cloud.services.dead_letters`: bounded, whoever published it),
@@ -46,7 +55,7 @@ from sqlmodel import col
 
 from cloud.domain.errors import CloudError
 from cloud.domain.ledger import wallet_code
-from cloud.events import ACK_RECEIVED, DESIRED_CHANGED, GATEWAY_BILLED
+from cloud.events import ACK_RECEIVED, DESIRED_CHANGED, GATEWAY_BILLED, GATEWAY_KEYS_CHANGED
 from cloud.models import (
     Account,
     AccountStatus,
@@ -72,7 +81,8 @@ from cloud.services.billing import (
     post_charges,
 )
 from cloud.services.bulk import in_values, insert_missing, insert_rows, update_rows
-from cloud.services.control import ControlConfig, apply_ack
+from cloud.services.control import ControlConfig, ack_is_news, apply_ack
+from cloud.services.keys import KeyCache, mark_seen
 from cloud.services.unit import Publisher, unit_of_work
 from protocol.contract import (
     Ack,
@@ -83,6 +93,7 @@ from protocol.contract import (
     RelayState,
     decode,
     parse_topic,
+    unseal,
 )
 from protocol.errors import ContractError
 
@@ -247,8 +258,10 @@ class Ingest:
         control: ControlConfig | None = None,
         runner: str = "",
         rand: Callable[[], float] = random.random,
+        keys: KeyCache | None = None,
     ) -> None:
         self._factory = factory
+        self.keys = keys or KeyCache(factory)
         self._prefix = prefix
         self._publish = publish
         self._clock = clock
@@ -277,9 +290,14 @@ class Ingest:
         if handler is None:
             self._dead_letter(topic, payload, f"no ingest for topic kind {kind!r}", gateway_device)
             return
+        try:
+            body = self._unseal(gateway_device, kind, payload)
+        except (ContractError, _DeadLetter) as exc:
+            self._dead_letter(topic, payload, str(exc), gateway_device)
+            return
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
-                handler(gateway_device, payload)
+                handler(gateway_device, body)
                 return
             except (ContractError, _DeadLetter) as exc:
                 self._dead_letter(topic, payload, str(exc), gateway_device)
@@ -300,6 +318,31 @@ class Ingest:
                 log.exception("unexpected error applying a message on %s", topic)
                 self._dead_letter(topic, payload, f"processing error: {type(exc).__name__}: {exc}", None)
                 return
+
+    def _unseal(self, device: str, kind: str, payload: bytes) -> bytes:
+        """The body of a message genuinely sealed by ``device`` for ``kind``, or a refusal."""
+        if self.keys.gateway_id(device) is None:
+            raise _DeadLetter(f"unknown gateway {device!r}")
+        now = self._clock()
+        try:
+            opened = unseal(kind, device, payload, lambda kid: self.keys.key_for(device, kid, now))
+        except ContractError as exc:
+            raise _DeadLetter(f"unsigned or forged: {exc}") from exc
+        if not self.keys.seen(device, opened.kid):
+            self._first_use(device, opened.kid, now)
+        return opened.body
+
+    def _first_use(self, device: str, kid: str, now: datetime) -> None:
+        """The gateway sealed with ``kid`` for the first time: from now on it is signed down with."""
+        gateway_id = self.keys.gateway_id(device)
+        if gateway_id is None:
+            return
+        with unit_of_work(self._factory) as session:
+            first = mark_seen(session, gateway_id, kid, now)
+        self.keys.invalidate(gateway_id)
+        if first:
+            log.info("gateway %s now seals with key %s", device, kid)
+            self._publish_after(GATEWAY_KEYS_CHANGED, {"gateway_id": gateway_id})
 
     def _dead_letter(self, topic: str, payload: bytes, reason: str, gateway: str | None) -> None:
         """Keep a bounded record of the refused message (:mod:`cloud.services.dead_letters`)."""
@@ -365,7 +408,6 @@ class Ingest:
         """
         assert gateway.id is not None
         gateway_id = gateway.id
-        self._seen(session, gateway, now)
         connection = session.connection()
         wanted = {r.meter for r in batch.readings}
         meters = {
@@ -421,6 +463,7 @@ class Ingest:
         if not new_ids:
             self.stats.batches_skipped += 1  # every reading was a duplicate: a redelivered batch
             return []
+        self._seen(session, gateway, now)  # news only: a replayed batch does not keep a gateway "alive"
         cache = BillingCache()
         by_meter: dict[str, list[tuple[datetime, int, int]]] = {}
         source = {(r.meter, r.seq): r for r in batch.readings}
@@ -618,9 +661,11 @@ class Ingest:
         now = self._clock()
         with unit_of_work(self._factory) as session:
             gateway = self._gateway(session, device)
+            assert gateway.id is not None
+            row = session.get(GatewayStatusRow, gateway.id)
+            if row is not None and row.reported_at is not None and status.ts <= row.reported_at:
+                return  # redelivered or replayed: no newer than what the gateway last said
             row = self._seen(session, gateway, now)
-            if row.reported_at is not None and status.ts < row.reported_at:
-                return  # an older status redelivered after a newer one
             if status.online:
                 row.offline_since = None
             elif row.online or row.offline_since is None:
@@ -641,7 +686,8 @@ class Ingest:
         now = self._clock()
         with unit_of_work(self._factory) as session:
             gateway = self._gateway(session, device)
-            self._seen(session, gateway, now)
+            if ack_is_news(session, gateway, ack):
+                self._seen(session, gateway, now)
             meter_id = apply_ack(session, gateway, ack, now, self._control, self._rand)
         if meter_id is not None:
             self._publish_after(ACK_RECEIVED, {"command_id": ack.command, "meter_id": meter_id})
@@ -655,7 +701,6 @@ class Ingest:
         with unit_of_work(self._factory) as session:
             gateway = self._gateway(session, device)
             assert gateway.id is not None
-            self._seen(session, gateway, now)
             rows = [
                 {
                     "gateway_id": gateway.id,
@@ -674,7 +719,11 @@ class Ingest:
                 .returning(col(GatewayEvent.event_id))
             )
             fresh = {str(e) for e in session.execute(stmt, rows).scalars()}
+            if fresh:
+                self._seen(session, gateway, now)
             for event in batch.events:
+                if event.id in fresh and event.kind is EventKind.CONFIG_REJECTED:
+                    self._config_rejected(session, gateway, event.id, event.detail)
                 if event.id in fresh and event.meter is not None:
                     meter_id = self._apply_event(
                         session, gateway, event.kind, event.meter, event.ts, event.detail
@@ -683,6 +732,26 @@ class Ingest:
                         touched.append(meter_id)
         if touched:
             self._publish_after(DESIRED_CHANGED, {"meter_ids": touched})
+
+    def _config_rejected(
+        self, session: Session, gateway: Gateway, event_id: str, detail: dict[str, Any]
+    ) -> None:
+        """The gateway refused a config (someone forged one, or a key is wrong): the operator must know."""
+        reason = str(detail.get("reason", ""))[:200]
+        session.add(
+            Alarm(
+                org_id=gateway.org_id,
+                kind=AlarmKind.CONFIG_REJECTED,
+                level=2,
+                dedupe_key=f"config-rejected:{gateway.id}:{event_id}"[:200],
+                gateway_id=gateway.id,
+                message_zh=f"网关 {gateway.device_id} 拒绝了下发的配置（伪造、过期或密钥不符）：{reason}",
+                message_en=(
+                    f"gateway {gateway.device_id} refused a config (forged, stale or wrong key): {reason}"
+                ),
+                detail={k: str(v)[:200] for k, v in detail.items()},
+            )
+        )
 
     def _apply_event(
         self,

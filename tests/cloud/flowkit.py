@@ -27,9 +27,20 @@ from cloud.models import (
 )
 from cloud.services import ledger
 from cloud.services.unit import Publisher, unit_of_work
-from protocol.contract import Quantity, Reading, ReadingBatch, RelayState, Topics, encode
+from protocol.contract import (
+    FIRST_KID,
+    Quantity,
+    Reading,
+    ReadingBatch,
+    RelayState,
+    SealedMessage,
+    Topics,
+    kind_of,
+    seal_message,
+)
 
 KEY = "k" * 32
+"""Every flow site's gateway key (kid k1)."""
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)  # Tuesday 10:00 in Shanghai: no friendly-hours block
 
 
@@ -53,6 +64,7 @@ def make_flow_site(
     prefix: str = "mf/v1",
     gateway: str | None = None,
     org_name: str | None = None,
+    key: str = KEY,
 ) -> FlowSite:
     """One organisation, a project that cuts at zero at any hour, a flat tariff, one account per meter."""
     gateway = gateway or f"gw-{uuid.uuid4().hex[:8]}"
@@ -87,7 +99,7 @@ def make_flow_site(
         s.add(project)
         s.flush()
         assert project.id is not None
-        gw = Gateway(org_id=org.id, project_id=project.id, device_id=gateway, signing_key=KEY)
+        gw = Gateway(org_id=org.id, project_id=project.id, device_id=gateway, signing_key=key)
         s.add(gw)
         s.flush()
         assert gw.id is not None
@@ -151,7 +163,15 @@ def batch(
             for m, seq, ts, v in readings
         ],
     )
-    return Topics(site.gateway, site.prefix).readings, encode(msg)
+    return sealed(site, msg)
+
+
+def sealed(
+    site: FlowSite, message: SealedMessage, *, key: str = KEY, kid: str = FIRST_KID
+) -> tuple[str, bytes]:
+    """``(topic, payload)`` of ``message`` sealed as the site's gateway seals it (for ``Ingest.handle``)."""
+    topic = Topics(site.gateway, site.prefix).of(kind_of(message))
+    return topic, seal_message(message, kid=kid, key=key.encode())
 
 
 def balance(factory: sessionmaker[Session], site: FlowSite, device: str = "m1") -> int:

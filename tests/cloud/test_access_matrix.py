@@ -45,7 +45,7 @@ from cloud.services import ledger, users
 from cloud.services.ingest import Ingest
 from cloud.services.unit import unit_of_work
 from cloud.settings import Settings
-from protocol.contract import Quantity, Reading, ReadingBatch, RelayState, Topics, encode
+from protocol.contract import Quantity, Reading, ReadingBatch, RelayState, Topics, seal_message
 from tests.cloud.test_api import Api, Bus, Clock
 
 with warnings.catch_warnings():
@@ -80,7 +80,7 @@ def api(engine: Engine, session_factory: sessionmaker[Session]) -> Iterator[Api]
         yield Api(client, clock, bus, session_factory)
 
 
-def _held_reading(api: Api, org_id: int, gateway: str, meter: str, meter_id: int) -> int:
+def _held_reading(api: Api, org_id: int, gateway: str, key: str, meter: str, meter_id: int) -> int:
     """A real negative delta through the ingest: the reading is held for a manager."""
     at = api.clock.now - timedelta(hours=3)
     readings = [
@@ -97,7 +97,7 @@ def _held_reading(api: Api, org_id: int, gateway: str, meter: str, meter_id: int
         gateway=gateway, batch=uuid.uuid4().hex, sent_at=readings[-1].ts, readings=readings
     )
     ingest = Ingest(api.factory, clock=lambda: api.clock.now)
-    ingest.handle(Topics(gateway, "mf/v1").readings, encode(message))
+    ingest.handle(Topics(gateway, "mf/v1").readings, seal_message(message, kid="k1", key=key.encode()))
     with api.factory() as s:
         hold = s.scalars(select(ReadingHold).where(col(ReadingHold.meter_id) == meter_id)).first()
         assert hold is not None, f"no hold for meter {meter_id} of organisation {org_id}"
@@ -187,7 +187,7 @@ def _seed(api: Api, root: dict[str, str], name: str) -> Org:
         approvals.append(money["approval_id"])
     api.post(f"/approvals/{approvals[1]}/reject", mgr, {"reason": "请财务核对表内余额"}, 200)
     tariff = api.post("/tariffs", h[Role.FINANCE], {"name": "居民电价", "kind": "flat"})["id"]
-    hold = _held_reading(api, org, gateway["device_id"], "m1", meters["m1"])
+    hold = _held_reading(api, org, gateway["device_id"], gateway["signing_key"], "m1", meters["m1"])
     ids: dict[str, Any] = {
         "org": org,
         "project": project,

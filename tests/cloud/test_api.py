@@ -352,3 +352,36 @@ def test_user_admin_link_meter_and_protect(api: Api) -> None:
     assert r.status_code == 200
     assert r.json()["protected"] is True
     assert api.bus.events == [("balance_changed", {"account_id": a["account"]})]
+
+
+def test_gateway_key_rotation_over_http(api: Api) -> None:
+    admin = api.login("root")
+    a = _site(api, admin, "物业A")
+    b = _site(api, admin, "物业B")
+    mgr = api.login(f"mgr-{a['org']}")
+    gw = api.get("/gateways", mgr)[0]["id"]
+    assert [(k["kid"], k["not_after"]) for k in api.get(f"/gateways/{gw}/keys", mgr)] == [("k1", None)]
+    installer = api.user(f"inst-{a['org']}", Role.INSTALLER, a["org"])
+    new = api.post(f"/gateways/{gw}/keys", installer, {"overlap_s": 3600})
+    assert (new["kid"], len(new["secret"])) == ("k2", 64)
+    assert new["old_keys_retire_at"].startswith((api.clock.now + timedelta(hours=1)).isoformat()[:19])
+    assert api.bus.events[-1] == ("gateway_keys_changed", {"gateway_id": gw})
+    listed = api.get(f"/gateways/{gw}/keys", mgr)
+    assert [k["kid"] for k in listed] == ["k1", "k2"]
+    assert all("secret" not in k for k in listed)  # shown once, at rotation
+    assert new["secret"] not in api.client.get(f"/api/v1/gateways/{gw}/keys", headers=mgr).text
+    # the gateway has not used k2 yet: ending the overlap would cut it off
+    r = api.client.post(f"/api/v1/gateways/{gw}/keys/end-overlap", json={}, headers=mgr)
+    assert r.status_code == 409
+    assert "尚未使用密钥 k2" in r.json()["detail"]
+    ended = api.post(f"/gateways/{gw}/keys/end-overlap", mgr, {"force": True}, 200)
+    assert [(k["kid"], k["not_after"] is None) for k in ended] == [("k1", False), ("k2", True)]
+    # bounded overlap; other roles and other organisations get nothing
+    api.post(f"/gateways/{gw}/keys", mgr, {"overlap_s": 60}, 422)
+    api.post(f"/gateways/{gw}/keys", mgr, {"overlap_s": 8 * 86400}, 422)
+    finance = api.user(f"fin-{a['org']}", Role.FINANCE, a["org"])
+    api.post(f"/gateways/{gw}/keys", finance, {}, 403)
+    api.get(f"/gateways/{gw}/keys", finance, 403)
+    mgr_b = api.login(f"mgr-{b['org']}")
+    api.post(f"/gateways/{gw}/keys", mgr_b, {}, 404)
+    api.get(f"/gateways/{gw}/keys", mgr_b, 404)

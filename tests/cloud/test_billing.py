@@ -16,8 +16,8 @@ from cloud.domain.tariffs import TariffKind
 from cloud.models import Account, Meter, ReadingHold, Tariff, TariffVersion
 from cloud.services.billing import charge_key, version_from_spec
 from cloud.services.ingest import Ingest
-from protocol.contract import Quantity, Reading, ReadingBatch, Topics, encode
-from tests.cloud.flowkit import T0, balance, batch, make_flow_site
+from protocol.contract import Quantity, Reading, ReadingBatch
+from tests.cloud.flowkit import T0, balance, batch, make_flow_site, sealed
 
 
 def _tariff(factory: sessionmaker[Session], site, specs: list[tuple[datetime, dict]]) -> None:  # type: ignore[no-untyped-def, type-arg]
@@ -132,8 +132,8 @@ def test_time_of_use_registers_each_at_their_price(session_factory: sessionmaker
         reading = Reading(
             meter="m1", seq=seq, ts=at, values={q: Decimal(v) for q, v in zip(regs, values, strict=True)}
         )
-        return Topics(site.gateway).readings, encode(
-            ReadingBatch(gateway=site.gateway, batch=f"t{seq}", sent_at=at, readings=[reading])
+        return sealed(
+            site, ReadingBatch(gateway=site.gateway, batch=f"t{seq}", sent_at=at, readings=[reading])
         )
 
     ingest.handle(*tou_batch(1, T0, ("10", "20", "30", "40")))
@@ -360,7 +360,7 @@ def test_electricity_and_water_of_one_account_count_toward_their_own_tiers(
             sent_at=at,
             readings=[Reading(meter="m2", seq=seq, ts=at, values={Quantity.FLOW_TOTAL_M3: Decimal(m3)})],
         )
-        return Topics(site.gateway).readings, encode(msg)
+        return sealed(site, msg)
 
     ingest.handle(*batch(site, [("m1", 1, T0, "100.00")]))
     ingest.handle(*water(1, T0, "50.00"))

@@ -22,13 +22,14 @@ from protocol.contract import (
     Action,
     Command,
     GatewayConfig,
+    Kind,
     RelayState,
     Topics,
     decode,
-    encode,
+    open_message,
     verify_command,
 )
-from tests.cloud.flowkit import KEY, T0, balance, batch, commands, make_flow_site, recharge
+from tests.cloud.flowkit import KEY, T0, balance, batch, commands, make_flow_site, recharge, sealed
 
 
 class Clock:
@@ -82,7 +83,7 @@ def _ack(
         observed=observed,
         ts=at,
     )
-    return Topics(site.gateway).acks, encode(ack)
+    return sealed(site, ack)
 
 
 def test_exhausted_balance_trips_and_recharge_restores(session_factory: sessionmaker[Session]) -> None:
@@ -137,9 +138,15 @@ def test_exhausted_balance_trips_and_recharge_restores(session_factory: sessionm
     topic, payload, retain = wire.sent[-1]
     assert topic == Topics(site.gateway).config
     assert retain is True
-    config = decode(GatewayConfig, payload)
+    kid, config = open_message(GatewayConfig, Kind.CONFIG, site.gateway, payload, {"k1": KEY.encode()}.get)
     # 800 fen left at 0.5 yuan/kWh = 16 kWh above the last billed register 110.00
     assert str(config.horizons["m1"].limit) == "126.00"
+    assert (kid, config.version, config.issued_at) == ("k1", 1, clock.now)
+    assert config.expires_at == clock.now + timedelta(days=1)
+    reconciler.mark_gateways_dirty({site.gateway_id})
+    assert reconciler.publish_configs(force=True) == 1
+    again = open_message(GatewayConfig, Kind.CONFIG, site.gateway, wire.sent[-1][1], {"k1": KEY.encode()}.get)
+    assert again[1].version == 2  # every config issued takes the next version
 
 
 def test_failed_commands_are_retried_with_backoff_then_abandoned_with_an_alarm(

@@ -24,13 +24,14 @@ from protocol.contract import (
     Action,
     Command,
     GatewayConfig,
+    Kind,
     RelayState,
     Topics,
     decode,
-    encode,
+    open_message,
     verify_command,
 )
-from tests.cloud.flowkit import KEY, balance, batch, charges, make_flow_site, readings, recharge
+from tests.cloud.flowkit import KEY, balance, batch, charges, make_flow_site, readings, recharge, sealed
 
 pytestmark = pytest.mark.services
 
@@ -40,6 +41,7 @@ class Gateway:
 
     def __init__(self, host: str, port: int, prefix: str, gateway: str) -> None:
         self.topics = Topics(gateway, prefix)
+        self.topics_gateway = gateway
         self.received: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self.link = MqttLink(
@@ -64,7 +66,9 @@ class Gateway:
 
     def configs(self) -> list[GatewayConfig]:
         with self._lock:
-            return [decode(GatewayConfig, p) for t, p in self.received if t == self.topics.config]
+            found = [p for t, p in self.received if t == self.topics.config]
+        keys = {"k1": KEY.encode()}
+        return [open_message(GatewayConfig, Kind.CONFIG, self.topics_gateway, p, keys.get)[1] for p in found]
 
 
 async def until(check: Callable[[], object], within: float = 15.0) -> None:
@@ -120,7 +124,7 @@ async def test_balance_runs_out_trip_then_recharge_close_over_mqtt(
             observed=RelayState.OPEN,
             ts=datetime.now(UTC),
         )
-        await asyncio.to_thread(gw.link.publish, gw.topics.acks, encode(ack))
+        await asyncio.to_thread(gw.link.publish, *sealed(site, ack))
 
         def observed() -> str | None:
             with session_factory() as s:

@@ -24,12 +24,15 @@ from protocol.contract import (
     EventBatch,
     EventKind,
     GatewayStatus,
+    Kind,
     Reading,
     ReadingBatch,
     Topics,
     encode,
+    seal,
+    seal_message,
 )
-from tests.cloud.flowkit import T0, balance, batch, charges, count, make_flow_site, readings
+from tests.cloud.flowkit import KEY, T0, balance, batch, charges, count, make_flow_site, readings, sealed
 
 
 class Clock:
@@ -101,25 +104,29 @@ def test_malformed_payloads_go_to_dead_letter_and_ingest_continues(
     topic = Topics(site.gateway).readings
     garbage = b"\xff\x00not json"
     ingest.handle(topic, garbage)
+    # sealed by the gateway itself, yet not a valid batch
     bad_schema = json.dumps(
         {"v": 1, "gateway": site.gateway, "batch": "b", "sent_at": "x", "readings": []}
     ).encode()
-    ingest.handle(topic, bad_schema)
-    other_topic, payload = batch(site, [("m1", 1, T0, "1.00")])
-    ingest.handle(Topics("someone-else").readings, payload)  # topic and payload disagree
+    sealed_bad = seal(Kind.READINGS, site.gateway, bad_schema, kid="k1", key=KEY.encode())
+    ingest.handle(topic, sealed_bad)
+    # genuinely sealed for this gateway's topic, but the batch inside names another gateway
+    stranger = ReadingBatch(
+        gateway="someone-else", batch="b2", sent_at=T0, readings=[Reading(meter="m1", seq=1, ts=T0)]
+    )
+    ingest.handle(topic, seal(Kind.READINGS, site.gateway, encode(stranger), kid="k1", key=KEY.encode()))
     ingest.handle("mf/v1/gw/x/up/nonsense", b"{}")
     ingest.handle("not/our/topic", b"{}")
     ingest.handle(*batch(site, [("m1", 1, T0, "1.00")]))  # still working
     with session_factory() as s:
         letters = list(s.scalars(select(DeadLetter).order_by(col(DeadLetter.id))))
-    assert [bytes(d.payload) for d in letters][:2] == [garbage, bad_schema]
-    assert "invalid ReadingBatch" in letters[0].reason
+    assert [bytes(d.payload) for d in letters][:2] == [garbage, sealed_bad]  # kept as received
+    assert "unsigned or forged: not a sealed message" in letters[0].reason
     assert "sent_at" in letters[1].reason
     assert "does not match topic gateway" in letters[2].reason
     assert "nonsense" in letters[3].reason
     assert "not under" in letters[4].reason
     assert len(letters) == 5
-    assert other_topic == Topics(site.gateway).readings
     assert readings(session_factory, site) == 1
 
 
@@ -129,7 +136,7 @@ def test_unknown_gateway_and_unknown_meter(session_factory: sessionmaker[Session
     stranger = ReadingBatch(
         gateway="ghost", batch="b1", sent_at=T0, readings=[Reading(meter="m1", seq=1, ts=T0)]
     )
-    ingest.handle(Topics("ghost").readings, encode(stranger))
+    ingest.handle(Topics("ghost").readings, seal_message(stranger, kid="k1", key=KEY.encode()))
     ingest.handle(*batch(site, [("m9", 1, T0, "5.00")]))
     assert count(session_factory, DeadLetter, col(DeadLetter.reason).contains("unknown gateway")) == 1
     assert count(session_factory, ReadingRow, col(ReadingRow.status) == "unknown_meter") == 1
@@ -159,24 +166,24 @@ def test_anomalies_are_held_with_an_alarm_and_never_billed(session_factory: sess
 def test_gateway_status_and_events_update_records(session_factory: sessionmaker[Session]) -> None:
     site = make_flow_site(session_factory)
     ingest = _ingest(session_factory, Clock(T0), [])
-    topics = Topics(site.gateway)
     ingest.handle(
-        topics.status,
-        encode(GatewayStatus(gateway=site.gateway, online=True, version="1.2", ts=T0, outbox_backlog=7)),
+        *sealed(
+            site, GatewayStatus(gateway=site.gateway, online=True, version="1.2", ts=T0, outbox_backlog=7)
+        )
     )
     ingest.handle(
-        topics.status, encode(GatewayStatus(gateway=site.gateway, online=False, ts=T0 + timedelta(minutes=5)))
+        *sealed(site, GatewayStatus(gateway=site.gateway, online=False, ts=T0 + timedelta(minutes=5)))
     )
     # an older status redelivered late changes nothing
     ingest.handle(
-        topics.status, encode(GatewayStatus(gateway=site.gateway, online=True, ts=T0 + timedelta(minutes=1)))
+        *sealed(site, GatewayStatus(gateway=site.gateway, online=True, ts=T0 + timedelta(minutes=1)))
     )
     events = EventBatch(
         gateway=site.gateway,
         events=[Event(id="e1", ts=T0, kind=EventKind.AUTONOMY_TRIP, meter="m1", detail={"limit": "12.5"})],
     )
-    ingest.handle(topics.events, encode(events))
-    ingest.handle(topics.events, encode(events))  # redelivered
+    ingest.handle(*sealed(site, events))
+    ingest.handle(*sealed(site, events))  # redelivered
     with session_factory() as s:
         status = s.get(GatewayStatusRow, site.gateway_id)
         state = s.get(MeterState, site.meters["m1"])
@@ -214,12 +221,13 @@ def test_a_payload_the_database_refuses_is_dead_lettered_not_retried_forever(
     site = make_flow_site(session_factory)
     ingest = _ingest(session_factory, Clock(T0), [])
     # valid by the contract (an event id is any 1..64 characters) but PostgreSQL text holds no NUL
-    payload = (
+    body = (
         b'{"v":1,"gateway":"'
         + site.gateway.encode()
         + b'","events":[{"id":"e\\u00001","ts":"2026-11-24T02:00:00Z",'
         b'"kind":"time_sync","detail":{"drift":1.5}}]}'
     )
+    payload = seal(Kind.EVENTS, site.gateway, body, kid="k1", key=KEY.encode())
     ingest.handle(Topics(site.gateway).events, payload)
     ingest.handle(*batch(site, [("m1", 1, T0, "1.00")]))  # and the ingest carries on
     assert readings(session_factory, site) == 1
@@ -242,7 +250,7 @@ def test_a_value_unavailable_event_is_stored_and_changes_no_meter_state(
     ingest = _ingest(session_factory, Clock(T0), [])
     detail = {"line": "a", "values": {"meter_time": "date (04000101) does not decode: 00 00 00 00"}}
     event = Event(id="v1", ts=T0, kind=EventKind.VALUE_UNAVAILABLE, meter="m1", detail=detail)
-    ingest.handle(Topics(site.gateway).events, encode(EventBatch(gateway=site.gateway, events=[event])))
+    ingest.handle(*sealed(site, EventBatch(gateway=site.gateway, events=[event])))
     with session_factory() as s:
         stored = s.scalars(select(GatewayEvent)).one()
         state = s.get(MeterState, site.meters["m1"])

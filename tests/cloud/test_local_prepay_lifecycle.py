@@ -52,10 +52,8 @@ from protocol.contract import (
     Reading,
     ReadingBatch,
     RelayState,
-    Topics,
-    encode,
 )
-from tests.cloud.flowkit import T0, FlowSite, balance, batch, commands, make_flow_site, recharge
+from tests.cloud.flowkit import T0, FlowSite, balance, batch, commands, make_flow_site, recharge, sealed
 from tests.cloud.test_api import Api, _site
 from tests.cloud.test_api import Bus as ApiBus
 from tests.cloud.test_api import Clock as ApiClock
@@ -115,7 +113,7 @@ def reading(
         sent_at=max(r.ts for r in out),
         readings=out,
     )
-    return Topics(site.gateway, site.prefix).readings, encode(msg)
+    return sealed(site, msg)
 
 
 def code_balance(factory: sessionmaker[Session], site: FlowSite, code: str) -> int:
@@ -534,7 +532,7 @@ def _relay_ack(site: FlowSite, cmd: Command, observed: RelayState, at: datetime)
         observed=observed,
         ts=at,
     )
-    return Topics(site.gateway, site.prefix).acks, encode(ack)
+    return sealed(site, ack)
 
 
 def _notices(factory: sessionmaker[Session]) -> list[NotificationOutbox]:

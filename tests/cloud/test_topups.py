@@ -30,12 +30,10 @@ from protocol.contract import (
     Reading,
     ReadingBatch,
     RelayState,
-    Topics,
     decode,
-    encode,
     verify_command,
 )
-from tests.cloud.flowkit import KEY, T0, FlowSite, commands, make_flow_site
+from tests.cloud.flowkit import KEY, T0, FlowSite, commands, make_flow_site, sealed
 
 
 class Clock:
@@ -84,7 +82,7 @@ def reading_with_count(site: FlowSite, seq: int, at: datetime, count: int) -> tu
             )
         ],
     )
-    return Topics(site.gateway, site.prefix).readings, encode(msg)
+    return sealed(site, msg)
 
 
 def pay(
@@ -116,7 +114,7 @@ def recharge_ack(
         detail=detail,
         ts=at,
     )
-    return Topics(site.gateway, site.prefix).acks, encode(ack)
+    return sealed(site, ack)
 
 
 def _setup(factory: sessionmaker[Session]) -> tuple[FlowSite, Clock, Wire, Reconciler, Ingest]:

@@ -21,22 +21,24 @@ import pytest
 
 from cloud.integrations.mqtt import MqttConfig, MqttError, MqttLink
 from edge.config import load_config
+from edge.keys import KeyRing
 from edge.outbox import NewReading, Outbox
 from edge.uplink import Uplink
 from firmware_sim.line import SimLine
 from firmware_sim.meters import Ddsy1352Sim, PrepaidSettings, WaterValveSim
 from firmware_sim.serve import LineHandle, run_line
 from meterflow.cli import main
-from protocol.contract import Ack, AckStatus, Action, GatewayStatus, Quantity, ReadingBatch, Topics, decode
+from protocol.contract import Ack, AckStatus, Action, GatewayStatus, Quantity, ReadingBatch, Topics
 from tests.deploy.shipped_broker import CloudSide, ShippedBroker
 from tests.deploy.test_broker import require_mosquitto
-from tests.edge.mqtt_helpers import make_config
+from tests.edge.mqtt_helpers import make_config, opened
 from tests.edge.test_daemon_e2e import daemon, signed, until
 
 pytestmark = pytest.mark.services
 SAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "edge" / "edge.toml"
 GROUP = "private-share-group-edge-test"
 KEY = "key-from-registration"
+KEYS = {"k1": KEY.encode()}
 
 
 @pytest.fixture
@@ -120,21 +122,21 @@ async def test_the_sample_gateway_config_with_the_tools_snippet_works_over_tls(
         topics = Topics("gw-0001")
 
         def meters_seen() -> set[str]:
-            return {r.meter for p in cloud.got(topics.readings) for r in decode(ReadingBatch, p).readings}
+            return {r.meter for p in cloud.got(topics.readings) for r in opened(ReadingBatch, topics.readings, p, KEYS).readings}
 
         try:
             async with daemon(config) as d:
                 await until(lambda: meters_seen() == {"room-101", "room-102", "water-101"}, timeout=30)
                 assert d.uplink.connected.is_set()
-                online = [decode(GatewayStatus, p) for p in cloud.got(topics.status)]
+                online = [opened(GatewayStatus, topics.status, p, KEYS) for p in cloud.got(topics.status)]
                 assert any(s.online for s in online)
-                first = next(r for p in cloud.got(topics.readings) for r in decode(ReadingBatch, p).readings)
+                first = next(r for p in cloud.got(topics.readings) for r in opened(ReadingBatch, topics.readings, p, KEYS).readings)
                 assert Quantity.ENERGY_TOTAL_KWH in first.values or Quantity.FLOW_TOTAL_M3 in first.values
                 # the cloud's command comes down through the gateway's read ACL and is executed
                 command = signed("trip-101", "room-101", Action.TRIP, key=KEY, gateway="gw-0001")
                 await asyncio.to_thread(cloud.link.publish, topics.commands, command)
                 await until(lambda: bool(cloud.got(topics.acks)), timeout=30)
-                ack = decode(Ack, cloud.got(topics.acks)[0])
+                ack = opened(Ack, topics.acks, cloud.got(topics.acks)[0], KEYS)
                 assert (ack.command, ack.status) == ("trip-101", AckStatus.DONE)
                 assert lines[0].line.meters[0].relay_open
         finally:
@@ -184,7 +186,14 @@ async def test_the_uplink_and_the_cloud_link_refuse_a_broker_they_cannot_verify(
                 async def noop(_: bytes) -> None:
                     return None
 
-                uplink = Uplink(config, box, on_command=noop, on_config=noop, status=status)
+                uplink = Uplink(
+                    config,
+                    box,
+                    keys=KeyRing.for_config(config),
+                    on_command=noop,
+                    on_config=noop,
+                    status=status,
+                )
                 task = asyncio.create_task(uplink.run())
                 try:
                     await until(lambda: failure in caplog.text)  # noqa: B023 - awaited in this iteration

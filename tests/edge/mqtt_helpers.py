@@ -1,12 +1,17 @@
-"""Test-side MQTT subscriber (a plain paho client standing in for the cloud) and config builders."""
+"""Test-side MQTT subscriber (a plain paho client standing in for the cloud) and config builders.
+
+The subscriber checks what the gateway publishes as the cloud does: every message opened with
+:func:`protocol.contract.open_message` under the gateway's keys, so an unsealed or mis-sealed message
+fails the test that reads it.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -14,7 +19,18 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import EdgeConfig, GatewaySection, LineConfig, MqttConfig, TlsConfig
-from protocol.contract import ReadingBatch, decode
+from protocol.contract import ReadingBatch, SealedMessage, open_message
+
+KEY = "test-key"
+"""make_config's default signing key (kid k1)."""
+
+M = TypeVar("M", bound=SealedMessage)
+
+
+def opened(model: type[M], topic: str, payload: bytes, keys: Mapping[str, bytes]) -> M:
+    """The message of ``model`` in a sealed ``payload`` published on ``topic``, verified under ``keys``."""
+    *_, gateway, direction, kind = topic.split("/")
+    return open_message(model, f"{direction}/{kind}", gateway, payload, keys.get)[1]
 
 
 class Subscriber:
@@ -30,7 +46,9 @@ class Subscriber:
         username: str | None = None,
         password: str | None = None,
         ca_file: Path | None = None,
+        keys: Mapping[str, bytes] | None = None,
     ) -> None:
+        self.keys = dict(keys) if keys is not None else {"k1": KEY.encode()}
         self.messages: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
         self.topic_filter = topic_filter
@@ -66,10 +84,16 @@ class Subscriber:
         with self.lock:
             return [p for t, p, _ in self.messages if t.endswith(suffix)]
 
+    def opened(self, model: type[M], suffix: str) -> list[M]:
+        """Every message on topics ending in ``suffix``, verified and decoded (a forgery raises)."""
+        with self.lock:
+            found = [(t, p) for t, p, _ in self.messages if t.endswith(suffix)]
+        return [opened(model, t, p, self.keys) for t, p in found]
+
     def readings(self) -> list[tuple[str, int]]:
         out = []
-        for payload in self.on("/up/readings"):
-            out += [(r.meter, r.seq) for r in decode(ReadingBatch, payload).readings]
+        for batch in self.opened(ReadingBatch, "/up/readings"):
+            out += [(r.meter, r.seq) for r in batch.readings]
         return out
 
     def wait(self, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -91,7 +115,7 @@ def make_config(
     prefix: str,
     *,
     gateway: str = "gw-test",
-    key: str = "test-key",
+    key: str = KEY,
     username: str | None = None,
     password: str | None = None,
     ca_file: Path | None = None,

@@ -15,6 +15,7 @@ import pytest
 
 from edge.commands import CommandProcessor, CommandStore, Outcome, judge
 from edge.errors import NoReply
+from edge.keys import KeyRing, install_key
 from edge.outbox import Outbox
 from protocol.contract import (
     Ack,
@@ -41,6 +42,7 @@ def command(
     gateway: str = "gw-1",
     expires: timedelta = timedelta(minutes=5),
     key: bytes | None = KEY,
+    kid: str = "k1",
     **params: int | str,
 ) -> Command:
     cmd = Command(
@@ -52,7 +54,7 @@ def command(
         issued_at=NOW - timedelta(seconds=5),
         expires_at=NOW + expires,
     )
-    return sign_command(cmd, key) if key else cmd
+    return sign_command(cmd, key, kid=kid) if key else cmd
 
 
 class Recorder:
@@ -84,7 +86,7 @@ async def make(tmp_path: Path, executor: Recorder) -> tuple[CommandProcessor, Ou
     _OPEN.extend([box, store])
     proc = CommandProcessor(
         "gw-1",
-        KEY,
+        KeyRing(("k1", KEY)),
         store,
         box,
         executor,
@@ -123,8 +125,10 @@ async def test_valid_command_runs_once_and_is_acked_with_read_back(tmp_path: Pat
         (command(expires=timedelta(seconds=-1)), "expired"),
         (command(gateway="gw-2"), "not gw-1"),
         (command(meter="m9"), "unknown meter"),
+        (command(kid="k7"), "no valid key 'k7'"),
+        (command(key=b"not-the-key", kid="k7"), "no valid key 'k7'"),
     ],
-    ids=["forged", "unsigned", "expired", "other-gateway", "unknown-meter"],
+    ids=["forged", "unsigned", "expired", "other-gateway", "unknown-meter", "unknown-kid", "forged-kid"],
 )
 async def test_refused_commands_never_execute(tmp_path: Path, cmd: Command, reason: str) -> None:
     run = Recorder(Outcome(observed=RelayState.OPEN))
@@ -135,6 +139,29 @@ async def test_refused_commands_never_execute(tmp_path: Path, cmd: Command, reas
     assert ack.status == AckStatus.REJECTED
     assert reason in ack.detail
     assert [e.kind for e in await events(box)] == [EventKind.COMMAND_REJECTED]
+    await box.close(), await store.close()
+
+
+async def test_a_retired_key_no_longer_moves_a_relay(tmp_path: Path) -> None:
+    clock = [NOW]
+    ring = KeyRing(("k1", KEY), tmp_path / "keys.json", clock=lambda: clock[0])
+    install_key(
+        tmp_path / "keys.json", kid="k2", secret="n" * 64, base_kid="k1", overlap=timedelta(hours=1), now=NOW
+    )
+    assert ring.reload()
+    run = Recorder(Outcome(observed=RelayState.OPEN))
+    proc, box, store = await make(tmp_path, run)
+    proc.keys = ring
+    assert (await proc.handle(encode(command("a")))).status == AckStatus.DONE  # type: ignore[union-attr]
+    new = command("b", key=b"n" * 64, kid="k2")
+    assert (await proc.handle(encode(new))).status == AckStatus.DONE  # type: ignore[union-attr]
+    clock[0] = NOW + timedelta(hours=1)  # the overlap is over: k1 is refused, k2 still works
+    late = await proc.handle(encode(command("c")))
+    assert late is not None
+    assert late.status == AckStatus.REJECTED
+    assert "no valid key 'k1'" in late.detail
+    assert (await proc.handle(encode(command("d", key=b"n" * 64, kid="k2")))).status == AckStatus.DONE  # type: ignore[union-attr]
+    assert [c.id for c in run.calls] == ["a", "b", "d"]
     await box.close(), await store.close()
 
 

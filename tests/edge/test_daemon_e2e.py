@@ -27,6 +27,7 @@ from protocol.contract import (
     Action,
     Command,
     CreditHorizon,
+    Event,
     EventBatch,
     EventKind,
     GatewayConfig,
@@ -34,10 +35,11 @@ from protocol.contract import (
     Quantity,
     RelayState,
     Topics,
-    decode,
     encode,
+    seal_message,
     sign_command,
 )
+from tests.edge.mqtt_helpers import KEY as TEST_KEY
 from tests.edge.mqtt_helpers import Subscriber, make_config, sim_line_config
 
 pytestmark = pytest.mark.services
@@ -98,15 +100,15 @@ def signed(
         issued_at=now - timedelta(seconds=1),
         expires_at=now + timedelta(seconds=expires_in),
     )
-    return encode(sign_command(cmd, key.encode()))
+    return encode(sign_command(cmd, key.encode(), kid="k1"))
 
 
 def acks(sub: Subscriber) -> dict[str, Ack]:
-    return {a.command: a for a in (decode(Ack, p) for p in sub.on("/up/acks"))}
+    return {a.command: a for a in sub.opened(Ack, "/up/acks")}
 
 
-def events(sub: Subscriber) -> list:  # type: ignore[type-arg]
-    return [e for p in sub.on("/up/events") for e in decode(EventBatch, p).events]
+def events(sub: Subscriber) -> list[Event]:
+    return [e for batch in sub.opened(EventBatch, "/up/events") for e in batch.events]
 
 
 async def test_readings_flow_in_order_and_commands_are_verified(
@@ -117,7 +119,13 @@ async def test_readings_flow_in_order_and_commands_are_verified(
         tmp_path, port, unique_prefix, key=KEY, lines=(sim_line_config(sim.url, sim.meters, interval_s=0.3),)
     )
     topics = Topics("gw-test", unique_prefix)
-    sub = Subscriber(host, port, f"{unique_prefix}/gw/+/up/#", client_id=f"e2e-{unique_prefix[-10:]}")
+    sub = Subscriber(
+        host,
+        port,
+        f"{unique_prefix}/gw/+/up/#",
+        client_id=f"e2e-{unique_prefix[-10:]}",
+        keys={"k1": KEY.encode()},
+    )
     meter0 = sim.meters[0]
     try:
         async with daemon(config) as d:
@@ -140,7 +148,7 @@ async def test_readings_flow_in_order_and_commands_are_verified(
             assert got["close-forged"].status == AckStatus.REJECTED
             assert "signature" in got["close-forged"].detail
             assert got["close-expired"].status == AckStatus.REJECTED
-            replay = [decode(Ack, p) for p in sub.on("/up/acks")][-1]
+            replay = sub.opened(Ack, "/up/acks")[-1]
             assert replay.command == "trip-1"
             assert replay.status == AckStatus.REJECTED
             assert "duplicate" in replay.detail
@@ -178,7 +186,7 @@ async def test_readings_flow_in_order_and_commands_are_verified(
             assert seqs == list(range(len(seqs)))  # complete and in order, no gaps, no duplicates
         kinds = {e.kind for e in events(sub)}
         assert {EventKind.GATEWAY_STARTED, EventKind.COMMAND_REJECTED} <= kinds
-        last = decode(GatewayStatus, sub.on("/up/status")[-1])
+        last = sub.opened(GatewayStatus, "/up/status")[-1]
         assert last.online is False  # graceful shutdown published it
         assert last.lines[0].transactions > 0
     finally:
@@ -238,10 +246,16 @@ async def test_autonomy_trips_when_offline_and_reports_on_reconnect(tmp_path: Pa
             "m1": CreditHorizon(quantity=Quantity.ENERGY_TOTAL_KWH, limit=Decimal("50"), protected=True),
             "m3": CreditHorizon(quantity=Quantity.ENERGY_TOTAL_KWH, limit=Decimal("100000")),  # plenty left
         }
+        now = datetime.now(UTC)
         cfg = GatewayConfig(
-            gateway="gw-test", issued_at=datetime.now(UTC), horizons=horizons, offline_after_s=10
+            gateway="gw-test",
+            version=1,
+            issued_at=now,
+            expires_at=now + timedelta(days=1),
+            horizons=horizons,
+            offline_after_s=10,
         )
-        sub.publish(topics.config, encode(cfg), retain=True)
+        sub.publish(topics.config, seal_message(cfg, kid="k1", key=TEST_KEY.encode()), retain=True)
         try:
             async with daemon(config) as d:
                 await until(lambda: d.autonomy.config is not None)

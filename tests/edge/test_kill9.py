@@ -25,7 +25,7 @@ import pytest
 from firmware_sim.line import SimLine
 from firmware_sim.meters import Ddsy1352Sim
 from firmware_sim.serve import LineHandle, run_line
-from protocol.contract import ReadingBatch, decode, encode
+from protocol.contract import ReadingBatch, encode
 from tests.edge.mqtt_helpers import Subscriber
 
 pytestmark = pytest.mark.services
@@ -49,7 +49,7 @@ def write_config(tmp_path: Path, url: str, port: int, prefix: str) -> Path:
 [gateway]
 id = "gw-k9"
 data_dir = "{tmp_path / "data"}"
-signing_key = "k"
+signing_key = "kill9-key"
 log_level = "WARNING"
 
 [mqtt]
@@ -91,7 +91,13 @@ def test_kill9_loses_nothing(
 ) -> None:
     host, port = mqtt_broker
     config = write_config(tmp_path, sim.url, port, unique_prefix)
-    sub = Subscriber(host, port, f"{unique_prefix}/gw/+/up/readings", client_id=f"k9-{unique_prefix[-10:]}")
+    sub = Subscriber(
+        host,
+        port,
+        f"{unique_prefix}/gw/+/up/readings",
+        client_id=f"k9-{unique_prefix[-10:]}",
+        keys={"k1": b"kill9-key"},
+    )
     rng = random.Random(int(os.environ.get("MF_KILL9_SEED", "9")))
     db = tmp_path / "data" / "outbox.db"
     try:
@@ -128,8 +134,8 @@ def test_kill9_loses_nothing(
             stored = [json.loads(p) for (p,) in conn.execute("SELECT payload FROM readings")]
             next_seq = dict(conn.execute("SELECT meter, next FROM seqs").fetchall())
         seen: dict[tuple[str, int], str] = {}
-        for payload in sub.on("/up/readings"):
-            for r in decode(ReadingBatch, payload).readings:
+        for batch in sub.opened(ReadingBatch, "/up/readings"):
+            for r in batch.readings:
                 text = encode(r).decode()
                 assert seen.setdefault((r.meter, r.seq), text) == text  # a re-send, never a reused seq
         for r in stored:

@@ -24,7 +24,7 @@ from edge.config import load_config
 from edge.daemon import Daemon
 from edge.drivers import PROTOCOLS, get_driver
 from edge.meters import MeterRef
-from protocol.contract import GatewayConfig, Reading, ReadingBatch, decode, encode
+from protocol.contract import GatewayConfig, Reading, ReadingBatch, decode, encode, open_message, seal_message
 
 config = load_config(sys.argv[1])
 Daemon(config)
@@ -34,7 +34,9 @@ refs = [MeterRef.of(meter) for _, meter in config.meters().values()]
 now = datetime.now(UTC)
 reading = Reading(meter=refs[0].id, seq=0, ts=now, values={"energy_total_kwh": Decimal("1.5")})
 decode(ReadingBatch, encode(ReadingBatch(gateway=config.gateway.id, batch="b", sent_at=now, readings=[reading])))
-decode(GatewayConfig, encode(GatewayConfig(gateway=config.gateway.id, issued_at=now)))
+config_msg = GatewayConfig(gateway=config.gateway.id, version=1, issued_at=now, expires_at=now)
+sealed = seal_message(config_msg, kid="k1", key=b"k")
+open_message(GatewayConfig, "down/config", config.gateway.id, sealed, {"k1": b"k"}.get)
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("pydantic", "pydantic_core", "pydantic_settings")))
 """
 

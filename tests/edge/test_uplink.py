@@ -13,9 +13,10 @@ import pytest
 
 from edge.devbroker import GATEWAY_ACL, Mosquitto
 from edge.errors import UplinkError
+from edge.keys import KeyRing
 from edge.outbox import NewReading, Outbox
 from edge.uplink import Uplink, backoff_delay
-from protocol.contract import GatewayStatus, Quantity, Topics, decode
+from protocol.contract import GatewayStatus, Quantity, ReadingBatch, Topics
 from tests.edge.mqtt_helpers import Subscriber, make_config
 
 pytestmark = pytest.mark.services
@@ -87,7 +88,12 @@ async def test_delivers_backlog_in_order_then_deletes(
         async with Outbox(tmp_path / "outbox.db") as box:
             await box.add_readings(readings(7, 200))
             uplink = Uplink(
-                config, box, on_command=noop, on_config=noop, status=lambda o: status("gw-test", o)
+                config,
+                box,
+                keys=KeyRing.for_config(config),
+                on_command=noop,
+                on_config=noop,
+                status=lambda o: status("gw-test", o),
             )
             async with running(uplink):
                 await until(lambda: len(sub.readings()) >= 1400)
@@ -98,18 +104,12 @@ async def test_delivers_backlog_in_order_then_deletes(
         assert len(set(got)) == 1400
         for m in range(7):
             assert [s for meter, s in got if meter == f"m{m}"] == list(range(200))
-        assert max(len(decode_batch(p)) for p in sub.on("/up/readings")) == 300
-        status_msgs = [decode(GatewayStatus, p) for p in sub.on("/up/status")]
+        assert max(len(b.readings) for b in sub.opened(ReadingBatch, "/up/readings")) == 300
+        status_msgs = sub.opened(GatewayStatus, "/up/status")
         assert status_msgs[0].online is True
         assert status_msgs[-1].online is False
     finally:
         sub.close()
-
-
-def decode_batch(payload: bytes) -> list[object]:
-    from protocol.contract import ReadingBatch
-
-    return list(decode(ReadingBatch, payload).readings)
 
 
 async def test_broker_outage_is_replayed_without_loss(tmp_path: Path, broker: Mosquitto) -> None:
@@ -119,7 +119,12 @@ async def test_broker_outage_is_replayed_without_loss(tmp_path: Path, broker: Mo
     try:
         async with Outbox(tmp_path / "gw" / "outbox.db") as box:
             uplink = Uplink(
-                config, box, on_command=noop, on_config=noop, status=lambda o: status("gw-test", o)
+                config,
+                box,
+                keys=KeyRing.for_config(config),
+                on_command=noop,
+                on_config=noop,
+                status=lambda o: status("gw-test", o),
             )
             async with running(uplink):
                 await uplink.connected.wait()
@@ -171,7 +176,14 @@ async def test_tls_credentials_acl_and_lwt(tmp_path: Path) -> None:
             )
             async with Outbox(tmp_path / "bad" / "o.db") as box:
                 await box.add_readings(readings(1, 3))
-                uplink = Uplink(bad, box, on_command=noop, on_config=noop, status=lambda o: status("gw-7", o))
+                uplink = Uplink(
+                    bad,
+                    box,
+                    keys=KeyRing.for_config(bad),
+                    on_command=noop,
+                    on_config=noop,
+                    status=lambda o: status("gw-7", o),
+                )
                 async with running(uplink):
                     await asyncio.sleep(1.0)
                     assert not uplink.connected.is_set()
@@ -193,7 +205,12 @@ async def test_tls_credentials_acl_and_lwt(tmp_path: Path) -> None:
             async with Outbox(tmp_path / "good" / "o.db") as box:
                 await box.add_readings(readings(2, 5))
                 uplink = Uplink(
-                    good, box, on_command=on_command, on_config=noop, status=lambda o: status("gw-7", o)
+                    good,
+                    box,
+                    keys=KeyRing.for_config(good),
+                    on_command=on_command,
+                    on_config=noop,
+                    status=lambda o: status("gw-7", o),
                 )
                 task = asyncio.create_task(uplink.run())
                 await until(lambda: len(sub.readings()) == 10)
@@ -214,7 +231,7 @@ async def test_tls_credentials_acl_and_lwt(tmp_path: Path) -> None:
                 await uplink._teardown()
                 await asyncio.to_thread(
                     sub.wait,
-                    lambda: any(decode(GatewayStatus, p).online is False for p in sub.on("/up/status")),
+                    lambda: any(s.online is False for s in sub.opened(GatewayStatus, "/up/status")),
                 )
         finally:
             sub.close()

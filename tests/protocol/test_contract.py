@@ -128,7 +128,7 @@ def test_topics_and_parse_topic() -> None:
 
 
 def test_signed_command_verifies_and_survives_json() -> None:
-    signed = sign_command(_command(params={"amount_fen": 5000, "purchase_count": 3}), KEY)
+    signed = sign_command(_command(params={"amount_fen": 5000, "purchase_count": 3}), KEY, kid="k1")
     received = decode(Command, encode(signed))
     verify_command(received, KEY, NOW + timedelta(minutes=1))
 
@@ -142,10 +142,10 @@ def test_signing_input_is_canonical() -> None:
 
 @pytest.mark.parametrize(
     "field",
-    ["id", "gateway", "meter", "action", "params", "issued_at", "expires_at"],
+    ["id", "gateway", "meter", "action", "params", "issued_at", "expires_at", "kid"],
 )
 def test_tampering_with_any_signed_field_is_detected(field: str) -> None:
-    signed = sign_command(_command(), KEY)
+    signed = sign_command(_command(), KEY, kid="k1")
     changes: dict[str, object] = {
         "id": "cmd-2",
         "gateway": "gw-02",
@@ -154,6 +154,7 @@ def test_tampering_with_any_signed_field_is_detected(field: str) -> None:
         "params": {"amount_fen": 1},
         "issued_at": NOW - timedelta(seconds=1),
         "expires_at": NOW + timedelta(hours=5),
+        "kid": "k2",
     }
     forged = msgspec.structs.replace(signed, **{field: changes[field]})
     with pytest.raises(SignatureError):
@@ -164,13 +165,13 @@ def test_unsigned_wrong_key_expired_and_future_commands_are_refused() -> None:
     with pytest.raises(SignatureError, match="unsigned"):
         verify_command(_command(), KEY, NOW)
     with pytest.raises(SignatureError):
-        verify_command(sign_command(_command(), b"other-key"), KEY, NOW)
-    signed = sign_command(_command(), KEY)
+        verify_command(sign_command(_command(), b"other-key", kid="k1"), KEY, NOW)
+    signed = sign_command(_command(), KEY, kid="k1")
     with pytest.raises(CommandExpired, match="expired"):
         verify_command(signed, KEY, NOW + timedelta(minutes=10))
     with pytest.raises(CommandExpired, match="future"):
         verify_command(signed, KEY, NOW - timedelta(hours=1))
-    backwards = sign_command(_command(expires_at=NOW - timedelta(seconds=1)), KEY)
+    backwards = sign_command(_command(expires_at=NOW - timedelta(seconds=1)), KEY, kid="k1")
     with pytest.raises(CommandExpired):
         verify_command(backwards, KEY, NOW)
 
@@ -188,7 +189,9 @@ def test_other_payloads_round_trip() -> None:
     status = GatewayStatus(gateway="gw-01", online=False, ts=NOW)
     config = GatewayConfig(
         gateway="gw-01",
+        version=1,
         issued_at=NOW,
+        expires_at=NOW + timedelta(days=1),
         horizons={"m1": CreditHorizon(quantity=Quantity.ENERGY_TOTAL_KWH, limit=Decimal("100.5"))},
     )
     for message in (ack, status, config):
@@ -300,7 +303,9 @@ def test_a_measure_built_in_python_is_checked_too() -> None:
 
 
 def test_horizon_quantity_is_a_cumulative_register() -> None:
-    body = json.loads(encode(GatewayConfig(gateway="gw-01", issued_at=NOW)))
+    body = json.loads(encode(
+        GatewayConfig(gateway="gw-01", version=1, issued_at=NOW, expires_at=NOW + timedelta(days=1))
+    ))
     body["horizons"] = {"m1": {"quantity": "voltage_a_v", "limit": "1"}}
     with pytest.raises(
         ContractError, match=r"horizons\.\*\.quantity: must be one of energy_total_kwh, flow_total_m3"
@@ -348,6 +353,6 @@ def test_event_batch_round_trip_and_empty_keys_refused() -> None:
     batch = EventBatch(gateway="gw-01", events=[event])
     assert decode(EventBatch, encode(batch)) == batch
     with pytest.raises(SignatureError, match="empty signing key"):
-        sign_command(_command(), b"")
-    with pytest.raises(SignatureError, match="no key configured"):
-        verify_command(sign_command(_command(), KEY), b"", NOW)
+        sign_command(_command(), b"", kid="k1")
+    with pytest.raises(SignatureError, match="no valid key 'k1'"):
+        verify_command(sign_command(_command(), KEY, kid="k1"), b"", NOW)

@@ -1,6 +1,9 @@
-"""Gateways and meters: registration, listing, replacement, and the money left on a replaced meter."""
+"""Gateways and meters: registration, listing, replacement, the money left on a replaced meter; gateway
+signing keys (rotation)."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from fastapi import APIRouter, Request, Response
 
@@ -15,8 +18,11 @@ from cloud.api.deps import (
 )
 from cloud.api.schemas import (
     ClosingFigureIn,
+    EndOverlapIn,
     GatewayCreated,
     GatewayIn,
+    GatewayKeyCreated,
+    GatewayKeyOut,
     GatewayOut,
     MeterIn,
     MeterMoneyOut,
@@ -24,8 +30,12 @@ from cloud.api.schemas import (
     MeterRateIn,
     ReplacedMeterOut,
     ReplaceMeterIn,
+    RotateKeyIn,
 )
-from cloud.services import accounts, hierarchy
+from cloud.events import GATEWAY_KEYS_CHANGED
+from cloud.models import GatewayKey
+from cloud.services import accounts, hierarchy, keys
+from cloud.services.pages import paged_list
 
 router = APIRouter(tags=["devices"])
 
@@ -46,8 +56,60 @@ def create_gateway(body: GatewayIn, p: Caller, uow: Db) -> GatewayCreated:
         project_id=body.project_id,
         org_id=body.org_id,
     )
+    created = GatewayCreated(  # the key moved to gateway_key at insert: read it before the commit
+        id=gw.id or 0,
+        org_id=gw.org_id,
+        project_id=gw.project_id,
+        device_id=gw.device_id,
+        name=gw.name,
+        signing_key=gw.signing_key,
+    )
     uow.commit()
-    return GatewayCreated.model_validate(gw)
+    return created
+
+
+@router.get("/gateways/{gateway_id}/keys", response_model=list[GatewayKeyOut])
+def list_gateway_keys(
+    gateway_id: PathId, p: Caller, uow: Db, page: Paging, response: Response
+) -> list[GatewayKeyOut]:
+    """The gateway's signing keys, oldest first: ids and dates, never the secrets."""
+    rows = paged_list(keys.list_keys(uow.session, p.actor, gateway_id), page, _by_created)
+    return [GatewayKeyOut.model_validate(k) for k in page_response(response, rows, page, _by_created)]
+
+
+def _by_created(key: GatewayKey) -> tuple[str, str]:
+    return (key.created_at.isoformat(), key.kid)
+
+
+@router.post("/gateways/{gateway_id}/keys", response_model=GatewayKeyCreated, status_code=201)
+def rotate_gateway_key(
+    gateway_id: PathId, body: RotateKeyIn, p: Caller, uow: Db, at: Now
+) -> GatewayKeyCreated:
+    """A new signing key (its secret shown this once); older keys stay valid for ``overlap_s``."""
+    key, secret = keys.rotate(uow.session, p.actor, gateway_id, at, overlap=timedelta(seconds=body.overlap_s))
+    created = GatewayKeyCreated(
+        kid=key.kid,
+        created_at=key.created_at,
+        not_after=key.not_after,
+        seen_at=key.seen_at,
+        secret=secret,
+        old_keys_retire_at=at + timedelta(seconds=body.overlap_s),
+    )
+    uow.commit()
+    uow.announce(GATEWAY_KEYS_CHANGED, {"gateway_id": gateway_id})
+    return created
+
+
+@router.post("/gateways/{gateway_id}/keys/end-overlap", response_model=list[GatewayKeyOut])
+def end_gateway_key_overlap(
+    gateway_id: PathId, body: EndOverlapIn, p: Caller, uow: Db, at: Now
+) -> list[GatewayKeyOut]:
+    """Retire every key but the newest now (409 while the gateway has not used the newest)."""
+    rows = keys.end_overlap(uow.session, p.actor, gateway_id, at, force=body.force)
+    out = [GatewayKeyOut.model_validate(k) for k in rows]
+    uow.commit()
+    uow.announce(GATEWAY_KEYS_CHANGED, {"gateway_id": gateway_id})
+    return out
 
 
 @router.get("/meters", response_model=list[MeterOut])

@@ -1,4 +1,4 @@
-"""Physical plausibility over time: a rate budget per meter and a manager's rate per meter. Revises 0006.
+"""Physical plausibility over time: a rate budget per meter and a manager's rate per meter. Revises 0007.
 
 ``meter_state.rate_budget`` is the token bucket of :mod:`cloud.domain.readings` (what a meter may still
 bill beyond its rated rate, at its baseline's time; NULL = full, which is what every existing meter
@@ -7,7 +7,7 @@ NULL = the model's rated figure from :mod:`cloud.domain.plausibility`). Both are
 as BIGINT millionths like every quantity (:class:`cloud.models.base.MicroDecimal`).
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-07 15:00:00
 """
 
@@ -19,7 +19,7 @@ from alembic import op
 from cloud.models.base import MicroDecimal
 
 revision: str = "0008"
-down_revision: str | Sequence[str] | None = "0006"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
