@@ -17,7 +17,8 @@ name              period      work
 ================  ==========  ===============================================================
 offline_check     minute      gateways/meters silent for too long → offline + alarm
 cut_sweep         minute      accounts whose policy asked to be re-evaluated (end of friendly
-                              hours, grace, a holiday) and accounts in arrears → desired state
+                              hours, grace, a holiday) and accounts in arrears → desired state;
+                              each account on its own (:mod:`cloud.services.isolation`)
 ledger_check      hour        cached balances vs Σ entries; mismatches rebuilt and alarmed
 daily_aggregates  local day   per meter and account: opening/closing registers and balances,
                               charges, recharges, corrections of the previous local day
@@ -59,6 +60,7 @@ from cloud.services import ledger as ledger_service
 from cloud.services.arrears import PolicyCache, evaluate_account, linked_meters
 from cloud.services.bulk import in_values
 from cloud.services.control import lock_meter_states
+from cloud.services.isolation import FAULTS, Unit, UnitKind, isolated
 from cloud.services.unit import Publisher
 
 __all__ = [
@@ -202,9 +204,22 @@ def cut_sweep(session: Session, ctx: JobContext) -> dict[str, Any]:
     ).all()
     cache = PolicyCache()
     changed: list[int] = []
-    for account in due:
-        changed.extend(evaluate_account(session, account, ctx.now, cache))
-    return {"accounts": len(due), "meters_changed": len(changed), "_desired_changed": changed}
+    failed = 0
+    for account in due:  # each on its own: a project with unusable settings holds its accounts only
+        unit = Unit(UnitKind.ACCOUNT, account.id or 0, org_id=account.org_id, name=account.number)
+        decided: list[int] = []
+        with isolated(session, unit, ctx.now) as done:
+            decided = evaluate_account(session, account, ctx.now, cache)
+        if done.ok:
+            changed.extend(decided)
+        else:
+            failed += 1
+    return {
+        "accounts": len(due),
+        "failed": failed,
+        "meters_changed": len(changed),
+        "_desired_changed": changed,
+    }
 
 
 def ledger_check(session: Session, ctx: JobContext) -> dict[str, Any]:
@@ -418,11 +433,13 @@ class JobScheduler:
         kind, fn, _every = self._jobs[name]
         now = self._clock()
         ctx = JobContext(now, period_key(kind, now, self._tz), self._publish, self._offline_after, self._tz)
+        unit = Unit(UnitKind.JOB, name)
         try:
             result = run_once(self._factory, name, ctx.period, fn, ctx, runner=self._runner)
-        except Exception:  # logged; the period stays open for the next firing
-            log.exception("job %s (%s) failed", name, ctx.period)
+        except Exception as exc:  # the period stays open for the next firing; logged loudly once
+            FAULTS.failed(unit, exc)
             return None
+        FAULTS.succeeded(unit)
         if result is not None:
             self.ran.append((name, ctx.period))
             log.info("job %s ran for %s: %s", name, ctx.period, result)

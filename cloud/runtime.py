@@ -63,6 +63,7 @@ from cloud.services.control import (
     sweep,
 )
 from cloud.services.ingest import Ingest
+from cloud.services.isolation import FAULTS, FaultLog, Unit, UnitKind, isolated
 from cloud.services.unit import unit_of_work
 from cloud.settings import Settings
 from protocol.contract import Topics, encode
@@ -105,8 +106,10 @@ class Reconciler:
         horizon_interval_s: float = 2.0,
         billed_horizon_interval_s: float = 60.0,
         rand: Callable[[], float] = random.random,
+        faults: FaultLog = FAULTS,
     ) -> None:
         self._factory = factory
+        self._faults = faults
         self._publish = publish
         self._bus = bus
         self._config = config
@@ -179,8 +182,13 @@ class Reconciler:
             meters.add(int(payload["meter_id"]))
 
     def react(self, accounts: set[int], meters: set[int]) -> list[OutgoingCommand]:
-        """Re-evaluate the accounts, plan commands for their meters (and ``meters``), publish."""
+        """Re-evaluate the accounts, plan commands for their meters (and ``meters``), publish.
+
+        Each account's evaluation and each meter's planning is a unit of its own
+        (:func:`cloud.services.isolation.isolated`): an account of a project whose settings are
+        unusable, or a meter whose rows are, is skipped and alarmed once; the others go out now."""
         now = self._clock()
+        outgoing: list[OutgoingCommand] = []
         with unit_of_work(self._factory) as session:
             cache = PolicyCache()
             all_meters = set(meters)
@@ -196,16 +204,37 @@ class Reconciler:
                 .with_for_update()
             ).all()
             for account in rows:
-                evaluate_account(session, account, now, cache)
-            outgoing = plan_commands(session, all_meters, now, self._config)
+                unit = Unit(UnitKind.ACCOUNT, account.id or 0, org_id=account.org_id, name=account.number)
+                with isolated(session, unit, now, self._faults):
+                    evaluate_account(session, account, now, cache)
+            for meter_id in sorted(all_meters):
+                planned: list[OutgoingCommand] = []
+                with isolated(session, Unit(UnitKind.METER, meter_id), now, self._faults) as done:
+                    planned = plan_commands(session, [meter_id], now, self._config)
+                if done.ok:  # a command rolled back with its savepoint must never be published
+                    outgoing.extend(planned)
         self._send(outgoing)
         return outgoing
 
     def publish_queued(self, command_ids: set[str]) -> list[OutgoingCommand]:
+        """Publish commands the API committed (``command_queued``), at once rather than at the sweep.
+
+        Every replica hears the event; each command is claimed with ``FOR UPDATE SKIP LOCKED`` and
+        marked sent in the same transaction as it is published, so exactly one replica sends it (a
+        second copy would reach the gateway as a replay it rejects). A publish that fails leaves it
+        pending: the sweep re-publishes it."""
+        sent: list[OutgoingCommand] = []
         with unit_of_work(self._factory) as session:
-            outgoing = pending_commands(session, command_ids, self._config)
-        self._send(outgoing)
-        return outgoing
+            for cmd in pending_commands(session, command_ids, self._config, claim=True):
+                try:
+                    self._publish(cmd.topic, cmd.payload, False)
+                except MqttError:
+                    log.warning("could not publish command %s; the sweep re-publishes it", cmd.id)
+                    continue
+                sent.append(cmd)
+                self.published += 1
+            mark_sent(session, [c.id for c in sent], self._clock())
+        return sent
 
     def sweep_once(self) -> list[OutgoingCommand]:
         now = self._clock()
@@ -263,10 +292,11 @@ class Reconciler:
                 gateway = session.get(Gateway, gateway_id)
                 if gateway is None:
                     continue
-                config = gateway_config(session, gateway, now, self._config, cache)
-                payloads.append(
-                    (gateway_id, Topics(gateway.device_id, self._config.prefix).config, encode(config))
-                )
+                unit = Unit(UnitKind.GATEWAY, gateway_id, org_id=gateway.org_id, name=gateway.device_id)
+                with isolated(session, unit, now, self._faults):  # one gateway's rows hold only its config
+                    config = gateway_config(session, gateway, now, self._config, cache)
+                    topic = Topics(gateway.device_id, self._config.prefix).config
+                    payloads.append((gateway_id, topic, encode(config)))
         for gateway_id, topic, payload in payloads:
             try:
                 self._publish(topic, payload, True)

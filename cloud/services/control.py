@@ -53,10 +53,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -95,10 +94,12 @@ from cloud.services.arrears import (
     ack_purchase_count,
     notify_close_permit,
     plan_topup,
+    project_zone,
 )
 from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.billing import BillingCache, schedule_for, snapshot_values, tier_counter
 from cloud.services.errors import Conflict, NotFound
+from cloud.services.isolation import Unit, UnitFault, UnitKind, isolated
 from cloud.services.ledger import get_transaction, load_transaction, post
 from protocol.contract import (
     Ack,
@@ -448,15 +449,19 @@ def _late_topup(session: Session, row: CommandRow) -> None:
 
 
 def pending_commands(
-    session: Session, command_ids: Iterable[str], config: ControlConfig
+    session: Session, command_ids: Iterable[str], config: ControlConfig, *, claim: bool = False
 ) -> list[OutgoingCommand]:
-    """Committed commands still waiting to be published (an operator's, queued by the API)."""
+    """Committed commands still waiting to be published (an operator's, queued by the API). With
+    ``claim`` the rows are locked, skipping any another replica holds: it is publishing them."""
     ids = sorted(set(command_ids))
     if not ids:
         return []
-    rows = session.scalars(
-        select(CommandRow).where(col(CommandRow.id).in_(ids), col(CommandRow.status) == CommandStatus.PENDING)
-    ).all()
+    query = select(CommandRow).where(
+        col(CommandRow.id).in_(ids), col(CommandRow.status) == CommandStatus.PENDING
+    )
+    if claim:
+        query = query.order_by(col(CommandRow.id)).with_for_update(skip_locked=True)
+    rows = session.scalars(query).all()
     out: list[OutgoingCommand] = []
     for row in rows:
         gateway = session.get(Gateway, row.gateway_id)
@@ -558,7 +563,11 @@ def apply_ack(
 def sweep(
     session: Session, now: datetime, config: ControlConfig, rand: Callable[[], float], *, limit: int = 200
 ) -> list[OutgoingCommand]:
-    """Expire overdue commands, issue due retries, re-publish lost ones. The caller commits."""
+    """Expire overdue commands, issue due retries, re-publish lost ones. The caller commits.
+
+    Each command and each top-up is a unit of its own (:func:`cloud.services.isolation.isolated`): a
+    row that raises is rolled back to its savepoint and alarmed once, and the sweep goes on — one
+    organisation's unusable project must not stop every other's retries and expiries."""
     out: list[OutgoingCommand] = []
     due = session.execute(
         select(col(CommandRow.id), col(CommandRow.meter_id))
@@ -567,54 +576,24 @@ def sweep(
         .limit(limit)
     ).all()
     for command_id, meter_id in due:
-        # Lock order everywhere: meter_state, then command (then account): no deadlocks.
-        state = _lock_state(session, meter_id)
-        row = session.get(CommandRow, command_id, with_for_update=True, populate_existing=True)
-        if row is None or row.next_try_at is None or row.next_try_at > now:
-            continue  # another replica handled it meanwhile
-        if row.status == CommandStatus.SENT:
-            row.status = transition(row.status, CommandEvent.EXPIRE)
-            _schedule_retry(session, row, now, config, rand)
-            continue
-        if row.status == CommandStatus.PENDING:
-            row.status = transition(row.status, CommandEvent.EXPIRE)
-            _schedule_retry(session, row, now, config, rand)
-            continue
-        if row.status not in (CommandStatus.EXPIRED, CommandStatus.ACKED_FAILED, CommandStatus.REJECTED):
-            row.next_try_at = None
-            continue
-        transition(row.status, CommandEvent.RETRY)  # legal? (raises otherwise)
-        row.next_try_at = None
-        meter = session.get(Meter, row.meter_id)
-        gateway = session.get(Gateway, row.gateway_id)
-        if meter is None or gateway is None:
-            continue
-        if row.origin == CommandOrigin.RECONCILER and row.action != Action.RECHARGE.value:
-            desired = RelayState(state.desired) if state.desired else None
-            observed = RelayState(state.observed) if state.observed else None
-            still = needs_command(
-                desired, observed, None, water=meter.kind == MeterKind.WATER, close_action=config.close_action
+        issued: OutgoingCommand | None = None
+        with isolated(session, Unit(UnitKind.COMMAND, command_id), now) as done:
+            issued = _sweep_command(session, command_id, meter_id, now, config, rand)
+        if done.ok and issued is not None:
+            out.append(issued)
+        elif not done.ok:  # looked at again later, not on every tick ahead of every other due command
+            session.execute(
+                update(CommandRow)
+                .where(col(CommandRow.id) == command_id)
+                .values(next_try_at=now + config.command_ttl)
+                .execution_options(synchronize_session=False)
             )
-            if still is None or still.value != row.action:
-                continue  # the goal changed or was reached meanwhile
-        new = issue_command(
-            session,
-            meter,
-            gateway,
-            Action(row.action),
-            now,
-            config,
-            origin=CommandOrigin(row.origin),
-            attempt=row.attempt + 1,
-            previous_id=row.id,
-            actor_user_id=row.actor_user_id,
-            params={str(k): v for k, v in row.params.items()},
-        )
-        out.append(_outgoing(new, gateway.device_id, config.prefix))
     for meter_id in _recently_recharged_local_meters(session, now - config.topup_window, limit):
-        _lock_state(session, meter_id)
-        topup = _plan_topup(session, meter_id, now, config)
-        if topup is not None:
+        topup: OutgoingCommand | None = None
+        with isolated(session, Unit(UnitKind.METER, meter_id), now) as done:
+            _lock_state(session, meter_id)
+            topup = _plan_topup(session, meter_id, now, config)
+        if done.ok and topup is not None:
             out.append(topup)
     stale = session.scalars(
         select(CommandRow)
@@ -631,6 +610,61 @@ def sweep(
             out.append(_outgoing(row, gateway.device_id, config.prefix))
     session.flush()
     return out
+
+
+def _sweep_command(
+    session: Session,
+    command_id: str,
+    meter_id: int,
+    now: datetime,
+    config: ControlConfig,
+    rand: Callable[[], float],
+) -> OutgoingCommand | None:
+    """One due command: expire it, or issue its retry (returned, to publish after commit)."""
+    # Lock order everywhere: meter_state, then command (then account): no deadlocks.
+    state = _lock_state(session, meter_id)
+    row = session.get(CommandRow, command_id, with_for_update=True, populate_existing=True)
+    if row is None or row.next_try_at is None or row.next_try_at > now:
+        return None  # another replica handled it meanwhile
+    if row.status == CommandStatus.SENT:
+        row.status = transition(row.status, CommandEvent.EXPIRE)
+        _schedule_retry(session, row, now, config, rand)
+        return None
+    if row.status == CommandStatus.PENDING:
+        row.status = transition(row.status, CommandEvent.EXPIRE)
+        _schedule_retry(session, row, now, config, rand)
+        return None
+    if row.status not in (CommandStatus.EXPIRED, CommandStatus.ACKED_FAILED, CommandStatus.REJECTED):
+        row.next_try_at = None
+        return None
+    transition(row.status, CommandEvent.RETRY)  # legal? (raises otherwise)
+    row.next_try_at = None
+    meter = session.get(Meter, row.meter_id)
+    gateway = session.get(Gateway, row.gateway_id)
+    if meter is None or gateway is None:
+        return None
+    if row.origin == CommandOrigin.RECONCILER and row.action != Action.RECHARGE.value:
+        desired = RelayState(state.desired) if state.desired else None
+        observed = RelayState(state.observed) if state.observed else None
+        still = needs_command(
+            desired, observed, None, water=meter.kind == MeterKind.WATER, close_action=config.close_action
+        )
+        if still is None or still.value != row.action:
+            return None  # the goal changed or was reached meanwhile
+    new = issue_command(
+        session,
+        meter,
+        gateway,
+        Action(row.action),
+        now,
+        config,
+        origin=CommandOrigin(row.origin),
+        attempt=row.attempt + 1,
+        previous_id=row.id,
+        actor_user_id=row.actor_user_id,
+        params={str(k): v for k, v in row.params.items()},
+    )
+    return _outgoing(new, gateway.device_id, config.prefix)
 
 
 _OPERATOR = {
@@ -741,7 +775,11 @@ def gateway_config(
         tariff_id = meter.tariff_id or (
             project.water_tariff_id if meter.kind == MeterKind.WATER else project.electric_tariff_id
         )
-        schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
+        try:
+            schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
+            tz = project_zone(project)
+        except UnitFault:
+            continue  # this meter's tariff or project row is unusable: billing holds and alarms it
         if register is None or schedule is None:
             continue
         limit_fen = project.credit_limit_fen if account.credit_limit_fen is None else account.credit_limit_fen
@@ -756,7 +794,7 @@ def gateway_config(
                 credit_limit_fen=0,
                 counter=tier_counter(account, meter.kind),
                 protected=meter.protected or account.protected,
-                tz=ZoneInfo(project.timezone),
+                tz=tz,
             )
         except DomainError:
             continue

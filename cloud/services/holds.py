@@ -62,9 +62,12 @@ __all__ = [
 
 AUDIT_ACTION = AuditAction.READING_HOLD_RESOLVED
 
-BILLABLE_VERDICTS = frozenset({"rollover", "spike", "clock_ahead", "clock_behind", "no_tariff", "rating"})
+BILLABLE_VERDICTS = frozenset(
+    {"rollover", "spike", "clock_ahead", "clock_behind", "no_tariff", "rating", "tariff", "settings", "error"}
+)
 """Verdicts whose delta can be billed as read. A reset or a negative delta has no consumption to bill:
-accept it (new baseline) or discard it."""
+accept it (new baseline) or discard it. ``tariff``, ``settings`` and ``error`` were held because a row
+was unusable (:mod:`cloud.services.isolation`): billed once it is corrected."""
 
 _NEVER = Decimal("1e15")
 

@@ -66,11 +66,13 @@ from cloud.services.billing import (
     BillingCache,
     PendingCharge,
     bill_reading,
+    hold_faulty,
     plan_charges,
     post_charges,
 )
 from cloud.services.bulk import in_values, insert_rows, update_rows
 from cloud.services.control import ControlConfig, apply_ack
+from cloud.services.isolation import FAULTS, Unit, UnitKind, clear_fault, isolated
 from cloud.services.unit import Publisher, unit_of_work
 from protocol.contract import (
     Ack,
@@ -201,8 +203,30 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_MAX_SKIPPED = 16
+"""Meters of one batch whose billing may raise before the batch is given up (dead-lettered)."""
+
+
+@dataclass
+class _Billing:
+    """A batch's billing, across attempts: the meter being billed when it raised, and the meters whose
+    billing raised before (their readings are held the next time, verdict ``error``)."""
+
+    meter: _MeterRow | None = None
+    skip: dict[str, BaseException] = field(default_factory=dict)
+
+
+def _meter_unit(meter: _MeterRow) -> Unit:
+    return Unit(UnitKind.METER, meter.id, org_id=meter.org_id, name=meter.device_id)
+
+
 class _DeadLetter(CloudError):
     """Internal: the message is refused for ``reason``."""
+
+
+_NOT_A_METER_FAULT = (OperationalError, InterfaceError, IntegrityError, ContractError, _DeadLetter)
+"""Failures that are not one meter's: the database (retried with the PUBACK withheld), a race with
+another replica (retried), a refused message (dead-lettered) — :meth:`Ingest.handle` decides."""
 
 
 @dataclass
@@ -339,17 +363,37 @@ class Ingest:
             raise _DeadLetter(f"payload gateway {batch.gateway!r} does not match topic gateway {device!r}")
         now = self._clock()
         changed: list[int] = []
-        with unit_of_work(self._factory, self._publish) as session:
-            gateway = self._gateway(session, device)
-            assert gateway.id is not None
-            gateway_id = gateway.id
-            changed = self._apply_batch(session, gateway, batch, now)
+        billing = _Billing()
+        while True:
+            try:
+                with unit_of_work(self._factory, self._publish) as session:
+                    gateway = self._gateway(session, device)
+                    assert gateway.id is not None
+                    gateway_id = gateway.id
+                    changed = self._apply_batch(session, gateway, batch, now, billing)
+                break
+            except _NOT_A_METER_FAULT:
+                raise
+            except Exception as exc:
+                # One meter's billing raised (a corrupt row, a bug): everything was rolled back. Apply
+                # the batch again with that meter's readings held, so the others are billed now.
+                meter = billing.meter
+                if meter is None or meter.device_id in billing.skip or len(billing.skip) >= _MAX_SKIPPED:
+                    raise
+                billing.skip[meter.device_id] = exc
+                billing.meter = None
+                FAULTS.failed(_meter_unit(meter), exc)
         if changed:
             self._publish_after(DESIRED_CHANGED, {"meter_ids": changed})
         self._publish_after(GATEWAY_BILLED, {"gateway_id": gateway_id})
 
     def _apply_batch(
-        self, session: Session, gateway: Gateway, batch: ReadingBatch, now: datetime
+        self,
+        session: Session,
+        gateway: Gateway,
+        batch: ReadingBatch,
+        now: datetime,
+        billing: _Billing | None = None,
     ) -> list[int]:
         """Store the batch's new readings, bill them, write everything back in a few statements.
 
@@ -358,8 +402,10 @@ class Ingest:
         and holds these locks while it writes, so "new" cannot change under it. The new rows get their
         ids first (:meth:`_new_readings`), are billed, and are written complete in one go
         (:func:`cloud.services.bulk.insert_rows`: ``COPY`` on PostgreSQL, ``executemany`` on SQLite).
-        A reading of a meter the cloud does not know is stored with status ``unknown_meter``.
+        A reading of a meter the cloud does not know is stored with status ``unknown_meter``; the
+        readings of a meter in ``billing.skip`` are held (verdict ``error``), not billed.
         """
+        billing = billing if billing is not None else _Billing()
         assert gateway.id is not None
         gateway_id = gateway.id
         self._seen(session, gateway, now)
@@ -432,6 +478,7 @@ class Ingest:
                 for _, _, rid in items:
                     outcomes[rid] = (None, ReadingStatus.UNKNOWN_METER, None)
                 continue
+            billing.meter = meter  # what a failure below is blamed on (see _readings)
             state = states[meter.id]
             account = accounts.get(account_of.get(meter.id, -1))
             if account is not None and account.status != AccountStatus.OPEN:
@@ -439,15 +486,20 @@ class Ingest:
             for ts, seq, rid in sorted(items):
                 reading = source[(device, seq)]
                 row = BillableReading(rid, seq, ts, reading.values)
-                outcome = bill_reading(
-                    session,
-                    gateway_device=gateway.device_id,
-                    meter=meter,
-                    state=state,
-                    account=account,
-                    reading=row,
-                    now=now,
-                    cache=cache,
+                skipped = billing.skip.get(device)
+                outcome = (
+                    hold_faulty(session, meter, row, _meter_unit(meter), skipped)
+                    if skipped is not None
+                    else bill_reading(
+                        session,
+                        gateway_device=gateway.device_id,
+                        meter=meter,
+                        state=state,
+                        account=account,
+                        reading=row,
+                        now=now,
+                        cache=cache,
+                    )
                 )
                 outcomes[rid] = (meter.id, outcome.status, outcome.txn_key)
                 self.stats.by_status[outcome.status] = self.stats.by_status.get(outcome.status, 0) + 1
@@ -463,6 +515,9 @@ class Ingest:
                     if reading.relay is not None and reading.relay is not RelayState.UNKNOWN:
                         state.observed = reading.relay.value
                         state.observed_at = ts
+            if device not in billing.skip:
+                clear_fault(session, _meter_unit(meter))
+        billing.meter = None
         plan = plan_charges(pending, gateway_id)  # batch charges: which key each reading's charge has
         insert_rows(  # the rows, complete, before the holds and alarms that refer to them
             connection,
@@ -570,8 +625,14 @@ class Ingest:
                 continue
             # the batch's account rows are plain copies (Core wrote them): the policy loads the ORM row
             fresh = session.get(Account, account_id, populate_existing=True)
-            if fresh is not None:
-                changed.extend(evaluate_account(session, fresh, now, policy_cache))
+            if fresh is None:
+                continue
+            unit = Unit(UnitKind.ACCOUNT, account_id, org_id=fresh.org_id, name=fresh.number)
+            decided: list[int] = []
+            with isolated(session, unit, now) as outcome:  # a bad project holds its accounts only
+                decided = evaluate_account(session, fresh, now, policy_cache)
+            if outcome.ok:
+                changed.extend(decided)
         return changed
 
     def _insert_missing_states(self, connection: Connection, meter_ids: list[int]) -> None:

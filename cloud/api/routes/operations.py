@@ -4,6 +4,7 @@ dead letters."""
 from __future__ import annotations
 
 import base64
+import logging
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -12,11 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloud.api.deps import PathId, Principal, Uow, get_uow, now, require
 from cloud.api.schemas import no_nul
+from cloud.events import COMMAND_QUEUED
 from cloud.models import Role
 from cloud.services import control, operations
 from protocol.contract import Action
 
 router = APIRouter(tags=["operations"])
+log = logging.getLogger(__name__)
 
 Staff = Annotated[Principal, require(Role.MANAGER, Role.FINANCE, Role.INSTALLER)]
 Operator = Annotated[Principal, require(Role.MANAGER)]
@@ -88,14 +91,19 @@ class DeadLetterOut(BaseModel):
 def send_command(
     meter_id: PathId, body: CommandIn, request: Request, p: Operator, uow: Db, at: Now
 ) -> CommandOut:
-    """Queue a signed command for the meter's gateway; audited. The reconciler publishes and retries it."""
+    """Queue a signed command for the meter's gateway; audited. It goes out at once: after the commit
+    ``command_queued`` wakes a reconciler (this process's background, or any replica's through Redis),
+    which publishes it; the reconciler's sweep re-publishes it if that event is lost."""
     settings = request.app.state.settings
     config = control.ControlConfig(prefix=settings.mqtt_prefix)
     outgoing = control.operator_command(uow.session, p.actor, meter_id, Action(body.action), at, config)
     uow.commit()
     publish: Any = request.app.state.publish
-    if publish is not None:  # wake the reconciler (another replica, or this process's background)
-        publish("desired_changed", {"meter_ids": [meter_id]})
+    if publish is not None:
+        try:
+            publish(COMMAND_QUEUED, {"command_id": outgoing.id})
+        except Exception:  # committed: the sweep publishes it within seconds; the request succeeded
+            log.exception("could not announce command %s; the sweep will publish it", outgoing.id)
     row = next(r for r in operations.meter_commands(uow.session, p.actor, meter_id) if r.id == outgoing.id)
     return CommandOut.model_validate(row)
 
