@@ -472,6 +472,9 @@ class Ingest:
         outcomes: dict[int, tuple[int | None, str, str | None]] = {}
         pending: list[PendingCharge] = []
         deltas: dict[int, int] = {}
+        # Holds and alarms added while billing refer to readings written after the loop: no query in
+        # it (a tariff, a meter's first reading) may flush them first.
+        session.autoflush = False
         for device, items in sorted(by_meter.items()):
             meter = meters.get(device)
             if meter is None:
@@ -518,6 +521,7 @@ class Ingest:
             if device not in billing.skip:
                 clear_fault(session, _meter_unit(meter))
         billing.meter = None
+        session.autoflush = True
         plan = plan_charges(pending, gateway_id)  # batch charges: which key each reading's charge has
         insert_rows(  # the rows, complete, before the holds and alarms that refer to them
             connection,

@@ -167,6 +167,11 @@ class FaultLog:
         with self._lock:
             return dict(self._failing)
 
+    def clear(self) -> None:
+        """Forget every failure, as a restart does (tests start each from a clean process state)."""
+        with self._lock:
+            self._failing.clear()
+
 
 FAULTS = FaultLog()
 """The process's fault log (one per process: "loud once" is about what an operator reads in its log)."""
