@@ -27,7 +27,7 @@ __all__ = ["MAX_ZONE_NAME", "time_of_day", "zone", "zone_names"]
 MAX_ZONE_NAME = 64
 """The longest tzdata name is 32 characters; the column holds 64."""
 
-_HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+_HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 
 
 @cache

@@ -61,6 +61,7 @@ __all__ = [
     "next_period_start",
     "rate",
     "spec_text",
+    "spec_yuan",
     "tier_period",
 ]
 
@@ -127,13 +128,23 @@ def spec_text(value: object, field: str) -> str:
     return text
 
 
+def spec_yuan(value: object, field: str) -> int:
+    """A price in yuan per unit, as a spec writes it (``"0.5683"``), in milli-fen; :class:`TariffError`
+    naming ``field`` when it is too long, not a number, negative or finer than 5 decimals."""
+    text = spec_text(value, field)
+    try:
+        return price_to_milli(text)
+    except (MoneyError, ArithmeticError) as exc:
+        raise TariffError(f"{field}: {str(exc)[:200] or type(exc).__name__}") from exc
+
+
 def _spec_price(item: Mapping[str, Any], field: str = "spec") -> int:
     if item.get("price_milli") is not None:
         value = item["price_milli"]
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"price_milli must be an int, got {spec_text(value, field + '.price_milli')}")
         return value
-    return price_to_milli(spec_text(item["price"], f"{field}.price"))
+    return spec_yuan(item["price"], f"{field}.price")
 
 
 @dataclass(frozen=True)
@@ -305,7 +316,7 @@ class TariffVersion:
             tou: dict[Any, Any] = dict(spec.get("tou_prices") or {})
             tou.update(
                 {
-                    q: price_to_milli(spec_text(p, f"tou_prices_yuan.{str(q)[:20]}"))
+                    q: spec_yuan(p, f"tou_prices_yuan.{str(q)[:20]}")
                     for q, p in dict(spec.get("tou_prices_yuan") or {}).items()
                 }
             )

@@ -48,7 +48,7 @@ from sqlmodel import col
 
 from cloud.domain import ledger as dledger
 from cloud.domain.errors import DomainError, RatingError, TariffError
-from cloud.domain.money import carry, price_to_milli
+from cloud.domain.money import carry
 from cloud.domain.readings import CUMULATIVE, ReadingRules, Snapshot, Verdict, check_reading
 from cloud.domain.tariffs import (
     MAX_TIERS,
@@ -59,6 +59,7 @@ from cloud.domain.tariffs import (
     TierReset,
     rate,
     spec_text,
+    spec_yuan,
 )
 from cloud.domain.tariffs import TariffVersion as DomainVersion
 from cloud.models import (
@@ -127,7 +128,7 @@ def _price(spec: Mapping[str, Any], milli_key: str, yuan_key: str) -> int | None
             raise TariffError(f"{milli_key} must be an integer milli-fen, got {value!r}")
         return value
     if spec.get(yuan_key) is not None:
-        return price_to_milli(spec_text(spec[yuan_key], yuan_key))
+        return spec_yuan(spec[yuan_key], yuan_key)
     return None
 
 
@@ -157,7 +158,7 @@ def version_from_spec(version_id: str, effective_from: datetime, spec: Mapping[s
     for name, value in (spec.get("tou_prices") or {}).items():
         tou[Quantity(name)] = int(spec_text(value, "tou_prices") if isinstance(value, str) else value)
     for name, value in (spec.get("tou_prices_yuan") or {}).items():
-        tou[Quantity(name)] = price_to_milli(spec_text(value, "tou_prices_yuan"))
+        tou[Quantity(name)] = spec_yuan(value, "tou_prices_yuan")
     return DomainVersion(
         id=version_id,
         kind=kind,
