@@ -45,6 +45,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_PRICE_MILLI",
     "MAX_RATED_MILLI",
+    "MAX_SPEC_SIZE",
     "MAX_SPEC_TEXT",
     "MAX_TIERS",
     "MAX_TIER_UNITS",
@@ -79,6 +80,9 @@ MAX_NAME_LENGTH = 200
 MAX_SPEC_TEXT = 40
 """Longest text a number may be written as in a spec (``"0.56830"``, ``"200"``): a longer one is not
 a price or a bound but an attempt to make every reader parse megabytes."""
+MAX_SPEC_SIZE = 16_384
+"""Longest stored spec, as JSON text: what the API stores is a few hundred characters (every field
+above is bounded); a longer row was written past it, and is refused before anyone parses it."""
 MAX_RATED_MILLI = 10**15
 """Largest amount one interval may rate to (10¹² fen): beyond it something is absurd (a register
 jump that a hold resolution let through, a corrupt baseline) and :func:`rate` refuses it, so the

@@ -42,7 +42,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import Text, bindparam, cast, func, select, text, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -51,6 +51,7 @@ from cloud.domain.errors import DomainError, RatingError, TariffError
 from cloud.domain.money import carry
 from cloud.domain.readings import CUMULATIVE, ReadingRules, Snapshot, Verdict, check_reading
 from cloud.domain.tariffs import (
+    MAX_SPEC_SIZE,
     MAX_TIERS,
     TariffKind,
     TariffSchedule,
@@ -206,6 +207,19 @@ def schedule_for(
             return cache.schedules[tariff_id]
         if tariff_id in cache.unusable:
             raise cache.unusable[tariff_id]
+    sizes = session.execute(
+        select(col(TariffVersion.id), func.length(cast(col(TariffVersion.spec), Text))).where(
+            col(TariffVersion.tariff_id) == tariff_id
+        )
+    ).all()
+    oversized = [(int(i), int(n)) for i, n in sizes if n is not None and n > MAX_SPEC_SIZE]
+    if oversized:  # not read at all: parsing a megabyte for every batch is the attack
+        version_id, size = oversized[0]
+        exc = TariffError(f"version {version_id}: spec: {size} characters, at most {MAX_SPEC_SIZE}")
+        fault = _tariff_fault(session, tariff_id, exc)
+        if cache is not None:
+            cache.unusable[tariff_id] = fault
+        raise fault
     rows = session.scalars(
         select(TariffVersion)
         .where(col(TariffVersion.tariff_id) == tariff_id)

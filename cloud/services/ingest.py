@@ -718,8 +718,11 @@ class Ingest:
         now = self._clock()
         with unit_of_work(self._factory) as session:
             gateway = self._gateway(session, device)
-            self._seen(session, gateway, now)
             meter_id = apply_ack(session, gateway, ack, now, self._control, self._rand)
+            # after the meter_state lock, as a batch of readings takes them (meter_state, account,
+            # gateway_status): marked first, the status row was flushed — locked — before the meter's
+            # state, and an ack and a batch of one gateway on two replicas deadlocked
+            self._seen(session, gateway, now)
         if meter_id is not None:
             self._publish_after(ACK_RECEIVED, {"command_id": ack.command, "meter_id": meter_id})
 
@@ -732,7 +735,6 @@ class Ingest:
         with unit_of_work(self._factory) as session:
             gateway = self._gateway(session, device)
             assert gateway.id is not None
-            self._seen(session, gateway, now)
             rows = [
                 {
                     "gateway_id": gateway.id,
@@ -758,6 +760,7 @@ class Ingest:
                     )
                     if meter_id is not None:
                         touched.append(meter_id)
+            self._seen(session, gateway, now)  # last: the lock order of a batch of readings (see _ack)
         if touched:
             self._publish_after(DESIRED_CHANGED, {"meter_ids": touched})
 

@@ -251,7 +251,7 @@ def test_a_batch_bills_its_good_meters_and_holds_the_ones_with_unusable_rows(
     }
     assert alarms[f"fault:tariff:{huge}"].kind == "settings_invalid"
     assert "price_milli" in alarms[f"fault:tariff:{huge}"].message_en
-    assert "name" in alarms[f"fault:tariff:{named}"].message_en
+    assert "spec: 1048" in alarms[f"fault:tariff:{named}"].message_en  # refused unread
     assert alarms[f"fault:meter:{site.meters['m4']}"].kind == "processing_failed"
     assert "表计 m4" in alarms[f"fault:meter:{site.meters['m4']}"].message_zh
     assert all(len(a.message_en) <= 500 and len(a.message_zh) <= 500 for a in alarms.values())
