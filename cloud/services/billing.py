@@ -88,6 +88,7 @@ from cloud.services.local_prepay import MeterIdentity, check_remaining, utility_
 from protocol.contract import Quantity
 
 __all__ = [
+    "UNREADABLE",
     "Baseline",
     "BillableReading",
     "BillingCache",
@@ -190,7 +191,7 @@ class BillingCache:
         return found
 
 
-_UNREADABLE = (DomainError, TypeError, ValueError, AttributeError, KeyError, ArithmeticError, RecursionError)
+UNREADABLE = (DomainError, TypeError, ValueError, AttributeError, KeyError, ArithmeticError, RecursionError)
 """What parsing a stored spec raises when the row is not what the API would have written."""
 
 
@@ -231,7 +232,7 @@ def schedule_for(
             if rows
             else None
         )
-    except _UNREADABLE as exc:
+    except UNREADABLE as exc:
         fault = _tariff_fault(session, tariff_id, exc)
         if cache is not None:
             cache.unusable[tariff_id] = fault

@@ -12,13 +12,21 @@ import logging
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from decimal import Decimal
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
 from cloud.domain import ledger as rules
+from cloud.domain.errors import RatingError, TariffError
+from cloud.domain.money import carry
+from cloud.domain.tariffs import MAX_PRICE_MILLI, MAX_RATED_MILLI, TOU_REGISTERS, TariffSchedule, rate
+from cloud.domain.tariffs import TariffVersion as DomainVersion
 from cloud.events import LocalEventBus
 from cloud.integrations.mqtt import MqttError
 from cloud.jobs import JobContext, cut_sweep
@@ -40,11 +48,12 @@ from cloud.models import (
 from cloud.runtime import Reconciler
 from cloud.services import ledger
 from cloud.services.audit import Actor
+from cloud.services.billing import UNREADABLE, version_from_spec
 from cloud.services.control import ControlConfig, operator_command
 from cloud.services.ingest import Ingest
 from cloud.services.isolation import FAULTS
 from cloud.services.unit import unit_of_work
-from protocol.contract import Action, GatewayConfig, RelayState, Topics, decode
+from protocol.contract import Action, GatewayConfig, Quantity, RelayState, Topics, decode
 from tests.cloud.flowkit import T0, FlowSite, balance, batch, commands, count, make_flow_site, recharge
 from tests.cloud.test_control import Clock, Wire
 
@@ -359,3 +368,70 @@ def test_operator_command_publish_failure_leaves_it_for_the_sweep(
         row = s.get(CommandRow, queued.id)
         assert row is not None
         assert row.status == "pending"  # the sweep re-publishes it
+
+
+# --- whatever is stored can be rated, or is held: never an exception the batch cannot place ----------
+
+_NUMBER_TEXT = st.one_of(
+    st.decimals(allow_nan=True, allow_infinity=True).map(str),
+    st.sampled_from(["0.5683", "1000", "1000.00001", "1e30", "1e999999999", "-1", "", "0x10", "1" * 60]),
+)
+_PRICE = st.one_of(st.integers(min_value=-(10**40), max_value=10**40), st.booleans(), st.none(), _NUMBER_TEXT)
+_TIER = st.fixed_dictionaries(
+    {},
+    optional={
+        "upto": st.one_of(st.none(), _NUMBER_TEXT, st.integers(min_value=-5, max_value=10**12)),
+        "price": _NUMBER_TEXT,
+        "price_milli": _PRICE,
+    },
+)
+_SPEC = st.fixed_dictionaries(
+    {"kind": st.one_of(st.sampled_from(["flat", "tou", "tiered", "water"]), st.text(max_size=8))},
+    optional={
+        "price_milli": _PRICE,
+        "price": _NUMBER_TEXT,
+        "tou_prices": st.dictionaries(st.sampled_from(["energy_t1_kwh", "energy_t2_kwh", "nope"]), _PRICE),
+        "tou_prices_yuan": st.dictionaries(st.sampled_from(["energy_t3_kwh", "energy_t4_kwh"]), _NUMBER_TEXT),
+        "tiers": st.one_of(st.lists(_TIER, max_size=20), st.integers(), st.text(max_size=4)),
+        "tier_reset": st.one_of(st.sampled_from(["monthly", "yearly"]), st.text(max_size=8)),
+        "name": st.one_of(
+            st.text(max_size=20), st.integers(min_value=201, max_value=400).map(lambda n: "x" * n)
+        ),
+    },
+)
+_DELTA = st.decimals(min_value=0, max_value=10**12, places=3, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=400, deadline=None)
+@given(spec=_SPEC, delta=_DELTA)
+def test_a_stored_spec_rates_within_bounds_or_is_held(spec: dict[str, Any], delta: Decimal) -> None:
+    """Billing's reader (``version_from_spec``, what ``schedule_for`` runs for every batch) either
+    refuses a spec with an error ``schedule_for`` turns into a held tariff, or returns a version that
+    rates any plausible interval to an amount the ledger holds — or refuses the interval as a
+    :class:`RatingError` (the reading is held). Nothing else may escape into a batch."""
+    try:
+        schedule = TariffSchedule([version_from_spec("1", T0 - timedelta(days=1), spec)])
+    except UNREADABLE:
+        return
+    version = schedule.versions[0]
+    assert all(0 <= p <= MAX_PRICE_MILLI for p in (version.price_milli or 0, *version.tou_prices.values()))
+    deltas = dict.fromkeys((*TOU_REGISTERS, Quantity.ENERGY_TOTAL_KWH, Quantity.FLOW_TOTAL_M3), delta)
+    try:
+        result = rate(schedule, T0, T0 + timedelta(hours=1), deltas)
+    except (RatingError, TariffError):
+        return
+    assert 0 <= result.amount_milli <= MAX_RATED_MILLI
+    fen, _ = carry(999, result.amount_milli)
+    assert fen < 2**63
+
+
+@settings(max_examples=300, deadline=None)
+@given(spec=_SPEC)
+def test_what_the_api_stores_billing_reads_back(spec: dict[str, Any]) -> None:
+    """The write path (``TariffVersion.from_spec``, then ``to_spec``) and billing's reader agree: a
+    version the API accepted is never unreadable afterwards."""
+    try:
+        accepted = DomainVersion.from_spec("1", T0, spec)
+    except TariffError:
+        return
+    assert version_from_spec("1", T0, accepted.to_spec()) == accepted
