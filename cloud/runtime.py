@@ -55,10 +55,10 @@ from cloud.services.billing import BillingCache
 from cloud.services.control import (
     ControlConfig,
     OutgoingCommand,
+    claim_commands,
     gateway_config,
     lock_meter_states,
     mark_sent,
-    pending_commands,
     plan_commands,
     sweep,
 )
@@ -217,24 +217,12 @@ class Reconciler:
         return outgoing
 
     def publish_queued(self, command_ids: set[str]) -> list[OutgoingCommand]:
-        """Publish commands the API committed (``command_queued``), at once rather than at the sweep.
-
-        Every replica hears the event; each command is claimed with ``FOR UPDATE SKIP LOCKED`` and
-        marked sent in the same transaction as it is published, so exactly one replica sends it (a
-        second copy would reach the gateway as a replay it rejects). A publish that fails leaves it
-        pending: the sweep re-publishes it."""
-        sent: list[OutgoingCommand] = []
+        """Publish commands the API committed (``command_queued``) at once, not at the next sweep.
+        Each is claimed first (:func:`cloud.services.control.claim_commands`): every replica hears the
+        event, exactly one publishes; one that fails to publish is left to the sweep."""
         with unit_of_work(self._factory) as session:
-            for cmd in pending_commands(session, command_ids, self._config, claim=True):
-                try:
-                    self._publish(cmd.topic, cmd.payload, False)
-                except MqttError:
-                    log.warning("could not publish command %s; the sweep re-publishes it", cmd.id)
-                    continue
-                sent.append(cmd)
-                self.published += 1
-            mark_sent(session, [c.id for c in sent], self._clock())
-        return sent
+            claimed = claim_commands(session, command_ids, self._clock(), self._config)
+        return self._send(claimed)
 
     def sweep_once(self) -> list[OutgoingCommand]:
         now = self._clock()
@@ -243,7 +231,8 @@ class Reconciler:
         self._send(outgoing)
         return outgoing
 
-    def _send(self, outgoing: list[OutgoingCommand]) -> None:
+    def _send(self, outgoing: list[OutgoingCommand]) -> list[OutgoingCommand]:
+        """Publish, then record what the broker accepted; returns those."""
         sent: list[str] = []
         for cmd in outgoing:
             try:
@@ -255,6 +244,7 @@ class Reconciler:
         if sent:
             with unit_of_work(self._factory) as session:
                 mark_sent(session, sent, self._clock())
+        return [cmd for cmd in outgoing if cmd.id in sent]
 
     def publish_configs(self, *, force: bool = False) -> int:
         """Retained GatewayConfig (credit horizons) for gateways whose balances moved, rate-limited.

@@ -119,12 +119,12 @@ __all__ = [
     "ControlConfig",
     "OutgoingCommand",
     "apply_ack",
+    "claim_commands",
     "gateway_config",
     "issue_command",
     "lock_meter_states",
     "mark_sent",
     "operator_command",
-    "pending_commands",
     "plan_commands",
     "sweep",
 ]
@@ -448,24 +448,34 @@ def _late_topup(session: Session, row: CommandRow) -> None:
     )
 
 
-def pending_commands(
-    session: Session, command_ids: Iterable[str], config: ControlConfig, *, claim: bool = False
+def claim_commands(
+    session: Session, command_ids: Iterable[str], now: datetime, config: ControlConfig
 ) -> list[OutgoingCommand]:
-    """Committed commands still waiting to be published (an operator's, queued by the API). With
-    ``claim`` the rows are locked, skipping any another replica holds: it is publishing them."""
-    ids = sorted(set(command_ids))
-    if not ids:
-        return []
-    query = select(CommandRow).where(
-        col(CommandRow.id).in_(ids), col(CommandRow.status) == CommandStatus.PENDING
-    )
-    if claim:
-        query = query.order_by(col(CommandRow.id)).with_for_update(skip_locked=True)
-    rows = session.scalars(query).all()
+    """Claim committed, never-published commands for publishing; the caller commits, publishes, then
+    calls :func:`mark_sent`.
+
+    Every replica hears ``command_queued``; the gateway must get the command once (a second copy is a
+    replay it rejects, with an alarm). ``sent_at`` set on a still-pending row marks it claimed: one
+    conditional UPDATE per id, so exactly one replica's succeeds (PostgreSQL re-checks the condition
+    after waiting for the other's row lock; SQLite writers take turns). Claimed without a publish (a
+    crash, the broker down), it stays pending and the sweep re-publishes it like any lost command."""
     out: list[OutgoingCommand] = []
-    for row in rows:
-        gateway = session.get(Gateway, row.gateway_id)
-        if gateway is not None:
+    for command_id in sorted(set(command_ids)):
+        claimed = session.execute(
+            update(CommandRow)
+            .where(
+                col(CommandRow.id) == command_id,
+                col(CommandRow.status) == CommandStatus.PENDING,
+                col(CommandRow.sent_at).is_(None),
+            )
+            .values(sent_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(claimed, "rowcount", 0) != 1:
+            continue
+        row = session.get(CommandRow, command_id, populate_existing=True)
+        gateway = session.get(Gateway, row.gateway_id) if row is not None else None
+        if row is not None and gateway is not None:
             out.append(_outgoing(row, gateway.device_id, config.prefix))
     return out
 

@@ -9,6 +9,7 @@ checks that the healthy one's work happens in the same pass while the bad row is
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -346,9 +347,22 @@ def test_operator_command_is_claimed_by_one_replica(session_factory: sessionmake
     ]
     with unit_of_work(session_factory) as s:
         queued = operator_command(s, _manager(site), site.meters["m1"], Action.TRIP, NOW, ControlConfig())
-    for reconciler in replicas:
+    start = threading.Barrier(len(replicas))
+
+    def hear(reconciler: Reconciler) -> None:
+        start.wait()  # both hear the event at the same instant
         reconciler.publish_queued({queued.id})
+
+    threads = [threading.Thread(target=hear, args=(r,)) for r in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
     assert [c.id for c in first.commands() + second.commands()] == [queued.id]
+    with session_factory() as s:
+        row = s.get(CommandRow, queued.id)
+        assert row is not None
+        assert row.status == "sent"
 
 
 def test_operator_command_publish_failure_leaves_it_for_the_sweep(
