@@ -17,6 +17,7 @@ from cloud.domain.errors import (
     MoneyError,
 )
 from cloud.services.errors import AuthError, Conflict, NotFound, PermissionDenied
+from cloud.services.isolation import UnitFault
 
 __all__ = ["install_error_handlers"]
 
@@ -26,6 +27,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (NotFound, 404, "not_found"),
     (PermissionDenied, 403, "forbidden"),
     (Conflict, 409, "conflict"),
+    (UnitFault, 409, "unusable_settings"),  # a stored row (project, tariff) written past the API
     (InsufficientBalance, 409, "insufficient_balance"),
     (IdempotencyConflict, 409, "idempotency_conflict"),
     (IllegalTransition, 409, "illegal_transition"),

@@ -51,6 +51,7 @@ from cloud.services import ledger
 from cloud.services.audit import Actor
 from cloud.services.billing import UNREADABLE, version_from_spec
 from cloud.services.control import ControlConfig, operator_command
+from cloud.services.holds import Resolution, resolve_hold
 from cloud.services.ingest import Ingest
 from cloud.services.isolation import FAULTS
 from cloud.services.unit import unit_of_work
@@ -449,3 +450,30 @@ def test_what_the_api_stores_billing_reads_back(spec: dict[str, Any]) -> None:
     except TariffError:
         return
     assert version_from_spec("1", T0, accepted.to_spec()) == accepted
+
+
+def test_a_project_without_a_usable_policy_is_still_billed(session_factory: sessionmaker[Session]) -> None:
+    """Only ``friendly_start`` is bad: the time zone is fine, so readings are billed as usual (money
+    is never held back by a policy setting); the policy alone is skipped and alarmed — in the ingest
+    and when an operator bills a held reading."""
+    clock = Clock(NOW)
+    site = make_flow_site(session_factory, balance_fen=300)
+    with session_factory() as s:
+        s.execute(update(Project).where(col(Project.id) == site.project_id).values(friendly_start="99:99"))
+        s.commit()
+    ingest = Ingest(session_factory, clock=clock)
+    ingest.handle(*batch(site, [("m1", 1, NOW - timedelta(hours=3), "100.00")]))
+    ingest.handle(*batch(site, [("m1", 2, NOW - timedelta(hours=2), "110.00")]))  # 500 fen: in arrears
+    ingest.handle(*batch(site, [("m1", 3, NOW - timedelta(hours=1), "190.00")]))  # 80 kWh in 1 h: spike
+    assert balance(session_factory, site) == -200
+    with session_factory() as s:
+        state = s.get(MeterState, site.meters["m1"])
+        assert state is not None
+        assert state.desired is None  # not decided: the policy cannot be applied
+        hold = s.scalars(select(ReadingHold)).one()
+        assert hold.verdict == "spike"
+    with unit_of_work(session_factory) as s:
+        outcome = resolve_hold(s, _manager(site), hold.id or 0, Resolution.BILL, "checked on site", NOW)
+    assert outcome.charged_fen == 4_000
+    assert balance(session_factory, site) == -4_200
+    assert [a.dedupe_key for a in _alarms(session_factory)] == [f"fault:project:{site.project_id}"]
