@@ -55,7 +55,7 @@ from cloud.services.holds import Resolution, resolve_hold
 from cloud.services.ingest import Ingest
 from cloud.services.isolation import FAULTS
 from cloud.services.unit import unit_of_work
-from protocol.contract import Action, GatewayConfig, Quantity, RelayState, Topics, decode
+from protocol.contract import Action, GatewayConfig, Quantity, RelayState, decode
 from tests.cloud.flowkit import T0, FlowSite, balance, batch, commands, count, make_flow_site, recharge
 from tests.cloud.test_control import Clock, Wire
 
@@ -157,24 +157,35 @@ def test_gateway_configs_go_out_for_everyone_but_the_unusable_rows(
     session_factory: sessionmaker[Session],
 ) -> None:
     """Problem 1, the horizons task: one project's zone made ``publish_configs`` raise for every
-    gateway due in the round."""
+    gateway due in the round. A gateway whose rows raise anything else (a CT ratio of 0) is skipped
+    on its own, with one alarm."""
     clock = Clock(NOW)
     good = make_flow_site(session_factory, balance_fen=1_000)
     bad = make_flow_site(session_factory, balance_fen=1_000)
-    for site in (good, bad):
+    broken = make_flow_site(session_factory, balance_fen=1_000)
+    for site in (good, bad, broken):
         Ingest(session_factory, clock=clock).handle(
             *batch(site, [("m1", 1, NOW - timedelta(minutes=1), "100")])
         )
     _poison_project(session_factory, bad)
+    with session_factory() as s:  # the API keeps ct_ratio >= 1; the horizon divides by it
+        s.execute(update(Meter).where(col(Meter.id) == broken.meters["m1"]).values(ct_ratio=0))
+        s.commit()
     wire = Wire()
     reconciler = Reconciler(session_factory, wire, LocalEventBus(), ControlConfig(), clock=clock)
-    reconciler.mark_gateways_dirty({good.gateway_id, bad.gateway_id})
+    reconciler.mark_gateways_dirty({good.gateway_id, bad.gateway_id, broken.gateway_id})
 
     assert reconciler.publish_configs(force=True) == 2
+    assert reconciler.publish_configs(force=True) == 0  # only the broken one is still due: skipped again
     configs = {decode(GatewayConfig, p).gateway: decode(GatewayConfig, p) for t, p, _ in wire.sent}
     assert configs[good.gateway].horizons["m1"].limit == 120  # 1,000 fen at 0.5 yuan/kWh above 100
     assert configs[bad.gateway].horizons == {}  # its meter's zone is unusable: no horizon, no stall
-    assert {t for t, _, _ in wire.sent} == {Topics(good.gateway).config, Topics(bad.gateway).config}
+    assert broken.gateway not in configs
+    (alarm,) = _alarms(session_factory)
+    assert alarm.dedupe_key == f"fault:gateway:{broken.gateway_id}"
+    assert alarm.kind == "processing_failed"
+    assert "DivisionByZero" in alarm.message_en
+    assert f"网关 {broken.gateway}" in alarm.message_zh
 
 
 def _meter_with_tariff(
