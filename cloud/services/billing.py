@@ -42,7 +42,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
-from sqlalchemy import Text, bindparam, cast, func, select, text, update
+from sqlalchemy import JSON, Text, bindparam, case, cast, func, null, select, text, type_coerce, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -208,29 +208,23 @@ def schedule_for(
             return cache.schedules[tariff_id]
         if tariff_id in cache.unusable:
             raise cache.unusable[tariff_id]
-    sizes = session.execute(
-        select(col(TariffVersion.id), func.length(cast(col(TariffVersion.spec), Text))).where(
-            col(TariffVersion.tariff_id) == tariff_id
+    size = func.length(cast(col(TariffVersion.spec), Text))
+    rows = session.execute(  # a spec too long is not even transferred: parsing a megabyte per batch
+        select(
+            col(TariffVersion.id),
+            col(TariffVersion.effective_from),
+            size,
+            type_coerce(case((size <= MAX_SPEC_SIZE, col(TariffVersion.spec)), else_=null()), JSON),
         )
-    ).all()
-    oversized = [(int(i), int(n)) for i, n in sizes if n is not None and n > MAX_SPEC_SIZE]
-    if oversized:  # not read at all: parsing a megabyte for every batch is the attack
-        version_id, size = oversized[0]
-        exc = TariffError(f"version {version_id}: spec: {size} characters, at most {MAX_SPEC_SIZE}")
-        fault = _tariff_fault(session, tariff_id, exc)
-        if cache is not None:
-            cache.unusable[tariff_id] = fault
-        raise fault
-    rows = session.scalars(
-        select(TariffVersion)
         .where(col(TariffVersion.tariff_id) == tariff_id)
         .order_by(col(TariffVersion.effective_from))
     ).all()
     try:
+        for version_id, _, length, spec in rows:
+            if spec is None and length is not None and length > MAX_SPEC_SIZE:
+                raise TariffError(f"version {version_id}: spec: {length} characters, at most {MAX_SPEC_SIZE}")
         schedule = (
-            TariffSchedule(version_from_spec(str(r.id), r.effective_from, r.spec) for r in rows)
-            if rows
-            else None
+            TariffSchedule(version_from_spec(str(i), at, spec) for i, at, _, spec in rows) if rows else None
         )
     except UNREADABLE as exc:
         fault = _tariff_fault(session, tariff_id, exc)
