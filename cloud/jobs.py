@@ -20,8 +20,8 @@ cut_sweep         minute      accounts whose policy asked to be re-evaluated (en
                               hours, grace, a holiday) and accounts in arrears → desired state;
                               each account on its own (:mod:`cloud.services.isolation`)
 ledger_check      hour        cached balances vs Σ entries; mismatches rebuilt and alarmed
-daily_aggregates  local day   per meter and account: opening/closing registers and balances,
-                              charges, recharges, corrections of the previous local day
+daily_aggregates  local day   per meter (each on its own) and account: opening/closing registers
+                              and balances, charges, recharges, corrections of the previous local day
 ================  ==========  ===============================================================
 """
 
@@ -265,25 +265,28 @@ def daily_aggregates(session: Session, ctx: JobContext) -> dict[str, Any]:
         .where(col(ReadingRow.ts) >= start, col(ReadingRow.ts) < end, col(ReadingRow.meter_id).is_not(None))
         .distinct()
     ).all()
-    for meter_id in meter_ids:
-        rows = session.scalars(
-            select(ReadingRow)
-            .where(
-                col(ReadingRow.meter_id) == meter_id, col(ReadingRow.ts) >= start, col(ReadingRow.ts) < end
+    for meter_id in meter_ids:  # each on its own: one corrupt reading row must not cost everyone the day
+        with isolated(session, Unit(UnitKind.METER, meter_id or 0), ctx.now) as done:
+            rows = session.scalars(
+                select(ReadingRow)
+                .where(
+                    col(ReadingRow.meter_id) == meter_id,
+                    col(ReadingRow.ts) >= start,
+                    col(ReadingRow.ts) < end,
+                )
+                .order_by(col(ReadingRow.ts), col(ReadingRow.seq))
+            ).all()
+            session.add(
+                DailyAggregate(
+                    day=day,
+                    scope=f"meter:{meter_id}",
+                    meter_id=meter_id,
+                    opening=dict(rows[0].values),
+                    closing=dict(rows[-1].values),
+                    readings=len(rows),
+                )
             )
-            .order_by(col(ReadingRow.ts), col(ReadingRow.seq))
-        ).all()
-        session.add(
-            DailyAggregate(
-                day=day,
-                scope=f"meter:{meter_id}",
-                meter_id=meter_id,
-                opening=dict(rows[0].values),
-                closing=dict(rows[-1].values),
-                readings=len(rows),
-            )
-        )
-        meters += 1
+        meters += done.ok
     sums = session.execute(
         select(
             col(LedgerEntry.account_id),

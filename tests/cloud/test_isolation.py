@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -30,13 +31,14 @@ from cloud.domain.tariffs import MAX_PRICE_MILLI, MAX_RATED_MILLI, TOU_REGISTERS
 from cloud.domain.tariffs import TariffVersion as DomainVersion
 from cloud.events import LocalEventBus
 from cloud.integrations.mqtt import MqttError
-from cloud.jobs import JobContext, cut_sweep
+from cloud.jobs import JobContext, cut_sweep, daily_aggregates
 from cloud.models import (
     Account,
     AccountMeter,
     AccountState,
     Alarm,
     CommandRow,
+    DailyAggregate,
     DeadLetter,
     Meter,
     MeterState,
@@ -488,3 +490,31 @@ def test_a_project_without_a_usable_policy_is_still_billed(session_factory: sess
     assert outcome.charged_fen == 4_000
     assert balance(session_factory, site) == -4_200
     assert [a.dedupe_key for a in _alarms(session_factory)] == [f"fault:project:{site.project_id}"]
+
+
+def test_daily_aggregates_skip_a_meter_with_a_corrupt_reading_row(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The daily job aggregated every meter in one transaction: one corrupt row (values that are not
+    a mapping) failed the day for everyone, every 30 minutes."""
+    clock = Clock(NOW)
+    good = make_flow_site(session_factory, balance_fen=1_000)
+    bad = make_flow_site(session_factory, balance_fen=1_000)
+    day_before = NOW - timedelta(days=1)
+    for site in (good, bad):
+        Ingest(session_factory, clock=Clock(day_before)).handle(*batch(site, [("m1", 1, day_before, "100")]))
+    with session_factory() as s:
+        s.execute(
+            update(ReadingRow).where(col(ReadingRow.meter_id) == bad.meters["m1"]).values(values=[1, 2, 3])
+        )
+        s.commit()
+    period = (NOW.astimezone(ZoneInfo("Asia/Shanghai"))).date().isoformat()
+    ctx = JobContext(clock.now, period, None, timedelta(minutes=5), "Asia/Shanghai")
+    with unit_of_work(session_factory) as s:
+        result = daily_aggregates(s, ctx)
+    assert result["meters"] == 1
+    with session_factory() as s:
+        scopes = set(s.scalars(select(DailyAggregate.scope)))  # type: ignore[call-overload]
+    assert f"meter:{good.meters['m1']}" in scopes
+    assert f"meter:{bad.meters['m1']}" not in scopes
+    assert [a.dedupe_key for a in _alarms(session_factory)] == [f"fault:meter:{bad.meters['m1']}"]
