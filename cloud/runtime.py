@@ -77,6 +77,10 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_MAX_EVENT_IDS = 10_000
+"""Most meter ids one event may name (a batch of readings names at most 1,000)."""
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
     ingest: bool = True
@@ -122,6 +126,7 @@ class Reconciler:
         self._dirty_gateways: set[int] = set()
         self._queued: set[str] = set()
         self._config_sent: dict[int, float] = {}
+        self._malformed: set[str] = set()
         self.published: int = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -169,7 +174,22 @@ class Reconciler:
                 log.exception("publishing gateway configs failed; retrying")
 
     def _collect(self, item: tuple[str, dict[str, Any]], accounts: set[int], meters: set[int]) -> None:
+        """Take one event's ids; a malformed one is ignored (logged once per kind): the bus is shared
+        by every organisation and every replica, and one bad publisher must not stop the loop."""
+        try:
+            self._take(item, accounts, meters)
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+            kind = str(item[0])[:40] if isinstance(item, tuple) and item else "?"
+            if kind not in self._malformed:
+                self._malformed.add(kind)
+                log.warning(
+                    "ignoring a malformed %s event (and, quietly, any more of them): %.200r", kind, item
+                )
+
+    def _take(self, item: tuple[str, dict[str, Any]], accounts: set[int], meters: set[int]) -> None:
         kind, payload = item
+        if kind == DESIRED_CHANGED and len(payload.get("meter_ids", ())) > _MAX_EVENT_IDS:
+            raise ValueError(f"{kind} names more than {_MAX_EVENT_IDS} meters")
         if kind == GATEWAY_BILLED and "gateway_id" in payload:
             self._billed_gateways.add(int(payload["gateway_id"]))
         if kind == COMMAND_QUEUED and "command_id" in payload:

@@ -8,6 +8,7 @@ checks that the healthy one's work happens in the same pass while the bad row is
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import uuid
@@ -60,6 +61,7 @@ from cloud.services.unit import unit_of_work
 from protocol.contract import Action, GatewayConfig, Quantity, RelayState, decode
 from tests.cloud.flowkit import T0, FlowSite, balance, batch, commands, count, make_flow_site, recharge
 from tests.cloud.test_control import Clock, Wire
+from tests.cloud.test_control_mqtt import until
 
 NOW = T0 + timedelta(hours=2)
 
@@ -518,3 +520,35 @@ def test_daily_aggregates_skip_a_meter_with_a_corrupt_reading_row(
     assert f"meter:{good.meters['m1']}" in scopes
     assert f"meter:{bad.meters['m1']}" not in scopes
     assert [a.dedupe_key for a in _alarms(session_factory)] == [f"fault:meter:{bad.meters['m1']}"]
+
+
+async def test_malformed_events_on_the_bus_do_not_stop_the_reconciler(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The bus is shared by every organisation and replica (Redis): an event with a non-numeric id or
+    a million meters used to raise out of the reconciler's loop and end it until a restart."""
+    clock = Clock(NOW)
+    site = make_flow_site(session_factory, balance_fen=0)
+    _open_meter(session_factory, site, clock)
+    bus = LocalEventBus()
+    wire = Wire()
+    reconciler = Reconciler(session_factory, wire, bus, ControlConfig(), clock=clock, tick_s=0.05)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(reconciler.run(stop))
+    try:
+        await asyncio.sleep(0.2)
+        for kind, payload in [
+            ("balance_changed", {"account_id": "not a number"}),
+            ("desired_changed", {"meter_ids": 42}),
+            ("desired_changed", {"meter_ids": list(range(10**6))}),
+            ("ack_received", {"meter_id": None}),
+            ("gateway_billed", {"gateway_id": [1]}),
+        ]:
+            bus.publish(kind, payload)
+        recharge(session_factory, site, "m1", 1_000, at=NOW, publish=bus.publish)
+        await until(wire.commands, within=10)
+        assert [c.action for c in wire.commands()] == [Action.CLOSE]
+        assert not loop.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(loop, 10)
