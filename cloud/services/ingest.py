@@ -14,7 +14,10 @@ effects are committed, so paho's PUBACK (sent when the handler returns) means "a
 Malformed payloads (bad JSON, schema violations, a topic that does not match the payload's gateway,
 an unknown gateway) go to ``dead_letter`` with the reason, the topic and the raw bytes, and the ingest
 carries on. A failure of the database itself propagates, so the MQTT adapter withholds the PUBACK and
-retries; any other unexpected error also dead-letters the message (raw bytes kept for a replay).
+retries; any other unexpected error also dead-letters the message (raw bytes kept for a replay) —
+except one raised while billing one meter: the batch is then applied again with that meter's readings
+held (verdict ``error``, one alarm), so a corrupt row of one tenant never costs the others their
+readings (:mod:`cloud.services.isolation`).
 
 Per batch, the meters' ``meter_state`` rows and the paying accounts are locked in id order before any
 billing, so concurrent batches (shared subscriptions hand one gateway's batches to several replicas)
