@@ -60,7 +60,7 @@ from cloud.services import ledger as ledger_service
 from cloud.services.arrears import PolicyCache, evaluate_account, linked_meters
 from cloud.services.bulk import in_values
 from cloud.services.control import lock_meter_states
-from cloud.services.isolation import FAULTS, Unit, UnitKind, isolated
+from cloud.services.isolation import FAULTS, Unit, UnitKind, account_unit, each_isolated
 from cloud.services.unit import Publisher
 
 __all__ = [
@@ -203,20 +203,18 @@ def cut_sweep(session: Session, ctx: JobContext) -> dict[str, Any]:
         select(Account).where(col(Account.id).in_(sorted(ids))).order_by(col(Account.id)).with_for_update()
     ).all()
     cache = PolicyCache()
-    changed: list[int] = []
-    failed = 0
-    for account in due:  # each on its own: a project with unusable settings holds its accounts only
-        unit = Unit(UnitKind.ACCOUNT, account.id or 0, org_id=account.org_id, name=account.number)
-        decided: list[int] = []
-        with isolated(session, unit, ctx.now) as done:
-            decided = evaluate_account(session, account, ctx.now, cache)
-        if done.ok:
-            changed.extend(decided)
-        else:
-            failed += 1
+    # each on its own: a project with unusable settings holds its accounts only
+    evaluated = each_isolated(
+        session,
+        due,
+        account_unit,
+        lambda account: evaluate_account(session, account, ctx.now, cache),
+        ctx.now,
+    )
+    changed = [meter_id for _, meter_ids in evaluated.done for meter_id in meter_ids]
     return {
         "accounts": len(due),
-        "failed": failed,
+        "failed": len(evaluated.failed),
         "meters_changed": len(changed),
         "_desired_changed": changed,
     }
@@ -259,34 +257,37 @@ def daily_aggregates(session: Session, ctx: JobContext) -> dict[str, Any]:
     """Aggregates of the local day *before* ``ctx.period``'s day (a finished day)."""
     day = date.fromisoformat(ctx.period) - timedelta(days=1)
     start, end = _day_bounds(day, ctx.tz)
-    meters = 0
     meter_ids = session.scalars(
         select(col(ReadingRow.meter_id))
         .where(col(ReadingRow.ts) >= start, col(ReadingRow.ts) < end, col(ReadingRow.meter_id).is_not(None))
         .distinct()
     ).all()
-    for meter_id in meter_ids:  # each on its own: one corrupt reading row must not cost everyone the day
-        with isolated(session, Unit(UnitKind.METER, meter_id or 0), ctx.now) as done:
-            rows = session.scalars(
-                select(ReadingRow)
-                .where(
-                    col(ReadingRow.meter_id) == meter_id,
-                    col(ReadingRow.ts) >= start,
-                    col(ReadingRow.ts) < end,
-                )
-                .order_by(col(ReadingRow.ts), col(ReadingRow.seq))
-            ).all()
-            session.add(
-                DailyAggregate(
-                    day=day,
-                    scope=f"meter:{meter_id}",
-                    meter_id=meter_id,
-                    opening=dict(rows[0].values),
-                    closing=dict(rows[-1].values),
-                    readings=len(rows),
-                )
+
+    def aggregate(meter_id: int) -> None:
+        rows = session.scalars(
+            select(ReadingRow)
+            .where(
+                col(ReadingRow.meter_id) == meter_id,
+                col(ReadingRow.ts) >= start,
+                col(ReadingRow.ts) < end,
             )
-        meters += done.ok
+            .order_by(col(ReadingRow.ts), col(ReadingRow.seq))
+        ).all()
+        session.add(
+            DailyAggregate(
+                day=day,
+                scope=f"meter:{meter_id}",
+                meter_id=meter_id,
+                opening=dict(rows[0].values),
+                closing=dict(rows[-1].values),
+                readings=len(rows),
+            )
+        )
+        session.flush()
+
+    # each on its own: one corrupt reading row must not cost everyone the day
+    ids = [m for m in meter_ids if m is not None]
+    meters = len(each_isolated(session, ids, lambda m: Unit(UnitKind.METER, m), aggregate, ctx.now).done)
     sums = session.execute(
         select(
             col(LedgerEntry.account_id),

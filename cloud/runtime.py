@@ -63,7 +63,7 @@ from cloud.services.control import (
     sweep,
 )
 from cloud.services.ingest import Ingest
-from cloud.services.isolation import FAULTS, FaultLog, Unit, UnitKind, isolated
+from cloud.services.isolation import Unit, UnitKind, account_unit, each_isolated, isolated
 from cloud.services.unit import unit_of_work
 from cloud.settings import Settings
 from protocol.contract import Topics, encode
@@ -110,10 +110,8 @@ class Reconciler:
         horizon_interval_s: float = 2.0,
         billed_horizon_interval_s: float = 60.0,
         rand: Callable[[], float] = random.random,
-        faults: FaultLog = FAULTS,
     ) -> None:
         self._factory = factory
-        self._faults = faults
         self._publish = publish
         self._bus = bus
         self._config = config
@@ -208,7 +206,6 @@ class Reconciler:
         (:func:`cloud.services.isolation.isolated`): an account of a project whose settings are
         unusable, or a meter whose rows are, is skipped and alarmed once; the others go out now."""
         now = self._clock()
-        outgoing: list[OutgoingCommand] = []
         with unit_of_work(self._factory) as session:
             cache = PolicyCache()
             all_meters = set(meters)
@@ -223,16 +220,22 @@ class Reconciler:
                 .order_by(col(Account.id))
                 .with_for_update()
             ).all()
-            for account in rows:
-                unit = Unit(UnitKind.ACCOUNT, account.id or 0, org_id=account.org_id, name=account.number)
-                with isolated(session, unit, now, self._faults):
-                    evaluate_account(session, account, now, cache)
-            for meter_id in sorted(all_meters):
-                planned: list[OutgoingCommand] = []
-                with isolated(session, Unit(UnitKind.METER, meter_id), now, self._faults) as done:
-                    planned = plan_commands(session, [meter_id], now, self._config)
-                if done.ok:  # a command rolled back with its savepoint must never be published
-                    outgoing.extend(planned)
+            each_isolated(
+                session,
+                rows,
+                account_unit,
+                lambda account: evaluate_account(session, account, now, cache),
+                now,
+            )
+            planned = each_isolated(
+                session,
+                sorted(all_meters),
+                lambda meter_id: Unit(UnitKind.METER, meter_id),
+                lambda meter_id: plan_commands(session, [meter_id], now, self._config),
+                now,
+            )
+            # only commands whose savepoint committed: one rolled back must never be published
+            outgoing = [cmd for _, commands in planned.done for cmd in commands]
         self._send(outgoing)
         return outgoing
 
@@ -303,7 +306,7 @@ class Reconciler:
                 if gateway is None:
                     continue
                 unit = Unit(UnitKind.GATEWAY, gateway_id, org_id=gateway.org_id, name=gateway.device_id)
-                with isolated(session, unit, now, self._faults):  # one gateway's rows hold only its config
+                with isolated(session, unit, now):  # one gateway's rows hold only its config
                     config = gateway_config(session, gateway, now, self._config, cache)
                     topic = Topics(gateway.device_id, self._config.prefix).config
                     payloads.append((gateway_id, topic, encode(config)))

@@ -99,7 +99,7 @@ from cloud.services.arrears import (
 from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.billing import BillingCache, schedule_for, snapshot_values, tier_counter
 from cloud.services.errors import Conflict, NotFound
-from cloud.services.isolation import Unit, UnitFault, UnitKind, isolated
+from cloud.services.isolation import Unit, UnitFault, UnitKind, each_isolated
 from cloud.services.ledger import get_transaction, load_transaction, post
 from protocol.contract import (
     Ack,
@@ -585,26 +585,29 @@ def sweep(
         .order_by(col(CommandRow.next_try_at))
         .limit(limit)
     ).all()
-    for command_id, meter_id in due:
-        issued: OutgoingCommand | None = None
-        with isolated(session, Unit(UnitKind.COMMAND, command_id), now) as done:
-            issued = _sweep_command(session, command_id, meter_id, now, config, rand)
-        if done.ok and issued is not None:
-            out.append(issued)
-        elif not done.ok:  # looked at again later, not on every tick ahead of every other due command
-            session.execute(
-                update(CommandRow)
-                .where(col(CommandRow.id) == command_id)
-                .values(next_try_at=now + config.command_ttl)
-                .execution_options(synchronize_session=False)
-            )
-    for meter_id in _recently_recharged_local_meters(session, now - config.topup_window, limit):
-        topup: OutgoingCommand | None = None
-        with isolated(session, Unit(UnitKind.METER, meter_id), now) as done:
-            _lock_state(session, meter_id)
-            topup = _plan_topup(session, meter_id, now, config)
-        if done.ok and topup is not None:
-            out.append(topup)
+    swept = each_isolated(
+        session,
+        list(due),
+        lambda item: Unit(UnitKind.COMMAND, item[0]),
+        lambda item: _sweep_command(session, item[0], item[1], now, config, rand),
+        now,
+    )
+    out.extend(cmd for _, cmd in swept.done if cmd is not None)
+    for command_id, _ in swept.failed:  # looked at again later, not ahead of every other on every tick
+        session.execute(
+            update(CommandRow)
+            .where(col(CommandRow.id) == command_id)
+            .values(next_try_at=now + config.command_ttl)
+            .execution_options(synchronize_session=False)
+        )
+
+    def topup(meter_id: int) -> OutgoingCommand | None:
+        _lock_state(session, meter_id)
+        return _plan_topup(session, meter_id, now, config)
+
+    recharged = _recently_recharged_local_meters(session, now - config.topup_window, limit)
+    planned = each_isolated(session, recharged, lambda m: Unit(UnitKind.METER, m), topup, now)
+    out.extend(cmd for _, cmd in planned.done if cmd is not None)
     stale = session.scalars(
         select(CommandRow)
         .where(

@@ -49,7 +49,7 @@ from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.billing import BillableReading, BillingCache, bill_reading, snapshot_values
 from cloud.services.control import lock_meter_states
 from cloud.services.errors import Conflict, NotFound
-from cloud.services.isolation import Unit, UnitKind, isolated
+from cloud.services.isolation import account_unit, isolated
 
 __all__ = [
     "AUDIT_ACTION",
@@ -303,7 +303,6 @@ def _bill(
     if outcome.txn is not None and outcome.org_id is not None:
         ledger_service.post(session, outcome.txn, org_id=outcome.org_id)
         session.refresh(account, ["balance_fen", "version"])
-        unit = Unit(UnitKind.ACCOUNT, account.id or 0, org_id=account.org_id, name=account.number)
-        with isolated(session, unit, now):  # a project without a usable policy: billed, not re-evaluated
+        with isolated(session, account_unit(account), now):  # no usable policy: billed, not re-evaluated
             changed = evaluate_account(session, account, now)
     return outcome.charged_fen, outcome.txn_key, changed

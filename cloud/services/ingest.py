@@ -75,7 +75,7 @@ from cloud.services.billing import (
 )
 from cloud.services.bulk import in_values, insert_rows, update_rows
 from cloud.services.control import ControlConfig, apply_ack
-from cloud.services.isolation import FAULTS, Unit, UnitKind, clear_fault, isolated
+from cloud.services.isolation import FAULTS, Unit, UnitKind, account_unit, clear_fault, each_isolated
 from cloud.services.unit import Publisher, unit_of_work
 from protocol.contract import (
     Ack,
@@ -619,7 +619,7 @@ class Ingest:
             ).scalars()
         )
         policy_cache = PolicyCache()
-        changed: list[int] = []
+        due: list[Account] = []
         for account_id, delta in sorted(deltas.items()):
             account = accounts.get(account_id)
             if account is None:
@@ -632,15 +632,16 @@ class Ingest:
                 continue
             # the batch's account rows are plain copies (Core wrote them): the policy loads the ORM row
             fresh = session.get(Account, account_id, populate_existing=True)
-            if fresh is None:
-                continue
-            unit = Unit(UnitKind.ACCOUNT, account_id, org_id=fresh.org_id, name=fresh.number)
-            decided: list[int] = []
-            with isolated(session, unit, now) as outcome:  # a bad project holds its accounts only
-                decided = evaluate_account(session, fresh, now, policy_cache)
-            if outcome.ok:
-                changed.extend(decided)
-        return changed
+            if fresh is not None:
+                due.append(fresh)
+        evaluated = each_isolated(  # a project with unusable settings holds its accounts only
+            session,
+            due,
+            account_unit,
+            lambda account: evaluate_account(session, account, now, policy_cache),
+            now,
+        )
+        return [meter_id for _, meter_ids in evaluated.done for meter_id in meter_ids]
 
     def _insert_missing_states(self, connection: Connection, meter_ids: list[int]) -> None:
         present = set(
