@@ -17,10 +17,11 @@ name              period      work
 ================  ==========  ===============================================================
 offline_check     minute      gateways/meters silent for too long → offline + alarm
 cut_sweep         minute      accounts whose policy asked to be re-evaluated (end of friendly
-                              hours, grace, a holiday) and accounts in arrears → desired state
+                              hours, grace, a holiday) and accounts in arrears → desired state;
+                              each account on its own (:mod:`cloud.services.isolation`)
 ledger_check      hour        cached balances vs Σ entries; mismatches rebuilt and alarmed
-daily_aggregates  local day   per meter and account: opening/closing registers and balances,
-                              charges, recharges, corrections of the previous local day
+daily_aggregates  local day   per meter (each on its own) and account: opening/closing registers
+                              and balances, charges, recharges, corrections of the previous local day
 ================  ==========  ===============================================================
 """
 
@@ -59,6 +60,7 @@ from cloud.services import ledger as ledger_service
 from cloud.services.arrears import PolicyCache, evaluate_account, linked_meters
 from cloud.services.bulk import in_values
 from cloud.services.control import lock_meter_states
+from cloud.services.isolation import FAULTS, Unit, UnitKind, account_unit, each_isolated
 from cloud.services.unit import Publisher
 
 __all__ = [
@@ -201,10 +203,21 @@ def cut_sweep(session: Session, ctx: JobContext) -> dict[str, Any]:
         select(Account).where(col(Account.id).in_(sorted(ids))).order_by(col(Account.id)).with_for_update()
     ).all()
     cache = PolicyCache()
-    changed: list[int] = []
-    for account in due:
-        changed.extend(evaluate_account(session, account, ctx.now, cache))
-    return {"accounts": len(due), "meters_changed": len(changed), "_desired_changed": changed}
+    # each on its own: a project with unusable settings holds its accounts only
+    evaluated = each_isolated(
+        session,
+        due,
+        account_unit,
+        lambda account: evaluate_account(session, account, ctx.now, cache),
+        ctx.now,
+    )
+    changed = [meter_id for _, meter_ids in evaluated.done for meter_id in meter_ids]
+    return {
+        "accounts": len(due),
+        "failed": len(evaluated.failed),
+        "meters_changed": len(changed),
+        "_desired_changed": changed,
+    }
 
 
 def ledger_check(session: Session, ctx: JobContext) -> dict[str, Any]:
@@ -244,17 +257,19 @@ def daily_aggregates(session: Session, ctx: JobContext) -> dict[str, Any]:
     """Aggregates of the local day *before* ``ctx.period``'s day (a finished day)."""
     day = date.fromisoformat(ctx.period) - timedelta(days=1)
     start, end = _day_bounds(day, ctx.tz)
-    meters = 0
     meter_ids = session.scalars(
         select(col(ReadingRow.meter_id))
         .where(col(ReadingRow.ts) >= start, col(ReadingRow.ts) < end, col(ReadingRow.meter_id).is_not(None))
         .distinct()
     ).all()
-    for meter_id in meter_ids:
+
+    def aggregate(meter_id: int) -> None:
         rows = session.scalars(
             select(ReadingRow)
             .where(
-                col(ReadingRow.meter_id) == meter_id, col(ReadingRow.ts) >= start, col(ReadingRow.ts) < end
+                col(ReadingRow.meter_id) == meter_id,
+                col(ReadingRow.ts) >= start,
+                col(ReadingRow.ts) < end,
             )
             .order_by(col(ReadingRow.ts), col(ReadingRow.seq))
         ).all()
@@ -268,7 +283,11 @@ def daily_aggregates(session: Session, ctx: JobContext) -> dict[str, Any]:
                 readings=len(rows),
             )
         )
-        meters += 1
+        session.flush()
+
+    # each on its own: one corrupt reading row must not cost everyone the day
+    ids = [m for m in meter_ids if m is not None]
+    meters = len(each_isolated(session, ids, lambda m: Unit(UnitKind.METER, m), aggregate, ctx.now).done)
     sums = session.execute(
         select(
             col(LedgerEntry.account_id),
@@ -418,11 +437,13 @@ class JobScheduler:
         kind, fn, _every = self._jobs[name]
         now = self._clock()
         ctx = JobContext(now, period_key(kind, now, self._tz), self._publish, self._offline_after, self._tz)
+        unit = Unit(UnitKind.JOB, name)
         try:
             result = run_once(self._factory, name, ctx.period, fn, ctx, runner=self._runner)
-        except Exception:  # logged; the period stays open for the next firing
-            log.exception("job %s (%s) failed", name, ctx.period)
+        except Exception as exc:  # the period stays open for the next firing; logged loudly once
+            FAULTS.failed(unit, exc)
             return None
+        FAULTS.succeeded(unit)
         if result is not None:
             self.ran.append((name, ctx.period))
             log.info("job %s ran for %s: %s", name, ctx.period, result)

@@ -56,15 +56,15 @@ from cloud.services.billing import BillingCache
 from cloud.services.control import (
     ControlConfig,
     OutgoingCommand,
+    claim_commands,
     gateway_config,
     lock_meter_states,
     mark_sent,
-    pending_commands,
     plan_commands,
     sweep,
 )
 from cloud.services.ingest import Ingest
-from cloud.services.keys import NoKey
+from cloud.services.isolation import Unit, UnitKind, account_unit, each_isolated, isolated
 from cloud.services.unit import unit_of_work
 from cloud.settings import Settings
 from protocol.contract import Topics
@@ -76,6 +76,10 @@ log = logging.getLogger(__name__)
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+_MAX_EVENT_IDS = 10_000
+"""Most meter ids one event may name (a batch of readings names at most 1,000)."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class Reconciler:
         self._dirty_gateways: set[int] = set()
         self._queued: set[str] = set()
         self._config_sent: dict[int, float] = {}
+        self._malformed: set[str] = set()
         self.published: int = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -177,7 +182,22 @@ class Reconciler:
                 log.exception("publishing gateway configs failed; retrying")
 
     def _collect(self, item: tuple[str, dict[str, Any]], accounts: set[int], meters: set[int]) -> None:
+        """Take one event's ids; a malformed one is ignored (logged once per kind): the bus is shared
+        by every organisation and every replica, and one bad publisher must not stop the loop."""
+        try:
+            self._take(item, accounts, meters)
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+            kind = str(item[0])[:40] if isinstance(item, tuple) and item else "?"
+            if kind not in self._malformed:
+                self._malformed.add(kind)
+                log.warning(
+                    "ignoring a malformed %s event (and, quietly, any more of them): %.200r", kind, item
+                )
+
+    def _take(self, item: tuple[str, dict[str, Any]], accounts: set[int], meters: set[int]) -> None:
         kind, payload = item
+        if kind == DESIRED_CHANGED and len(payload.get("meter_ids", ())) > _MAX_EVENT_IDS:
+            raise ValueError(f"{kind} names more than {_MAX_EVENT_IDS} meters")
         if kind == GATEWAY_BILLED and "gateway_id" in payload:
             self._billed_gateways.add(int(payload["gateway_id"]))
         if kind == GATEWAY_KEYS_CHANGED and "gateway_id" in payload:
@@ -192,7 +212,11 @@ class Reconciler:
             meters.add(int(payload["meter_id"]))
 
     def react(self, accounts: set[int], meters: set[int]) -> list[OutgoingCommand]:
-        """Re-evaluate the accounts, plan commands for their meters (and ``meters``), publish."""
+        """Re-evaluate the accounts, plan commands for their meters (and ``meters``), publish.
+
+        Each account's evaluation and each meter's planning is a unit of its own
+        (:func:`cloud.services.isolation.isolated`): an account of a project whose settings are
+        unusable, or a meter whose rows are, is skipped and alarmed once; the others go out now."""
         now = self._clock()
         with unit_of_work(self._factory) as session:
             cache = PolicyCache()
@@ -208,17 +232,32 @@ class Reconciler:
                 .order_by(col(Account.id))
                 .with_for_update()
             ).all()
-            for account in rows:
-                evaluate_account(session, account, now, cache)
-            outgoing = plan_commands(session, all_meters, now, self._config)
+            each_isolated(
+                session,
+                rows,
+                account_unit,
+                lambda account: evaluate_account(session, account, now, cache),
+                now,
+            )
+            planned = each_isolated(
+                session,
+                sorted(all_meters),
+                lambda meter_id: Unit(UnitKind.METER, meter_id),
+                lambda meter_id: plan_commands(session, [meter_id], now, self._config),
+                now,
+            )
+            # only commands whose savepoint committed: one rolled back must never be published
+            outgoing = [cmd for _, commands in planned.done for cmd in commands]
         self._send(outgoing)
         return outgoing
 
     def publish_queued(self, command_ids: set[str]) -> list[OutgoingCommand]:
+        """Publish commands the API committed (``command_queued``) at once, not at the next sweep.
+        Each is claimed first (:func:`cloud.services.control.claim_commands`): every replica hears the
+        event, exactly one publishes; one that fails to publish is left to the sweep."""
         with unit_of_work(self._factory) as session:
-            outgoing = pending_commands(session, command_ids, self._config)
-        self._send(outgoing)
-        return outgoing
+            claimed = claim_commands(session, command_ids, self._clock(), self._config)
+        return self._send(claimed)
 
     def sweep_once(self) -> list[OutgoingCommand]:
         now = self._clock()
@@ -227,7 +266,8 @@ class Reconciler:
         self._send(outgoing)
         return outgoing
 
-    def _send(self, outgoing: list[OutgoingCommand]) -> None:
+    def _send(self, outgoing: list[OutgoingCommand]) -> list[OutgoingCommand]:
+        """Publish, then record what the broker accepted; returns those."""
         sent: list[str] = []
         for cmd in outgoing:
             try:
@@ -239,6 +279,7 @@ class Reconciler:
         if sent:
             with unit_of_work(self._factory) as session:
                 mark_sent(session, sent, self._clock())
+        return [cmd for cmd in outgoing if cmd.id in sent]
 
     def publish_configs(self, *, force: bool = False) -> int:
         """Retained GatewayConfig (credit horizons) for gateways whose balances moved, rate-limited.
@@ -276,12 +317,13 @@ class Reconciler:
                 gateway = session.get(Gateway, gateway_id)
                 if gateway is None:
                     continue
-                try:
+                unit = Unit(UnitKind.GATEWAY, gateway_id, org_id=gateway.org_id, name=gateway.device_id)
+                # one gateway's rows (or a gateway without a valid signing key, NoKey) hold only its
+                # config, with an alarm that names it
+                with isolated(session, unit, now):
                     sealed = gateway_config(session, gateway, now, self._config, cache)
-                except NoKey:
-                    log.warning("gateway %s has no valid signing key: no config for it", gateway.device_id)
-                    continue
-                payloads.append((gateway_id, Topics(gateway.device_id, self._config.prefix).config, sealed))
+                    topic = Topics(gateway.device_id, self._config.prefix).config
+                    payloads.append((gateway_id, topic, sealed))
         for gateway_id, topic, payload in payloads:
             try:
                 self._publish(topic, payload, True)

@@ -15,6 +15,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from cloud.domain.errors import PolicyError
+from cloud.domain.localtime import zone
+
 __all__ = [
     "DEFAULT_SECRET_KEY",
     "DEFAULT_SHARE_GROUP",
@@ -106,7 +109,17 @@ class Settings(BaseSettings):
     """``serve`` also runs ingest, control and jobs; API-only replicas set this to false."""
 
     timezone: str = "Asia/Shanghai"
-    """Default local timezone of projects: friendly hours, holidays, daily aggregates."""
+    """Default local timezone of projects: friendly hours, holidays, daily aggregates. A tzdata name:
+    anything else is refused at start-up, not by the daily job of every day after."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _tzdata_name(cls, value: str) -> str:
+        try:
+            zone(value)
+        except PolicyError as exc:
+            raise ValueError(f"MF_TIMEZONE: {exc}") from exc
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

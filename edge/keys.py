@@ -3,7 +3,7 @@
 Why several keys: keys rotate (the cloud's ``POST /gateways/{id}/keys``, then ``meterflow edge key
 install`` on the gateway), and for an overlap window both sides hold the old and the new key, so a
 gateway that has not got the new key yet keeps working and one that has does not have to wait for the
-cloud. The rules the gateway follows (docs/security.md, "SIGN"):
+cloud. The rules the gateway follows (docs/security.md, "Signed messages and gateway keys"):
 
 * everything it sends up is sealed with the newest key it holds that is not retired;
 * a down message (command, config) is verified against the key named by its ``kid``, if the gateway

@@ -5,7 +5,8 @@ the overlap during which it still accepts the old one. ``key install`` puts the 
 dir's key store (``keys.json``, mode 0600) and gives every older key the same overlap; the running
 daemon picks it up within seconds (or at once on SIGHUP / ``systemctl reload``) and signs with it from
 then on. The secret is read from standard input (or a file), never from the command line, where
-``ps`` and the shell history would show it. Walk-through: docs/security.md, "SIGN".
+``ps`` and the shell history would show it. Walk-through: docs/security.md, "Signed messages and
+gateway keys".
 
 Exit codes: 0 done; 2 bad arguments or configuration (one line on stderr, never a traceback).
 """

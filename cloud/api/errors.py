@@ -28,6 +28,7 @@ from cloud.domain.errors import (
     MoneyError,
 )
 from cloud.services.errors import AuthError, Conflict, NotFound, PermissionDenied
+from cloud.services.isolation import UnitFault
 from cloud.services.pages import InvalidCursor
 
 __all__ = ["ECHO_CHARS", "MAX_ERRORS", "bounded", "install_error_handlers"]
@@ -40,6 +41,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (ThrottleUnavailable, 503, "unavailable"),
     (PermissionDenied, 403, "forbidden"),
     (Conflict, 409, "conflict"),
+    (UnitFault, 409, "unusable_settings"),  # a stored row (project, tariff) written past the API
     (InsufficientBalance, 409, "insufficient_balance"),
     (IdempotencyConflict, 409, "idempotency_conflict"),
     (IllegalTransition, 409, "illegal_transition"),

@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, computed_field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
+from cloud.domain.arrears import MAX_SETTING_FEN, MAX_SETTING_SPAN, Policy
+from cloud.domain.errors import PolicyError
+from cloud.domain.localtime import MAX_ZONE_NAME, time_of_day, zone
 from cloud.domain.money import fen_to_yuan
 
 __all__ = [
@@ -88,6 +101,30 @@ OnMeterFen = Annotated[StrictInt, Field(ge=0, le=MAX_BALANCE_FEN, description="i
 """Money read off a meter: never negative (and never above what the ledger says it holds: 409)."""
 
 
+def _zone_name(value: str) -> str:
+    try:
+        zone(value)
+    except PolicyError as exc:
+        raise ValueError(str(exc)) from exc
+    return value
+
+
+def _time_of_day(value: str) -> str:
+    try:
+        time_of_day(value)
+    except PolicyError as exc:
+        raise ValueError(str(exc)) from exc
+    return value
+
+
+ZoneName = Annotated[str, Field(min_length=1, max_length=MAX_ZONE_NAME), AfterValidator(_zone_name)]
+"""A tzdata zone name (:func:`cloud.domain.localtime.zone`): what billing and the policy read back."""
+TimeOfDay = Annotated[str, Field(min_length=5, max_length=5), AfterValidator(_time_of_day)]
+"""``HH:MM`` from 00:00 to 23:59 (:func:`cloud.domain.localtime.time_of_day`)."""
+SettingFen = Annotated[StrictInt, Field(ge=-MAX_SETTING_FEN, le=MAX_SETTING_FEN)]
+"""An alarm threshold: ±100 million yuan at most (:data:`cloud.domain.arrears.MAX_SETTING_FEN`)."""
+
+
 class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -158,18 +195,42 @@ class NamedOut(_Out):
 
 
 class ProjectIn(_In):
+    """A project and its arrears policy. Every field is checked here, and the whole by building the
+    domain :class:`cloud.domain.arrears.Policy` from it: what is accepted can be applied, so no row
+    written through the API can stall the background work (docs/security.md, isolation)."""
+
     name: str = Field(min_length=1, max_length=200)
     org_id: Id | None = None
-    timezone: str = "Asia/Shanghai"
-    alarm1_fen: Fen = 2000
-    alarm2_fen: Fen = 500
-    alarm3_fen: Fen | None = None
-    credit_limit_fen: NonNegativeFen = 0
-    grace_period_s: int = Field(default=0, ge=0, le=2**31 - 1)
-    friendly_start: str = Field(default="18:00", pattern=r"^\d{2}:\d{2}$")
-    friendly_end: str = Field(default="09:00", pattern=r"^\d{2}:\d{2}$")
+    timezone: ZoneName = "Asia/Shanghai"
+    alarm1_fen: SettingFen = 2000
+    alarm2_fen: SettingFen = 500
+    alarm3_fen: SettingFen | None = None
+    credit_limit_fen: Annotated[StrictInt, Field(ge=0, le=MAX_SETTING_FEN)] = 0
+    grace_period_s: int = Field(default=0, ge=0, le=int(MAX_SETTING_SPAN.total_seconds()))
+    friendly_start: TimeOfDay = "18:00"
+    friendly_end: TimeOfDay = "09:00"
     no_cut_weekends: bool = True
     no_cut_holidays: bool = True
+
+    @model_validator(mode="after")
+    def _policy_applies(self) -> ProjectIn:
+        levels = [v for v in (self.alarm1_fen, self.alarm2_fen, self.alarm3_fen) if v is not None]
+        if any(a <= b for a, b in pairwise(levels)):
+            raise ValueError(
+                f"alarm1_fen > alarm2_fen > alarm3_fen: the thresholds must strictly decrease, got {levels}"
+            )
+        try:
+            Policy(
+                alarm_levels_fen=tuple(levels),
+                credit_limit_fen=self.credit_limit_fen,
+                grace=timedelta(seconds=self.grace_period_s),
+                friendly_start=time_of_day(self.friendly_start),
+                friendly_end=time_of_day(self.friendly_end),
+                tz=self.timezone,
+            )
+        except PolicyError as exc:
+            raise ValueError(f"the arrears policy cannot be applied: {exc}") from exc
+        return self
 
 
 class ProjectOut(_Out):

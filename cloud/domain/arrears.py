@@ -25,14 +25,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, tzinfo
 from enum import StrEnum
 from itertools import pairwise
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cloud.domain.calendar import HolidayCalendar
 from cloud.domain.errors import PolicyError
+from cloud.domain.localtime import time_of_day, zone
 from cloud.domain.money import require_fen
 from protocol.contract import RelayState
 
 __all__ = [
+    "MAX_SETTING_FEN",
+    "MAX_SETTING_SPAN",
     "AccountState",
     "Decision",
     "MeterDecision",
@@ -110,6 +112,12 @@ _TEXT: Mapping[Reason, tuple[str, str]] = {
 
 _TIME_BLOCKERS = frozenset({Reason.FRIENDLY_HOURS, Reason.WEEKEND, Reason.HOLIDAY})
 
+MAX_SETTING_FEN = 10**10
+"""Largest alarm threshold, credit limit or restore margin a project may set: 100 million yuan. Far
+beyond any real tenant, far inside the 64-bit columns, so no sum of them can overflow."""
+MAX_SETTING_SPAN = timedelta(days=366)
+"""Longest grace period, notice lead or staleness limit: a year (a longer one is a typo)."""
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -135,38 +143,39 @@ class Policy:
             value = getattr(self, name)
             if isinstance(value, str):
                 try:
-                    object.__setattr__(self, name, time.fromisoformat(value))
-                except ValueError as exc:
-                    raise PolicyError(f"{name}: {value!r} is not HH:MM") from exc
+                    object.__setattr__(self, name, time_of_day(value))
+                except PolicyError as exc:
+                    raise PolicyError(f"{name}: {exc}") from exc
         object.__setattr__(self, "alarm_levels_fen", tuple(self.alarm_levels_fen))
         levels = self.alarm_levels_fen
         if not 1 <= len(levels) <= 3:
             raise PolicyError(f"alarm levels: 1 to 3 thresholds, got {len(levels)}")
         for value in levels:
-            require_fen(value, "alarm threshold")
+            if abs(require_fen(value, "alarm threshold")) > MAX_SETTING_FEN:
+                raise PolicyError(f"alarm threshold {value} fen is beyond ±{MAX_SETTING_FEN} fen")
         if any(a <= b for a, b in pairwise(levels)):
             raise PolicyError(f"alarm thresholds must strictly decrease, got {levels}")
-        if require_fen(self.credit_limit_fen, "credit limit") < 0:
-            raise PolicyError("credit limit must be ≥ 0 fen (it is how far the balance may go below 0)")
-        if require_fen(self.restore_margin_fen, "restore margin") < 0:
-            raise PolicyError("restore margin must be ≥ 0 fen")
-        if self.grace < timedelta(0) or self.final_notice_lead < timedelta(0):
-            raise PolicyError("grace and final notice lead must not be negative")
-        if self.stale_after <= timedelta(0):
-            raise PolicyError("stale_after must be positive")
+        if not 0 <= require_fen(self.credit_limit_fen, "credit limit") <= MAX_SETTING_FEN:
+            raise PolicyError(
+                f"credit limit must be 0 to {MAX_SETTING_FEN} fen (how far the balance may go below 0)"
+            )
+        if not 0 <= require_fen(self.restore_margin_fen, "restore margin") <= MAX_SETTING_FEN:
+            raise PolicyError(f"restore margin must be 0 to {MAX_SETTING_FEN} fen")
+        for what, span in (("grace", self.grace), ("final notice lead", self.final_notice_lead)):
+            if not timedelta(0) <= span <= MAX_SETTING_SPAN:
+                raise PolicyError(f"{what} must be between 0 and {MAX_SETTING_SPAN.days} days")
+        if not timedelta(0) < self.stale_after <= MAX_SETTING_SPAN:
+            raise PolicyError(f"stale_after must be positive and at most {MAX_SETTING_SPAN.days} days")
         if self.max_topup_fen is not None and require_fen(self.max_topup_fen, "max top-up") <= 0:
             raise PolicyError("max_topup_fen must be positive")
         for t in (self.friendly_start, self.friendly_end):
             if t.tzinfo is not None:
                 raise PolicyError("friendly hours are naive local times; the zone is Policy.tz")
-        try:
-            ZoneInfo(self.tz)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise PolicyError(f"unknown time zone {self.tz!r}") from exc
+        zone(self.tz)  # PolicyError unless a tzdata name
 
     @property
     def zone(self) -> tzinfo:
-        return ZoneInfo(self.tz)
+        return zone(self.tz)
 
     def in_friendly_hours(self, local: time) -> bool:
         start, end = self.friendly_start, self.friendly_end

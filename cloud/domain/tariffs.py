@@ -26,7 +26,7 @@ piece's units. Pieces under a flat or TOU version leave it untouched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
@@ -42,6 +42,13 @@ from protocol.contract import Quantity
 __all__ = [
     "DEFAULT_TZ",
     "EMPTY_COUNTER",
+    "MAX_NAME_LENGTH",
+    "MAX_PRICE_MILLI",
+    "MAX_RATED_MILLI",
+    "MAX_SPEC_SIZE",
+    "MAX_SPEC_TEXT",
+    "MAX_TIERS",
+    "MAX_TIER_UNITS",
     "TOU_REGISTERS",
     "UNITS_QUANTUM",
     "ChargeLine",
@@ -54,12 +61,32 @@ __all__ = [
     "TierReset",
     "next_period_start",
     "rate",
+    "spec_text",
+    "spec_yuan",
     "tier_period",
 ]
 
 DEFAULT_TZ: tzinfo = ZoneInfo("Asia/Shanghai")
 UNITS_QUANTUM = Decimal("0.000001")
 """Units are shared among pieces at this resolution: the contract's measurement precision."""
+
+MAX_PRICE_MILLI = 100_000_000
+"""Highest unit price a version may hold: 1,000 yuan per kWh or m³ (real prices are a few yuan). With
+registers of at most 15 digits, no interval can then rate to an amount the ledger cannot hold."""
+MAX_TIERS = 16
+MAX_TIER_UNITS = Decimal(10**9)
+"""Highest tier bound, in units per tier period."""
+MAX_NAME_LENGTH = 200
+MAX_SPEC_TEXT = 40
+"""Longest text a number may be written as in a spec (``"0.56830"``, ``"200"``): a longer one is not
+a price or a bound but an attempt to make every reader parse megabytes."""
+MAX_SPEC_SIZE = 16_384
+"""Longest stored spec, as JSON text: what the API stores is a few hundred characters (every field
+above is bounded); a longer row was written past it, and is refused before anyone parses it."""
+MAX_RATED_MILLI = 10**15
+"""Largest amount one interval may rate to (10¹² fen): beyond it something is absurd (a register
+jump that a hold resolution let through, a corrupt baseline) and :func:`rate` refuses it, so the
+reading is held instead of overflowing a 64-bit ledger column inside a batch shared with others."""
 
 TOU_REGISTERS: tuple[Quantity, ...] = (
     Quantity.ENERGY_T1_KWH,
@@ -95,13 +122,33 @@ class Tier:
     price_milli: int
 
 
-def _spec_price(item: Mapping[str, Any]) -> int:
+def spec_text(value: object, field: str) -> str:
+    """``value`` of spec field ``field`` as text for a number parser, refused (:class:`TariffError`
+    naming the field) when longer than :data:`MAX_SPEC_TEXT`. Both readers of stored specs call it
+    before parsing (this module's :meth:`TariffVersion.from_spec` and the billing service's)."""
+    text = str(value)
+    if len(text) > MAX_SPEC_TEXT:
+        raise TariffError(f"{field}: {len(text)} characters, a number has at most {MAX_SPEC_TEXT}")
+    return text
+
+
+def spec_yuan(value: object, field: str) -> int:
+    """A price in yuan per unit, as a spec writes it (``"0.5683"``), in milli-fen; :class:`TariffError`
+    naming ``field`` when it is too long, not a number, negative or finer than 5 decimals."""
+    text = spec_text(value, field)
+    try:
+        return price_to_milli(text)
+    except (MoneyError, ArithmeticError) as exc:
+        raise TariffError(f"{field}: {str(exc)[:200] or type(exc).__name__}") from exc
+
+
+def _spec_price(item: Mapping[str, Any], field: str = "spec") -> int:
     if item.get("price_milli") is not None:
         value = item["price_milli"]
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"price_milli must be an int, got {value!r}")
+            raise TypeError(f"price_milli must be an int, got {spec_text(value, field + '.price_milli')}")
         return value
-    return price_to_milli(str(item["price"]))
+    return spec_yuan(item["price"], f"{field}.price")
 
 
 @dataclass(frozen=True)
@@ -125,7 +172,7 @@ class TariffVersion:
             object.__setattr__(self, "tier_reset", TierReset(self.tier_reset))
             object.__setattr__(self, "tou_prices", {Quantity(q): p for q, p in self.tou_prices.items()})
         except ValueError as exc:
-            raise TariffError(f"version {self.id}: {exc}") from exc
+            raise TariffError(f"version {self.id}: {str(exc)[:200]}") from exc
         object.__setattr__(self, "tiers", tuple(self.tiers))
         for tier in self.tiers:
             if not isinstance(tier, Tier):
@@ -157,9 +204,20 @@ class TariffVersion:
             prices.extend(t.price_milli for t in self.tiers)
         for price in prices:
             if isinstance(price, bool) or not isinstance(price, int) or price < 0:
-                raise TariffError(f"version {self.id}: price {price!r} is not a non-negative int milli-fen")
+                shown = price if isinstance(price, int) else repr(price)[:MAX_SPEC_TEXT]
+                raise TariffError(f"version {self.id}: price {shown} is not a non-negative int milli-fen")
+            if price > MAX_PRICE_MILLI:
+                raise TariffError(
+                    f"version {self.id}: price_milli: {str(price)[:MAX_SPEC_TEXT]} is above the highest "
+                    f"price, {MAX_PRICE_MILLI} milli-fen (1,000 yuan) per unit"
+                )
+        if not isinstance(self.name, str) or len(self.name) > MAX_NAME_LENGTH:
+            size = len(self.name) if isinstance(self.name, str) else type(self.name).__name__
+            raise TariffError(f"version {self.id}: name: {size} characters, at most {MAX_NAME_LENGTH}")
 
     def _check_tiers(self) -> None:
+        if len(self.tiers) > MAX_TIERS:
+            raise TariffError(f"version {self.id}: tiers: {len(self.tiers)} tiers, at most {MAX_TIERS}")
         last = Decimal(0)
         for i, tier in enumerate(self.tiers):
             final = i == len(self.tiers) - 1
@@ -171,6 +229,11 @@ class TariffVersion:
                 raise TariffError(f"version {self.id}: the last tier must be unbounded (upto=None)")
             if not isinstance(tier.upto, Decimal) or not tier.upto.is_finite() or tier.upto <= last:
                 raise TariffError(f"version {self.id}: tier bounds must increase, got {tier.upto!r}")
+            if tier.upto > MAX_TIER_UNITS or tier.upto != tier.upto.quantize(UNITS_QUANTUM):
+                raise TariffError(
+                    f"version {self.id}: tiers[{i}].upto: {tier.upto} is not a bound of at most "
+                    f"{MAX_TIER_UNITS} units with at most 6 decimals"
+                )
             last = tier.upto
 
     # --- convenience constructors taking yuan prices as people write them -------------------------
@@ -243,20 +306,31 @@ class TariffVersion:
         }
         if not isinstance(spec, Mapping) or "kind" not in spec or set(spec) - known:
             raise TariffError(f"version {id}: spec must be a mapping with 'kind' and only {sorted(known)}")
+        raw_tiers = spec.get("tiers") or ()
+        if isinstance(raw_tiers, Sized) and len(raw_tiers) > MAX_TIERS:
+            raise TariffError(f"version {id}: tiers: {len(raw_tiers)} tiers, at most {MAX_TIERS}")
         try:
             tiers = tuple(
-                Tier(None if t["upto"] is None else Decimal(str(t["upto"])), _spec_price(t))
-                for t in spec.get("tiers") or ()
+                Tier(
+                    None if t["upto"] is None else Decimal(spec_text(t["upto"], f"tiers[{i}].upto")),
+                    _spec_price(t, f"tiers[{i}]"),
+                )
+                for i, t in enumerate(raw_tiers)  # type: ignore[arg-type]
             )
             tou: dict[Any, Any] = dict(spec.get("tou_prices") or {})
             tou.update(
-                {q: price_to_milli(str(p)) for q, p in dict(spec.get("tou_prices_yuan") or {}).items()}
+                {
+                    q: spec_yuan(p, f"tou_prices_yuan.{str(q)[:20]}")
+                    for q, p in dict(spec.get("tou_prices_yuan") or {}).items()
+                }
             )
             price = (
                 None if spec.get("price_milli") is None and spec.get("price") is None else _spec_price(spec)
             )
+        except TariffError:
+            raise
         except (KeyError, TypeError, ValueError, ArithmeticError, MoneyError) as exc:
-            raise TariffError(f"version {id}: malformed spec: {exc!r}") from exc
+            raise TariffError(f"version {id}: malformed spec: {str(exc)[:200]}") from exc
         return cls(
             str(id),
             spec["kind"],
@@ -539,4 +613,10 @@ def rate(
     totals: dict[Quantity, Decimal] = {}
     for line in lines:
         totals[line.quantity] = totals.get(line.quantity, Decimal(0)) + line.units
-    return RatingResult(tuple(lines), sum(line.amount_milli for line in lines), tier_counter, totals)
+    amount = sum(line.amount_milli for line in lines)
+    if amount > MAX_RATED_MILLI:
+        raise RatingError(
+            f"the interval rates to {amount} milli-fen, beyond the most one charge may be "
+            f"({MAX_RATED_MILLI}): the consumption or the price is not plausible"
+        )
+    return RatingResult(tuple(lines), amount, tier_counter, totals)

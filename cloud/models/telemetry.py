@@ -72,6 +72,8 @@ class AlarmKind(StrEnum):
     NO_TARIFF = "no_tariff"
     TOPUP_FAILED = "topup_failed"  # a local-prepay top-up not written, or written with another count
     METER_BALANCE_MISMATCH = "meter_balance_mismatch"  # a local-prepay meter's remaining money ≠ held:<meter>
+    SETTINGS_INVALID = "settings_invalid"  # a stored project / tariff row is unusable: held on its own
+    PROCESSING_FAILED = "processing_failed"  # one account, meter, gateway... raised: skipped on its own
 
 
 class CommandOrigin(StrEnum):

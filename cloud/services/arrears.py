@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import and_, or_, select
@@ -43,7 +43,9 @@ from cloud.domain.arrears import MeterView, Policy, Reason, decide
 from cloud.domain.arrears import PrepayMode as PolicyPrepay
 from cloud.domain.calendar import DayKind, HolidayCalendar, HolidayEntry
 from cloud.domain.control import ACTIVE, CommandStatus
+from cloud.domain.errors import DomainError, PolicyError
 from cloud.domain.ledger import TxnKind
+from cloud.domain.localtime import zone
 from cloud.domain.money import format_fen
 from cloud.models import (
     Account,
@@ -63,9 +65,11 @@ from cloud.models import (
     PrepayMode,
     Project,
     ReadingRow,
+    utcnow,
 )
 from cloud.services.bulk import insert_missing
 from cloud.services.errors import NotFound
+from cloud.services.isolation import Unit, UnitFault, UnitKind, clear_fault, report_fault
 from protocol.contract import Action, Quantity, RelayState
 
 __all__ = [
@@ -82,6 +86,7 @@ __all__ = [
     "notify_close_permit",
     "plan_topup",
     "policy_for",
+    "project_zone",
 ]
 
 FINAL_NOTICE = "final_notice"
@@ -89,22 +94,30 @@ CLOSE_PERMIT_NOTICE = "close_permit"
 TOPUP_FAILED = AlarmKind.TOPUP_FAILED
 
 
-def _hhmm(text: str) -> time:
-    hours, _, minutes = text.partition(":")
-    return time(int(hours), int(minutes or 0))
-
-
 class PolicyCache:
-    """Policies per project and the holiday calendar, loaded once per unit of work."""
+    """Policies per project and the holiday calendar, loaded once per unit of work.
+
+    A project whose stored settings make no policy (an unknown time zone, ``"99:99"``, thresholds out
+    of order: rows written past the API) raises :class:`UnitFault` naming the project — for each of
+    its accounts, from the cache after the first — so callers hold that project alone
+    (:mod:`cloud.services.isolation`). An unusable holiday row is left out of the calendar (and
+    alarmed once): the calendar is everyone's."""
 
     def __init__(self) -> None:
         self._calendar: HolidayCalendar | None = None
-        self._policies: dict[int, Policy] = {}
+        self._policies: dict[int, Policy | UnitFault] = {}
 
     def calendar(self, session: Session) -> HolidayCalendar:
         if self._calendar is None:
-            rows = session.scalars(select(Holiday)).all()
-            entries = [HolidayEntry(r.day, DayKind(r.kind), r.name) for r in rows]
+            entries: list[HolidayEntry] = []
+            for r in session.scalars(select(Holiday)).all():
+                unit = Unit(UnitKind.HOLIDAY, r.id or 0, name=str(r.day))
+                try:
+                    entries.append(HolidayEntry(r.day, DayKind(r.kind), r.name))
+                except (ValueError, DomainError) as exc:
+                    report_fault(session, unit, _holiday_fault(unit, r.kind, exc), utcnow())
+                    continue
+                clear_fault(session, unit)
             self._calendar = HolidayCalendar.prc().with_overrides(entries)
         return self._calendar
 
@@ -112,26 +125,68 @@ class PolicyCache:
         assert project.id is not None
         found = self._policies.get(project.id)
         if found is None:
-            found = policy_for(project, self.calendar(session))
+            try:
+                found = policy_for(project, self.calendar(session))
+            except UnitFault as exc:
+                found = exc
+            else:
+                clear_fault(session, _project_unit(project))
             self._policies[project.id] = found
+        if isinstance(found, UnitFault):
+            raise found
         return found
 
 
-def policy_for(project: Project, calendar: HolidayCalendar) -> Policy:
-    levels = tuple(v for v in (project.alarm1_fen, project.alarm2_fen, project.alarm3_fen) if v is not None)
-    return Policy(
-        alarm_levels_fen=levels,
-        credit_limit_fen=project.credit_limit_fen,
-        grace=timedelta(seconds=project.grace_period_s),
-        friendly_start=_hhmm(project.friendly_start),
-        friendly_end=_hhmm(project.friendly_end),
-        no_cut_weekends=project.no_cut_weekends,
-        no_cut_holidays=project.no_cut_holidays,
-        calendar=calendar,
-        tz=project.timezone,
-        stale_after=timedelta(seconds=project.stale_after_s),
-        require_final_notice=project.require_final_notice,
+def _project_unit(project: Project) -> Unit:
+    return Unit(UnitKind.PROJECT, project.id or 0, org_id=project.org_id, name=project.name)
+
+
+def _holiday_fault(unit: Unit, kind: str, exc: Exception) -> UnitFault:
+    return UnitFault(
+        unit,
+        f"kind {kind[:32]!r} is not holiday/workday/normal; left out of the calendar ({exc})",
+        f"类型 {kind[:32]!r} 无效（应为 holiday/workday/normal），未计入日历",
     )
+
+
+def policy_for(project: Project, calendar: HolidayCalendar) -> Policy:
+    """The arrears policy of ``project``'s stored settings; :class:`UnitFault` naming the project when
+    they make none (the domain's :class:`Policy` checks every field)."""
+    levels = tuple(v for v in (project.alarm1_fen, project.alarm2_fen, project.alarm3_fen) if v is not None)
+    try:
+        return Policy(
+            alarm_levels_fen=levels,
+            credit_limit_fen=project.credit_limit_fen,
+            grace=timedelta(seconds=project.grace_period_s),
+            friendly_start=project.friendly_start,  # type: ignore[arg-type]  # "HH:MM", parsed by Policy
+            friendly_end=project.friendly_end,  # type: ignore[arg-type]
+            no_cut_weekends=project.no_cut_weekends,
+            no_cut_holidays=project.no_cut_holidays,
+            calendar=calendar,
+            tz=project.timezone,
+            stale_after=timedelta(seconds=project.stale_after_s),
+            require_final_notice=project.require_final_notice,
+        )
+    except (DomainError, TypeError, ValueError, OverflowError) as exc:
+        raise UnitFault(
+            _project_unit(project),
+            f"its arrears policy cannot be applied ({exc}); its accounts are not cut or restored "
+            "automatically until it is corrected",
+            f"欠费策略无法执行（{exc}），该项目账户暂停自动停复电，请修正设置",
+        ) from exc
+
+
+def project_zone(project: Project) -> tzinfo:
+    """The local time zone of ``project`` (tier periods, local days); :class:`UnitFault` naming the
+    project when its stored name is not a tzdata zone."""
+    try:
+        return zone(project.timezone)
+    except PolicyError as exc:
+        raise UnitFault(
+            _project_unit(project),
+            f"{exc}; its readings are held until it is corrected",
+            f"时区 {project.timezone[:64]!r} 无效，该项目读数挂起，请修正设置",
+        ) from exc
 
 
 def linked_meters(session: Session, account_ids: Iterable[int]) -> list[tuple[int, Meter]]:

@@ -47,15 +47,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
-from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import JSON, Text, bindparam, case, cast, func, null, select, text, type_coerce, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from cloud.domain import ledger as dledger
-from cloud.domain.errors import RatingError, TariffError
-from cloud.domain.money import carry, price_to_milli
+from cloud.domain.errors import DomainError, RatingError, TariffError
+from cloud.domain.money import carry
 from cloud.domain.plausibility import rules_for
 from cloud.domain.readings import (
     CUMULATIVE,
@@ -66,12 +65,16 @@ from cloud.domain.readings import (
     check_reading,
 )
 from cloud.domain.tariffs import (
+    MAX_SPEC_SIZE,
+    MAX_TIERS,
     TariffKind,
     TariffSchedule,
     Tier,
     TierCounter,
     TierReset,
     rate,
+    spec_text,
+    spec_yuan,
 )
 from cloud.domain.tariffs import TariffVersion as DomainVersion
 from cloud.models import (
@@ -87,15 +90,19 @@ from cloud.models import (
     ReadingHold,
     ReadingRow,
     ReadingStatus,
+    Tariff,
     TariffVersion,
     utcnow,
 )
 from cloud.services import ledger as ledger_service
+from cloud.services.arrears import project_zone
 from cloud.services.bulk import insert_rows
+from cloud.services.isolation import FAULTS, Unit, UnitFault, UnitKind, clear_fault, fault_alarm
 from cloud.services.local_prepay import MeterIdentity, check_remaining, utility_of
 from protocol.contract import Quantity
 
 __all__ = [
+    "UNREADABLE",
     "Baseline",
     "BillableReading",
     "BillingCache",
@@ -108,6 +115,7 @@ __all__ = [
     "batch_lines",
     "bill_reading",
     "charge_key",
+    "hold_faulty",
     "plan_charges",
     "post_charges",
     "schedule_for",
@@ -136,7 +144,7 @@ def _price(spec: Mapping[str, Any], milli_key: str, yuan_key: str) -> int | None
             raise TariffError(f"{milli_key} must be an integer milli-fen, got {value!r}")
         return value
     if spec.get(yuan_key) is not None:
-        return price_to_milli(str(spec[yuan_key]))
+        return spec_yuan(spec[yuan_key], yuan_key)
     return None
 
 
@@ -153,17 +161,20 @@ def version_from_spec(version_id: str, effective_from: datetime, spec: Mapping[s
     except ValueError as exc:
         raise TariffError(f"tariff version {version_id}: unknown kind {spec.get('kind')!r}") from exc
     tiers: tuple[Tier, ...] = ()
-    for raw in spec.get("tiers") or ():
+    raw_tiers = list(spec.get("tiers") or ())
+    if len(raw_tiers) > MAX_TIERS:  # bounded before parsing: the domain bounds the rest
+        raise TariffError(f"tariff version {version_id}: tiers: {len(raw_tiers)}, at most {MAX_TIERS}")
+    for i, raw in enumerate(raw_tiers):
         price = _price(raw, "price_milli", "price")
         if price is None:
             raise TariffError(f"tariff version {version_id}: a tier has no price")
         upto = raw.get("upto")
-        tiers += (Tier(None if upto is None else Decimal(str(upto)), price),)
+        tiers += (Tier(None if upto is None else Decimal(spec_text(upto, f"tiers[{i}].upto")), price),)
     tou: dict[Quantity, int] = {}
     for name, value in (spec.get("tou_prices") or {}).items():
-        tou[Quantity(name)] = int(value)
+        tou[Quantity(name)] = int(spec_text(value, "tou_prices") if isinstance(value, str) else value)
     for name, value in (spec.get("tou_prices_yuan") or {}).items():
-        tou[Quantity(name)] = price_to_milli(str(value))
+        tou[Quantity(name)] = spec_yuan(value, "tou_prices_yuan")
     return DomainVersion(
         id=version_id,
         kind=kind,
@@ -171,19 +182,20 @@ def version_from_spec(version_id: str, effective_from: datetime, spec: Mapping[s
         price_milli=_price(spec, "price_milli", "price"),
         tou_prices=tou,
         tiers=tiers,
-        tier_reset=TierReset(str(spec.get("tier_reset", "monthly"))),
+        tier_reset=TierReset(spec_text(spec.get("tier_reset", "monthly"), "tier_reset")),
         name=str(spec.get("name", "")),
     )
 
 
 @dataclass
 class BillingCache:
-    """Per unit of work: tariff schedules and projects already loaded."""
+    """Per unit of work: tariff schedules and projects already loaded (and tariffs found unusable)."""
 
     schedules: dict[int, TariffSchedule | None] = field(default_factory=dict)
     projects: dict[int, Project] = field(default_factory=dict)
     rules: ReadingRules = field(default_factory=ReadingRules)
     """The base rules (clock, rollover, whether the rate is enforced); rate and allowance are per meter."""
+    unusable: dict[int, UnitFault] = field(default_factory=dict)
     _per_meter: dict[tuple[str, str, int, Decimal | None], ReadingRules] = field(default_factory=dict)
 
     def rules_for(self, meter: MeterFacts) -> ReadingRules:
@@ -203,23 +215,67 @@ class BillingCache:
         return found
 
 
+UNREADABLE = (DomainError, TypeError, ValueError, AttributeError, KeyError, ArithmeticError, RecursionError)
+"""What parsing a stored spec raises when the row is not what the API would have written."""
+
+
 def schedule_for(
     session: Session, tariff_id: int, cache: BillingCache | None = None
 ) -> TariffSchedule | None:
-    """Every version of ``tariff_id`` as a schedule (None when it has no version)."""
-    if cache is not None and tariff_id in cache.schedules:
-        return cache.schedules[tariff_id]
-    rows = session.scalars(
-        select(TariffVersion)
+    """Every version of ``tariff_id`` as a schedule (None when it has no version).
+
+    A version no reader can use (written past the API, or by an older release: a price of 10³⁰, a
+    megabyte name, a spec of the wrong shape) raises :class:`UnitFault` naming the tariff, so the
+    callers hold that tariff's readings alone (see :func:`bill_reading`)."""
+    if cache is not None:
+        if tariff_id in cache.schedules:
+            return cache.schedules[tariff_id]
+        if tariff_id in cache.unusable:
+            raise cache.unusable[tariff_id]
+    size = func.length(cast(col(TariffVersion.spec), Text))
+    rows = session.execute(  # a spec too long is not even transferred: parsing a megabyte per batch
+        select(
+            col(TariffVersion.id),
+            col(TariffVersion.effective_from),
+            size,
+            type_coerce(case((size <= MAX_SPEC_SIZE, col(TariffVersion.spec)), else_=null()), JSON),
+        )
         .where(col(TariffVersion.tariff_id) == tariff_id)
         .order_by(col(TariffVersion.effective_from))
     ).all()
-    schedule = (
-        TariffSchedule(version_from_spec(str(r.id), r.effective_from, r.spec) for r in rows) if rows else None
-    )
+    try:
+        for version_id, _, length, spec in rows:
+            if spec is None and length is not None and length > MAX_SPEC_SIZE:
+                raise TariffError(f"version {version_id}: spec: {length} characters, at most {MAX_SPEC_SIZE}")
+        schedule = (
+            TariffSchedule(version_from_spec(str(i), at, spec) for i, at, _, spec in rows) if rows else None
+        )
+    except UNREADABLE as exc:
+        fault = _tariff_fault(session, tariff_id, exc)
+        if cache is not None:
+            cache.unusable[tariff_id] = fault
+        raise fault from exc
+    clear_fault(session, Unit(UnitKind.TARIFF, tariff_id))
     if cache is not None:
         cache.schedules[tariff_id] = schedule
     return schedule
+
+
+def _tariff_fault(session: Session, tariff_id: int, exc: BaseException) -> UnitFault:
+    with session.no_autoflush:
+        tariff = session.get(Tariff, tariff_id)
+    unit = Unit(
+        UnitKind.TARIFF,
+        tariff_id,
+        org_id=tariff.org_id if tariff else None,
+        name=tariff.name if tariff else "",
+    )
+    detail = str(exc)[:300]
+    return UnitFault(
+        unit,
+        f"a stored version cannot be read ({detail}); readings it should rate are held",
+        f"已存电价版本无法读取（{detail}），相关读数挂起，请修正电价",
+    )
 
 
 def snapshot_values(values: Mapping[str, str]) -> dict[Quantity, Decimal]:
@@ -323,6 +379,27 @@ def _tariff_id(meter: MeterFacts, project: Project) -> int | None:
     if meter.tariff_id is not None:
         return meter.tariff_id
     return project.water_tariff_id if meter.kind == MeterKind.WATER else project.electric_tariff_id
+
+
+def hold_faulty(
+    session: Session, meter: MeterFacts, reading: BillableReading, unit: Unit, exc: BaseException
+) -> BillingOutcome:
+    """Hold a reading that a faulty row keeps from being billed, with one alarm for the row however
+    many readings it holds (:func:`cloud.services.isolation.fault_alarm`). Verdict ``tariff`` or
+    ``settings`` when ``exc`` is a :class:`UnitFault` naming a tariff or a project, else ``error``
+    (the ingest's billing of this meter raised: see :mod:`cloud.services.ingest`)."""
+    assert reading.id is not None
+    assert meter.id is not None
+    if isinstance(exc, UnitFault):
+        verdict = "tariff" if exc.unit.kind is UnitKind.TARIFF else "settings"
+    else:
+        verdict = "error"
+    detail = f"{unit.label_en}: {type(exc).__name__}: {exc}"[:1000]
+    hold = ReadingHold(reading_id=reading.id, meter_id=meter.id, verdict=verdict, detail=detail)
+    FAULTS.failed(unit, exc)
+    alarm = fault_alarm(session, unit, exc, utcnow())
+    rows: tuple[ReadingHold | Alarm, ...] = (hold,) if alarm is None else (hold, alarm)
+    return BillingOutcome(ReadingStatus.HELD, detail=f"{verdict}: {detail}", rows=rows)
 
 
 def _hold(
@@ -555,7 +632,11 @@ def _rerate(
         return BillingOutcome(ReadingStatus.LATE, detail=f"{detail}; does not fit between its neighbours")
     project = cache.project(session, account.project_id)
     tariff_id = _tariff_id(meter, project)
-    schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
+    try:
+        schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
+        tz = project_zone(project)
+    except UnitFault as fault:  # alarmed by the meter's next rated reading; this one is history
+        return BillingOutcome(ReadingStatus.LATE, detail=f"{detail}; not re-rated: {fault}"[:1000])
     original = ledger_service.get_transaction(session, after.txn_key)
     if schedule is None or original is None:
         return BillingOutcome(ReadingStatus.LATE, detail=detail)
@@ -572,7 +653,6 @@ def _rerate(
         except (KeyError, TypeError, ValueError, InvalidOperation):
             return BillingOutcome(ReadingStatus.LATE, detail=f"{detail}; the charge lacks its tier counter")
     ct = Decimal(meter.ct_ratio)
-    tz = ZoneInfo(project.timezone)
     deltas_a = {q: d * ct for q, d in first_half.deltas.items()}
     deltas_b = {q: d * ct for q, d in second_half.deltas.items()}
     try:
@@ -651,14 +731,18 @@ def _charge(
     spends money it holds); the account's residue and tier counter carry either way."""
     project = cache.project(session, account.project_id)
     tariff_id = _tariff_id(meter, project)
-    schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
-    if schedule is None:
-        return _hold(meter, reading, "no_tariff", "未配置电价", "no tariff configured", "")
+    try:
+        schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
+        if schedule is None:
+            return _hold(meter, reading, "no_tariff", "未配置电价", "no tariff configured", "")
+        tz = project_zone(project)
+    except UnitFault as fault:
+        return hold_faulty(session, meter, reading, fault.unit, fault)
     ct = Decimal(meter.ct_ratio)
     deltas = {q: d * ct for q, d in register_deltas.items() if q in CUMULATIVE}
     counter = tier_counter(account, meter.kind)
     try:
-        result = rate(schedule, start.at, end.at, deltas, counter, tz=ZoneInfo(project.timezone))
+        result = rate(schedule, start.at, end.at, deltas, counter, tz=tz)
     except (RatingError, TariffError) as exc:
         return _hold(meter, reading, "rating", "无法计费", "cannot rate", str(exc))
     fen, residue = carry(account.residue_millifen, result.amount_milli)

@@ -42,7 +42,8 @@ unprotect also set the meter's 保电 flag so the policy honours it.
 :func:`gateway_config` builds the retained ``GatewayConfig`` with a credit horizon per remote-prepay
 meter (:func:`cloud.domain.horizons.credit_horizon`): the register value at which the meter's share of
 its account's money runs out, for the gateway to enforce while it cannot reach the cloud. It is sealed
-with the gateway's key and numbered, like commands are signed (docs/security.md, "SIGN").
+with the gateway's key and numbered, like commands are signed (docs/security.md, "Signed messages and
+gateway keys").
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import msgspec
 from sqlalchemy import select, update
@@ -96,11 +96,13 @@ from cloud.services.arrears import (
     ack_purchase_count,
     notify_close_permit,
     plan_topup,
+    project_zone,
 )
 from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.billing import BillingCache, schedule_for, snapshot_values, tier_counter
 from cloud.services.bulk import insert_missing
 from cloud.services.errors import Conflict, NotFound
+from cloud.services.isolation import Unit, UnitFault, UnitKind, each_isolated
 from cloud.services.keys import down_key
 from cloud.services.ledger import get_transaction, load_transaction, post
 from protocol.contract import (
@@ -123,12 +125,12 @@ __all__ = [
     "OutgoingCommand",
     "ack_is_news",
     "apply_ack",
+    "claim_commands",
     "gateway_config",
     "issue_command",
     "lock_meter_states",
     "mark_sent",
     "operator_command",
-    "pending_commands",
     "plan_commands",
     "sweep",
 ]
@@ -465,20 +467,34 @@ def _late_topup(session: Session, row: CommandRow) -> None:
     )
 
 
-def pending_commands(
-    session: Session, command_ids: Iterable[str], config: ControlConfig
+def claim_commands(
+    session: Session, command_ids: Iterable[str], now: datetime, config: ControlConfig
 ) -> list[OutgoingCommand]:
-    """Committed commands still waiting to be published (an operator's, queued by the API)."""
-    ids = sorted(set(command_ids))
-    if not ids:
-        return []
-    rows = session.scalars(
-        select(CommandRow).where(col(CommandRow.id).in_(ids), col(CommandRow.status) == CommandStatus.PENDING)
-    ).all()
+    """Claim committed, never-published commands for publishing; the caller commits, publishes, then
+    calls :func:`mark_sent`.
+
+    Every replica hears ``command_queued``; the gateway must get the command once (a second copy is a
+    replay it rejects, with an alarm). ``sent_at`` set on a still-pending row marks it claimed: one
+    conditional UPDATE per id, so exactly one replica's succeeds (PostgreSQL re-checks the condition
+    after waiting for the other's row lock; SQLite writers take turns). Claimed without a publish (a
+    crash, the broker down), it stays pending and the sweep re-publishes it like any lost command."""
     out: list[OutgoingCommand] = []
-    for row in rows:
-        gateway = session.get(Gateway, row.gateway_id)
-        if gateway is not None:
+    for command_id in sorted(set(command_ids)):
+        claimed = session.execute(
+            update(CommandRow)
+            .where(
+                col(CommandRow.id) == command_id,
+                col(CommandRow.status) == CommandStatus.PENDING,
+                col(CommandRow.sent_at).is_(None),
+            )
+            .values(sent_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(claimed, "rowcount", 0) != 1:
+            continue
+        row = session.get(CommandRow, command_id, populate_existing=True)
+        gateway = session.get(Gateway, row.gateway_id) if row is not None else None
+        if row is not None and gateway is not None:
             out.append(_outgoing(row, gateway.device_id, config.prefix))
     return out
 
@@ -584,7 +600,11 @@ def apply_ack(
 def sweep(
     session: Session, now: datetime, config: ControlConfig, rand: Callable[[], float], *, limit: int = 200
 ) -> list[OutgoingCommand]:
-    """Expire overdue commands, issue due retries, re-publish lost ones. The caller commits."""
+    """Expire overdue commands, issue due retries, re-publish lost ones. The caller commits.
+
+    Each command and each top-up is a unit of its own (:func:`cloud.services.isolation.isolated`): a
+    row that raises is rolled back to its savepoint and alarmed once, and the sweep goes on — one
+    organisation's unusable project must not stop every other's retries and expiries."""
     out: list[OutgoingCommand] = []
     due = session.execute(
         select(col(CommandRow.id), col(CommandRow.meter_id))
@@ -592,56 +612,29 @@ def sweep(
         .order_by(col(CommandRow.next_try_at))
         .limit(limit)
     ).all()
-    for command_id, meter_id in due:
-        # Lock order everywhere: meter_state, then command (then account): no deadlocks.
-        state = _lock_state(session, meter_id)
-        row = session.get(CommandRow, command_id, with_for_update=True, populate_existing=True)
-        if row is None or row.next_try_at is None or row.next_try_at > now:
-            continue  # another replica handled it meanwhile
-        if row.status == CommandStatus.SENT:
-            row.status = transition(row.status, CommandEvent.EXPIRE)
-            _schedule_retry(session, row, now, config, rand)
-            continue
-        if row.status == CommandStatus.PENDING:
-            row.status = transition(row.status, CommandEvent.EXPIRE)
-            _schedule_retry(session, row, now, config, rand)
-            continue
-        if row.status not in (CommandStatus.EXPIRED, CommandStatus.ACKED_FAILED, CommandStatus.REJECTED):
-            row.next_try_at = None
-            continue
-        transition(row.status, CommandEvent.RETRY)  # legal? (raises otherwise)
-        row.next_try_at = None
-        meter = session.get(Meter, row.meter_id)
-        gateway = session.get(Gateway, row.gateway_id)
-        if meter is None or gateway is None:
-            continue
-        if row.origin == CommandOrigin.RECONCILER and row.action != Action.RECHARGE.value:
-            desired = RelayState(state.desired) if state.desired else None
-            observed = RelayState(state.observed) if state.observed else None
-            still = needs_command(
-                desired, observed, None, water=meter.kind == MeterKind.WATER, close_action=config.close_action
-            )
-            if still is None or still.value != row.action:
-                continue  # the goal changed or was reached meanwhile
-        new = issue_command(
-            session,
-            meter,
-            gateway,
-            Action(row.action),
-            now,
-            config,
-            origin=CommandOrigin(row.origin),
-            attempt=row.attempt + 1,
-            previous_id=row.id,
-            actor_user_id=row.actor_user_id,
-            params={str(k): v for k, v in row.params.items()},
+    swept = each_isolated(
+        session,
+        list(due),
+        lambda item: Unit(UnitKind.COMMAND, item[0]),
+        lambda item: _sweep_command(session, item[0], item[1], now, config, rand),
+        now,
+    )
+    out.extend(cmd for _, cmd in swept.done if cmd is not None)
+    for command_id, _ in swept.failed:  # looked at again later, not ahead of every other on every tick
+        session.execute(
+            update(CommandRow)
+            .where(col(CommandRow.id) == command_id)
+            .values(next_try_at=now + config.command_ttl)
+            .execution_options(synchronize_session=False)
         )
-        out.append(_outgoing(new, gateway.device_id, config.prefix))
-    for meter_id in _recently_recharged_local_meters(session, now - config.topup_window, limit):
+
+    def topup(meter_id: int) -> OutgoingCommand | None:
         _lock_state(session, meter_id)
-        topup = _plan_topup(session, meter_id, now, config)
-        if topup is not None:
-            out.append(topup)
+        return _plan_topup(session, meter_id, now, config)
+
+    recharged = _recently_recharged_local_meters(session, now - config.topup_window, limit)
+    planned = each_isolated(session, recharged, lambda m: Unit(UnitKind.METER, m), topup, now)
+    out.extend(cmd for _, cmd in planned.done if cmd is not None)
     stale = session.scalars(
         select(CommandRow)
         .where(
@@ -657,6 +650,61 @@ def sweep(
             out.append(_outgoing(row, gateway.device_id, config.prefix))
     session.flush()
     return out
+
+
+def _sweep_command(
+    session: Session,
+    command_id: str,
+    meter_id: int,
+    now: datetime,
+    config: ControlConfig,
+    rand: Callable[[], float],
+) -> OutgoingCommand | None:
+    """One due command: expire it, or issue its retry (returned, to publish after commit)."""
+    # Lock order everywhere: meter_state, then command (then account): no deadlocks.
+    state = _lock_state(session, meter_id)
+    row = session.get(CommandRow, command_id, with_for_update=True, populate_existing=True)
+    if row is None or row.next_try_at is None or row.next_try_at > now:
+        return None  # another replica handled it meanwhile
+    if row.status == CommandStatus.SENT:
+        row.status = transition(row.status, CommandEvent.EXPIRE)
+        _schedule_retry(session, row, now, config, rand)
+        return None
+    if row.status == CommandStatus.PENDING:
+        row.status = transition(row.status, CommandEvent.EXPIRE)
+        _schedule_retry(session, row, now, config, rand)
+        return None
+    if row.status not in (CommandStatus.EXPIRED, CommandStatus.ACKED_FAILED, CommandStatus.REJECTED):
+        row.next_try_at = None
+        return None
+    transition(row.status, CommandEvent.RETRY)  # legal? (raises otherwise)
+    row.next_try_at = None
+    meter = session.get(Meter, row.meter_id)
+    gateway = session.get(Gateway, row.gateway_id)
+    if meter is None or gateway is None:
+        return None
+    if row.origin == CommandOrigin.RECONCILER and row.action != Action.RECHARGE.value:
+        desired = RelayState(state.desired) if state.desired else None
+        observed = RelayState(state.observed) if state.observed else None
+        still = needs_command(
+            desired, observed, None, water=meter.kind == MeterKind.WATER, close_action=config.close_action
+        )
+        if still is None or still.value != row.action:
+            return None  # the goal changed or was reached meanwhile
+    new = issue_command(
+        session,
+        meter,
+        gateway,
+        Action(row.action),
+        now,
+        config,
+        origin=CommandOrigin(row.origin),
+        attempt=row.attempt + 1,
+        previous_id=row.id,
+        actor_user_id=row.actor_user_id,
+        params={str(k): v for k, v in row.params.items()},
+    )
+    return _outgoing(new, gateway.device_id, config.prefix)
 
 
 _OPERATOR = {
@@ -772,7 +820,11 @@ def gateway_config(
         tariff_id = meter.tariff_id or (
             project.water_tariff_id if meter.kind == MeterKind.WATER else project.electric_tariff_id
         )
-        schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
+        try:
+            schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
+            tz = project_zone(project)
+        except UnitFault:
+            continue  # this meter's tariff or project row is unusable: billing holds and alarms it
         if register is None or schedule is None:
             continue
         limit_fen = project.credit_limit_fen if account.credit_limit_fen is None else account.credit_limit_fen
@@ -787,7 +839,7 @@ def gateway_config(
                 credit_limit_fen=0,
                 counter=tier_counter(account, meter.kind),
                 protected=meter.protected or account.protected,
-                tz=ZoneInfo(project.timezone),
+                tz=tz,
             )
         except DomainError:
             continue

@@ -52,6 +52,7 @@ from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.billing import BillableReading, BillingCache, bill_reading, snapshot_values
 from cloud.services.control import lock_meter_states
 from cloud.services.errors import Conflict, NotFound
+from cloud.services.isolation import account_unit, isolated
 from cloud.services.pages import Page, paged
 
 __all__ = [
@@ -67,10 +68,22 @@ __all__ = [
 AUDIT_ACTION = AuditAction.READING_HOLD_RESOLVED
 
 BILLABLE_VERDICTS = frozenset(
-    {"rollover", "spike", "rate_limit", "clock_ahead", "clock_behind", "no_tariff", "rating"}
+    {
+        "rollover",
+        "spike",
+        "rate_limit",
+        "clock_ahead",
+        "clock_behind",
+        "no_tariff",
+        "rating",
+        "tariff",
+        "settings",
+        "error",
+    }
 )
 """Verdicts whose delta can be billed as read. A reset or a negative delta has no consumption to bill:
-accept it (new baseline) or discard it."""
+accept it (new baseline) or discard it. ``tariff``, ``settings`` and ``error`` were held because a row
+was unusable (:mod:`cloud.services.isolation`): billed once it is corrected."""
 
 class Resolution(StrEnum):
     ACCEPT = "accept"
@@ -308,5 +321,6 @@ def _bill(
     if outcome.txn is not None and outcome.org_id is not None:
         ledger_service.post(session, outcome.txn, org_id=outcome.org_id)
         session.refresh(account, ["balance_fen", "version"])
-        changed = evaluate_account(session, account, now)
+        with isolated(session, account_unit(account), now):  # no usable policy: billed, not re-evaluated
+            changed = evaluate_account(session, account, now)
     return outcome.charged_fen, outcome.txn_key, changed

@@ -12,20 +12,23 @@ effects are committed, so paho's PUBACK (sent when the handler returns) means "a
 - events are unique per ``(gateway, event id)``, acks move a command only once.
 
 Before anything else, a message must be sealed by the gateway its topic names (docs/security.md,
-"SIGN"): :func:`protocol.contract.unseal` checks the HMAC over the exact bytes received, bound to the
-topic's kind and gateway, under a key of that gateway that is not retired (:class:`KeyCache`, cached
-per gateway). Anyone with broker access can publish on any topic; an unsigned, forged, retired-key or
-other-gateway message goes to ``dead_letter`` with the reason and moves nothing. A replayed genuine
-message changes nothing either: readings and events are applied once by identity, an ack once per
-command, a status only if newer than the last; and only news (a new reading, a new event, an ack
-that moves its command, a newer status) counts as the gateway being seen.
+"Signed messages and gateway keys"): :func:`protocol.contract.unseal` checks the HMAC over the exact
+bytes received, bound to the topic's kind and gateway, under a key of that gateway that is not retired
+(:class:`KeyCache`, cached per gateway). Anyone with broker access can publish on any topic; an
+unsigned, forged, retired-key or other-gateway message goes to ``dead_letter`` with the reason and
+moves nothing. A replayed genuine message changes nothing either: readings and events are applied once
+by identity, an ack once per command, a status only if newer than the last; and only news (a new
+reading, a new event, an ack that moves its command, a newer status) counts as the gateway being seen.
 
 Malformed payloads (bad JSON, schema violations, a topic that does not match the payload's gateway,
 an unknown gateway) go to ``dead_letter`` with the reason, the topic and the first bytes of the
 payload with its size and SHA-256 (:mod:`cloud.services.dead_letters`: bounded, whoever published it),
 and the ingest carries on. A failure of the database itself propagates, so the MQTT adapter withholds
 the PUBACK and retries; any other unexpected error also dead-letters the message (small ones whole,
-for a replay).
+for a replay). A billing error of one meter is not
+such an error: the batch is then applied again with that meter's readings held (verdict ``error``,
+one alarm), so a corrupt row of one tenant never costs the others their readings
+(:mod:`cloud.services.isolation`).
 
 Per batch, the meters' ``meter_state`` rows and the paying accounts are locked in id order before any
 billing, so concurrent batches (shared subscriptions hand one gateway's batches to several replicas)
@@ -77,11 +80,13 @@ from cloud.services.billing import (
     BillingCache,
     PendingCharge,
     bill_reading,
+    hold_faulty,
     plan_charges,
     post_charges,
 )
 from cloud.services.bulk import in_values, insert_missing, insert_rows, update_rows
 from cloud.services.control import ControlConfig, ack_is_news, apply_ack
+from cloud.services.isolation import FAULTS, Unit, UnitKind, account_unit, clear_fault, each_isolated
 from cloud.services.keys import KeyCache, mark_seen
 from cloud.services.unit import Publisher, unit_of_work
 from protocol.contract import (
@@ -218,8 +223,30 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_MAX_SKIPPED = 16
+"""Meters of one batch whose billing may raise before the batch is given up (dead-lettered)."""
+
+
+@dataclass
+class _Billing:
+    """A batch's billing, across attempts: the meter being billed when it raised, and the meters whose
+    billing raised before (their readings are held the next time, verdict ``error``)."""
+
+    meter: _MeterRow | None = None
+    skip: dict[str, BaseException] = field(default_factory=dict)
+
+
+def _meter_unit(meter: _MeterRow) -> Unit:
+    return Unit(UnitKind.METER, meter.id, org_id=meter.org_id, name=meter.device_id)
+
+
 class _DeadLetter(CloudError):
     """Internal: the message is refused for ``reason``."""
+
+
+_NOT_A_METER_FAULT = (OperationalError, InterfaceError, IntegrityError, ContractError, _DeadLetter)
+"""Failures that are not one meter's: the database (retried with the PUBACK withheld), a race with
+another replica (retried), a refused message (dead-lettered) — :meth:`Ingest.handle` decides."""
 
 
 @dataclass
@@ -385,17 +412,37 @@ class Ingest:
             raise _DeadLetter(f"payload gateway {batch.gateway!r} does not match topic gateway {device!r}")
         now = self._clock()
         changed: list[int] = []
-        with unit_of_work(self._factory, self._publish) as session:
-            gateway = self._gateway(session, device)
-            assert gateway.id is not None
-            gateway_id = gateway.id
-            changed = self._apply_batch(session, gateway, batch, now)
+        billing = _Billing()
+        while True:
+            try:
+                with unit_of_work(self._factory, self._publish) as session:
+                    gateway = self._gateway(session, device)
+                    assert gateway.id is not None
+                    gateway_id = gateway.id
+                    changed = self._apply_batch(session, gateway, batch, now, billing)
+                break
+            except _NOT_A_METER_FAULT:
+                raise
+            except Exception as exc:
+                # One meter's billing raised (a corrupt row, a bug): everything was rolled back. Apply
+                # the batch again with that meter's readings held, so the others are billed now.
+                meter = billing.meter
+                if meter is None or meter.device_id in billing.skip or len(billing.skip) >= _MAX_SKIPPED:
+                    raise
+                billing.skip[meter.device_id] = exc
+                billing.meter = None
+                FAULTS.failed(_meter_unit(meter), exc)
         if changed:
             self._publish_after(DESIRED_CHANGED, {"meter_ids": changed})
         self._publish_after(GATEWAY_BILLED, {"gateway_id": gateway_id})
 
     def _apply_batch(
-        self, session: Session, gateway: Gateway, batch: ReadingBatch, now: datetime
+        self,
+        session: Session,
+        gateway: Gateway,
+        batch: ReadingBatch,
+        now: datetime,
+        billing: _Billing | None = None,
     ) -> list[int]:
         """Store the batch's new readings, bill them, write everything back in a few statements.
 
@@ -404,8 +451,10 @@ class Ingest:
         and holds these locks while it writes, so "new" cannot change under it. The new rows get their
         ids first (:meth:`_new_readings`), are billed, and are written complete in one go
         (:func:`cloud.services.bulk.insert_rows`: ``COPY`` on PostgreSQL, ``executemany`` on SQLite).
-        A reading of a meter the cloud does not know is stored with status ``unknown_meter``.
+        A reading of a meter the cloud does not know is stored with status ``unknown_meter``; the
+        readings of a meter in ``billing.skip`` are held (verdict ``error``), not billed.
         """
+        billing = billing if billing is not None else _Billing()
         assert gateway.id is not None
         gateway_id = gateway.id
         connection = session.connection()
@@ -473,12 +522,16 @@ class Ingest:
         pending: list[PendingCharge] = []
         held: list[Any] = []  # holds and alarms: written after the reading rows they refer to
         deltas: dict[int, int] = {}
+        # Holds and alarms added while billing refer to readings written after the loop: no query in
+        # it (a tariff, a meter's first reading) may flush them first.
+        session.autoflush = False
         for device, items in sorted(by_meter.items()):
             meter = meters.get(device)
             if meter is None:
                 for _, _, rid in items:
                     outcomes[rid] = (None, ReadingStatus.UNKNOWN_METER, None)
                 continue
+            billing.meter = meter  # what a failure below is blamed on (see _readings)
             state = states[meter.id]
             account = accounts.get(account_of.get(meter.id, -1))
             if account is not None and account.status != AccountStatus.OPEN:
@@ -486,15 +539,20 @@ class Ingest:
             for ts, seq, rid in sorted(items):
                 reading = source[(device, seq)]
                 row = BillableReading(rid, seq, ts, reading.values)
-                outcome = bill_reading(
-                    session,
-                    gateway_device=gateway.device_id,
-                    meter=meter,
-                    state=state,
-                    account=account,
-                    reading=row,
-                    now=now,
-                    cache=cache,
+                skipped = billing.skip.get(device)
+                outcome = (
+                    hold_faulty(session, meter, row, _meter_unit(meter), skipped)
+                    if skipped is not None
+                    else bill_reading(
+                        session,
+                        gateway_device=gateway.device_id,
+                        meter=meter,
+                        state=state,
+                        account=account,
+                        reading=row,
+                        now=now,
+                        cache=cache,
+                    )
                 )
                 outcomes[rid] = (meter.id, outcome.status, outcome.txn_key)
                 held.extend(outcome.rows)
@@ -511,6 +569,10 @@ class Ingest:
                     if reading.relay is not None and reading.relay is not RelayState.UNKNOWN:
                         state.observed = reading.relay.value
                         state.observed_at = ts
+            if device not in billing.skip:
+                clear_fault(session, _meter_unit(meter))
+        billing.meter = None
+        session.autoflush = True
         plan = plan_charges(pending, gateway_id)  # batch charges: which key each reading's charge has
         insert_rows(  # the rows, complete, before the holds and alarms that refer to them
             connection,
@@ -606,7 +668,7 @@ class Ingest:
             ).scalars()
         )
         policy_cache = PolicyCache()
-        changed: list[int] = []
+        due: list[Account] = []
         for account_id, delta in sorted(deltas.items()):
             account = accounts.get(account_id)
             if account is None:
@@ -620,8 +682,15 @@ class Ingest:
             # the batch's account rows are plain copies (Core wrote them): the policy loads the ORM row
             fresh = session.get(Account, account_id, populate_existing=True)
             if fresh is not None:
-                changed.extend(evaluate_account(session, fresh, now, policy_cache))
-        return changed
+                due.append(fresh)
+        evaluated = each_isolated(  # a project with unusable settings holds its accounts only
+            session,
+            due,
+            account_unit,
+            lambda account: evaluate_account(session, account, now, policy_cache),
+            now,
+        )
+        return [meter_id for _, meter_ids in evaluated.done for meter_id in meter_ids]
 
     def _lock_state_rows(self, connection: Connection, meter_ids: list[int]) -> dict[int, _StateRow]:
         """The meters' states, locked in id order (``FOR UPDATE``), as plain rows."""
@@ -686,9 +755,13 @@ class Ingest:
         now = self._clock()
         with unit_of_work(self._factory) as session:
             gateway = self._gateway(session, device)
-            if ack_is_news(session, gateway, ack):
-                self._seen(session, gateway, now)
+            news = ack_is_news(session, gateway, ack)  # a replayed ack keeps no gateway "alive"
             meter_id = apply_ack(session, gateway, ack, now, self._control, self._rand)
+            # after the meter_state lock, as a batch of readings takes them (meter_state, account,
+            # gateway_status): marked first, the status row was flushed — locked — before the meter's
+            # state, and an ack and a batch of one gateway on two replicas deadlocked
+            if news:
+                self._seen(session, gateway, now)
         if meter_id is not None:
             self._publish_after(ACK_RECEIVED, {"command_id": ack.command, "meter_id": meter_id})
 
@@ -719,8 +792,6 @@ class Ingest:
                 .returning(col(GatewayEvent.event_id))
             )
             fresh = {str(e) for e in session.execute(stmt, rows).scalars()}
-            if fresh:
-                self._seen(session, gateway, now)
             for event in batch.events:
                 if event.id in fresh and event.kind is EventKind.CONFIG_REJECTED:
                     self._config_rejected(session, gateway, event.id, event.detail)
@@ -730,6 +801,8 @@ class Ingest:
                     )
                     if meter_id is not None:
                         touched.append(meter_id)
+            if fresh:  # news only: a replayed batch keeps no gateway "alive"; last: the lock order of
+                self._seen(session, gateway, now)  # a batch of readings (see _ack)
         if touched:
             self._publish_after(DESIRED_CHANGED, {"meter_ids": touched})
 

@@ -1,7 +1,7 @@
 """Gateway signing keys: rotation with an overlap window, the key to sign down with, and the per-gateway
 key cache the ingest verifies every message with.
 
-Rules (docs/security.md, "SIGN"):
+Rules (docs/security.md, "Signed messages and gateway keys"):
 
 - a gateway's keys are the rows of ``gateway_key``; a key is valid until its ``not_after``;
 - :func:`rotate` adds the next key (``k2``, ``k3``…) and gives every older valid key the overlap

@@ -29,7 +29,6 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, Protocol
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import event, func, or_, select
 from sqlalchemy.orm import Session
@@ -37,6 +36,7 @@ from sqlmodel import col
 
 from cloud.domain import ledger as dledger
 from cloud.domain.control import ACTIVE, CommandEvent, transition
+from cloud.domain.localtime import zone
 from cloud.domain.money import FEN_PER_YUAN, format_fen
 from cloud.models import (
     Alarm,
@@ -180,7 +180,7 @@ def check_remaining(
         held -= sum(fen for key, fen in earlier if key not in written)
     if abs(held - reported) <= TOLERANCE_FEN:
         return None
-    day = at.astimezone(ZoneInfo(timezone)).date().isoformat()
+    day = at.astimezone(zone(timezone)).date().isoformat()
     key = f"held-diff:{meter.id}:{day}"
     if session.scalar(select(col(Alarm.id)).where(col(Alarm.dedupe_key) == key)) is not None:
         return None

@@ -220,7 +220,7 @@ def test_operator_commands_alarms_and_dead_letters(api: Api) -> None:
     mgr_a, mgr_b = api.login(f"mgr-{a['org']}"), api.login(f"mgr-{b['org']}")
     cmd = api.post(f"/meters/{a['meter']}/commands", mgr_a, {"action": "trip"}, 202)
     assert (cmd["action"], cmd["origin"], cmd["meter_id"]) == ("trip", "operator", a["meter"])
-    assert ("desired_changed", {"meter_ids": [a["meter"]]}) in api.bus.events
+    assert ("command_queued", {"command_id": cmd["id"]}) in api.bus.events
     assert [c["id"] for c in api.get(f"/meters/{a['meter']}/commands", mgr_a)] == [cmd["id"]]
     assert api.get(f"/meters/{a['meter']}/state", mgr_a)["desired"] == "open"
     api.post(f"/meters/{a['meter']}/commands", mgr_b, {"action": "close"}, 404)

@@ -4,6 +4,7 @@ dead letters."""
 from __future__ import annotations
 
 import base64
+import logging
 from datetime import datetime
 from typing import Any, Literal
 
@@ -13,10 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud.api.access import Caller, alarm_kinds_for
 from cloud.api.deps import Db, Now, Paging, PathId, page_response
 from cloud.api.schemas import In
+from cloud.events import COMMAND_QUEUED
 from cloud.services import control, operations
 from protocol.contract import Action
 
 router = APIRouter(tags=["operations"])
+log = logging.getLogger(__name__)
 
 OperatorAction = Literal["trip", "close", "close_permit", "protect", "unprotect", "valve_open", "valve_close"]
 
@@ -84,14 +87,19 @@ class DeadLetterOut(BaseModel):
 def send_command(
     meter_id: PathId, body: CommandIn, request: Request, p: Caller, uow: Db, at: Now
 ) -> CommandOut:
-    """Queue a signed command for the meter's gateway; audited. The reconciler publishes and retries it."""
+    """Queue a signed command for the meter's gateway; audited. It goes out at once: after the commit
+    ``command_queued`` wakes a reconciler (this process's background, or any replica's through Redis),
+    which publishes it; the reconciler's sweep re-publishes it if that event is lost."""
     settings = request.app.state.settings
     config = control.ControlConfig(prefix=settings.mqtt_prefix)
     outgoing = control.operator_command(uow.session, p.actor, meter_id, Action(body.action), at, config)
     uow.commit()
     publish: Any = request.app.state.publish
-    if publish is not None:  # wake the reconciler (another replica, or this process's background)
-        publish("desired_changed", {"meter_ids": [meter_id]})
+    if publish is not None:
+        try:
+            publish(COMMAND_QUEUED, {"command_id": outgoing.id})
+        except Exception:  # committed: the sweep publishes it within seconds; the request succeeded
+            log.exception("could not announce command %s; the sweep will publish it", outgoing.id)
     row = next(r for r in operations.meter_commands(uow.session, p.actor, meter_id) if r.id == outgoing.id)
     return CommandOut.model_validate(row)
 

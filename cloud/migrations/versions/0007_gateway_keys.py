@@ -1,6 +1,6 @@
 """Gateway signing keys by key id, for rotation with an overlap; config versions. Revises 0006.
 
-Every message that moves a relay or money is sealed with the gateway's key (docs/security.md, "SIGN").
+Every message that moves a relay or money is sealed with the gateway's key (docs/security.md, "Signed messages and gateway keys").
 Keys now rotate: ``gateway_key`` holds several per gateway, each with its id (``kid``), the end of its
 overlap (``not_after``) and when the gateway was first seen using it (``seen_at``). The key each
 gateway has today becomes its ``k1``; ``gateway.signing_key`` is blanked (it is only the slot a new
