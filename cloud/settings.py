@@ -108,6 +108,46 @@ class Settings(BaseSettings):
     run_background: bool = True
     """``serve`` also runs ingest, control and jobs; API-only replicas set this to false."""
 
+    # --- tenant payments (docs/payments.md) -------------------------------------------------------
+    wechatpay_mode: Literal["off", "direct", "partner"] = "off"
+    """WeChat Pay: ``direct`` (the merchant is the property company), ``partner`` (服务商: a service
+    provider's merchant, each organisation a sub-merchant, see ``pay_merchant``), or ``off``."""
+    wechatpay_base_url: str = "https://api.mch.weixin.qq.com"
+    wechatpay_mchid: str = ""
+    """The merchant id (``sp_mchid`` in partner mode)."""
+    wechatpay_serial_no: str = ""
+    """Serial number of the merchant API certificate whose key signs requests."""
+    wechatpay_private_key: SecretStr | None = None
+    """PEM of that key (or ``wechatpay_private_key_file``)."""
+    wechatpay_private_key_file: Path | None = None
+    wechatpay_apiv3_key: SecretStr | None = None
+    """The 32-byte API v3 key: decrypts notifications and platform certificates."""
+    wechatpay_public_key: SecretStr | None = None
+    """Public-key mode: the WeChat Pay public key (PEM) and its id ``PUB_KEY_ID_…``; unset: platform
+    certificates, fetched and refreshed by serial."""
+    wechatpay_public_key_id: str = ""
+    wechatpay_notify_base_url: str = ""
+    """This service as WeChat Pay reaches it (``https://pay.example.com``): notifications go to
+    ``<it>/api/v1/pay/wechat/notify`` and ``…/refund-notify``."""
+    wechatpay_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    pay_order_ttl_s: int = Field(default=900, ge=60, le=7200)
+    """An unpaid order is closed after this (the payment page stays valid as long)."""
+    pay_poll_after_s: int = Field(default=120, ge=5, le=3600)
+    """Orders still pending after this are queried (a notification may never come)."""
+    pay_notify_window_s: int = Field(default=300, ge=30, le=900)
+    """A notification whose timestamp is further off than this is refused (replays)."""
+    wechat_api_base_url: str = "https://api.weixin.qq.com"
+    wechat_open_base_url: str = "https://open.weixin.qq.com"
+    wechat_miniprogram_appid: str = ""
+    wechat_miniprogram_secret: SecretStr | None = None
+    wechat_official_appid: str = ""
+    """The official account (公众号) whose web authorisation logs tenants into the H5 page."""
+    wechat_official_secret: SecretStr | None = None
+    tenant_token_ttl_s: int = Field(default=7 * 24 * 3600, ge=300)
+    """A tenant's session token from a WeChat login."""
+    bind_token_ttl_s: int = Field(default=90 * 24 * 3600, ge=300)
+    """A room's binding QR code is valid this long (the manager prints a new one after)."""
+
     timezone: str = "Asia/Shanghai"
     """Default local timezone of projects: friendly hours, holidays, daily aggregates. A tzdata name:
     anything else is refused at start-up, not by the daily job of every day after."""
