@@ -145,6 +145,8 @@ class Rule:
         return not self.platform or principal.org_id is None
 
 
+_PAYER = "a WeChat payer's own bound accounts: the payer token is checked by the route"
+_PAYER_LOGIN = "exchange a WeChat login code for a payer token"
 _READING_FIGURE = "the gateway's reading or a figure finance enters; approved above the limit"
 
 POLICY: Mapping[tuple[str, str], Rule] = {
@@ -326,6 +328,34 @@ POLICY: Mapping[tuple[str, str], Rule] = {
         MONEY,
         "a second person, never the requester",
         example=Example({"reason": "数字不对"}, path={"approval_id": "approval_reject"}),
+    ),
+    # tenants' payments (docs/payments.md)
+    ("POST", "/pay/wechat/notify"): Rule(
+        PUBLIC, "WeChat Pay's notifications: the platform's signature is checked, not a user's token"
+    ),
+    ("POST", "/pay/wechat/refund-notify"): Rule(
+        PUBLIC, "WeChat Pay's refund notifications: the platform's signature is checked"
+    ),
+    ("GET", "/payments/orders"): Rule(MONEY, "money received from tenants' phones"),
+    ("GET", "/payments/conflicts"): Rule(MONEY, "the daily trade bill's differences for finance"),
+    ("POST", "/accounts/{account_id}/wechat-refund"): Rule(MONEY, "pays money out"),
+    ("GET", "/rooms/{room_id}/bind-code"): Rule(MANAGER, "who may bind a phone to a room's accounts"),
+    # the tenant API: public for staff tokens; each route but login checks a WeChat payer's token
+    ("POST", "/tenant/login"): Rule(
+        PUBLIC, _PAYER_LOGIN, example=Example({"code": "no-such-code", "app": "miniprogram"})
+    ),
+    ("POST", "/tenant/bindings/qr"): Rule(PUBLIC, _PAYER, example=Example({"code": "r1.1.1.x"})),
+    ("POST", "/tenant/bindings/phone"): Rule(
+        PUBLIC, _PAYER, example=Example({"account_number": "301-E", "phone": "13800000000"})
+    ),
+    ("DELETE", "/tenant/accounts/{account_id}/binding"): Rule(PUBLIC, _PAYER),
+    ("GET", "/tenant/accounts"): Rule(PUBLIC, _PAYER),
+    ("GET", "/tenant/accounts/{account_id}"): Rule(PUBLIC, _PAYER),
+    ("GET", "/tenant/accounts/{account_id}/usage"): Rule(PUBLIC, _PAYER),
+    ("GET", "/tenant/accounts/{account_id}/statement"): Rule(PUBLIC, _PAYER),
+    ("GET", "/tenant/accounts/{account_id}/orders"): Rule(PUBLIC, _PAYER),
+    ("POST", "/tenant/accounts/{account_id}/orders"): Rule(
+        PUBLIC, _PAYER, example=Example({"amount_fen": 5000})
     ),
 }
 

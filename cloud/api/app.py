@@ -43,11 +43,14 @@ from cloud.api.routes import (
     hierarchy,
     meters,
     operations,
+    payments,
     tariffs,
+    tenant,
     users,
 )
 from cloud.datadir import token_secret
 from cloud.db import make_engine, make_session_factory
+from cloud.services.payments import payment_context
 from cloud.settings import Settings
 
 __all__ = ["API_PREFIX", "build_app", "uvicorn_options"]
@@ -158,8 +161,15 @@ def build_app(
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=[str(n) for n in settings.trusted_proxies])
     # every route under the prefix is checked against cloud.api.access.POLICY, those added later too
     checked = [Depends(authorize)]
-    for module in (auth, users, hierarchy, meters, accounts, tariffs, operations, calendar, holds, approvals):
+    for module in (auth, users, hierarchy, meters, accounts, tariffs, operations, calendar, holds, approvals,
+                   payments, tenant):  # fmt: skip
         app.include_router(module.router, prefix=API_PREFIX, dependencies=checked)
+    app.state.payments = payment_context(settings)
+    tenant_web = (
+        importlib.import_module("cloud.tenant_web") if importlib.util.find_spec("cloud.tenant_web") else None
+    )
+    if tenant_web is not None:
+        tenant_web.mount(app)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and database reachability")
     def healthz() -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 Core tables (sites, devices, accounts, tariffs, ledger, users, audit) live in
 :mod:`cloud.models.core`; telemetry tables (readings, commands, alarms, outbox, ...) in
-:mod:`cloud.models.telemetry`. Importing this package registers every table on ``metadata``.
+:mod:`cloud.models.telemetry`; tenants' payments in :mod:`cloud.models.payments`. Importing this
+package registers every table on ``metadata``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,19 @@ from __future__ import annotations
 from cloud.models.base import BIG_ID, FEN, MicroDecimal, UTCDateTime, metadata, utcnow
 from cloud.models.core import *  # noqa: F403
 from cloud.models.core import __all__ as _core_all
+from cloud.models.payments import *  # noqa: F403
+from cloud.models.payments import __all__ as _payments_all
 from cloud.models.telemetry import *  # noqa: F403
 from cloud.models.telemetry import __all__ as _telemetry_all
 
-__all__ = ["BIG_ID", "FEN", "MicroDecimal", "UTCDateTime", "metadata", "utcnow", *_core_all, *_telemetry_all]
+__all__ = [
+    "BIG_ID",
+    "FEN",
+    "MicroDecimal",
+    "UTCDateTime",
+    "metadata",
+    "utcnow",
+    *_core_all,
+    *_telemetry_all,
+    *_payments_all,
+]

@@ -70,6 +70,7 @@ _KIND_BY_PREFIX = {
     "settlement": LedgerAccountKind.SUSPENSE,
     "payout": LedgerAccountKind.SUSPENSE,
     "held": LedgerAccountKind.SUSPENSE,  # topped up onto a local-prepay meter: the meter holds it now
+    "suspense": LedgerAccountKind.SUSPENSE,  # money received for no order of ours (the trade bill)
 }
 
 
