@@ -40,7 +40,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
-from cloud.events import DESIRED_CHANGED
+from cloud.events import BALANCE_CHANGED, DESIRED_CHANGED
 from cloud.integrations.redis import LeaderElector, LocalLock, Lock, LockError, RedisLock
 from cloud.models import (
     Account,
@@ -97,6 +97,8 @@ class JobContext:
     publish: Publisher | None
     offline_after: timedelta
     tz: str
+    payments: Any = None
+    """A :class:`cloud.services.payments.PaymentContext` when WeChat Pay is on (the payment jobs)."""
 
 
 JobFn = Callable[[Session, JobContext], dict[str, Any]]
@@ -132,6 +134,8 @@ def run_once(
         run.result = result
         session.commit()
         after: list[int] = result.pop("_desired_changed", [])
+        paid: list[int] = result.pop("_balance_changed", [])
+        session.info.pop("mf_balance_changed", None)
     except BaseException:
         session.rollback()
         raise
@@ -142,6 +146,13 @@ def run_once(
             ctx.publish(DESIRED_CHANGED, {"meter_ids": after})
         except Exception:
             log.exception("job %s: could not publish desired_changed", job)
+    publish = ctx.publish
+    if publish is not None:
+        for account_id in paid:  # a payment found by a poll or the bill: restore supply now
+            try:
+                publish(BALANCE_CHANGED, {"account_id": account_id})
+            except Exception:
+                log.exception("job %s: could not publish balance_changed", job)
     return result
 
 
@@ -328,12 +339,50 @@ def daily_aggregates(session: Session, ctx: JobContext) -> dict[str, Any]:
     return {"day": day.isoformat(), "meters": meters, "accounts": len(per_account)}
 
 
+def payments_poll(session: Session, ctx: JobContext) -> dict[str, Any]:
+    """Orders still pending: query them (a dropped notification), close the expired ones."""
+    if ctx.payments is None:
+        return {"skipped": "WeChat Pay off"}
+    from cloud.services.payments import poll
+
+    counts = poll(session, ctx.payments, ctx.now)
+    changed = _paid_accounts(session)
+    return dict(counts) | ({"_balance_changed": changed} if changed else {})
+
+
+def _paid_accounts(session: Session) -> list[int]:
+    return sorted(session.info.get("mf_balance_changed", set()))
+
+
+def payments_bill(session: Session, ctx: JobContext) -> dict[str, Any]:
+    """Yesterday's trade bill (Beijing date), downloaded and reconciled (docs/payments.md)."""
+    if ctx.payments is None:
+        return {"skipped": "WeChat Pay off"}
+    from cloud.services.payments import BEIJING, reconcile_bill
+
+    day = ctx.now.astimezone(BEIJING).date() - timedelta(days=1)
+    text = ctx.payments.client.trade_bill(day)
+    report = reconcile_bill(session, ctx.payments, day, text, ctx.now)
+    changed = _paid_accounts(session)
+    return {"day": day.isoformat(), **report.as_dict()} | ({"_balance_changed": changed} if changed else {})
+
+
+def payments_prune(session: Session, ctx: JobContext) -> dict[str, Any]:
+    from cloud.services.payments import prune_nonces
+
+    window = ctx.payments.notify_window_s if ctx.payments is not None else 300
+    return {"nonces_pruned": prune_nonces(session, ctx.now, window)}
+
+
 JOBS: dict[str, tuple[str, JobFn, float]] = {
     # name: (period kind, function, how often the scheduler asks, seconds)
     "offline_check": ("minute", offline_check, 30.0),
     "cut_sweep": ("minute", cut_sweep, 30.0),
     "ledger_check": ("hour", ledger_check, 600.0),
     "daily_aggregates": ("day", daily_aggregates, 1800.0),
+    "payments_poll": ("minute", payments_poll, 20.0),
+    "payments_bill": ("day", payments_bill, 1800.0),
+    "payments_prune": ("hour", payments_prune, 600.0),
 }
 
 
@@ -412,7 +461,9 @@ class JobScheduler:
         tz: str = "Asia/Shanghai",
         jobs: dict[str, tuple[str, JobFn, float]] | None = None,
         ttl_s: float = 15.0,
+        payments: Any = None,
     ) -> None:
+        self._payments = payments
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self._factory = factory
@@ -436,7 +487,9 @@ class JobScheduler:
             return None
         kind, fn, _every = self._jobs[name]
         now = self._clock()
-        ctx = JobContext(now, period_key(kind, now, self._tz), self._publish, self._offline_after, self._tz)
+        ctx = JobContext(
+            now, period_key(kind, now, self._tz), self._publish, self._offline_after, self._tz, self._payments
+        )
         unit = Unit(UnitKind.JOB, name)
         try:
             result = run_once(self._factory, name, ctx.period, fn, ctx, runner=self._runner)

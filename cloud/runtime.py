@@ -65,6 +65,7 @@ from cloud.services.control import (
 )
 from cloud.services.ingest import Ingest
 from cloud.services.isolation import Unit, UnitKind, account_unit, each_isolated, isolated
+from cloud.services.payments import payment_context
 from cloud.services.unit import unit_of_work
 from cloud.settings import Settings
 from protocol.contract import Topics
@@ -421,6 +422,7 @@ async def run_background(
                 runner=client_id,
                 clock=clock,
                 tz=settings.timezone,
+                payments=payment_context(settings),
             )
             scheduler.start()
         log.info("background workers running as %s", client_id)

@@ -373,3 +373,23 @@ def test_payer_sees_only_bound_accounts_and_can_unbind(world: PayWorld) -> None:
         f"{w.api}/tenant/bindings/phone", json={"account_number": "A-1", "phone": "13800138000"}, headers=bob
     )
     assert r.status_code == 429  # the right phone too: enumeration is throttled per payer
+
+
+def test_poll_job_credits_and_wakes_the_restore_path(world: PayWorld) -> None:
+    """The scheduled job (cloud/jobs.py payments_poll) finds a dropped payment and announces the
+    balance change, so the reconciler restores supply at once."""
+    from cloud.jobs import JobContext, payments_poll, run_once
+
+    w = world
+    headers = w.login()
+    account_id = w.bind(headers)
+    order = w.order(headers, account_id, FEN)
+    _pay(w, order, NotifyPlan(drop=True))
+    ctx = payments.payment_context(w.settings)
+    at = datetime.now(UTC) + timedelta(minutes=3)
+    job = JobContext(at, "p1", w.bus.publish, timedelta(minutes=5), "Asia/Shanghai", ctx)
+    result = run_once(w.factory, "payments_poll", "p1", payments_poll, job)
+    assert result == {"credited": 1}
+    assert _balance(w) == FEN
+    assert ("balance_changed", {"account_id": account_id}) in w.bus.events
+    assert run_once(w.factory, "payments_poll", "p1", payments_poll, job) is None  # once per period
