@@ -165,11 +165,6 @@ def build_app(
                    payments, tenant):  # fmt: skip
         app.include_router(module.router, prefix=API_PREFIX, dependencies=checked)
     app.state.payments = payment_context(settings)
-    tenant_web = (
-        importlib.import_module("cloud.tenant_web") if importlib.util.find_spec("cloud.tenant_web") else None
-    )
-    if tenant_web is not None:
-        tenant_web.mount(app)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and database reachability")
     def healthz() -> dict[str, str]:
