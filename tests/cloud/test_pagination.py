@@ -109,6 +109,8 @@ def test_every_list_endpoint_takes_limit_and_cursor(site: Site) -> None:
         content = op["responses"]["200"].get("content", {}).get("application/json", {})
         if content.get("schema", {}).get("type") != "array":
             continue
+        if content["schema"].get("maxItems", MAX_PAGE + 1) <= MAX_PAGE:
+            continue  # a window bounded by construction (a usage series of at most N periods)
         lists.append(path)
         params = {p["name"]: p for p in op.get("parameters", [])}
         assert {"limit", "cursor"} <= set(params), path

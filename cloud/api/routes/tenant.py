@@ -178,6 +178,9 @@ def _wechat_login(request: Request, app: str, code: str) -> tuple[str, str, str]
         raise AuthError("微信登录失败 / WeChat gave no openid")
     return client.appid, str(answer["openid"]), str(answer.get("unionid") or "")
 
+MAX_USAGE_PERIODS = 366
+"""A usage series is a window of at most this many days or months, not a list to page through."""
+
 
 @router.post("/login", response_model=LoginOut, summary="Log in with a WeChat code (no staff token)")
 def login(body: LoginIn, request: Request, uow: Db, at: Now) -> LoginOut:
@@ -237,7 +240,7 @@ def account(account_id: PathId, payer: PayerDep, uow: Db, at: Now) -> AccountOut
 
 @router.get(
     "/accounts/{account_id}/usage",
-    response_model=list[UsageOut],
+    response_model=Annotated[list[UsageOut], Field(max_length=MAX_USAGE_PERIODS)],
     summary="Charges and units per day or month",
 )
 def usage(
@@ -246,7 +249,7 @@ def usage(
     uow: Db,
     at: Now,
     by: Literal["day", "month"] = "day",
-    periods: Annotated[int, Query(ge=1, le=366)] = 30,
+    periods: Annotated[int, Query(ge=1, le=MAX_USAGE_PERIODS)] = 30,
 ) -> list[UsageOut]:
     found = payers.bound_account(uow.session, payer, account_id)
     return [
