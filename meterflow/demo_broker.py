@@ -130,7 +130,18 @@ class EmbeddedBroker:
         from amqtt.broker import Broker  # the demo's only user of amqtt: import it only here
         from amqtt.session import Session
 
+        writers: set[asyncio.StreamWriter] = set()
+
         class _Broker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
+            async def stream_connected(
+                self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+            ) -> None:
+                writers.add(writer)
+                try:
+                    await super().stream_connected(reader, writer, listener_name)
+                finally:
+                    writers.discard(writer)
+
             async def _publish_retained_messages_for_subscription(
                 self, subscription: tuple[str, int], session: Session
             ) -> None:
@@ -155,6 +166,12 @@ class EmbeddedBroker:
             await self._stopping.wait()
         finally:
             await broker.shutdown()
+            # amqtt's shutdown leaves a connection still in its CONNECT handshake open (its handler is
+            # only cancelled when this loop closes): closed here, or the garbage collector finds it
+            # later ("unclosed transport") in whatever code happens to run then
+            for writer in list(writers):
+                writer.close()
+            await asyncio.sleep(0)
 
 
 def _start_amqtt(port: int) -> EmbeddedBroker:

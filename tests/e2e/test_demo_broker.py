@@ -5,8 +5,11 @@ amqtt only does for clients that send a user name, see meterflow.demo_broker).""
 
 from __future__ import annotations
 
+import gc
 import socket
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,3 +108,22 @@ def test_stop_frees_the_port_and_a_busy_port_is_a_clear_error(tmp_path: Path) ->
     broker.stop()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))  # free again: the broker's listener is closed
+
+
+def test_stop_closes_a_connection_still_in_its_handshake(tmp_path: Path) -> None:
+    """A client that connected but never sent CONNECT (a port probe, a client killed mid-handshake): amqtt's
+    shutdown leaves its connection open, and the garbage collector used to find it later ("unclosed
+    transport", a ResourceWarning raised in whichever test ran then). The demo's broker closes it."""
+    unraisable: list[str] = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: unraisable.append(f"{u.exc_value!r}")
+    try:
+        broker = start_broker(tmp_path)
+        with socket.create_connection(("127.0.0.1", broker.port)) as probe:
+            time.sleep(0.2)  # accepted: amqtt now waits for a CONNECT that never comes
+            broker.stop()
+            gc.collect()
+            assert probe.recv(1) == b""  # the broker closed its side
+    finally:
+        sys.unraisablehook = hook
+    assert unraisable == []
