@@ -16,9 +16,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["GATEWAY_ACL", "Mosquitto", "free_port", "make_tls_files"]
+__all__ = ["GATEWAY_ACL", "Mosquitto", "free_port", "make_tls_files", "start_mosquitto", "stop_mosquitto"]
 
 # Gateways log in with username == gateway id; the cloud reads every uplink, writes every downlink.
 GATEWAY_ACL = """\
@@ -166,34 +167,12 @@ class Mosquitto:
         (self.workdir / "mosquitto.conf").write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 10.0) -> None:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen(  # noqa: S603
-            [exe, "-c", str(self.workdir / "mosquitto.conf")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err}")
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s")
+        self.proc = start_mosquitto(self.workdir / "mosquitto.conf", self.host, [self.port], timeout=timeout)
 
     def stop(self) -> None:
         """Clean stop (SIGTERM): the broker saves its persistent sessions."""
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
+        if self.proc is not None:
+            stop_mosquitto(self.proc)
         self.proc = None
 
     def restart(self) -> None:
@@ -206,3 +185,48 @@ class Mosquitto:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_mosquitto(
+    conf: Path,
+    host: str,
+    ports: Iterable[int],
+    *,
+    timeout: float = 10.0,
+    log_file: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """``mosquitto -c conf``, returned once every one of ``ports`` accepts connections.
+
+    Raises :class:`RuntimeError` with the broker's stderr (and ``log_file``, when it logs there) if it
+    exits or does not listen in time.
+    """
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
+    deadline = time.monotonic() + timeout
+    waiting = set(ports)
+    while waiting and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            log = log_file.read_text() if log_file is not None and log_file.exists() else ""
+            raise RuntimeError(f"mosquitto exited with {proc.returncode}: {err}{log}")
+        for port in list(waiting):
+            with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+                waiting.discard(port)
+        if waiting:
+            time.sleep(0.05)
+    if waiting:
+        stop_mosquitto(proc)
+        raise RuntimeError(f"mosquitto did not listen on {sorted(waiting)} within {timeout} s")
+    return proc
+
+
+def stop_mosquitto(proc: subprocess.Popen[bytes]) -> None:
+    """Clean stop (SIGTERM, the broker saves its persistent sessions); killed after 10 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stderr:
+        proc.stderr.close()

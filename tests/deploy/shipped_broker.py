@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import getpass
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -29,7 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud.integrations.mqtt import MqttConfig, MqttLink, ingest_filter
-from edge.devbroker import free_port, make_tls_files
+from edge.devbroker import free_port, make_tls_files, start_mosquitto, stop_mosquitto
 from meterflow.broker import DEFAULT_CLOUD_USER, PasswordFile
 
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
@@ -101,35 +100,12 @@ class ShippedBroker:
     def start(self, timeout: float = 10.0) -> None:
         for file in (self.gateways, self.cloud):
             file._ensure()
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen(
-            [exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        deadline = time.monotonic() + timeout
-        waiting = {self.gateway_port, self.cloud_port}
-        while waiting and time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                log = self.log_file.read_text() if self.log_file.exists() else ""
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err}{log}")
-            for port in list(waiting):
-                with contextlib.suppress(OSError), socket.create_connection((self.host, port), timeout=0.2):
-                    waiting.discard(port)
-            time.sleep(0.05)
-        if waiting:
-            raise RuntimeError(f"mosquitto did not listen on {sorted(waiting)} within {timeout} s")
+        ports = (self.gateway_port, self.cloud_port)
+        self.proc = start_mosquitto(self.conf, self.host, ports, timeout=timeout, log_file=self.log_file)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
+        if self.proc is not None:
+            stop_mosquitto(self.proc)
         self.proc = None
 
     def log(self) -> str:
