@@ -6,7 +6,6 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -32,6 +31,7 @@ from protocol.contract import (
     verify_command,
 )
 from tests.cloud.flowkit import KEY, balance, batch, charges, make_flow_site, readings, recharge, sealed
+from tests.waiting import until
 
 pytestmark = pytest.mark.services
 
@@ -71,12 +71,6 @@ class Gateway:
         return [open_message(GatewayConfig, Kind.CONFIG, self.topics_gateway, p, keys.get)[1] for p in found]
 
 
-async def until(check: Callable[[], object], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within} s")
-        await asyncio.sleep(0.05)
 
 
 async def test_balance_runs_out_trip_then_recharge_close_over_mqtt(

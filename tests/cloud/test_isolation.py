@@ -72,8 +72,8 @@ from tests.cloud.flowkit import (
     recharge,
 )
 from tests.cloud.test_control import Clock, Wire
-from tests.cloud.test_control_mqtt import until
 from tests.edge.mqtt_helpers import opened
+from tests.waiting import until
 
 NOW = T0 + timedelta(hours=2)
 

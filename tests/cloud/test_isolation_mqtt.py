@@ -14,7 +14,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -72,6 +72,7 @@ from protocol.contract import (
 from tests.cloud.flowkit import FIRST_KID, KEY, FlowSite, make_flow_site, recharge
 from tests.cloud.test_api import TestClient
 from tests.edge.mqtt_helpers import opened
+from tests.waiting import until
 
 pytestmark = pytest.mark.services
 
@@ -125,12 +126,6 @@ class GatewaySide:
             )
 
 
-async def until(check: Callable[[], object], within: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {within} s")
-        await asyncio.sleep(0.01)
 
 
 def p99(samples: list[float]) -> float:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from firmware_sim.meters.electric import CircuitSpec, ElectricMeter
 from firmware_sim.serve import LineHandle, run_line
 from tests.cloud.flowkit import KEY, make_flow_site, recharge
 from tests.edge.mqtt_helpers import make_config, sim_line_config
+from tests.waiting import until
 
 pytestmark = pytest.mark.services
 
@@ -51,13 +52,6 @@ def sim() -> Iterator[LineHandle]:
         yield handle
 
 
-async def until(check: Callable[[], object], within: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {within} s")
-        await asyncio.sleep(0.1)
 
 
 async def test_recharge_written_to_the_simulated_meter(

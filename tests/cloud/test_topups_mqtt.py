@@ -20,8 +20,9 @@ from cloud.services.arrears import TOPUP_FAILED
 from cloud.settings import load_settings
 from protocol.contract import AckStatus, Action, verify_command
 from tests.cloud.flowkit import KEY, commands
-from tests.cloud.test_control_mqtt import Gateway, until
+from tests.cloud.test_control_mqtt import Gateway
 from tests.cloud.test_topups import local_site, pay, reading_with_count, recharge_ack
+from tests.waiting import until
 
 pytestmark = pytest.mark.services
 

@@ -17,8 +17,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from paho.mqtt.properties import Properties
 from cloud.integrations.mqtt import MqttConfig, MqttLink, ingest_filter
 from edge.devbroker import free_port, make_tls_files, start_mosquitto, stop_mosquitto
 from meterflow.broker import DEFAULT_CLOUD_USER, PasswordFile
+from tests.waiting import wait_for
 
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 
@@ -119,13 +118,6 @@ class ShippedBroker:
         self.stop()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not met within {timeout} s")
 
 
 class Probe:

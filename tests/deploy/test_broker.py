@@ -22,7 +22,8 @@ import pytest
 
 from cloud.integrations.mqtt import MqttError
 from protocol.contract import Quantity, Reading, ReadingBatch, RelayState, Topics, encode
-from tests.deploy.shipped_broker import SHIPPED, CloudSide, Probe, ShippedBroker, wait_for
+from tests.deploy.shipped_broker import SHIPPED, CloudSide, Probe, ShippedBroker
+from tests.waiting import wait_for
 
 GROUP = "private-share-group-5f0c2a9e"  # what `meterflow broker add --cloud` would have made
 # "meterflow-cloud": a gateway registered under the cloud's username gets a gateway's rights only

@@ -25,7 +25,8 @@ from cloud.integrations.mqtt import MqttConfig, MqttLink, ingest_filter
 from cloud.settings import Settings
 from meterflow.broker import AccountError, PasswordFile, cloud_snippet, edge_snippet, reload_broker
 from meterflow.cli import main
-from tests.deploy.shipped_broker import Probe, ShippedBroker, wait_for
+from tests.deploy.shipped_broker import Probe, ShippedBroker
+from tests.waiting import wait_for
 
 
 def require_mosquitto_passwd() -> str:

@@ -32,7 +32,8 @@ from protocol.contract import Ack, AckStatus, Action, GatewayStatus, Quantity, R
 from tests.deploy.shipped_broker import CloudSide, ShippedBroker
 from tests.deploy.test_broker import require_mosquitto
 from tests.edge.mqtt_helpers import make_config, opened
-from tests.edge.test_daemon_e2e import daemon, signed, until
+from tests.edge.test_daemon_e2e import daemon, signed
+from tests.waiting import until
 
 pytestmark = pytest.mark.services
 SAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "edge" / "edge.toml"
@@ -126,7 +127,7 @@ async def test_the_sample_gateway_config_with_the_tools_snippet_works_over_tls(
 
         try:
             async with daemon(config) as d:
-                await until(lambda: meters_seen() == {"room-101", "room-102", "water-101"}, timeout=30)
+                await until(lambda: meters_seen() == {"room-101", "room-102", "water-101"}, within=30)
                 assert d.uplink.connected.is_set()
                 online = [opened(GatewayStatus, topics.status, p, KEYS) for p in cloud.got(topics.status)]
                 assert any(s.online for s in online)
@@ -135,7 +136,7 @@ async def test_the_sample_gateway_config_with_the_tools_snippet_works_over_tls(
                 # the cloud's command comes down through the gateway's read ACL and is executed
                 command = signed("trip-101", "room-101", Action.TRIP, key=KEY, gateway="gw-0001")
                 await asyncio.to_thread(cloud.link.publish, topics.commands, command)
-                await until(lambda: bool(cloud.got(topics.acks)), timeout=30)
+                await until(lambda: bool(cloud.got(topics.acks)), within=30)
                 ack = opened(Ack, topics.acks, cloud.got(topics.acks)[0], KEYS)
                 assert (ack.command, ack.status) == ("trip-101", AckStatus.DONE)
                 assert lines[0].line.meters[0].relay_open

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from firmware_sim.meters.electric import CircuitSpec
 from firmware_sim.serve import LineHandle, run_line
 from tests.cloud.flowkit import KEY, balance, make_flow_site, recharge
 from tests.edge.mqtt_helpers import make_config, sim_line_config
+from tests.waiting import until
 
 pytestmark = pytest.mark.services
 
@@ -45,13 +46,6 @@ def sim() -> Iterator[LineHandle]:
         yield handle
 
 
-async def until(check: Callable[[], object], within: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {within} s")
-        await asyncio.sleep(0.1)
 
 
 async def test_balance_runs_out_trip_at_meter_then_recharge_closes(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -45,6 +45,7 @@ from protocol.contract import (
 )
 from tests.cloud.flowkit import KEY, make_flow_site
 from tests.edge.mqtt_helpers import Subscriber, make_config, sim_line_config
+from tests.waiting import until
 
 pytestmark = pytest.mark.services
 OVERLAP = timedelta(hours=24)
@@ -67,13 +68,6 @@ class Skewed:
         return datetime.now(UTC) + self.offset
 
 
-async def until(check: Callable[[], object], within: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {within} s")
-        await asyncio.sleep(0.1)
 
 
 def command(gateway: str, cid: str, key: bytes, kid: str) -> bytes:

@@ -41,6 +41,7 @@ from protocol.contract import (
 )
 from tests.edge.mqtt_helpers import KEY as TEST_KEY
 from tests.edge.mqtt_helpers import Subscriber, make_config, sim_line_config
+from tests.waiting import until
 
 pytestmark = pytest.mark.services
 KEY = "e2e-key"
@@ -70,14 +71,6 @@ async def daemon(config: EdgeConfig) -> AsyncIterator[Daemon]:
         await asyncio.wait_for(task, 15)
 
 
-async def until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]  # noqa: ASYNC109
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def signed(
@@ -223,7 +216,7 @@ async def test_dead_meter_is_reported_and_does_not_stall_the_line(
             assert dead_attempts <= 4  # backed off (1 s, then 2 s), not retried every cycle
             assert worker.stats().meters_offline == 1
             sim.meters[2].faults.clear()
-            await until(lambda: worker.plans["m2"].online is True, timeout=10)
+            await until(lambda: worker.plans["m2"].online is True, within=10)
             await asyncio.to_thread(sub.wait, lambda: EventKind.METER_ONLINE in {e.kind for e in events(sub)})
         offline = [e for e in events(sub) if e.kind == EventKind.METER_OFFLINE]
         assert [e.meter for e in offline] == ["m2"]
@@ -262,7 +255,7 @@ async def test_autonomy_trips_when_offline_and_reports_on_reconnect(tmp_path: Pa
                 await until(lambda: len(sub.readings()) >= 4)
                 assert not sim.meters[0].relay_open  # online: the cloud decides, not the gateway
                 broker.stop()
-                await until(lambda: sim.meters[0].relay_open, timeout=25)  # > offline_after_s = 10
+                await until(lambda: sim.meters[0].relay_open, within=25)  # > offline_after_s = 10
                 assert (await d.status()).autonomous is True
                 assert not sim.meters[1].relay_open  # protected
                 assert not sim.meters[3].relay_open  # horizon not reached

@@ -9,17 +9,13 @@ trips the meter whose money is gone), and a restart keeps the version in force.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from edge.config import EdgeConfig
-from edge.daemon import Daemon
 from edge.devbroker import Mosquitto
 from firmware_sim.line import SimLine
 from firmware_sim.meters import Ddsy1352Sim
@@ -36,6 +32,8 @@ from protocol.contract import (
     seal_message,
 )
 from tests.edge.mqtt_helpers import KEY, Subscriber, make_config, sim_line_config
+from tests.edge.test_daemon_e2e import daemon
+from tests.waiting import until
 
 pytestmark = pytest.mark.services
 KWH = Quantity.ENERGY_TOTAL_KWH
@@ -48,26 +46,8 @@ def sim() -> Iterator[LineHandle]:
         yield handle
 
 
-@contextlib.asynccontextmanager
-async def running(config: EdgeConfig) -> AsyncIterator[Daemon]:
-    d = Daemon(config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(d.run(stop))
-    try:
-        yield d
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
 
 
-async def until(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]  # noqa: ASYNC109
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def config_message(
@@ -111,7 +91,7 @@ async def test_forged_2099_config_is_refused_and_trips_nothing(tmp_path: Path, s
                 seal_message(forged, kid="k1", key=b"not-the-gateway-key-at-all-000000"),
                 retain=True,
             )
-            async with running(config) as d:
+            async with daemon(config) as d:
                 await until(lambda: {EventKind.CONFIG_REJECTED} <= {e.kind for e in events(cloud)})
                 assert d.autonomy.config is None
                 rejected = [e for e in events(cloud) if e.kind == EventKind.CONFIG_REJECTED]
@@ -139,13 +119,13 @@ async def test_forged_2099_config_is_refused_and_trips_nothing(tmp_path: Path, s
                 cloud.publish(topics.config, seal_message(newer, kid="k1", key=KEY.encode()), retain=True)
                 await until(lambda: d.autonomy.config is not None and d.autonomy.config.version == 2)
                 broker.stop()
-                await until(lambda: sim.meters[0].relay_open, timeout=30)  # > offline_after_s = 10
+                await until(lambda: sim.meters[0].relay_open, within=30)  # > offline_after_s = 10
                 assert not sim.meters[1].relay_open
                 broker.start()
             # a restart (with the broker away, so autonomy.json is the only source) keeps version 2,
             # and the older genuine v1, replayed, is refused
             broker.stop()
-            async with running(config) as d:
+            async with daemon(config) as d:
                 await until(lambda: d.autonomy.config is not None)
                 assert d.autonomy.config is not None
                 assert d.autonomy.config.version == 2

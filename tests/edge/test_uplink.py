@@ -18,6 +18,7 @@ from edge.outbox import NewReading, Outbox
 from edge.uplink import Uplink, backoff_delay
 from protocol.contract import GatewayStatus, Quantity, ReadingBatch, Topics
 from tests.edge.mqtt_helpers import Subscriber, make_config
+from tests.waiting import until
 
 pytestmark = pytest.mark.services
 TS = datetime(2026, 11, 23, tzinfo=UTC)
@@ -57,14 +58,6 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield b
 
 
-async def until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]  # noqa: ASYNC109
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_backoff_is_bounded_and_jittered() -> None:
@@ -137,7 +130,7 @@ async def test_broker_outage_is_replayed_without_loss(tmp_path: Path, broker: Mo
                     await box.add_readings(readings(5, 30))
                 assert (await box.backlog()).readings == 1500
                 broker.start()
-                await until(lambda: len(set(sub.readings())) >= 2000, timeout=30)
+                await until(lambda: len(set(sub.readings())) >= 2000, within=30)
                 await until(lambda: box._count == 0)
         got = sub.readings()
         assert len(set(got)) == 2000  # nothing lost; duplicates (if any) are the same identity
