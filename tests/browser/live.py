@@ -23,8 +23,9 @@ def free_port() -> int:
 def serve(app: Any) -> Iterator[str]:
     """Run ``app`` in a real uvicorn server on a thread; yields its base URL, stops it on exit."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                            **uvicorn_options())
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **uvicorn_options()
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
