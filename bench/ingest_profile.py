@@ -144,7 +144,8 @@ def main() -> None:
         assert best is not None
         readings = args.batches * per_minute
         print(
-            f"  best: client CPU {best[0] / readings * 1e6:.1f} µs/reading, wall {best[1] / readings * 1e6:.1f}"
+            f"  best: client CPU {best[0] / readings * 1e6:.1f} µs/reading, "
+            f"wall {best[1] / readings * 1e6:.1f} µs/reading"
         )
         if args.profile:
             payloads = _payloads(layout, k, args.batches, base)
