@@ -44,7 +44,7 @@ import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
@@ -96,7 +96,7 @@ from cloud.models import (
 )
 from cloud.services import ledger as ledger_service
 from cloud.services.arrears import project_zone
-from cloud.services.bulk import insert_rows
+from cloud.services.bulk import insert_rows, int_array
 from cloud.services.isolation import FAULTS, Unit, UnitFault, UnitKind, clear_fault, fault_alarm
 from cloud.services.local_prepay import MeterIdentity, check_remaining, utility_of
 from protocol.contract import Quantity
@@ -196,6 +196,7 @@ class BillingCache:
     rules: ReadingRules = field(default_factory=ReadingRules)
     """The base rules (clock, rollover, whether the rate is enforced); rate and allowance are per meter."""
     unusable: dict[int, UnitFault] = field(default_factory=dict)
+    zones: dict[int, tzinfo | UnitFault] = field(default_factory=dict)
     _per_meter: dict[tuple[str, str, int, Decimal | None], ReadingRules] = field(default_factory=dict)
 
     def rules_for(self, meter: MeterFacts) -> ReadingRules:
@@ -204,6 +205,21 @@ class BillingCache:
         found = self._per_meter.get(key)
         if found is None:
             found = self._per_meter[key] = rules_for(self.rules, *key)
+        return found
+
+    def zone(self, project: Project) -> tzinfo:
+        """:func:`cloud.services.arrears.project_zone` once per project and unit of work, not per
+        reading (a zone that is not tzdata's raises the same :class:`UnitFault` every time)."""
+        key = project.id or 0
+        found = self.zones.get(key)
+        if found is None:
+            try:
+                found = project_zone(project)
+            except UnitFault as fault:
+                found = fault
+            self.zones[key] = found
+        if isinstance(found, UnitFault):
+            raise found
         return found
 
     def project(self, session: Session, project_id: int) -> Project:
@@ -735,7 +751,7 @@ def _charge(
         schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
         if schedule is None:
             return _hold(meter, reading, "no_tariff", "未配置电价", "no tariff configured", "")
-        tz = project_zone(project)
+        tz = cache.zone(project)
     except UnitFault as fault:
         return hold_faulty(session, meter, reading, fault.unit, fault)
     ct = Decimal(meter.ct_ratio)
@@ -978,9 +994,8 @@ def post_charges(session: Session, plan: ChargePlan, cache: BillingCache) -> int
         return lines
     if connection.dialect.name == "postgresql":  # one statement, not one per account
         ordered = sorted(deltas.items())
-        connection.execute(
-            _PG_ADD_BALANCE, {"aid": [a for a, _ in ordered], "delta": [d for _, d in ordered]}
-        )
+        arrays = {"aid": int_array(a for a, _ in ordered), "delta": int_array(d for _, d in ordered)}
+        connection.execute(_PG_ADD_BALANCE, arrays)
     else:
         connection.execute(_ADD_BALANCE, [{"aid": a, "delta": d} for a, d in sorted(deltas.items())])
     return lines
