@@ -566,6 +566,12 @@ def rate(
 
     Raises ``RatingError`` for a reversed interval, a negative or non-Decimal delta, or a register the
     version in force needs but the deltas lack (a non-zero delta on a register it cannot price too).
+
+    **Before the first version.** A tariff bills from its first version's ``effective_from``: an
+    interval that starts before it is billed pro rata by time for the part after it (the part before
+    is cut off like any piece and priced by nobody); an interval that ends at or before it rates to
+    nothing (no lines, counter unchanged). So a new site whose baseline precedes its tariff, or a
+    project switched to a new tariff, bills from the tariff's effective time and is never stuck.
     """
     _aware(start, "start")
     _aware(end, "end")
@@ -575,16 +581,28 @@ def rate(
         if delta < 0:
             raise RatingError(f"delta of {quantity} is negative ({delta}); validate readings first")
 
-    pieces: list[tuple[TariffVersion, datetime, datetime]] = []
-    for version, v_start, v_end in schedule.segments(start, end):
-        pieces.extend((version, a, b) for a, b in _split_by_period(version, v_start, v_end, tz))
+    if end < start:
+        raise RatingError(f"interval ends ({end.isoformat()}) before it starts ({start.isoformat()})")
+    first = schedule.versions[0].effective_from
+    if end <= first and (start < end or end < first):  # all of it before the tariff: nothing to bill
+        return RatingResult((), 0, counter, {})
+    if start < first < end:  # the tariff starts inside the interval: the part before it is not billed
+        uncovered: list[tuple[TariffVersion | None, datetime, datetime]] = [(None, start, first)]
+        covered = (first, end)
+    else:
+        uncovered, covered = [], (start, end)
+    pieces: list[tuple[TariffVersion | None, datetime, datetime]] = list(uncovered)
+    for in_force, v_start, v_end in schedule.segments(*covered):
+        pieces.extend((in_force, a, b) for a, b in _split_by_period(in_force, v_start, v_end, tz))
 
-    needed = {q for version, _, _ in pieces for q in version.registers}
+    needed = {q for version, _, _ in pieces if version is not None for q in version.registers}
     missing = sorted(q.value for q in needed if q not in deltas)
     if missing:
         raise RatingError(f"deltas lack register(s) {missing} needed by the tariff in force")
     for quantity, delta in deltas.items():
-        unpriced = any(v.kind is TariffKind.TOU and quantity not in v.registers for v, _, _ in pieces)
+        unpriced = any(
+            v is not None and v.kind is TariffKind.TOU and quantity not in v.registers for v, _, _ in pieces
+        )
         if delta and unpriced and quantity in TOU_REGISTERS:
             raise RatingError(f"register {quantity} has consumption {delta} but no price in force")
 
@@ -594,6 +612,8 @@ def rate(
     lines: list[ChargeLine] = []
     tier_counter = counter
     for index, (version, a, b) in enumerate(pieces):
+        if version is None:  # before the first version: its pro-rata share is nobody's to bill
+            continue
         if version.is_tiered:
             units = shares[version.registers[0]][index]
             period = tier_period(a, version.tier_reset, tz)

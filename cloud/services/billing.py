@@ -24,7 +24,11 @@ billing baseline. A new reading is judged against it by :func:`cloud.domain.read
   version change inside it; under tiers, usage moved across a tier period reset, rated from the tier
   counter each charge stores in its meta; see :func:`_rerate`); older than the meter's first accepted
   reading, ``[late, first]`` is charged (billing extends backwards);
-- no tariff in force → held (the baseline stays, so nothing is lost when a tariff is configured);
+- no tariff at all (none of the meter's, no project default, or no version) → held ``no_tariff`` (the
+  baseline stays; the holds are billed once a tariff covers the meter:
+  :func:`cloud.services.tariff_coverage.bill_waiting`). A tariff bills from its first version's
+  effective time: an interval before it rates to nothing (``zero``), one straddling it is billed pro
+  rata for the covered part (:func:`cloud.domain.tariffs.rate`);
 - a local-prepay meter (``prepay_mode`` local) → rated exactly like any other (tariff, TOU, tiers,
   the account's residue and tier counter) and ``billed``, but the charge debits ``held:<meter>``, not
   the wallet: the meter deducts its consumption itself, from money that moved wallet → held when its

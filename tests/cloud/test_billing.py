@@ -155,22 +155,24 @@ def test_ct_ratio_multiplies_register_deltas(session_factory: sessionmaker[Sessi
     assert balance(session_factory, site) == 10_000 - 500
 
 
-def test_no_tariff_holds_and_nothing_is_lost_once_configured(session_factory: sessionmaker[Session]) -> None:
+def test_a_tariff_not_yet_in_force_bills_from_its_effective_time(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The meter's only version takes effect at T0 + 1:30. T0 → T0 + 1h is all before it: accepted, 0 fen,
+    nothing held (a meter with no tariff at all is held instead: tests/cloud/test_tariff_start.py).
+    T0 + 1h → T0 + 2h, 2 kWh, the second half covered: 1 kWh × 0.5 = 50 fen."""
     site = make_flow_site(session_factory, balance_fen=10_000)
     with session_factory() as s:
-        s.execute(update(TariffVersion).values(effective_from=T0 + timedelta(days=1)))  # not yet in force
+        s.execute(update(TariffVersion).values(effective_from=T0 + timedelta(minutes=90)))  # not yet in force
         s.commit()
     ingest = Ingest(session_factory, clock=lambda: T0 + timedelta(hours=3))
     ingest.handle(*batch(site, [("m1", 1, T0, "100.00")]))
     ingest.handle(*batch(site, [("m1", 2, T0 + timedelta(hours=1), "104.00")]))
     assert balance(session_factory, site) == 10_000
+    ingest.handle(*batch(site, [("m1", 3, T0 + timedelta(hours=2), "106.00")]))
+    assert balance(session_factory, site) == 10_000 - 50
     with session_factory() as s:
-        hold = s.scalars(select(ReadingHold)).one()
-        assert hold.verdict == "rating"
-        s.execute(update(TariffVersion).values(effective_from=T0 - timedelta(days=1)))
-        s.commit()
-    ingest.handle(*batch(site, [("m1", 3, T0 + timedelta(hours=2), "106.00")]))  # 6 kWh since 100.00
-    assert balance(session_factory, site) == 10_000 - 300
+        assert s.scalars(select(ReadingHold)).first() is None
 
 
 def test_late_reading_re_rates_with_reversal_and_replacement(session_factory: sessionmaker[Session]) -> None:
