@@ -423,10 +423,6 @@ class AccountOut(_Out):
     billing_mode: str
     balance_fen: int
     protected: bool
-    tier_period: str
-    tier_usage: Decimal
-    water_tier_period: str = ""
-    water_tier_usage: Decimal = Decimal(0)
     opened_at: datetime
     closed_at: datetime | None
 

@@ -90,6 +90,7 @@ from cloud.models import (
     MeterState,
     PrepayMode,
 )
+from cloud.services import tier_usage
 from cloud.services.arrears import (
     TOPUP_FAILED,
     TOPUP_SOURCE,
@@ -99,7 +100,7 @@ from cloud.services.arrears import (
     project_zone,
 )
 from cloud.services.audit import Actor, AuditAction, record
-from cloud.services.billing import BillingCache, schedule_for, snapshot_values, tier_counter
+from cloud.services.billing import BillingCache, schedule_for, snapshot_values
 from cloud.services.bulk import insert_missing
 from cloud.services.errors import Conflict, NotFound
 from cloud.services.isolation import Unit, UnitFault, UnitKind, each_isolated
@@ -837,7 +838,7 @@ def gateway_config(
                 balance_fen=share,
                 residue_milli=account.residue_millifen,
                 credit_limit_fen=0,
-                counter=tier_counter(account, meter.kind),
+                counter=tier_usage.counter_at(session, account.id or 0, meter.kind, schedule, now, tz),
                 protected=meter.protected or account.protected,
                 tz=tz,
             )

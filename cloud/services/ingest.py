@@ -187,7 +187,7 @@ class _StateRow:
 
 @dataclass(slots=True)
 class _AccountRow:
-    """A locked paying account: billing carries its residue and tier counter."""
+    """A locked paying account: billing carries its residue (tier usage: its own table)."""
 
     id: int
     org_id: int
@@ -195,15 +195,11 @@ class _AccountRow:
     status: str
     balance_fen: int
     residue_millifen: int
-    tier_period: str
-    tier_usage: Decimal
-    water_tier_period: str
-    water_tier_usage: Decimal
 
 
 _STATE_COLUMNS = tuple(f.name for f in fields(_StateRow) if f.name != "meter_id")
 """What billing and the batch may change in a meter's state (written back; the rest is left)."""
-_CARRIED = ("residue_millifen", "tier_period", "tier_usage", "water_tier_period", "water_tier_usage")
+_CARRIED = ("residue_millifen",)
 """What billing carries on an account from one charge to the next (written back when changed)."""
 
 
