@@ -45,9 +45,12 @@ _CST = timezone(timedelta(hours=8))
 class ChannelError(Exception):
     """A send that did not go through; ``code`` is the vendor's."""
 
-    def __init__(self, message: str, code: str = "") -> None:
+    def __init__(self, message: str, code: str = "", *, ambiguous: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.ambiguous = ambiguous
+        """The request may have reached the vendor (a timeout, a dropped connection): look it up
+        before sending it again."""
 
 
 class Refused(ChannelError):
@@ -95,6 +98,8 @@ class Pending:
 
 class Channel(Protocol):
     name: str
+    can_lookup: bool
+    """Whether :meth:`lookup` can find a message by its key (else an interrupted send is not repeated)."""
 
     def recipient(self, msg: Message) -> str:
         """Who this channel would send to ("" when it has nobody: refused)."""
@@ -113,6 +118,7 @@ class LogChannel:
     """Writes the notice to the log (development and the demo): delivered on writing."""
 
     name = "log"
+    can_lookup = False
 
     def __init__(self) -> None:
         self.lines: list[str] = []
@@ -142,6 +148,7 @@ following the official account, 40036 bad template id."""
 
 class _WeChatBase:
     name = ""
+    can_lookup = False
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -158,7 +165,7 @@ class _WeChatBase:
                 raise Refused(f"wechat {code}: {exc.errmsg}", str(code)) from exc
             raise Failed(f"wechat {code}: {exc.errmsg}", str(code)) from exc
         except RequestException as exc:
-            raise Failed(f"wechat unreachable: {type(exc).__name__}") from exc
+            raise Failed(f"wechat unreachable: {type(exc).__name__}", ambiguous=True) from exc
         msgid = str((answer or {}).get("msgid", "")) if isinstance(answer, dict) else ""
         return Sent(msgid or "wechat", delivered=True)
 
@@ -216,6 +223,7 @@ class AliyunSms:
     by ``QuerySendDetails`` (SendStatus 3 delivered, 2 failed, 1 waiting)."""
 
     name = "sms_aliyun"
+    can_lookup = True
 
     def __init__(
         self,
@@ -254,7 +262,9 @@ class AliyunSms:
                 raise Refused(f"aliyun {exc.code}: {exc.message}", str(exc.code)) from exc
             raise Failed(f"aliyun {exc.code}: {exc.message}", str(exc.code)) from exc
         except Exception as exc:  # timeouts and connection errors surface as several types
-            raise Failed(f"aliyun unreachable: {type(exc).__name__}: {str(exc)[:200]}") from exc
+            raise Failed(
+                f"aliyun unreachable: {type(exc).__name__}: {str(exc)[:200]}", ambiguous=True
+            ) from exc
 
     def send(self, msg: Message) -> Sent:
         from alibabacloud_dysmsapi20170525.models import SendSmsRequest
@@ -264,7 +274,7 @@ class AliyunSms:
             sign_name=msg.sms_sign,
             template_code=msg.template_id,
             template_param=json.dumps(msg.notice.params, ensure_ascii=False),
-            out_id=msg.key[:64],
+            out_id=msg.key[:60],
         )
         body = self._invoke(lambda: self._client.send_sms(request)).body
         if body.code == "OK":
@@ -290,14 +300,18 @@ class AliyunSms:
 
     def lookup(self, msg: Message, sent_at: datetime) -> Sent | None:
         for row in self._details(msg.phone, sent_at):
-            if row.out_id == msg.key[:64]:
-                return Sent(str(getattr(row, "biz_id", "") or f"out:{msg.key[:60]}"))
+            if row.out_id == msg.key[:60]:
+                return Sent(f"out:{msg.key[:60]}")  # the report carries OutId, not BizId
         return None
 
     def receipts(self, pending: Sequence[Pending]) -> list[Receipt]:
         out: list[Receipt] = []
         for item in pending:
-            for row in self._details(item.recipient, item.sent_at, item.vendor_id):
+            by_out = item.vendor_id.startswith("out:")
+            rows = self._details(item.recipient, item.sent_at, "" if by_out else item.vendor_id)
+            for row in rows:
+                if by_out and row.out_id != item.vendor_id[4:]:
+                    continue
                 if row.send_status in (2, 3):
                     at = _cst_time(row.receive_date) or datetime.now(UTC)
                     out.append(Receipt(item.vendor_id, row.send_status == 3, at, {"err_code": row.err_code}))
@@ -318,6 +332,7 @@ class TencentSms:
     receipts by ``PullSmsSendStatus`` (each report is handed out once)."""
 
     name = "sms_tencent"
+    can_lookup = False
 
     def __init__(
         self,
@@ -353,9 +368,11 @@ class TencentSms:
                 ("AuthFailure", "InvalidParameter", "FailedOperation", "UnauthorizedOperation")
             ):
                 raise Refused(f"tencent {code}: {exc.get_message()}", code) from exc
-            raise Failed(f"tencent {code}: {str(exc.get_message())[:200]}", code) from exc
+            raise Failed(
+                f"tencent {code}: {str(exc.get_message())[:200]}", code, ambiguous="NetworkError" in code
+            ) from exc
         except Exception as exc:
-            raise Failed(f"tencent unreachable: {type(exc).__name__}") from exc
+            raise Failed(f"tencent unreachable: {type(exc).__name__}", ambiguous=True) from exc
 
     def send(self, msg: Message) -> Sent:
         from tencentcloud.sms.v20210111 import models

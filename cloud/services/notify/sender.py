@@ -253,7 +253,9 @@ class Sender:
         if delivery is not None and delivery.status == DeliveryStatus.REFUSED:
             return "next"
         if delivery is not None and delivery.status == DeliveryStatus.SENDING:
-            return self._orphan(session, row, delivery, channel, msg, now)
+            outcome = self._orphan(session, row, delivery, channel, msg, now)
+            if outcome != "resend":
+                return outcome
         if not self._limiter.allow(name):
             row.next_try_at = now + self.config.rate_wait
             release(row)
@@ -289,7 +291,8 @@ class Sender:
             session.commit()
             return "next"
         except (Failed, ChannelError) as exc:
-            delivery.status = DeliveryStatus.FAILED
+            # a request that may have reached the vendor stays "sending": the next try looks it up
+            delivery.status = DeliveryStatus.SENDING if exc.ambiguous else DeliveryStatus.FAILED
             delivery.error = str(exc)[:500]
             row.last_error = f"{name}: {exc}"[:500]
             if delivery.attempts >= self.config.max_attempts:
@@ -324,6 +327,8 @@ class Sender:
         if found is not None:
             self._accepted(session, row, delivery, found, now)
             return "done"
+        if channel.can_lookup:
+            return "resend"  # the vendor says it never got it
         delivery.status = DeliveryStatus.REFUSED
         delivery.error = "outcome of an interrupted send unknown: not sent again on this channel"
         row.last_error = f"{delivery.channel}: {delivery.error}"

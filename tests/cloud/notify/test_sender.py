@@ -129,6 +129,7 @@ class _Remembering:
     it can tell, when asked, that it has the message."""
 
     name = "log"
+    can_lookup = True
 
     def __init__(self) -> None:
         self.sent: list[str] = []
@@ -212,6 +213,7 @@ def test_fallback_to_the_next_channel(session_factory: sessionmaker[Session], si
 
 class _Flaky:
     name = "log"
+    can_lookup = False
 
     def __init__(self, failures: int) -> None:
         self.failures = failures
