@@ -14,7 +14,9 @@ Threads and loops:
   MQTT publish) and by a 1 s tick for expiries and retries; database work runs in a worker thread;
   commands and retained configs go out on a second MQTT connection, so a PUBACK wait never blocks the
   ingest's network thread;
-- jobs: APScheduler's thread, gated by leader election (see :mod:`cloud.jobs`).
+- jobs: APScheduler's thread, gated by leader election (see :mod:`cloud.jobs`);
+- notifications: an asyncio task on every replica (lease-based claims, see
+  :mod:`cloud.services.notify.setup`), woken by balance and desired-state events.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -65,6 +67,7 @@ from cloud.services.control import (
 )
 from cloud.services.ingest import Ingest
 from cloud.services.isolation import Unit, UnitKind, account_unit, each_isolated, isolated
+from cloud.services.notify.setup import make_sender, run_sender
 from cloud.services.payments import payment_context
 from cloud.services.unit import unit_of_work
 from cloud.settings import Settings
@@ -95,6 +98,8 @@ class RuntimeOptions:
     billed_horizon_interval_s: float = 60.0
     """How often billing alone refreshes a gateway's horizons (see :meth:`Reconciler.publish_configs`)."""
     control_config: ControlConfig | None = None
+    notify: bool = True
+    """Run the notification sender (also switched off by ``MF_NOTIFY_ENABLED=false``)."""
 
 
 class Reconciler:
@@ -387,6 +392,7 @@ async def run_background(
     ingest_link: MqttLink | None = None
     scheduler: JobScheduler | None = None
     reconciler_task: asyncio.Task[None] | None = None
+    notify_task: asyncio.Task[None] | None = None
     local_stop = asyncio.Event()
     try:
         if not await _start(publisher, stop_event, "command publisher"):
@@ -425,6 +431,19 @@ async def run_background(
                 payments=payment_context(settings),
             )
             scheduler.start()
+        if options.notify and settings.notify_enabled:
+            sender = make_sender(settings, factory, client_id, clock=clock)
+            notify_task = asyncio.create_task(
+                run_sender(
+                    sender,
+                    factory,
+                    bus,
+                    local_stop,
+                    interval_s=settings.notify_interval_s,
+                    receipt_timeout=timedelta(seconds=settings.notify_receipt_timeout_s),
+                ),
+                name="mf-notify",
+            )
         log.info("background workers running as %s", client_id)
         await _wait(stop_event)
     finally:
@@ -435,6 +454,8 @@ async def run_background(
         local_stop.set()
         if reconciler_task is not None:
             await asyncio.wait_for(reconciler_task, timeout=15)
+        if notify_task is not None:
+            await asyncio.wait_for(notify_task, timeout=30)
         await asyncio.to_thread(publisher.stop)
         if own_bus:
             bus.close()

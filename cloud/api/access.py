@@ -292,6 +292,19 @@ POLICY: Mapping[tuple[str, str], Rule] = {
             {"effective_from": "2030-01-01T00:00:00+08:00", "spec": {"kind": "flat", "price": "0.6"}}
         ),
     ),
+    # notifications
+    ("GET", "/projects/{project_id}/notify-settings"): Rule(STAFF, "how the site's notices go out"),
+    ("PUT", "/projects/{project_id}/notify-settings"): Rule(
+        MANAGER,
+        "channels, SMS signature and templates are the site's voice",
+        example=Example({"channels": ["sms_aliyun", "log"], "sms_sign": "阳光物业"}),
+    ),
+    ("PUT", "/accounts/{account_id}/contact"): Rule(
+        MONEY,
+        "tenants' phone numbers, kept by those who keep the accounts",
+        example=Example({"phone": "13800000000"}),
+    ),
+    ("POST", "/tenant/accounts/{account_id}/subscriptions"): Rule(PUBLIC, _PAYER),
     ("PUT", "/projects/{project_id}/tariffs"): Rule(
         MANAGER, "which prices a site bills", example=Example({"electric_tariff_id": "{tariff}"})
     ),

@@ -41,6 +41,8 @@ class AuditAction(StrEnum):
     METER_RATE_CHANGED = "meter_rate_changed"
     GATEWAY_KEY_ROTATED = "gateway_key_rotated"
     GATEWAY_KEY_OVERLAP_ENDED = "gateway_key_overlap_ended"
+    NOTIFY_SETTINGS_CHANGED = "notify_settings_changed"
+    NOTIFY_CONTACT_CHANGED = "notify_contact_changed"
 
 
 @dataclass(frozen=True)

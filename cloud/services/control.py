@@ -106,6 +106,7 @@ from cloud.services.errors import Conflict, NotFound
 from cloud.services.isolation import Unit, UnitFault, UnitKind, each_isolated
 from cloud.services.keys import down_key
 from cloud.services.ledger import get_transaction, load_transaction, post
+from cloud.services.notify.events import notify_supply_change
 from protocol.contract import (
     Ack,
     AckStatus,
@@ -595,6 +596,8 @@ def apply_ack(
         state.observed_at = ack.ts
     if ack.protected is not None:
         state.protected_observed = ack.protected
+    if row.status == CommandStatus.ACKED_DONE:
+        notify_supply_change(session, row.meter_id, row.action, row.origin, row.id, now)
     return row.meter_id
 
 
