@@ -1,0 +1,80 @@
+"""A site for the console tests: an organisation with a building tree, three meters with accounts and
+money (tests/cloud/flowkit.py's flow site), a user per role, and a logged-in browser page helper."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from cloud.models import Building, Floor, Meter, Role, Room, Tenant
+from cloud.services import users
+from tests.cloud.flowkit import FlowSite, make_flow_site
+
+PASSWORD = "console password"
+ROLES = (Role.ADMIN, Role.MANAGER, Role.FINANCE, Role.INSTALLER, Role.TENANT)
+
+
+@dataclass(frozen=True)
+class ConsoleSite:
+    flow: FlowSite
+    building_id: int
+    logins: dict[str, str]
+    """role (and ``manager2``) → username."""
+
+
+def make_console_site(factory: sessionmaker[Session], **flow: Any) -> ConsoleSite:
+    """Each meter in its own room on floor 3 of building A栋; ``flow`` goes to make_flow_site."""
+    site = make_flow_site(factory, **{"meters": 3, "balance_fen": 10_000} | flow)
+    with factory() as s:
+        building = Building(project_id=site.project_id, name="A栋")
+        s.add(building)
+        s.flush()
+        assert building.id is not None
+        floor = Floor(building_id=building.id, name="3F", level=3)
+        s.add(floor)
+        s.flush()
+        assert floor.id is not None
+        for i, (_device, meter_id) in enumerate(sorted(site.meters.items())):
+            room = Room(floor_id=floor.id, name=f"30{i + 1}")
+            s.add(room)
+            s.flush()
+            meter = s.get(Meter, meter_id)
+            assert meter is not None
+            meter.room_id = room.id
+        tenant = Tenant(org_id=site.org_id, name="李四")
+        s.add(tenant)
+        s.flush()
+        from cloud.models import Account
+
+        account = s.get(Account, site.accounts["m1"])
+        assert account is not None
+        account.tenant_id = tenant.id
+        logins: dict[str, str] = {}
+        for role in ROLES:
+            name = f"{role.value}-{site.org_id}"
+            users.create_user(
+                s,
+                username=name,
+                password=PASSWORD,
+                role=role,
+                org_id=site.org_id,
+                tenant_id=tenant.id if role is Role.TENANT else None,
+            )
+            logins[role.value] = name
+        users.create_user(
+            s, username=f"manager2-{site.org_id}", password=PASSWORD, role=Role.MANAGER, org_id=site.org_id
+        )
+        logins["manager2"] = f"manager2-{site.org_id}"
+        s.commit()
+        return ConsoleSite(site, building.id, logins)
+
+
+def log_in(page: Any, base: str, username: str, password: str = PASSWORD) -> None:
+    """Log in through the console's form; the dashboard (or the refusal page) follows."""
+    page.goto(base + "/console/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("#login-submit")
+    page.wait_for_load_state()
