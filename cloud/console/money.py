@@ -165,7 +165,7 @@ def move_money(
             approval_limit_fen=limit,
         )
     uow.commit()
-    return _back(meter_id, account_id, "approval" if isinstance(result, Approval) else "posted")
+    return _back(meter_id, account_id, "pending_approval" if isinstance(result, Approval) else "posted")
 
 
 # --- approvals --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from fastapi.templating import Jinja2Templates
 
 from cloud.api.deps import Db, Now, Principal
 from cloud.console import assets, guard, session
-from cloud.console.i18n import DEFAULT, LANG_COOKIE, LANGS, translator
+from cloud.console.i18n import DEFAULT, LANG_COOKIE, LANGS, MESSAGES, translator
 from cloud.domain.errors import DomainError
 from cloud.services.errors import AuthError, Conflict, NotFound, PermissionDenied, ServiceError
 from cloud.services.isolation import UnitFault
@@ -86,6 +86,7 @@ def render(
     lang = lang_of(request)
     base: dict[str, Any] = {
         "t": translator(lang),
+        "known": MESSAGES.__contains__,
         "lang": lang,
         "p": p,
         "csrf": session.csrf_token(request),

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.cloud.conftest import _light_password_hashing  # noqa: F401 - many logins here too
+
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
@@ -55,3 +57,28 @@ def page(browser: Any) -> Iterator[Any]:
         yield context.new_page()
     finally:
         context.close()
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> Iterator[Any]:
+    """The cloud app with its console on a migrated SQLite database seeded with a console site, served
+    by a real uvicorn: yields ``(base_url, site, session_factory)``."""
+    from cloud.api.app import build_app
+    from cloud.db import make_engine, make_session_factory
+    from cloud.migrations import upgrade
+    from cloud.settings import Settings
+    from tests.browser.consolekit import make_console_site
+    from tests.browser.live import serve
+
+    url = f"sqlite:///{tmp_path / 'console.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    factory = make_session_factory(engine)
+    site = make_console_site(factory)
+    settings = Settings(environment="test", secret_key="c" * 32, database_url=url, approval_limit_fen=50_000)
+    app = build_app(settings, engine=engine)
+    try:
+        with serve(app) as base:
+            yield base, site, factory
+    finally:
+        engine.dispose()
