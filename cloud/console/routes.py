@@ -90,7 +90,9 @@ def build_router() -> APIRouter:
     @router.get("/lang")
     def switch_language(to: str, request: Request, back: str = "/console/") -> Response:
         """Set the language cookie and go back (only to a console page: no open redirect)."""
-        target = back if back.startswith("/console/") and "//" not in back else "/console/"
+        target = (
+            back if back.startswith("/console/") and "//" not in back and ".." not in back else "/console/"
+        )
         response = RedirectResponse(target, status_code=303)
         if to in LANGS:
             response.set_cookie(LANG_COOKIE, to, samesite="lax", path="/console", max_age=365 * 86400)

@@ -60,15 +60,14 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def console(tmp_path: Path) -> Iterator[Any]:
-    """The cloud app with its console on a migrated SQLite database seeded with a console site, served
-    by a real uvicorn: yields ``(base_url, site, session_factory)``."""
+def console_app(tmp_path: Path) -> Iterator[Any]:
+    """The cloud app with its console on a migrated SQLite database seeded with a console site:
+    yields ``(app, site, session_factory)``."""
     from cloud.api.app import build_app
     from cloud.db import make_engine, make_session_factory
     from cloud.migrations import upgrade
     from cloud.settings import Settings
     from tests.browser.consolekit import make_console_site
-    from tests.browser.live import serve
 
     url = f"sqlite:///{tmp_path / 'console.db'}"
     upgrade(url)
@@ -76,9 +75,17 @@ def console(tmp_path: Path) -> Iterator[Any]:
     factory = make_session_factory(engine)
     site = make_console_site(factory)
     settings = Settings(environment="test", secret_key="c" * 32, database_url=url, approval_limit_fen=50_000)
-    app = build_app(settings, engine=engine)
     try:
-        with serve(app) as base:
-            yield base, site, factory
+        yield build_app(settings, engine=engine), site, factory
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def console(console_app: Any) -> Iterator[Any]:
+    """:func:`console_app` served by a real uvicorn: yields ``(base_url, site, session_factory)``."""
+    from tests.browser.live import serve
+
+    app, site, factory = console_app
+    with serve(app) as base:
+        yield base, site, factory
