@@ -15,6 +15,16 @@ from tests.cloud.flowkit import FlowSite, make_flow_site
 PASSWORD = "console password"
 ROLES = (Role.ADMIN, Role.MANAGER, Role.FINANCE, Role.INSTALLER, Role.TENANT)
 
+# What each role finds in the console's menu, written out by hand from docs/roles.md: holds are the
+# managers' (GET /holds: admin, manager), approvals and reports money roles' (admin, manager, finance),
+# the site and its meters everyone's of the company (GET /meters: staff).
+EXPECTED_PAGES = {
+    "admin": ["dashboard", "monitor", "holds", "approvals", "reports"],
+    "manager": ["dashboard", "monitor", "holds", "approvals", "reports"],
+    "finance": ["dashboard", "monitor", "approvals", "reports"],
+    "installer": ["dashboard", "monitor"],
+}
+
 
 @dataclass(frozen=True)
 class ConsoleSite:
@@ -69,6 +79,11 @@ def make_console_site(factory: sessionmaker[Session], **flow: Any) -> ConsoleSit
         logins["manager2"] = f"manager2-{site.org_id}"
         s.commit()
         return ConsoleSite(site, building.id, logins)
+
+
+def menu_of(page: Any) -> list[str]:
+    """The page keys of the console's menu as the browser shows it."""
+    return [a.get_attribute("data-page") for a in page.query_selector_all("header nav a")]
 
 
 def log_in(page: Any, base: str, username: str, password: str = PASSWORD) -> None:

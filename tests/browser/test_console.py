@@ -21,18 +21,8 @@ from cloud.models import Account, Approval, AuditLog
 from cloud.services import ledger
 from cloud.services.ingest import Ingest
 from tests.browser.conftest import SCREENSHOTS
-from tests.browser.consolekit import log_in
+from tests.browser.consolekit import EXPECTED_PAGES, log_in, menu_of
 from tests.cloud.flowkit import T0, batch
-
-# What each role finds in the console's menu, written out by hand from docs/roles.md: holds are the
-# managers' (GET /holds: admin, manager), approvals and reports money roles' (admin, manager, finance),
-# the site and its meters everyone's of the company (GET /meters: staff).
-EXPECTED_PAGES = {
-    "admin": ["dashboard", "monitor", "holds", "approvals", "reports"],
-    "manager": ["dashboard", "monitor", "holds", "approvals", "reports"],
-    "finance": ["dashboard", "monitor", "approvals", "reports"],
-    "installer": ["dashboard", "monitor"],
-}
 
 
 def _shot(page: Any, name: str) -> None:
@@ -44,8 +34,7 @@ def _shot(page: Any, name: str) -> None:
 def test_each_role_sees_only_what_the_role_table_allows(page: Any, console: Any, role: str) -> None:
     base, site, _ = console
     log_in(page, base, site.logins[role])
-    menu = [a.get_attribute("data-page") for a in page.query_selector_all("header nav a")]
-    assert menu == EXPECTED_PAGES[role]
+    assert menu_of(page) == EXPECTED_PAGES[role]
     page.goto(base + "/console/rooms")
     assert page.locator("#rooms tbody tr").count() == 3
     money = role != "installer"  # balances are finances: never installers (GET /balances)
