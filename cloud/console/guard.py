@@ -35,7 +35,7 @@ PAGES: tuple[Page, ...] = (
     Page("monitor", "/console/rooms", ("GET", "/meters")),
     Page("holds", "/console/holds", ("GET", "/holds")),
     Page("approvals", "/console/approvals", ("GET", "/approvals")),
-    Page("reports", "/console/reports", ("GET", "/accounts/{account_id}/ledger")),
+    Page("reports", "/console/reports", ("GET", "/meters")),
 )
 
 

@@ -136,6 +136,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "command_log": ("指令日志", "Command log"),
     "alarm_log": ("告警日志", "Alarm log"),
     "project": ("项目", "Project"),
+    "truncated": (
+        "仅显示前 5000 行：请缩小范围（楼栋或日期）",
+        "Only the first 5,000 rows: narrow it down (building or day)",
+    ),
     "language": ("English", "中文"),
 }
 

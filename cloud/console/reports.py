@@ -235,12 +235,15 @@ def reports_page(
     account: Annotated[str, Query(alias="account_id", max_length=12)] = "",
     building: Annotated[str, Query(alias="building_id", max_length=12)] = "",
 ) -> Response:  # fmt: skip
-    """The form's empty fields arrive as empty strings: an id is a number or nothing."""
-    guard.require(p, "GET", "/accounts/{account_id}/ledger")
+    """The reports' index and the financial trace (the form's empty fields arrive as empty strings:
+    an id is a number or nothing). Everyone of staff sees energy and logs; the trace is the
+    statement's (``GET /accounts/{id}/ledger``)."""
+    guard.require(p, "GET", "/meters")
     month = month or _default_month(at)
     account_id, building_id = _id(account, "account_id"), _id(building, "building_id")
     trace = None
     if account_id is not None or building_id is not None:
+        guard.require(p, "GET", "/accounts/{account_id}/ledger")
         trace = _trace_for(uow.session, p.actor, month, account_id, building_id)
     from cloud.console.queries import buildings_tree
 

@@ -89,3 +89,19 @@ def console(console_app: Any) -> Iterator[Any]:
     app, site, factory = console_app
     with serve(app) as base:
         yield base, site, factory
+
+
+@pytest.fixture
+def console_http(console_app: Any) -> Iterator[Any]:
+    """The console app under Starlette's TestClient (no browser): a :class:`Console` helper."""
+    import warnings
+
+    from tests.browser.consolekit import Console
+
+    with warnings.catch_warnings():  # starlette prefers the httpx2 fork; plain httpx works the same here
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    app, site, factory = console_app
+    with TestClient(app) as client:
+        yield Console(client, site, factory)

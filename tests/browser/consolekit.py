@@ -3,9 +3,11 @@ money (tests/cloud/flowkit.py's flow site), a user per role, and a logged-in bro
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.models import Building, Floor, Meter, Role, Room, Tenant
@@ -16,13 +18,14 @@ PASSWORD = "console password"
 ROLES = (Role.ADMIN, Role.MANAGER, Role.FINANCE, Role.INSTALLER, Role.TENANT)
 
 # What each role finds in the console's menu, written out by hand from docs/roles.md: holds are the
-# managers' (GET /holds: admin, manager), approvals and reports money roles' (admin, manager, finance),
-# the site and its meters everyone's of the company (GET /meters: staff).
+# managers' (GET /holds: admin, manager), approvals money roles' (admin, manager, finance), the site,
+# its meters and the reports everyone's of the company (GET /meters: staff; the financial trace inside
+# the reports is the statement's, GET /accounts/{id}/ledger: no installers).
 EXPECTED_PAGES = {
     "admin": ["dashboard", "monitor", "holds", "approvals", "reports"],
     "manager": ["dashboard", "monitor", "holds", "approvals", "reports"],
     "finance": ["dashboard", "monitor", "approvals", "reports"],
-    "installer": ["dashboard", "monitor"],
+    "installer": ["dashboard", "monitor", "reports"],
 }
 
 
@@ -93,3 +96,29 @@ def log_in(page: Any, base: str, username: str, password: str = PASSWORD) -> Non
     page.fill("input[name=password]", password)
     page.click("#login-submit")
     page.wait_for_load_state()
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found is not None
+    return found.group(1)
+
+
+class Console:
+    def __init__(self, client: Any, site: Any, factory: Any) -> None:
+        self.client, self.site, self.factory = client, site, factory
+
+    def login(self, role: str) -> str:
+        """Log in as ``role``; returns the session's CSRF token (read from a page, as a browser would)."""
+        token = csrf_of(self.client.get("/console/login").text)
+        r = self.client.post(
+            "/console/login",
+            data={"username": self.site.logins[role], "password": PASSWORD, "csrf": token},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303, r.text
+        return csrf_of(self.client.get("/console/rooms").text) if role != "tenant" else ""
+
+    def count(self, model: Any, *where: Any) -> int:
+        with self.factory() as s:
+            return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)

@@ -45,6 +45,10 @@ def test_each_role_sees_only_what_the_role_table_allows(page: Any, console: Any,
         _shot(page, "monitor")
         page.goto(base + "/console/")
         _shot(page, "dashboard")
+    if role == "installer":  # reports, but not the financial trace
+        page.goto(base + "/console/reports")
+        assert page.locator("#trace-form").count() == 0
+        assert page.locator("#report-links a").count() == 3
     for hidden in set(EXPECTED_PAGES["admin"]) - set(EXPECTED_PAGES[role]):
         response = page.goto(f"{base}/console/{hidden}")
         assert response is not None

@@ -3,60 +3,16 @@ table, organisation scoping and hostile form values. Each refusal leaves nothing
 
 from __future__ import annotations
 
-import re
-import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
 from sqlmodel import col
 
 from cloud.console import assets
 from cloud.console.i18n import MESSAGES
 from cloud.console.monitor import MAX_BATCH
 from cloud.models import AuditLog, CommandRow, LedgerTransaction, Meter, Organisation
-from tests.browser.consolekit import PASSWORD
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from starlette.exceptions import StarletteDeprecationWarning
-
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from starlette.testclient import TestClient
-
-
-def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert found is not None
-    return found.group(1)
-
-
-class Console:
-    def __init__(self, client: TestClient, site: Any, factory: Any) -> None:
-        self.client, self.site, self.factory = client, site, factory
-
-    def login(self, role: str) -> str:
-        """Log in as ``role``; returns the session's CSRF token (read from a page, as a browser would)."""
-        token = _csrf(self.client.get("/console/login").text)
-        r = self.client.post(
-            "/console/login",
-            data={"username": self.site.logins[role], "password": PASSWORD, "csrf": token},
-            follow_redirects=False,
-        )
-        assert r.status_code == 303, r.text
-        return _csrf(self.client.get("/console/rooms").text) if role != "tenant" else ""
-
-    def count(self, model: Any, *where: Any) -> int:
-        with self.factory() as s:
-            return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
-
-
-@pytest.fixture
-def console_http(console_app: Any) -> Iterator[Console]:
-    app, site, factory = console_app
-    with TestClient(app) as client:
-        yield Console(client, site, factory)
+from tests.browser.consolekit import PASSWORD, Console, csrf_of
 
 
 def test_login_needs_the_form_csrf_token(console_http: Console) -> None:
@@ -69,7 +25,7 @@ def test_login_needs_the_form_csrf_token(console_http: Console) -> None:
 
 def test_session_cookie_flags_and_logout(console_http: Console) -> None:
     c = console_http
-    token = _csrf(c.client.get("/console/login").text)
+    token = csrf_of(c.client.get("/console/login").text)
     r = c.client.post(
         "/console/login",
         data={"username": c.site.logins["manager"], "password": PASSWORD, "csrf": token},
@@ -79,7 +35,7 @@ def test_session_cookie_flags_and_logout(console_http: Console) -> None:
     assert "mf_console=" in cookie
     assert "httponly" in cookie
     assert "samesite=lax" in cookie
-    csrf = _csrf(c.client.get("/console/").text)
+    csrf = csrf_of(c.client.get("/console/").text)
     assert c.client.post("/console/logout", data={}).status_code == 403  # no token: still logged in
     assert c.client.get("/console/", follow_redirects=False).status_code == 200
     r = c.client.post("/console/logout", data={"csrf": csrf}, follow_redirects=False)
@@ -138,6 +94,7 @@ def test_roles_are_refused_what_the_table_refuses(console_http: Console) -> None
     account = c.site.flow.accounts["m1"]
     assert c.client.get(f"/console/accounts/{account}").status_code == 403
     assert c.client.get(f"/console/reports?month=2026-11&account_id={account}").status_code == 403
+    assert c.client.get("/console/reports").status_code == 200  # energy and logs: staff
     r = c.client.post(
         f"/console/accounts/{account}/money",
         data={
