@@ -13,21 +13,21 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from openpyxl import Workbook  # type: ignore[import-untyped]
-from sqlalchemy import and_, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from cloud.api.access import alarm_kinds_for
 from cloud.api.deps import MAX_ID, Db, Now
 from cloud.console import guard
 from cloud.console.i18n import translator
-from cloud.console.queries import day_bounds, zone_of
+from cloud.console.queries import day_bounds, readings_before, zone_of
 from cloud.console.reports import month_bounds
 from cloud.console.web import ConsoleRoute, Staff, lang_of, render
 from cloud.domain.ledger import TxnKind
@@ -40,7 +40,6 @@ from cloud.models import (
     LedgerTransaction,
     Meter,
     Project,
-    ReadingRow,
     Room,
 )
 from cloud.services.audit import Actor
@@ -52,7 +51,6 @@ router = APIRouter(route_class=ConsoleRoute)
 
 MAX_ROWS = 5000
 """The most rows one report shows or exports (a larger building: one floor or one month at a time)."""
-_USE = ("energy_total_kwh", "flow_total_m3")
 
 
 @dataclass
@@ -74,17 +72,6 @@ class EnergyRow:
         return self.closing - self.opening
 
 
-def _value(values: dict[str, str] | None) -> Decimal | None:
-    for name in _USE:
-        raw = (values or {}).get(name)
-        if raw is not None:
-            try:
-                return Decimal(raw)
-            except InvalidOperation:
-                return None
-    return None
-
-
 def period_bounds(session: Session, actor: Actor, period: str) -> tuple[datetime, datetime]:
     """``YYYY-MM`` (a month) or ``YYYY-MM-DD`` (a day), in the organisation's time zone."""
     if len(period) == 7:
@@ -94,26 +81,6 @@ def period_bounds(session: Session, actor: Actor, period: str) -> tuple[datetime
     except ValueError:
         raise Conflict("period: YYYY-MM or YYYY-MM-DD") from None
     return day_bounds(day, zone_of(session, actor))
-
-
-def _readings_at(session: Session, meter_ids: Sequence[int], before: datetime) -> dict[int, Decimal | None]:
-    """Each meter's last reading before ``before``: a correlated max(ts) per meter (an index seek)."""
-    if not meter_ids:
-        return {}
-    inner = aliased(ReadingRow)
-    last_ts = (
-        select(func.max(col(inner.ts)))
-        .where(col(inner.meter_id) == col(Meter.id), col(inner.ts) < before)
-        .correlate(Meter)
-        .scalar_subquery()
-    )
-    query = (
-        select(col(Meter.id), col(ReadingRow.values))
-        .select_from(Meter)
-        .join(ReadingRow, and_(col(ReadingRow.meter_id) == col(Meter.id), col(ReadingRow.ts) == last_ts))
-        .where(col(Meter.id).in_(meter_ids))
-    )
-    return {int(mid or 0): _value(values) for mid, values in session.execute(query).all()}
 
 
 def energy_rows(
@@ -126,8 +93,16 @@ def energy_rows(
     money: bool,
 ) -> list[EnergyRow]:
     """The period's use per meter (of one building, or the organisation), at most :data:`MAX_ROWS`."""
-    query = (
-        select(Meter, Room, Floor, Building)
+    query: Any = (
+        select(
+            col(Meter.id),
+            col(Meter.device_id),
+            col(Meter.kind),
+            col(Room.name).label("room"),
+            col(Floor.name).label("floor"),
+            col(Building.name).label("building"),
+        )
+        .select_from(Meter)
         .outerjoin(Room, col(Room.id) == col(Meter.room_id))
         .outerjoin(Floor, col(Floor.id) == col(Room.floor_id))
         .outerjoin(Building, col(Building.id) == col(Floor.building_id))
@@ -144,8 +119,8 @@ def energy_rows(
             raise NotFound(f"building {building_id} not found")
         query = query.where(col(Building.id) == building_id)
     found = session.execute(query).all()
-    ids = [m.id for m, *_ in found if m.id is not None]
-    opening, closing = _readings_at(session, ids, start), _readings_at(session, ids, end)
+    ids = [int(r.id) for r in found]
+    opening, closing = readings_before(session, ids, start), readings_before(session, ids, end)
     spend: dict[int, int] = {}
     if money and ids:
         charges = session.execute(
@@ -163,17 +138,17 @@ def energy_rows(
         spend = {int(mid or 0): -int(total or 0) for mid, total in charges}
     return [
         EnergyRow(
-            meter_id=meter.id or 0,
-            device_id=meter.device_id,
-            kind=meter.kind,
-            building=building.name if building else "",
-            floor=floor.name if floor else "",
-            room=room.name if room else "",
-            opening=opening.get(meter.id or 0),
-            closing=closing.get(meter.id or 0),
-            spend_fen=spend.get(meter.id or 0, 0),
+            meter_id=r.id,
+            device_id=r.device_id,
+            kind=r.kind,
+            building=r.building or "",
+            floor=r.floor or "",
+            room=r.room or "",
+            opening=opening.get(r.id),
+            closing=closing.get(r.id),
+            spend_fen=spend.get(r.id, 0),
         )
-        for meter, room, floor, building in found
+        for r in found
     ]
 
 
