@@ -30,6 +30,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import Engine, text
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from cloud import console
 from cloud.api import holds
 from cloud.api.access import API_PREFIX, authorize
 from cloud.api.errors import install_error_handlers
@@ -166,6 +167,7 @@ def build_app(
                    payments, tenant, notify):  # fmt: skip
         app.include_router(module.router, prefix=API_PREFIX, dependencies=checked)
     app.state.payments = payment_context(settings)
+    app.include_router(console.build_router(), prefix="/console")  # pages; checked by cloud.console.guard
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and database reachability")
     def healthz() -> dict[str, str]:
