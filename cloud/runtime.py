@@ -44,6 +44,7 @@ from cloud.events import (
     DESIRED_CHANGED,
     GATEWAY_BILLED,
     GATEWAY_KEYS_CHANGED,
+    GATEWAY_METERS_CHANGED,
     AsyncSubscription,
     EventBus,
     make_event_bus,
@@ -140,6 +141,7 @@ class Reconciler:
                 GATEWAY_BILLED,
                 COMMAND_QUEUED,
                 GATEWAY_KEYS_CHANGED,
+                GATEWAY_METERS_CHANGED,
             },
             loop,
         )
@@ -201,7 +203,7 @@ class Reconciler:
             raise ValueError(f"{kind} names more than {_MAX_EVENT_IDS} meters")
         if kind == GATEWAY_BILLED and "gateway_id" in payload:
             self._billed_gateways.add(int(payload["gateway_id"]))
-        if kind == GATEWAY_KEYS_CHANGED and "gateway_id" in payload:
+        if kind in (GATEWAY_KEYS_CHANGED, GATEWAY_METERS_CHANGED) and "gateway_id" in payload:
             self._dirty_gateways.add(int(payload["gateway_id"]))  # re-seal its config with the right key
         if kind == COMMAND_QUEUED and "command_id" in payload:
             self._queued.add(str(payload["command_id"]))
@@ -381,7 +383,7 @@ async def run_background(
     # set MF_MQTT_CLIENT_ID per replica when several run on one host.
     client_id = options.client_id or settings.mqtt_client_id or f"mf-cloud-{socket.gethostname()}"
     control = options.control_config or ControlConfig(prefix=settings.mqtt_prefix)
-    control = replace(control, prefix=settings.mqtt_prefix)
+    control = replace(control, prefix=settings.mqtt_prefix, poll_interval_s=settings.poll_interval_s)
     base = MqttConfig.from_settings(settings, client_id=client_id)
     publisher = MqttLink(replace(base, client_id=f"{client_id}-pub", clean_start=True, session_expiry_s=0))
     ingest_link: MqttLink | None = None

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from edge import keys_cli
+from edge import commission_cli, keys_cli
 from edge.config import load_config
 from edge.errors import ConfigError
 from edge.keys import KeyRing
@@ -30,6 +30,7 @@ STALE_AFTER_S = 30.0
 
 def add_commands(sub: Any) -> None:
     keys_cli.add_commands(sub)
+    commission_cli.add_commands(sub)
     run = sub.add_parser(
         "run",
         help="run the gateway daemon (poll meters, buffer, sync over MQTT, obey signed commands)",

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from edge.bus import Bus, Trace
+from edge.commission import meter_id
 from edge.drivers import ControlOutcome, MeterReading, get_driver
 from edge.drivers.base import CLOCK, RELAY
+from edge.errors import EdgeError
 from edge.meters import MeterRef, Protocol
 from edge.scan import ScanReport, Wildcards, parse_range, scan
 from protocol.contract import Action, Quantity, RelayState
@@ -28,8 +30,10 @@ __all__ = [
     "format_reading",
     "format_scan",
     "format_stats",
+    "line_entry",
     "open_bus",
     "read_meter",
+    "reading_dict",
     "reading_json",
     "relay",
     "scan_line",
@@ -134,6 +138,62 @@ def scan_line(
     return scan(bus, protocol, candidates=candidates, hints=hints, wildcards=wildcards)
 
 
+def line_entry(
+    bus: Bus, name: str, port: str, report: ScanReport, *, relay_test: bool = False
+) -> dict[str, Any]:
+    """One line of the commissioning report (:mod:`edge.commission`): its settings and, per meter
+    found, the model guess, a first reading and, when asked, a relay (valve) test read back."""
+    meters: list[dict[str, Any]] = []
+    for found in report.found:
+        entry: dict[str, Any] = {
+            "id": meter_id(name, found.address),
+            "protocol": found.protocol,
+            "address": found.address,
+            "model": found.model,
+            "hints": list(found.hints),
+        }
+        try:
+            ref = MeterRef.simple(found.protocol, found.address, model=found.model)  # type: ignore[arg-type]
+            reading = read_meter(bus, ref)
+        except (EdgeError, ValueError) as exc:
+            entry["reading"] = {"error": str(exc)}
+        else:
+            entry["reading"] = reading_dict(ref, reading)
+            if relay_test:
+                entry["relay_test"] = _relay_test(bus, ref)
+        meters.append(entry)
+    return {
+        "name": name,
+        "port": port,
+        "protocol": report.protocol,
+        "baudrate": bus.baudrate,
+        "parity": bus.parity,
+        "scanned_at": datetime.now(UTC).isoformat(),
+        "method": report.method,
+        "elapsed_s": round(report.elapsed_s, 1),
+        "meters": meters,
+    }
+
+
+def _relay_test(bus: Bus, meter: MeterRef) -> list[dict[str, Any]]:
+    """Supply off then on again (valve closed then open), each read back; the supply ends as it was
+    meant to be left: on."""
+    steps = (
+        (Action.VALVE_CLOSE, Action.VALVE_OPEN) if meter.protocol == "cjt188" else (Action.TRIP, Action.CLOSE)
+    )
+    results: list[dict[str, Any]] = []
+    for action in steps:
+        try:
+            outcome = relay(bus, meter, action)
+        except EdgeError as exc:
+            results.append({"action": action.value, "ok": False, "detail": str(exc)})
+            break
+        results.append({"action": action.value, "ok": outcome.ok, "detail": outcome.detail})
+        if not outcome.ok:
+            break
+    return results
+
+
 def read_meter(bus: Bus, meter: MeterRef, quantities: Iterable[Quantity] | None = None) -> MeterReading:
     driver = get_driver(meter.protocol)
     wanted = driver.default_quantities(meter) if quantities is None else tuple(quantities)
@@ -220,6 +280,12 @@ def format_reading(meter: MeterRef, reading: MeterReading) -> str:
 
 
 def reading_json(meter: MeterRef, reading: MeterReading) -> str:
+    return json.dumps(reading_dict(meter, reading), ensure_ascii=False, indent=2, default=_json_default)
+
+
+def reading_dict(meter: MeterRef, reading: MeterReading) -> dict[str, Any]:
+    """A reading as JSON-ready values (decimals and times as strings), for ``read --json`` and the
+    commissioning report."""
     payload: dict[str, Any] = {
         "meter": meter.label,
         "protocol": meter.protocol,
@@ -232,7 +298,7 @@ def reading_json(meter: MeterRef, reading: MeterReading) -> str:
         "missing": reading.problems(),  # everything asked for and not read, with the reason
         "essential_read": not reading.essential_problems(),  # billing register and relay/valve state
     }
-    return json.dumps(payload, ensure_ascii=False, indent=2, default=_json_default)
+    return payload
 
 
 def _json_default(value: object) -> str:
