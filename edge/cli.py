@@ -28,6 +28,7 @@ from edge.errors import ConfigError, EdgeError, Unsupported
 from edge.installer import (
     ACTIONS,
     LineSettings,
+    ProgressLine,
     format_outcome,
     format_reading,
     format_scan,
@@ -72,7 +73,7 @@ def _line_args(p: argparse.ArgumentParser, *, protocol_default: str | None) -> N
         "--protocol",
         choices=("dlt645", "modbus", "cjt188"),
         default=protocol_default,
-        help=f"meter protocol (default {protocol_default or 'dlt645; cjt188 for valve actions'})",
+        help=f"meter protocol (default {protocol_default or _IMPLIED})",
     )
     p.add_argument("--baud", type=int, help="default 2400 (DL/T 645, CJ/T 188) or 9600 (Modbus)")
     p.add_argument("--parity", choices=("N", "E", "O"), help="default E (DL/T 645, CJ/T 188) or N (Modbus)")
@@ -150,7 +151,7 @@ def register(subparsers: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _line_args(p, protocol_default="dlt645")
+    _line_args(p, protocol_default=None)
     _meter_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_read)
@@ -220,6 +221,25 @@ def _line(args: argparse.Namespace, protocol: str, *, scanning: bool = False) ->
         bus.close()
 
 
+_IMPLIED = (
+    "implied: --model adf300l → modbus, water_valve → cjt188; else a 14-digit address → cjt188, a unit id "
+    "1-247 → modbus, otherwise dlt645; valve actions → cjt188"
+)
+_MODEL_PROTOCOL = {"adf300l": "modbus", "water_valve": "cjt188"}
+
+
+def implied_protocol(address: str, model: str | None, *, valve: bool = False) -> str:
+    """The protocol a meter address (and model) can only mean, so an installer need not say it."""
+    implied = _MODEL_PROTOCOL.get((model or "").lower())
+    if implied is not None:
+        return implied
+    if valve or len(address) == 14:
+        return "cjt188"
+    if address.isdigit() and len(address) <= 3:
+        return "modbus"
+    return "dlt645"
+
+
 def _meter(args: argparse.Namespace, protocol: str, **extra: object) -> MeterRef:
     try:
         return MeterRef.simple(
@@ -261,6 +281,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
                 address_range=args.address_range,
                 hints=not args.no_hints,
                 wildcards=args.wildcards,
+                progress=ProgressLine("unit ids" if protocol == "modbus" else "addresses"),
             )
             print(format_scan(report), file=table)
             print(format_stats(bus), file=table)
@@ -282,7 +303,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 def _cmd_read(args: argparse.Namespace) -> int:
     def body() -> int:
-        meter = _meter(args, args.protocol)
+        meter = _meter(args, args.protocol or implied_protocol(args.meter, args.model))
         with _line(args, meter.protocol) as bus:
             reading = read_meter(bus, meter)
         print(reading_json(meter, reading) if args.json else format_reading(meter, reading))
@@ -299,7 +320,8 @@ def _cmd_read(args: argparse.Namespace) -> int:
 def _cmd_relay(args: argparse.Namespace) -> int:
     def body() -> int:
         action = ACTIONS[args.action]
-        protocol = args.protocol or ("cjt188" if args.action.startswith("valve") else "dlt645")
+        valve = args.action.startswith("valve")
+        protocol = args.protocol or implied_protocol(args.meter, args.model, valve=valve)
         meter = _meter(
             args,
             protocol,

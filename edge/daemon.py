@@ -140,7 +140,7 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         with contextlib.suppress(Exception):
-            write_status(self.config.gateway.data_dir, await self.status(False))
+            write_status(self.config.gateway.data_dir, await self.status(False), stopped=True)
         await self.store.close()
         await self.outbox.close()
 

@@ -7,6 +7,8 @@ these, so what an installer sees on the roof and what the demo prints come from 
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,13 +21,14 @@ from edge.drivers import ControlOutcome, MeterReading, get_driver
 from edge.drivers.base import CLOCK, RELAY
 from edge.errors import EdgeError
 from edge.meters import MeterRef, Protocol
-from edge.scan import ScanReport, Wildcards, parse_range, scan
+from edge.scan import Progress, ScanReport, Wildcards, parse_range, scan
 from protocol.contract import Action, Quantity, RelayState
 
 __all__ = [
     "ACTIONS",
     "LINE_DEFAULTS",
     "LineSettings",
+    "ProgressLine",
     "format_outcome",
     "format_reading",
     "format_scan",
@@ -133,9 +136,35 @@ def scan_line(
     address_range: str | None = None,
     hints: bool = True,
     wildcards: Wildcards = "auto",
+    progress: Progress | None = None,
 ) -> ScanReport:
     candidates = parse_range(address_range, protocol) if address_range else None
-    return scan(bus, protocol, candidates=candidates, hints=hints, wildcards=wildcards)
+    return scan(bus, protocol, candidates=candidates, hints=hints, wildcards=wildcards, progress=progress)
+
+
+class ProgressLine:
+    """Progress and an estimate of a long sweep on stderr, at most every ``every_s`` seconds: a Modbus
+    sweep of 247 unit ids takes about a minute, and silence for that long looks like a hang."""
+
+    def __init__(
+        self, what: str, *, every_s: float = 2.0, out: Any = None, clock: Any = time.monotonic
+    ) -> None:
+        self.what, self.every_s, self.clock = what, every_s, clock
+        self.out = out if out is not None else sys.stderr
+        self.started = self.last = clock()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if now - self.last < self.every_s or not done:
+            return
+        self.last = now
+        elapsed = now - self.started
+        left = elapsed / done * (total - done)
+        print(
+            f"  … {done}/{total} {self.what} probed in {elapsed:.0f} s, about {left:.0f} s left",
+            file=self.out,
+            flush=True,
+        )
 
 
 def line_entry(
