@@ -178,7 +178,6 @@ def _wechat_login(request: Request, app: str, code: str) -> tuple[str, str, str]
         raise AuthError("微信登录失败 / WeChat gave no openid")
     return client.appid, str(answer["openid"]), str(answer.get("unionid") or "")
 
-
 MAX_USAGE_PERIODS = 366
 """A usage series is a window of at most this many days or months, not a list to page through."""
 
