@@ -22,6 +22,7 @@ Threads and loops:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import random
@@ -46,6 +47,7 @@ from cloud.events import (
     DESIRED_CHANGED,
     GATEWAY_BILLED,
     GATEWAY_KEYS_CHANGED,
+    GATEWAY_METERS_CHANGED,
     AsyncSubscription,
     EventBus,
     make_event_bus,
@@ -145,6 +147,7 @@ class Reconciler:
                 GATEWAY_BILLED,
                 COMMAND_QUEUED,
                 GATEWAY_KEYS_CHANGED,
+                GATEWAY_METERS_CHANGED,
             },
             loop,
         )
@@ -206,7 +209,7 @@ class Reconciler:
             raise ValueError(f"{kind} names more than {_MAX_EVENT_IDS} meters")
         if kind == GATEWAY_BILLED and "gateway_id" in payload:
             self._billed_gateways.add(int(payload["gateway_id"]))
-        if kind == GATEWAY_KEYS_CHANGED and "gateway_id" in payload:
+        if kind in (GATEWAY_KEYS_CHANGED, GATEWAY_METERS_CHANGED) and "gateway_id" in payload:
             self._dirty_gateways.add(int(payload["gateway_id"]))  # re-seal its config with the right key
         if kind == COMMAND_QUEUED and "command_id" in payload:
             self._queued.add(str(payload["command_id"]))
@@ -345,6 +348,17 @@ class Reconciler:
         self._dirty_gateways.update(gateway_ids)
 
 
+def default_client_id(settings: Settings) -> str:
+    """``mf-cloud-<host>-<8 hex>``: the hex is a hash of the database URL and data dir.
+
+    Stable across restarts of one installation (the broker keeps the session and its unacknowledged
+    messages for it), and different for two installations on one host, which with one id would take
+    each other's connection in turns. Replicas of one installation on one host set MF_MQTT_CLIENT_ID.
+    """
+    where = f"{settings.database_url}\n{settings.data_dir}".encode()
+    return f"mf-cloud-{socket.gethostname()[:40]}-{hashlib.sha256(where).hexdigest()[:8]}"
+
+
 async def _start(link: MqttLink, stop: Any, what: str) -> bool:
     """Connect ``link``, retrying until it works or ``stop`` is set (a broker that is down at start-up
     must not kill the service). Returns False when stopped first."""
@@ -382,11 +396,9 @@ async def run_background(
     factory = make_session_factory(engine)
     own_bus = event_bus is None
     bus = event_bus or make_event_bus(settings.redis_url)
-    # Stable across restarts (the broker keeps the session and its unacknowledged messages for it);
-    # set MF_MQTT_CLIENT_ID per replica when several run on one host.
-    client_id = options.client_id or settings.mqtt_client_id or f"mf-cloud-{socket.gethostname()}"
+    client_id = options.client_id or settings.mqtt_client_id or default_client_id(settings)
     control = options.control_config or ControlConfig(prefix=settings.mqtt_prefix)
-    control = replace(control, prefix=settings.mqtt_prefix)
+    control = replace(control, prefix=settings.mqtt_prefix, poll_interval_s=settings.poll_interval_s)
     base = MqttConfig.from_settings(settings, client_id=client_id)
     publisher = MqttLink(replace(base, client_id=f"{client_id}-pub", clean_start=True, session_expiry_s=0))
     ingest_link: MqttLink | None = None

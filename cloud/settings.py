@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     """A private value in production (see :data:`DEFAULT_SHARE_GROUP`); ``meterflow broker add --cloud``
     makes one."""
     mqtt_client_id: str | None = None
+    poll_interval_s: int = Field(default=900, ge=1, le=86400)
+    """How often gateways poll the meters the cloud plans for them (commissioned with a code)."""
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
     """MQTT 5 (session expiry, shared subscriptions); "3.1.1" for brokers without v5, e.g. amqtt."""
 

@@ -218,6 +218,19 @@ POLICY: Mapping[tuple[str, str], Rule] = {
     ("POST", "/gateways/{gateway_id}/keys/end-overlap"): Rule(
         BUILDER, "retire the old keys once the gateway uses the new one", example=Example({"force": True})
     ),
+    ("POST", "/projects/{project_id}/provisioning-codes"): Rule(
+        BUILDER,
+        "commissioning: a one-time code for `meterflow edge register`",
+        example=Example({"ttl_s": 3600}),
+    ),
+    ("POST", "/gateways/register"): Rule(
+        PUBLIC,
+        "a gateway enrols with a one-time provisioning code (the code is checked and throttled, not a token)",
+        example=Example({"code": "no-such-code", "gateway": {"id": "gw-x"}, "meters": []}),
+    ),
+    ("PUT", "/meters/{meter_id}/room"): Rule(
+        MANAGER, "which room a meter supplies decides who pays", example=Example({"room_id": "{room}"})
+    ),
     ("GET", "/meters"): Rule(STAFF, "which meter is where (finance: statement lines name meters)"),
     ("POST", "/meters"): Rule(
         BUILDER,

@@ -41,6 +41,7 @@ from cloud.api.routes import (
     approvals,
     auth,
     calendar,
+    commissioning,
     hierarchy,
     meters,
     notify,
@@ -163,8 +164,8 @@ def build_app(
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=[str(n) for n in settings.trusted_proxies])
     # every route under the prefix is checked against cloud.api.access.POLICY, those added later too
     checked = [Depends(authorize)]
-    for module in (auth, users, hierarchy, meters, accounts, tariffs, operations, calendar, holds, approvals,
-                   payments, tenant, notify):  # fmt: skip
+    for module in (auth, users, hierarchy, meters, commissioning, accounts, tariffs, operations, calendar,
+                   holds, approvals, payments, tenant, notify):  # fmt: skip
         app.include_router(module.router, prefix=API_PREFIX, dependencies=checked)
     app.state.payments = payment_context(settings)
     app.include_router(console.build_router(), prefix="/console")  # pages; checked by cloud.console.guard

@@ -69,6 +69,7 @@ __all__ = [
     "Organisation",
     "PrepayMode",
     "Project",
+    "ProvisioningCode",
     "Role",
     "Room",
     "Tariff",
@@ -305,6 +306,26 @@ class Meter(SQLModel, table=True):
     installed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     removed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     replaced_by_id: int | None = Field(default=None, foreign_key="meter.id")
+
+
+class ProvisioningCode(SQLModel, table=True):
+    """A one-time code an installer types into ``meterflow edge register`` to enrol a gateway.
+
+    Created by a manager or installer for a project; only a SHA-256 of the code is stored (the code
+    is shown once), it works once (``used_at``, ``gateway_id``) and not after ``expires_at``.
+    """
+
+    __tablename__ = "provisioning_code"
+
+    id: int | None = Field(default=None, primary_key=True)
+    org_id: int = Field(foreign_key="organisation.id", index=True)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    code_sha256: str = Field(sa_type=String(64), unique=True)
+    created_by: int | None = Field(default=None, foreign_key="user_account.id")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    gateway_id: int | None = Field(default=None, foreign_key="gateway.id")
 
 
 # --- tenants and accounts ----------------------------------------------------------------------------

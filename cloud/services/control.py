@@ -107,6 +107,7 @@ from cloud.services.isolation import Unit, UnitFault, UnitKind, each_isolated
 from cloud.services.keys import down_key
 from cloud.services.ledger import get_transaction, load_transaction, post
 from cloud.services.notify.events import notify_supply_change
+from cloud.services.provisioning import planned_meters, plans_meters
 from protocol.contract import (
     Ack,
     AckStatus,
@@ -151,6 +152,8 @@ class ControlConfig:
     """The sweep re-plans top-ups for local-prepay meters whose account was recharged this recently (a
     lost ``balance_changed``, a purchase count that arrived after the recharge)."""
     config_ttl: timedelta = timedelta(days=1)
+    poll_interval_s: int = 900
+    """How often a gateway polls the meters the cloud plans for it (:mod:`cloud.services.provisioning`)."""
     """How long a gateway may still *accept* a config after it was issued (a replayed stale retained
     config is refused); one in force stays in force past it (see :mod:`edge.autonomy`)."""
 
@@ -868,6 +871,11 @@ def gateway_config(
         expires_at=now + config.config_ttl,
         horizons=horizons,
         offline_after_s=config.offline_after_s,
+        meters=(
+            planned_meters(session, gateway.id, config.poll_interval_s)
+            if plans_meters(session, gateway.id)
+            else None
+        ),
     )
     kid, key = down_key(session, gateway.id, now)
     return seal_message(message, kid=kid, key=key)
