@@ -87,6 +87,7 @@ def test_tenant_with_power_off_pays_and_the_relay_closes(page: Any, stack: PaySt
         )
     card.locator(f".orders li[data-order='{order.out_trade_no}'][data-state=paid]").wait_for(state="attached")
 
+    card.locator(".orders-box summary").click()  # the receipt, in the screenshot too
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "tenant-h5.png"), full_page=True)
 
