@@ -36,8 +36,9 @@ from firmware_sim.meters.electric import CircuitSpec
 from firmware_sim.serve import run_line
 from tests.browser.live import free_port, serve
 from tests.cloud.flowkit import KEY, FlowSite, make_flow_site
-from tests.cloud.payments.conftest import PHONE, Sims, give_tenant, pay_settings, start_sims
+from tests.cloud.payments.conftest import PHONE, give_tenant, pay_settings
 from tests.edge.mqtt_helpers import make_config, sim_line_config
+from vendor_sim.site import WeChatSite, start_wechat_site
 
 __all__ = ["OFFICIAL", "PHONE", "PayStack", "pay_stack"]
 
@@ -50,7 +51,7 @@ OFFICIAL_SECRET = "official-secret-" + "x" * 20
 class PayStack:
     base: str
     """The cloud, as the browser reaches it (the page is ``<base>/h5/``)."""
-    sims: Sims
+    sims: WeChatSite
     meter: Ddsy1352Sim
     site: FlowSite
     factory: sessionmaker[Session]
@@ -128,7 +129,7 @@ def pay_stack(
     gateway = f"gw-{uuid.uuid4().hex[:6]}"
     site = make_flow_site(factory, balance_fen=balance_fen, price=price, prefix=prefix, gateway=gateway)
     give_tenant(factory, site)
-    sims = start_sims({OFFICIAL: (OFFICIAL_SECRET, "official")})
+    sims = start_wechat_site({OFFICIAL: (OFFICIAL_SECRET, "official")})
     port = free_port()
     settings = pay_settings(
         url, sims.pay_served, sims.wechat_served, sims.merchant, f"http://127.0.0.1:{port}"

@@ -18,11 +18,11 @@ from cloud.api import build_app
 from cloud.models import Tenant
 from cloud.settings import Settings
 from tests.cloud.flowkit import FlowSite, make_flow_site
-from vendor_sim.keys import MerchantKeys, merchant_keys
+from vendor_sim.keys import MerchantKeys
 from vendor_sim.serve import Served, serve_app
-from vendor_sim.wechat.app import run_wechat
+from vendor_sim.site import start_wechat_site
 from vendor_sim.wechat.login import WeChatSim
-from vendor_sim.wechatpay import WeChatPaySim, run_wechatpay
+from vendor_sim.wechatpay import WeChatPaySim
 
 MINI = "wx0000000000mini01"
 PHONE = "13800138000"
@@ -100,34 +100,6 @@ def pay_settings(db_url: str, pay: Served, wechat: Served, merchant: MerchantKey
     )
 
 
-@dataclass
-class Sims:
-    """The WeChat Pay simulator with one direct merchant, and the WeChat login simulator, running."""
-
-    pay: WeChatPaySim
-    wechat: WeChatSim
-    merchant: MerchantKeys
-    pay_served: Served
-    wechat_served: Served
-
-    def stop(self) -> None:
-        self.pay_served.stop()
-        self.wechat_served.stop()
-        self.pay.close_sim()
-
-
-def start_sims(apps: dict[str, tuple[str, str]]) -> Sims:
-    """``apps``: appid → (secret, kind ``miniprogram`` or ``official``); each may pay the merchant."""
-    pay = WeChatPaySim()
-    merchant = merchant_keys("1900000101")
-    pay.add_merchant(merchant.mchid, certificate_pem=merchant.keys.certificate_pem, apiv3_key=merchant.apiv3_key,
-                     appids=set(apps))  # fmt: skip
-    wechat = WeChatSim()
-    for appid, (secret, kind) in apps.items():
-        wechat.add_app(appid, secret, kind)
-    return Sims(pay, wechat, merchant, run_wechatpay(pay), run_wechat(wechat))
-
-
 def give_tenant(
     factory: sessionmaker[Session], site: FlowSite, device: str = "m1", phone: str = PHONE
 ) -> None:
@@ -146,7 +118,7 @@ def give_tenant(
 
 @pytest.fixture
 def world(engine: Engine, session_factory: sessionmaker[Session]) -> Iterator[PayWorld]:
-    sims = start_sims({MINI: ("mini-secret-" + "x" * 20, "miniprogram")})
+    sims = start_wechat_site({MINI: ("mini-secret-" + "x" * 20, "miniprogram")})
     pay, wechat, merchant = sims.pay, sims.wechat, sims.merchant
     pay_served, wechat_served = sims.pay_served, sims.wechat_served
     site = make_flow_site(session_factory, balance_fen=0)
