@@ -343,12 +343,16 @@ def daily_aggregates(session: Session, ctx: JobContext) -> dict[str, Any]:
 
 
 def payments_poll(session: Session, ctx: JobContext) -> dict[str, Any]:
-    """Orders still pending: query them (a dropped notification), close the expired ones."""
+    """Orders still pending: query them (a dropped notification), close the expired ones; refunds
+    debited here that WeChat Pay has not taken yet (approved ones) are sent."""
     if ctx.payments is None:
         return {"skipped": "WeChat Pay off"}
-    from cloud.services.payments import poll
+    from cloud.services.payments import poll, send_unsent_refunds
 
     counts = poll(session, ctx.payments, ctx.now)
+    sent = send_unsent_refunds(session, ctx.payments, ctx.now)
+    if sent:
+        counts = dict(counts) | {"refunds_sent": sent}
     changed = _paid_accounts(session)
     return dict(counts) | ({"_balance_changed": changed} if changed else {})
 

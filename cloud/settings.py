@@ -145,6 +145,13 @@ class Settings(BaseSettings):
     wechat_official_appid: str = ""
     """The official account (公众号) whose web authorisation logs tenants into the H5 page."""
     wechat_official_secret: SecretStr | None = None
+    tenant_page_url: str = ""
+    """The tenant H5 page as tenants' phones reach it (``https://pay.example.com/h5/``): the web
+    authorisation returns to ``<it>auth``. Unset: this request's own address."""
+    tenant_sim_pay_url: str = ""
+    """A WeChat Pay *simulator* (``vendor_sim``) the tenant page pays through in a normal browser
+    (``<it>/sim/jsapi/pay``), where WeChat's JS bridge does not exist: tests and the demo. Refused in
+    production."""
     tenant_token_ttl_s: int = Field(default=7 * 24 * 3600, ge=300)
     """A tenant's session token from a WeChat login."""
     bind_token_ttl_s: int = Field(default=90 * 24 * 3600, ge=300)
@@ -204,6 +211,11 @@ class Settings(BaseSettings):
     def _fill_and_check(self) -> Settings:
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'meterflow.db'}")
+        if self.tenant_sim_pay_url and self.environment == "production":
+            raise InsecureSettingsError(
+                "MF_TENANT_SIM_PAY_URL names a WeChat Pay simulator: tenants would pay nobody; unset it "
+                "when MF_ENVIRONMENT=production"
+            )
         if self.secret_key is None:
             if self.environment == "production":
                 raise InsecureSettingsError(

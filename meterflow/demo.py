@@ -360,7 +360,8 @@ def register(subparsers: Any) -> None:
             "private MQTT broker (embedded amqtt; --broker mosquitto for a mosquitto process), the cloud "
             "(SQLite in a temp dir, ingest, billing, arrears, "
             "control, jobs, REST API): readings flow in, balances fall, room 103 runs out of money and "
-            "is tripped at its meter, a cash recharge through the REST API closes it again. "
+            "is tripped at its meter, its tenant pays with WeChat Pay (simulated) and the relay closes "
+            "again; the tenant page is served too. "
             "Takes about 40 s and exits 0 when every step was verified; see docs/demo.md."
         ),
     )

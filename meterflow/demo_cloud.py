@@ -42,6 +42,7 @@ from meterflow.demo_site import (
     TIME_SCALE,
     WATER_PRICE_YUAN,
     DemoMeter,
+    phone_of,
 )
 
 __all__ = ["ADMIN_USER", "CloudSnapshot", "SeededCloud", "seed_cloud", "snapshot"]
@@ -124,7 +125,7 @@ def seed_cloud(factory: sessionmaker[Session], *, key: str, admin_password: str)
             room_row = Room(floor_id=floors[level], name=room.room)
             s.add(room_row)
             s.flush()
-            tenant = Tenant(org_id=org_id, name=room.tenant, room_id=room_row.id)
+            tenant = Tenant(org_id=org_id, name=room.tenant, room_id=room_row.id, phone=phone_of(room.room))
             s.add(tenant)
             s.flush()
             ids = [_add_meter(s, org_id, gateway.id, room_row.id, m) for m in room.meters]

@@ -175,6 +175,11 @@ def edge_config(
     return EdgeConfig(gateway=gateway, mqtt=mqtt, lines=tuple(lines))
 
 
+def phone_of(room: str) -> str:
+    """The phone number a demo tenant gave the manager: binds their account on the tenant page."""
+    return f"138{int(room):08d}"
+
+
 def yuan(fen: int) -> str:
     """Integer fen as a yuan string (exact: no float on the way)."""
     return f"{Decimal(fen) / 100:.2f}"

@@ -5,7 +5,8 @@ process) → a private MQTT broker (embedded amqtt by default, MQTT 3.1.1; ``--b
 mosquitto child process, MQTT 5) → the cloud's background workers (ingest, billing, arrears, control
 reconciler, jobs; SQLite in a temp dir) with the REST API served by uvicorn in this process. The
 script then watches what a property manager would: readings arrive, balances fall, room 103 runs out
-of money and is cut at its (simulated) meter, a cash recharge through the REST API brings power back.
+of money and is cut at its (simulated) meter, and its tenant pays with WeChat Pay (the WeChat and WeChat
+Pay simulators of :mod:`vendor_sim`, :mod:`meterflow.demo_pay`), which brings power back.
 
 Everything runs in one asyncio loop so Ctrl-C (or SIGTERM) reaches one place, which stops the daemon,
 the API, the workers, the broker and the simulator, and removes the temp dir.
@@ -28,7 +29,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TextIO
 
-import httpx
 import msgspec
 import uvicorn
 from sqlalchemy import Engine
@@ -51,6 +51,7 @@ from meterflow.demo_broker import (
     start_broker,
 )
 from meterflow.demo_cloud import ADMIN_USER, CloudSnapshot, SeededCloud, seed_cloud, snapshot
+from meterflow.demo_pay import DemoPay, start_pay
 from meterflow.demo_site import (
     ARREARS_ROOM,
     ELECTRIC_PRICE_YUAN,
@@ -59,6 +60,7 @@ from meterflow.demo_site import (
     TIME_SCALE,
     all_meters,
     edge_config,
+    phone_of,
     signing_key,
     system_site,
     yuan,
@@ -95,7 +97,8 @@ class SystemResult:
     trip_s: float | None = None  # cloud issued the trip command → relay open at the meter
     restore_at_meter: bool = False
     restore_acked: bool = False
-    restore_s: float | None = None  # recharge request sent to the API → relay closed at the meter
+    restore_s: float | None = None  # tenant's payment at the simulator → relay closed at the meter
+    wechat_paid: bool = False  # the tenant's order is paid, as the tenant API shows it
     api_url: str = ""
     interrupted: bool = False  # Ctrl-C / SIGTERM before the story was told
     problems: list[str] = field(default_factory=list)
@@ -110,6 +113,7 @@ class SystemResult:
             and self.trip_acked
             and self.restore_at_meter
             and self.restore_acked
+            and self.wechat_paid
         )
 
 
@@ -151,6 +155,8 @@ class _Stack:
     server: _Server | None = None
     edge_key: str = ""
     api_url: str = ""
+    api_port: int = 0
+    pay: DemoPay | None = None
 
 
 def _free_port() -> int:
@@ -176,6 +182,11 @@ def _start_sync(stack: _Stack, options: SystemOptions, say: _Say) -> None:
     stack.engine = make_engine(url)
     key = signing_key()
     password = f"demo-{secrets.token_hex(4)}"
+    stack.api_port = options.api_port or _free_port()
+    stack.pay = start_pay()
+    site = stack.pay.site
+    say(f"WeChat simulators 微信模拟器: WeChat Pay API v3 {site.pay_served.base_url}, "
+        f"WeChat login {site.wechat_served.base_url} (keys generated now)")  # fmt: skip
     stack.seeded = seed_cloud(make_session_factory(stack.engine), key=key, admin_password=password)
     stack.settings = load_settings(
         database_url=url,
@@ -192,6 +203,7 @@ def _start_sync(stack: _Stack, options: SystemOptions, say: _Say) -> None:
         mqtt_client_id=f"demo-cloud-{uuid.uuid4().hex[:6]}",
         secret_key=secrets.token_hex(24),
         environment="development",
+        **stack.pay.settings(f"http://127.0.0.1:{stack.api_port}"),
     )
     say(f"cloud database 云端数据库: {url}")
     say(f"  migrated, seeded 已初始化: 1 organisation, 1 project, "
@@ -220,7 +232,7 @@ async def _start_async(stack: _Stack, options: SystemOptions, say: _Say) -> None
         name="demo-cloud",
     )
     say("cloud workers 云端后台: ingest 接收, billing 计费, arrears 欠费, control reconciler 控制, jobs 任务")
-    port = options.api_port or _free_port()
+    port = stack.api_port
     if options.api_port:
         check_port_free(options.api_port, "API")
     app = build_app(stack.settings, engine=stack.engine, event_bus=bus, background=False)
@@ -269,6 +281,8 @@ async def _stop_async(stack: _Stack) -> None:
 def _stop_sync(stack: _Stack) -> None:
     if stack.engine is not None:
         stack.engine.dispose()
+    if stack.pay is not None:
+        stack.pay.stop()
     if stack.broker is not None:
         stack.broker.stop()
     if stack.site is not None:
@@ -435,21 +449,15 @@ async def _cut_and_restore(
     await asyncio.sleep(2)
     say(f"supply off 停止用电: meter register {energy_at_trip} → {sim_meter.energy_kwh} kWh in 2 s")
 
-    say.section(f"recharge 充值 — cash at the desk, through the REST API, {yuan(RECHARGE_FEN)} 元")
-    account_id = seeded.accounts[room.account]
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=10) as client:
-        credentials = {"username": ADMIN_USER, "password": seeded.admin_password}
-        login = await client.post("/api/v1/auth/login", json=credentials)
-        login.raise_for_status()
-        receipt = f"DEMO-{uuid.uuid4().hex[:8].upper()}"
-        recharged_at = datetime.now(UTC)
-        response = await client.post(
-            f"/api/v1/accounts/{account_id}/recharge",
-            json={"amount_fen": RECHARGE_FEN, "receipt_no": receipt},
-            headers={"Authorization": f"Bearer {login.json()['access_token']}"},
-        )
-        response.raise_for_status()
-    say(f"POST /api/v1/accounts/{account_id}/recharge → {response.status_code}, receipt 收据 {receipt}")
+    say.section(f"recharge 充值 — {room.tenant} pays {yuan(RECHARGE_FEN)} 元 with WeChat Pay 微信支付")
+    assert stack.pay is not None
+    payment = await asyncio.to_thread(
+        stack.pay.tenant_pays, stack.api_url, room.account, phone_of(room.room), RECHARGE_FEN
+    )
+    recharged_at = payment.paid_at
+    say(f"tenant 租户: WeChat login 微信登录 (official account, simulated) → bound {room.account} "
+        f"by phone → order {payment.out_trade_no} (tenant API) → paid at the WeChat Pay simulator")
+    say("WeChat Pay notifies the cloud 支付通知 (signed, AES-GCM) → credited once 入账 → restore 复电")
     if not await _until(lambda: watch.first(False) is not None, _PHASE_LIMIT_S["restore"]):
         result.problems.append(f"meter {device} was not closed after the recharge")
         return
@@ -458,7 +466,12 @@ async def _cut_and_restore(
     assert closed is not None
     result.restore_s = (closed - recharged_at).total_seconds()
     say(f"RESTORED 已复电: relay closed at the simulated meter {_ms(closed, recharged_at)} after the "
-        "recharge request (event-driven restore, no polling sweep)")  # fmt: skip
+        "tenant paid (notification → credit → event-driven restore, no polling sweep)")  # fmt: skip
+    state = await asyncio.to_thread(stack.pay.order_state, stack.api_url, payment)
+    result.wechat_paid = state == "paid"
+    say(f"order 订单 {payment.out_trade_no}: {state} (what the tenant's page shows)")
+    if not result.wechat_paid:
+        result.problems.append(f"the tenant's order is {state}, not paid")
     result.restore_acked = await _until(acked("close"), _PHASE_LIMIT_S["restore"])
     if not result.restore_acked:
         result.problems.append("the gateway's close ack did not reach the cloud")
@@ -484,7 +497,7 @@ def _summary(result: SystemResult, say: _Say) -> None:
     say(f"readings stored 读数 {result.readings}, billed charges 计费交易 {result.charges}")
     for room in ROOMS:
         before, after = result.opening_fen.get(room.account, 0), result.balances_fen.get(room.account, 0)
-        extra = f" (+{yuan(RECHARGE_FEN)} recharge)" if room.room == ARREARS_ROOM else ""
+        extra = f" (+{yuan(RECHARGE_FEN)} WeChat Pay 微信支付)" if room.room == ARREARS_ROOM else ""
         say(f"  {room.account} room {room.room}: {yuan(before):>7} → {yuan(after):>7} 元{extra}")
     if result.trip_s is not None:
         say(f"trip 断电 at the meter {result.trip_s * 1000:.0f} ms after the cloud's command; "
@@ -521,6 +534,9 @@ async def _run(stack: _Stack, options: SystemOptions, say: _Say, result: SystemR
             say("interrupted 已中断 (Ctrl-C)")
         if options.keep_running and not interrupted.is_set():
             say.section("keep running 持续运行")
+            room = next(r for r in ROOMS if r.room == ARREARS_ROOM)
+            say(f"tenant page 租户页面: {result.api_url}/h5/  (WeChat login simulated; bind "
+                f"{room.account} with phone {phone_of(room.room)}, pay at the WeChat Pay simulator)")
             say(f"API 接口: {result.api_url}/docs  login 登录: {ADMIN_USER} / "
                 f"{stack.seeded.admin_password if stack.seeded else '?'} (demo only 仅供演示)")  # fmt: skip
             _console_logins(stack, result, say)

@@ -40,6 +40,7 @@ __all__ = [
     "HOLDERS",
     "MANAGER",
     "MONEY",
+    "PAGE_PREFIXES",
     "POLICY",
     "PUBLIC",
     "STAFF",
@@ -55,6 +56,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+PAGE_PREFIXES = ("/h5/",)
+"""Server-rendered pages outside the API whose routes are in :data:`POLICY` too (paths as served)."""
 
 # --- role sets: one name, one meaning ------------------------------------------------------------------
 
@@ -383,6 +386,12 @@ POLICY: Mapping[tuple[str, str], Rule] = {
     ("POST", "/tenant/accounts/{account_id}/orders"): Rule(
         PUBLIC, _PAYER, example=Example({"amount_fen": 5000})
     ),
+    # the tenant H5 page (cloud/tenant_web): pages are public, what they show comes from the tenant API
+    ("GET", "/h5/"): Rule(PUBLIC, "the tenant page's shell; its figures come from the tenant API"),
+    ("GET", "/h5/login"): Rule(PUBLIC, "off to the official account's web authorisation"),
+    ("GET", "/h5/auth"): Rule(PUBLIC, "WeChat's authorisation code, checked with WeChat: a payer cookie"),
+    ("POST", "/h5/logout"): Rule(PUBLIC, "drops the payer cookie"),
+    ("GET", "/h5/{name}"): Rule(PUBLIC, "the page's own script and style sheet"),
 }
 
 

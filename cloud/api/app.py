@@ -55,6 +55,7 @@ from cloud.datadir import token_secret
 from cloud.db import make_engine, make_session_factory
 from cloud.services.payments import payment_context
 from cloud.settings import Settings
+from cloud.tenant_web import pages as tenant_pages
 
 __all__ = ["API_PREFIX", "build_app", "uvicorn_options"]
 
@@ -167,6 +168,7 @@ def build_app(
     for module in (auth, users, hierarchy, meters, commissioning, accounts, tariffs, operations, calendar,
                    holds, approvals, payments, tenant, notify):  # fmt: skip
         app.include_router(module.router, prefix=API_PREFIX, dependencies=checked)
+    app.include_router(tenant_pages.router, dependencies=checked)  # the tenant H5 page, same table
     app.state.payments = payment_context(settings)
     app.include_router(console.build_router(), prefix="/console")  # pages; checked by cloud.console.guard
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cloud.api.access import APPROVER_ROLES, FIGURE_ROLES, POLICY, Rule, alarm_kinds_for
+from cloud.api.access import APPROVER_ROLES, FIGURE_ROLES, PAGE_PREFIXES, POLICY, Rule, alarm_kinds_for
 from cloud.models import Role
 
 __all__ = ["BEGIN", "END", "generated_section", "main", "render_markdown", "write_docs"]
@@ -36,7 +36,8 @@ def render_markdown() -> str:
     lines = [BEGIN, "", head, "| --- | --- |" + " :-: |" * len(_COLUMNS) + " --- |"]
     for (method, path), rule in sorted(POLICY.items(), key=lambda item: (item[0][1], item[0][0])):
         cells = " | ".join(_cell(rule, role) for role in _COLUMNS)
-        lines.append(f"| {method} | `{path}` | {cells} | {rule.why} |")
+        shown = f"`{path}` (page)" if path.startswith(PAGE_PREFIXES) else f"`{path}`"
+        lines.append(f"| {method} | {shown} | {cells} | {rule.why} |")
     kinds = ", ".join(sorted(alarm_kinds_for(Role.INSTALLER) or ()))
     lines += [
         "",

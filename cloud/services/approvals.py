@@ -59,6 +59,8 @@ class ApprovalKind(StrEnum):
     """Cash paid back to a tenant."""
     ADJUSTMENT = "adjustment"
     """A manual credit or debit of a tenant's wallet."""
+    WECHAT_REFUND = "wechat_refund"
+    """(Part of) a WeChat payment paid back to the payer's WeChat (:mod:`cloud.services.payments`)."""
 
 
 Handler = Callable[[Session, Actor, Approval, datetime], Mapping[str, Any]]

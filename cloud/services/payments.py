@@ -57,6 +57,7 @@ from cloud.models import (
     Account,
     AccountStatus,
     Alarm,
+    Approval,
     NotificationOutbox,
     OrderState,
     PayConflict,
@@ -67,7 +68,7 @@ from cloud.models import (
     RefundState,
     Tenant,
 )
-from cloud.services import ledger
+from cloud.services import approvals, ledger
 from cloud.services.audit import SYSTEM, Actor, AuditAction, record
 from cloud.services.errors import Conflict, NotFound
 from cloud.services.payers import Payer, bound_account
@@ -473,18 +474,11 @@ def poll(session: Session, ctx: PaymentContext, now: datetime) -> dict[str, int]
 # --- refunds ----------------------------------------------------------------------------------------
 
 
-def request_refund(
-    session: Session,
-    actor: Actor,
-    *,
-    account_id: int,
-    out_trade_no: str,
-    amount_fen: int,
-    reason: str,
-    request_id: str,
-    now: datetime,
-) -> PayRefund:
-    """Debit the wallet and record the refund (the caller commits, then :func:`send_refund`)."""
+def _refund_target(
+    session: Session, actor: Actor, account_id: int, out_trade_no: str, request_id: str
+) -> tuple[Account, PayOrder, str, PayRefund | None]:
+    """The account and the paid order (both locked), the refund number of ``request_id`` and the refund
+    already made under it, if any."""
     account = session.scalars(
         select(Account).where(col(Account.id) == account_id).with_for_update()
     ).one_or_none()
@@ -501,6 +495,128 @@ def request_refund(
     known = session.scalars(
         select(PayRefund).where(col(PayRefund.out_refund_no) == out_refund_no)
     ).one_or_none()
+    return account, order, out_refund_no, known
+
+
+def refund_or_approval(
+    session: Session,
+    actor: Actor,
+    *,
+    account_id: int,
+    out_trade_no: str,
+    amount_fen: int,
+    reason: str,
+    request_id: str,
+    now: datetime,
+    limit_fen: int,
+) -> PayRefund | Approval:
+    """A WeChat refund at once, or — above ``limit_fen`` — a pending approval a second person decides
+    (four eyes, :mod:`cloud.services.approvals`): checked now against the order and the balance, the
+    wallet debited and WeChat Pay asked only when approved. The same ``request_id`` again returns
+    the refund it became or its pending approval."""
+    target = _refund_target(session, actor, account_id, out_trade_no, request_id)
+    account, order, out_refund_no, known = target
+    if known is not None or not approvals.needs_approval(amount_fen, limit_fen):
+        return request_refund(
+            session,
+            actor,
+            account_id=account_id,
+            out_trade_no=out_trade_no,
+            amount_fen=amount_fen,
+            reason=reason,
+            request_id=request_id,
+            now=now,
+        )
+    for waiting in approvals.pending_for(session, account_id=account_id):
+        same = waiting.payload.get("out_refund_no") == out_refund_no
+        if waiting.kind == approvals.ApprovalKind.WECHAT_REFUND and same:
+            return waiting
+    if amount_fen > order.amount_fen - order.refunded_fen:
+        raise Conflict(f"at most {order.amount_fen - order.refunded_fen} fen of this order can be refunded")
+    rules.refund(  # refused now rather than after a second person's work
+        f"refund:wechat:{out_refund_no}",
+        rules.wallet_code(account_id),
+        amount_fen,
+        now,
+        payout=f"payout:wechat:{order.project_id}",
+        balance_fen=account.balance_fen,
+        reason=reason,
+    )
+    yuan = f"{amount_fen // 100}.{amount_fen % 100:02d}"
+    return approvals.request(
+        session,
+        actor,
+        now,
+        kind=approvals.ApprovalKind.WECHAT_REFUND,
+        org_id=account.org_id,
+        amount_fen=amount_fen,
+        payload={
+            "out_trade_no": out_trade_no,
+            "out_refund_no": out_refund_no,
+            "amount_fen": amount_fen,
+            "reason": reason,
+            "request_id": request_id,
+        },
+        reason=reason,
+        account_id=account_id,
+        message_zh=f"账户 {account.number} 微信退款 {yuan} 元待复核（订单 {out_trade_no}，{reason}）",
+        message_en=f"a WeChat refund of {yuan} yuan (order {out_trade_no}) on account {account.number} "
+        f"awaits a second person's approval ({reason})",
+    )
+
+
+@approvals.handles(approvals.ApprovalKind.WECHAT_REFUND)
+def _approved_wechat_refund(
+    session: Session, actor: Actor, row: Approval, now: datetime
+) -> Mapping[str, Any]:
+    """The approver's word: the wallet is debited now; WeChat Pay is asked once this commits
+    (:func:`send_unsent_refunds`, called by the approval's route and by the ``payments_poll`` job)."""
+    assert row.account_id is not None
+    refund = request_refund(
+        session,
+        actor,
+        account_id=row.account_id,
+        out_trade_no=str(row.payload["out_trade_no"]),
+        amount_fen=int(row.payload["amount_fen"]),
+        reason=str(row.payload["reason"]),
+        request_id=str(row.payload["request_id"]),
+        now=now,
+    )
+    return {"out_refund_no": refund.out_refund_no, "transaction": refund.ledger_key}
+
+
+def send_unsent_refunds(session: Session, ctx: PaymentContext, now: datetime, limit: int = 50) -> int:
+    """Refunds debited here but not yet taken by WeChat Pay (approved ones; a process that stopped
+    between commit and call) are sent; WeChat Pay keys a refund by ``out_refund_no``, so sending one
+    twice refunds once. The caller commits."""
+    rows = session.scalars(
+        select(PayRefund)
+        .where(col(PayRefund.state) == RefundState.PROCESSING, col(PayRefund.refund_id) == "")
+        .order_by(col(PayRefund.id))
+        .limit(limit)
+    ).all()
+    for row in rows:
+        try:
+            send_refund(ctx, session, row, now)
+        except WeChatPayError as exc:
+            log.warning("refund %s not sent: %s", row.out_refund_no, exc)
+    return len(rows)
+
+
+def request_refund(
+    session: Session,
+    actor: Actor,
+    *,
+    account_id: int,
+    out_trade_no: str,
+    amount_fen: int,
+    reason: str,
+    request_id: str,
+    now: datetime,
+) -> PayRefund:
+    """Debit the wallet and record the refund (the caller commits, then :func:`send_refund`)."""
+    target = _refund_target(session, actor, account_id, out_trade_no, request_id)
+    account, order, out_refund_no, known = target
     if known is not None:
         return known
     if amount_fen > order.amount_fen - order.refunded_fen:

@@ -20,9 +20,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run ``app`` in a real uvicorn server on a thread; yields its base URL, stops it on exit."""
-    port = free_port()
+def serve(app: Any, port: int | None = None) -> Iterator[str]:
+    """Run ``app`` in a real uvicorn server on a thread (on ``port``, else a free one); yields its
+    base URL, stops it on exit."""
+    port = port or free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **uvicorn_options()
     )

@@ -31,13 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.routing import APIRoute
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 from starlette.exceptions import StarletteDeprecationWarning
 
 from cloud.api import build_app
-from cloud.api.access import API_PREFIX, POLICY, Example, rule_for
+from cloud.api.access import API_PREFIX, PAGE_PREFIXES, POLICY, Example, rule_for
 from cloud.api.roles_doc import generated_section, render_markdown
 from cloud.domain import ledger as rules
 from cloud.models import ReadingHold, Role
@@ -45,6 +46,7 @@ from cloud.services import ledger, users
 from cloud.services.ingest import Ingest
 from cloud.services.unit import unit_of_work
 from cloud.settings import Settings
+from cloud.tenant_web import pages as tenant_pages
 from protocol.contract import Quantity, Reading, ReadingBatch, RelayState, Topics, seal_message
 from tests.cloud.test_api import Api, Bus, Clock
 
@@ -365,6 +367,14 @@ def test_every_route_has_a_rule_and_every_rule_a_route(api: Api) -> None:
         for m in ops
         if p.startswith(API_PREFIX)
     }
+    pages = {  # server-rendered pages are not in the schema: their routes, from their router
+        (m, r.path)
+        for r in tenant_pages.router.routes
+        if isinstance(r, APIRoute) and r.path.startswith(PAGE_PREFIXES)
+        for m in r.methods
+    }
+    assert pages, "the tenant page's routes are served"
+    routes |= pages
     assert routes - set(POLICY) == set(), "routes without an access rule: add them to cloud/api/access.py"
     assert set(POLICY) - routes == set(), "access rules without a route"
 
@@ -402,7 +412,8 @@ def test_every_route_every_role_own_and_other_organisation(api: Api) -> None:
     other = _seed(api, root, "物业B")
     spec = api.client.app.openapi()  # type: ignore[attr-defined]
     calls = _calls(spec)
-    assert len(calls) >= len(POLICY)
+    api_rules = [key for key in POLICY if not key[1].startswith(PAGE_PREFIXES)]  # pages: tests/browser
+    assert len(calls) >= len(api_rules)
     findings: list[str] = []
     tried = 0
 
@@ -442,4 +453,4 @@ def test_every_route_every_role_own_and_other_organisation(api: Api) -> None:
             if call.refers_to_rows():
                 check(call, f"{role} naming the other organisation", headers, other.ids, admitted_other)
     assert not findings, "\n".join(findings)
-    assert tried > 5 * len(POLICY)
+    assert tried > 5 * len(api_rules)

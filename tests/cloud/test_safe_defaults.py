@@ -94,6 +94,13 @@ def test_production_needs_an_explicit_secret(monkeypatch: pytest.MonkeyPatch) ->
         Settings()
 
 
+def test_production_refuses_a_payment_simulator_for_the_tenant_page() -> None:
+    """Tenants would 'pay' a simulator and the cloud would wait for money that never comes."""
+    with pytest.raises(ValueError, match="simulator"):
+        Settings(environment="production", secret_key="s" * 32, tenant_sim_pay_url="http://127.0.0.1:9")
+    assert Settings(environment="test", tenant_sim_pay_url="http://127.0.0.1:9").tenant_sim_pay_url
+
+
 def test_loose_modes_left_by_an_old_version_are_tightened(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir(mode=0o755)

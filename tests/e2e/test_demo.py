@@ -3,7 +3,7 @@
 Stage 1: simulated site up, both lines scanned, every meter read, one meter tripped and restored and
 one valve closed and opened, each verified by read-back. Stage 2: simulators → edge daemon → the
 embedded amqtt broker (MQTT 3.1.1) → cloud (SQLite): readings billed, balances fall, room 103 tripped at its simulated meter
-when its balance runs out, a REST recharge closes it again.
+when its balance runs out, its tenant pays 50 元 with WeChat Pay (the simulators) and it closes again.
 """
 
 from __future__ import annotations
@@ -65,13 +65,16 @@ def test_full_demo_commissions_bills_trips_and_restores() -> None:
     assert system.trip_acked  # and the gateway's ack (read-back "open") reached the cloud
     assert system.restore_at_meter
     assert system.restore_acked
+    assert system.wechat_paid  # the tenant's order, paid as the tenant API shows it
     # times measured at the simulated meter: after the cloud's command / after the recharge request
     assert system.trip_s is not None
     assert system.trip_s > 0
     assert system.restore_s is not None
     assert system.restore_s > 0
-    # recharged 50.00 yuan after running slightly below zero: positive, less than the recharge
+    # paid 50.00 yuan (5000 fen) after running slightly below zero from 150 fen: positive, less than both
     assert 0 < system.balances_fen[arrears] < 5_000 + 150
+    assert "李娜 Li Na pays 50.00 元 with WeChat Pay" in text
+    assert "(+50.00 WeChat Pay 微信支付)" in text
     assert "TRIPPED 已断电" in text
     assert "RESTORED 已复电" in text
     assert "e103  trip     acked_done" in text

@@ -75,6 +75,20 @@ def test_keep_running_serves_api_until_ctrl_c() -> None:
         token = login.json()["access_token"]
         me = httpx.get(f"{api}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}, timeout=5)
         assert me.status_code == 200
+        page = re.search(r"tenant page 租户页面: (\S+)  .* bind (A-\d+) with phone (\d+)", text)
+        assert page, text
+        assert page.group(1) == f"{api}/h5/"
+        shell = httpx.get(page.group(1), timeout=5)
+        assert shell.status_code == 200
+        assert "<title>水电缴费</title>" in shell.text
+        # a human's login on that page: the demo's WeChat simulator authorises and the page is logged in
+        with httpx.Client(base_url=api, follow_redirects=True, timeout=10) as browser:
+            assert browser.get("/h5/login").status_code == 200
+            assert "mf_payer" in browser.cookies
+            bound = browser.post("/api/v1/tenant/bindings/phone", headers={"X-MF-Tenant-Page": "1"},
+                                 json={"account_number": page.group(2), "phone": page.group(3)})  # fmt: skip
+            assert bound.status_code == 200, bound.text
+            assert bound.json()[0]["meters"][0]["supply"] == "on"  # the room the story brought back
         time.sleep(1)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0  # the story had completed: Ctrl-C is the normal way out

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from cloud.api.access import Caller
 from cloud.api.deps import Db, Now, Paging, PathId, page_response
 from cloud.api.schemas import ApprovalOut, DecisionIn
-from cloud.services import approvals
+from cloud.services import approvals, payments
 
 router = APIRouter(tags=["approvals"])
 
@@ -35,11 +35,17 @@ def get_approval(approval_id: PathId, p: Caller, uow: Db) -> ApprovalOut:
 
 
 @router.post("/approvals/{approval_id}/approve", response_model=ApprovalOut)
-def approve(approval_id: PathId, body: DecisionIn, p: Caller, uow: Db, at: Now) -> ApprovalOut:
+def approve(
+    approval_id: PathId, body: DecisionIn, request: Request, p: Caller, uow: Db, at: Now
+) -> ApprovalOut:
     """Move the money, as the approver; 403 for the requester, 409 when decided or when the ledger no
     longer fits the figure (ask again)."""
     row = approvals.approve(uow.session, p.actor, approval_id, at, body.reason)
     uow.commit()
+    ctx: payments.PaymentContext | None = request.app.state.payments
+    if row.kind == approvals.ApprovalKind.WECHAT_REFUND and ctx is not None:
+        payments.send_unsent_refunds(uow.session, ctx, at)  # the job sends it if this fails
+        uow.commit()
     return ApprovalOut.model_validate(row)
 
 

@@ -22,9 +22,9 @@ from sqlmodel import col
 
 from cloud.api.access import Caller
 from cloud.api.deps import Db, Now, OptionalId, Paging, PathId, page_response
-from cloud.api.schemas import AmountFen, In
+from cloud.api.schemas import AmountFen, ApprovalOut, In
 from cloud.integrations.wechatpay import MAX_NOTIFY_BYTES, NotifyRejected
-from cloud.models import PayConflict, PayOrder, Room
+from cloud.models import Approval, PayConflict, PayOrder, Room
 from cloud.services import payers, payments
 from cloud.services.errors import Conflict, NotFound
 from cloud.services.hierarchy import _room as get_room_scoped
@@ -153,18 +153,34 @@ class RefundOut(BaseModel):
     finished_at: datetime | None
 
 
-@router.post("/accounts/{account_id}/wechat-refund", response_model=RefundOut,
+_PENDING: dict[int | str, dict[str, Any]] = {
+    202: {"model": ApprovalOut, "description": "above the approval limit: waits for a second person"}
+}
+
+
+@router.post("/accounts/{account_id}/wechat-refund", response_model=RefundOut, responses=_PENDING,
              summary="Refund (part of) a WeChat payment to the payer's WeChat")  # fmt: skip
 def wechat_refund(
     account_id: PathId, body: WeChatRefundIn, request: Request, p: Caller, uow: Db, at: Now
-) -> RefundOut:
+) -> RefundOut | JSONResponse:
+    """Above the approval limit a second person approves first (202, ``POST /approvals/{id}/approve``)."""
     ctx: payments.PaymentContext | None = request.app.state.payments
     if ctx is None:
         raise Conflict("WeChat Pay is not configured")
-    row = payments.request_refund(uow.session, p.actor, account_id=account_id, out_trade_no=body.out_trade_no,
-                                  amount_fen=body.amount_fen, reason=body.reason, request_id=body.request_id,
-                                  now=at)  # fmt: skip
+    row = payments.refund_or_approval(
+        uow.session,
+        p.actor,
+        account_id=account_id,
+        out_trade_no=body.out_trade_no,
+        amount_fen=body.amount_fen,
+        reason=body.reason,
+        request_id=body.request_id,
+        now=at,
+        limit_fen=request.app.state.settings.approval_limit_fen,
+    )
     uow.commit()
+    if isinstance(row, Approval):
+        return JSONResponse(ApprovalOut.model_validate(row).model_dump(mode="json"), status_code=202)
     if not row.refund_id and row.state == "processing":
         payments.send_refund(ctx, uow.session, row, at)
         uow.commit()

@@ -29,10 +29,26 @@ router = APIRouter(prefix="/tenant", tags=["tenant"])
 log = logging.getLogger(__name__)
 
 
+PAYER_COOKIE = "mf_payer"
+"""The tenant page's payer token: an HttpOnly cookie (page scripts never see it), SameSite=Strict."""
+PAGE_HEADER = "X-MF-Tenant-Page"
+"""Sent by the tenant page's script with every API call. A request carrying the payer cookie without
+it is refused: a custom header cannot be sent cross-origin without a CORS preflight, which this API
+never grants, so another site cannot make a tenant's browser act with the cookie (CSRF)."""
+
+
 def _payer(request: Request, uow: Db, at: Now, credentials: Bearer) -> Payer:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        token = credentials.credentials
+    elif request.cookies.get(PAYER_COOKIE):
+        if request.headers.get(PAGE_HEADER) != "1":
+            log.warning("payer cookie without the page header on %s %s: refused (CSRF?)",
+                        request.method, request.url.path)  # fmt: skip
+            raise AuthError(f"the payer cookie is accepted only with the {PAGE_HEADER} header")
+        token = request.cookies[PAYER_COOKIE]
+    else:
         raise AuthError("missing bearer token (log in with WeChat: POST /api/v1/tenant/login)")
-    return payers.read_payer(uow.session, request.app.state.secret, credentials.credentials, at)
+    return payers.read_payer(uow.session, request.app.state.secret, token, at)
 
 
 PayerDep = Annotated[Payer, Depends(_payer)]
@@ -157,7 +173,7 @@ def _wechat_login(request: Request, app: str, code: str) -> tuple[str, str, str]
         if app == "miniprogram":
             answer = client.wxa.code_to_session(code)
         else:
-            answer = client._get(  # the web authorisation's code exchange (official account)
+            answer = client.get(  # the web authorisation's code exchange (official account)
                 "sns/oauth2/access_token",
                 params={
                     "appid": client.appid,
@@ -183,9 +199,9 @@ MAX_USAGE_PERIODS = 366
 """A usage series is a window of at most this many days or months, not a list to page through."""
 
 
-@router.post("/login", response_model=LoginOut, summary="Log in with a WeChat code (no staff token)")
-def login(body: LoginIn, request: Request, uow: Db, at: Now) -> LoginOut:
-    appid, openid, unionid = _wechat_login(request, body.app, body.code)
+def log_in(request: Request, uow: Db, at: Now, app: str, code: str) -> LoginOut:
+    """A payer token for the WeChat identity behind ``code`` (the API's login and the tenant page's)."""
+    appid, openid, unionid = _wechat_login(request, app, code)
     user = payers.login(uow.session, appid=appid, openid=openid, unionid=unionid, now=at)
     uow.session.flush()
     token, expires = payers.payer_token(
@@ -194,6 +210,11 @@ def login(body: LoginIn, request: Request, uow: Db, at: Now) -> LoginOut:
     count = len(payers.bound_accounts(uow.session, Payer(user.id or 0, appid, openid)))
     uow.commit()
     return LoginOut(token=token, expires_at=expires, accounts=count)
+
+
+@router.post("/login", response_model=LoginOut, summary="Log in with a WeChat code (no staff token)")
+def login(body: LoginIn, request: Request, uow: Db, at: Now) -> LoginOut:
+    return log_in(request, uow, at, body.app, body.code)
 
 
 def _views(uow: Db, accounts: list[Any], at: datetime) -> list[AccountOut]:

@@ -18,11 +18,11 @@ from cloud.api import build_app
 from cloud.models import Tenant
 from cloud.settings import Settings
 from tests.cloud.flowkit import FlowSite, make_flow_site
-from vendor_sim.keys import MerchantKeys, merchant_keys
+from vendor_sim.keys import MerchantKeys
 from vendor_sim.serve import Served, serve_app
-from vendor_sim.wechat.app import run_wechat
+from vendor_sim.site import start_wechat_site
 from vendor_sim.wechat.login import WeChatSim
-from vendor_sim.wechatpay import WeChatPaySim, run_wechatpay
+from vendor_sim.wechatpay import WeChatPaySim
 
 MINI = "wx0000000000mini01"
 PHONE = "13800138000"
@@ -100,26 +100,29 @@ def pay_settings(db_url: str, pay: Served, wechat: Served, merchant: MerchantKey
     )
 
 
-@pytest.fixture
-def world(engine: Engine, session_factory: sessionmaker[Session]) -> Iterator[PayWorld]:
-    pay = WeChatPaySim()
-    merchant = merchant_keys("1900000101")
-    pay.add_merchant(merchant.mchid, certificate_pem=merchant.keys.certificate_pem, apiv3_key=merchant.apiv3_key,
-                     appids={MINI})  # fmt: skip
-    wechat = WeChatSim()
-    wechat.add_app(MINI, "mini-secret-" + "x" * 20)
-    pay_served, wechat_served = run_wechatpay(pay), run_wechat(wechat)
-    site = make_flow_site(session_factory, balance_fen=0)
-    with session_factory() as s:
-        tenant = Tenant(org_id=site.org_id, name="王五", phone=PHONE)
+def give_tenant(
+    factory: sessionmaker[Session], site: FlowSite, device: str = "m1", phone: str = PHONE
+) -> None:
+    """The account of ``device`` belongs to a tenant with ``phone`` (who can then bind it by phone)."""
+    from cloud.models import Account
+
+    with factory() as s:
+        tenant = Tenant(org_id=site.org_id, name="王五", phone=phone)
         s.add(tenant)
         s.flush()
-        from cloud.models import Account
-
-        account = s.get(Account, site.accounts["m1"])
+        account = s.get(Account, site.accounts[device])
         assert account is not None
         account.tenant_id = tenant.id
         s.commit()
+
+
+@pytest.fixture
+def world(engine: Engine, session_factory: sessionmaker[Session]) -> Iterator[PayWorld]:
+    sims = start_wechat_site({MINI: ("mini-secret-" + "x" * 20, "miniprogram")})
+    pay, wechat, merchant = sims.pay, sims.wechat, sims.merchant
+    pay_served, wechat_served = sims.pay_served, sims.wechat_served
+    site = make_flow_site(session_factory, balance_fen=0)
+    give_tenant(session_factory, site)
     bus = Bus()
     holder: dict[str, Any] = {}
 
@@ -142,9 +145,7 @@ def world(engine: Engine, session_factory: sessionmaker[Session]) -> Iterator[Pa
     finally:
         for served in [cloud, *holder["w"].others]:
             served.stop()
-        pay_served.stop()
-        wechat_served.stop()
-        pay.close_sim()
+        sims.stop()
 
 
 def now() -> datetime:
