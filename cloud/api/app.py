@@ -40,6 +40,7 @@ from cloud.api.routes import (
     approvals,
     auth,
     calendar,
+    cashier,
     hierarchy,
     meters,
     operations,
@@ -162,7 +163,7 @@ def build_app(
     # every route under the prefix is checked against cloud.api.access.POLICY, those added later too
     checked = [Depends(authorize)]
     for module in (auth, users, hierarchy, meters, accounts, tariffs, operations, calendar, holds, approvals,
-                   payments, tenant):  # fmt: skip
+                   payments, tenant, cashier):  # fmt: skip
         app.include_router(module.router, prefix=API_PREFIX, dependencies=checked)
     app.state.payments = payment_context(settings)
 

@@ -59,6 +59,8 @@ class ApprovalKind(StrEnum):
     """Cash paid back to a tenant."""
     ADJUSTMENT = "adjustment"
     """A manual credit or debit of a tenant's wallet."""
+    TOPUP = "topup"
+    """Cash or a bank transfer credited to a tenant's wallet under a receipt number."""
 
 
 Handler = Callable[[Session, Actor, Approval, datetime], Mapping[str, Any]]
