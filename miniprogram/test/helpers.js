@@ -69,6 +69,7 @@ function texts(page, selector) {
   return page.querySelectorAll(selector).map((n) => n.dom.textContent.trim())
 }
 
+/** Events are delivered asynchronously: await settle() before looking at their effect. */
 function tap(page, selector) {
   page.querySelector(selector).dispatchEvent('tap')
 }

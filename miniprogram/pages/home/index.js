@@ -57,7 +57,7 @@ Component({
     statements(e) {
       wx.navigateTo({ url: `/pages/statements/index?account=${e.currentTarget.dataset.id}` })
     },
-    bind() {
+    goBind() {
       wx.navigateTo({ url: '/pages/bind/index' })
     },
     settings() {
