@@ -362,6 +362,9 @@ POLICY: Mapping[tuple[str, str], Rule] = {
     ("POST", "/tenant/accounts/{account_id}/orders"): Rule(
         PUBLIC, _PAYER, example=Example({"amount_fen": 5000})
     ),
+    ("POST", "/tenant/subscriptions"): Rule(
+        PUBLIC, _PAYER, example=Example({"results": [{"template_id": "TPL-1", "status": "accept"}]})
+    ),
 }
 
 
