@@ -8,12 +8,17 @@ from decimal import Decimal
 from io import BytesIO
 from typing import Any
 
+import pytest
 from openpyxl import load_workbook
+from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.domain import ledger as rules
-from cloud.models import Role
-from cloud.services import ledger
+from cloud.domain.errors import IdempotencyConflict
+from cloud.models import Account, Project, Role
+from cloud.services import ledger, topups
+from cloud.services.audit import SYSTEM
 from tests.cloud import test_api
+from tests.cloud.conftest import make_site
 from tests.cloud.test_api import Api, _site
 
 api = test_api.api  # the HTTP fixture of test_api: a real app on each database engine
@@ -262,3 +267,48 @@ def test_daily_report_day_boundary_refund_reversal_and_tie_out(api: Api) -> None
     assert len(rows) == 6  # five receipts and the unexplained correction
     tie_rows = {row[0]: row[1] for row in book["核对 Tie-out"].iter_rows(min_row=2, values_only=True)}
     assert tie_rows["差额 Difference"] == Decimal("-3.00")
+
+
+def test_a_cash_receipt_stored_under_the_older_organisation_wide_key_is_not_credited_again(
+    session_factory: sessionmaker[Session],
+) -> None:
+    site = make_site(session_factory)
+    at = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+    with session_factory() as s:
+        project2 = Project(org_id=site.org_id, name="二期")
+        s.add(project2)
+        s.flush()
+        assert project2.id is not None
+        project2_id = project2.id
+        other = Account(org_id=site.org_id, project_id=project2_id, number="B-1")
+        s.add(other)
+        s.flush()
+        assert other.id is not None
+        other_id = other.id
+        # what versions before per-project receipts wrote for cash receipt SJ-OLD (10,000 fen)
+        old = rules.recharge(
+            f"recharge:cash:{site.org_id}:SJ-OLD",
+            rules.wallet_code(site.account_id),
+            10_000,
+            at,
+            source=rules.cash_code(site.project_id),
+            receipt="SJ-OLD",
+        )
+        ledger.post(s, old, org_id=site.org_id)
+        s.commit()
+    cash = topups.TopupMethod.CASH
+    with session_factory() as s:
+        again = topups.record_topup(s, SYSTEM, at, topups.Topup(site.account_id, 10_000, cash, "SJ-OLD"))
+        assert again.created is False
+        assert again.transaction.idempotency_key == f"recharge:cash:{site.org_id}:SJ-OLD"
+        with pytest.raises(IdempotencyConflict):  # another amount under the old receipt
+            topups.record_topup(s, SYSTEM, at, topups.Topup(site.account_id, 10_001, cash, "SJ-OLD"))
+        s.rollback()
+        # the other project's receipt book never had SJ-OLD: a new credit there
+        fresh = topups.record_topup(s, SYSTEM, at, topups.Topup(other_id, 3_000, cash, "SJ-OLD"))
+        assert fresh.created is True
+        assert fresh.transaction.idempotency_key == f"recharge:cash:p{project2_id}:SJ-OLD"
+        s.commit()
+        wallet = s.get(Account, site.account_id)
+        assert wallet is not None
+        assert wallet.balance_fen == 10_000  # credited once
