@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 
 revision: str = '0019'
-down_revision: str | Sequence[str] | None = '0012'
+down_revision: str | Sequence[str] | None = '0016'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
