@@ -225,7 +225,7 @@ def cashier_report(session: Session, actor: Actor, *, project_id: int, day: date
         .limit(MAX_LINES + 1)
     ).all()
     if len(found) > MAX_LINES:
-        raise Conflict(f"more than {MAX_LINES} receipts on {day}: export a shorter period per method")
+        raise Conflict(f"more than {MAX_LINES} receipts on {day}: refused rather than read without bound")
     ledger_sum = session.scalar(
         select(func.coalesce(func.sum(col(LedgerEntry.amount_fen)), 0))
         .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerEntry.transaction_id))

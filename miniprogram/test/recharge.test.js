@@ -90,6 +90,11 @@ test('the cloud refusing the order, and a payment never confirmed, are told apar
   await settle()
   expect(text(page, '.error')).toBe('微信支付未开通 / WeChat Pay is not configured')
   expect(wx.requestPayment).not.toHaveBeenCalled()
+  answer = reply(201, { ...order(10000), state: 'closed', pay: null }) // an order WeChat Pay did not take
+  tap(page, '.pay')
+  await settle()
+  expect(text(page, '.error')).toBe('支付未完成：closed')
+  expect(wx.requestPayment).not.toHaveBeenCalled()
   answer = reply(201, order(10000))
   tap(page, '.pay')
   await settle(60)

@@ -141,6 +141,11 @@ def test_attackers_values_are_refused_and_nothing_moves(api: Api) -> None:
     _recharge(api, installer, acct, {"amount_fen": 100, "receipt_no": "X1"}, 403)
     assert _balance(api, fin, acct) == 0
     assert _balance(api, root, theirs["account"]) == 0
+    # a project whose takings account was never used: an empty report that ties out
+    empty = _report(api, fin, ids["project"], BJ_23)
+    assert empty["lines"] == []
+    assert empty["tie_out"]["ties_out"] is True
+    assert {r["total_fen"] for r in empty["recharges"]} == {0}
 
 
 def test_four_eyes_above_the_limit(api: Api) -> None:

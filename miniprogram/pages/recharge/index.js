@@ -63,6 +63,7 @@ Component({
       this.setData({ busy: true, error: '', status: 'paying', message: t('paying') })
       try {
         const order = await api.createOrder(id, fen)
+        if (!order.pay) throw new api.ApiError(409, t('payFailed', { reason: order.state }))
         try {
           await requestPayment(order.pay)
         } catch (err) {
