@@ -251,7 +251,8 @@ def _add_today(
 ) -> None:
     if not rows:
         return
-    start, _ = day_bounds(now.astimezone(zone_of(session, actor)).date(), zone_of(session, actor))
+    zone = zone_of(session, actor)
+    start, _ = day_bounds(now.astimezone(zone).date(), zone)
     ids = [r.meter_id for r in rows]
     states = {
         st.meter_id: st for st in session.scalars(select(MeterState).where(col(MeterState.meter_id).in_(ids)))
@@ -263,11 +264,13 @@ def _add_today(
         first = before.get(row.meter_id)
         if last is not None and first is not None and last >= first:
             row.today_use = last - first
-    if money:
+    accounts = sorted({r.account_id for r in rows if r.account_id is not None})
+    if money and accounts:
         spend = session.execute(
             select(col(LedgerEntry.meter_id), func.sum(col(LedgerEntry.amount_fen)))
             .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerEntry.transaction_id))
             .where(
+                col(LedgerEntry.account_id).in_(accounts),  # indexed; meter_id is not
                 col(LedgerEntry.meter_id).in_(ids),
                 col(LedgerEntry.account_id).is_not(None),
                 col(LedgerTransaction.kind) == TxnKind.CHARGE.value,
