@@ -37,6 +37,7 @@ PAGES: tuple[Page, ...] = (
     Page("approvals", "/console/approvals", ("GET", "/approvals")),
     Page("reports", "/console/reports", ("GET", "/meters")),
     Page("gateways", "/console/gateways", ("GET", "/gateways")),
+    Page("tariffs", "/console/tariffs", ("GET", "/tariffs")),
 )
 
 

@@ -148,6 +148,9 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "lines": ("总线", "Lines"),
     "offline_since": ("离线起始", "Offline since"),
     "autonomous": ("自治运行", "Autonomous"),
+    "tariffs": ("电价", "Tariffs"),
+    "effective_from": ("生效时间", "Effective from"),
+    "spec": ("价格设置", "Prices"),
     "language": ("English", "中文"),
 }
 

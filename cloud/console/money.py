@@ -204,3 +204,21 @@ def decide(
     decide_fn(uow.session, p.actor, approval_id, at, _reason(reason))
     uow.commit()
     return Response(status_code=303, headers={"Location": f"/console/approvals?done={decision}"})
+
+
+# --- tariffs (read) ---------------------------------------------------------------------------------------
+
+_TARIFFS = Page(200)
+
+
+@router.get("/tariffs", response_class=HTMLResponse)
+def tariff_list(request: Request, p: Staff, uow: Db) -> Response:
+    """Each tariff with its versions (effective dates and the spec as stored), newest version first."""
+    guard.require(p, "GET", "/tariffs")
+    from cloud.services import tariffs
+
+    rows = [
+        (tariff, list(reversed(tariffs.list_versions(uow.session, p.actor, tariff.id or 0, page=_TARIFFS))))
+        for tariff in tariffs.list_tariffs(uow.session, p.actor, page=_TARIFFS)
+    ]
+    return render(request, "tariffs.html", p, rows=rows)

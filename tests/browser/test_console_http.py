@@ -95,6 +95,7 @@ def test_roles_are_refused_what_the_table_refuses(console_http: Console) -> None
     assert c.client.get(f"/console/accounts/{account}").status_code == 403
     assert c.client.get(f"/console/reports?month=2026-11&account_id={account}").status_code == 403
     assert c.client.get("/console/reports").status_code == 200  # energy and logs: staff
+    assert c.client.get("/console/tariffs").status_code == 403  # prices are money
     r = c.client.post(
         f"/console/accounts/{account}/money",
         data={
@@ -231,3 +232,12 @@ def test_every_message_has_both_languages() -> None:
     for key, (zh, en) in MESSAGES.items():
         assert zh.strip(), key
         assert en.strip(), key
+
+
+def test_finance_reads_the_tariffs_and_their_versions(console_http: Console) -> None:
+    c = console_http
+    c.login("finance")
+    page = c.client.get("/console/tariffs")
+    assert page.status_code == 200
+    assert "居民电价" in page.text  # the flow site's flat tariff, 0.5 元/kWh
+    assert "&#34;price&#34;: &#34;0.5&#34;" in page.text or '"price": "0.5"' in page.text
