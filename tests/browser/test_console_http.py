@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from sqlmodel import col
 
 from cloud.console import assets
 from cloud.console.i18n import MESSAGES
 from cloud.console.monitor import MAX_BATCH
-from cloud.models import AuditLog, CommandRow, LedgerTransaction, Meter, Organisation
+from cloud.models import Account, AuditLog, CommandRow, LedgerTransaction, Meter, Organisation
 from tests.browser.consolekit import PASSWORD, Console, csrf_of
 
 
@@ -241,3 +242,29 @@ def test_finance_reads_the_tariffs_and_their_versions(console_http: Console) -> 
     assert page.status_code == 200
     assert "居民电价" in page.text  # the flow site's flat tariff, 0.5 元/kWh
     assert "&#34;price&#34;: &#34;0.5&#34;" in page.text or '"price": "0.5"' in page.text
+
+
+def test_a_manager_protects_an_account_with_a_reason_finance_may_not(console_http: Console) -> None:
+    c = console_http
+    account_id = c.site.flow.accounts["m1"]
+    csrf = c.login("finance")
+    form = {"csrf": csrf, "protected": "on", "reason": "独居老人"}
+    assert c.client.post(f"/console/accounts/{account_id}/protect", data=form).status_code == 403
+    c.client.cookies.clear()
+    csrf = c.login("manager")
+    assert (
+        c.client.post(
+            f"/console/accounts/{account_id}/protect", data=form | {"csrf": csrf, "reason": " "}
+        ).status_code
+        == 409
+    )
+    page = c.client.post(f"/console/accounts/{account_id}/protect", data=form | {"csrf": csrf})
+    assert page.status_code == 200
+    assert 'id="protected">✓<' in page.text
+    with c.factory() as s:
+        account = s.get(Account, account_id)
+        assert account is not None
+        assert account.protected is True
+        audited = s.scalars(select(AuditLog).where(col(AuditLog.action) == "console_protect")).one()
+        assert audited.detail["reason"] == "独居老人"
+        assert s.scalars(select(AuditLog).where(col(AuditLog.action) == "protect_changed")).one() is not None
