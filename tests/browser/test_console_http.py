@@ -3,6 +3,7 @@ table, organisation scoping and hostile form values. Each refusal leaves nothing
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from sqlmodel import col
 from cloud.console import assets
 from cloud.console.i18n import MESSAGES
 from cloud.console.monitor import MAX_BATCH
-from cloud.models import Account, AuditLog, CommandRow, LedgerTransaction, Meter, Organisation
+from cloud.models import Account, AuditLog, CommandRow, LedgerTransaction, Meter, MeterState, Organisation
 from tests.browser.consolekit import PASSWORD, Console, csrf_of
 
 
@@ -268,3 +269,20 @@ def test_a_manager_protects_an_account_with_a_reason_finance_may_not(console_htt
         audited = s.scalars(select(AuditLog).where(col(AuditLog.action) == "console_protect")).one()
         assert audited.detail["reason"] == "独居老人"
         assert s.scalars(select(AuditLog).where(col(AuditLog.action) == "protect_changed")).one() is not None
+
+
+def test_dashboard_figures_and_their_links(console_http: Console) -> None:
+    c = console_http
+    c.login("manager")
+    meter = c.site.flow.meters["m1"]
+
+    with c.factory() as s:  # two meters reported, one of them off
+        s.add(MeterState(meter_id=meter, observed="open", offline=False))
+        s.add(MeterState(meter_id=c.site.flow.meters["m2"], observed="closed", offline=False))
+        s.commit()
+    page = c.client.get("/console/").text
+    assert re.search(r'id="tile-online" href="/console/rooms\?status=offline"><b>66.7%</b>', page)  # 2 of 3
+    assert re.search(r'id="tile-off" href="/console/rooms\?status=off"><b>1</b>', page)
+    off = c.client.get("/console/rooms?status=off").text
+    assert off.count('class="pick"') == 1
+    assert f'value="{meter}" class="pick"' in off
