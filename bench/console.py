@@ -5,7 +5,7 @@ readings per meter.
 Seeding: the small tables through the ORM (an organisation, a project, 100 gateways, a building per
 1,000 meters with 10 floors), the large ones with ``INSERT … SELECT generate_series`` in the database:
 a room, a meter, an open account (balance −20 … 180 元), its link and a supply state per meter (every
-20th tripped, every 50th offline), and the readings, spread over the last 60 days so that last month
+23rd tripped, every 47th offline), and the readings, spread over the last 60 days so that last month
 has opening and closing readings. ``ANALYZE`` afterwards. The ledger is not seeded (balances live on
 the account row; the report's spend column then sums nothing).
 
@@ -86,10 +86,10 @@ def seed(url: str, meters: int, readings: int, now: datetime) -> dict[str, int]:
                        "FROM floor f, generate_series(1, :n) g"), {"n": per_floor})  # fmt: skip
         c.execute(
             text(
-                "INSERT INTO meter (org_id, gateway_id, device_id, kind, protocol, model, line, address, ct_ratio,"
-                " prepay_mode, protected, active, installed_at, room_id) "
-                "SELECT :org, :gw + r.id % :gws, 'm' || r.id, 'electric', 'dlt645', '', '', lpad(r.id::text, 12, '0'),"
-                " 1, 'remote', false, true, now(), r.id FROM room r"
+                "INSERT INTO meter (org_id, gateway_id, device_id, kind, protocol, model, line, address,"
+                " ct_ratio, prepay_mode, protected, active, installed_at, room_id) "
+                "SELECT :org, :gw + r.id % :gws, 'm' || r.id, 'electric', 'dlt645', '', '',"
+                " lpad(r.id::text, 12, '0'), 1, 'remote', false, true, now(), r.id FROM room r"
             ),
             {"org": org_id, "gw": first_gw, "gws": GATEWAYS},
         )
@@ -97,8 +97,8 @@ def seed(url: str, meters: int, readings: int, now: datetime) -> dict[str, int]:
             text(
                 "INSERT INTO account (org_id, project_id, number, status, billing_mode, balance_fen,"
                 " residue_millifen, tier_period, tier_usage, protected, opened_at, version) "
-                "SELECT :org, :project, 'A-' || m.id, 'open', 'merged', (m.id * 7919) % 20000 - 2000, 0, '', 0,"
-                " false, now(), 0 FROM meter m"
+                "SELECT :org, :project, 'A-' || m.id, 'open', 'merged', (m.id * 7919) % 20000 - 2000,"
+                " 0, '', 0, false, now(), 0 FROM meter m"
             ),
             {"org": org_id, "project": project_id},
         )
@@ -106,15 +106,17 @@ def seed(url: str, meters: int, readings: int, now: datetime) -> dict[str, int]:
                        "FROM account a JOIN meter m ON a.number = 'A-' || m.id"))  # fmt: skip
         c.execute(
             text(
-                "INSERT INTO meter_state (meter_id, last_values, desired_reasons, offline, observed, last_seen,"
-                " last_at) SELECT id, json_build_object('energy_total_kwh', (100 + :k * 0.5)::text), '[]',"
-                " id % 50 = 0, CASE WHEN id % 20 = 0 THEN 'open' ELSE 'closed' END, now(), now() FROM meter"
+                "INSERT INTO meter_state (meter_id, last_values, desired_reasons, offline, observed,"
+                " last_seen, last_at) SELECT id,"
+                " json_build_object('energy_total_kwh', (100 + :k * 0.5)::text), '[]',"
+                " id % 47 = 0, CASE WHEN id % 23 = 0 THEN 'open' ELSE 'closed' END, now(), now() FROM meter"
             ),
             {"k": readings},
         )
         c.execute(
             text(
-                "INSERT INTO reading (gateway_id, meter_device, meter_id, seq, ts, received_at, values, status) "
+                "INSERT INTO reading (gateway_id, meter_device, meter_id, seq, ts, received_at, values,"
+                " status) "
                 "SELECT m.gateway_id, m.device_id, m.id, g, :start + g * make_interval(secs => :step),"
                 " :start + g * make_interval(secs => :step),"
                 " json_build_object('energy_total_kwh', (100 + g * 0.5)::text), 'billed' "
@@ -198,8 +200,10 @@ def main() -> None:
               f"{counts['building']:,} buildings in {seeded:.0f} s")  # fmt: skip
         times = measure(url, counts, args.samples, now)
         for kind, series in times.items():
-            print(f"{kind:9s} p50 {statistics.median(series) * 1000:7.1f} ms   p95 {p95(series) * 1000:7.1f} ms"
-                  f"   ({len(series)} requests)")  # fmt: skip
+            p50 = statistics.median(series) * 1000
+            print(
+                f"{kind:9s} p50 {p50:7.1f} ms   p95 {p95(series) * 1000:7.1f} ms   ({len(series)} requests)"
+            )
     finally:
         drop_database(url)
 

@@ -95,6 +95,8 @@ GATEWAY_KEY = "k" * 32
 
 def _sealed(message: ReadingBatch) -> bytes:
     return seal_message(message, kid="k1", key=GATEWAY_KEY.encode())
+
+
 PG_SERVER = os.environ.get("MF_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

@@ -36,6 +36,8 @@ PAGES: tuple[Page, ...] = (
     Page("holds", "/console/holds", ("GET", "/holds")),
     Page("approvals", "/console/approvals", ("GET", "/approvals")),
     Page("reports", "/console/reports", ("GET", "/meters")),
+    Page("gateways", "/console/gateways", ("GET", "/gateways")),
+    Page("tariffs", "/console/tariffs", ("GET", "/tariffs")),
 )
 
 

@@ -140,6 +140,17 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "仅显示前 5000 行：请缩小范围（楼栋或日期）",
         "Only the first 5,000 rows: narrow it down (building or day)",
     ),
+    "gateways": ("网关", "Gateways"),
+    "gateway": ("网关", "Gateway"),
+    "version": ("版本", "Version"),
+    "backlog": ("待上传", "Outbox backlog"),
+    "oldest_s": ("最早积压（秒）", "Oldest (s)"),
+    "lines": ("总线", "Lines"),
+    "offline_since": ("离线起始", "Offline since"),
+    "autonomous": ("自治运行", "Autonomous"),
+    "tariffs": ("电价", "Tariffs"),
+    "effective_from": ("生效时间", "Effective from"),
+    "spec": ("价格设置", "Prices"),
     "language": ("English", "中文"),
 }
 

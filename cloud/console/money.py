@@ -204,3 +204,48 @@ def decide(
     decide_fn(uow.session, p.actor, approval_id, at, _reason(reason))
     uow.commit()
     return Response(status_code=303, headers={"Location": f"/console/approvals?done={decision}"})
+
+
+# --- tariffs (read) ---------------------------------------------------------------------------------------
+
+_TARIFFS = Page(200)
+
+
+@router.get("/tariffs", response_class=HTMLResponse)
+def tariff_list(request: Request, p: Staff, uow: Db) -> Response:
+    """Each tariff with its versions (effective dates and the spec as stored), newest version first."""
+    guard.require(p, "GET", "/tariffs")
+    from cloud.services import tariffs
+
+    rows = [
+        (tariff, list(reversed(tariffs.list_versions(uow.session, p.actor, tariff.id or 0, page=_TARIFFS))))
+        for tariff in tariffs.list_tariffs(uow.session, p.actor, page=_TARIFFS)
+    ]
+    return render(request, "tariffs.html", p, rows=rows)
+
+
+@router.post("/accounts/{account_id}/protect")
+def protect_account(
+    request: Request,
+    account_id: PathId,
+    p: Staff,
+    uow: Db,
+    at: Now,
+    protected: Annotated[Literal["on", "off"], Form()],
+    reason: Reason = "",
+    csrf: Csrf = "",
+) -> Response:
+    """保电 for every meter of the account (the arrears policy never cuts it), audited with the reason;
+    announced like a balance change so the policy decides again at once."""
+    session.check_csrf(request, csrf)
+    guard.require(p, "PUT", "/accounts/{account_id}/protected")
+    why = _reason(reason)
+    accounts.set_protected(uow.session, p.actor, at, account_id=account_id, protected=protected == "on")
+    from cloud.services.audit import record
+
+    record(
+        uow.session, p.actor, "console_protect", org_id=p.org_id, target_type="account", target_id=account_id,
+        detail={"protected": protected == "on", "reason": why}, at=at,
+    )  # fmt: skip
+    uow.commit()
+    return Response(status_code=303, headers={"Location": f"/console/accounts/{account_id}?done=posted"})

@@ -273,3 +273,26 @@ def meter_command(
     """One meter's trip / restore / protect from its page: the batch of one."""
     _queue(request, p, uow, at, [meter_id], action, reason, csrf)
     return Response(status_code=303, headers={"Location": f"/console/meters/{meter_id}?done=1"})
+
+
+# --- gateways -------------------------------------------------------------------------------------------
+
+_GATEWAYS = Page(200)
+
+
+@router.get("/gateways", response_class=HTMLResponse)
+def gateway_list(request: Request, p: Staff, uow: Db) -> Response:
+    """The organisation's gateways with their last status report: online, outbox backlog, lines."""
+    guard.require(p, "GET", "/gateways")
+    from cloud.models import GatewayStatusRow
+    from cloud.services.hierarchy import list_gateways
+
+    gateways = list_gateways(uow.session, p.actor, page=_GATEWAYS)
+    ids = [g.id for g in gateways if g.id is not None]
+    status = {
+        s.gateway_id: s
+        for s in uow.session.scalars(
+            select(GatewayStatusRow).where(col(GatewayStatusRow.gateway_id).in_(ids))
+        )
+    }
+    return render(request, "gateways.html", p, rows=[(g, status.get(g.id or 0)) for g in gateways])

@@ -20,12 +20,13 @@ ROLES = (Role.ADMIN, Role.MANAGER, Role.FINANCE, Role.INSTALLER, Role.TENANT)
 # What each role finds in the console's menu, written out by hand from docs/roles.md: holds are the
 # managers' (GET /holds: admin, manager), approvals money roles' (admin, manager, finance), the site,
 # its meters and the reports everyone's of the company (GET /meters: staff; the financial trace inside
-# the reports is the statement's, GET /accounts/{id}/ledger: no installers).
+# the reports is the statement's, GET /accounts/{id}/ledger: no installers), gateways the builders'
+# (GET /gateways: admin, manager, installer), tariffs the money roles' (GET /tariffs).
 EXPECTED_PAGES = {
-    "admin": ["dashboard", "monitor", "holds", "approvals", "reports"],
-    "manager": ["dashboard", "monitor", "holds", "approvals", "reports"],
-    "finance": ["dashboard", "monitor", "approvals", "reports"],
-    "installer": ["dashboard", "monitor", "reports"],
+    "admin": ["dashboard", "monitor", "holds", "approvals", "reports", "gateways", "tariffs"],
+    "manager": ["dashboard", "monitor", "holds", "approvals", "reports", "gateways", "tariffs"],
+    "finance": ["dashboard", "monitor", "approvals", "reports", "tariffs"],
+    "installer": ["dashboard", "monitor", "reports", "gateways"],
 }
 
 

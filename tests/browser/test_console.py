@@ -181,3 +181,27 @@ def test_financial_trace_exported_to_excel_ties_out_with_the_ledger(page: Any, c
     sheet = load_workbook(io.BytesIO(response.body())).active
     fen = {row[0]: row[1] for row in sheet.iter_rows(values_only=True) if row and isinstance(row[1], int)}
     assert (fen["期初余额"], fen["充值"], fen["期末余额"]) == (0, 10_000, 10_000)  # the recharge month
+
+
+@pytest.mark.parametrize(("device", "width", "height"), [("laptop", 1366, 768), ("tablet", 820, 1180)])
+def test_the_monitor_fits_a_laptop_and_a_tablet(
+    browser: Any, console: Any, device: str, width: int, height: int
+) -> None:
+    base, site, _ = console
+    context = browser.new_context(
+        locale="zh-CN", viewport={"width": width, "height": height}, has_touch=device == "tablet"
+    )
+    try:
+        page = context.new_page()
+        log_in(page, base, site.logins["manager"])
+        page.goto(base + "/console/rooms")
+        # nothing wider than the screen but the table itself, which scrolls inside its frame
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        batch = page.locator("#batch-trip").bounding_box()
+        assert batch is not None
+        assert batch["x"] + batch["width"] <= width
+        if device == "tablet":
+            assert batch["height"] >= 40  # a finger's target
+            page.screenshot(path=str(SCREENSHOTS / "console-monitor-tablet.png"), full_page=True)
+    finally:
+        context.close()

@@ -3,15 +3,17 @@ table, organisation scoping and hostile form values. Each refusal leaves nothing
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from sqlmodel import col
 
 from cloud.console import assets
 from cloud.console.i18n import MESSAGES
 from cloud.console.monitor import MAX_BATCH
-from cloud.models import AuditLog, CommandRow, LedgerTransaction, Meter, Organisation
+from cloud.models import Account, AuditLog, CommandRow, LedgerTransaction, Meter, MeterState, Organisation
 from tests.browser.consolekit import PASSWORD, Console, csrf_of
 
 
@@ -95,6 +97,7 @@ def test_roles_are_refused_what_the_table_refuses(console_http: Console) -> None
     assert c.client.get(f"/console/accounts/{account}").status_code == 403
     assert c.client.get(f"/console/reports?month=2026-11&account_id={account}").status_code == 403
     assert c.client.get("/console/reports").status_code == 200  # energy and logs: staff
+    assert c.client.get("/console/tariffs").status_code == 403  # prices are money
     r = c.client.post(
         f"/console/accounts/{account}/money",
         data={
@@ -231,3 +234,55 @@ def test_every_message_has_both_languages() -> None:
     for key, (zh, en) in MESSAGES.items():
         assert zh.strip(), key
         assert en.strip(), key
+
+
+def test_finance_reads_the_tariffs_and_their_versions(console_http: Console) -> None:
+    c = console_http
+    c.login("finance")
+    page = c.client.get("/console/tariffs")
+    assert page.status_code == 200
+    assert "居民电价" in page.text  # the flow site's flat tariff, 0.5 元/kWh
+    assert "&#34;price&#34;: &#34;0.5&#34;" in page.text or '"price": "0.5"' in page.text
+
+
+def test_a_manager_protects_an_account_with_a_reason_finance_may_not(console_http: Console) -> None:
+    c = console_http
+    account_id = c.site.flow.accounts["m1"]
+    csrf = c.login("finance")
+    form = {"csrf": csrf, "protected": "on", "reason": "独居老人"}
+    assert c.client.post(f"/console/accounts/{account_id}/protect", data=form).status_code == 403
+    c.client.cookies.clear()
+    csrf = c.login("manager")
+    assert (
+        c.client.post(
+            f"/console/accounts/{account_id}/protect", data=form | {"csrf": csrf, "reason": " "}
+        ).status_code
+        == 409
+    )
+    page = c.client.post(f"/console/accounts/{account_id}/protect", data=form | {"csrf": csrf})
+    assert page.status_code == 200
+    assert 'id="protected">✓<' in page.text
+    with c.factory() as s:
+        account = s.get(Account, account_id)
+        assert account is not None
+        assert account.protected is True
+        audited = s.scalars(select(AuditLog).where(col(AuditLog.action) == "console_protect")).one()
+        assert audited.detail["reason"] == "独居老人"
+        assert s.scalars(select(AuditLog).where(col(AuditLog.action) == "protect_changed")).one() is not None
+
+
+def test_dashboard_figures_and_their_links(console_http: Console) -> None:
+    c = console_http
+    c.login("manager")
+    meter = c.site.flow.meters["m1"]
+
+    with c.factory() as s:  # two meters reported, one of them off
+        s.add(MeterState(meter_id=meter, observed="open", offline=False))
+        s.add(MeterState(meter_id=c.site.flow.meters["m2"], observed="closed", offline=False))
+        s.commit()
+    page = c.client.get("/console/").text
+    assert re.search(r'id="tile-online" href="/console/rooms\?status=offline"><b>66.7%</b>', page)  # 2 of 3
+    assert re.search(r'id="tile-off" href="/console/rooms\?status=off"><b>1</b>', page)
+    off = c.client.get("/console/rooms?status=off").text
+    assert off.count('class="pick"') == 1
+    assert f'value="{meter}" class="pick"' in off

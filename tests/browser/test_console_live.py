@@ -124,6 +124,10 @@ def test_trip_and_restore_from_the_room_monitor_live(
             _pick_and_press(page, meter_id, "#batch-close", "已缴费，恢复供电")
             page.wait_for_selector(f"{relay}[data-relay=closed]", timeout=30_000)
             assert not sim.meters[0].relay_open
+            page.goto(base + "/console/gateways")
+            assert (
+                page.text_content(f"#gateways tr[data-gateway='{site.flow.gateway_id}'] td") == f"{gateway} "
+            )
         with factory() as s:
             audited = s.scalars(
                 select(AuditLog).where(col(AuditLog.action) == "console_command").order_by(col(AuditLog.id))
