@@ -625,8 +625,12 @@ def _rerate(
     # interval costs split minus what it costs whole, both on top of the account's other usage
     delta_fen, residue = carry(account.residue_millifen, new_milli - again.amount_milli)
     total = old_fen + delta_fen
-    fen_a = min(max(part_a.amount_milli // 1000, 0), max(total, 0))
-    fen_b = max(total, 0) - fen_a
+    # each part its own whole fen, B's first: under tiers a part rated on top of the account's usage
+    # may alone cost more than the total moves, and a part left at 0 fen would name no charge its
+    # row could be re-rated from
+    paid = max(total, 0)
+    fen_a = min(max(part_a.amount_milli // 1000, 0), paid - min(max(part_b.amount_milli // 1000, 0), paid))
+    fen_b = paid - fen_a
     if line is not None:  # only this reading's line of the batch: the other readings' stay as billed
         reason = f"late reading seq {reading.seq} re-rates seq {after.seq} of {after.txn_key}"
         own_key = charge_key(gateway_device, meter.device_id, after.seq)
