@@ -146,6 +146,9 @@ class BillingCache:
     """The base rules (clock, rollover, whether the rate is enforced); rate and allowance are per meter."""
     unusable: dict[int, UnitFault] = field(default_factory=dict)
     zones: dict[int, tzinfo | UnitFault] = field(default_factory=dict)
+    backfilled: dict[int, datetime] = field(default_factory=dict)
+    """Meter → start of the interval billing was extended back to in this unit of work (its reading
+    row is not written yet, so the database does not know it as the meter's first)."""
     _per_meter: dict[tuple[str, str, int, Decimal | None], ReadingRules] = field(default_factory=dict)
 
     def rules_for(self, meter: MeterFacts) -> ReadingRules:
@@ -455,7 +458,7 @@ def _late(
     already paid for the meter then (link time)."""
     assert meter.id is not None
     first = session.execute(
-        select(col(ReadingRow.ts), col(ReadingRow.values))
+        select(col(ReadingRow.ts), col(ReadingRow.values), col(ReadingRow.id))
         .where(col(ReadingRow.meter_id) == meter.id, col(ReadingRow.status).in_(_ACCEPTED))
         .order_by(col(ReadingRow.ts))
         .limit(1)
@@ -464,6 +467,10 @@ def _late(
         return BillingOutcome(ReadingStatus.LATE, detail=detail)
     if snap.at > first[0]:
         return _rerate(session, gateway_device, meter, account, reading, snap, now, cache, detail)
+    extended = cache.backfilled.get(meter.id)
+    if extended is not None and snap.at > extended:
+        # inside [extended, first], charged moments ago from an earlier reading of this same message
+        return BillingOutcome(ReadingStatus.LATE, detail=f"{detail}; inside billing just extended backwards")
     linked = session.scalar(
         select(col(AccountMeter.linked_at)).where(
             col(AccountMeter.meter_id) == meter.id,
@@ -479,7 +486,7 @@ def _late(
         return BillingOutcome(
             ReadingStatus.LATE, detail=f"{detail}; cannot extend backwards: {check.verdict}"
         )
-    return _charge(
+    outcome = _charge(
         session,
         gateway_device,
         meter,
@@ -490,7 +497,18 @@ def _late(
         check.deltas,
         cache,
         debit=_debit_of(meter),
+        backfill=True,
     )
+    if outcome.status is not ReadingStatus.HELD:
+        cache.backfilled[meter.id] = snap.at
+    if outcome.txn_key is not None:
+        # like every interval's charge, [late, first]'s is named on the row that ends it, so that a
+        # late reading inside it finds it (_rerate); the late reading's own row names it too (the
+        # start of billing: an even earlier reading extending further back renames it)
+        session.execute(
+            update(ReadingRow).where(col(ReadingRow.id) == first[2]).values(txn_key=outcome.txn_key)
+        )
+    return outcome
 
 
 def _debit_of(meter: MeterFacts) -> str | None:
@@ -623,8 +641,12 @@ def _rerate(
     # interval costs split minus what it costs whole, both on top of the account's other usage
     delta_fen, residue = carry(account.residue_millifen, new_milli - again.amount_milli)
     total = old_fen + delta_fen
-    fen_a = min(max(part_a.amount_milli // 1000, 0), max(total, 0))
-    fen_b = max(total, 0) - fen_a
+    # each part its own whole fen, B's first: under tiers a part rated on top of the account's usage
+    # may alone cost more than the total moves, and a part left at 0 fen would name no charge its
+    # row could be re-rated from
+    paid = max(total, 0)
+    fen_a = min(max(part_a.amount_milli // 1000, 0), paid - min(max(part_b.amount_milli // 1000, 0), paid))
+    fen_b = paid - fen_a
     if line is not None:  # only this reading's line of the batch: the other readings' stay as billed
         reason = f"late reading seq {reading.seq} re-rates seq {after.seq} of {after.txn_key}"
         own_key = charge_key(gateway_device, meter.device_id, after.seq)
@@ -701,8 +723,11 @@ def _charge(
     register_deltas: Mapping[Quantity, Decimal],
     cache: BillingCache,
     debit: str | None = None,
+    backfill: bool = False,
 ) -> BillingOutcome:
     """Rate ``[start, end]`` and build the charge (keyed by ``reading``); HELD when it cannot be rated.
+    A ``backfill`` charge (billing extended backwards) stays a transaction of its own, under its key
+    (:func:`plan_charges`): the row that ends its interval names it.
 
     The charge debits the account's wallet, or ``debit`` (``held:<meter>`` for a local-prepay meter, which
     spends money it holds); the account's residue and tier usage carry either way."""
@@ -746,6 +771,7 @@ def _charge(
             "units": ";".join(f"{q.value}={u}" for q, u in result.units.items()),
             "tier_period": counter.period,  # the usage rating started from (statements show it)
             "tier_used": str(counter.used),
+            **({"backfill": "1"} if backfill else {}),
         },
     )
     return BillingOutcome(ReadingStatus.BILLED, account.id, fen, key, txn=txn, org_id=account.org_id)
@@ -839,7 +865,11 @@ def plan_charges(pending: Sequence[PendingCharge], gateway_id: int) -> ChargePla
     rounds: dict[tuple[int, str, int, str], int] = {}
     for item in sorted(pending, key=lambda p: p.reading_id):
         debit, credit = sorted(item.txn.postings, key=lambda p: p.amount_fen)
-        if len(item.txn.postings) != 2 or not debit.account.startswith("wallet:"):
+        if (
+            len(item.txn.postings) != 2
+            or not debit.account.startswith("wallet:")
+            or "backfill" in item.txn.meta
+        ):
             plan.singles.append(item)
             continue
         bucket = int(item.txn.occurred_at.timestamp()) // BATCH_BUCKET_S

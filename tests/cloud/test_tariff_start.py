@@ -4,18 +4,28 @@ tariff service and the ingest, on both engines; amounts computed by hand in the 
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
-from cloud.models import Alarm, ReadingHold, ReadingRow, TariffVersion
+from cloud.db import make_engine, make_session_factory
+from cloud.domain.errors import TariffError
+from cloud.domain.tariffs import TariffVersion as DomainVersion
+from cloud.domain.tariffs import rate
+from cloud.models import Alarm, Organisation, ReadingHold, ReadingRow, TariffVersion
 from cloud.services import tariffs
 from cloud.services.audit import Actor
+from cloud.services.billing import schedule_for
 from cloud.services.errors import Conflict
 from cloud.services.ingest import Ingest
+from tests.cloud.domain.test_domain_tariff_spec import FIELD, SPECS
 from tests.cloud.flowkit import T0, FlowSite, balance, batch, make_flow_site
 
 MIN = timedelta(minutes=1)
@@ -169,3 +179,43 @@ def test_effective_now_has_a_grace_and_the_past_is_refused(session_factory: sess
             v.effective_from
             for v in s.scalars(select(TariffVersion).where(col(TariffVersion.tariff_id) == tariff.id))
         ] == [NOON]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=SPECS)
+def test_what_the_service_accepts_is_stored_and_rates(sqlite_url: str, spec: dict[str, Any]) -> None:
+    """Through the tariff service and the database (SQLite): a spec ``add_version`` accepts is stored,
+    read back by billing's ``schedule_for`` (the same reader) and rates an hour; one it refuses is a
+    ``TariffError`` naming the field (the API answers it with 422 and that text). Nothing is stored
+    for a refused spec."""
+    engine = make_engine(sqlite_url, pool_size=2)
+    factory = make_session_factory(engine)
+    try:
+        with factory() as s:
+            org = Organisation(name=f"o-{uuid.uuid4().hex[:6]}")
+            s.add(org)
+            s.flush()
+            assert org.id is not None
+            actor = Actor(user_id=None, org_id=org.id, role="manager", username="王经理")
+            kind = spec["kind"] if spec.get("kind") in ("flat", "tou", "tiered", "water") else "flat"
+            tariff = tariffs.create_tariff(s, actor, NOON, name=f"t-{uuid.uuid4().hex[:6]}", kind=kind)
+            assert tariff.id is not None
+            refused: Exception | None = None
+            try:
+                tariffs.add_version(s, actor, NOON, tariff_id=tariff.id, effective_from=NOON, spec=spec)
+            except (TariffError, Conflict) as exc:
+                refused = exc
+            if refused is not None:
+                if isinstance(refused, TariffError):
+                    assert FIELD.match(str(refused)), str(refused)
+                s.rollback()
+                return
+            s.commit()
+            schedule = schedule_for(s, tariff.id)
+            assert schedule is not None
+            version = schedule.versions[0]
+            deltas = dict.fromkeys(version.registers, Decimal(3))  # an unpriced TOU register is refused
+            assert rate(schedule, NOON, NOON + timedelta(hours=1), deltas).amount_milli >= 0
+            assert version == DomainVersion.from_spec(version.id, NOON, spec)
+    finally:
+        engine.dispose()
