@@ -29,6 +29,7 @@ from sqlmodel import col
 
 from cloud.domain.errors import DomainError
 from cloud.domain.localtime import time_of_day, zone
+from cloud.events import BALANCE_CHANGED
 from cloud.models import (
     Account,
     Alarm,
@@ -48,8 +49,9 @@ from cloud.services.notify.channels import Channel, ChannelError, Failed, Messag
 from cloud.services.notify.outbox import claim, release
 from cloud.services.notify.ratelimit import LocalRateLimiter, RateLimiter
 from cloud.services.notify.templates import is_urgent, render
+from cloud.services.unit import Publisher
 
-__all__ = ["Sender", "SenderConfig", "quiet_until"]
+__all__ = ["Sender", "SenderConfig", "final_notice_delivered", "quiet_until"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,13 @@ def quiet_until(settings: NotifySettings | None, tz: tzinfo, now: datetime) -> d
     return until.astimezone(UTC)
 
 
+def final_notice_delivered(publish: Publisher | None, row: NotificationOutbox) -> None:
+    """After the commit: a delivered final notice may let the policy cut now — wake the reconciler
+    (``balance_changed`` re-evaluates the account) instead of waiting for the minute's cut sweep."""
+    if publish is not None and row.kind == "final_notice" and row.account_id is not None:
+        publish(BALANCE_CHANGED, {"account_id": row.account_id})
+
+
 @dataclass
 class _Prepared:
     channels: list[str]
@@ -108,8 +117,10 @@ class Sender:
         config: SenderConfig | None = None,
         limiter: RateLimiter | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        publish: Publisher | None = None,
     ) -> None:
         self._factory = factory
+        self._publish = publish
         self.channels = dict(channels)
         self.runner = runner
         self.config = config or SenderConfig()
@@ -358,6 +369,8 @@ class Sender:
             delivery.status = DeliveryStatus.SENT
             row.status = NotificationStatus.SENT
         session.commit()
+        if sent.delivered:
+            final_notice_delivered(self._publish, row)
 
     def _spend_consent(self, session: Session, row: NotificationOutbox, template_id: str) -> bool:
         consent = session.scalars(

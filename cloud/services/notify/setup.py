@@ -30,6 +30,7 @@ from cloud.services.notify.channels import (
 from cloud.services.notify.ratelimit import make_rate_limiter
 from cloud.services.notify.receipts import poll_receipts
 from cloud.services.notify.sender import Sender, SenderConfig
+from cloud.services.unit import Publisher
 from cloud.settings import Settings
 
 __all__ = ["build_channels", "make_sender", "run_sender"]
@@ -77,11 +78,14 @@ def make_sender(
     *,
     channels: dict[str, Channel] | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    publish: Publisher | None = None,
 ) -> Sender:
     channels = channels if channels is not None else build_channels(settings)
     limiter = make_rate_limiter(settings.redis_url, dict.fromkeys(channels, settings.notify_rate_per_s))
     config = SenderConfig(workers=settings.notify_workers, max_attempts=settings.notify_max_attempts)
-    return Sender(factory, channels, runner=runner, config=config, limiter=limiter, clock=clock)
+    return Sender(
+        factory, channels, runner=runner, config=config, limiter=limiter, clock=clock, publish=publish
+    )
 
 
 async def run_sender(
@@ -105,7 +109,11 @@ async def run_sender(
                 if time.monotonic() >= next_receipts:
                     next_receipts = time.monotonic() + receipts_every_s
                     await asyncio.to_thread(
-                        poll_receipts, factory, sender.channels, receipt_timeout=receipt_timeout
+                        poll_receipts,
+                        factory,
+                        sender.channels,
+                        receipt_timeout=receipt_timeout,
+                        publish=bus.publish,
                     )
             except Exception:
                 log.exception("notification sender step failed; continuing")
