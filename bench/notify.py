@@ -193,9 +193,10 @@ def run(url: str, label: str, args: argparse.Namespace) -> None:
                 e.dispose()  # type: ignore[attr-defined]
             lat = sorted(_latencies(sim, created))
             p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            dead = _sent(factory, ("dead",))
             print(f"{label} {channel} trickle: {total} notices at {args.rate:g}/s, poll {args.poll:g} s: "
                   f"event → vendor p50 {statistics.median(lat) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
-                  f"max {lat[-1] * 1000:.0f} ms")  # fmt: skip
+                  f"max {lat[-1] * 1000:.0f} ms; dead so far {dead}")  # fmt: skip
     finally:
         for served in servers:
             served.stop()
