@@ -94,6 +94,7 @@ def final_notice_delivered(publish: Publisher | None, row: NotificationOutbox) -
 
 @dataclass
 class _Prepared:
+    settings: NotifySettings | None
     channels: list[str]
     templates: Mapping[str, Mapping[str, str]]
     sms_sign: str
@@ -176,6 +177,7 @@ class Sender:
             tz = zone("Asia/Shanghai")
         lang = (contact.lang if contact and contact.lang else "") or (settings.lang if settings else "zh")
         return _Prepared(
+            settings=settings,
             channels=list(settings.channels) if settings else ["log"],
             templates=settings.templates if settings else {},
             sms_sign=settings.sms_sign if settings else "",
@@ -199,14 +201,7 @@ class Sender:
                 return
             prepared = self._prepare(session, row)
             if not is_urgent(row.kind):
-                settings = None
-                if row.account_id is not None:
-                    account = session.get(Account, row.account_id)
-                    if account is not None:
-                        settings = session.scalars(
-                            select(NotifySettings).where(col(NotifySettings.project_id) == account.project_id)
-                        ).first()
-                until = quiet_until(settings, prepared.tz, now)
+                until = quiet_until(prepared.settings, prepared.tz, now)
                 if until is not None:
                     row.next_try_at = until
                     release(row)

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
+from cloud.db import make_engine, make_session_factory
 from cloud.models import (
     AccountState,
     Alarm,
@@ -65,13 +66,14 @@ def _row(factory: sessionmaker[Session], row_id: int) -> NotificationOutbox:
 
 
 def test_two_replicas_send_each_event_exactly_once(
-    session_factory: sessionmaker[Session], site: Site
+    session_factory: sessionmaker[Session], site: Site, db_url: str
 ) -> None:
     ids = _notices(session_factory, site, ["payment_succeeded"] * 40)
     logs = [LogChannel(), LogChannel()]
+    engines = [make_engine(db_url, pool_size=4) for _ in range(2)]  # two replicas: two pools
     senders = [
         Sender(
-            session_factory,
+            make_session_factory(engines[i]),
             {"log": logs[i]},
             runner=f"r{i}",
             config=SenderConfig(batch=5, workers=3),
@@ -93,6 +95,8 @@ def test_two_replicas_send_each_event_exactly_once(
         t.join(timeout=120)
     for s in senders:
         s.close()
+    for e in engines:
+        e.dispose()
     assert len(logs[0].lines) + len(logs[1].lines) == 40  # one line per event, whichever replica sent it
     deliveries = _deliveries(session_factory)
     assert sorted(d.outbox_id for d in deliveries) == sorted(ids)
