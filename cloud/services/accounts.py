@@ -51,6 +51,7 @@ from cloud.models import (
     LedgerTransaction,
     Meter,
     MeterState,
+    NotificationOutbox,
     PrepayMode,
     Project,
     Role,
@@ -71,6 +72,7 @@ from cloud.services.local_prepay import (
     return_held,
     stop_topups,
 )
+from cloud.services.notify.events import notice_once
 from cloud.services.pages import Page, paged
 from cloud.services.unit import mark_balance_changed
 
@@ -301,7 +303,7 @@ def recharge_cash(
         receipt=receipt,
         method="cash",
     )
-    return _post_audited(
+    result = _post_audited(
         session,
         actor,
         txn,
@@ -310,6 +312,20 @@ def recharge_cash(
         {"amount_fen": amount_fen, "receipt_no": receipt},
         now,
     )
+    if result.created:  # a replayed receipt credits nothing and tells nothing
+        balance = session.scalar(select(col(Account.balance_fen)).where(col(Account.id) == account.id))
+        notice_once(
+            session,
+            NotificationOutbox(
+                org_id=account.org_id,
+                account_id=account.id,
+                kind="recharge_credited",
+                dedupe_key=f"recharge:cash:{account.org_id}:{receipt}"[:200],
+                payload={"account": account.number, "amount_fen": amount_fen, "balance_fen": balance},
+                created_at=now,
+            ),
+        )
+    return result
 
 
 def _post_audited(
