@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 
 
 def build_channels(settings: Settings) -> dict[str, Channel]:
-    """The channels this replica can use: log always, the others when their keys are set."""
-    channels: dict[str, Channel] = {"log": LogChannel()}
+    """The channels this replica can use: log always (delivering only outside production), the others
+    when their keys are set."""
+    channels: dict[str, Channel] = {"log": LogChannel(delivers=settings.environment != "production")}
     timeout = settings.notify_timeout_s
     mp = make_wechat_client(settings)
     if mp is not None:

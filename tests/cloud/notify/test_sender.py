@@ -265,3 +265,22 @@ def test_retries_back_off_then_the_notice_is_dead_with_an_alarm(
         assert "不会自动停电" in alarm.message_zh
         state = s.get(AccountState, site.account_id)
         assert state is None or state.final_notice_delivered_at is None
+
+
+def test_in_production_the_log_never_counts_as_delivered(
+    session_factory: sessionmaker[Session], site: Site
+) -> None:
+    from cloud.services.notify.setup import build_channels
+    from cloud.settings import Settings
+
+    (row_id,) = _notices(session_factory, site, ["final_notice"])
+    channels = build_channels(
+        Settings(environment="production", secret_key="p" * 32, mqtt_share_group="g" * 16)
+    )
+    sender = Sender(session_factory, channels, runner="a", clock=lambda: NOON)
+    sender.run_once()
+    sender.close()
+    with session_factory() as s:
+        row = s.get(NotificationOutbox, row_id)
+        assert row is not None
+        assert (row.status, row.delivered_at) == ("sent", None)  # sent to a log nobody reads: no cut
