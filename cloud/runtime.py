@@ -444,7 +444,7 @@ async def run_background(
             )
             scheduler.start()
         if options.notify and settings.notify_enabled:
-            sender = make_sender(settings, factory, client_id, clock=clock)
+            sender = make_sender(settings, factory, client_id, clock=clock, publish=bus.publish)
             notify_task = asyncio.create_task(
                 run_sender(
                     sender,

@@ -25,6 +25,7 @@ from cloud.models import (
     LedgerTransaction,
     Meter,
     MeterState,
+    NotifySettings,
     Project,
     ReadingHold,
     ReadingRow,
@@ -90,17 +91,20 @@ def seed_cloud(factory: sessionmaker[Session], *, key: str, admin_password: str)
         )
         s.add(TariffVersion(tariff_id=water.id, effective_from=since,
                             spec={"kind": "water", "price": WATER_PRICE_YUAN}))  # fmt: skip
-        # Friendly hours disabled: start == end means no daily window; no weekend/holiday block, no
-        # final-notice requirement — so the demo's cut happens now, whatever the hour.
+        # Friendly hours disabled: start == end means no daily window; no weekend/holiday block — so
+        # the demo's cut happens now, whatever the hour, but only after the final notice was
+        # delivered (the log channel, cloud/services/notify/; no quiet hours either).
         project = Project(
             org_id=org_id, name="阳光花园 Sunny Gardens", electric_tariff_id=electric.id,
             water_tariff_id=water.id, friendly_start="00:00", friendly_end="00:00",
-            no_cut_weekends=False, no_cut_holidays=False, require_final_notice=False,
+            no_cut_weekends=False, no_cut_holidays=False, require_final_notice=True,
             alarm1_fen=500, alarm2_fen=100, credit_limit_fen=0, grace_period_s=0,
         )  # fmt: skip
         s.add(project)
         s.flush()
         assert project.id is not None
+        s.add(NotifySettings(org_id=org_id, project_id=project.id, channels=["log"],
+                             quiet_start="00:00", quiet_end="00:00"))  # fmt: skip
         building = Building(project_id=project.id, name="1号楼 Building 1")
         s.add(building)
         s.flush()

@@ -28,16 +28,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TextIO
+from zoneinfo import ZoneInfo
 
 import msgspec
 import uvicorn
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+from sqlmodel import col
 
 from cloud.api import build_app, uvicorn_options
 from cloud.db import make_engine, make_session_factory
 from cloud.events import LocalEventBus
 from cloud.migrations import upgrade
+from cloud.models import NotificationOutbox
 from cloud.runtime import RuntimeOptions, run_background
+from cloud.services.notify.templates import render
 from cloud.settings import Settings, load_settings
 from edge.daemon import Daemon
 from firmware_sim.meters.electric import ElectricMeter
@@ -69,6 +74,7 @@ from meterflow.demo_site import (
 __all__ = ["SystemOptions", "SystemResult", "run_system"]
 
 RECHARGE_FEN = 5_000
+_SHANGHAI = ZoneInfo("Asia/Shanghai")
 _PHASE_LIMIT_S = {"readings": 25.0, "trip": 45.0, "restore": 20.0}
 _PROTOCOL: dict[BrokerKind, Literal["5", "3.1.1"]] = {"amqtt": "3.1.1", "mosquitto": "5"}
 _MQTT_USER = "demo-cloud"
@@ -99,6 +105,10 @@ class SystemResult:
     restore_acked: bool = False
     restore_s: float | None = None  # tenant's payment at the simulator → relay closed at the meter
     wechat_paid: bool = False  # the tenant's order is paid, as the tenant API shows it
+    notices: list[tuple[str, str, datetime | None]] = field(default_factory=list)
+    """(kind, status, delivered_at) of the arrears room's notices, oldest first."""
+    final_notice_before_cut: bool = False  # delivered before the trip command was issued
+    restored_notice: bool = False
     api_url: str = ""
     interrupted: bool = False  # Ctrl-C / SIGTERM before the story was told
     problems: list[str] = field(default_factory=list)
@@ -114,6 +124,8 @@ class SystemResult:
             and self.restore_at_meter
             and self.restore_acked
             and self.wechat_paid
+            and self.final_notice_before_cut
+            and self.restored_notice
         )
 
 
@@ -210,7 +222,8 @@ def _start_sync(stack: _Stack, options: SystemOptions, say: _Say) -> None:
         f"{len(ROOMS)} rooms/tenants/accounts, {len(all_meters())} meters, gateway {GATEWAY_ID}")  # fmt: skip
     say(
         f"tariff 电价: {ELECTRIC_PRICE_YUAN} 元/kWh flat; arrears policy 欠费策略: cut at 0.00 元, "
-        "friendly hours 友好时段 DISABLED (no 18:00-09:00 / weekend / holiday block) so the cut happens now"
+        "friendly hours 友好时段 DISABLED (no 18:00-09:00 / weekend / holiday block) so the cut happens now, "
+        "once the final notice 停电通知 is delivered (log channel 日志通道)"
     )
     stack.edge_key = key
 
@@ -398,6 +411,27 @@ async def _story(stack: _Stack, result: SystemResult, say: _Say) -> None:
         watch.stop()
 
 
+def _notices(factory: sessionmaker[Session], account_id: int) -> list[tuple[str, str, datetime | None, str]]:
+    """The account's notices: kind, status, when delivered, and the text the sender rendered."""
+    with factory() as s:
+        rows = s.scalars(
+            select(NotificationOutbox)
+            .where(col(NotificationOutbox.account_id) == account_id)
+            .order_by(col(NotificationOutbox.id))
+        ).all()
+        return [
+            (r.kind, r.status, r.delivered_at, render(r.kind, r.payload, r.created_at, _SHANGHAI, "zh").text)
+            for r in rows
+        ]
+
+
+def _say_notices(say: _Say, notices: list[tuple[str, str, datetime | None, str]], kinds: set[str]) -> None:
+    for kind, status, delivered, text in notices:
+        if kind.split("_")[0] in kinds or kind in kinds:
+            at = delivered.astimezone(UTC).strftime("%H:%M:%S") if delivered else "-"
+            say(f"  NOTICE 通知 {kind:<15} {status:<9} {at}  {text}")
+
+
 def _ms(later: datetime | None, earlier: datetime | None) -> str:
     if later is None or earlier is None:
         return "?"
@@ -445,6 +479,14 @@ async def _cut_and_restore(
         result.problems.append("the gateway's trip ack did not reach the cloud")
         return
     say("gateway ack 网关回执: trip done, read-back says relay open; cloud observed = open")
+    account_id = seeded.accounts[room.account]
+    notices = await asyncio.to_thread(_notices, factory, account_id)
+    final = next((n for n in notices if n[0] == "final_notice"), None)
+    result.final_notice_before_cut = bool(final and final[2] and issued and final[2] <= issued)
+    say("notices before the cut 停电前通知 (delivered 送达 before the trip command was issued):")
+    _say_notices(say, notices, {"low", "final_notice"})
+    if not result.final_notice_before_cut:
+        result.problems.append("the final notice was not delivered before the cut")
     energy_at_trip = sim_meter.energy_kwh
     await asyncio.sleep(2)
     say(f"supply off 停止用电: meter register {energy_at_trip} → {sim_meter.energy_kwh} kWh in 2 s")
@@ -478,6 +520,16 @@ async def _cut_and_restore(
         return
     say("gateway ack 网关回执: close done, read-back says relay closed; cloud observed = closed")
     show()
+
+    def restored_sent() -> bool:
+        return any(n[0] == "restored" and n[1] == "delivered" for n in _notices(factory, account_id))
+
+    result.restored_notice = await _until(restored_sent, _PHASE_LIMIT_S["restore"])
+    notices = await asyncio.to_thread(_notices, factory, account_id)
+    result.notices = [(k, st, at) for k, st, at, _ in notices]
+    _say_notices(say, notices, {"cut", "restored"})
+    if not result.restored_notice:
+        result.problems.append("the restored notice was not delivered")
 
 
 def _final(stack: _Stack, result: SystemResult, say: _Say) -> None:

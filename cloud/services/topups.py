@@ -32,11 +32,12 @@ from sqlmodel import col
 from cloud.domain import ledger as rules
 from cloud.domain.errors import IdempotencyConflict
 from cloud.domain.money import format_fen
-from cloud.models import Account, Approval, ApprovalStatus
+from cloud.models import Account, Approval, ApprovalStatus, NotificationOutbox
 from cloud.services import accounts, approvals, ledger
 from cloud.services.approvals import DEFAULT_LIMIT_FEN, ApprovalKind, needs_approval
 from cloud.services.audit import Actor, AuditAction
 from cloud.services.errors import Conflict
+from cloud.services.notify.events import notice_once
 
 __all__ = [
     "MAX_NOTES",
@@ -163,8 +164,9 @@ def record_topup(session: Session, actor: Actor, now: datetime, topup: Topup) ->
     """Credit ``topup`` now (no approval asked): once per receipt, audited once."""
     topup = normalised(topup)
     account = accounts.open_account_of(session, topup.account_id, actor)
-    txn = _transaction(_key(session, account, topup), account, topup, now)
-    return accounts.post_audited(
+    key = _key(session, account, topup)
+    txn = _transaction(key, account, topup, now)
+    result = accounts.post_audited(
         session,
         actor,
         txn,
@@ -178,6 +180,20 @@ def record_topup(session: Session, actor: Actor, now: datetime, topup: Topup) ->
         },
         now,
     )
+    if result.created:  # a replayed receipt credits nothing and tells nothing
+        balance = session.scalar(select(col(Account.balance_fen)).where(col(Account.id) == account.id))
+        notice_once(
+            session,
+            NotificationOutbox(
+                org_id=account.org_id,
+                account_id=account.id,
+                kind="recharge_credited",
+                dedupe_key=key[:200],
+                payload={"account": account.number, "amount_fen": topup.amount_fen, "balance_fen": balance},
+                created_at=now,
+            ),
+        )
+    return result
 
 
 def _waiting(session: Session, org_id: int, key: str) -> Approval | None:

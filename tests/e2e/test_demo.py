@@ -76,6 +76,14 @@ def test_full_demo_commissions_bills_trips_and_restores() -> None:
     assert "李娜 Li Na pays 50.00 元 with WeChat Pay" in text
     assert "(+50.00 WeChat Pay 微信支付)" in text
     assert "TRIPPED 已断电" in text
+    # the final notice was delivered before the trip command was issued, the restored notice after
+    assert system.final_notice_before_cut
+    assert system.restored_notice
+    kinds = [kind for kind, status, _at in system.notices if status == "delivered"]
+    assert kinds.index("final_notice") < kinds.index("cut") < kinds.index("restored")
+    assert any(kind.startswith("low_balance") for kind in kinds)
+    assert "NOTICE 通知 final_notice" in text
+    assert "NOTICE 通知 restored" in text
     assert "RESTORED 已复电" in text
     assert "e103  trip     acked_done" in text
     assert "e103  close    acked_done" in text

@@ -115,13 +115,17 @@ class Channel(Protocol):
 
 
 class LogChannel:
-    """Writes the notice to the log (development and the demo): delivered on writing."""
+    """Writes the notice to the log (development and the demo): delivered on writing. In production
+    (``delivers=False``) nobody reads that log: the notice counts as sent, never as delivered, so a
+    final notice that only reached the log cannot let the policy cut (its receipt times out, the next
+    channel or a person takes over)."""
 
     name = "log"
     can_lookup = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, delivers: bool = True) -> None:
         self.lines: list[str] = []
+        self.delivers = delivers
 
     def recipient(self, msg: Message) -> str:
         return msg.phone or msg.miniprogram_openid or "console"
@@ -130,7 +134,7 @@ class LogChannel:
         line = f"[notice {msg.notice.kind}] {msg.notice.text}"
         self.lines.append(line)
         log.info("%s", line)
-        return Sent(f"log-{msg.key}", delivered=True)
+        return Sent(f"log-{msg.key}", delivered=self.delivers)
 
     def lookup(self, msg: Message, sent_at: datetime) -> Sent | None:
         return None

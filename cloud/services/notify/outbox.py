@@ -36,15 +36,19 @@ def claim(session: Session, runner: str, now: datetime, *, lease: timedelta, lim
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     ids = [int(i) for i in session.scalars(query) if i is not None]
-    won: list[int] = []
-    for row_id in ids:
-        result = session.execute(
-            update(NotificationOutbox)
-            .where(col(NotificationOutbox.id) == row_id, free, col(NotificationOutbox.status).in_(CLAIMABLE))
-            .values(claimed_by=runner[:64], claimed_until=now + lease)
-        )
-        if result.rowcount == 1:  # type: ignore[attr-defined]
-            won.append(row_id)
+    if not ids:
+        session.commit()
+        return []
+    # one statement for the batch; RETURNING names the rows this runner won (a row another replica
+    # claimed since the read fails the WHERE and is not returned)
+    returned = session.scalars(
+        update(NotificationOutbox)
+        .where(col(NotificationOutbox.id).in_(ids), free, col(NotificationOutbox.status).in_(CLAIMABLE))
+        .values(claimed_by=runner[:64], claimed_until=now + lease)
+        .returning(col(NotificationOutbox.id))
+        .execution_options(synchronize_session=False)
+    )
+    won = sorted(int(i) for i in returned if i is not None)
     session.commit()
     return won
 

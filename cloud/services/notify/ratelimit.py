@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 __all__ = ["LocalRateLimiter", "RateLimiter", "RedisRateLimiter", "make_rate_limiter"]
@@ -16,8 +16,9 @@ class RateLimiter(Protocol):
 
 
 class LocalRateLimiter:
-    def __init__(self, per_second: Mapping[str, int]) -> None:
+    def __init__(self, per_second: Mapping[str, int], clock: Callable[[], float] = time.time) -> None:
         self._limits = dict(per_second)
+        self._clock = clock
         self._window: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
@@ -25,7 +26,7 @@ class LocalRateLimiter:
         limit = self._limits.get(channel)
         if limit is None:
             return True
-        second = int(time.time())
+        second = int(self._clock())
         with self._lock:
             window, used = self._window.get(channel, (second, 0))
             if window != second:
@@ -37,16 +38,23 @@ class LocalRateLimiter:
 
 
 class RedisRateLimiter:
-    def __init__(self, client: Any, per_second: Mapping[str, int], prefix: str = "mf:notify:rate") -> None:
+    def __init__(
+        self,
+        client: Any,
+        per_second: Mapping[str, int],
+        prefix: str = "mf:notify:rate",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._redis = client
         self._limits = dict(per_second)
         self._prefix = prefix
+        self._clock = clock
 
     def allow(self, channel: str) -> bool:
         limit = self._limits.get(channel)
         if limit is None:
             return True
-        key = f"{self._prefix}:{channel}:{int(time.time())}"
+        key = f"{self._prefix}:{channel}:{int(self._clock())}"
         pipe = self._redis.pipeline()
         pipe.incr(key)
         pipe.expire(key, 2)

@@ -21,6 +21,8 @@ from sqlmodel import col
 from cloud.models import DeliveryStatus, NotificationDelivery, NotificationOutbox, NotificationStatus
 from cloud.services.arrears import mark_notification_delivered
 from cloud.services.notify.channels import Channel, ChannelError, Pending, Receipt
+from cloud.services.notify.sender import final_notice_delivered
+from cloud.services.unit import Publisher
 
 __all__ = ["apply_receipt", "poll_receipts"]
 
@@ -38,8 +40,8 @@ def _fall_back(row: NotificationOutbox, why: str) -> None:
     row.last_error = why[:500]
 
 
-def apply_receipt(session: Session, channel: str, receipt: Receipt) -> bool:
-    """Store one receipt; False when no delivery waits for it (unknown or already applied)."""
+def apply_receipt(session: Session, channel: str, receipt: Receipt) -> NotificationOutbox | None:
+    """Store one receipt; the outbox row it delivered, else None (failed, unknown or applied already)."""
     delivery = session.scalars(
         select(NotificationDelivery)
         .where(
@@ -50,19 +52,18 @@ def apply_receipt(session: Session, channel: str, receipt: Receipt) -> bool:
         .with_for_update()
     ).first()
     if delivery is None:
-        return False
+        return None
     delivery.receipt = {"delivered": receipt.delivered, "at": receipt.at.isoformat(), **receipt.detail}
     if receipt.delivered:
         delivery.status = DeliveryStatus.DELIVERED
         delivery.delivered_at = receipt.at
-        mark_notification_delivered(session, delivery.outbox_id, receipt.at)
-    else:
-        delivery.status = DeliveryStatus.REFUSED
-        delivery.error = f"receipt: not delivered {receipt.detail}"[:500]
-        row = session.get(NotificationOutbox, delivery.outbox_id)
-        if row is not None:
-            _fall_back(row, f"{channel}: {delivery.error}")
-    return True
+        return mark_notification_delivered(session, delivery.outbox_id, receipt.at)
+    delivery.status = DeliveryStatus.REFUSED
+    delivery.error = f"receipt: not delivered {receipt.detail}"[:500]
+    row = session.get(NotificationOutbox, delivery.outbox_id)
+    if row is not None:
+        _fall_back(row, f"{channel}: {delivery.error}")
+    return None
 
 
 def poll_receipts(
@@ -71,6 +72,7 @@ def poll_receipts(
     *,
     receipt_timeout: timedelta = timedelta(minutes=10),
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    publish: Publisher | None = None,
 ) -> int:
     """Pull every channel's receipts for its messages still ``sent``; time out the ones that waited
     too long. Returns how many receipts were applied."""
@@ -95,10 +97,16 @@ def poll_receipts(
         except ChannelError as exc:
             log.warning("receipts from %s: %s", name, exc)
             receipts = []
+        delivered: list[NotificationOutbox] = []
         with factory() as session:
             for receipt in receipts:
-                applied += apply_receipt(session, name, receipt)
+                row = apply_receipt(session, name, receipt)
+                if row is not None:
+                    delivered.append(row)
             session.commit()
+        applied += len(delivered)
+        for row in delivered:
+            final_notice_delivered(publish, row)
         with factory() as session:
             stale = session.scalars(
                 select(NotificationDelivery)

@@ -29,6 +29,7 @@ from sqlmodel import col
 
 from cloud.domain.errors import DomainError
 from cloud.domain.localtime import time_of_day, zone
+from cloud.events import BALANCE_CHANGED
 from cloud.models import (
     Account,
     Alarm,
@@ -48,8 +49,9 @@ from cloud.services.notify.channels import Channel, ChannelError, Failed, Messag
 from cloud.services.notify.outbox import claim, release
 from cloud.services.notify.ratelimit import LocalRateLimiter, RateLimiter
 from cloud.services.notify.templates import is_urgent, render
+from cloud.services.unit import Publisher
 
-__all__ = ["Sender", "SenderConfig", "quiet_until"]
+__all__ = ["Sender", "SenderConfig", "final_notice_delivered", "quiet_until"]
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +85,16 @@ def quiet_until(settings: NotifySettings | None, tz: tzinfo, now: datetime) -> d
     return until.astimezone(UTC)
 
 
+def final_notice_delivered(publish: Publisher | None, row: NotificationOutbox) -> None:
+    """After the commit: a delivered final notice may let the policy cut now — wake the reconciler
+    (``balance_changed`` re-evaluates the account) instead of waiting for the minute's cut sweep."""
+    if publish is not None and row.kind == "final_notice" and row.account_id is not None:
+        publish(BALANCE_CHANGED, {"account_id": row.account_id})
+
+
 @dataclass
 class _Prepared:
+    settings: NotifySettings | None
     channels: list[str]
     templates: Mapping[str, Mapping[str, str]]
     sms_sign: str
@@ -108,8 +118,10 @@ class Sender:
         config: SenderConfig | None = None,
         limiter: RateLimiter | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        publish: Publisher | None = None,
     ) -> None:
         self._factory = factory
+        self._publish = publish
         self.channels = dict(channels)
         self.runner = runner
         self.config = config or SenderConfig()
@@ -165,6 +177,7 @@ class Sender:
             tz = zone("Asia/Shanghai")
         lang = (contact.lang if contact and contact.lang else "") or (settings.lang if settings else "zh")
         return _Prepared(
+            settings=settings,
             channels=list(settings.channels) if settings else ["log"],
             templates=settings.templates if settings else {},
             sms_sign=settings.sms_sign if settings else "",
@@ -188,14 +201,7 @@ class Sender:
                 return
             prepared = self._prepare(session, row)
             if not is_urgent(row.kind):
-                settings = None
-                if row.account_id is not None:
-                    account = session.get(Account, row.account_id)
-                    if account is not None:
-                        settings = session.scalars(
-                            select(NotifySettings).where(col(NotifySettings.project_id) == account.project_id)
-                        ).first()
-                until = quiet_until(settings, prepared.tz, now)
+                until = quiet_until(prepared.settings, prepared.tz, now)
                 if until is not None:
                     row.next_try_at = until
                     release(row)
@@ -358,6 +364,8 @@ class Sender:
             delivery.status = DeliveryStatus.SENT
             row.status = NotificationStatus.SENT
         session.commit()
+        if sent.delivered:
+            final_notice_delivered(self._publish, row)
 
     def _spend_consent(self, session: Session, row: NotificationOutbox, template_id: str) -> bool:
         consent = session.scalars(

@@ -30,6 +30,7 @@ from cloud.services.notify.channels import (
 from cloud.services.notify.ratelimit import make_rate_limiter
 from cloud.services.notify.receipts import poll_receipts
 from cloud.services.notify.sender import Sender, SenderConfig
+from cloud.services.unit import Publisher
 from cloud.settings import Settings
 
 __all__ = ["build_channels", "make_sender", "run_sender"]
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 
 
 def build_channels(settings: Settings) -> dict[str, Channel]:
-    """The channels this replica can use: log always, the others when their keys are set."""
-    channels: dict[str, Channel] = {"log": LogChannel()}
+    """The channels this replica can use: log always (delivering only outside production), the others
+    when their keys are set."""
+    channels: dict[str, Channel] = {"log": LogChannel(delivers=settings.environment != "production")}
     timeout = settings.notify_timeout_s
     mp = make_wechat_client(settings)
     if mp is not None:
@@ -77,11 +79,14 @@ def make_sender(
     *,
     channels: dict[str, Channel] | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    publish: Publisher | None = None,
 ) -> Sender:
     channels = channels if channels is not None else build_channels(settings)
     limiter = make_rate_limiter(settings.redis_url, dict.fromkeys(channels, settings.notify_rate_per_s))
     config = SenderConfig(workers=settings.notify_workers, max_attempts=settings.notify_max_attempts)
-    return Sender(factory, channels, runner=runner, config=config, limiter=limiter, clock=clock)
+    return Sender(
+        factory, channels, runner=runner, config=config, limiter=limiter, clock=clock, publish=publish
+    )
 
 
 async def run_sender(
@@ -105,7 +110,11 @@ async def run_sender(
                 if time.monotonic() >= next_receipts:
                     next_receipts = time.monotonic() + receipts_every_s
                     await asyncio.to_thread(
-                        poll_receipts, factory, sender.channels, receipt_timeout=receipt_timeout
+                        poll_receipts,
+                        factory,
+                        sender.channels,
+                        receipt_timeout=receipt_timeout,
+                        publish=bus.publish,
                     )
             except Exception:
                 log.exception("notification sender step failed; continuing")

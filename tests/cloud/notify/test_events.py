@@ -5,6 +5,7 @@ gateway gone silent. Then the sender renders them with the real balance."""
 from __future__ import annotations
 
 from datetime import UTC, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -12,9 +13,13 @@ from sqlmodel import col
 
 from cloud.jobs import JobContext, offline_check
 from cloud.models import GatewayStatusRow, NotificationOutbox
+from cloud.services import accounts
+from cloud.services.audit import Actor
 from cloud.services.notify.channels import LogChannel
 from cloud.services.notify.sender import Sender
+from cloud.services.notify.templates import render
 from protocol.contract import AckStatus, RelayState
+from tests.cloud.conftest import Site
 from tests.cloud.flowkit import T0, batch, recharge
 from tests.cloud.test_control import _ack, _setup
 
@@ -66,3 +71,21 @@ def test_a_gateway_gone_offline_is_told_once(session_factory: sessionmaker[Sessi
         assert row.account_id is None
         assert row.payload["project_id"] == site.project_id
         assert row.created_at.astimezone(UTC) <= later
+
+
+def test_a_cash_recharge_is_told_once_per_receipt(session_factory: sessionmaker[Session], site: Site) -> None:
+    actor = Actor(user_id=None, org_id=site.org_id, role="finance")
+    for _ in range(2):  # the same receipt twice: one credit, one notice
+        with session_factory() as s:
+            accounts.recharge_cash(
+                s, actor, T0, account_id=site.account_id, amount_fen=12_345, receipt_no="R-1"
+            )
+            s.commit()
+    with session_factory() as s:
+        (row,) = s.scalars(
+            select(NotificationOutbox).where(col(NotificationOutbox.kind) == "recharge_credited")
+        )
+    assert row.payload == {"account": "A-1", "amount_fen": 12_345, "balance_fen": 12_345}  # from 0 fen
+    notice = render(row.kind, row.payload, row.created_at, ZoneInfo("Asia/Shanghai"), "en")
+    assert "received CNY 123.45" in notice.text
+    assert "balance CNY 123.45" in notice.text

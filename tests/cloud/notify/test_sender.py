@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
+from cloud.db import make_engine, make_session_factory
 from cloud.models import (
     AccountState,
     Alarm,
@@ -65,13 +66,14 @@ def _row(factory: sessionmaker[Session], row_id: int) -> NotificationOutbox:
 
 
 def test_two_replicas_send_each_event_exactly_once(
-    session_factory: sessionmaker[Session], site: Site
+    session_factory: sessionmaker[Session], site: Site, db_url: str
 ) -> None:
     ids = _notices(session_factory, site, ["payment_succeeded"] * 40)
     logs = [LogChannel(), LogChannel()]
+    engines = [make_engine(db_url, pool_size=4) for _ in range(2)]  # two replicas: two pools
     senders = [
         Sender(
-            session_factory,
+            make_session_factory(engines[i]),
             {"log": logs[i]},
             runner=f"r{i}",
             config=SenderConfig(batch=5, workers=3),
@@ -93,6 +95,8 @@ def test_two_replicas_send_each_event_exactly_once(
         t.join(timeout=120)
     for s in senders:
         s.close()
+    for e in engines:
+        e.dispose()
     assert len(logs[0].lines) + len(logs[1].lines) == 40  # one line per event, whichever replica sent it
     deliveries = _deliveries(session_factory)
     assert sorted(d.outbox_id for d in deliveries) == sorted(ids)
@@ -261,3 +265,22 @@ def test_retries_back_off_then_the_notice_is_dead_with_an_alarm(
         assert "不会自动停电" in alarm.message_zh
         state = s.get(AccountState, site.account_id)
         assert state is None or state.final_notice_delivered_at is None
+
+
+def test_in_production_the_log_never_counts_as_delivered(
+    session_factory: sessionmaker[Session], site: Site
+) -> None:
+    from cloud.services.notify.setup import build_channels
+    from cloud.settings import Settings
+
+    (row_id,) = _notices(session_factory, site, ["final_notice"])
+    channels = build_channels(
+        Settings(environment="production", secret_key="p" * 32, mqtt_share_group="g" * 16)
+    )
+    sender = Sender(session_factory, channels, runner="a", clock=lambda: NOON)
+    sender.run_once()
+    sender.close()
+    with session_factory() as s:
+        row = s.get(NotificationOutbox, row_id)
+        assert row is not None
+        assert (row.status, row.delivered_at) == ("sent", None)  # sent to a log nobody reads: no cut
