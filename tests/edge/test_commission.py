@@ -16,7 +16,7 @@ from edge.config import LineConfig, MeterConfig
 from edge.drivers import MeterReading
 from edge.errors import ConfigError
 from edge.poller import LineWorker
-from firmware_sim import Ddsy1352Sim, LineHandle, SimLine, run_line
+from firmware_sim import Adf300lSim, Ddsy1352Sim, LineHandle, SimLine, run_line
 from meterflow.cli import main
 from protocol.contract import PlannedMeter, Quantity
 from tests.waiting import until
@@ -71,6 +71,22 @@ def test_relay_test_in_report(line: LineHandle, tmp_path: Path, capsys: pytest.C
     tests = json.loads(out)["meters"][0]["relay_test"]
     assert [(t["action"], t["ok"]) for t in tests] == [("trip", True), ("close", True)]
     assert not line.meters[0].relay_open  # left with the supply on
+
+
+def test_a_multi_circuit_box_is_one_meter_per_circuit(capsys: pytest.CaptureFixture[str]) -> None:
+    box = Adf300lSim(5, circuits=2)
+    with run_line(SimLine(9600, "N", [box], turnaround_s=0.02), pty=True, tcp_port=None) as h:
+        code = main(
+            ["edge", "scan", "--port", h.url, "--protocol", "modbus", "--range", "4-6", "--json", *FAST[2:]]
+        )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    meters = json.loads(out)["meters"]
+    assert [(m["id"], m["model"], m["circuit"]) for m in meters] == [
+        ("line1.5.c0", "adf300l", 0),
+        ("line1.5.c1", "adf300l", 1),
+    ]
+    assert all("energy_total_kwh" in m["reading"]["values"] for m in meters)
 
 
 def _toml(path: Path, data: Path, key: str = "") -> Path:
