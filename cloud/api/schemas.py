@@ -580,6 +580,15 @@ class ScannedMeterIn(_In):
     circuit: int | None = Field(default=None, ge=0, le=255)
     kind: Literal["electric", "water"] = "electric"
 
+    @model_validator(mode="after")
+    def _address_fits_protocol(self) -> ScannedMeterIn:
+        digits = {"dlt645": 12, "cjt188": 14}.get(self.protocol)
+        if digits is not None and len(self.address) != digits:
+            raise ValueError(f"address: a {self.protocol} address is {digits} digits, got {self.address!r}")
+        if self.protocol == "modbus" and not 1 <= int(self.address) <= 247:
+            raise ValueError(f"address: a Modbus unit id is 1..247, got {self.address!r}")
+        return self
+
 
 class RegisterIn(_In):
     code: str = Field(min_length=1, max_length=64)

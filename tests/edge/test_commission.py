@@ -110,6 +110,9 @@ def test_register_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     report.write_text("[1, 2", encoding="utf-8")
     assert main([*base, "--cloud", "http://127.0.0.1:1"]) == 2
     assert "not a commissioning report" in capsys.readouterr().err
+    report.write_text('{"v": 1, "lines": [{"name": "riser-1", "meters": [{"id": "x"}]}]}', encoding="utf-8")
+    assert main([*base, "--cloud", "http://127.0.0.1:1"]) == 2  # a meter without protocol and address
+    assert "not a commissioning report: a line or meter entry lacks 'protocol'" in capsys.readouterr().err
     report.write_text('{"v": 1, "lines": [{"name": "riser-1", "meters": []}]}', encoding="utf-8")
     assert main([*base, "--cloud", "ftp://example"]) == 2
     assert "http:// or https://" in capsys.readouterr().err
