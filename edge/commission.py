@@ -114,7 +114,13 @@ class ReportMeter:
 
 def report_meters(report: Mapping[str, Any], lines: Iterable[str] | None = None) -> list[ReportMeter]:
     """The meters of a report; ``lines``: the line names edge.toml has (others are refused)."""
-    known = set(lines) if lines is not None else None
+    try:
+        return _report_meters(report, set(lines) if lines is not None else None)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"not a commissioning report: a line or meter entry lacks {exc}") from None
+
+
+def _report_meters(report: Mapping[str, Any], known: set[str] | None) -> list[ReportMeter]:
     out: list[ReportMeter] = []
     for entry in report["lines"]:
         name = str(entry.get("name", ""))

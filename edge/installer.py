@@ -22,7 +22,9 @@ from edge.drivers.base import CLOCK, RELAY
 from edge.errors import EdgeError
 from edge.meters import MeterRef, Protocol
 from edge.scan import Progress, ScanReport, Wildcards, parse_range, scan
+from protocol import modbus_maps as mm
 from protocol.contract import Action, Quantity, RelayState
+from protocol.errors import ProtocolError
 
 __all__ = [
     "ACTIONS",
@@ -174,23 +176,29 @@ def line_entry(
     found, the model guess, a first reading and, when asked, a relay (valve) test read back."""
     meters: list[dict[str, Any]] = []
     for found in report.found:
-        entry: dict[str, Any] = {
-            "id": meter_id(name, found.address),
-            "protocol": found.protocol,
-            "address": found.address,
-            "model": found.model,
-            "hints": list(found.hints),
-        }
-        try:
-            ref = MeterRef.simple(found.protocol, found.address, model=found.model)  # type: ignore[arg-type]
-            reading = read_meter(bus, ref)
-        except (EdgeError, ValueError) as exc:
-            entry["reading"] = {"error": str(exc)}
-        else:
-            entry["reading"] = reading_dict(ref, reading)
-            if relay_test:
-                entry["relay_test"] = _relay_test(bus, ref)
-        meters.append(entry)
+        for circuit in _circuits(found.protocol, found.model):
+            entry: dict[str, Any] = {
+                "id": meter_id(name, found.address, circuit),
+                "protocol": found.protocol,
+                "address": found.address,
+                "model": found.model,
+                "circuit": circuit,
+                "hints": list(found.hints),
+            }
+            try:
+                ref = MeterRef.simple(found.protocol, found.address, model=found.model, circuit=circuit)  # type: ignore[arg-type]
+                reading = read_meter(bus, ref)
+            except (EdgeError, ValueError) as exc:
+                if circuit:  # the box has fewer circuits than its model can: the last one was the last
+                    break
+                entry["reading"] = {"error": str(exc)}
+            else:
+                if circuit and Quantity.ENERGY_TOTAL_KWH in reading.missing:
+                    break  # no such circuit in this box (the map has more than it is built with)
+                entry["reading"] = reading_dict(ref, reading)
+                if relay_test:
+                    entry["relay_test"] = _relay_test(bus, ref)
+            meters.append(entry)
     return {
         "name": name,
         "port": port,
@@ -202,6 +210,17 @@ def line_entry(
         "elapsed_s": round(report.elapsed_s, 1),
         "meters": meters,
     }
+
+
+def _circuits(protocol: str, model: str | None) -> list[int | None]:
+    """The circuits to report a scanned meter as: each of a multi-circuit box's (ADF300L), else one."""
+    if protocol != "modbus" or model is None:
+        return [None]
+    try:
+        count = mm.load_map(model).circuits
+    except (ProtocolError, KeyError, ValueError, OSError):
+        return [None]
+    return list(range(count)) if count > 1 else [None]
 
 
 def _relay_test(bus: Bus, meter: MeterRef) -> list[dict[str, Any]]:

@@ -241,6 +241,9 @@ POLICY: Mapping[tuple[str, str], Rule] = {
         example=Example({"gateway_id": "{gateway}", "device_id": "m-{uniq}", "address": "7"}),
     ),
     ("GET", "/meters/{meter_id}"): Rule(STAFF, "which meter is where"),
+    ("GET", "/meters/{meter_id}/readings"): Rule(
+        STAFF, "did the meter read, and what (register values, no money)"
+    ),
     ("POST", "/meters/{meter_id}/replace"): Rule(
         BUILDER,
         f"swap a meter; the money left on a local-prepay meter: {_READING_FIGURE}",
@@ -336,6 +339,9 @@ POLICY: Mapping[tuple[str, str], Rule] = {
     ("GET", "/meters/{meter_id}/commands"): Rule(STAFF, "did the meter obey"),
     ("GET", "/meters/{meter_id}/state"): Rule(STAFF, "supply state"),
     ("GET", "/alarms"): Rule(STAFF, "installers see device alarms only (money alarms carry amounts)"),
+    ("POST", "/alarms/{alarm_id}/acknowledge"): Rule(
+        STAFF, "whoever may see an alarm may close it (installers: device alarms)", example=Example({})
+    ),
     ("GET", "/dead-letters"): Rule(BUILDER, "messages a gateway sent that could not be applied"),
     # calendar
     ("GET", "/holidays"): Rule(EVERYONE, "public calendar", example=Example(query={"year": 2026})),

@@ -48,6 +48,7 @@ from cloud.api.routes import (
     notify,
     operations,
     payments,
+    readings,
     tariffs,
     tenant,
     users,
@@ -166,8 +167,8 @@ def build_app(
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=[str(n) for n in settings.trusted_proxies])
     # every route under the prefix is checked against cloud.api.access.POLICY, those added later too
     checked = [Depends(authorize)]
-    for module in (auth, users, hierarchy, meters, commissioning, accounts, tariffs, operations, calendar,
-                   holds, approvals, payments, tenant, notify, cashier):  # fmt: skip
+    for module in (auth, users, hierarchy, meters, commissioning, readings, accounts, tariffs, operations,
+                   calendar, holds, approvals, payments, tenant, notify, cashier):  # fmt: skip
         app.include_router(module.router, prefix=API_PREFIX, dependencies=checked)
     app.include_router(tenant_pages.router, dependencies=checked)  # the tenant H5 page, same table
     app.state.payments = payment_context(settings)

@@ -585,6 +585,15 @@ class ScannedMeterIn(_In):
     circuit: int | None = Field(default=None, ge=0, le=255)
     kind: Literal["electric", "water"] = "electric"
 
+    @model_validator(mode="after")
+    def _address_fits_protocol(self) -> ScannedMeterIn:
+        digits = {"dlt645": 12, "cjt188": 14}.get(self.protocol)
+        if digits is not None and len(self.address) != digits:
+            raise ValueError(f"address: a {self.protocol} address is {digits} digits, got {self.address!r}")
+        if self.protocol == "modbus" and not 1 <= int(self.address) <= 247:
+            raise ValueError(f"address: a Modbus unit id is 1..247, got {self.address!r}")
+        return self
+
 
 class RegisterIn(_In):
     code: str = Field(min_length=1, max_length=64)
@@ -606,3 +615,45 @@ class RegisterOut(GatewayCreated):
 
 class AssignIn(_In):
     room_id: Id | None = Field(description="the room the meter supplies; null takes it out (not polled)")
+
+
+# --- views for newcomers: readings, balances that say whose, a recharge's new balance --------------
+
+
+class ReadingOut(_Out):
+    id: int
+    meter_id: int | None
+    meter_device: str
+    seq: int
+    ts: datetime
+    received_at: datetime
+    values: dict[str, str] = Field(description="register values as exact decimal strings, by quantity")
+    relay: str | None
+    status: str = Field(description="baseline (first reading), billed, zero, duplicate, late, held, …")
+
+
+class NamedRef(BaseModel):
+    id: int
+    name: str
+
+
+class BalanceMeterOut(BaseModel):
+    id: int
+    device_id: str
+    kind: str
+    room_id: int | None
+
+
+class BalanceOut(AccountOut):
+    """An account as ``GET /accounts`` shows it, with whose it is, where, and what it pays for."""
+
+    tenant: NamedRef | None
+    room: NamedRef | None
+    meters: list[BalanceMeterOut]
+
+
+class RechargeOut(TransactionOut):
+    account_id: int
+    amount_fen: int
+    balance_fen: int = Field(description="the account's balance after this recharge (integer fen)")
+    balance_yuan: str

@@ -239,6 +239,22 @@ def _notice_delivered(session: Session, account_id: int, since: datetime) -> dat
     )
 
 
+def _clear_arrears_alarms(session: Session, account: Account, level: int, now: datetime) -> None:
+    """The money came back above an alarm level (a recharge, a refund reversed…): the open arrears
+    alarms above ``level`` are over, closed with the balance that ended them."""
+    rows = session.scalars(
+        select(Alarm).where(
+            col(Alarm.account_id) == account.id,
+            col(Alarm.kind) == AlarmKind.ARREARS,
+            col(Alarm.level) > level,
+            col(Alarm.cleared_at).is_(None),
+        )
+    ).all()
+    for alarm in rows:
+        alarm.cleared_at = now
+        alarm.detail = {**alarm.detail, "cleared_by": "balance", "cleared_balance_fen": account.balance_fen}
+
+
 def _add_once(session: Session, row: Alarm | NotificationOutbox) -> None:
     model = type(row)
     exists = session.scalar(select(col(model.id)).where(col(model.dedupe_key) == row.dedupe_key))
@@ -345,6 +361,8 @@ def evaluate_account(
                 payload=_payload(account, "zh", text),
             ),
         )
+    if decision.alarm_level < state.alarm_level:
+        _clear_arrears_alarms(session, account, decision.alarm_level, now)
     state.arrears_since = episode
     state.alarm_level = 0 if all_local else decision.alarm_level
     state.re_evaluate_at = decision.re_evaluate_at

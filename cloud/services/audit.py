@@ -46,6 +46,7 @@ class AuditAction(StrEnum):
     PROVISIONING_CODE_CREATED = "provisioning_code_created"
     GATEWAY_REGISTERED = "gateway_registered"
     METER_ASSIGNED = "meter_assigned"
+    ALARM_ACKNOWLEDGED = "alarm_acknowledged"
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from cloud.models import Alarm, CommandRow, DeadLetter, Gateway, MeterState
-from cloud.services.audit import Actor
+from cloud.services.audit import Actor, AuditAction, record
+from cloud.services.errors import NotFound
 from cloud.services.hierarchy import get_meter
 from cloud.services.pages import Page, paged
 
-__all__ = ["list_alarms", "list_dead_letters", "meter_commands", "meter_state"]
+__all__ = ["acknowledge_alarm", "list_alarms", "list_dead_letters", "meter_commands", "meter_state"]
 
 _RECENT_COMMANDS, _RECENT_ALARMS, _RECENT_LETTERS = Page(50), Page(200), Page(100)
 """First pages when a caller names none (pages are immutable, so shared defaults are safe)."""
@@ -62,3 +64,35 @@ def list_dead_letters(
         own = select(col(Gateway.device_id)).where(col(Gateway.org_id) == actor.org_id)
         query = query.where(col(DeadLetter.gateway_device).in_(own))
     return session.scalars(paged(query, [col(DeadLetter.id)], page, descending=True)).all()
+
+
+def acknowledge_alarm(
+    session: Session, actor: Actor, alarm_id: int, now: datetime, *, kinds: Collection[str] | None = None
+) -> Alarm:
+    """A person closes an open alarm (seen, dealt with); closing a closed one changes nothing.
+
+    Another organisation's alarm, or a kind the caller may not see (``kinds``), is 404 like a missing one.
+    """
+    alarm = session.get(Alarm, alarm_id)
+    if (
+        alarm is None
+        or (actor.org_id is not None and alarm.org_id != actor.org_id)
+        or (kinds is not None and alarm.kind not in kinds)
+    ):
+        raise NotFound(f"alarm {alarm_id} not found")
+    if alarm.cleared_at is not None:
+        return alarm
+    alarm.cleared_at = now
+    alarm.detail = {**alarm.detail, "cleared_by": "acknowledged", "acknowledged_by": actor.username}
+    record(
+        session,
+        actor,
+        AuditAction.ALARM_ACKNOWLEDGED,
+        org_id=alarm.org_id,
+        target_type="alarm",
+        target_id=alarm_id,
+        detail={"kind": alarm.kind},
+        at=now,
+    )
+    session.flush()
+    return alarm

@@ -41,7 +41,7 @@ from cloud.api import build_app
 from cloud.api.access import API_PREFIX, PAGE_PREFIXES, POLICY, Example, rule_for
 from cloud.api.roles_doc import generated_section, render_markdown
 from cloud.domain import ledger as rules
-from cloud.models import ReadingHold, Role
+from cloud.models import Alarm, AlarmKind, ReadingHold, Role
 from cloud.services import ledger, users
 from cloud.services.ingest import Ingest
 from cloud.services.unit import unit_of_work
@@ -119,6 +119,17 @@ def _money_on_meter(api: Api, org_id: int, project_id: int, meter_id: int, fen: 
             reason="seed",
         )
         ledger.post(s, topup, org_id=org_id)
+
+
+def _alarm(api: Api, org_id: int) -> int:
+    """The organisation's open held-reading alarm (a device alarm: installers see it too)."""
+    with api.factory() as s:
+        alarm = s.scalars(
+            select(Alarm).where(col(Alarm.org_id) == org_id, col(Alarm.kind) == AlarmKind.READING_HELD)
+        ).first()
+        assert alarm is not None
+        assert alarm.id is not None
+        return alarm.id
 
 
 def _seed(api: Api, root: dict[str, str], name: str) -> Org:
@@ -208,6 +219,7 @@ def _seed(api: Api, root: dict[str, str], name: str) -> Org:
         "txn": f"adjust:{account}:seed",
         "tariff": tariff,
         "hold": hold,
+        "alarm": _alarm(api, org),
         "approval": approvals[0],
         "approval_reject": approvals[2],
         "day": "2026-03-20",
@@ -294,6 +306,7 @@ _KNOWN = {
     "account",
     "tariff",
     "hold",
+    "alarm",
     "approval",
 }
 

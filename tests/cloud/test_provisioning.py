@@ -136,6 +136,10 @@ def test_bad_registrations_write_nothing(api: Api) -> None:
     assert r.status_code == 422
     assert "address" in r.text
     assert _register(api, code, meters=[METERS[0]] * 2049).status_code == 422  # more than a gateway holds
+    short = _register(api, code, meters=[{**METERS[0], "address": "123"}])  # DL/T 645 is 12 digits
+    assert short.status_code == 422
+    assert "12 digits" in short.text
+    assert _register(api, code, meters=[{**METERS[2], "address": "300"}]).status_code == 422  # unit id
     duplicate = _register(api, code, meters=[METERS[0], METERS[0]])
     assert duplicate.status_code == 409
     with api.factory() as s:  # the claim of the code rolled back with the rest

@@ -16,7 +16,7 @@ from edge.config import LineConfig, MeterConfig
 from edge.drivers import MeterReading
 from edge.errors import ConfigError
 from edge.poller import LineWorker
-from firmware_sim import Ddsy1352Sim, LineHandle, SimLine, run_line
+from firmware_sim import Adf300lSim, Ddsy1352Sim, LineHandle, SimLine, run_line
 from meterflow.cli import main
 from protocol.contract import PlannedMeter, Quantity
 from tests.waiting import until
@@ -73,6 +73,22 @@ def test_relay_test_in_report(line: LineHandle, tmp_path: Path, capsys: pytest.C
     assert not line.meters[0].relay_open  # left with the supply on
 
 
+def test_a_multi_circuit_box_is_one_meter_per_circuit(capsys: pytest.CaptureFixture[str]) -> None:
+    box = Adf300lSim(5, circuits=2)
+    with run_line(SimLine(9600, "N", [box], turnaround_s=0.02), pty=True, tcp_port=None) as h:
+        code = main(
+            ["edge", "scan", "--port", h.url, "--protocol", "modbus", "--range", "4-6", "--json", *FAST[2:]]
+        )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    meters = json.loads(out)["meters"]
+    assert [(m["id"], m["model"], m["circuit"]) for m in meters] == [
+        ("line1.5.c0", "adf300l", 0),
+        ("line1.5.c1", "adf300l", 1),
+    ]
+    assert all("energy_total_kwh" in m["reading"]["values"] for m in meters)
+
+
 def _toml(path: Path, data: Path, key: str = "") -> Path:
     key_line = f'signing_key = "{key}"\n' if key else ""
     path.write_text(
@@ -94,6 +110,9 @@ def test_register_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     report.write_text("[1, 2", encoding="utf-8")
     assert main([*base, "--cloud", "http://127.0.0.1:1"]) == 2
     assert "not a commissioning report" in capsys.readouterr().err
+    report.write_text('{"v": 1, "lines": [{"name": "riser-1", "meters": [{"id": "x"}]}]}', encoding="utf-8")
+    assert main([*base, "--cloud", "http://127.0.0.1:1"]) == 2  # a meter without protocol and address
+    assert "not a commissioning report: a line or meter entry lacks 'protocol'" in capsys.readouterr().err
     report.write_text('{"v": 1, "lines": [{"name": "riser-1", "meters": []}]}', encoding="utf-8")
     assert main([*base, "--cloud", "ftp://example"]) == 2
     assert "http:// or https://" in capsys.readouterr().err

@@ -21,17 +21,22 @@ from cloud.api.schemas import (
     AccountOut,
     AdjustIn,
     ApprovalOut,
+    BalanceMeterOut,
+    BalanceOut,
     CloseIn,
     EntryOut,
     LinkMeterIn,
+    NamedRef,
     ProtectIn,
     RechargeIn,
+    RechargeOut,
     RefundIn,
     ReverseIn,
     TransactionOut,
 )
+from cloud.domain.money import fen_to_yuan
 from cloud.models import Account, Approval
-from cloud.services import accounts, topups
+from cloud.services import accounts, topups, views
 
 router = APIRouter(tags=["accounts"])
 
@@ -64,12 +69,30 @@ def list_accounts(
     return [_out(a) for a in page_response(response, rows, page, lambda a: (a.id,))]
 
 
-@router.get("/balances", response_model=list[AccountOut], summary="Balances of every visible account")
+@router.get(
+    "/balances",
+    response_model=list[BalanceOut],
+    summary="Balances of every visible account: whose, where, which meters",
+)
 def balances(
     p: Caller, uow: Db, page: Paging, response: Response, project_id: OptionalId = None
-) -> list[AccountOut]:
+) -> list[BalanceOut]:
     rows = accounts.list_accounts(uow.session, p.actor, project_id=project_id, status="open", page=page)
-    return [_out(a) for a in page_response(response, rows, page, lambda a: (a.id,))]
+    shown = page_response(response, rows, page, lambda a: (a.id,))
+    return [_balance(v) for v in views.balance_views(uow.session, shown)]
+
+
+def _balance(view: views.BalanceView) -> BalanceOut:
+    account = AccountOut.model_validate(view.account).model_dump(exclude={"balance_yuan"})
+    return BalanceOut(
+        **account,
+        tenant=NamedRef(id=view.tenant.id or 0, name=view.tenant.name) if view.tenant else None,
+        room=NamedRef(id=view.room.id or 0, name=view.room.name) if view.room else None,
+        meters=[
+            BalanceMeterOut(id=m.id or 0, device_id=m.device_id, kind=m.kind, room_id=m.room_id)
+            for m in view.meters
+        ],
+    )
 
 
 @router.post("/accounts", response_model=AccountOut, status_code=201)
@@ -93,13 +116,14 @@ def account_ledger(
     return [EntryOut.model_validate(r, from_attributes=True) for r in entries]
 
 
-@router.post("/accounts/{account_id}/recharge", response_model=TransactionOut, responses=_PENDING)
+@router.post("/accounts/{account_id}/recharge", response_model=RechargeOut, responses=_PENDING)
 def recharge(
     account_id: PathId, body: RechargeIn, request: Request, p: Caller, uow: Db, at: Now
-) -> TransactionOut | JSONResponse:
-    """Cash or bank-transfer top-up under a receipt number (credited once per project and method: the
-    same receipt again returns the first transaction, another amount under it is 409); above the
-    approval limit a second person approves first (202)."""
+) -> RechargeOut | JSONResponse:
+    """Cash or bank-transfer top-up under a receipt number, answered with the balance it left
+    (credited once per project and method: the same receipt again returns the first transaction and
+    the balance now, another amount under it is 409); above the approval limit a second person
+    approves first (202)."""
     topup = topups.Topup(
         account_id=account_id,
         amount_fen=body.amount_fen,
@@ -114,7 +138,16 @@ def recharge(
     uow.commit()
     if isinstance(result, Approval):
         return _pending(result)
-    return TransactionOut.model_validate(result.transaction)
+    account = accounts.get_account(uow.session, account_id, p.actor)
+    uow.session.refresh(account)
+    txn = TransactionOut.model_validate(result.transaction)
+    return RechargeOut(
+        **txn.model_dump(),
+        account_id=account_id,
+        amount_fen=body.amount_fen,
+        balance_fen=account.balance_fen,
+        balance_yuan=str(fen_to_yuan(account.balance_fen)),
+    )
 
 
 @router.post("/accounts/{account_id}/refund", response_model=TransactionOut, responses=_PENDING)

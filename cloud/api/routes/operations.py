@@ -131,6 +131,16 @@ def list_alarms(
     return [AlarmOut.model_validate(a) for a in page_response(response, rows, page, lambda a: (a.id,))]
 
 
+@router.post(
+    "/alarms/{alarm_id}/acknowledge", response_model=AlarmOut, summary="Close an alarm: seen and dealt with"
+)
+def acknowledge_alarm(alarm_id: PathId, p: Caller, uow: Db, at: Now) -> AlarmOut:
+    alarm = operations.acknowledge_alarm(uow.session, p.actor, alarm_id, at, kinds=alarm_kinds_for(p.role))
+    out = AlarmOut.model_validate(alarm)
+    uow.commit()
+    return out
+
+
 @router.get("/dead-letters", response_model=list[DeadLetterOut])
 def list_dead_letters(p: Caller, uow: Db, page: Paging, response: Response) -> list[DeadLetterOut]:
     """Newest first; an organisation sees its own gateways' letters."""
