@@ -79,6 +79,7 @@ class Reason(StrEnum):
     TOPUP = "topup"
     TOPUP_AMBIGUOUS = "topup_ambiguous"
     NO_PURCHASE_COUNT = "no_purchase_count"
+    OPERATOR = "operator"
 
     @property
     def text_zh(self) -> str:
@@ -108,6 +109,7 @@ _TEXT: Mapping[Reason, tuple[str, str]] = {
     Reason.TOPUP: ("写入充值", "write top-up to the meter"),
     Reason.TOPUP_AMBIGUOUS: ("多块本地费控表，需指定充值表", "several local-prepay meters: choose one"),
     Reason.NO_PURCHASE_COUNT: ("购电次数未知", "purchase count unknown: read the meter first"),
+    Reason.OPERATOR: ("人工断电，待人工恢复", "tripped by an operator: off until an operator restores it"),
 }
 
 _TIME_BLOCKERS = frozenset({Reason.FRIENDLY_HOURS, Reason.WEEKEND, Reason.HOLIDAY})
@@ -210,6 +212,9 @@ class MeterView:
     last_seen: datetime | None = None
     observed: RelayState | None = None
     purchase_count: int | None = None
+    operator_off: bool = False
+    """A person tripped this meter (console / API): it stays off whatever the balance says, until a
+    person closes it — otherwise the next charge of an account in credit would undo the trip."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +341,8 @@ def decide(policy: Policy, account: AccountState, meters: Sequence[MeterView], n
         observed_off = meter.observed is RelayState.OPEN
         if meter.mode is PrepayMode.LOCAL:
             decisions.append(MeterDecision(meter.id, None, (Reason.LOCAL_PREPAY,)))
+        elif meter.operator_off:  # a person's trip outranks 保电 and credit alike, until a person closes
+            decisions.append(MeterDecision(meter.id, RelayState.OPEN, (Reason.OPERATOR,)))
         elif account.protected or meter.protected:
             decisions.append(MeterDecision(meter.id, RelayState.CLOSED, (Reason.PROTECTED,)))
         elif restore_ok:

@@ -300,6 +300,7 @@ def evaluate_account(
                 protected=meter.protected,
                 last_seen=ms.last_seen,
                 observed=RelayState(ms.observed) if ms.observed else None,
+                operator_off=operator_holds_off(ms),
             )
         )
     decision = decide(
@@ -378,6 +379,14 @@ def evaluate_account(
             changed.append(ms.meter_id)
         ms.desired_reasons = [r.value for r in item.reasons]
     return changed
+
+
+def operator_holds_off(state: MeterState) -> bool:
+    """Is this meter off because a person tripped it (:func:`cloud.services.control.operator_command`
+    sets desired ``open`` for the reason ``operator``; the policy keeps that reason while it holds)?"""
+    return state.desired == RelayState.OPEN.value and list(state.desired_reasons or []) == [
+        Reason.OPERATOR.value
+    ]
 
 
 def _payload(account: Account, lang: str, text: str) -> dict[str, Any]:

@@ -62,6 +62,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from cloud.domain import ledger as dledger
+from cloud.domain.arrears import Reason
 from cloud.domain.control import (
     ACTIVE,
     Backoff,
@@ -735,8 +736,10 @@ def operator_command(
     ``command_queued`` with the command id on the event bus; the reconciler (this process or any replica
     via Redis) publishes it at once, and the sweep would within seconds anyway.
 
-    Trip and close also set the desired state (reason ``operator``); the arrears policy decides again on
-    the next balance change. Protect / unprotect set the meter's 保电 flag.
+    Trip and close also set the desired state (reason ``operator``). A trip holds: the arrears policy
+    keeps the meter off, whatever the balance, until a person closes it
+    (:func:`cloud.services.arrears.operator_holds_off`); after a close the policy decides again on the
+    next balance change. Protect / unprotect set the meter's 保电 flag.
     """
     meter = session.get(Meter, meter_id)
     if meter is None or (actor.org_id is not None and meter.org_id != actor.org_id):
@@ -750,7 +753,7 @@ def operator_command(
     if desired is not None:
         state.desired = desired.value
         state.desired_at = now
-        state.desired_reasons = ["operator"]
+        state.desired_reasons = [Reason.OPERATOR.value]  # a trip holds until a person closes
     if action in (Action.PROTECT, Action.UNPROTECT):
         meter.protected = action is Action.PROTECT
     latest = _latest(session, meter_id)

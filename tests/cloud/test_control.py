@@ -236,6 +236,41 @@ def test_operator_commands_are_audited_signed_and_published(session_factory: ses
         operator_command(s, stranger, meter_id, Action.TRIP, clock.now, ControlConfig())
 
 
+def test_an_operators_trip_is_not_undone_by_the_next_charge_nor_a_recharge(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A manager trips a meter of an account in credit (a safety isolation, say): the charge that the
+    next reading brings and a recharge re-run the arrears policy, which must keep the meter off; only a
+    person's close lets the policy decide again."""
+    from cloud.services.audit import Actor
+    from cloud.services.control import operator_command
+    from cloud.services.unit import unit_of_work
+
+    site, clock, events, wire, reconciler, ingest = _setup(session_factory)
+    meter_id = site.meters["m1"]
+    operator = Actor(user_id=None, org_id=site.org_id, role="manager", username="王经理")
+    with unit_of_work(session_factory) as s:
+        operator_command(s, operator, meter_id, Action.TRIP, clock.now, ControlConfig())
+    # 300 fen; 1 kWh at 0.5 yuan = 50 fen: still in credit after the charge
+    ingest.handle(*batch(site, [("m1", 1, T0, "100.00"), ("m1", 2, T0 + timedelta(hours=1), "101.00")]))
+    assert balance(session_factory, site) == 250
+    recharge(session_factory, site, "m1", 1_000, publish=lambda k, p: events.append((k, p)))
+    reconciler.react({site.accounts["m1"]}, {meter_id})
+    with session_factory() as s:
+        state = s.get(MeterState, meter_id)
+        assert state is not None
+        assert (state.desired, state.desired_reasons) == ("open", ["operator"])
+    assert all(c.action is not Action.CLOSE for c in wire.commands())
+    with unit_of_work(session_factory) as s:  # a person closes: the policy decides again (in credit)
+        operator_command(s, operator, meter_id, Action.CLOSE, clock.now, ControlConfig())
+    recharge(session_factory, site, "m1", 100, publish=lambda k, p: events.append((k, p)))
+    reconciler.react({site.accounts["m1"]}, set())
+    with session_factory() as s:
+        state = s.get(MeterState, meter_id)
+        assert state is not None
+        assert (state.desired, state.desired_reasons) == ("closed", ["in_credit"])
+
+
 def test_billing_refreshes_horizons_slowly_and_a_balance_change_promptly(
     session_factory: sessionmaker[Session],
 ) -> None:

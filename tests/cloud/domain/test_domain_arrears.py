@@ -173,6 +173,21 @@ def test_protect_account_or_meter() -> None:
     assert one(POLICY, owing(MON), meter(MON, protected=True), MON)[1].desired is CLOSED
 
 
+def test_an_operators_trip_holds_in_credit_and_under_protection_until_a_person_closes() -> None:
+    rich = AccountState(balance_fen=50_000)
+    d, m = one(POLICY, rich, meter(MON, OPEN, operator_off=True), MON)
+    assert (m.desired, m.reasons) == (OPEN, (Reason.OPERATOR,))  # not restored by the balance
+    assert not d.in_arrears
+    assert one(POLICY, rich, meter(MON, OPEN, operator_off=True, protected=True), MON)[1].desired is OPEN
+    assert one(POLICY, owing(MON, protected=True), meter(MON, CLOSED, operator_off=True), MON)[1].desired is OPEN
+    # once closed by a person, the policy decides again: in credit → closed
+    assert one(POLICY, rich, meter(MON, OPEN), MON)[1].desired is CLOSED
+    assert Reason.OPERATOR.text_zh and Reason.OPERATOR.text_en
+    # a local-prepay meter keeps controlling its own relay
+    local = meter(MON, OPEN, operator_off=True, mode=PrepayMode.LOCAL)
+    assert one(POLICY, rich, local, MON)[1].desired is None
+
+
 def test_stale_data_blocks_cut_per_meter() -> None:
     fresh = meter(MON)
     stale = MeterView("m2", last_seen=MON - timedelta(hours=3), observed=CLOSED)
