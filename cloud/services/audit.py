@@ -41,6 +41,7 @@ class AuditAction(StrEnum):
     METER_RATE_CHANGED = "meter_rate_changed"
     GATEWAY_KEY_ROTATED = "gateway_key_rotated"
     GATEWAY_KEY_OVERLAP_ENDED = "gateway_key_overlap_ended"
+    PAY_CONFLICT_RESOLVED = "pay_conflict_resolved"
 
 
 @dataclass(frozen=True)
