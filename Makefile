@@ -12,7 +12,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[edge,cloud,sim,dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# the console's front-end packages (htmx, ECharts) from package-lock.json; without npm the console
+# still starts and says in the page that its live parts and charts are off
+CONSOLE_ASSETS := cloud/console/node_modules/.package-lock.json
+$(CONSOLE_ASSETS): cloud/console/package.json cloud/console/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix cloud/console --no-audit --no-fund --ignore-scripts --loglevel=error; \
+	else echo "npm not found: the console runs without htmx and ECharts (apt-get install npm)"; fi
+
+install: $(STAMP) $(CONSOLE_ASSETS)
 
 lint: install
 	$(PY) -m ruff check .

@@ -166,6 +166,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or settings.api_host
     port = settings.api_port if args.port is None else args.port
+    service = logging.getLogger("cloud")
+    if service.getEffectiveLevel() > logging.INFO:
+        # a service says what it is doing: the API address, the broker link (connected, refused, lost)
+        service.setLevel(logging.INFO)
     log.info("serving the Meterflow API on http://%s:%s (docs at /docs)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, **uvicorn_options())
     return 0

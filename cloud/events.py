@@ -31,6 +31,7 @@ __all__ = [
     "DESIRED_CHANGED",
     "GATEWAY_BILLED",
     "GATEWAY_KEYS_CHANGED",
+    "GATEWAY_METERS_CHANGED",
     "AsyncSubscription",
     "EventBus",
     "EventError",
@@ -48,6 +49,7 @@ ACK_RECEIVED = "ack_received"  # {"command_id": str, "meter_id": int}
 COMMAND_QUEUED = "command_queued"  # {"command_id": str}: committed by the API, publish it now
 GATEWAY_BILLED = "gateway_billed"  # {"gateway_id": int}: balances behind it moved (credit horizons)
 GATEWAY_KEYS_CHANGED = "gateway_keys_changed"  # {"gateway_id": int}: rotated, overlap ended, key first seen
+GATEWAY_METERS_CHANGED = "gateway_meters_changed"  # {"gateway_id": int}: registered, meter (un)assigned
 
 Handler = Callable[[str, dict[str, Any]], None]
 

@@ -61,6 +61,7 @@ from cloud.services.arrears import PolicyCache, evaluate_account, linked_meters
 from cloud.services.bulk import in_values
 from cloud.services.control import lock_meter_states
 from cloud.services.isolation import FAULTS, Unit, UnitKind, account_unit, each_isolated
+from cloud.services.notify.events import notify_gateway_offline
 from cloud.services.unit import Publisher
 
 __all__ = [
@@ -182,6 +183,8 @@ def offline_check(session: Session, ctx: JobContext) -> dict[str, Any]:
                 message_en=f"gateway {name} offline since {row.last_seen}",
             )
         )
+        if gateway is not None:
+            notify_gateway_offline(session, gateway, row.last_seen or ctx.now, ctx.now)
     # one statement for all of them, not an ORM update per meter: the rows are locked in id order
     # (as the ingest locks them) and for as short a time as possible — the ingest of readings that
     # are still arriving waits for these rows

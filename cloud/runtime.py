@@ -14,12 +14,15 @@ Threads and loops:
   MQTT publish) and by a 1 s tick for expiries and retries; database work runs in a worker thread;
   commands and retained configs go out on a second MQTT connection, so a PUBACK wait never blocks the
   ingest's network thread;
-- jobs: APScheduler's thread, gated by leader election (see :mod:`cloud.jobs`).
+- jobs: APScheduler's thread, gated by leader election (see :mod:`cloud.jobs`);
+- notifications: an asyncio task on every replica (lease-based claims, see
+  :mod:`cloud.services.notify.setup`), woken by balance and desired-state events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import random
@@ -29,7 +32,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -44,6 +47,7 @@ from cloud.events import (
     DESIRED_CHANGED,
     GATEWAY_BILLED,
     GATEWAY_KEYS_CHANGED,
+    GATEWAY_METERS_CHANGED,
     AsyncSubscription,
     EventBus,
     make_event_bus,
@@ -65,6 +69,7 @@ from cloud.services.control import (
 )
 from cloud.services.ingest import Ingest
 from cloud.services.isolation import Unit, UnitKind, account_unit, each_isolated, isolated
+from cloud.services.notify.setup import make_sender, run_sender
 from cloud.services.payments import payment_context
 from cloud.services.unit import unit_of_work
 from cloud.settings import Settings
@@ -95,6 +100,8 @@ class RuntimeOptions:
     billed_horizon_interval_s: float = 60.0
     """How often billing alone refreshes a gateway's horizons (see :meth:`Reconciler.publish_configs`)."""
     control_config: ControlConfig | None = None
+    notify: bool = True
+    """Run the notification sender (also switched off by ``MF_NOTIFY_ENABLED=false``)."""
 
 
 class Reconciler:
@@ -140,6 +147,7 @@ class Reconciler:
                 GATEWAY_BILLED,
                 COMMAND_QUEUED,
                 GATEWAY_KEYS_CHANGED,
+                GATEWAY_METERS_CHANGED,
             },
             loop,
         )
@@ -201,7 +209,7 @@ class Reconciler:
             raise ValueError(f"{kind} names more than {_MAX_EVENT_IDS} meters")
         if kind == GATEWAY_BILLED and "gateway_id" in payload:
             self._billed_gateways.add(int(payload["gateway_id"]))
-        if kind == GATEWAY_KEYS_CHANGED and "gateway_id" in payload:
+        if kind in (GATEWAY_KEYS_CHANGED, GATEWAY_METERS_CHANGED) and "gateway_id" in payload:
             self._dirty_gateways.add(int(payload["gateway_id"]))  # re-seal its config with the right key
         if kind == COMMAND_QUEUED and "command_id" in payload:
             self._queued.add(str(payload["command_id"]))
@@ -340,6 +348,17 @@ class Reconciler:
         self._dirty_gateways.update(gateway_ids)
 
 
+def default_client_id(settings: Settings) -> str:
+    """``mf-cloud-<host>-<8 hex>``: the hex is a hash of the database URL and data dir.
+
+    Stable across restarts of one installation (the broker keeps the session and its unacknowledged
+    messages for it), and different for two installations on one host, which with one id would take
+    each other's connection in turns. Replicas of one installation on one host set MF_MQTT_CLIENT_ID.
+    """
+    where = f"{settings.database_url}\n{settings.data_dir}".encode()
+    return f"mf-cloud-{socket.gethostname()[:40]}-{hashlib.sha256(where).hexdigest()[:8]}"
+
+
 async def _start(link: MqttLink, stop: Any, what: str) -> bool:
     """Connect ``link``, retrying until it works or ``stop`` is set (a broker that is down at start-up
     must not kill the service). Returns False when stopped first."""
@@ -377,16 +396,15 @@ async def run_background(
     factory = make_session_factory(engine)
     own_bus = event_bus is None
     bus = event_bus or make_event_bus(settings.redis_url)
-    # Stable across restarts (the broker keeps the session and its unacknowledged messages for it);
-    # set MF_MQTT_CLIENT_ID per replica when several run on one host.
-    client_id = options.client_id or settings.mqtt_client_id or f"mf-cloud-{socket.gethostname()}"
+    client_id = options.client_id or settings.mqtt_client_id or default_client_id(settings)
     control = options.control_config or ControlConfig(prefix=settings.mqtt_prefix)
-    control = replace(control, prefix=settings.mqtt_prefix)
+    control = replace(control, prefix=settings.mqtt_prefix, poll_interval_s=settings.poll_interval_s)
     base = MqttConfig.from_settings(settings, client_id=client_id)
     publisher = MqttLink(replace(base, client_id=f"{client_id}-pub", clean_start=True, session_expiry_s=0))
     ingest_link: MqttLink | None = None
     scheduler: JobScheduler | None = None
     reconciler_task: asyncio.Task[None] | None = None
+    notify_task: asyncio.Task[None] | None = None
     local_stop = asyncio.Event()
     try:
         if not await _start(publisher, stop_event, "command publisher"):
@@ -425,6 +443,19 @@ async def run_background(
                 payments=payment_context(settings),
             )
             scheduler.start()
+        if options.notify and settings.notify_enabled:
+            sender = make_sender(settings, factory, client_id, clock=clock)
+            notify_task = asyncio.create_task(
+                run_sender(
+                    sender,
+                    factory,
+                    bus,
+                    local_stop,
+                    interval_s=settings.notify_interval_s,
+                    receipt_timeout=timedelta(seconds=settings.notify_receipt_timeout_s),
+                ),
+                name="mf-notify",
+            )
         log.info("background workers running as %s", client_id)
         await _wait(stop_event)
     finally:
@@ -435,6 +466,8 @@ async def run_background(
         local_stop.set()
         if reconciler_task is not None:
             await asyncio.wait_for(reconciler_task, timeout=15)
+        if notify_task is not None:
+            await asyncio.wait_for(notify_task, timeout=30)
         await asyncio.to_thread(publisher.stop)
         if own_bus:
             bus.close()

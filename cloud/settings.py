@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     """A private value in production (see :data:`DEFAULT_SHARE_GROUP`); ``meterflow broker add --cloud``
     makes one."""
     mqtt_client_id: str | None = None
+    poll_interval_s: int = Field(default=900, ge=1, le=86400)
+    """How often gateways poll the meters the cloud plans for them (commissioned with a code)."""
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
     """MQTT 5 (session expiry, shared subscriptions); "3.1.1" for brokers without v5, e.g. amqtt."""
 
@@ -154,6 +156,33 @@ class Settings(BaseSettings):
     """A tenant's session token from a WeChat login."""
     bind_token_ttl_s: int = Field(default=90 * 24 * 3600, ge=300)
     """A room's binding QR code is valid this long (the manager prints a new one after)."""
+
+    # --- notifications (docs/notifications.md) --------------------------------------------------------
+    notify_enabled: bool = True
+    """Run the notification sender on this replica (every replica may: claims are leases)."""
+    notify_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """How often the sender looks for due notices when no event wakes it."""
+    notify_workers: int = Field(default=8, ge=1, le=64)
+    """Vendor calls in flight at once per replica."""
+    notify_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    """Each vendor call's own timeout: a hanging vendor holds one worker this long at most."""
+    notify_max_attempts: int = Field(default=3, ge=1, le=20)
+    """Attempts per channel before falling back to the next one."""
+    notify_rate_per_s: int = Field(default=50, ge=1, le=10_000)
+    """Messages per second per channel across all replicas (Redis) or per replica (in-process)."""
+    notify_receipt_timeout_s: int = Field(default=900, ge=30, le=7 * 24 * 3600)
+    """An SMS with no delivery report after this counts as not delivered (next channel)."""
+    sms_aliyun_access_key_id: str = ""
+    sms_aliyun_access_key_secret: SecretStr | None = None
+    sms_aliyun_endpoint: str = "dysmsapi.aliyuncs.com"
+    """``host[:port]``; a simulator's for tests and the demo."""
+    sms_aliyun_protocol: Literal["https", "http"] = "https"
+    sms_tencent_secret_id: str = ""
+    sms_tencent_secret_key: SecretStr | None = None
+    sms_tencent_sdk_app_id: str = ""
+    sms_tencent_endpoint: str = "sms.tencentcloudapi.com"
+    sms_tencent_protocol: Literal["https", "http"] = "https"
+    sms_tencent_region: str = "ap-guangzhou"
 
     timezone: str = "Asia/Shanghai"
     """Default local timezone of projects: friendly hours, holidays, daily aggregates. A tzdata name:

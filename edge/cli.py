@@ -12,22 +12,28 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from edge.bus import Bus, TraceEntry
+from edge.commission import write_line_report
 from edge.errors import ConfigError, EdgeError, Unsupported
 from edge.installer import (
     ACTIONS,
     LineSettings,
+    ProgressLine,
     format_outcome,
     format_reading,
     format_scan,
     format_stats,
+    line_entry,
     open_bus,
     read_meter,
     reading_json,
@@ -43,11 +49,14 @@ __all__ = ["register"]
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_REACHED, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
+_LINE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 _EPILOG = """\
 examples:
   meterflow edge scan --port /dev/ttyUSB0 --protocol dlt645
   meterflow edge scan --port socket://192.168.1.50:4001 --protocol modbus --range 1-32
+  meterflow edge scan --port /dev/ttyUSB0 --line line1 --report site.json
+  meterflow edge register -c edge.toml --cloud https://cloud.example --code K7QF-2M9X-PA3D --report site.json
   meterflow edge read --port /dev/ttyUSB0 --meter 123456789012
   meterflow edge read --port /dev/ttyUSB0 --protocol modbus --meter 3 --model adf300l --circuit 1 --json
   meterflow edge relay --port /dev/ttyUSB0 --meter 123456789012 trip
@@ -64,7 +73,7 @@ def _line_args(p: argparse.ArgumentParser, *, protocol_default: str | None) -> N
         "--protocol",
         choices=("dlt645", "modbus", "cjt188"),
         default=protocol_default,
-        help=f"meter protocol (default {protocol_default or 'dlt645; cjt188 for valve actions'})",
+        help=f"meter protocol (default {protocol_default or _IMPLIED})",
     )
     p.add_argument("--baud", type=int, help="default 2400 (DL/T 645, CJ/T 188) or 9600 (Modbus)")
     p.add_argument("--parity", choices=("N", "E", "O"), help="default E (DL/T 645, CJ/T 188) or N (Modbus)")
@@ -113,6 +122,20 @@ def register(subparsers: Any) -> None:
         help="probe only these addresses / unit ids (1-32, 000000000001-000000000040)",
     )
     p.add_argument("--no-hints", action="store_true", help="do not read extra registers for model hints")
+    p.add_argument("--json", action="store_true", help="print the line's scan as JSON (the report's entry)")
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="add this line's meters, settings and first readings to a commissioning report "
+        "(for `meterflow edge register`; one entry per --line)",
+    )
+    p.add_argument("--line", default="line1", help="the line's name in edge.toml (default line1)")
+    p.add_argument(
+        "--relay-test",
+        action="store_true",
+        help="trip and close (or close and open the valve of) every meter found, reading back each",
+    )
     p.add_argument(
         "--wildcards",
         choices=("auto", "byte", "digit"),
@@ -128,7 +151,7 @@ def register(subparsers: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _line_args(p, protocol_default="dlt645")
+    _line_args(p, protocol_default=None)
     _meter_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_read)
@@ -198,6 +221,25 @@ def _line(args: argparse.Namespace, protocol: str, *, scanning: bool = False) ->
         bus.close()
 
 
+_IMPLIED = (
+    "implied: --model adf300l → modbus, water_valve → cjt188; else a 14-digit address → cjt188, a unit id "
+    "1-247 → modbus, otherwise dlt645; valve actions → cjt188"
+)
+_MODEL_PROTOCOL = {"adf300l": "modbus", "water_valve": "cjt188"}
+
+
+def implied_protocol(address: str, model: str | None, *, valve: bool = False) -> str:
+    """The protocol a meter address (and model) can only mean, so an installer need not say it."""
+    implied = _MODEL_PROTOCOL.get((model or "").lower())
+    if implied is not None:
+        return implied
+    if valve or len(address) == 14:
+        return "cjt188"
+    if address.isdigit() and len(address) <= 3:
+        return "modbus"
+    return "dlt645"
+
+
 def _meter(args: argparse.Namespace, protocol: str, **extra: object) -> MeterRef:
     try:
         return MeterRef.simple(
@@ -228,17 +270,28 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         protocol = args.protocol
         if args.address_range:
             parse_range(args.address_range, protocol)  # refuse a bad range before touching the line
+        if not _LINE_NAME.fullmatch(args.line):
+            raise ConfigError(f"--line: a line name is letters, digits, _ . - (got {args.line!r})")
+        table = sys.stderr if args.json else sys.stdout
         with _line(args, protocol, scanning=True) as bus:
-            print(f"scanning {bus.describe()} for {protocol} meters …", flush=True)
+            print(f"scanning {bus.describe()} for {protocol} meters …", file=table, flush=True)
             report = scan_line(
                 bus,
                 protocol,
                 address_range=args.address_range,
                 hints=not args.no_hints,
                 wildcards=args.wildcards,
+                progress=ProgressLine("unit ids" if protocol == "modbus" else "addresses"),
             )
-            print(format_scan(report))
-            print(format_stats(bus))
+            print(format_scan(report), file=table)
+            print(format_stats(bus), file=table)
+            if args.json or args.report:
+                entry = line_entry(bus, args.line, args.port, report, relay_test=args.relay_test)
+                if args.report:
+                    write_line_report(args.report, entry)
+                    print(f"line {args.line} written to the report {args.report}", file=table)
+                if args.json:
+                    print(json.dumps(entry, ensure_ascii=False, indent=2))
         if not report.found:
             return _fail(
                 args, "no meter answered: check wiring (A/B swapped?), baud rate, parity and protocol"
@@ -250,7 +303,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 def _cmd_read(args: argparse.Namespace) -> int:
     def body() -> int:
-        meter = _meter(args, args.protocol)
+        meter = _meter(args, args.protocol or implied_protocol(args.meter, args.model))
         with _line(args, meter.protocol) as bus:
             reading = read_meter(bus, meter)
         print(reading_json(meter, reading) if args.json else format_reading(meter, reading))
@@ -267,7 +320,8 @@ def _cmd_read(args: argparse.Namespace) -> int:
 def _cmd_relay(args: argparse.Namespace) -> int:
     def body() -> int:
         action = ACTIONS[args.action]
-        protocol = args.protocol or ("cjt188" if args.action.startswith("valve") else "dlt645")
+        valve = args.action.startswith("valve")
+        protocol = args.protocol or implied_protocol(args.meter, args.model, valve=valve)
         meter = _meter(
             args,
             protocol,

@@ -20,6 +20,7 @@ from edge import sdnotify
 from edge.autonomy import Autonomy, TripDecision
 from edge.bus import Bus
 from edge.commands import CommandProcessor, CommandStore, Outcome
+from edge.commission import merge_planned
 from edge.config import EdgeConfig, MeterConfig
 from edge.drivers import ControlOutcome, MeterReading, get_driver
 from edge.errors import BusError, ConfigError, ConfigRejected, EdgeError, MeterRefused, Unsupported
@@ -96,6 +97,7 @@ class Daemon:
         await self.outbox.open()
         await self.store.open()
         self.autonomy.load()
+        self._apply_meters()  # the cloud's meter list from the last config: polled before the link is up
         try:
             await self.outbox.add_event(
                 EventKind.GATEWAY_STARTED, detail={"version": __version__, "lines": len(self.workers)}
@@ -138,7 +140,7 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         with contextlib.suppress(Exception):
-            write_status(self.config.gateway.data_dir, await self.status(False))
+            write_status(self.config.gateway.data_dir, await self.status(False), stopped=True)
         await self.store.close()
         await self.outbox.close()
 
@@ -168,9 +170,35 @@ class Daemon:
 
     async def _on_config(self, payload: bytes) -> None:
         try:
-            self.autonomy.apply(payload)
+            taken = self.autonomy.apply(payload)
         except ConfigRejected as exc:
             await self._config_rejected(str(exc))
+            return
+        if taken is not None:
+            self._apply_meters()
+
+    def _apply_meters(self) -> None:
+        """Poll the meters of edge.toml and of the cloud's config in force (:func:`merge_planned`)."""
+        config = self.autonomy.config
+        if config is None or config.meters is None:
+            return  # the cloud plans no meters for this gateway: edge.toml's list stands
+        merged = merge_planned(self.config.lines, config.meters)
+        for name, worker in self.workers.items():
+            added, removed = worker.set_meters(merged[name])
+            for meter_id in removed:
+                self._meter_line.pop(meter_id, None)
+            for meter in merged[name]:
+                self._meter_line[meter.id] = worker
+            if added or removed:
+                log.info(
+                    "line %s: meter list from the cloud's config v%d: %d added %s, %d removed %s",
+                    name,
+                    config.version,
+                    len(added),
+                    added,
+                    len(removed),
+                    removed,
+                )
 
     async def _config_rejected(self, reason: str) -> None:
         log.warning("gateway config refused: %s", reason)

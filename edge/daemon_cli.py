@@ -16,20 +16,22 @@ from typing import Any
 
 import msgspec
 
-from edge import keys_cli
+from edge import commission_cli, keys_cli
 from edge.config import load_config
 from edge.errors import ConfigError
 from edge.keys import KeyRing
 from edge.logging import setup_logging
-from edge.status import outbox_backlog, read_status, render
+from edge.status import outbox_backlog, read_status, render, stopped_cleanly
 
 __all__ = ["add_commands", "cmd_run", "cmd_status"]
 
 STALE_AFTER_S = 30.0
+EXIT_STOPPED = 3  # as `systemctl status` for a unit that is not running
 
 
 def add_commands(sub: Any) -> None:
     keys_cli.add_commands(sub)
+    commission_cli.add_commands(sub)
     run = sub.add_parser(
         "run",
         help="run the gateway daemon (poll meters, buffer, sync over MQTT, obey signed commands)",
@@ -99,7 +101,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         return 1
     age = (datetime.now(UTC) - status.ts).total_seconds()
-    stale = age > STALE_AFTER_S
+    stopped = stopped_cleanly(data)
+    stale = age > STALE_AFTER_S and not stopped
     if stale:
         backlog = outbox_backlog(data)
         if backlog is not None:
@@ -109,7 +112,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(msgspec.to_builtins(status), indent=2))
     else:
-        print(render(status, stale_s=age if stale else None))
+        print(render(status, stale_s=age if stale else None, stopped=stopped))
+    if stopped:
+        return EXIT_STOPPED
     return 1 if stale else 0
 
 

@@ -7,29 +7,36 @@ these, so what an installer sees on the roof and what the demo prints come from 
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from edge.bus import Bus, Trace
+from edge.commission import meter_id
 from edge.drivers import ControlOutcome, MeterReading, get_driver
 from edge.drivers.base import CLOCK, RELAY
+from edge.errors import EdgeError
 from edge.meters import MeterRef, Protocol
-from edge.scan import ScanReport, Wildcards, parse_range, scan
+from edge.scan import Progress, ScanReport, Wildcards, parse_range, scan
 from protocol.contract import Action, Quantity, RelayState
 
 __all__ = [
     "ACTIONS",
     "LINE_DEFAULTS",
     "LineSettings",
+    "ProgressLine",
     "format_outcome",
     "format_reading",
     "format_scan",
     "format_stats",
+    "line_entry",
     "open_bus",
     "read_meter",
+    "reading_dict",
     "reading_json",
     "relay",
     "scan_line",
@@ -129,9 +136,91 @@ def scan_line(
     address_range: str | None = None,
     hints: bool = True,
     wildcards: Wildcards = "auto",
+    progress: Progress | None = None,
 ) -> ScanReport:
     candidates = parse_range(address_range, protocol) if address_range else None
-    return scan(bus, protocol, candidates=candidates, hints=hints, wildcards=wildcards)
+    return scan(bus, protocol, candidates=candidates, hints=hints, wildcards=wildcards, progress=progress)
+
+
+class ProgressLine:
+    """Progress and an estimate of a long sweep on stderr, at most every ``every_s`` seconds: a Modbus
+    sweep of 247 unit ids takes about a minute, and silence for that long looks like a hang."""
+
+    def __init__(
+        self, what: str, *, every_s: float = 2.0, out: Any = None, clock: Any = time.monotonic
+    ) -> None:
+        self.what, self.every_s, self.clock = what, every_s, clock
+        self.out = out if out is not None else sys.stderr
+        self.started = self.last = clock()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if now - self.last < self.every_s or not done:
+            return
+        self.last = now
+        elapsed = now - self.started
+        left = elapsed / done * (total - done)
+        print(
+            f"  … {done}/{total} {self.what} probed in {elapsed:.0f} s, about {left:.0f} s left",
+            file=self.out,
+            flush=True,
+        )
+
+
+def line_entry(
+    bus: Bus, name: str, port: str, report: ScanReport, *, relay_test: bool = False
+) -> dict[str, Any]:
+    """One line of the commissioning report (:mod:`edge.commission`): its settings and, per meter
+    found, the model guess, a first reading and, when asked, a relay (valve) test read back."""
+    meters: list[dict[str, Any]] = []
+    for found in report.found:
+        entry: dict[str, Any] = {
+            "id": meter_id(name, found.address),
+            "protocol": found.protocol,
+            "address": found.address,
+            "model": found.model,
+            "hints": list(found.hints),
+        }
+        try:
+            ref = MeterRef.simple(found.protocol, found.address, model=found.model)  # type: ignore[arg-type]
+            reading = read_meter(bus, ref)
+        except (EdgeError, ValueError) as exc:
+            entry["reading"] = {"error": str(exc)}
+        else:
+            entry["reading"] = reading_dict(ref, reading)
+            if relay_test:
+                entry["relay_test"] = _relay_test(bus, ref)
+        meters.append(entry)
+    return {
+        "name": name,
+        "port": port,
+        "protocol": report.protocol,
+        "baudrate": bus.baudrate,
+        "parity": bus.parity,
+        "scanned_at": datetime.now(UTC).isoformat(),
+        "method": report.method,
+        "elapsed_s": round(report.elapsed_s, 1),
+        "meters": meters,
+    }
+
+
+def _relay_test(bus: Bus, meter: MeterRef) -> list[dict[str, Any]]:
+    """Supply off then on again (valve closed then open), each read back; the supply ends as it was
+    meant to be left: on."""
+    steps = (
+        (Action.VALVE_CLOSE, Action.VALVE_OPEN) if meter.protocol == "cjt188" else (Action.TRIP, Action.CLOSE)
+    )
+    results: list[dict[str, Any]] = []
+    for action in steps:
+        try:
+            outcome = relay(bus, meter, action)
+        except EdgeError as exc:
+            results.append({"action": action.value, "ok": False, "detail": str(exc)})
+            break
+        results.append({"action": action.value, "ok": outcome.ok, "detail": outcome.detail})
+        if not outcome.ok:
+            break
+    return results
 
 
 def read_meter(bus: Bus, meter: MeterRef, quantities: Iterable[Quantity] | None = None) -> MeterReading:
@@ -220,6 +309,12 @@ def format_reading(meter: MeterRef, reading: MeterReading) -> str:
 
 
 def reading_json(meter: MeterRef, reading: MeterReading) -> str:
+    return json.dumps(reading_dict(meter, reading), ensure_ascii=False, indent=2, default=_json_default)
+
+
+def reading_dict(meter: MeterRef, reading: MeterReading) -> dict[str, Any]:
+    """A reading as JSON-ready values (decimals and times as strings), for ``read --json`` and the
+    commissioning report."""
     payload: dict[str, Any] = {
         "meter": meter.label,
         "protocol": meter.protocol,
@@ -232,7 +327,7 @@ def reading_json(meter: MeterRef, reading: MeterReading) -> str:
         "missing": reading.problems(),  # everything asked for and not read, with the reason
         "essential_read": not reading.essential_problems(),  # billing register and relay/valve state
     }
-    return json.dumps(payload, ensure_ascii=False, indent=2, default=_json_default)
+    return payload
 
 
 def _json_default(value: object) -> str:

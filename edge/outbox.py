@@ -307,17 +307,23 @@ class Outbox:
     # -- reading back ----------------------------------------------------------------------------
     async def readings_after(self, rowid: int, limit: int) -> list[StoredReading]:
         """The oldest readings with a row id above ``rowid`` (insertion order = per-meter order)."""
-        async with self._lock, self.db.execute(
-            "SELECT id, meter, seq, payload FROM readings WHERE id > ? ORDER BY id LIMIT ?",
-            (rowid, limit),
-        ) as cur:
+        async with (
+            self._lock,
+            self.db.execute(
+                "SELECT id, meter, seq, payload FROM readings WHERE id > ? ORDER BY id LIMIT ?",
+                (rowid, limit),
+            ) as cur,
+        ):
             rows = await cur.fetchall()
         return [StoredReading(int(r[0]), str(r[1]), int(r[2]), str(r[3])) for r in rows]
 
     async def messages_after(self, rowid: int, limit: int) -> list[StoredMessage]:
-        async with self._lock, self.db.execute(
-            "SELECT id, kind, payload FROM messages WHERE id > ? ORDER BY id LIMIT ?", (rowid, limit)
-        ) as cur:
+        async with (
+            self._lock,
+            self.db.execute(
+                "SELECT id, kind, payload FROM messages WHERE id > ? ORDER BY id LIMIT ?", (rowid, limit)
+            ) as cur,
+        ):
             rows = await cur.fetchall()
         return [StoredMessage(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 

@@ -30,7 +30,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -121,6 +121,29 @@ class LineWorker:
         self._wake = asyncio.Event()
         self._sink_task: asyncio.Task[None] | None = None
 
+    def set_meters(self, meters: Sequence[MeterConfig]) -> tuple[list[str], list[str]]:
+        """Poll these meters from now on (the cloud's meter list changed): new ones are polled at
+        once, removed ones no more, a changed one keeps its health and schedule. Returns the ids
+        added and removed."""
+        wanted = {m.id: m for m in meters}
+        removed = [meter_id for meter_id in self.plans if meter_id not in wanted]
+        for meter_id in removed:
+            del self.plans[meter_id]
+        added: list[str] = []
+        now = self._clock()
+        for i, meter in enumerate(meters):
+            plan = self.plans.get(meter.id)
+            if plan is not None:
+                if plan.config != meter:
+                    plan.config, plan.ref = meter, MeterRef.of(meter)
+                continue
+            plan = MeterPlan(meter, MeterRef.of(meter), now + i * 0.001)
+            self.plans[meter.id] = plan
+            heapq.heappush(self._heap, (plan.next_due, next(self._tie), meter.id))
+            added.append(meter.id)
+        self._wake.set()
+        return added, removed
+
     # -- jobs from elsewhere (commands, autonomy, time sync) ---------------------------------------
     async def submit(self, run: Callable[[Bus], T], name: str = "job") -> T:
         """Run ``run(bus)`` on this line's thread before any further poll; returns its result."""
@@ -150,7 +173,10 @@ class LineWorker:
                         await asyncio.wait_for(self._wake.wait(), delay)
                     continue
                 heapq.heappop(self._heap)
-                await self._poll(loop, self.plans[meter_id], due)
+                plan = self.plans.get(meter_id)
+                if plan is None or plan.next_due != due:  # removed, or rescheduled since (set_meters)
+                    continue
+                await self._poll(loop, plan, due)
         finally:
             for job in self._jobs:
                 if not job.future.done():

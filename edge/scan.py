@@ -69,6 +69,7 @@ __all__ = [
     "MAX_METERS",
     "FoundMeter",
     "Probe",
+    "Progress",
     "ScanReport",
     "Wildcards",
     "discover",
@@ -82,6 +83,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Probe = Callable[[str], "ProbeAnswer | None"]  # pattern -> the one reply heard; BadReply: garbled
+Progress = Callable[[int, int], None]
+"""Called after each address of a sweep (Modbus unit ids, ``--range``): ``(done, total)``."""
 MAX_METERS = 256
 """More meters than one RS-485 line can carry (256 with 1/8 unit-load transceivers): when disjoint
 patterns still to resolve prove more than this, something answers every address (a device with
@@ -321,10 +324,15 @@ def _alone(search: _Search, address: str) -> bool:
     return not (said is not None and said.isdigit() and said != address)
 
 
-def _exact(probe: Probe, candidates: Iterable[str], report: ScanReport) -> list[str]:
+def _exact(
+    probe: Probe, candidates: Iterable[str], report: ScanReport, progress: Progress | None = None
+) -> list[str]:
     """Probe each candidate address; only a normal reply from that very address counts."""
     found = []
-    for address in candidates:
+    addresses = list(candidates)
+    for done, address in enumerate(addresses, start=1):
+        if progress is not None and done > 1:
+            progress(done - 1, len(addresses))
         report.probes += 1
         try:
             answer = probe(address)
@@ -369,12 +377,13 @@ def scan_dlt645(
     candidates: Iterable[str] | None = None,
     hints: bool = True,
     wildcards: Wildcards = "auto",
+    progress: Progress | None = None,
 ) -> ScanReport:
     driver = Dlt645Driver()
     started = time.monotonic()
     report = ScanReport("dlt645", "range" if candidates is not None else "wildcard")
     if candidates is not None:
-        addresses = _exact(partial(driver.probe, bus, retries=1), candidates, report)
+        addresses = _exact(partial(driver.probe, bus, retries=1), candidates, report, progress)
     else:
         addresses = discover(
             partial(driver.probe, bus, read_address=True),
@@ -451,13 +460,18 @@ def _modbus_hints(bus: Bus, unit: int) -> tuple[tuple[str, ...], str | None]:
     return tuple(hints), model
 
 
-def scan_modbus(bus: Bus, *, units: Iterable[int] | None = None, hints: bool = True) -> ScanReport:
+def scan_modbus(
+    bus: Bus, *, units: Iterable[int] | None = None, hints: bool = True, progress: Progress | None = None
+) -> ScanReport:
     from edge.drivers.modbus import ModbusDriver
 
     driver = ModbusDriver()
     started = time.monotonic()
     report = ScanReport("modbus", "unit ids" if units is None else "range")
-    for unit in range(1, 248) if units is None else units:
+    sweep = list(range(1, 248) if units is None else units)
+    for done, unit in enumerate(sweep):
+        if progress is not None and done:
+            progress(done, len(sweep))
         report.probes += 1
         try:
             reply = driver.probe(bus, unit)
@@ -491,6 +505,7 @@ def scan_cjt188(
     candidates: Iterable[str] | None = None,
     hints: bool = True,
     wildcards: Wildcards = "auto",
+    progress: Progress | None = None,
 ) -> ScanReport:
     driver = Cjt188Driver()
     started = time.monotonic()
@@ -504,7 +519,7 @@ def scan_cjt188(
         return answer
 
     if candidates is not None:
-        addresses = _exact(partial(probe, retries=1), candidates, report)
+        addresses = _exact(partial(probe, retries=1), candidates, report, progress)
     else:
         addresses = discover(
             partial(probe, read_address=True),
@@ -528,6 +543,7 @@ def scan(
     candidates: Iterable[str] | None = None,
     hints: bool = True,
     wildcards: Wildcards = "auto",
+    progress: Progress | None = None,
 ) -> ScanReport:
     """Scan one line for meters of ``protocol``.
 
@@ -536,10 +552,10 @@ def scan(
     per-digit wildcards with strict ones: see docs/installer.md), ``"digit"`` never falls back.
     """
     if protocol == "dlt645":
-        return scan_dlt645(bus, candidates=candidates, hints=hints, wildcards=wildcards)
+        return scan_dlt645(bus, candidates=candidates, hints=hints, wildcards=wildcards, progress=progress)
     if protocol == "cjt188":
-        return scan_cjt188(bus, candidates=candidates, hints=hints, wildcards=wildcards)
+        return scan_cjt188(bus, candidates=candidates, hints=hints, wildcards=wildcards, progress=progress)
     if protocol == "modbus":
         units = None if candidates is None else [int(a) for a in candidates]
-        return scan_modbus(bus, units=units, hints=hints)
+        return scan_modbus(bus, units=units, hints=hints, progress=progress)
     raise Unsupported(f"cannot scan for protocol {protocol!r}")

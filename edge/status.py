@@ -18,16 +18,37 @@ import msgspec
 from protocol.contract import GatewayStatus, decode, encode
 from protocol.errors import ContractError
 
-__all__ = ["STATUS_FILE", "outbox_backlog", "read_status", "render", "write_status"]
+__all__ = [
+    "STATUS_FILE",
+    "STOPPED_FILE",
+    "outbox_backlog",
+    "read_status",
+    "render",
+    "stopped_cleanly",
+    "write_status",
+]
 
 STATUS_FILE = "status.json"
+STOPPED_FILE = "stopped"
+"""Written by a clean shutdown beside its last status, removed by the next start: ``edge status`` then
+says *stopped*, not *offline* (a daemon that was stopped on purpose is not a broken link)."""
 
 
-def write_status(data_dir: Path, status: GatewayStatus) -> None:
+def write_status(data_dir: Path, status: GatewayStatus, *, stopped: bool = False) -> None:
     path = data_dir / STATUS_FILE
     tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
     tmp.write_bytes(msgspec.json.format(encode(status), indent=2))
     os.replace(tmp, path)  # no fsync: a status lost in a power cut is rewritten seconds later
+    marker = data_dir / STOPPED_FILE
+    if stopped:
+        marker.write_text(status.ts.isoformat() + "\n", encoding="utf-8")
+    else:
+        marker.unlink(missing_ok=True)
+
+
+def stopped_cleanly(data_dir: Path) -> bool:
+    """The daemon's last act was a clean shutdown (SIGTERM, systemctl stop), not a crash or kill -9."""
+    return (data_dir / STOPPED_FILE).exists()
 
 
 def read_status(data_dir: Path) -> GatewayStatus | None:
@@ -51,9 +72,12 @@ def outbox_backlog(data_dir: Path, now: float | None = None) -> tuple[int, int] 
     return int(count), max(age, 0)
 
 
-def render(status: GatewayStatus, *, stale_s: float | None = None) -> str:
+def render(status: GatewayStatus, *, stale_s: float | None = None, stopped: bool = False) -> str:
     """Human text for the installer's terminal."""
     state = "online (broker connected)" if status.online else "OFFLINE (broker not connected)"
+    if stopped:
+        state = f"stopped (clean shutdown at {status.ts.isoformat(timespec='seconds')})"
+        stale_s = None
     out = [
         f"gateway   {status.gateway}  meterflow {status.version}",
         f"state     {state}{'  AUTONOMOUS: enforcing credit horizons' if status.autonomous else ''}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -56,7 +57,24 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_CLOSED_PIPE = 141
+"""128 + SIGPIPE, as a shell reports a command whose reader went away (``meterflow … | head``)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; a reader that went away (``| head``) ends it quietly, as for any Unix tool."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # Python would print a traceback here, and again when it flushes stdout at exit: point stdout
+        # at /dev/null so the flush has somewhere to go.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_CLOSED_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)

@@ -539,6 +539,7 @@ async def _run(stack: _Stack, options: SystemOptions, say: _Say, result: SystemR
                 f"{room.account} with phone {phone_of(room.room)}, pay at the WeChat Pay simulator)")
             say(f"API 接口: {result.api_url}/docs  login 登录: {ADMIN_USER} / "
                 f"{stack.seeded.admin_password if stack.seeded else '?'} (demo only 仅供演示)")  # fmt: skip
+            _console_logins(stack, result, say)
             say(
                 "the gateway keeps polling and the cloud keeps billing; "
                 "Ctrl-C stops everything 按 Ctrl-C 退出"
@@ -551,6 +552,31 @@ async def _run(stack: _Stack, options: SystemOptions, say: _Say, result: SystemR
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
+
+
+CONSOLE_ROLES = (("manager", "经理"), ("finance", "财务"), ("installer", "安装"))
+"""The demo's console logins besides the admin: one per staff role of docs/roles.md (tenants use the
+H5 page, not the console)."""
+
+
+def _console_logins(stack: _Stack, result: SystemResult, say: _Say) -> None:
+    """Create one demo user per staff role (the admin's demo password) and print the console's address
+    and every login, so each role's view of the console can be tried."""
+    seeded = stack.seeded
+    if seeded is None or stack.engine is None:
+        return
+    from cloud.services import users
+
+    with make_session_factory(stack.engine)() as s:
+        for role, _ in CONSOLE_ROLES:
+            users.create_user(
+                s, username=f"demo-{role}", password=seeded.admin_password, role=role, org_id=seeded.org_id
+            )
+        s.commit()
+    say(f"console 控制台: {result.api_url}/console/  (password 密码 {seeded.admin_password} for every login)")
+    say(f"  admin 管理员: {ADMIN_USER}")
+    for role, zh in CONSOLE_ROLES:
+        say(f"  {role} {zh}: demo-{role}")
 
 
 def run_system(out: TextIO, options: SystemOptions | None = None) -> SystemResult:

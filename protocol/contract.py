@@ -53,6 +53,7 @@ __all__ = [
     "FIRST_KID",
     "HORIZON_QUANTITIES",
     "MAX_BATCH",
+    "MAX_PLANNED_METERS",
     "SCHEMA_VERSION",
     "Ack",
     "AckStatus",
@@ -66,6 +67,7 @@ __all__ = [
     "GatewayStatus",
     "Kind",
     "LineStats",
+    "PlannedMeter",
     "Quantity",
     "Reading",
     "ReadingBatch",
@@ -395,6 +397,28 @@ class CreditHorizon(_Model, frozen=True, kw_only=True):
         _check_decimal(self.limit, "limit")
 
 
+MAX_PLANNED_METERS = 2048
+"""Most meters one gateway config may plan (8 lines of 256 unit loads)."""
+
+
+class PlannedMeter(_Model, frozen=True, kw_only=True):
+    """One meter the cloud wants the gateway to poll, and how (its poll plan).
+
+    The cloud is the source of truth for a commissioned site's meters: ``meterflow edge register``
+    sends the scanned meters up, a manager assigns them to rooms, and the gateway gets the assigned
+    ones here. ``line`` names a line of the gateway's ``edge.toml`` (the port stays local).
+    """
+
+    id: MeterId
+    line: GatewayId
+    protocol: Literal["dlt645", "modbus", "cjt188"]
+    address: Annotated[str, Meta(min_length=1, max_length=16, pattern=r"^[0-9A]+$")]
+    model: Annotated[str, Meta(max_length=64)] | None = None
+    circuit: Annotated[int, Meta(ge=0, le=255)] | None = None
+    read: Annotated[tuple[Quantity, ...], Meta(min_length=1, max_length=32)] = (Quantity.ENERGY_TOTAL_KWH,)
+    interval_s: Annotated[int, Meta(ge=1, le=86400)] = 900
+
+
 class GatewayConfig(_Model, frozen=True, kw_only=True):
     """Retained on ``down/config``, sealed by the cloud: what the gateway must know between commands.
 
@@ -412,9 +436,13 @@ class GatewayConfig(_Model, frozen=True, kw_only=True):
     expires_at: Timestamp
     horizons: dict[MeterId, CreditHorizon] = {}
     offline_after_s: Annotated[int, Meta(ge=10, le=86400)] = 300
+    meters: Annotated[tuple[PlannedMeter, ...], Meta(max_length=MAX_PLANNED_METERS)] | None = None
+    """The meters to poll (None: the cloud plans none, edge.toml's list alone is used)."""
 
     def __post_init__(self) -> None:
         _utc(self, "issued_at", "expires_at")
+        if self.meters is not None and len({m.id for m in self.meters}) != len(self.meters):
+            raise ValueError("meters: two planned meters with one id")
 
 
 class Kind(StrEnum):

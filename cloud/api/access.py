@@ -221,6 +221,19 @@ POLICY: Mapping[tuple[str, str], Rule] = {
     ("POST", "/gateways/{gateway_id}/keys/end-overlap"): Rule(
         BUILDER, "retire the old keys once the gateway uses the new one", example=Example({"force": True})
     ),
+    ("POST", "/projects/{project_id}/provisioning-codes"): Rule(
+        BUILDER,
+        "commissioning: a one-time code for `meterflow edge register`",
+        example=Example({"ttl_s": 3600}),
+    ),
+    ("POST", "/gateways/register"): Rule(
+        PUBLIC,
+        "a gateway enrols with a one-time provisioning code (the code is checked and throttled, not a token)",
+        example=Example({"code": "no-such-code", "gateway": {"id": "gw-x"}, "meters": []}),
+    ),
+    ("PUT", "/meters/{meter_id}/room"): Rule(
+        MANAGER, "which room a meter supplies decides who pays", example=Example({"room_id": "{room}"})
+    ),
     ("GET", "/meters"): Rule(STAFF, "which meter is where (finance: statement lines name meters)"),
     ("POST", "/meters"): Rule(
         BUILDER,
@@ -295,6 +308,19 @@ POLICY: Mapping[tuple[str, str], Rule] = {
             {"effective_from": "2030-01-01T00:00:00+08:00", "spec": {"kind": "flat", "price": "0.6"}}
         ),
     ),
+    # notifications
+    ("GET", "/projects/{project_id}/notify-settings"): Rule(STAFF, "how the site's notices go out"),
+    ("PUT", "/projects/{project_id}/notify-settings"): Rule(
+        MANAGER,
+        "channels, SMS signature and templates are the site's voice",
+        example=Example({"channels": ["sms_aliyun", "log"], "sms_sign": "阳光物业"}),
+    ),
+    ("PUT", "/accounts/{account_id}/contact"): Rule(
+        MONEY,
+        "tenants' phone numbers, kept by those who keep the accounts",
+        example=Example({"phone": "13800000000"}),
+    ),
+    ("POST", "/tenant/accounts/{account_id}/subscriptions"): Rule(PUBLIC, _PAYER),
     ("PUT", "/projects/{project_id}/tariffs"): Rule(
         MANAGER, "which prices a site bills", example=Example({"electric_tariff_id": "{tariff}"})
     ),

@@ -30,6 +30,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import Engine, text
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from cloud import console
 from cloud.api import holds
 from cloud.api.access import API_PREFIX, authorize
 from cloud.api.errors import install_error_handlers
@@ -40,8 +41,10 @@ from cloud.api.routes import (
     approvals,
     auth,
     calendar,
+    commissioning,
     hierarchy,
     meters,
+    notify,
     operations,
     payments,
     tariffs,
@@ -162,11 +165,12 @@ def build_app(
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=[str(n) for n in settings.trusted_proxies])
     # every route under the prefix is checked against cloud.api.access.POLICY, those added later too
     checked = [Depends(authorize)]
-    for module in (auth, users, hierarchy, meters, accounts, tariffs, operations, calendar, holds, approvals,
-                   payments, tenant):  # fmt: skip
+    for module in (auth, users, hierarchy, meters, commissioning, accounts, tariffs, operations, calendar,
+                   holds, approvals, payments, tenant, notify):  # fmt: skip
         app.include_router(module.router, prefix=API_PREFIX, dependencies=checked)
     app.include_router(tenant_pages.router, dependencies=checked)  # the tenant H5 page, same table
     app.state.payments = payment_context(settings)
+    app.include_router(console.build_router(), prefix="/console")  # pages; checked by cloud.console.guard
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and database reachability")
     def healthz() -> dict[str, str]:

@@ -102,6 +102,7 @@ def page_response(
         response.headers[NEXT_CURSOR] = _encode_cursor(after)
     return items
 
+
 _bearer = HTTPBearer(auto_error=False, description="token from POST /api/v1/auth/login")
 
 

@@ -423,10 +423,6 @@ class AccountOut(_Out):
     billing_mode: str
     balance_fen: int
     protected: bool
-    tier_period: str
-    tier_usage: Decimal
-    water_tier_period: str = ""
-    water_tier_usage: Decimal = Decimal(0)
     opened_at: datetime
     closed_at: datetime | None
 
@@ -545,3 +541,59 @@ class ApprovalOut(_Out):
     decided_by: int | None
     decided_at: datetime | None
     decision_reason: str
+
+
+# --- commissioning: provisioning codes, gateway registration, meter assignment ---------------------
+
+
+class ProvisioningCodeIn(_In):
+    ttl_s: int = Field(
+        default=86_400,
+        ge=300,
+        le=7 * 86_400,
+        description="how long the code may be used (5 minutes to 7 days; default 24 h); it works once",
+    )
+
+
+class ProvisioningCodeOut(_Out):
+    id: int
+    project_id: int
+    code: str = Field(description="shown once: give it to the installer for `meterflow edge register`")
+    expires_at: datetime
+
+
+class RegisterGatewayIn(_In):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$", description="gateway.id")
+    name: str = Field(default="", max_length=200)
+
+
+class ScannedMeterIn(_In):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/\-]+$")
+    line: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    protocol: Literal["dlt645", "modbus", "cjt188"]
+    address: str = Field(min_length=1, max_length=16, pattern=r"^[0-9]+$")
+    model: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_.\-]*$")
+    circuit: int | None = Field(default=None, ge=0, le=255)
+    kind: Literal["electric", "water"] = "electric"
+
+
+class RegisterIn(_In):
+    code: str = Field(min_length=1, max_length=64)
+    gateway: RegisterGatewayIn
+    meters: list[ScannedMeterIn] = Field(default_factory=list, max_length=2048)
+
+
+class RegisteredMeterOut(_Out):
+    id: int
+    device_id: str
+    line: str
+    protocol: str
+    address: str
+
+
+class RegisterOut(GatewayCreated):
+    meters: list[RegisteredMeterOut]
+
+
+class AssignIn(_In):
+    room_id: Id | None = Field(description="the room the meter supplies; null takes it out (not polled)")

@@ -88,6 +88,8 @@ _TOU: tuple[Quantity, ...] = (
     Quantity.ENERGY_T4_KWH,
 )
 _MICRO = Decimal("0.000001")
+_ZERO = Decimal(0)
+_MICROSECOND = timedelta(microseconds=1)
 _HOUR_US = Decimal(3_600_000_000)
 _FLOOR = Context(prec=28, rounding=ROUND_FLOOR)
 """Arithmetic of the rate budget: every inexact step rounds down, so rounding never widens the bound
@@ -140,21 +142,28 @@ _HOLD = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Cumulative register values of one meter at meter time ``at``."""
+    """Cumulative register values of one meter at meter time ``at`` (``values`` must not change
+    afterwards: the cumulative ones are picked out once, when it is made)."""
 
     at: datetime
     values: Mapping[Quantity, Decimal]
+    _registers: Mapping[Quantity, Decimal] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.at.tzinfo is None or self.at.utcoffset() is None:
             raise ReadingError(f"reading time {self.at!r} must be timezone-aware")
+        registers: dict[Quantity, Decimal] = {}
         for quantity, value in self.values.items():
             if not isinstance(value, Decimal) or not value.is_finite():
                 raise ReadingError(f"register {quantity} value {value!r} is not a finite Decimal")
+            if quantity in CUMULATIVE:
+                registers[quantity if type(quantity) is Quantity else Quantity(quantity)] = value
+        # picked out once: every reading's validation, billing and baseline read them several times
+        object.__setattr__(self, "_registers", registers)
 
-    def registers(self) -> dict[Quantity, Decimal]:
-        """Only the cumulative registers."""
-        return {Quantity(q): v for q, v in self.values.items() if q in CUMULATIVE}
+    def registers(self) -> Mapping[Quantity, Decimal]:
+        """Only the cumulative registers (read-only)."""
+        return self._registers
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,10 +231,14 @@ def consumption(deltas: Mapping[Quantity, Decimal]) -> Decimal:
     """What one interval consumed, for the rate budget: the total register's delta or the sum of the
     TOU registers' (a flat tariff bills the one, a TOU tariff the others: the budget bounds whichever
     is larger), or the water register's. The reverse register is export: never billed, not counted."""
-    tou = sum((deltas[q] for q in _TOU if q in deltas), Decimal(0))
-    total = deltas.get(Quantity.ENERGY_TOTAL_KWH, Decimal(0))
-    water = deltas.get(Quantity.FLOW_TOTAL_M3, Decimal(0))
-    return max(total, tou, water, Decimal(0))
+    tou = _ZERO
+    for q in _TOU:
+        delta = deltas.get(q)
+        if delta is not None:
+            tou += delta
+    total = deltas.get(Quantity.ENERGY_TOTAL_KWH, _ZERO)
+    water = deltas.get(Quantity.FLOW_TOTAL_M3, _ZERO)
+    return max(total, tou, water, _ZERO)
 
 
 def _consuming(deltas: Mapping[Quantity, Decimal]) -> tuple[Quantity, ...]:
@@ -234,7 +247,7 @@ def _consuming(deltas: Mapping[Quantity, Decimal]) -> tuple[Quantity, ...]:
 
 
 def _micros(since: datetime, until: datetime) -> int:
-    return max(0, (until - since) // timedelta(microseconds=1))
+    return max(0, (until - since) // _MICROSECOND)
 
 
 def _hours(micros: int) -> str:
@@ -257,14 +270,14 @@ def _available(budget: Decimal | None, refill: Decimal, rules: ReadingRules) -> 
 def _left(available: Decimal, used: Decimal, rules: ReadingRules) -> Decimal:
     """The budget after consuming ``used`` of ``available``: capped at the allowance, never below 0,
     in whole millionths (``meter_state.rate_budget`` keeps six places), rounded down."""
-    left = max(Decimal(0), min(rules.spike_allowance, available - used))
+    left = max(_ZERO, min(rules.spike_allowance, available - used))
     return left.quantize(_MICRO, rounding=ROUND_FLOOR)
 
 
 def budget_at(budget: Decimal | None, since: datetime, until: datetime, rules: ReadingRules) -> Decimal:
     """The budget at ``until`` when nothing was billed since ``since`` (an operator accepted a reading
     as the new baseline without charging the gap: it refills, it is not reset to full)."""
-    return _left(_available(budget, _refill(_micros(since, until), rules), rules), Decimal(0), rules)
+    return _left(_available(budget, _refill(_micros(since, until), rules), rules), _ZERO, rules)
 
 
 # Severity when several registers disagree: the worst one decides.
@@ -310,6 +323,7 @@ def check_reading(
     verdicts: dict[Quantity, Verdict] = {}
     deltas: dict[Quantity, Decimal] = {}
     notes: list[str] = []
+    unusual = False
     for q in common:
         before, after = last_regs[q], now_regs[q]
         delta = after - before
@@ -328,10 +342,14 @@ def check_reading(
             verdict = Verdict.SPIKE
         elif verdict is not Verdict.OK:
             notes.append(f"{q}: {before} → {after}")
+        unusual = unusual or verdict is not Verdict.OK
         verdicts[q] = verdict
         deltas[q] = delta
-    worst = next(v for v in _SEVERITY if v in verdicts.values() or v is Verdict.OK)
-    flagged = tuple(q for q, v in verdicts.items() if v is worst and worst is not Verdict.OK)
+    worst: Verdict = Verdict.OK
+    flagged: tuple[Quantity, ...] = ()
+    if unusual:  # every register OK is the usual case: nothing to rank
+        worst = next(v for v in _SEVERITY if v in verdicts.values())
+        flagged = tuple(q for q, v in verdicts.items() if v is worst)
     left = budget
     if worst in (Verdict.OK, Verdict.ROLLOVER):
         used = consumption(deltas)

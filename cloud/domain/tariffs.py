@@ -26,7 +26,7 @@ piece's units. Pieces under a flat or TOU version leave it untouched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence, Sized
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
@@ -49,6 +49,8 @@ __all__ = [
     "MAX_SPEC_TEXT",
     "MAX_TIERS",
     "MAX_TIER_UNITS",
+    "SPEC_FIELDS",
+    "TIER_FIELDS",
     "TOU_REGISTERS",
     "UNITS_QUANTUM",
     "ChargeLine",
@@ -61,6 +63,7 @@ __all__ = [
     "TierReset",
     "next_period_start",
     "rate",
+    "spec_milli",
     "spec_text",
     "spec_yuan",
     "tier_period",
@@ -142,13 +145,55 @@ def spec_yuan(value: object, field: str) -> int:
         raise TariffError(f"{field}: {str(exc)[:200] or type(exc).__name__}") from exc
 
 
-def _spec_price(item: Mapping[str, Any], field: str = "spec") -> int:
-    if item.get("price_milli") is not None:
-        value = item["price_milli"]
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"price_milli must be an int, got {spec_text(value, field + '.price_milli')}")
-        return value
-    return spec_yuan(item["price"], f"{field}.price")
+_TOU_NAMES = frozenset(q.value for q in TOU_REGISTERS)
+SPEC_FIELDS = frozenset(
+    {"kind", "price_milli", "price", "tou_prices", "tou_prices_yuan", "tiers", "tier_reset", "name"}
+)
+"""Every field a tariff spec may have (:meth:`TariffVersion.from_spec`); anything else is refused."""
+TIER_FIELDS = frozenset({"upto", "price_milli", "price"})
+"""Every field of one tier."""
+
+
+def spec_milli(value: object, field: str) -> int:
+    """A price in milli-fen as a spec writes it: a whole JSON number, never truncated (1.9 milli-fen
+    is refused naming ``field``, not read as 1), at most :data:`MAX_PRICE_MILLI`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        shown = spec_text(value, field)
+        raise TariffError(
+            f"{field}: {shown} is not a whole number of milli-fen (a finer price: give yuan as text)"
+        )
+    if not 0 <= value <= MAX_PRICE_MILLI:
+        shown = spec_text(value, field) if len(str(value)) <= MAX_SPEC_TEXT else f"{str(value)[:20]}…"
+        raise TariffError(f"{field}: {shown} milli-fen is outside 0 … {MAX_PRICE_MILLI} (1,000 yuan)")
+    return value
+
+
+def _spec_units(value: object, field: str) -> Decimal | None:
+    """A tier bound: ``None`` (unbounded), a whole JSON number or a number as text."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TariffError(f'{field}: must be a number as text ("200"), a whole number or null')
+    try:
+        bound = Decimal(spec_text(value, field))
+    except ArithmeticError as exc:
+        raise TariffError(f"{field}: {str(value)[:MAX_SPEC_TEXT]!r} is not a number") from exc
+    if not bound.is_finite():
+        raise TariffError(f"{field}: {bound} is not a number")
+    return bound
+
+
+def _spec_price(item: Mapping[str, Any], where: str) -> int | None:
+    """``price_milli`` or ``price`` (yuan) of ``item``; both at once is refused."""
+    prefix = f"{where}." if where else ""
+    milli, yuan = item.get("price_milli"), item.get("price")
+    if milli is not None and yuan is not None:
+        raise TariffError(f"{prefix}price: give price (yuan) or price_milli, not both")
+    if milli is not None:
+        return spec_milli(milli, f"{prefix}price_milli")
+    if yuan is not None:
+        return spec_yuan(yuan, f"{prefix}price")
+    return None
 
 
 @dataclass(frozen=True)
@@ -182,21 +227,23 @@ class TariffVersion:
         prices: list[int] = []
         if self.kind is TariffKind.FLAT:
             if self.price_milli is None or self.tou_prices or self.tiers:
-                raise TariffError(f"version {self.id}: a flat tariff has exactly one price_milli")
+                raise TariffError(
+                    f"version {self.id}: price: a flat tariff has one price, no tou_prices or tiers"
+                )
             prices.append(self.price_milli)
         elif self.kind is TariffKind.TOU:
             if not self.tou_prices or self.price_milli is not None or self.tiers:
-                raise TariffError(f"version {self.id}: a TOU tariff has prices per register T1..T4 only")
+                raise TariffError(f"version {self.id}: tou_prices: a TOU tariff has prices per register only")
             unknown = set(self.tou_prices) - set(TOU_REGISTERS)
             if unknown:
-                raise TariffError(f"version {self.id}: TOU prices for non-TOU registers {sorted(unknown)}")
+                raise TariffError(f"version {self.id}: tou_prices: non-TOU registers {sorted(unknown)}")
             prices.extend(self.tou_prices.values())
         elif self.kind is TariffKind.TIERED:
             if not self.tiers or self.price_milli is not None or self.tou_prices:
-                raise TariffError(f"version {self.id}: a tiered tariff has tiers only")
+                raise TariffError(f"version {self.id}: tiers: a tiered tariff has tiers only")
         elif self.kind is TariffKind.WATER:
             if (self.price_milli is None) == (not self.tiers) or self.tou_prices:
-                raise TariffError(f"version {self.id}: a water tariff has either price_milli or tiers")
+                raise TariffError(f"version {self.id}: price: a water tariff has a price or tiers")
             if self.price_milli is not None:
                 prices.append(self.price_milli)
         if self.tiers:
@@ -205,7 +252,7 @@ class TariffVersion:
         for price in prices:
             if isinstance(price, bool) or not isinstance(price, int) or price < 0:
                 shown = price if isinstance(price, int) else repr(price)[:MAX_SPEC_TEXT]
-                raise TariffError(f"version {self.id}: price {shown} is not a non-negative int milli-fen")
+                raise TariffError(f"version {self.id}: price_milli: {shown} is not a non-negative int")
             if price > MAX_PRICE_MILLI:
                 raise TariffError(
                     f"version {self.id}: price_milli: {str(price)[:MAX_SPEC_TEXT]} is above the highest "
@@ -223,12 +270,16 @@ class TariffVersion:
             final = i == len(self.tiers) - 1
             if tier.upto is None:
                 if not final:
-                    raise TariffError(f"version {self.id}: only the last tier may be unbounded")
+                    raise TariffError(f"version {self.id}: tiers[{i}].upto: only the last tier is unbounded")
                 continue
             if final:
-                raise TariffError(f"version {self.id}: the last tier must be unbounded (upto=None)")
+                raise TariffError(
+                    f"version {self.id}: tiers[{i}].upto: the last tier must be unbounded (null)"
+                )
             if not isinstance(tier.upto, Decimal) or not tier.upto.is_finite() or tier.upto <= last:
-                raise TariffError(f"version {self.id}: tier bounds must increase, got {tier.upto!r}")
+                raise TariffError(
+                    f"version {self.id}: tiers[{i}].upto: bounds must increase, got {tier.upto!r}"
+                )
             if tier.upto > MAX_TIER_UNITS or tier.upto != tier.upto.quantize(UNITS_QUANTUM):
                 raise TariffError(
                     f"version {self.id}: tiers[{i}].upto: {tier.upto} is not a bound of at most "
@@ -289,57 +340,98 @@ class TariffVersion:
 
     @classmethod
     def from_spec(cls, id: str | int, effective_from: datetime, spec: Mapping[str, Any]) -> TariffVersion:
-        """Rebuild a version from :meth:`to_spec` output; any defect is a ``TariffError`` naming it.
+        """The one reader of a tariff spec: the API validates with it before storing (then stores
+        :meth:`to_spec`) and billing rates what it returns, so what was accepted is what is rated.
 
-        Prices are integer milli-fen (``price_milli``, ``tou_prices``, ``tiers[].price_milli``); a
-        hand-written spec may give yuan strings instead (``price``, ``tou_prices_yuan``, ``tiers[].price``).
+        Prices are integer milli-fen (``price_milli``, ``tou_prices``, ``tiers[].price_milli``) or yuan
+        as text (``price``, ``tou_prices_yuan``, ``tiers[].price``, at most 5 decimals). Any defect is a
+        :class:`TariffError` whose message names the field (``"tiers[1].upto: ..."``): an unknown key,
+        a tier without ``upto`` (``null`` for the last, unbounded one), a milli-fen price that is not
+        a whole number (1.9 milli-fen is never truncated to 1: give yuan instead), a price given twice,
+        a ``tier_reset`` other than ``monthly``/``yearly``, a value of the wrong type.
         """
-        known = {
-            "kind",
-            "price_milli",
-            "price",
-            "tou_prices",
-            "tou_prices_yuan",
-            "tiers",
-            "tier_reset",
-            "name",
-        }
-        if not isinstance(spec, Mapping) or "kind" not in spec or set(spec) - known:
-            raise TariffError(f"version {id}: spec must be a mapping with 'kind' and only {sorted(known)}")
-        raw_tiers = spec.get("tiers") or ()
-        if isinstance(raw_tiers, Sized) and len(raw_tiers) > MAX_TIERS:
-            raise TariffError(f"version {id}: tiers: {len(raw_tiers)} tiers, at most {MAX_TIERS}")
+        version_id = str(id)
+        if not isinstance(spec, Mapping):
+            raise TariffError(f"version {version_id}: spec: must be a JSON object, got {type(spec).__name__}")
+        unknown = sorted(str(k)[:MAX_SPEC_TEXT] for k in spec if k not in SPEC_FIELDS)
+        if unknown:
+            raise TariffError(
+                f"version {version_id}: {unknown[0]}: unknown field (known: {sorted(SPEC_FIELDS)})"
+            )
         try:
-            tiers = tuple(
-                Tier(
-                    None if t["upto"] is None else Decimal(spec_text(t["upto"], f"tiers[{i}].upto")),
-                    _spec_price(t, f"tiers[{i}]"),
+            return cls._read_spec(version_id, effective_from, spec)
+        except TariffError as exc:
+            if str(exc).startswith(f"version {version_id}: "):
+                raise
+            raise TariffError(f"version {version_id}: {exc}") from exc
+        except (TypeError, ValueError, ArithmeticError, MoneyError) as exc:  # a defect not named below
+            raise TariffError(f"version {version_id}: spec: malformed: {str(exc)[:200]}") from exc
+
+    @classmethod
+    def _read_spec(cls, version_id: str, effective_from: datetime, spec: Mapping[str, Any]) -> TariffVersion:
+        kind_raw = spec.get("kind")
+        if not isinstance(kind_raw, str) or kind_raw not in {k.value for k in TariffKind}:
+            shown = spec_text(kind_raw, "kind") if kind_raw is not None else "nothing"
+            raise TariffError(f"kind: unknown kind {shown!r}, one of {[k.value for k in TariffKind]}")
+        reset_raw = spec.get("tier_reset")
+        if reset_raw is None:
+            reset = TierReset.MONTHLY
+        elif isinstance(reset_raw, str) and reset_raw in {r.value for r in TierReset}:
+            reset = TierReset(reset_raw)
+        else:
+            shown = spec_text(reset_raw, "tier_reset")
+            raise TariffError(f"tier_reset: must be 'monthly' or 'yearly', got {shown!r}")
+        name = spec.get("name")
+        if name is not None and not isinstance(name, str):
+            raise TariffError(f"name: must be text, got {type(name).__name__}")
+        tou: dict[Quantity, int] = {}
+        for field_name in ("tou_prices", "tou_prices_yuan"):
+            raw = spec.get(field_name)
+            if raw is None:
+                continue
+            if not isinstance(raw, Mapping):
+                raise TariffError(f"{field_name}: must be an object of register → price")
+            for register, value in raw.items():
+                where = f"{field_name}.{str(register)[:20]}"
+                if register not in {q.value for q in TOU_REGISTERS}:
+                    raise TariffError(
+                        f"{where}: not a TOU register, one of {[q.value for q in TOU_REGISTERS]}"
+                    )
+                quantity = Quantity(register)
+                if quantity in tou:
+                    raise TariffError(f"{where}: priced twice (tou_prices and tou_prices_yuan)")
+                tou[quantity] = (
+                    spec_milli(value, where) if field_name == "tou_prices" else spec_yuan(value, where)
                 )
-                for i, t in enumerate(raw_tiers)  # type: ignore[arg-type]
-            )
-            tou: dict[Any, Any] = dict(spec.get("tou_prices") or {})
-            tou.update(
-                {
-                    q: spec_yuan(p, f"tou_prices_yuan.{str(q)[:20]}")
-                    for q, p in dict(spec.get("tou_prices_yuan") or {}).items()
-                }
-            )
-            price = (
-                None if spec.get("price_milli") is None and spec.get("price") is None else _spec_price(spec)
-            )
-        except TariffError:
-            raise
-        except (KeyError, TypeError, ValueError, ArithmeticError, MoneyError) as exc:
-            raise TariffError(f"version {id}: malformed spec: {str(exc)[:200]}") from exc
+        raw_tiers = spec.get("tiers")
+        tiers: list[Tier] = []
+        if raw_tiers is not None:
+            if not isinstance(raw_tiers, list):
+                raise TariffError("tiers: must be a list of {upto, price}")
+            if len(raw_tiers) > MAX_TIERS:
+                raise TariffError(f"tiers: {len(raw_tiers)} tiers, at most {MAX_TIERS}")
+            for i, raw in enumerate(raw_tiers):
+                where = f"tiers[{i}]"
+                if not isinstance(raw, Mapping):
+                    raise TariffError(f"{where}: must be an object {{upto, price}}")
+                extra = sorted(str(k)[:MAX_SPEC_TEXT] for k in raw if k not in TIER_FIELDS)
+                if extra:
+                    raise TariffError(f"{where}.{extra[0]}: unknown field (known: {sorted(TIER_FIELDS)})")
+                if "upto" not in raw:
+                    raise TariffError(f"{where}.upto: required (null for the last, unbounded tier)")
+                price = _spec_price(raw, where)
+                if price is None:
+                    raise TariffError(f"{where}.price: a tier has no price")
+                tiers.append(Tier(_spec_units(raw["upto"], f"{where}.upto"), price))
         return cls(
-            str(id),
-            spec["kind"],
+            version_id,
+            TariffKind(kind_raw),
             effective_from,
-            price_milli=price,
+            price_milli=_spec_price(spec, ""),
             tou_prices=tou,
-            tiers=tiers,
-            tier_reset=spec.get("tier_reset") or TierReset.MONTHLY,
-            name=str(spec.get("name") or ""),
+            tiers=tuple(tiers),
+            tier_reset=reset,
+            name=name or "",
         )
 
     # --- queries ------------------------------------------------------------------------------------
@@ -482,6 +574,8 @@ class RatingResult:
     amount_milli: int
     counter: TierCounter
     units: Mapping[Quantity, Decimal]
+    added: Mapping[str, Decimal] = field(default_factory=dict)
+    """Units counted toward tiers, per tier period the interval touches (tiered pieces only)."""
 
 
 def _split_by_period(
@@ -561,11 +655,23 @@ def rate(
     counter: TierCounter = EMPTY_COUNTER,
     *,
     tz: tzinfo = DEFAULT_TZ,
+    usage: Mapping[str, Decimal] | None = None,
 ) -> RatingResult:
     """Rate the consumption ``deltas`` (per cumulative register) between readings at ``start``/``end``.
 
     Raises ``RatingError`` for a reversed interval, a negative or non-Decimal delta, or a register the
     version in force needs but the deltas lack (a non-zero delta on a register it cannot price too).
+
+    **Before the first version.** A tariff bills from its first version's ``effective_from``: an
+    interval that starts before it is billed pro rata by time for the part after it (the part before
+    is cut off like any piece and priced by nobody); an interval that ends at or before it rates to
+    nothing (no lines, counter unchanged). So a new site whose baseline precedes its tariff, or a
+    project switched to a new tariff, bills from the tariff's effective time and is never stuck.
+
+    **Tier usage per period.** With ``usage`` (tier period → units already counted in it, e.g. every
+    meter of the household), a tiered piece starts from the usage of *its own* period (plus what
+    earlier pieces of this interval added to it), whatever period the account last counted in:
+    ``counter`` is then ignored. :attr:`RatingResult.added` says what to add to each period.
     """
     _aware(start, "start")
     _aware(end, "end")
@@ -575,16 +681,28 @@ def rate(
         if delta < 0:
             raise RatingError(f"delta of {quantity} is negative ({delta}); validate readings first")
 
-    pieces: list[tuple[TariffVersion, datetime, datetime]] = []
-    for version, v_start, v_end in schedule.segments(start, end):
-        pieces.extend((version, a, b) for a, b in _split_by_period(version, v_start, v_end, tz))
+    if end < start:
+        raise RatingError(f"interval ends ({end.isoformat()}) before it starts ({start.isoformat()})")
+    first = schedule.versions[0].effective_from
+    if end <= first and (start < end or end < first):  # all of it before the tariff: nothing to bill
+        return RatingResult((), 0, counter, {})
+    if start < first < end:  # the tariff starts inside the interval: the part before it is not billed
+        uncovered: list[tuple[TariffVersion | None, datetime, datetime]] = [(None, start, first)]
+        covered = (first, end)
+    else:
+        uncovered, covered = [], (start, end)
+    pieces: list[tuple[TariffVersion | None, datetime, datetime]] = list(uncovered)
+    for in_force, v_start, v_end in schedule.segments(*covered):
+        pieces.extend((in_force, a, b) for a, b in _split_by_period(in_force, v_start, v_end, tz))
 
-    needed = {q for version, _, _ in pieces for q in version.registers}
+    needed = {q for version, _, _ in pieces if version is not None for q in version.registers}
     missing = sorted(q.value for q in needed if q not in deltas)
     if missing:
         raise RatingError(f"deltas lack register(s) {missing} needed by the tariff in force")
     for quantity, delta in deltas.items():
-        unpriced = any(v.kind is TariffKind.TOU and quantity not in v.registers for v, _, _ in pieces)
+        unpriced = any(
+            v is not None and v.kind is TariffKind.TOU and quantity not in v.registers for v, _, _ in pieces
+        )
         if delta and unpriced and quantity in TOU_REGISTERS:
             raise RatingError(f"register {quantity} has consumption {delta} but no price in force")
 
@@ -593,13 +711,20 @@ def rate(
 
     lines: list[ChargeLine] = []
     tier_counter = counter
+    added: dict[str, Decimal] = {}
     for index, (version, a, b) in enumerate(pieces):
+        if version is None:  # before the first version: its pro-rata share is nobody's to bill
+            continue
         if version.is_tiered:
             units = shares[version.registers[0]][index]
             period = tier_period(a, version.tier_reset, tz)
-            used = tier_counter.used if tier_counter.period == period else Decimal(0)
+            if usage is not None:
+                used = usage.get(period, Decimal(0)) + added.get(period, Decimal(0))
+            else:
+                used = tier_counter.used if tier_counter.period == period else Decimal(0)
             lines.extend(_tier_lines(version, a, b, units, used))
             tier_counter = TierCounter(period, used + units)
+            added[period] = added.get(period, Decimal(0)) + units
             continue
         for quantity in version.registers:
             units = shares[quantity][index]
@@ -619,4 +744,4 @@ def rate(
             f"the interval rates to {amount} milli-fen, beyond the most one charge may be "
             f"({MAX_RATED_MILLI}): the consumption or the price is not plausible"
         )
-    return RatingResult(tuple(lines), amount, tier_counter, totals)
+    return RatingResult(tuple(lines), amount, tier_counter, totals, added)

@@ -69,12 +69,14 @@ __all__ = [
     "Organisation",
     "PrepayMode",
     "Project",
+    "ProvisioningCode",
     "Role",
     "Room",
     "Tariff",
     "TariffKind",
     "TariffVersion",
     "Tenant",
+    "TierUsage",
     "User",
 ]
 
@@ -181,8 +183,6 @@ class Project(SQLModel, table=True):
     stale_after_s: int = 3 * 3600
     """No cut when the newest reading of the meter is older than this."""
     require_final_notice: bool = True
-    tier_reset: str = Field(default="monthly", sa_type=String(16))
-    """Tier counter reset period of tiered tariffs: ``monthly`` or ``yearly``."""
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
@@ -308,6 +308,26 @@ class Meter(SQLModel, table=True):
     replaced_by_id: int | None = Field(default=None, foreign_key="meter.id")
 
 
+class ProvisioningCode(SQLModel, table=True):
+    """A one-time code an installer types into ``meterflow edge register`` to enrol a gateway.
+
+    Created by a manager or installer for a project; only a SHA-256 of the code is stored (the code
+    is shown once), it works once (``used_at``, ``gateway_id``) and not after ``expires_at``.
+    """
+
+    __tablename__ = "provisioning_code"
+
+    id: int | None = Field(default=None, primary_key=True)
+    org_id: int = Field(foreign_key="organisation.id", index=True)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    code_sha256: str = Field(sa_type=String(64), unique=True)
+    created_by: int | None = Field(default=None, foreign_key="user_account.id")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    gateway_id: int | None = Field(default=None, foreign_key="gateway.id")
+
+
 # --- tenants and accounts ----------------------------------------------------------------------------
 
 
@@ -338,15 +358,6 @@ class Account(SQLModel, table=True):
     balance_fen: int = Field(default=0, sa_type=FEN)
     residue_millifen: int = Field(default=0, sa_type=BigInteger)
     """Rating remainder below one fen, carried to the next charge (0 ≤ residue < 1000)."""
-    tier_period: str = Field(default="", sa_type=String(16))
-    """Tier counter period key (``2026-11`` monthly, ``2026`` yearly); empty before the first charge."""
-    tier_usage: Decimal = Field(default=Decimal(0), sa_type=MicroDecimal)
-    """Electricity counted toward tiers in ``tier_period`` (kWh)."""
-    water_tier_period: str = Field(default="", sa_type=String(16))
-    """The water tier counter's period: water and electricity tiers count separately (and usually
-    reset differently: water yearly, electricity monthly)."""
-    water_tier_usage: Decimal = Field(default=Decimal(0), sa_type=MicroDecimal)
-    """Water counted toward tiers in ``water_tier_period`` (m³)."""
     protected: bool = False
     credit_limit_fen: int | None = Field(default=None, sa_type=FEN)
     """Overrides the project's credit limit."""
@@ -354,6 +365,26 @@ class Account(SQLModel, table=True):
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     version: int = 0
     """Bumped on every balance change; lets readers detect concurrent changes."""
+
+
+class TierUsage(SQLModel, table=True):
+    """What an account used toward its tiers in one tier period, per utility (migration 0013).
+
+    阶梯 is per household and per period: every electricity meter of the account counts toward the
+    electricity row of the period its consumption falls in, water apart. One row per period (not one
+    counter of "the current period"), so a meter whose reading still belongs partly to last month —
+    late, offline, or simply processed after another meter's — is tiered by last month's usage, and a
+    re-rating corrects exactly the periods it touches (:mod:`cloud.services.billing`)."""
+
+    __tablename__ = "tier_usage"
+
+    account_id: int = Field(foreign_key="account.id", primary_key=True)
+    utility: str = Field(sa_type=String(16), primary_key=True)
+    """``electric`` or ``water``."""
+    period: str = Field(sa_type=String(16), primary_key=True)
+    """``2026-11`` (monthly tiers) or ``2026`` (yearly), in the project's time zone."""
+    used: Decimal = Field(default=Decimal(0), sa_type=MicroDecimal)
+    """Units (kWh or m³, after the CT ratio) counted in the period."""
 
 
 class AccountMeter(SQLModel, table=True):

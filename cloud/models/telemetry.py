@@ -74,6 +74,7 @@ class AlarmKind(StrEnum):
     METER_BALANCE_MISMATCH = "meter_balance_mismatch"  # a local-prepay meter's remaining money ≠ held:<meter>
     SETTINGS_INVALID = "settings_invalid"  # a stored project / tariff row is unusable: held on its own
     PROCESSING_FAILED = "processing_failed"  # one account, meter, gateway... raised: skipped on its own
+    NOTICE_UNDELIVERABLE = "notice_undeliverable"  # every channel failed: a person must tell the tenant
 
 
 class CommandOrigin(StrEnum):
@@ -86,6 +87,8 @@ class NotificationStatus(StrEnum):
     SENT = "sent"
     DELIVERED = "delivered"
     FAILED = "failed"
+    DEAD = "dead"
+    """Every channel failed or refused it after its attempts: an alarm asks a person to act."""
 
 
 class ReadingRow(SQLModel, table=True):
@@ -261,6 +264,15 @@ class NotificationOutbox(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # the sender's bookkeeping (migration 0014, cloud/services/notify/)
+    attempts: int = 0
+    channel_pos: int = 0
+    """Index of the channel being tried in the project's channel order (fallback moves it on)."""
+    next_try_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    claimed_by: str = Field(default="", sa_type=String(64))
+    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    """A claim is a lease: a replica that dies mid-send loses it when this passes."""
+    last_error: str = Field(default="", sa_type=String(500))
 
 
 class DeadLetter(SQLModel, table=True):

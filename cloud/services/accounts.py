@@ -9,7 +9,7 @@ a cash recharge is keyed by its receipt number (the same receipt can never be cr
 refunds and adjustments by the caller's request id, a reversal by the reversed key, a settlement by
 the account. Refunds, adjustments, reversals, settlements and meter replacements are audited.
 
-Meter replacement keeps the account — its balance, rating residue and tier counter — and moves the
+Meter replacement keeps the account — its balance, rating residue and tier usage — and moves the
 account's link from the old meter to the new one; the old meter is deactivated and points at its
 successor. Register baselines of the new meter are telemetry's business (first reading).
 

@@ -41,6 +41,11 @@ class AuditAction(StrEnum):
     METER_RATE_CHANGED = "meter_rate_changed"
     GATEWAY_KEY_ROTATED = "gateway_key_rotated"
     GATEWAY_KEY_OVERLAP_ENDED = "gateway_key_overlap_ended"
+    NOTIFY_SETTINGS_CHANGED = "notify_settings_changed"
+    NOTIFY_CONTACT_CHANGED = "notify_contact_changed"
+    PROVISIONING_CODE_CREATED = "provisioning_code_created"
+    GATEWAY_REGISTERED = "gateway_registered"
+    METER_ASSIGNED = "meter_assigned"
     PAY_CONFLICT_RESOLVED = "pay_conflict_resolved"
 
 

@@ -5,7 +5,8 @@ reading never gets here twice). Per meter, ``meter_state`` holds the last *accep
 billing baseline. A new reading is judged against it by :func:`cloud.domain.readings.check_reading`:
 
 - ``ok`` → the register deltas (× the meter's CT ratio) are rated by :func:`cloud.domain.tariffs.rate`
-  over ``[baseline time, reading time]`` with the tier counter of the paying account; milli-fen go
+  over ``[baseline time, reading time]`` with the paying account's tier usage of the periods it
+  touches (:mod:`cloud.services.tier_usage`); milli-fen go
   through :func:`cloud.domain.money.carry` with the account's residue, and whole fen are posted as one
   ``charge`` transaction whose idempotency key is derived from the reading identity
   ``chg:<gateway>:<meter>:<seq>`` (returned, and written for the whole batch at once by
@@ -21,12 +22,16 @@ billing baseline. A new reading is judged against it by :func:`cloud.domain.read
   budget (``meter_state.rate_budget``, :mod:`cloud.domain.readings`), which moves with the baseline;
 - ``late`` (older than the baseline): inside billed history, the interval around it is re-rated —
   reversal of its charge and two replacement charges — when that changes the amount (a tariff
-  version change inside it; under tiers, usage moved across a tier period reset, rated from the tier
-  counter each charge stores in its meta; see :func:`_rerate`); older than the meter's first accepted
+  version change inside it; under tiers, usage moved across a tier period reset, corrected against
+  the account's usage per period; see :func:`_rerate`); older than the meter's first accepted
   reading, ``[late, first]`` is charged (billing extends backwards);
-- no tariff in force → held (the baseline stays, so nothing is lost when a tariff is configured);
+- no tariff at all (none of the meter's, no project default, or no version) → held ``no_tariff`` (the
+  baseline stays; the holds are billed once a tariff covers the meter:
+  :func:`cloud.services.tariff_coverage.bill_waiting`). A tariff bills from its first version's
+  effective time: an interval before it rates to nothing (``zero``), one straddling it is billed pro
+  rata for the covered part (:func:`cloud.domain.tariffs.rate`);
 - a local-prepay meter (``prepay_mode`` local) → rated exactly like any other (tariff, TOU, tiers,
-  the account's residue and tier counter) and ``billed``, but the charge debits ``held:<meter>``, not
+  the account's residue and tier usage) and ``billed``, but the charge debits ``held:<meter>``, not
   the wallet: the meter deducts its consumption itself, from money that moved wallet → held when its
   top-up was acknowledged (:func:`cloud.services.control.apply_ack`). So held tracks what the meter
   should still hold, revenue includes local meters, and neither the wallet balance nor the arrears
@@ -35,7 +40,8 @@ billing baseline. A new reading is judged against it by :func:`cloud.domain.read
   readings of such a meter are re-rated (and extend billing backwards) like any other, on
   ``held:<meter>``.
 
-Tariff versions are stored as JSON ``spec`` (see :func:`version_from_spec`).
+Tariff versions are stored as JSON ``spec``, read by the one reader the API validates with
+(:meth:`cloud.domain.tariffs.TariffVersion.from_spec`).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
@@ -66,15 +72,9 @@ from cloud.domain.readings import (
 )
 from cloud.domain.tariffs import (
     MAX_SPEC_SIZE,
-    MAX_TIERS,
-    TariffKind,
     TariffSchedule,
-    Tier,
     TierCounter,
-    TierReset,
     rate,
-    spec_text,
-    spec_yuan,
 )
 from cloud.domain.tariffs import TariffVersion as DomainVersion
 from cloud.models import (
@@ -95,8 +95,9 @@ from cloud.models import (
     utcnow,
 )
 from cloud.services import ledger as ledger_service
+from cloud.services import tier_usage
 from cloud.services.arrears import project_zone
-from cloud.services.bulk import insert_rows
+from cloud.services.bulk import insert_rows, int_array
 from cloud.services.isolation import FAULTS, Unit, UnitFault, UnitKind, clear_fault, fault_alarm
 from cloud.services.local_prepay import MeterIdentity, check_remaining, utility_of
 from protocol.contract import Quantity
@@ -120,8 +121,6 @@ __all__ = [
     "post_charges",
     "schedule_for",
     "snapshot_values",
-    "tier_counter",
-    "version_from_spec",
 ]
 
 MAX_KEY = dledger.MAX_KEY_LENGTH
@@ -137,56 +136,6 @@ def charge_key(gateway: str, meter: str, seq: int) -> str:
     return f"chg:h:{digest}:{seq}"
 
 
-def _price(spec: Mapping[str, Any], milli_key: str, yuan_key: str) -> int | None:
-    if spec.get(milli_key) is not None:
-        value = spec[milli_key]
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TariffError(f"{milli_key} must be an integer milli-fen, got {value!r}")
-        return value
-    if spec.get(yuan_key) is not None:
-        return spec_yuan(spec[yuan_key], yuan_key)
-    return None
-
-
-def version_from_spec(version_id: str, effective_from: datetime, spec: Mapping[str, Any]) -> DomainVersion:
-    """A stored ``tariff_version.spec`` as a domain version.
-
-    ``{"kind": "flat", "price_milli": 56830}`` (or ``"price": "0.5683"`` yuan);
-    ``{"kind": "tou", "tou_prices": {"energy_t1_kwh": 120000, ...}}`` (milli-fen, or ``tou_prices_yuan``);
-    ``{"kind": "tiered", "tier_reset": "monthly", "tiers": [{"upto": "200", "price_milli": 48830},
-    {"upto": null, "price": "0.7883"}]}``; ``{"kind": "water", "price_milli": ...}`` or with ``tiers``.
-    """
-    try:
-        kind = TariffKind(str(spec.get("kind", "")))
-    except ValueError as exc:
-        raise TariffError(f"tariff version {version_id}: unknown kind {spec.get('kind')!r}") from exc
-    tiers: tuple[Tier, ...] = ()
-    raw_tiers = list(spec.get("tiers") or ())
-    if len(raw_tiers) > MAX_TIERS:  # bounded before parsing: the domain bounds the rest
-        raise TariffError(f"tariff version {version_id}: tiers: {len(raw_tiers)}, at most {MAX_TIERS}")
-    for i, raw in enumerate(raw_tiers):
-        price = _price(raw, "price_milli", "price")
-        if price is None:
-            raise TariffError(f"tariff version {version_id}: a tier has no price")
-        upto = raw.get("upto")
-        tiers += (Tier(None if upto is None else Decimal(spec_text(upto, f"tiers[{i}].upto")), price),)
-    tou: dict[Quantity, int] = {}
-    for name, value in (spec.get("tou_prices") or {}).items():
-        tou[Quantity(name)] = int(spec_text(value, "tou_prices") if isinstance(value, str) else value)
-    for name, value in (spec.get("tou_prices_yuan") or {}).items():
-        tou[Quantity(name)] = spec_yuan(value, "tou_prices_yuan")
-    return DomainVersion(
-        id=version_id,
-        kind=kind,
-        effective_from=effective_from,
-        price_milli=_price(spec, "price_milli", "price"),
-        tou_prices=tou,
-        tiers=tiers,
-        tier_reset=TierReset(spec_text(spec.get("tier_reset", "monthly"), "tier_reset")),
-        name=str(spec.get("name", "")),
-    )
-
-
 @dataclass
 class BillingCache:
     """Per unit of work: tariff schedules and projects already loaded (and tariffs found unusable)."""
@@ -196,6 +145,7 @@ class BillingCache:
     rules: ReadingRules = field(default_factory=ReadingRules)
     """The base rules (clock, rollover, whether the rate is enforced); rate and allowance are per meter."""
     unusable: dict[int, UnitFault] = field(default_factory=dict)
+    zones: dict[int, tzinfo | UnitFault] = field(default_factory=dict)
     _per_meter: dict[tuple[str, str, int, Decimal | None], ReadingRules] = field(default_factory=dict)
 
     def rules_for(self, meter: MeterFacts) -> ReadingRules:
@@ -204,6 +154,21 @@ class BillingCache:
         found = self._per_meter.get(key)
         if found is None:
             found = self._per_meter[key] = rules_for(self.rules, *key)
+        return found
+
+    def zone(self, project: Project) -> tzinfo:
+        """:func:`cloud.services.arrears.project_zone` once per project and unit of work, not per
+        reading (a zone that is not tzdata's raises the same :class:`UnitFault` every time)."""
+        key = project.id or 0
+        found = self.zones.get(key)
+        if found is None:
+            try:
+                found = project_zone(project)
+            except UnitFault as fault:
+                found = fault
+            self.zones[key] = found
+        if isinstance(found, UnitFault):
+            raise found
         return found
 
     def project(self, session: Session, project_id: int) -> Project:
@@ -248,7 +213,9 @@ def schedule_for(
             if spec is None and length is not None and length > MAX_SPEC_SIZE:
                 raise TariffError(f"version {version_id}: spec: {length} characters, at most {MAX_SPEC_SIZE}")
         schedule = (
-            TariffSchedule(version_from_spec(str(i), at, spec) for i, at, _, spec in rows) if rows else None
+            TariffSchedule(DomainVersion.from_spec(str(i), at, spec) for i, at, _, spec in rows)
+            if rows
+            else None
         )
     except UNREADABLE as exc:
         fault = _tariff_fault(session, tariff_id, exc)
@@ -315,7 +282,8 @@ class Baseline(Protocol):
 
 
 class Payer(Protocol):
-    """The paying account: billing reads its identity and carries its residue and tier counter.
+    """The paying account: billing reads its identity and carries its residue (its tier usage is
+    kept per period in :mod:`cloud.services.tier_usage`).
 
     The ingest passes plain rows it loaded ``FOR UPDATE`` (no ORM instrumentation on the hot path);
     other callers pass the ORM :class:`cloud.models.Account`."""
@@ -330,24 +298,6 @@ class Payer(Protocol):
     def status(self) -> str: ...
 
     residue_millifen: int
-    tier_period: str
-    tier_usage: Decimal
-    water_tier_period: str
-    water_tier_usage: Decimal
-
-
-def tier_counter(account: Payer, kind: str) -> TierCounter:
-    """The account's tier counter for a meter of ``kind``: electricity and water count apart."""
-    if kind == MeterKind.WATER:
-        return TierCounter(account.water_tier_period, account.water_tier_usage)
-    return TierCounter(account.tier_period, account.tier_usage)
-
-
-def _store_counter(account: Payer, kind: str, counter: TierCounter) -> None:
-    if kind == MeterKind.WATER:
-        account.water_tier_period, account.water_tier_usage = counter.period, counter.used
-    else:
-        account.tier_period, account.tier_usage = counter.period, counter.used
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,7 +394,7 @@ def bill_reading(
     """Validate, rate and charge one new reading (see the module docstring). The caller commits.
 
     ``state`` and ``account`` must be locked by the caller (``SELECT ... FOR UPDATE``) for the whole
-    unit of work: the baseline, the residue and the tier counter are read-modify-write.
+    unit of work: the baseline, the residue and the tier usage rows are read-modify-write.
     """
     snap = Snapshot(reading.ts, reading.values)
     if not snap.registers():
@@ -581,17 +531,14 @@ def _rerate(
     ``floor((residue₀ + Σ milli-fen) / 1000)``. Nothing is posted when the re-rated amount equals the
     billed one (the usual case: no tariff change inside the interval).
 
-    Tiered tariffs: which tier a kWh falls in depends on the counter before it, so ``[start, late]`` is
-    rated from the counter the original charge started from (``tier_period``/``tier_used`` in its meta,
-    see :func:`_charge`) and ``[late, end]`` from where that leaves it. Inside one tier period a split
-    changes nothing (same units, same tiers); across a reset (month or year end, project time zone) it
-    moves units between periods, which changes the amount and the counter after ``end``. That counter
-    change alone also re-rates (reversal + replacements with the same total), so the late reading
-    becomes a boundary and a second late reading compares against the corrected split. The difference
-    is applied to the account's counter only while the account is still in ``end``'s period; charges
-    already posted after ``end`` (any meter of the account) are **not** re-rated, though the tier they
-    were priced at may have depended on it. A charge without a stored counter (posted before it was
-    recorded) is not re-rated: the reading is stored as ``late``.
+    Tiered tariffs: tier usage is kept per account and tier period (:mod:`cloud.services.tier_usage`),
+    and each period's charges add up to the tiered price of its whole usage. The split moves units
+    between periods only across a reset (month or year end, project time zone). The correction is
+    what ``[start, late]`` + ``[late, end]`` cost minus what ``[start, end]`` costs, both rated on
+    top of the account's usage *without* this interval (every other meter's and every later charge
+    stay counted), and the usage of exactly the periods touched moves by the units moved. A changed
+    split alone also re-rates (reversal + replacements with the same total), so the late reading
+    becomes a boundary and a second late reading compares against the corrected split.
     """
     assert meter.id is not None
     assert account.id is not None
@@ -644,32 +591,37 @@ def _rerate(
     wallet = held or dledger.wallet_code(account.id)  # the account the interval's charge debited
     # the interval's own charge, or its line of a batch charge (plan_charges)
     line = batch_line(original.details, wallet)
-    charged = line if line is not None else original.details
-    tiered = any(v.is_tiered for v in schedule.versions)
-    counter = tier_counter(account, meter.kind)
-    if tiered:  # tiers depend on the counter the original charge started from: stored with it
-        try:
-            counter = TierCounter(str(charged["tier_period"]), Decimal(charged["tier_used"]))
-        except (KeyError, TypeError, ValueError, InvalidOperation):
-            return BillingOutcome(ReadingStatus.LATE, detail=f"{detail}; the charge lacks its tier counter")
     ct = Decimal(meter.ct_ratio)
     deltas_a = {q: d * ct for q, d in first_half.deltas.items()}
     deltas_b = {q: d * ct for q, d in second_half.deltas.items()}
+    whole = {q: d + deltas_b[q] for q, d in deltas_a.items() if q in deltas_b}
+    usage = _usage(session, account.id, meter.kind, schedule, start.at, end.at, tz)
     try:
-        part_a = rate(schedule, start.at, snap.at, deltas_a, counter, tz=tz)
-        part_b = rate(schedule, snap.at, end.at, deltas_b, part_a.counter, tz=tz)
-        # the counter the original charge left after ``end`` (same inputs as then, so the same result)
-        whole = {q: d + deltas_b[q] for q, d in deltas_a.items() if q in deltas_b}
-        billed = rate(schedule, start.at, end.at, whole, counter, tz=tz).counter if tiered else part_b.counter
+        # the units the charge counted per tier period do not depend on the usage it started from
+        billed = rate(schedule, start.at, end.at, whole, tz=tz, usage={}).added
+        # the account's usage without this interval: every other charge of every meter stays counted
+        base = {p: used - billed.get(p, Decimal(0)) for p, used in (usage or {}).items()}
+        again = rate(schedule, start.at, end.at, whole, tz=tz, usage=base)
+        part_a = rate(schedule, start.at, snap.at, deltas_a, tz=tz, usage=base)
+        after_a = {
+            p: base.get(p, Decimal(0)) + part_a.added.get(p, Decimal(0)) for p in {*base, *part_a.added}
+        }
+        part_b = rate(schedule, snap.at, end.at, deltas_b, tz=tz, usage=after_a)
     except (RatingError, TariffError):
         return BillingOutcome(ReadingStatus.LATE, detail=detail)
-    old_milli = int(charged.get("amount_milli", "0"))
     new_milli = part_a.amount_milli + part_b.amount_milli
-    if new_milli == old_milli and part_b.counter == billed:
+    counted = {
+        p: part_a.added.get(p, Decimal(0)) + part_b.added.get(p, Decimal(0))
+        for p in {*part_a.added, *part_b.added}
+    }
+    moved = {p: counted.get(p, Decimal(0)) - billed.get(p, Decimal(0)) for p in {*counted, *billed}}
+    if new_milli == again.amount_milli and not any(moved.values()):
         return BillingOutcome(ReadingStatus.LATE, detail=f"{detail}; re-rating changes nothing")
     old_txn = ledger_service.load_transaction(session, original)
     old_fen = -old_txn.amount_on(wallet)
-    delta_fen, residue = carry(account.residue_millifen, new_milli - old_milli)
+    # each period's charges stay the tiered price of its whole usage: the correction is what the
+    # interval costs split minus what it costs whole, both on top of the account's other usage
+    delta_fen, residue = carry(account.residue_millifen, new_milli - again.amount_milli)
     total = old_fen + delta_fen
     fen_a = min(max(part_a.amount_milli // 1000, 0), max(total, 0))
     fen_b = max(total, 0) - fen_a
@@ -686,8 +638,8 @@ def _rerate(
     key_a = charge_key(gateway_device, meter.device_id, reading.seq)
     key_b = rerate_key(gateway_device, meter.device_id, after.seq, reading.seq)
     for key, fen, at, milli, started in (
-        (key_a, fen_a, snap.at, part_a.amount_milli, counter),
-        (key_b, fen_b, end.at, part_b.amount_milli, part_a.counter),
+        (key_a, fen_a, snap.at, part_a.amount_milli, _started_from(base, part_a.added)),
+        (key_b, fen_b, end.at, part_b.amount_milli, _started_from(after_a, part_b.added)),
     ):
         if fen > 0:
             meta = {
@@ -702,15 +654,40 @@ def _rerate(
             txn = dledger.charge(key, wallet, fen, at, revenue=revenue, memo=memo, meta=meta)
             ledger_service.post(session, txn, org_id=account.org_id)
     account.residue_millifen = residue
-    now_counter = tier_counter(account, meter.kind)
-    if part_b.counter != billed and now_counter.period == billed.period == part_b.counter.period:
-        # usage moved across a tier period reset: the period ``end`` is in counted the wrong amount
-        used = max(Decimal(0), now_counter.used + part_b.counter.used - billed.used)
-        _store_counter(account, meter.kind, TierCounter(now_counter.period, used))
+    tier_usage.add(session, account.id, meter.kind, moved)  # exactly the periods the split moved units in
     session.execute(
         update(ReadingRow).where(col(ReadingRow.id) == after.id).values(txn_key=key_b if fen_b > 0 else None)
     )
     return BillingOutcome(ReadingStatus.BILLED, account.id, 0, key_a if fen_a > 0 else None, detail=reason)
+
+
+def _usage(
+    session: Session,
+    account_id: int,
+    kind: str,
+    schedule: TariffSchedule,
+    start: datetime,
+    end: datetime,
+    tz: tzinfo,
+) -> dict[str, Decimal] | None:
+    """The account's tier usage of every period ``[start, end]`` touches; None for a schedule without
+    tiers (nothing to read)."""
+    if not any(v.is_tiered for v in schedule.versions):
+        return None
+    return tier_usage.load(session, account_id, kind, start, end, tz)
+
+
+def _plus(a: Mapping[str, Decimal], b: Mapping[str, Decimal]) -> dict[str, Decimal]:
+    """Usage per tier period, added up."""
+    return {p: a.get(p, Decimal(0)) + b.get(p, Decimal(0)) for p in {*a, *b}}
+
+
+def _started_from(usage: Mapping[str, Decimal] | None, added: Mapping[str, Decimal]) -> TierCounter:
+    """The first tier period a charge counted in and its usage before it (for the statement)."""
+    if usage is None or not added:
+        return TierCounter()
+    period = min(added)
+    return TierCounter(period, usage.get(period, Decimal(0)))
 
 
 def _charge(
@@ -728,32 +705,33 @@ def _charge(
     """Rate ``[start, end]`` and build the charge (keyed by ``reading``); HELD when it cannot be rated.
 
     The charge debits the account's wallet, or ``debit`` (``held:<meter>`` for a local-prepay meter, which
-    spends money it holds); the account's residue and tier counter carry either way."""
+    spends money it holds); the account's residue and tier usage carry either way."""
     project = cache.project(session, account.project_id)
     tariff_id = _tariff_id(meter, project)
     try:
         schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
         if schedule is None:
             return _hold(meter, reading, "no_tariff", "未配置电价", "no tariff configured", "")
-        tz = project_zone(project)
+        tz = cache.zone(project)
     except UnitFault as fault:
         return hold_faulty(session, meter, reading, fault.unit, fault)
     ct = Decimal(meter.ct_ratio)
     deltas = {q: d * ct for q, d in register_deltas.items() if q in CUMULATIVE}
-    counter = tier_counter(account, meter.kind)
+    assert account.id is not None
+    assert meter.id is not None
+    usage = _usage(session, account.id, meter.kind, schedule, start.at, end.at, tz)
     try:
-        result = rate(schedule, start.at, end.at, deltas, counter, tz=tz)
+        result = rate(schedule, start.at, end.at, deltas, tz=tz, usage=usage)
     except (RatingError, TariffError) as exc:
         return _hold(meter, reading, "rating", "无法计费", "cannot rate", str(exc))
     fen, residue = carry(account.residue_millifen, result.amount_milli)
     account.residue_millifen = residue
-    _store_counter(account, meter.kind, result.counter)
+    tier_usage.add(session, account.id, meter.kind, result.added)
     if fen <= 0:
         return BillingOutcome(ReadingStatus.ZERO, account.id)
     key = charge_key(gateway_device, meter.device_id, reading.seq)
     utility = utility_of(meter.kind)
-    assert account.id is not None
-    assert meter.id is not None
+    counter = _started_from(usage, result.added)
     txn = dledger.charge(
         key,
         debit or dledger.wallet_code(account.id),
@@ -766,7 +744,7 @@ def _charge(
             "seq": str(reading.seq),
             "amount_milli": str(result.amount_milli),
             "units": ";".join(f"{q.value}={u}" for q, u in result.units.items()),
-            "tier_period": counter.period,  # the counter rating started from: lets _rerate redo tiers
+            "tier_period": counter.period,  # the usage rating started from (statements show it)
             "tier_used": str(counter.used),
         },
     )
@@ -908,7 +886,7 @@ def post_charges(session: Session, plan: ChargePlan, cache: BillingCache) -> int
     readings charged.
 
     A batch charge's ``details`` keep each line's rating details under its debited account
-    (``lines``: seq, reading id, milli-fen, units, the tier counter rating started from), so
+    (``lines``: seq, reading id, milli-fen, units, the tier usage rating started from), so
     re-rating one reading finds what it was charged from (:func:`batch_line`). Each leg carries its
     own meter.
 
@@ -978,9 +956,8 @@ def post_charges(session: Session, plan: ChargePlan, cache: BillingCache) -> int
         return lines
     if connection.dialect.name == "postgresql":  # one statement, not one per account
         ordered = sorted(deltas.items())
-        connection.execute(
-            _PG_ADD_BALANCE, {"aid": [a for a, _ in ordered], "delta": [d for _, d in ordered]}
-        )
+        arrays = {"aid": int_array(a for a, _ in ordered), "delta": int_array(d for _, d in ordered)}
+        connection.execute(_PG_ADD_BALANCE, arrays)
     else:
         connection.execute(_ADD_BALANCE, [{"aid": a, "delta": d} for a, d in sorted(deltas.items())])
     return lines

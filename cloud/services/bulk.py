@@ -26,9 +26,11 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    Text,
     TypeDecorator,
     any_,
     bindparam,
+    cast,
     event,
     select,
     text,
@@ -44,6 +46,8 @@ __all__ = [
     "in_values",
     "insert_missing",
     "insert_rows",
+    "int_array",
+    "text_array",
     "update_from_copy",
     "update_rows",
 ]
@@ -72,13 +76,41 @@ event.listen(Engine, "rollback", _forget)
 event.listen(Engine, "rollback_savepoint", _forget)
 
 
+def int_array(values: Iterable[int]) -> str:
+    """A PostgreSQL array literal of integers (``{1,2,3}``), for a parameter the statement casts to an
+    integer array (``CAST(:ids AS bigint[])``); :class:`TypeError` for anything but an ``int``.
+
+    psycopg adapts a list parameter in Python element by element (it looks for the elements' type,
+    then dumps each: a few µs per element), and the ingest binds a dozen lists of a batch's 250 ids per
+    message — tens of µs of CPU per reading (bench/ingest_profile.py). The literal is one join."""
+    return "{" + ",".join(map(int.__repr__, values)) + "}"
+
+
+def text_array(values: Iterable[str]) -> str:
+    """A PostgreSQL array literal of strings (``{"a","b"}``), as :func:`int_array` for text: every
+    element double-quoted with backslash and double quote escaped, so no value is read as ``NULL``,
+    split at a comma or unquoted; :class:`TypeError` for anything but a ``str``."""
+    return "{" + ",".join(map(_quoted, values)) + "}"
+
+
+def _quoted(value: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"text_array takes strings, not {type(value).__name__}")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def in_values(
     column: ColumnElement[Any], values: Collection[Any], connection: Connection
 ) -> ColumnElement[bool]:
     """``column IN values``; on PostgreSQL ``column = ANY(:array)``: one bound parameter whose
-    statement text does not change with the number of values (no per-call expansion)."""
+    statement text does not change with the number of values (no per-call expansion). Integers go
+    as one array literal (:func:`int_array`), not a list psycopg adapts element by element."""
     if connection.dialect.name == "postgresql":
-        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+        try:
+            literal = int_array(values)
+        except TypeError:
+            return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+        return column == any_(cast(bindparam(None, literal, type_=Text()), ARRAY(column.type)))
     return column.in_(list(values))
 
 
@@ -189,12 +221,13 @@ def copy_update(
         made[temp] = True
     copy_rows(connection, table, (key, *columns), rows, into=temp)
     statement = update_from_copy(connection, table, key, columns)
-    connection.execute(statement, {"keys": [row[0] for row in rows]})
+    connection.execute(statement, {"keys": int_array(row[0] for row in rows)})
     connection.exec_driver_sql(f"DELETE FROM {temp}")  # noqa: S608
 
 
 def update_from_copy(connection: Connection, table: Table, key: str, columns: Sequence[str]) -> TextClause:
-    """The ``UPDATE`` of :func:`copy_update` (bound parameter ``keys``: the rows' keys).
+    """The ``UPDATE`` of :func:`copy_update` (bound parameter ``keys``: the rows' integer keys as an
+    array literal, :func:`int_array`).
 
     ``t.key = ANY(:keys)`` lets the planner reach the rows through the key's index; with the join to
     the copied rows alone it chose to scan the whole table and hash it, and that table grows with
@@ -205,9 +238,11 @@ def update_from_copy(connection: Connection, table: Table, key: str, columns: Se
     names = [quote(table.c[name].name) for name in (key, *columns)]
     target, temp, k = quote(table.name), quote(f"mf_upd_{table.name}"), names[0]
     sets = ", ".join(f"{c} = u.{c}" for c in names[1:])
+    array = ARRAY(table.c[key].type).compile(dialect=connection.dialect)
     return text(
-        f"UPDATE {target} AS t SET {sets} FROM {temp} AS u WHERE t.{k} = u.{k} AND t.{k} = ANY(:keys)"  # noqa: S608
-    ).bindparams(bindparam("keys", type_=ARRAY(table.c[key].type)))
+        f"UPDATE {target} AS t SET {sets} FROM {temp} AS u "  # noqa: S608
+        f"WHERE t.{k} = u.{k} AND t.{k} = ANY(CAST(:keys AS {array}))"
+    ).bindparams(bindparam("keys", type_=Text()))
 
 
 _Processor = Callable[[Any], Any] | None

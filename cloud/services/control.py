@@ -90,6 +90,7 @@ from cloud.models import (
     MeterState,
     PrepayMode,
 )
+from cloud.services import tier_usage
 from cloud.services.arrears import (
     TOPUP_FAILED,
     TOPUP_SOURCE,
@@ -99,12 +100,14 @@ from cloud.services.arrears import (
     project_zone,
 )
 from cloud.services.audit import Actor, AuditAction, record
-from cloud.services.billing import BillingCache, schedule_for, snapshot_values, tier_counter
+from cloud.services.billing import BillingCache, schedule_for, snapshot_values
 from cloud.services.bulk import insert_missing
 from cloud.services.errors import Conflict, NotFound
 from cloud.services.isolation import Unit, UnitFault, UnitKind, each_isolated
 from cloud.services.keys import down_key
 from cloud.services.ledger import get_transaction, load_transaction, post
+from cloud.services.notify.events import notify_supply_change
+from cloud.services.provisioning import planned_meters, plans_meters
 from protocol.contract import (
     Ack,
     AckStatus,
@@ -149,6 +152,8 @@ class ControlConfig:
     """The sweep re-plans top-ups for local-prepay meters whose account was recharged this recently (a
     lost ``balance_changed``, a purchase count that arrived after the recharge)."""
     config_ttl: timedelta = timedelta(days=1)
+    poll_interval_s: int = 900
+    """How often a gateway polls the meters the cloud plans for it (:mod:`cloud.services.provisioning`)."""
     """How long a gateway may still *accept* a config after it was issued (a replayed stale retained
     config is refused); one in force stays in force past it (see :mod:`edge.autonomy`)."""
 
@@ -594,6 +599,8 @@ def apply_ack(
         state.observed_at = ack.ts
     if ack.protected is not None:
         state.protected_observed = ack.protected
+    if row.status == CommandStatus.ACKED_DONE:
+        notify_supply_change(session, row.meter_id, row.action, row.origin, row.id, now)
     return row.meter_id
 
 
@@ -837,7 +844,7 @@ def gateway_config(
                 balance_fen=share,
                 residue_milli=account.residue_millifen,
                 credit_limit_fen=0,
-                counter=tier_counter(account, meter.kind),
+                counter=tier_usage.counter_at(session, account.id or 0, meter.kind, schedule, now, tz),
                 protected=meter.protected or account.protected,
                 tz=tz,
             )
@@ -864,6 +871,11 @@ def gateway_config(
         expires_at=now + config.config_ttl,
         horizons=horizons,
         offline_after_s=config.offline_after_s,
+        meters=(
+            planned_meters(session, gateway.id, config.poll_interval_s)
+            if plans_meters(session, gateway.id)
+            else None
+        ),
     )
     kid, key = down_key(session, gateway.id, now)
     return seal_message(message, kid=kid, key=key)

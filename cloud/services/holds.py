@@ -85,6 +85,7 @@ BILLABLE_VERDICTS = frozenset(
 accept it (new baseline) or discard it. ``tariff``, ``settings`` and ``error`` were held because a row
 was unusable (:mod:`cloud.services.isolation`): billed once it is corrected."""
 
+
 class Resolution(StrEnum):
     ACCEPT = "accept"
     BILL = "bill"

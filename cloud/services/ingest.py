@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -84,7 +85,7 @@ from cloud.services.billing import (
     plan_charges,
     post_charges,
 )
-from cloud.services.bulk import in_values, insert_missing, insert_rows, update_rows
+from cloud.services.bulk import in_values, insert_missing, insert_rows, int_array, text_array, update_rows
 from cloud.services.control import ControlConfig, ack_is_news, apply_ack
 from cloud.services.isolation import FAULTS, Unit, UnitKind, account_unit, clear_fault, each_isolated
 from cloud.services.keys import KeyCache, mark_seen
@@ -186,7 +187,7 @@ class _StateRow:
 
 @dataclass(slots=True)
 class _AccountRow:
-    """A locked paying account: billing carries its residue and tier counter."""
+    """A locked paying account: billing carries its residue (tier usage: its own table)."""
 
     id: int
     org_id: int
@@ -194,20 +195,18 @@ class _AccountRow:
     status: str
     balance_fen: int
     residue_millifen: int
-    tier_period: str
-    tier_usage: Decimal
-    water_tier_period: str
-    water_tier_usage: Decimal
 
 
 _STATE_COLUMNS = tuple(f.name for f in fields(_StateRow) if f.name != "meter_id")
 """What billing and the batch may change in a meter's state (written back; the rest is left)."""
-_CARRIED = ("residue_millifen", "tier_period", "tier_usage", "water_tier_period", "water_tier_usage")
+_CARRIED = ("residue_millifen",)
 """What billing carries on an account from one charge to the next (written back when changed)."""
 
 
-def _carried(account: _AccountRow) -> tuple[Any, ...]:
-    return tuple(getattr(account, name) for name in _CARRIED)
+_carried: Callable[[_AccountRow], tuple[Any, ...]] = attrgetter(*_CARRIED)
+"""An account's carried fields, as a tuple (compared before and after billing, then written back)."""
+_state_row: Callable[[_StateRow], tuple[Any, ...]] = attrgetter("meter_id", *_STATE_COLUMNS)
+"""A state's key and the columns written back, as a tuple (one C call, not a generator per row)."""
 
 
 def _columns(table: Table, row_type: type[Any]) -> list[Column[Any]]:
@@ -266,7 +265,11 @@ def _stored_pairs(connection: Connection, gateway_id: int, pairs: list[tuple[str
     runs, and PostgreSQL could keep one generic plan from then on)."""
     driver = connection.connection.driver_connection
     assert driver is not None
-    params = {"devices": [d for d, _ in pairs], "seqs": [q for _, q in pairs], "gateway": gateway_id}
+    params = {  # array literals: psycopg would adapt each list element by element (bulk.int_array)
+        "devices": text_array(d for d, _ in pairs),
+        "seqs": int_array(q for _, q in pairs),
+        "gateway": gateway_id,
+    }
     with driver.cursor() as cursor:
         cursor.execute(_PG_EXISTING, params, prepare=False)
         return list(cursor.fetchall())
@@ -296,6 +299,8 @@ class Ingest:
         self._runner = runner
         self._rand = rand
         self.stats = IngestStats()
+        self._with_state: set[int] = set()
+        """Meters whose ``meter_state`` row this process has locked (see :meth:`_lock_state_rows`)."""
         dialect = factory.kw["bind"].dialect.name if factory.kw.get("bind") is not None else "sqlite"
         self._insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
 
@@ -569,7 +574,7 @@ class Ingest:
                     if reading.relay is not None and reading.relay is not RelayState.UNKNOWN:
                         state.observed = reading.relay.value
                         state.observed_at = ts
-            if device not in billing.skip:
+            if device not in billing.skip and FAULTS.any_failing():  # a Unit per meter only then
                 clear_fault(session, _meter_unit(meter))
         billing.meter = None
         session.autoflush = True
@@ -602,7 +607,7 @@ class Ingest:
             _STATES,
             "meter_id",
             _STATE_COLUMNS,
-            [(s.meter_id, *(getattr(s, c) for c in _STATE_COLUMNS)) for s in states.values()],
+            [_state_row(s) for s in states.values()],
         )
         update_rows(
             connection,
@@ -669,14 +674,16 @@ class Ingest:
         )
         policy_cache = PolicyCache()
         due: list[Account] = []
+        tops: dict[int, int] = {}  # per project, not per account
         for account_id, delta in sorted(deltas.items()):
             account = accounts.get(account_id)
             if account is None:
                 continue
-            project = cache.project(session, account.project_id)
-            top = max(
-                v for v in (project.alarm1_fen, project.alarm2_fen, project.alarm3_fen, 0) if v is not None
-            )
+            top = tops.get(account.project_id)
+            if top is None:
+                project = cache.project(session, account.project_id)
+                alarms = (project.alarm1_fen, project.alarm2_fen, project.alarm3_fen, 0)
+                top = tops[account.project_id] = max(v for v in alarms if v is not None)
             if account_id in quiet_ids and account.balance_fen + delta > top:
                 continue
             # the batch's account rows are plain copies (Core wrote them): the policy loads the ORM row
@@ -693,10 +700,16 @@ class Ingest:
         return [meter_id for _, meter_ids in evaluated.done for meter_id in meter_ids]
 
     def _lock_state_rows(self, connection: Connection, meter_ids: list[int]) -> dict[int, _StateRow]:
-        """The meters' states, locked in id order (``FOR UPDATE``), as plain rows."""
+        """The meters' states, locked in id order (``FOR UPDATE``), as plain rows.
+
+        A meter's first reading creates its row (:func:`cloud.services.bulk.insert_missing`). Once this
+        process has locked a meter's row, later batches skip that step's lookup (a statement per batch)
+        and lock at once; should a row it saw be gone (created by work that rolled back), the lock finds
+        fewer rows and the missing ones are created and locked as for a new meter."""
         if not meter_ids:
             return {}
-        insert_missing(connection, _STATES, "meter_id", meter_ids)  # a meter's first reading
+        if not self._with_state.issuperset(meter_ids):
+            insert_missing(connection, _STATES, "meter_id", meter_ids)  # a meter's first reading
         query = (
             select(*_columns(_STATES, _StateRow))
             .where(in_values(_STATES.c.meter_id, meter_ids, connection))
@@ -704,7 +717,12 @@ class Ingest:
             .with_for_update()
         )
         # .all(): one fetchall, not a fetchone per row (this runs for every batch)
-        return {int(r[0]): _StateRow(*r) for r in connection.execute(query).all()}
+        rows = {int(r[0]): _StateRow(*r) for r in connection.execute(query).all()}
+        if len(rows) < len(set(meter_ids)):
+            insert_missing(connection, _STATES, "meter_id", meter_ids)
+            rows = {int(r[0]): _StateRow(*r) for r in connection.execute(query).all()}
+        self._with_state.update(rows)
+        return rows
 
     def _lock_states(self, session: Session, meter_ids: list[int]) -> dict[int, MeterState]:
         """The meters' states as ORM objects, locked (events change a single meter's state)."""

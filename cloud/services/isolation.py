@@ -185,6 +185,11 @@ class FaultLog:
             log.info("%s works again (it failed with: %s)", unit.label_en, was)
         return was is not None
 
+    def any_failing(self) -> bool:
+        """Whether any unit is failing now: without the lock, for a hot path that can then skip
+        :func:`clear_fault` (and building its :class:`Unit`) when nothing failed, the usual case."""
+        return bool(self._failing)
+
     def failing(self) -> dict[str, str]:
         """Unit key → the last error, of the units failing now."""
         with self._lock:

@@ -92,7 +92,7 @@ class MeterIdentity(Protocol):
 
 
 def utility_of(kind: str) -> str:
-    """The utility a meter of ``kind`` bills (its revenue account, its tier counter)."""
+    """The utility a meter of ``kind`` bills (its revenue account, its tier usage)."""
     return "water" if kind == MeterKind.WATER else "electric"
 
 

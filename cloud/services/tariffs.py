@@ -3,12 +3,21 @@
 A version's ``spec`` is validated by the domain (:meth:`cloud.domain.tariffs.TariffVersion.from_spec`)
 and stored normalised (``to_spec``: integer milli-fen prices). A version may only take effect from now
 on: intervals already billed are never re-priced by editing the tariff (a correction is a reversal).
+"Now" has a grace of :data:`PAST_GRACE`: a form that says "effective now" reaches us a moment later,
+so an ``effective_from`` at most that far in the past is taken as the request's own time; further in
+the past is refused.
+
+Adding a version or assigning a project's defaults bills the readings that waited for a tariff
+(:func:`cloud.services.tariff_coverage.bill_waiting`) and re-checks the projects' ``no_tariff`` alarm
+(:func:`cloud.services.tariff_coverage.check_project`). Both return the meters whose desired supply
+changed, for the caller to publish ``desired_changed`` after commit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -21,8 +30,11 @@ from cloud.services.audit import Actor, AuditAction, record
 from cloud.services.errors import Conflict, NotFound
 from cloud.services.hierarchy import get_project, org_of
 from cloud.services.pages import Page, paged
+from cloud.services.tariff_coverage import affected_meters, bill_waiting, check_project, check_projects_of
 
 __all__ = [
+    "PAST_GRACE",
+    "Added",
     "add_version",
     "assign_project_tariffs",
     "create_tariff",
@@ -30,6 +42,17 @@ __all__ = [
     "list_tariffs",
     "list_versions",
 ]
+
+
+PAST_GRACE = timedelta(minutes=5)
+"""How far in the past an ``effective_from`` is still "now" (clamped to the request's time)."""
+
+
+@dataclass(frozen=True)
+class Added:
+    version: TariffVersion
+    changed_meters: Sequence[int] = ()
+    """Meters whose desired supply changed (waiting readings billed): publish ``desired_changed``."""
 
 
 def get_tariff(session: Session, actor: Actor, tariff_id: int) -> Tariff:
@@ -86,11 +109,16 @@ def add_version(
     tariff_id: int,
     effective_from: datetime,
     spec: Mapping[str, Any],
-) -> TariffVersion:
-    """A new version from ``effective_from`` (not in the past); the spec's kind must be the tariff's."""
+) -> Added:
+    """A new version from ``effective_from`` (not in the past, see :data:`PAST_GRACE`); the spec's kind
+    must be the tariff's. Readings of the meters it rates that waited for a tariff are billed."""
     tariff = get_tariff(session, actor, tariff_id)
-    if effective_from < now:
-        raise Conflict("a tariff version cannot take effect in the past; correct billed charges by reversal")
+    if effective_from < now - PAST_GRACE:
+        raise Conflict(
+            "effective_from: a tariff version cannot take effect in the past (more than "
+            f"{PAST_GRACE.seconds // 60} minutes ago); correct billed charges by reversal"
+        )
+    effective_from = max(effective_from, now)  # "effective now", sent a moment ago
     version = DomainVersion.from_spec(f"{tariff_id}-new", effective_from, spec)  # TariffError if malformed
     if version.kind.value != tariff.kind:
         raise Conflict(f"tariff {tariff.name} is {tariff.kind}, the version is {version.kind.value}")
@@ -116,7 +144,9 @@ def add_version(
         detail={"version": row.id, "effective_from": effective_from.isoformat(), "spec": row.spec},
         at=now,
     )
-    return row
+    changed = bill_waiting(session, actor, now, affected_meters(session, tariff_id))
+    check_projects_of(session, tariff_id, now)
+    return Added(row, changed)
 
 
 def assign_project_tariffs(
@@ -127,8 +157,10 @@ def assign_project_tariffs(
     project_id: int,
     electric_tariff_id: int | None,
     water_tariff_id: int | None,
-) -> None:
-    """Set the default electricity and water tariffs of a project (None clears)."""
+) -> Sequence[int]:
+    """Set the default electricity and water tariffs of a project (None clears); bill the readings of
+    its meters that waited for a tariff and re-check its ``no_tariff`` alarm. Returns the meters whose
+    desired supply changed."""
     project = get_project(session, actor, project_id)
     for tariff_id in (electric_tariff_id, water_tariff_id):
         if tariff_id is not None and get_tariff(session, actor, tariff_id).org_id != project.org_id:
@@ -147,3 +179,10 @@ def assign_project_tariffs(
         at=now,
     )
     session.flush()
+    waiting: set[int] = set()
+    for tariff_id in (electric_tariff_id, water_tariff_id):
+        if tariff_id is not None:
+            waiting.update(affected_meters(session, tariff_id))
+    changed = bill_waiting(session, actor, now, waiting)
+    check_project(session, project, now)
+    return changed

@@ -32,7 +32,7 @@ from edge.drivers.base import (
     press_button,
     settle,
 )
-from edge.errors import BadReply, MeterRefused, NoReply, Unsupported
+from edge.errors import BadReply, EdgeError, MeterRefused, NoReply, Unsupported
 from edge.meters import MeterRef
 from protocol import dlt645 as d
 from protocol.bcd import address_matches
@@ -301,14 +301,62 @@ class Dlt645Driver(Driver):
         if isinstance(reply, d.ErrorResponse):
             reason = describe_error(reply.error)
             if reply.error == d.ErrorBits.OTHER:
+                cause = self._refusal_cause(bus, meter, action, now)
                 reason += (
-                    " (protected, no credit left, close-permit only, or the meter's clock is far from"
-                    " the gateway's)"
+                    f": {cause}"
+                    if cause
+                    else (
+                        " (protected, no credit left, close-permit only, or the meter's clock is far from"
+                        " the gateway's)"
+                    )
                 )
             what = action.name.lower().replace("_", "-")
             raise MeterRefused(f"meter {meter.label} refused remote control {what}: {reason}")
         if not isinstance(reply, d.Ack):
             raise BadReply(f"meter {meter.label} answered remote control with {reply!r}")
+
+    def _refusal_cause(self, bus: Bus, meter: MeterRef, action: d.ControlAction, now: datetime) -> str | None:
+        """The one cause of an "other error" refusal that the meter's own registers show, if any:
+        protected (status word 3) for a trip, no money left on a local-prepay meter for a close, or a
+        meter clock so far ahead that the command's deadline is past to it. None: none of them could
+        be read or shown, so the caller names every possible cause."""
+        causes: list[str] = []
+        try:
+            status = d.StatusWord3.decode(int(self.read_di(bus, meter, d.DI_STATUS_3)))  # type: ignore[arg-type]
+        except (EdgeError, ProtocolError, TypeError, ValueError):
+            status = None
+        if status is not None and status.protected and action == d.ControlAction.TRIP:
+            causes.append("the meter is protected (保电): unprotect it first")
+        if (
+            status is not None
+            and status.prepaid_money
+            and action
+            in (
+                d.ControlAction.CLOSE,
+                d.ControlAction.CLOSE_PERMIT,
+            )
+        ):
+            money: d.Value | None
+            try:
+                money = self.read_di(bus, meter, d.DI_REMAINING_MONEY)
+            except EdgeError:
+                money = None
+            if isinstance(money, Decimal) and money <= 0:
+                causes.append("no credit left on this local-prepay meter: recharge it first")
+        day: d.Value | None
+        moment: d.Value | None
+        try:
+            day, moment = self.read_di(bus, meter, d.DI_DATE), self.read_di(bus, meter, d.DI_TIME)
+        except EdgeError:
+            day = moment = None
+        if isinstance(day, date) and isinstance(moment, time):
+            ahead = datetime.combine(day, moment) - now.replace(tzinfo=None)
+            if ahead >= _VALID_FOR:
+                causes.append(
+                    f"the meter's clock is {ahead.total_seconds() / 60:.0f} min ahead of the gateway's, so "
+                    "the command's deadline is already past to it: set its time (time sync)"
+                )
+        return causes[0] if len(causes) == 1 else None
 
     def control(
         self,

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.cloud.conftest import _light_password_hashing  # noqa: F401 - many logins here too
+
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
@@ -55,3 +57,51 @@ def page(browser: Any) -> Iterator[Any]:
         yield context.new_page()
     finally:
         context.close()
+
+
+@pytest.fixture
+def console_app(tmp_path: Path) -> Iterator[Any]:
+    """The cloud app with its console on a migrated SQLite database seeded with a console site:
+    yields ``(app, site, session_factory)``."""
+    from cloud.api.app import build_app
+    from cloud.db import make_engine, make_session_factory
+    from cloud.migrations import upgrade
+    from cloud.settings import Settings
+    from tests.browser.consolekit import make_console_site
+
+    url = f"sqlite:///{tmp_path / 'console.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    factory = make_session_factory(engine)
+    site = make_console_site(factory)
+    settings = Settings(environment="test", secret_key="c" * 32, database_url=url, approval_limit_fen=50_000)
+    try:
+        yield build_app(settings, engine=engine), site, factory
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def console(console_app: Any) -> Iterator[Any]:
+    """:func:`console_app` served by a real uvicorn: yields ``(base_url, site, session_factory)``."""
+    from tests.browser.live import serve
+
+    app, site, factory = console_app
+    with serve(app) as base:
+        yield base, site, factory
+
+
+@pytest.fixture
+def console_http(console_app: Any) -> Iterator[Any]:
+    """The console app under Starlette's TestClient (no browser): a :class:`Console` helper."""
+    import warnings
+
+    from tests.browser.consolekit import Console
+
+    with warnings.catch_warnings():  # starlette prefers the httpx2 fork; plain httpx works the same here
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    app, site, factory = console_app
+    with TestClient(app) as client:
+        yield Console(client, site, factory)

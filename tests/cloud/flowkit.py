@@ -24,6 +24,7 @@ from cloud.models import (
     ReadingRow,
     Tariff,
     TariffVersion,
+    TierUsage,
 )
 from cloud.services import ledger
 from cloud.services.unit import Publisher, unit_of_work
@@ -180,6 +181,19 @@ def balance(factory: sessionmaker[Session], site: FlowSite, device: str = "m1") 
         assert account is not None
         assert ledger.account_balance(s, site.accounts[device]) == account.balance_fen
         return account.balance_fen
+
+
+def tier_usage_of(
+    factory: sessionmaker[Session], site: FlowSite, device: str = "m1", utility: str = "electric"
+) -> dict[str, Decimal]:
+    """The tier usage per period of ``device``'s account (``tier_usage`` rows; zero rows left out)."""
+    with factory() as s:
+        rows = s.scalars(
+            select(TierUsage).where(
+                col(TierUsage.account_id) == site.accounts[device], col(TierUsage.utility) == utility
+            )
+        )
+        return {row.period: row.used for row in rows if row.used}
 
 
 def count(factory: sessionmaker[Session], model: type, *where: object) -> int:

@@ -13,11 +13,12 @@ from sqlmodel import col
 
 from cloud.domain.errors import TariffError
 from cloud.domain.tariffs import TariffKind
-from cloud.models import Account, Meter, ReadingHold, Tariff, TariffVersion
-from cloud.services.billing import charge_key, version_from_spec
+from cloud.domain.tariffs import TariffVersion as DomainVersion
+from cloud.models import Meter, ReadingHold, Tariff, TariffVersion
+from cloud.services.billing import charge_key
 from cloud.services.ingest import Ingest
 from protocol.contract import Quantity, Reading, ReadingBatch
-from tests.cloud.flowkit import T0, balance, batch, make_flow_site, sealed
+from tests.cloud.flowkit import T0, balance, batch, make_flow_site, sealed, tier_usage_of
 
 
 def _tariff(factory: sessionmaker[Session], site, specs: list[tuple[datetime, dict]]) -> None:  # type: ignore[no-untyped-def, type-arg]
@@ -32,6 +33,10 @@ def _tariff(factory: sessionmaker[Session], site, specs: list[tuple[datetime, di
             s.add(TariffVersion(tariff_id=tariff.id, effective_from=at, spec=spec))
         s.execute(update(Meter).where(col(Meter.id) == site.meters["m1"]).values(tariff_id=tariff.id))
         s.commit()
+
+
+def version_from_spec(version_id: str, at: datetime, spec: dict) -> DomainVersion:  # type: ignore[type-arg]
+    return DomainVersion.from_spec(version_id, at, spec)  # the one reader, as schedule_for runs it
 
 
 def test_spec_parsing() -> None:
@@ -53,7 +58,7 @@ def test_spec_parsing() -> None:
     assert [t.price_milli for t in tiered.tiers] == [48_830, 78_830]
     with pytest.raises(TariffError, match="unknown kind"):
         version_from_spec("4", T0, {"kind": "gas"})
-    with pytest.raises(TariffError, match="no price"):
+    with pytest.raises(TariffError, match=r"tiers\[0\]\.price: a tier has no price"):
         version_from_spec("5", T0, {"kind": "tiered", "tiers": [{"upto": None}]})
 
 
@@ -82,10 +87,7 @@ def test_tier_crossing_is_split_at_the_bound(session_factory: sessionmaker[Sessi
     assert balance(session_factory, site) == 10_000 - 400
     ingest.handle(*batch(site, [("m1", 3, T0 + timedelta(hours=2), "14.00")]))  # 2 × 0.5 + 4 × 0.8 = 4.20
     assert balance(session_factory, site) == 10_000 - 400 - 420
-    with session_factory() as s:
-        account = s.get(Account, site.accounts["m1"])
-        assert account is not None
-        assert (account.tier_period, account.tier_usage) == ("2026-11", Decimal("14"))
+    assert tier_usage_of(session_factory, site) == {"2026-11": Decimal("14")}
 
 
 def test_tariff_change_inside_an_interval_is_prorated(session_factory: sessionmaker[Session]) -> None:
@@ -155,22 +157,24 @@ def test_ct_ratio_multiplies_register_deltas(session_factory: sessionmaker[Sessi
     assert balance(session_factory, site) == 10_000 - 500
 
 
-def test_no_tariff_holds_and_nothing_is_lost_once_configured(session_factory: sessionmaker[Session]) -> None:
+def test_a_tariff_not_yet_in_force_bills_from_its_effective_time(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The meter's only version takes effect at T0 + 1:30. T0 → T0 + 1h is all before it: accepted, 0 fen,
+    nothing held (a meter with no tariff at all is held instead: tests/cloud/test_tariff_start.py).
+    T0 + 1h → T0 + 2h, 2 kWh, the second half covered: 1 kWh × 0.5 = 50 fen."""
     site = make_flow_site(session_factory, balance_fen=10_000)
     with session_factory() as s:
-        s.execute(update(TariffVersion).values(effective_from=T0 + timedelta(days=1)))  # not yet in force
+        s.execute(update(TariffVersion).values(effective_from=T0 + timedelta(minutes=90)))  # not yet in force
         s.commit()
     ingest = Ingest(session_factory, clock=lambda: T0 + timedelta(hours=3))
     ingest.handle(*batch(site, [("m1", 1, T0, "100.00")]))
     ingest.handle(*batch(site, [("m1", 2, T0 + timedelta(hours=1), "104.00")]))
     assert balance(session_factory, site) == 10_000
+    ingest.handle(*batch(site, [("m1", 3, T0 + timedelta(hours=2), "106.00")]))
+    assert balance(session_factory, site) == 10_000 - 50
     with session_factory() as s:
-        hold = s.scalars(select(ReadingHold)).one()
-        assert hold.verdict == "rating"
-        s.execute(update(TariffVersion).values(effective_from=T0 - timedelta(days=1)))
-        s.commit()
-    ingest.handle(*batch(site, [("m1", 3, T0 + timedelta(hours=2), "106.00")]))  # 6 kWh since 100.00
-    assert balance(session_factory, site) == 10_000 - 300
+        assert s.scalars(select(ReadingHold)).first() is None
 
 
 def test_late_reading_re_rates_with_reversal_and_replacement(session_factory: sessionmaker[Session]) -> None:
@@ -370,8 +374,5 @@ def test_electricity_and_water_of_one_account_count_toward_their_own_tiers(
     assert balance(session_factory, site, "m1") == 10_000 - 400 - 1_200
     ingest.handle(*batch(site, [("m1", 3, T0 + timedelta(hours=1), "112.00")]))
     assert balance(session_factory, site, "m1") == 10_000 - 400 - 1_200 - 300
-    with session_factory() as s:
-        account = s.get(Account, account_id)
-        assert account is not None
-        assert (account.tier_period, account.tier_usage) == ("2026-11", Decimal(12))
-        assert (account.water_tier_period, account.water_tier_usage) == ("2026", Decimal(4))
+    assert tier_usage_of(session_factory, site) == {"2026-11": Decimal(12)}
+    assert tier_usage_of(session_factory, site, utility="water") == {"2026": Decimal(4)}

@@ -256,3 +256,32 @@ def test_duplicate_check_probes_per_pair_on_a_grown_table_and_is_never_prepared(
             "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%%reading%%'"
         ).scalar_one()
     assert prepared == 0
+
+
+def test_array_literals_reach_postgresql_as_the_values_they_were(engine: Engine) -> None:
+    """int_array/text_array (the ingest's lists as one literal instead of psycopg adapting each element):
+    PostgreSQL reads back exactly the values, whatever the strings hold — quotes, backslashes, commas,
+    braces, spaces, the word NULL, an empty string — and anything else is refused before any SQL."""
+    from sqlalchemy import text
+
+    from cloud.services.bulk import int_array, text_array
+
+    awkward = ['m"1', "m\\2", "a,b", "{c}", " d ", "NULL", "", "电表"]
+    big = [0, -1, 2**63 - 1, -(2**63), 42]
+    with pytest.raises(TypeError):
+        int_array(["1"])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        int_array([1.5])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        text_array([1])  # type: ignore[list-item]
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect() as connection:
+        strings = connection.execute(
+            text("SELECT CAST(:a AS varchar[])"), {"a": text_array(awkward)}
+        ).scalar_one()
+        ints = connection.execute(text("SELECT CAST(:a AS bigint[])"), {"a": int_array(big)}).scalar_one()
+        empty = connection.execute(text("SELECT CAST(:a AS bigint[])"), {"a": int_array([])}).scalar_one()
+    assert strings == awkward
+    assert ints == big
+    assert empty == []

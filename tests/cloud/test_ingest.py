@@ -259,3 +259,28 @@ def test_a_value_unavailable_event_is_stored_and_changes_no_meter_state(
     assert state is not None
     assert (state.observed, state.offline) == (None, False)
     assert alarms == []
+
+
+def test_a_state_row_gone_since_this_process_locked_it_is_created_again(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The ingest skips looking for missing meter_state rows of meters whose row it has locked before;
+    a row that is gone meanwhile (created by work that rolled back) is created again, and billing goes
+    on from a fresh baseline instead of failing the meter."""
+    from sqlalchemy import delete
+
+    site = make_flow_site(session_factory, balance_fen=10_000, price="0.5")
+    ingest = _ingest(session_factory, Clock(T0 + timedelta(hours=3)), [])
+    ingest.handle(*batch(site, [("m1", 1, T0, "100.00"), ("m1", 2, T0 + timedelta(hours=1), "110.00")]))
+    assert balance(session_factory, site) == 10_000 - 500  # 10 kWh x 0.5 yuan = 500 fen
+    with session_factory.begin() as s:
+        s.execute(delete(MeterState).where(col(MeterState.meter_id) == site.meters["m1"]))
+    ingest.handle(*batch(site, [("m1", 3, T0 + timedelta(hours=2), "112.00")]))
+    with session_factory() as s:
+        state = s.get(MeterState, site.meters["m1"])
+        assert state is not None
+        assert state.last_seq == 3  # the new row's first reading: a baseline, nothing billed
+    assert balance(session_factory, site) == 9_500
+    ingest.handle(*batch(site, [("m1", 4, T0 + timedelta(hours=2, minutes=30), "114.00")]))
+    assert balance(session_factory, site) == 9_500 - 100  # 2 kWh x 0.5 yuan = 100 fen
+    assert ingest.stats.dead_letters == 0

@@ -52,7 +52,7 @@ from cloud.models import (
 from cloud.runtime import Reconciler
 from cloud.services import ledger
 from cloud.services.audit import Actor
-from cloud.services.billing import UNREADABLE, version_from_spec
+from cloud.services.billing import UNREADABLE
 from cloud.services.control import ControlConfig, operator_command
 from cloud.services.holds import Resolution, resolve_hold
 from cloud.services.ingest import Ingest
@@ -448,12 +448,12 @@ _DELTA = st.decimals(min_value=0, max_value=10**12, places=3, allow_nan=False, a
 @settings(max_examples=400, deadline=None)
 @given(spec=_SPEC, delta=_DELTA)
 def test_a_stored_spec_rates_within_bounds_or_is_held(spec: dict[str, Any], delta: Decimal) -> None:
-    """Billing's reader (``version_from_spec``, what ``schedule_for`` runs for every batch) either
+    """The one spec reader (``TariffVersion.from_spec``, what ``schedule_for`` runs for every batch) either
     refuses a spec with an error ``schedule_for`` turns into a held tariff, or returns a version that
     rates any plausible interval to an amount the ledger holds — or refuses the interval as a
     :class:`RatingError` (the reading is held). Nothing else may escape into a batch."""
     try:
-        schedule = TariffSchedule([version_from_spec("1", T0 - timedelta(days=1), spec)])
+        schedule = TariffSchedule([DomainVersion.from_spec("1", T0 - timedelta(days=1), spec)])
     except UNREADABLE:
         return
     version = schedule.versions[0]
@@ -471,13 +471,13 @@ def test_a_stored_spec_rates_within_bounds_or_is_held(spec: dict[str, Any], delt
 @settings(max_examples=300, deadline=None)
 @given(spec=_SPEC)
 def test_what_the_api_stores_billing_reads_back(spec: dict[str, Any]) -> None:
-    """The write path (``TariffVersion.from_spec``, then ``to_spec``) and billing's reader agree: a
-    version the API accepted is never unreadable afterwards."""
+    """The write path (``TariffVersion.from_spec``, then ``to_spec``) and billing's reading of the
+    stored spec (the same reader) agree: a version the API accepted is never unreadable afterwards."""
     try:
         accepted = DomainVersion.from_spec("1", T0, spec)
     except TariffError:
         return
-    assert version_from_spec("1", T0, accepted.to_spec()) == accepted
+    assert DomainVersion.from_spec("1", T0, accepted.to_spec()) == accepted
 
 
 def test_a_project_without_a_usable_policy_is_still_billed(session_factory: sessionmaker[Session]) -> None:

@@ -21,6 +21,7 @@ from cloud.models import (
     Project,
     Room,
     Tenant,
+    TierUsage,
     metadata,
 )
 
@@ -172,16 +173,22 @@ def test_hierarchy_meter_account_round_trip(session_factory: sessionmaker[Sessio
             project_id=project.id,
             tenant_id=tenant.id,
             number="A-0001",
-            tier_usage=Decimal("123.456789"),
             opened_at=datetime(2026, 11, 23, 9, 0, tzinfo=shanghai),
         )
         session.add(account)
+        session.flush()
+        assert account.id is not None
+        session.add(
+            TierUsage(account_id=account.id, utility="electric", period="2026-11", used=Decimal("123.456789"))
+        )
         session.commit()
         account_id = account.id
     with session_factory() as session:
         loaded = session.get(Account, account_id)
         assert loaded is not None
-        assert loaded.tier_usage == Decimal("123.456789")
+        usage = session.get(TierUsage, (account_id, "electric", "2026-11"))
+        assert usage is not None
+        assert usage.used == Decimal("123.456789")
         assert loaded.opened_at == datetime(2026, 11, 23, 1, 0, tzinfo=UTC)
         assert loaded.opened_at.tzinfo is not None
         m = session.scalars(select(Meter).where(Meter.device_id == "m1")).one()
@@ -198,8 +205,12 @@ def test_naive_datetime_and_excess_precision_are_refused(session_factory: sessio
         org, project, _room, _gw = _tree(session)
         assert org.id
         assert project.id
+        account = Account(org_id=org.id, project_id=project.id, number="x")
+        session.add(account)
+        session.flush()
+        assert account.id is not None
         session.add(
-            Account(org_id=org.id, project_id=project.id, number="x", tier_usage=Decimal("0.0000001"))
+            TierUsage(account_id=account.id, utility="electric", period="2026-11", used=Decimal("1E-7"))
         )
         with pytest.raises(StatementError, match="6 decimal places"):
             session.flush()

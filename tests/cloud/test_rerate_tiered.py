@@ -1,8 +1,8 @@
 """Late readings under tiered (阶梯) tariffs, through the ingest on SQLite and PostgreSQL.
 
-A charge stores the tier counter its rating started from (``tier_period``, ``tier_used``); a late
-reading inside the interval re-rates ``[start, late]`` from it and ``[late, end]`` from where that
-leaves the counter. Tiers everywhere: 0–200 kWh at 0.4883, 200–400 at 0.5383, above at 0.7883
+Tier usage is kept per account and tier period (``tier_usage``); a late reading inside an interval
+re-rates ``[start, late]`` and ``[late, end]`` on top of the account's usage without the interval, and
+moves the usage of exactly the periods the split touches. Tiers everywhere: 0–200 kWh at 0.4883, 200–400 at 0.5383, above at 0.7883
 yuan/kWh (48 830 / 53 830 / 78 830 milli-fen), reset monthly in Asia/Shanghai. Every figure below is
 computed by hand in the comments; a fen figure is ``floor((residue + milli-fen) / 1000)``.
 """
@@ -21,7 +21,7 @@ from cloud.domain import ledger as dledger
 from cloud.models import Account, LedgerTransaction, Meter, ReadingRow, Tariff, TariffVersion
 from cloud.services import ledger
 from cloud.services.ingest import Ingest
-from tests.cloud.flowkit import T0, FlowSite, balance, batch, make_flow_site
+from tests.cloud.flowkit import T0, FlowSite, balance, batch, make_flow_site, tier_usage_of
 
 TIERS = [
     {"upto": "200", "price": "0.4883"},
@@ -68,11 +68,13 @@ def _ledger(factory: sessionmaker[Session], site: FlowSite) -> dict[str, tuple[s
         }
 
 
-def _counter(factory: sessionmaker[Session], site: FlowSite) -> tuple[str, Decimal, int]:
+def _counter(factory: sessionmaker[Session], site: FlowSite) -> tuple[dict[str, Decimal], int]:
+    """The account's electricity usage per tier period, and its residue."""
     with factory() as s:
         account = s.get(Account, site.accounts["m1"])
         assert account is not None
-        return account.tier_period, account.tier_usage, account.residue_millifen
+        residue = account.residue_millifen
+    return tier_usage_of(factory, site), residue
 
 
 def _readings(factory: sessionmaker[Session]) -> dict[int, tuple[str, str | None]]:
@@ -96,13 +98,13 @@ def test_a_late_reading_inside_one_month_changes_nothing(session_factory: sessio
     kind, fen, meta = before[f"chg:{gw}:m1:4"]
     assert (kind, fen, meta["amount_milli"]) == ("charge", -5133, "5133000")
     assert (meta["tier_period"], Decimal(meta["tier_used"])) == ("2026-11", Decimal(150))
-    assert _ledger(session_factory, site)[f"chg:{gw}:m1:2"][2]["tier_period"] == ""  # nothing counted yet
+    assert _ledger(session_factory, site)[f"chg:{gw}:m1:2"][2]["tier_used"] == "0"  # nothing counted yet
     # late, 22:00 → 1220.00: [150 → 220] 50 × 48 830 + 20 × 53 830 = 3 518 100, [220 → 250]
     # 30 × 53 830 = 1 614 900: 5 133 000 again, counter 250 again: nothing to post
     ingest.handle(*batch(site, [("m1", 3, T0 + 9 * H, "1220.00")]))
     assert _ledger(session_factory, site) == before
     assert balance(session_factory, site) == 50_000 - 7324 - 5133
-    assert _counter(session_factory, site) == ("2026-11", Decimal(250), 500)
+    assert _counter(session_factory, site) == ({"2026-11": Decimal(250)}, 500)
     assert _readings(session_factory)[3] == ("late", None)
 
 
@@ -119,7 +121,7 @@ def test_usage_moved_across_the_month_end_is_re_rated(session_factory: sessionma
     # Dec 0 → 100: 100 × 48 830 = 4 883 000; total 10 166 000 → 10 166 fen, residue 400, counter Dec 100
     ingest.handle(*batch(site, [("m1", 4, MONTH_END + 10 * H, "1380.00")]))
     assert balance(session_factory, site) == 50_000 - 8789 - 10_166 == 31_045
-    assert _counter(session_factory, site) == ("2026-12", Decimal(100), 400)
+    assert _counter(session_factory, site) == ({"2026-11": Decimal(280), "2026-12": Decimal(100)}, 400)
 
     # late, 30 Nov 22:00 → 1356.00: 176 of the 200 kWh were used in November
     # A [14:00, 22:00] from Nov 180: 20 × 48 830 + 156 × 53 830 = 976 600 + 8 397 480 = 9 374 080 → Nov 356
@@ -139,8 +141,8 @@ def test_usage_moved_across_the_month_end_is_re_rated(session_factory: sessionma
     assert (meta_a["tier_period"], Decimal(meta_a["tier_used"])) == ("2026-11", Decimal(180))
     assert (meta_b["tier_period"], Decimal(meta_b["tier_used"])) == ("2026-11", Decimal(356))
     assert balance(session_factory, site) == 31_045 + 10_166 - 9374 - 1192 == 30_645
-    # December counted 20 kWh before 10:00, not 100
-    assert _counter(session_factory, site) == ("2026-12", Decimal(20), 400)
+    # November counted 356 + 4 kWh, December 20 kWh before 10:00, not 100
+    assert _counter(session_factory, site) == ({"2026-11": Decimal(360), "2026-12": Decimal(20)}, 400)
     statuses = _readings(session_factory)
     assert statuses[3] == ("billed", f"chg:{gw}:m1:3")
     assert statuses[4] == ("billed", f"rr:{gw}:m1:4:3")
@@ -150,7 +152,7 @@ def test_usage_moved_across_the_month_end_is_re_rated(session_factory: sessionma
     ingest.handle(*batch(site, [("m1", 3, MONTH_END - 2 * H, "1356.00")]))
     assert _ledger(session_factory, site) == posted
     assert balance(session_factory, site) == 30_645
-    assert _counter(session_factory, site) == ("2026-12", Decimal(20), 400)
+    assert _counter(session_factory, site) == ({"2026-11": Decimal(360), "2026-12": Decimal(20)}, 400)
 
     # the next reading rates from the corrected counter: 10 kWh from Dec 20 → 30
     # 10 × 48 830 = 488 300; 400 + 488 300 → 488 fen, residue 700
@@ -158,14 +160,14 @@ def test_usage_moved_across_the_month_end_is_re_rated(session_factory: sessionma
     meta_5 = _ledger(session_factory, site)[f"chg:{gw}:m1:5"][2]
     assert (meta_5["tier_period"], Decimal(meta_5["tier_used"])) == ("2026-12", Decimal(20))
     assert balance(session_factory, site) == 30_645 - 488 == 30_157
-    assert _counter(session_factory, site) == ("2026-12", Decimal(30), 700)
+    assert _counter(session_factory, site) == ({"2026-11": Decimal(360), "2026-12": Decimal(30)}, 700)
 
     # a second late reading inside the replacement [22:00, 10:00], at midnight → 1376.00: 20 of its 24 kWh
-    # were November's. A [22:00, 00:00] from Nov 356: 20 × 53 830 = 1 076 600 → Nov 376;
-    # B [00:00, 10:00] 4 × 48 830 = 195 320 → Dec 4. 1 271 920 − 1 191 920 = +80 000:
-    # carry(700, 80 000) = 80 fen, residue 700; 1192 + 80 = 1272 = 1076 + 196.
-    # December's counter was 20 after 10:00 and is now 4: 30 (with seq 5) − 16 = 14; seq 5's charge,
-    # already posted later in December, is not re-rated
+    # were November's. Usage without the interval (Nov 4, Dec 20 pro rata): Nov 356, Dec 10 (seq 5's).
+    # Whole on top of it: Nov 4 × 53 830 + Dec 20 × 48 830 = 1 191 920. A [22:00, 00:00] from Nov 356:
+    # 20 × 53 830 = 1 076 600 → Nov 376; B [00:00, 10:00] from Dec 10: 4 × 48 830 = 195 320.
+    # 1 271 920 − 1 191 920 = +80 000: carry(700, 80 000) = 80 fen, residue 700; 1192 + 80 = 1272 =
+    # 1076 + 196. November 360 + 16 = 376, December 30 − 16 = 14
     ingest.handle(*batch(site, [("m1", 6, MONTH_END, "1376.00")]))
     again = _ledger(session_factory, site)
     assert again[f"rev:rr:{gw}:m1:4:3"][:2] == ("reversal", 1192)
@@ -173,7 +175,7 @@ def test_usage_moved_across_the_month_end_is_re_rated(session_factory: sessionma
     assert again[f"rr:{gw}:m1:4:6"][:2] == ("charge", -196)
     assert len(again) == len(posted) + 1 + 3
     assert balance(session_factory, site) == 30_157 + 1192 - 1076 - 196 == 30_077
-    assert _counter(session_factory, site) == ("2026-12", Decimal(14), 700)
+    assert _counter(session_factory, site) == ({"2026-11": Decimal(376), "2026-12": Decimal(14)}, 700)
     assert _readings(session_factory)[4] == ("billed", f"rr:{gw}:m1:4:6")
 
 
@@ -203,14 +205,17 @@ def test_a_tariff_change_inside_a_tiered_interval_is_re_rated(session_factory: s
     assert posted[f"rr:{gw}:m1:4:3"][:2] == ("charge", -1156)
     assert posted[f"rr:{gw}:m1:4:3"][2]["amount_milli"] == "1156600"
     assert balance(session_factory, site) == 36_685 + 240 == 36_925
-    assert _counter(session_factory, site) == ("2026-11", Decimal(260), 800)  # same month: the counter stays
+    assert _counter(session_factory, site) == ({"2026-11": Decimal(260)}, 800)  # same month: usage stays
     ingest.handle(*late)
     assert _ledger(session_factory, site) == posted
     assert balance(session_factory, site) == 36_925
 
 
-def test_a_charge_without_its_tier_counter_is_not_re_rated(session_factory: sessionmaker[Session]) -> None:
-    """Charges posted before the counter was recorded keep the old behaviour: the reading is ``late``."""
+def test_a_charge_without_a_stored_tier_counter_is_re_rated_too(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Re-rating reads tier usage from ``tier_usage``, not from the charge: one posted before charges
+    recorded a counter is re-rated like any other (the figures of the tariff-change test above)."""
     site = make_flow_site(session_factory, balance_fen=50_000)
     _tiered(session_factory, site, [(T0 - timedelta(days=40), TIERS), (T0 + 6 * H, DEARER)])
     ingest = Ingest(session_factory, clock=lambda: T0 + 13 * H)
@@ -231,11 +236,13 @@ def test_a_charge_without_its_tier_counter_is_not_re_rated(session_factory: sess
         ledger.post(s, legacy, org_id=site.org_id)
         s.execute(update(ReadingRow).where(col(ReadingRow.seq) == 4).values(txn_key="legacy:4"))
         s.commit()
-    before = _ledger(session_factory, site)
-    ingest.handle(*batch(site, [("m1", 3, T0 + 6 * H, "1240.00")]))  # would re-rate by −240 fen
-    assert _ledger(session_factory, site) == before
-    assert balance(session_factory, site) == 50_000 - 4883 - 8432
-    assert _readings(session_factory)[3] == ("late", None)
+    ingest.handle(*batch(site, [("m1", 3, T0 + 6 * H, "1240.00")]))  # re-rates by −240 fen
+    posted = _ledger(session_factory, site)
+    assert posted["rev:legacy:4"][:2] == ("reversal", 8432)
+    assert posted[f"chg:{gw}:m1:3"][:2] == ("charge", -7036)
+    assert posted[f"rr:{gw}:m1:4:3"][:2] == ("charge", -1156)
+    assert balance(session_factory, site) == 50_000 - 4883 - 8432 + 240
+    assert _readings(session_factory)[3] == ("billed", f"chg:{gw}:m1:3")
 
 
 def test_a_split_that_only_moves_the_counter_is_still_recorded(
@@ -250,7 +257,7 @@ def test_a_split_that_only_moves_the_counter_is_still_recorded(
     # 40 kWh over 20 h, 20 in November and 20 in December, all tier 1: 40 × 48 830 = 1 953 200
     # → 1953 fen, residue 200, counter Dec 20
     ingest.handle(*batch(site, [("m1", 3, MONTH_END + 10 * H, "1040.00")]))
-    assert _counter(session_factory, site) == ("2026-12", Decimal(20), 200)
+    assert _counter(session_factory, site) == ({"2026-11": Decimal(20), "2026-12": Decimal(20)}, 200)
     # late, at midnight → 1036.00: Nov 36 × 48 830 = 1 757 880, Dec 4 × 48 830 = 195 320: 1 953 200,
     # the same money, but December has counted 4 kWh, not 20: reversal and 1757 + 196 fen
     ingest.handle(*batch(site, [("m1", 2, MONTH_END, "1036.00")]))
@@ -259,10 +266,10 @@ def test_a_split_that_only_moves_the_counter_is_still_recorded(
     assert posted[f"chg:{gw}:m1:2"][:2] == ("charge", -1757)
     assert posted[f"rr:{gw}:m1:3:2"][:2] == ("charge", -196)
     assert balance(session_factory, site) == 50_000 - 1953
-    assert _counter(session_factory, site) == ("2026-12", Decimal(4), 200)
+    assert _counter(session_factory, site) == ({"2026-11": Decimal(36), "2026-12": Decimal(4)}, 200)
     # a further late reading inside November's part, on the pro-rata line (18 kWh by 19:00): the
     # split is already a boundary, so nothing changes and the counter is not corrected twice
     ingest.handle(*batch(site, [("m1", 4, MONTH_END - 5 * H, "1018.00")]))
     assert _ledger(session_factory, site) == posted
-    assert _counter(session_factory, site) == ("2026-12", Decimal(4), 200)
+    assert _counter(session_factory, site) == ({"2026-11": Decimal(36), "2026-12": Decimal(4)}, 200)
     assert _readings(session_factory)[4] == ("late", None)

@@ -46,8 +46,6 @@ def sim() -> Iterator[LineHandle]:
         yield handle
 
 
-
-
 async def test_balance_runs_out_trip_at_meter_then_recharge_closes(
     mqtt_broker: tuple[str, int], unique_prefix: str, tmp_path: Path, sim: LineHandle
 ) -> None:

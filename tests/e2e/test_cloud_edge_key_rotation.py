@@ -68,8 +68,6 @@ class Skewed:
         return datetime.now(UTC) + self.offset
 
 
-
-
 def command(gateway: str, cid: str, key: bytes, kid: str) -> bytes:
     now = datetime.now(UTC)
     cmd = Command(

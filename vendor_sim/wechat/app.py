@@ -12,13 +12,14 @@ from collections.abc import Callable
 from fastapi import APIRouter, FastAPI
 
 from vendor_sim.serve import Served, serve_app
-from vendor_sim.wechat import login
+from vendor_sim.wechat import login, messages
 from vendor_sim.wechat.login import WeChatSim
 
 __all__ = ["ROUTERS", "build_app", "run_wechat"]
 
 ROUTERS: list[Callable[[WeChatSim], APIRouter]] = [
     login.router,
+    messages.router,
 ]
 
 

@@ -102,9 +102,7 @@ def create_room(floor_id: PathId, body: RoomIn, p: Caller, uow: Db) -> NamedOut:
 
 
 @router.get("/tenants", response_model=list[TenantOut])
-def list_tenants(
-    p: Caller, uow: Db, page: Paging, response: Response
-) -> list[TenantOut]:
+def list_tenants(p: Caller, uow: Db, page: Paging, response: Response) -> list[TenantOut]:
     rows = hierarchy.list_tenants(uow.session, p.actor, page=page)
     return [TenantOut.model_validate(x) for x in page_response(response, rows, page, _by_id)]
 

@@ -132,9 +132,7 @@ def list_alarms(
 
 
 @router.get("/dead-letters", response_model=list[DeadLetterOut])
-def list_dead_letters(
-    p: Caller, uow: Db, page: Paging, response: Response
-) -> list[DeadLetterOut]:
+def list_dead_letters(p: Caller, uow: Db, page: Paging, response: Response) -> list[DeadLetterOut]:
     """Newest first; an organisation sees its own gateways' letters."""
     rows = operations.list_dead_letters(uow.session, p.actor, page=page)
     return [

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from cloud.api.access import Caller
 from cloud.api.deps import Db, Now, Paging, PathId, page_response
 from cloud.api.schemas import In
+from cloud.events import DESIRED_CHANGED
 from cloud.services import tariffs
 
 router = APIRouter(tags=["tariffs"])
@@ -75,16 +77,31 @@ def list_versions(
 
 
 @router.post("/tariffs/{tariff_id}/versions", response_model=VersionOut, status_code=201)
-def add_version(tariff_id: PathId, body: VersionIn, p: Caller, uow: Db, at: Now) -> VersionOut:
-    """A new price from ``effective_from`` (now or later)."""
-    row = tariffs.add_version(
+def add_version(
+    tariff_id: PathId, body: VersionIn, request: Request, p: Caller, uow: Db, at: Now
+) -> VersionOut:
+    """A new price from ``effective_from`` (now or later; up to 5 minutes ago counts as now). Readings
+    that waited for a tariff are billed."""
+    added = tariffs.add_version(
         uow.session, p.actor, at, tariff_id=tariff_id, effective_from=body.effective_from, spec=body.spec
     )
     uow.commit()
-    return VersionOut.model_validate(row)
+    _announce(request, added.changed_meters)
+    return VersionOut.model_validate(added.version)
 
 
 @router.put("/projects/{project_id}/tariffs", status_code=204)
-def assign(project_id: PathId, body: ProjectTariffsIn, p: Caller, uow: Db, at: Now) -> None:
-    tariffs.assign_project_tariffs(uow.session, p.actor, at, project_id=project_id, **body.model_dump())
+def assign(project_id: PathId, body: ProjectTariffsIn, request: Request, p: Caller, uow: Db, at: Now) -> None:
+    changed = tariffs.assign_project_tariffs(
+        uow.session, p.actor, at, project_id=project_id, **body.model_dump()
+    )
     uow.commit()
+    _announce(request, changed)
+
+
+def _announce(request: Request, meters: Sequence[int]) -> None:
+    """``desired_changed`` for meters whose balance moved (committed already: a lost event is
+    re-published by the reconciler's sweep)."""
+    publish: Any = request.app.state.publish
+    if publish is not None and meters:
+        publish(DESIRED_CHANGED, {"meter_ids": list(meters)})

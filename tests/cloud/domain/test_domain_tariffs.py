@@ -244,7 +244,33 @@ def test_rating_refusals() -> None:
     with pytest.raises(RatingError, match="timezone"):
         rate(sched, datetime(2026, 3, 1), local(2026, 3, 2), {E: D(1)})
     with pytest.raises(NoTariffInForce):
-        rate(sched, local(2025, 12, 31), local(2026, 1, 2), {E: D(1)})
+        sched.in_force(local(2025, 12, 31))
+
+
+def test_an_interval_starting_before_the_first_version_bills_the_covered_part() -> None:
+    """The tariff bills from its effective time: the part of an interval before the first version is
+    cut off pro rata by time and priced by nobody; an interval wholly before it rates to nothing."""
+    sched = TariffSchedule([TariffVersion.flat("f", local(2026, 1, 1), "0.5")])
+    # 31 Dec 00:00 → 2 Jan 00:00, 1 kWh; 24 h of 48 h after the version: 0.5 kWh × 50 000 = 25 000
+    half = rate(sched, local(2025, 12, 31), local(2026, 1, 2), {E: D(1)})
+    assert half.amount_milli == 25_000
+    assert half.units == {E: D("0.5")}
+    # the new-site case: baseline 10:00, tariff 12:00, reading 12:15 with 0.9 kWh since the baseline:
+    # 15 of 135 minutes covered → 0.9 × 15/135 = 0.1 kWh × 50 000 = 5 000 milli-fen
+    at12 = local(2026, 3, 1, 12)
+    noon = TariffSchedule([TariffVersion.flat("n", at12, "0.5")])
+    part = rate(noon, at12 - timedelta(hours=2), at12 + timedelta(minutes=15), {E: D("0.9")})
+    assert part.amount_milli == 5_000
+    # wholly before it (ending at it, or before): nothing, counter unchanged
+    counter = TierCounter("2026-02", D(7))
+    for end in (at12, at12 - timedelta(minutes=1)):
+        none = rate(noon, at12 - timedelta(hours=2), end, {E: D(3)}, counter)
+        assert (none.amount_milli, none.lines, none.counter) == (0, (), counter)
+    # a tiered tariff starting inside the interval counts only the covered units
+    tiers = TariffSchedule([TariffVersion.tiered("t", at12, [("1", "0.5"), (None, "1.0")])])
+    # 10:00 → 14:00, 4 kWh: 2 kWh after 12:00: 1 × 50 000 + 1 × 100 000 = 150 000, counter 2
+    got = rate(tiers, at12 - timedelta(hours=2), at12 + timedelta(hours=2), {E: D(4)})
+    assert (got.amount_milli, got.counter) == (150_000, TierCounter("2026-03", D(2)))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,77 @@
+"""``meterflow demo --keep-running`` prints the console's address and a login per staff role; each
+login shows that role's console (the menu of docs/roles.md). The demo's live data also gives the
+screenshots of the meter page (readings and the usage curve)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from tests.browser.conftest import SCREENSHOTS
+from tests.browser.consolekit import EXPECTED_PAGES, log_in, menu_of
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_prints_the_console_and_a_login_per_role(page: Any) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meterflow.cli", "demo", "--skip-commissioning", "--keep-running"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "demo-installer" in line:
+                ready.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(90), "".join(lines)
+        text = "".join(lines)
+        found = re.search(r"console 控制台: (http://127\.0\.0\.1:\d+)/console/  \(password 密码 (\S+) ", text)
+        assert found, text
+        base, password = found.groups()
+        logins = dict(re.findall(r"^\S+ \+ [\d.]+s\]   (\w+) \S+: (\S+)$", text, flags=re.MULTILINE))
+        assert logins == {
+            "admin": "demo-admin",
+            "manager": "demo-manager",
+            "finance": "demo-finance",
+            "installer": "demo-installer",
+        }
+        for role, username in logins.items():
+            page.context.clear_cookies()
+            log_in(page, base, username, password)
+            assert menu_of(page) == EXPECTED_PAGES[role], role
+        page.goto(base + "/console/rooms")  # the installer's monitor: meters, no money
+        assert page.locator("#rooms tbody tr").count() >= 1
+        page.context.clear_cookies()
+        log_in(page, base, "demo-manager", password)
+        page.goto(base + "/console/rooms")
+        page.click("#rooms tbody tr a[href^='/console/meters/']")
+        page.wait_for_selector("#readings tbody tr")
+        page.wait_for_function("document.querySelector('#curve canvas') !== null")
+        page.screenshot(path=str(SCREENSHOTS / "console-meter.png"), full_page=True)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(5)
+        assert proc.stdout is not None
+        proc.stdout.close()
