@@ -269,7 +269,9 @@ POLICY: Mapping[tuple[str, str], Rule] = {
     ("GET", "/accounts/{account_id}"): Rule(HOLDERS, "balances are finances", own=True),
     ("GET", "/accounts/{account_id}/ledger"): Rule(HOLDERS, "the statement", own=True),
     ("POST", "/accounts/{account_id}/recharge"): Rule(
-        MONEY, "the cash desk", example=Example({"amount_fen": 100, "receipt_no": "SJ-{uniq}"})
+        MONEY,
+        "the cash desk and bank transfers (four eyes above the approval limit)",
+        example=Example({"amount_fen": 100, "receipt_no": "SJ-{uniq}"}),
     ),
     ("POST", "/accounts/{account_id}/refund"): Rule(
         MONEY,
@@ -291,6 +293,9 @@ POLICY: Mapping[tuple[str, str], Rule] = {
     ),
     ("PUT", "/accounts/{account_id}/protected"): Rule(
         MANAGER, "保电 overrides the arrears policy", example=Example({"protected": False})
+    ),
+    ("GET", "/projects/{project_id}/cashier-report"): Rule(
+        MONEY, "the day's takings, receipt by receipt", example=Example(query={"date": "2026-11-23"})
     ),
     ("POST", "/ledger/reverse"): Rule(
         MONEY, "corrects a transaction", example=Example({"key": "{txn}", "reason": "误操作"})
@@ -396,6 +401,9 @@ POLICY: Mapping[tuple[str, str], Rule] = {
     ("GET", "/h5/auth"): Rule(PUBLIC, "WeChat's authorisation code, checked with WeChat: a payer cookie"),
     ("POST", "/h5/logout"): Rule(PUBLIC, "drops the payer cookie"),
     ("GET", "/h5/{name}"): Rule(PUBLIC, "the page's own script and style sheet"),
+    ("POST", "/tenant/subscriptions"): Rule(
+        PUBLIC, _PAYER, example=Example({"results": [{"template_id": "TPL-1", "status": "accept"}]})
+    ),
 }
 
 

@@ -41,6 +41,7 @@ from cloud.api.routes import (
     approvals,
     auth,
     calendar,
+    cashier,
     commissioning,
     hierarchy,
     meters,
@@ -166,7 +167,7 @@ def build_app(
     # every route under the prefix is checked against cloud.api.access.POLICY, those added later too
     checked = [Depends(authorize)]
     for module in (auth, users, hierarchy, meters, commissioning, accounts, tariffs, operations, calendar,
-                   holds, approvals, payments, tenant, notify):  # fmt: skip
+                   holds, approvals, payments, tenant, notify, cashier):  # fmt: skip
         app.include_router(module.router, prefix=API_PREFIX, dependencies=checked)
     app.include_router(tenant_pages.router, dependencies=checked)  # the tenant H5 page, same table
     app.state.payments = payment_context(settings)

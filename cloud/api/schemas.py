@@ -434,7 +434,15 @@ class AccountOut(_Out):
 
 class RechargeIn(_In):
     amount_fen: AmountFen
-    receipt_no: str = Field(min_length=1, max_length=64, description="cash receipt number; credited once")
+    receipt_no: str = Field(
+        min_length=1,
+        max_length=64,
+        description="the cash receipt's number, or the bank's reference of a transfer: credited once "
+        "per project and method",
+    )
+    method: Literal["cash", "bank_transfer"] = "cash"
+    payer_name: str = Field(default="", max_length=64, description="who paid (a bank transfer's payer)")
+    notes: str = Field(default="", max_length=200)
 
 
 class RefundIn(_In):
@@ -500,6 +508,7 @@ class TransactionOut(_Out):
     reverses_id: uuid.UUID | None
     effective_at: datetime
     created_at: datetime
+    details: dict[str, Any] = Field(default_factory=dict, description="method, receipt, payer_name, ...")
 
 
 class EntryOut(BaseModel):

@@ -88,6 +88,8 @@ __all__ = [
     "link_meter",
     "list_accounts",
     "open_account",
+    "open_account_of",
+    "post_audited",
     "recharge_cash",
     "refund",
     "replace_meter",
@@ -287,32 +289,24 @@ def open_account(
 def recharge_cash(
     session: Session, actor: Actor, now: datetime, *, account_id: int, amount_fen: int, receipt_no: str
 ) -> ledger.PostResult:
-    """Cash desk recharge; the receipt number is the idempotency key (one credit per receipt)."""
-    receipt = receipt_no.strip()
-    if not receipt:
-        raise Conflict("a cash recharge needs a receipt number")
-    account = _open(get_account(session, account_id, actor))
-    txn = rules.recharge(
-        f"recharge:cash:{account.org_id}:{receipt}",
-        rules.wallet_code(account_id),
-        amount_fen,
-        now,
-        source=rules.cash_code(account.project_id),
-        receipt=receipt,
-        method="cash",
-    )
-    return _post_audited(
+    """Cash desk recharge without an approval step (the demo, jobs, tests); the receipt number is the
+    idempotency key. The API goes through :func:`cloud.services.topups.request_topup`."""
+    from cloud.services import topups  # topups builds on this module
+
+    return topups.record_topup(
         session,
         actor,
-        txn,
-        account,
-        AuditAction.RECHARGE,
-        {"amount_fen": amount_fen, "receipt_no": receipt},
         now,
+        topups.Topup(account_id, amount_fen, topups.TopupMethod.CASH, receipt_no),
     )
 
 
-def _post_audited(
+def open_account_of(session: Session, account_id: int, actor: Actor) -> Account:
+    """The caller's open account ``account_id`` (another organisation's: :class:`NotFound`)."""
+    return _open(get_account(session, account_id, actor))
+
+
+def post_audited(
     session: Session,
     actor: Actor,
     txn: rules.Transaction,
@@ -370,7 +364,7 @@ def refund(
         balance_fen=balance,
         reason=reason,
     )
-    return _post_audited(
+    return post_audited(
         session,
         actor,
         txn,
@@ -402,7 +396,7 @@ def adjust(
         counter=f"adjustment:{account.project_id}",
         reason=reason,
     )
-    return _post_audited(
+    return post_audited(
         session,
         actor,
         txn,

@@ -61,6 +61,8 @@ class ApprovalKind(StrEnum):
     """A manual credit or debit of a tenant's wallet."""
     WECHAT_REFUND = "wechat_refund"
     """(Part of) a WeChat payment paid back to the payer's WeChat (:mod:`cloud.services.payments`)."""
+    TOPUP = "topup"
+    """Cash or a bank transfer credited to a tenant's wallet under a receipt number."""
 
 
 Handler = Callable[[Session, Actor, Approval, datetime], Mapping[str, Any]]

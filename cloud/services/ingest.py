@@ -203,8 +203,11 @@ _CARRIED = ("residue_millifen",)
 """What billing carries on an account from one charge to the next (written back when changed)."""
 
 
-_carried: Callable[[_AccountRow], tuple[Any, ...]] = attrgetter(*_CARRIED)
-"""An account's carried fields, as a tuple (compared before and after billing, then written back)."""
+_carried: Callable[[_AccountRow], tuple[Any, ...]] = (
+    attrgetter(*_CARRIED) if len(_CARRIED) > 1 else lambda row: (getattr(row, _CARRIED[0]),)
+)
+"""An account's carried fields, as a tuple (compared before and after billing, then written back);
+``attrgetter`` of one name gives the bare value, not a 1-tuple."""
 _state_row: Callable[[_StateRow], tuple[Any, ...]] = attrgetter("meter_id", *_STATE_COLUMNS)
 """A state's key and the columns written back, as a tuple (one C call, not a generator per row)."""
 

@@ -99,6 +99,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     engine.dispose()
 
 
+@pytest.mark.timeout(900)  # every operation of the API in one test: ~60 operations × 40 calls
 def test_no_input_gives_a_server_error(seeded: Seeded) -> None:
     """Every operation, valid and invalid generated inputs; all failures reported together.
 

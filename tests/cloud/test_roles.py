@@ -342,7 +342,8 @@ def test_refunds_and_adjustments_above_the_limit_need_a_second_person(api: Api) 
     acct = ids["account"]
     fin_a = api.user("fin-a", Role.FINANCE, ids["org"])
     fin_b = api.user("fin-b", Role.FINANCE, ids["org"])
-    api.post(f"/accounts/{acct}/recharge", fin_a, {"amount_fen": 100_000, "receipt_no": "R1"}, 200)
+    topup = api.post(f"/accounts/{acct}/recharge", fin_a, {"amount_fen": 100_000, "receipt_no": "R1"}, 202)
+    api.post(f"/approvals/{topup['id']}/approve", fin_b, {"reason": "收据核对无误"}, 200)  # four eyes too
     body = {"amount_fen": 60_000, "reason": "退租退费", "request_id": "big-1"}
     first = api.post(f"/accounts/{acct}/refund", fin_a, body, 202)
     again = api.post(f"/accounts/{acct}/refund", fin_a, body, 202)

@@ -31,7 +31,7 @@ from cloud.api.schemas import (
     TransactionOut,
 )
 from cloud.models import Account, Approval
-from cloud.services import accounts
+from cloud.services import accounts, topups
 
 router = APIRouter(tags=["accounts"])
 
@@ -93,11 +93,27 @@ def account_ledger(
     return [EntryOut.model_validate(r, from_attributes=True) for r in entries]
 
 
-@router.post("/accounts/{account_id}/recharge", response_model=TransactionOut)
-def recharge(account_id: PathId, body: RechargeIn, p: Caller, uow: Db, at: Now) -> TransactionOut:
-    """Cash recharge; posting the same receipt number again returns the first transaction."""
-    result = accounts.recharge_cash(uow.session, p.actor, at, account_id=account_id, **body.model_dump())
+@router.post("/accounts/{account_id}/recharge", response_model=TransactionOut, responses=_PENDING)
+def recharge(
+    account_id: PathId, body: RechargeIn, request: Request, p: Caller, uow: Db, at: Now
+) -> TransactionOut | JSONResponse:
+    """Cash or bank-transfer top-up under a receipt number (credited once per project and method: the
+    same receipt again returns the first transaction, another amount under it is 409); above the
+    approval limit a second person approves first (202)."""
+    topup = topups.Topup(
+        account_id=account_id,
+        amount_fen=body.amount_fen,
+        method=topups.TopupMethod(body.method),
+        receipt_no=body.receipt_no,
+        payer_name=body.payer_name,
+        notes=body.notes,
+    )
+    result = topups.request_topup(
+        uow.session, p.actor, at, topup, approval_limit_fen=request.app.state.settings.approval_limit_fen
+    )
     uow.commit()
+    if isinstance(result, Approval):
+        return _pending(result)
     return TransactionOut.model_validate(result.transaction)
 
 
