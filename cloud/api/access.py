@@ -378,6 +378,10 @@ POLICY: Mapping[tuple[str, str], Rule] = {
     ),
     ("GET", "/payments/orders"): Rule(MONEY, "money received from tenants' phones"),
     ("GET", "/payments/conflicts"): Rule(MONEY, "the daily trade bill's differences for finance"),
+    ("POST", "/payments/conflicts/{conflict_id}/resolve"): Rule(
+        MONEY, "finance closes a trade bill difference, with its reason (audited)",
+        example=Example({"reason": "已核对，线下退款"}),
+    ),
     ("POST", "/accounts/{account_id}/wechat-refund"): Rule(MONEY, "pays money out"),
     ("GET", "/rooms/{room_id}/bind-code"): Rule(MANAGER, "who may bind a phone to a room's accounts"),
     # the tenant API: public for staff tokens; each route but login checks a WeChat payer's token

@@ -47,6 +47,7 @@ class AuditAction(StrEnum):
     GATEWAY_REGISTERED = "gateway_registered"
     METER_ASSIGNED = "meter_assigned"
     ALARM_ACKNOWLEDGED = "alarm_acknowledged"
+    PAY_CONFLICT_RESOLVED = "pay_conflict_resolved"
 
 
 @dataclass(frozen=True)

@@ -919,6 +919,43 @@ def reconcile_bill(
     return report
 
 
+def resolve_conflict(
+    session: Session, actor: Actor, conflict_id: int, reason: str, now: datetime
+) -> PayConflict:
+    """Finance closes a difference of the trade bill with what they found and did (refunded the
+    payer, booked the suspense money, chased WeChat Pay): recorded on the row and audited. Nothing
+    moves here — money found in suspense is moved by the ledger's own routes, with their controls.
+    Another organisation's conflict is 404; one already resolved is 409 (decided once)."""
+    row = session.scalars(
+        select(PayConflict).where(col(PayConflict.id) == conflict_id).with_for_update()
+    ).one_or_none()
+    if row is None or (actor.org_id is not None and row.org_id != actor.org_id):
+        raise NotFound(f"payment conflict {conflict_id} not found")
+    if row.status != "open":
+        raise Conflict(f"payment conflict {conflict_id} is already {row.status}")
+    row.status, row.note = "resolved", reason[:500]
+    row.resolved_by, row.resolved_at = actor.user_id, now
+    record(
+        session,
+        actor,
+        AuditAction.PAY_CONFLICT_RESOLVED,
+        org_id=row.org_id,
+        target_type="pay_conflict",
+        target_id=conflict_id,
+        detail={
+            "kind": row.kind,
+            "bill_date": row.bill_date.isoformat(),
+            "out_trade_no": row.out_trade_no,
+            "their_fen": row.their_fen,
+            "our_fen": row.our_fen,
+            "reason": reason[:500],
+        },
+        at=now,
+    )
+    session.flush()
+    return row
+
+
 def open_conflicts(session: Session, org_id: int | None) -> Iterable[PayConflict]:
     query = select(PayConflict).where(col(PayConflict.status) == "open")
     if org_id is not None:

@@ -28,9 +28,11 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session (a fresh context per test keeps cookies apart)."""
+    """One headless Chromium per test module (a fresh context per test keeps cookies apart). Not per
+    session: Playwright's sync API keeps its event loop running on the main thread while it is open,
+    and every later test calling ``asyncio.run`` (``meterflow demo``'s tests) would fail."""
     executable = chromium_path()
     if executable is None:
         reason = "Debian's chromium is not installed (apt-get install chromium; .ci/run does it)"

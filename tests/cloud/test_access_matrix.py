@@ -25,7 +25,7 @@ import uuid
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from cloud.api import build_app
 from cloud.api.access import API_PREFIX, PAGE_PREFIXES, POLICY, Example, rule_for
 from cloud.api.roles_doc import generated_section, render_markdown
 from cloud.domain import ledger as rules
-from cloud.models import Alarm, AlarmKind, ReadingHold, Role
+from cloud.models import Alarm, AlarmKind, PayConflict, ReadingHold, Role
 from cloud.services import ledger, users
 from cloud.services.ingest import Ingest
 from cloud.services.unit import unit_of_work
@@ -201,6 +201,12 @@ def _seed(api: Api, root: dict[str, str], name: str) -> Org:
     api.post(f"/approvals/{approvals[1]}/reject", mgr, {"reason": "请财务核对表内余额"}, 200)
     tariff = api.post("/tariffs", h[Role.FINANCE], {"name": "居民电价", "kind": "flat"})["id"]
     hold = _held_reading(api, org, gateway["device_id"], gateway["signing_key"], "m1", meters["m1"])
+    with api.factory() as s:  # a difference of the WeChat Pay trade bill, for finance to resolve
+        conflict = PayConflict(org_id=org, bill_date=date(2026, 3, 20), kind="theirs_missing",
+                               dedupe_key=f"seed:{org}", out_trade_no=f"MF-SEED-{org}", our_fen=100)  # fmt: skip
+        s.add(conflict)
+        s.commit()
+        conflict_id = conflict.id
     ids: dict[str, Any] = {
         "org": org,
         "project": project,
@@ -222,6 +228,7 @@ def _seed(api: Api, root: dict[str, str], name: str) -> Org:
         "alarm": _alarm(api, org),
         "approval": approvals[0],
         "approval_reject": approvals[2],
+        "conflict": conflict_id,
         "day": "2026-03-20",
     }
     return Org(ids, h)

@@ -212,6 +212,18 @@ def conflicts(p: Caller, uow: Db, page: Paging, response: Response) -> list[Conf
     return [ConflictOut.model_validate(c) for c in page_response(response, rows, page, lambda c: (c.id,))]
 
 
+class ResolveIn(In):
+    reason: str = Field(min_length=2, max_length=500, description="what finance found and did")
+
+
+@router.post("/payments/conflicts/{conflict_id}/resolve", response_model=ConflictOut,
+             summary="Close a trade bill difference, with the reason (audited)")  # fmt: skip
+def resolve_conflict(conflict_id: PathId, body: ResolveIn, p: Caller, uow: Db, at: Now) -> ConflictOut:
+    row = payments.resolve_conflict(uow.session, p.actor, conflict_id, body.reason, at)
+    uow.commit()
+    return ConflictOut.model_validate(row)
+
+
 class BindCodeOut(BaseModel):
     room_id: int
     code: str

@@ -66,6 +66,17 @@ class PayWorld:
         assert r.status_code == 200, r.text
         return {"Authorization": f"Bearer {r.json()['token']}"}
 
+    def staff(self, name: str, role: str = "finance") -> dict[str, str]:
+        """A user of the site's organisation, logged in: their bearer header."""
+        from cloud.services import users
+
+        with self.factory() as s:
+            users.create_user(s, username=name, password="a long password", role=role, org_id=self.site.org_id)
+            s.commit()
+        r = httpx.post(f"{self.api}/auth/login", json={"username": name, "password": "a long password"})
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
     def bind(self, headers: dict[str, str]) -> int:
         r = httpx.post(f"{self.api}/tenant/bindings/phone", json={"account_number": "A-1", "phone": PHONE},
                        headers=headers)  # fmt: skip

@@ -9,7 +9,6 @@ import httpx
 from sqlalchemy import select
 
 from cloud.models import Account, PayRefund
-from cloud.services import users
 from tests.cloud.payments.conftest import PayWorld
 
 PAID = 60_000  # a 600 元 recharge
@@ -20,14 +19,6 @@ def _balance(w: PayWorld) -> int:
         account = s.get(Account, w.site.accounts["m1"])
         assert account is not None
         return account.balance_fen
-
-
-def _staff(w: PayWorld, name: str) -> dict[str, str]:
-    with w.factory() as s:
-        users.create_user(s, username=name, password="a long password", role="finance", org_id=w.site.org_id)
-        s.commit()
-    r = httpx.post(f"{w.api}/auth/login", json={"username": name, "password": "a long password"})
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
 def _refunds(w: PayWorld) -> list[PayRefund]:
@@ -43,7 +34,7 @@ def test_a_refund_above_the_limit_waits_for_a_second_person(world: PayWorld) -> 
     assert httpx.post(f"{w.settings.wechatpay_base_url}/sim/jsapi/pay", json=order["pay"]).status_code == 200
     assert w.pay.wait_idle()
     assert _balance(w) == PAID
-    asker, checker = _staff(w, "fin-a"), _staff(w, "fin-b")
+    asker, checker = w.staff("fin-a"), w.staff("fin-b")
     refund_url = f"{w.api}/accounts/{account_id}/wechat-refund"
 
     too_much = {"out_trade_no": order["out_trade_no"], "amount_fen": PAID + 1, "reason": "退", "request_id": "x"}
