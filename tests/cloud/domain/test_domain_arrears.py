@@ -182,7 +182,8 @@ def test_an_operators_trip_holds_in_credit_and_under_protection_until_a_person_c
     assert one(POLICY, owing(MON, protected=True), meter(MON, CLOSED, operator_off=True), MON)[1].desired is OPEN
     # once closed by a person, the policy decides again: in credit → closed
     assert one(POLICY, rich, meter(MON, OPEN), MON)[1].desired is CLOSED
-    assert Reason.OPERATOR.text_zh and Reason.OPERATOR.text_en
+    assert Reason.OPERATOR.text_zh == "人工断电，待人工恢复"
+    assert Reason.OPERATOR.text_en.startswith("tripped by an operator")
     # a local-prepay meter keeps controlling its own relay
     local = meter(MON, OPEN, operator_off=True, mode=PrepayMode.LOCAL)
     assert one(POLICY, rich, local, MON)[1].desired is None
