@@ -19,6 +19,7 @@ script and no inline code, and writes every figure with ``textContent``.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 PAGE_PREFIX = "/h5"
 STATE_COOKIE = "mf_oauth_state"
+BIND_COOKIE = "mf_bind"
+"""A room code (``?bind=`` of the room's QR link) kept across the login's round trip to WeChat."""
+_BIND_CODE = re.compile(r"[A-Za-z0-9._~-]{1,200}")
 LANG_COOKIE = "mf_lang"
 _HERE = Path(__file__).resolve().parent
 _ASSETS = {"tenant.js": "text/javascript; charset=utf-8", "tenant.css": "text/css; charset=utf-8"}
@@ -101,8 +105,9 @@ def page(request: Request, lang: Annotated[str | None, Query(max_length=8)] = No
 
 
 @router.get("/login")
-def login(request: Request) -> Response:
-    """Off to the official account's web authorisation, which comes back to ``/h5/auth``."""
+def login(request: Request, bind: Annotated[str | None, Query(max_length=200)] = None) -> Response:
+    """Off to the official account's web authorisation, which comes back to ``/h5/auth``; a room code
+    the tenant scanned (``bind``) waits in a short-lived cookie and is back on the page after login."""
     settings = request.app.state.settings
     if not settings.wechat_official_appid:
         raise Conflict("公众号网页授权未配置 / the official account login is not configured")
@@ -121,6 +126,9 @@ def login(request: Request) -> Response:
     # Lax, not Strict: it must come back with WeChat's redirect, a navigation from another site
     response.set_cookie(STATE_COOKIE, state, max_age=600, httponly=True, samesite="lax",
                         secure=_secure(request), path=PAGE_PREFIX)  # fmt: skip
+    if bind is not None and _BIND_CODE.fullmatch(bind):  # anything else is not a room code: dropped
+        response.set_cookie(BIND_COOKIE, bind, max_age=600, httponly=True, samesite="lax",
+                            secure=_secure(request), path=PAGE_PREFIX)  # fmt: skip
     return response
 
 
@@ -143,7 +151,10 @@ def auth(
     except (AuthError, ServiceError) as exc:
         log.info("tenant page login failed: %s", exc)
         return RedirectResponse(page_url + "?error=login", status_code=303)
-    response = RedirectResponse(page_url, status_code=303)
+    bind = request.cookies.get(BIND_COOKIE, "")
+    after = page_url + ("?" + urlencode({"bind": bind}) if _BIND_CODE.fullmatch(bind) else "")
+    response = RedirectResponse(after, status_code=303)
+    response.delete_cookie(BIND_COOKIE, path=PAGE_PREFIX)
     max_age = max(0, int((out.expires_at - at).total_seconds()))
     response.set_cookie(PAYER_COOKIE, out.token, max_age=max_age, httponly=True, samesite="strict",
                         secure=_secure(request), path="/")  # fmt: skip

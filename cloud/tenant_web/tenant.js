@@ -283,6 +283,9 @@
 
   function show(section, visible) { $(section).hidden = !visible; }
 
+  // a room code scanned before logging in travels through the login and is bound right after it
+  function loginUrl() { return cfg.bind ? "login?bind=" + encodeURIComponent(cfg.bind) : "login"; }
+
   function load() {
     status(T.loading);
     return api("GET", "/accounts").then(function (accounts) {
@@ -309,9 +312,10 @@
     }, function (e) {
       if (e.status !== 401) { fail(e); return; }
       status(cfg.login_error ? T.error + T.login : "");
+      $("login-link").setAttribute("href", loginUrl());
       show("login", true);
       if (!cfg.login_error && /MicroMessenger/i.test(navigator.userAgent)) {
-        window.location.assign("login"); // inside WeChat: straight to the silent authorisation
+        window.location.assign(loginUrl()); // inside WeChat: straight to the silent authorisation
       }
     });
   }

@@ -110,3 +110,20 @@ def test_without_the_official_account_the_page_says_so(world: PayWorld) -> None:
     r = httpx.get(world.cloud.base_url + "/h5/login")
     assert r.status_code == 409
     assert "official account" in r.text
+
+
+def test_a_room_code_scanned_before_login_comes_back_after_it(page: str) -> None:
+    """The tenant scans the room's QR (``/h5/?bind=…``) before ever logging in: the code survives the
+    round trip through WeChat's authorisation and is on the page again, for the script to bind."""
+    code = "r1.7.1924905600.Zm9vYmFy-_~"
+    with httpx.Client(follow_redirects=True) as browser:
+        landed = browser.get(page + "login", params={"bind": code})
+        assert landed.status_code == 200
+        assert landed.url.params.get("bind") == code
+        assert f'"bind": "{code}"' in landed.text or f'"bind":"{code}"' in landed.text
+        assert "mf_bind" not in browser.cookies  # used once, then gone
+    with httpx.Client(follow_redirects=True) as browser:  # not a room code: dropped, never echoed
+        landed = browser.get(page + "login", params={"bind": "x\"><script>alert(1)</script>"})
+        assert landed.status_code == 200
+        assert "bind" not in landed.url.params
+        assert "alert(1)" not in landed.text
