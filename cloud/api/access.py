@@ -328,7 +328,9 @@ POLICY: Mapping[tuple[str, str], Rule] = {
         "tenants' phone numbers, kept by those who keep the accounts",
         example=Example({"phone": "13800000000"}),
     ),
-    ("POST", "/tenant/accounts/{account_id}/subscriptions"): Rule(PUBLIC, _PAYER),
+    ("POST", "/tenant/accounts/{account_id}/subscriptions"): Rule(
+        PUBLIC, _PAYER, example=Example({"template_id": "TPL-1", "app": "miniprogram"})
+    ),
     ("PUT", "/projects/{project_id}/tariffs"): Rule(
         MANAGER, "which prices a site bills", example=Example({"electric_tariff_id": "{tariff}"})
     ),
@@ -407,9 +409,6 @@ POLICY: Mapping[tuple[str, str], Rule] = {
     ("GET", "/h5/auth"): Rule(PUBLIC, "WeChat's authorisation code, checked with WeChat: a payer cookie"),
     ("POST", "/h5/logout"): Rule(PUBLIC, "drops the payer cookie"),
     ("GET", "/h5/{name}"): Rule(PUBLIC, "the page's own script and style sheet"),
-    ("POST", "/tenant/subscriptions"): Rule(
-        PUBLIC, _PAYER, example=Example({"results": [{"template_id": "TPL-1", "status": "accept"}]})
-    ),
 }
 
 

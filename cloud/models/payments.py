@@ -35,7 +35,6 @@ __all__ = [
     "PayOrder",
     "PayRefund",
     "PayerBinding",
-    "PayerSubscription",
     "RefundState",
     "WxUser",
 ]
@@ -99,22 +98,6 @@ class PayerBinding(SQLModel, table=True):
     """``qr`` (a room's signed code) or ``phone`` (account number + the tenant's phone)."""
     bound_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     unbound_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-
-
-class PayerSubscription(SQLModel, table=True):
-    """A payer's latest answer to ``wx.requestSubscribeMessage`` for one template: WeChat lets a
-    mini-program send a subscribe message only after the user accepted that template, so a sender
-    checks ``status == "accept"`` here first."""
-
-    __tablename__ = "payer_subscription"
-    __table_args__ = (UniqueConstraint("wx_user_id", "template_id"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    wx_user_id: int = Field(foreign_key="wx_user.id", index=True)
-    template_id: str = Field(sa_type=String(64))
-    status: str = Field(sa_type=String(16))
-    """``accept``, ``reject``, ``ban`` (the user blocked the template) or ``filter`` (WeChat withheld it)."""
-    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class PayOrder(SQLModel, table=True):

@@ -50,6 +50,10 @@ test('home shows each balance, days left and supply state (restoring…) from th
   page.querySelectorAll('.recharge')[1].dispatchEvent('tap')
   await settle()
   expect(nav).toEqual([['navigateTo', '/pages/recharge/index?account=8']])
+  page.querySelectorAll('.notify')[1].dispatchEvent('tap')
+  await settle()
+  // the settings page is told which account's notices the tenant consents to
+  expect(nav[1]).toEqual(['navigateTo', '/pages/settings/index?account=8'])
 })
 
 test('English on request; an expired session goes back to login; no token goes to login at once', async () => {

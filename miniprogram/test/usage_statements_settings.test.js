@@ -73,35 +73,58 @@ test('statements: the cloud\'s refusal is shown', async () => {
   expect(text(page, '.error')).toBe('account 9 not found')
 })
 
-test('subscribe consent: the answers for the configured templates are reported to the cloud', async () => {
-  config.subscribeTemplates = { lowBalance: 'TPL-LOW', paymentSucceeded: 'TPL-PAID', supplyRestored: '' }
-  const requests = fakeCloud({ 'POST /tenant/subscriptions': () => reply(204, '') })
+test('subscribe consent: each accept is reported for the account the tenant came from, rejects are not', async () => {
+  config.subscribeTemplates = { lowBalance: 'TPL-LOW', paymentSucceeded: 'TPL-PAID', supplyRestored: 'TPL-ON' }
+  const requests = fakeCloud({
+    'POST /tenant/accounts/7/subscriptions': (req) => reply(201, { template_id: req.data.template_id, remaining: 1 })
+  })
   wx.requestSubscribeMessage = jest.fn((o) =>
-    o.success({ errMsg: 'requestSubscribeMessage:ok', 'TPL-LOW': 'accept', 'TPL-PAID': 'reject' })
+    o.success({ errMsg: 'requestSubscribeMessage:ok', 'TPL-LOW': 'accept', 'TPL-PAID': 'reject', 'TPL-ON': 'accept' })
   )
   const page = loadPage('settings')
-  page.instance.onLoad()
+  page.instance.onLoad({ account: '7' })
   tap(page, '.subscribe')
   await settle()
-  expect(wx.requestSubscribeMessage.mock.calls[0][0].tmplIds).toEqual(['TPL-LOW', 'TPL-PAID'])
-  expect(requests).toEqual([
-    expect.objectContaining({
-      method: 'POST',
-      path: '/tenant/subscriptions',
-      data: {
-        results: [
-          { template_id: 'TPL-LOW', status: 'accept' },
-          { template_id: 'TPL-PAID', status: 'reject' }
-        ]
-      }
-    })
+  expect(wx.requestSubscribeMessage.mock.calls[0][0].tmplIds).toEqual(['TPL-LOW', 'TPL-PAID', 'TPL-ON'])
+  expect(requests.map((r) => [r.method, r.path, r.data])).toEqual([
+    ['POST', '/tenant/accounts/7/subscriptions', { template_id: 'TPL-LOW', app: 'miniprogram' }],
+    ['POST', '/tenant/accounts/7/subscriptions', { template_id: 'TPL-ON', app: 'miniprogram' }]
   ])
-  expect(text(page, '.result')).toBe('已开启 1 项提醒')
+  expect(requests[0].header.Authorization).toBe('Bearer payer-token')
+  expect(text(page, '.result')).toBe('已开启 2 项提醒')
+})
+
+test('subscribe consent: all rejected → nothing reported; the cloud refusing → its message shown', async () => {
+  config.subscribeTemplates = { lowBalance: 'TPL-LOW', paymentSucceeded: '', supplyRestored: '' }
+  const requests = fakeCloud({
+    'POST /tenant/accounts/9/subscriptions': () => reply(404, { error: 'not_found', detail: 'account 9 not found' })
+  })
+  wx.requestSubscribeMessage = jest.fn((o) => o.success({ errMsg: 'requestSubscribeMessage:ok', 'TPL-LOW': 'reject' }))
+  const page = loadPage('settings')
+  page.instance.onLoad({ account: '9' })
+  tap(page, '.subscribe')
+  await settle()
+  expect(requests).toEqual([])
+  expect(text(page, '.result')).toBe('未开启提醒')
+  wx.requestSubscribeMessage = jest.fn((o) => o.success({ errMsg: 'requestSubscribeMessage:ok', 'TPL-LOW': 'accept' }))
+  tap(page, '.subscribe')
+  await settle()
+  expect(requests.map((r) => r.path)).toEqual(['/tenant/accounts/9/subscriptions'])
+  expect(text(page, '.error')).toBe('account 9 not found')
+  expect(text(page, '.result')).toBe('未开启提醒')
+})
+
+test('settings without an account: the language only, no consent to ask', async () => {
+  const requests = fakeCloud({})
+  const page = loadPage('settings')
+  page.instance.onLoad()
+  expect(page.querySelector('.subscribe')).toBeFalsy()
+  expect(requests).toEqual([])
 })
 
 test('language switch: English everywhere, kept for the next page', async () => {
   const page = loadPage('settings')
-  page.instance.onLoad()
+  page.instance.onLoad({ account: '7' })
   expect(text(page, '.subscribe')).toBe('开启余额不足、到账和恢复供电提醒')
   tap(page, '.lang-en')
   await settle()

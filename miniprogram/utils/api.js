@@ -86,5 +86,7 @@ module.exports = {
   statement: (id) => request('GET', `/tenant/accounts/${id}/statement`),
   orders: (id) => request('GET', `/tenant/accounts/${id}/orders`),
   createOrder: (id, amountFen) => request('POST', `/tenant/accounts/${id}/orders`, { amount_fen: amountFen }),
-  subscriptions: (results) => request('POST', '/tenant/subscriptions', { results })
+  /** One more message of ``templateId`` allowed for this account (one tap on 允许 = one message). */
+  subscribe: (accountId, templateId) =>
+    request('POST', `/tenant/accounts/${accountId}/subscriptions`, { template_id: templateId, app: 'miniprogram' })
 }

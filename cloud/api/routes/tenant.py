@@ -21,7 +21,7 @@ from cloud.api.deps import Bearer, Db, Now, Paging, PathId, page_response
 from cloud.api.schemas import In
 from cloud.integrations.wechatpay import WeChatPayError
 from cloud.models import OrderState, PayOrder
-from cloud.services import payers, payments, subscriptions, tenant_views
+from cloud.services import payers, payments, tenant_views
 from cloud.services.errors import AuthError, Conflict
 from cloud.services.payers import Payer
 
@@ -115,17 +115,6 @@ class StatementOut(BaseModel):
     memo: str
     key: str
     explain: dict[str, Any]
-
-
-class ConsentIn(In):
-    template_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="a subscribe-message template id")
-    status: Literal["accept", "reject", "ban", "filter"] = Field(
-        description="wx.requestSubscribeMessage's answer"
-    )
-
-
-class SubscriptionsIn(In):
-    results: list[ConsentIn] = Field(max_length=subscriptions.MAX_TEMPLATES)
 
 
 class OrderIn(In):
@@ -341,12 +330,3 @@ def create_order(
 
 def order_out(order: PayOrder) -> OrderOut:
     return OrderOut.model_validate(order)
-
-
-@router.post("/subscriptions", status_code=204, summary="Report the answers to wx.requestSubscribeMessage")
-def subscribe(body: SubscriptionsIn, payer: PayerDep, uow: Db, at: Now) -> Response:
-    """Each template's latest answer is kept per payer; notices are sent only for accepted ones."""
-    consents = [subscriptions.Consent(c.template_id, c.status) for c in body.results]
-    subscriptions.record_consents(uow.session, payer, consents, at)
-    uow.commit()
-    return Response(status_code=204)

@@ -60,8 +60,9 @@ Component({
     goBind() {
       wx.navigateTo({ url: '/pages/bind/index' })
     },
-    settings() {
-      wx.navigateTo({ url: '/pages/settings/index' })
+    settings(e) {
+      const id = e && e.currentTarget && e.currentTarget.dataset.id
+      wx.navigateTo({ url: id ? `/pages/settings/index?account=${id}` : '/pages/settings/index' })
     }
   }
 })

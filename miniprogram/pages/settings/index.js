@@ -1,19 +1,20 @@
 /**
- * Settings: the language (zh-CN / English), and consent to subscribe messages — wx.requestSubscribeMessage
- * for the configured templates, each answer (accept / reject / ban) reported to the cloud
- * (POST /tenant/subscriptions), which sends a template only to payers who accepted it.
+ * Settings: the language (zh-CN / English), and consent to subscribe messages for the account the
+ * tenant came from (?account=<id>, as the other pages take it). WeChat allows one message per tap on
+ * 允许, so each `accept` answer of wx.requestSubscribeMessage is reported on its own
+ * (POST /tenant/accounts/{id}/subscriptions, counted per account and template by the cloud's notice
+ * sender); rejects, bans and filtered templates are not reported — the cloud sends nothing without a
+ * consent.
  */
 const api = require('../../utils/api')
 const config = require('../../config')
 const { getLang, setLang, strings, t } = require('../../utils/i18n')
 
-const ANSWERS = ['accept', 'reject', 'ban', 'filter']
-
 Component({
-  data: { s: {}, lang: 'zh', busy: false, result: '', error: '' },
+  data: { s: {}, lang: 'zh', accountId: 0, busy: false, result: '', error: '' },
   methods: {
-    onLoad() {
-      this.setData({ s: strings(), lang: getLang() })
+    onLoad(options) {
+      this.setData({ s: strings(), lang: getLang(), accountId: Number((options && options.account) || 0) })
     },
     setLanguage(e) {
       setLang(e.currentTarget.dataset.lang)
@@ -21,7 +22,7 @@ Component({
     },
     subscribe() {
       const ids = Object.values(config.subscribeTemplates).filter(Boolean)
-      if (!ids.length) {
+      if (!ids.length || !this.data.accountId) {
         this.setData({ result: t('subscribeNone') })
         return Promise.resolve()
       }
@@ -38,18 +39,17 @@ Component({
       })
     },
     async report(ids, answers) {
-      const results = ids
-        .filter((id) => ANSWERS.includes(answers[id]))
-        .map((id) => ({ template_id: id, status: answers[id] }))
-      const accepted = results.filter((r) => r.status === 'accept').length
+      const accepted = ids.filter((id) => answers[id] === 'accept')
+      let done = 0
       try {
-        await api.subscriptions(results)
-        this.setData({ result: accepted ? t('subscribed', { n: accepted }) : t('subscribeNone') })
+        for (const id of accepted) {
+          await api.subscribe(this.data.accountId, id)
+          done += 1
+        }
       } catch (err) {
         this.setData({ error: err.message })
-      } finally {
-        this.setData({ busy: false })
       }
+      this.setData({ busy: false, result: done ? t('subscribed', { n: done }) : t('subscribeNone') })
     }
   }
 })
