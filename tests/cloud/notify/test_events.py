@@ -6,25 +6,30 @@ managers once. Then the sender renders them with the real balance."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
+from cloud.db import make_engine, make_session_factory
 from cloud.jobs import JobContext, offline_check
 from cloud.models import GatewayStatusRow, NotificationOutbox
 from cloud.services import accounts
 from cloud.services.audit import Actor
 from cloud.services.ingest import Ingest
 from cloud.services.notify.channels import LogChannel
+from cloud.services.notify.events import _holds_waiting, notice_once
 from cloud.services.notify.sender import Sender
 from cloud.services.notify.templates import render
 from protocol.contract import AckStatus, RelayState
 from tests.cloud.conftest import Site
 from tests.cloud.flowkit import T0, batch, commands, make_flow_site, recharge
 from tests.cloud.test_control import _ack, _setup
+from tests.cloud.test_state_races import _race
 from tests.cloud.test_topups import Clock, pay, reading_with_count, recharge_ack
 from tests.cloud.test_topups import _setup as _topup_setup
 
@@ -198,3 +203,34 @@ def test_a_top_up_abandoned_after_its_attempts_is_told_once(session_factory: ses
     (row,) = _notices(session_factory, "topup_failed")
     assert (row.payload["recharge"], row.payload["amount_fen"]) == (key, 300)
     assert row.payload["command"] == commands(session_factory, meter_id)[-1].id
+
+
+@pytest.mark.services
+def test_two_replicas_writing_a_projects_daily_notice_at_once_both_commit(pg_url: str) -> None:
+    """Two ingest replicas holding readings of one project at the same moment: the second waits on the
+    first's uncommitted ``holds_waiting`` row, loses the UNIQUE key when it commits — and only its
+    savepoint is rolled back: the rest of its transaction (here another notice) is committed."""
+    engine = make_engine(pg_url, pool_size=4)
+    try:
+        factory = make_session_factory(engine)
+        site = make_flow_site(factory)
+        day = T0 + timedelta(hours=1)
+
+        def replica(s: Session) -> None:
+            _holds_waiting(s, site.project_id, day)
+            notice_once(
+                s,
+                NotificationOutbox(
+                    org_id=site.org_id,
+                    account_id=site.accounts["m1"],
+                    kind="abnormal_usage",
+                    dedupe_key=f"other:{uuid.uuid4().hex}",
+                    created_at=day,
+                ),
+            )
+
+        _race(factory, replica)
+        assert len(_notices(factory, "holds_waiting")) == 1
+        assert len(_notices(factory, "abnormal_usage")) == 2  # each replica's other write survived
+    finally:
+        engine.dispose()
