@@ -61,7 +61,7 @@ from cloud.services.arrears import PolicyCache, evaluate_account, linked_meters
 from cloud.services.bulk import in_values
 from cloud.services.control import lock_meter_states
 from cloud.services.isolation import FAULTS, Unit, UnitKind, account_unit, each_isolated
-from cloud.services.notify.events import notify_gateway_offline
+from cloud.services.notify.events import notify_gateway_offline, notify_meters_offline
 from cloud.services.unit import Publisher
 
 __all__ = [
@@ -188,12 +188,13 @@ def offline_check(session: Session, ctx: JobContext) -> dict[str, Any]:
     # one statement for all of them, not an ORM update per meter: the rows are locked in id order
     # (as the ingest locks them) and for as short a time as possible — the ingest of readings that
     # are still arriving waits for these rows
-    meters = session.scalars(
-        select(col(MeterState.meter_id))
+    silent = session.execute(
+        select(col(MeterState.meter_id), col(MeterState.last_seen))
         .where(col(MeterState.last_seen) < cutoff, col(MeterState.offline).is_(False))
         .order_by(col(MeterState.meter_id))
         .with_for_update()
     ).all()
+    meters = [meter_id for meter_id, _ in silent]
     if meters:
         connection = session.connection()
         session.execute(
@@ -202,6 +203,9 @@ def offline_check(session: Session, ctx: JobContext) -> dict[str, Any]:
             .values(offline=True)
             .execution_options(synchronize_session=False)
         )
+    # the tenants, once per offline episode (a meter heard again is no longer offline: the next
+    # silence is a new episode, named by its own last_seen)
+    notify_meters_offline(session, [(meter_id, seen) for meter_id, seen in silent], ctx.now)
     return {"gateways_offline": len(gone), "meters_offline": len(meters)}
 
 

@@ -107,7 +107,7 @@ from cloud.services.errors import Conflict, NotFound
 from cloud.services.isolation import Unit, UnitFault, UnitKind, each_isolated
 from cloud.services.keys import down_key
 from cloud.services.ledger import get_transaction, load_transaction, post
-from cloud.services.notify.events import notify_supply_change
+from cloud.services.notify.events import notify_supply_change, notify_topup_failed
 from cloud.services.provisioning import planned_meters, plans_meters
 from protocol.contract import (
     Ack,
@@ -393,7 +393,7 @@ def _topup_alarm(
     )
 
 
-def _topup_mismatch(session: Session, row: CommandRow, ack: Ack) -> bool:
+def _topup_mismatch(session: Session, row: CommandRow, ack: Ack, now: datetime) -> bool:
     """A recharge ack whose read-back purchase count is not the one this top-up targets: give up and
     tell the operator (retrying cannot help, and a new count could write the money twice)."""
     if row.action != Action.RECHARGE.value:
@@ -405,6 +405,7 @@ def _topup_mismatch(session: Session, row: CommandRow, ack: Ack) -> bool:
     with suppress(DomainError):
         row.status = transition(row.status, CommandEvent.GIVE_UP)
     row.next_try_at = None
+    notify_topup_failed(session, row, now)
     name, amount = _topup_names(session, row)
     _topup_alarm(
         session,
@@ -527,6 +528,8 @@ def _schedule_retry(
         return
     row.status = transition(row.status, CommandEvent.GIVE_UP)
     row.next_try_at = None
+    if row.action == Action.RECHARGE.value:
+        notify_topup_failed(session, row, now)
     meter = session.get(Meter, row.meter_id)
     name = meter.device_id if meter else str(row.meter_id)
     session.add(
@@ -585,7 +588,7 @@ def apply_ack(
     row.ack_observed = ack.observed.value if ack.observed else None
     row.ack_detail = ack.detail[:500]
     row.next_try_at = None
-    if _topup_mismatch(session, row, ack):
+    if _topup_mismatch(session, row, ack, now):
         pass
     elif row.action == Action.RECHARGE.value and row.status == CommandStatus.ACKED_DONE:
         _move_to_meter(session, row, now)

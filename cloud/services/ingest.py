@@ -71,6 +71,7 @@ from cloud.models import (
     Meter,
     MeterState,
     ProcessedBatch,
+    ReadingHold,
     ReadingStatus,
     metadata,
 )
@@ -89,6 +90,7 @@ from cloud.services.bulk import in_values, insert_missing, insert_rows, int_arra
 from cloud.services.control import ControlConfig, ack_is_news, apply_ack
 from cloud.services.isolation import FAULTS, Unit, UnitKind, account_unit, clear_fault, each_isolated
 from cloud.services.keys import KeyCache, mark_seen
+from cloud.services.notify.events import notify_holds
 from cloud.services.unit import Publisher, unit_of_work
 from protocol.contract import (
     Ack,
@@ -605,6 +607,7 @@ class Ingest:
         )
         session.add_all(held)
         session.flush()  # holds and alarms of this batch
+        notify_holds(session, [row for row in held if isinstance(row, ReadingHold)], now)
         update_rows(
             connection,
             _STATES,
