@@ -151,6 +151,17 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "tariffs": ("电价", "Tariffs"),
     "effective_from": ("生效时间", "Effective from"),
     "spec": ("价格设置", "Prices"),
+    "alarm_state": ("告警状态", "State"),
+    "alarm_open": ("未处理", "Open"),
+    "alarm_acknowledged_state": ("已确认", "Acknowledged"),
+    "alarm_cleared": ("已自动清除", "Cleared"),
+    "level": ("级别", "Level"),
+    "raised_at": ("发生时间", "Raised"),
+    "cleared_at": ("清除时间", "Cleared at"),
+    "acknowledge": ("确认", "Acknowledge"),
+    "acknowledged_by": ("确认人", "Acknowledged by"),
+    "alarm_acknowledged": ("告警已确认", "Alarm acknowledged"),
+    "location": ("位置", "Location"),
     "language": ("English", "中文"),
 }
 
