@@ -11,6 +11,7 @@ so "acknowledged" and "cleared by itself" are told apart from that detail.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -37,6 +38,9 @@ PAGE_SIZE = 50
 STATES = ("open", "acknowledged", "cleared")
 """open: not cleared; acknowledged: closed by a person; cleared: closed by the system (condition gone)."""
 _ACK = ("POST", "/alarms/{alarm_id}/acknowledge")
+
+_BACK = re.compile(r"/console/alarms(\?[A-Za-z0-9_=&-]*)?")
+"""Where the button returns: the alarms page with its filters, nothing else (no open redirect)."""
 
 Id = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 
@@ -198,6 +202,6 @@ def acknowledge(
     guard.require(p, *_ACK)
     operations.acknowledge_alarm(uow.session, p.actor, alarm_id, at, kinds=alarm_kinds_for(p.role))
     uow.commit()
-    target = back if back.startswith("/console/alarms") and "//" not in back else "/console/alarms"
+    target = back if _BACK.fullmatch(back) else "/console/alarms"
     sep = "&" if "?" in target else "?"
     return Response(status_code=303, headers={"Location": f"{target}{sep}done=alarm_acknowledged"})

@@ -133,8 +133,10 @@ def test_filters_pages_and_the_installers_kinds(console_http: Console) -> None:
     r = c.client.post(f"/console/alarms/{arrears}/acknowledge", data={"csrf": csrf})
     assert r.status_code == 404
     assert _is_open(c.factory, arrears)
-    r = c.client.post(f"/console/alarms/{offline}/acknowledge", data={"csrf": csrf}, follow_redirects=False)
+    hostile = {"csrf": csrf, "back": "/console/alarms/../../h5//evil.example"}
+    r = c.client.post(f"/console/alarms/{offline}/acknowledge", data=hostile, follow_redirects=False)
     assert r.status_code == 303
+    assert r.headers["location"] == "/console/alarms?done=alarm_acknowledged"  # not where the form said
     assert not _is_open(c.factory, offline)
 
 
