@@ -57,6 +57,7 @@ def test_a_manager_acknowledges_an_alarm_and_sees_who_and_when(page: Any, consol
     assert page.locator("#alarms tr[data-alarm]").count() == 2
     row = page.locator(f"#alarms tr[data-alarm='{offline}']")
     assert row.locator("td.message").text_content() == "meter_offline 告警"
+    assert row.locator("td.kind").text_content() == "表计离线"
     assert row.locator("a.meter-link").get_attribute("href") == f"/console/meters/{flow.meters['m1']}"
     assert "301" in (row.locator("a.meter-link").text_content() or "")  # m1's room
     shot(page, "alarms")
@@ -82,6 +83,7 @@ def test_a_manager_acknowledges_an_alarm_and_sees_who_and_when(page: Any, consol
     assert (
         page.locator(f"#alarms tr[data-alarm='{offline}'] td.message").text_content() == "meter_offline alarm"
     )
+    assert page.locator(f"#alarms tr[data-alarm='{offline}'] td.kind").text_content() == "Meter offline"
 
 
 def test_filters_pages_and_the_installers_kinds(console_http: Console) -> None:

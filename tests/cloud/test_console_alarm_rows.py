@@ -53,3 +53,11 @@ def test_states_kinds_and_organisations(session_factory: sessionmaker[Session]) 
         assert ids(kinds=alarm_kinds_for(Role.INSTALLER)) == [no_detail, to_ack, open_]  # no arrears
         acked = alarm_rows(s, manager, AlarmFilter(state="acknowledged"), kinds=None)[0]
         assert (acked.state, acked.acknowledged_by) == ("acknowledged", "mgr")
+
+
+def test_every_alarm_kind_has_a_label_in_both_languages() -> None:
+    from cloud.console.i18n import MESSAGES
+    from cloud.models import AlarmKind
+
+    missing = [k.value for k in AlarmKind if f"alarm_kind_{k.value}" not in MESSAGES]
+    assert missing == []
