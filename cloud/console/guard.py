@@ -35,6 +35,7 @@ PAGES: tuple[Page, ...] = (
     Page("monitor", "/console/rooms", ("GET", "/meters")),
     Page("holds", "/console/holds", ("GET", "/holds")),
     Page("approvals", "/console/approvals", ("GET", "/approvals")),
+    Page("alarms", "/console/alarms", ("GET", "/alarms")),
     Page("reports", "/console/reports", ("GET", "/meters")),
     Page("gateways", "/console/gateways", ("GET", "/gateways")),
     Page("tariffs", "/console/tariffs", ("GET", "/tariffs")),

@@ -111,8 +111,8 @@ def build_router() -> APIRouter:
         )
         return render(request, "dashboard.html", p, d=figures)
 
-    from cloud.console import logs, money, monitor, reports
+    from cloud.console import alarms, logs, money, monitor, reports
 
-    for module in (monitor, money, reports, logs):
+    for module in (monitor, money, reports, logs, alarms):
         router.include_router(module.router)
     return router

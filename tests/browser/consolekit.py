@@ -21,12 +21,13 @@ ROLES = (Role.ADMIN, Role.MANAGER, Role.FINANCE, Role.INSTALLER, Role.TENANT)
 # managers' (GET /holds: admin, manager), approvals money roles' (admin, manager, finance), the site,
 # its meters and the reports everyone's of the company (GET /meters: staff; the financial trace inside
 # the reports is the statement's, GET /accounts/{id}/ledger: no installers), gateways the builders'
-# (GET /gateways: admin, manager, installer), tariffs the money roles' (GET /tariffs).
+# (GET /gateways: admin, manager, installer), tariffs the money roles' (GET /tariffs), alarms
+# everyone's of the company (GET /alarms: staff; installers see device alarms only).
 EXPECTED_PAGES = {
-    "admin": ["dashboard", "monitor", "holds", "approvals", "reports", "gateways", "tariffs"],
-    "manager": ["dashboard", "monitor", "holds", "approvals", "reports", "gateways", "tariffs"],
-    "finance": ["dashboard", "monitor", "approvals", "reports", "tariffs"],
-    "installer": ["dashboard", "monitor", "reports", "gateways"],
+    "admin": ["dashboard", "monitor", "holds", "approvals", "alarms", "reports", "gateways", "tariffs"],
+    "manager": ["dashboard", "monitor", "holds", "approvals", "alarms", "reports", "gateways", "tariffs"],
+    "finance": ["dashboard", "monitor", "approvals", "alarms", "reports", "tariffs"],
+    "installer": ["dashboard", "monitor", "alarms", "reports", "gateways"],
 }
 
 
@@ -83,6 +84,14 @@ def make_console_site(factory: sessionmaker[Session], **flow: Any) -> ConsoleSit
         logins["manager2"] = f"manager2-{site.org_id}"
         s.commit()
         return ConsoleSite(site, building.id, logins)
+
+
+def shot(page: Any, name: str) -> None:
+    """Save a full-page screenshot as docs/screenshots/console-<name>.png (shown in docs/console.md)."""
+    from tests.browser.conftest import SCREENSHOTS
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"console-{name}.png"), full_page=True)
 
 
 def menu_of(page: Any) -> list[str]:

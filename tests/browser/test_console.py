@@ -21,13 +21,8 @@ from cloud.models import Account, Approval, AuditLog
 from cloud.services import ledger
 from cloud.services.ingest import Ingest
 from tests.browser.conftest import SCREENSHOTS
-from tests.browser.consolekit import EXPECTED_PAGES, log_in, menu_of
+from tests.browser.consolekit import EXPECTED_PAGES, log_in, menu_of, shot
 from tests.cloud.flowkit import T0, batch
-
-
-def _shot(page: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"console-{name}.png"), full_page=True)
 
 
 @pytest.mark.parametrize("role", ["admin", "manager", "finance", "installer"])
@@ -42,9 +37,9 @@ def test_each_role_sees_only_what_the_role_table_allows(page: Any, console: Any,
     can_trip = role in ("admin", "manager")  # POST /meters/{id}/commands: the manager's call
     assert (page.locator("#batch-trip").count() == 1) is can_trip
     if role == "manager":
-        _shot(page, "monitor")
+        shot(page, "monitor")
         page.goto(base + "/console/")
-        _shot(page, "dashboard")
+        shot(page, "dashboard")
     if role == "installer":  # reports, but not the financial trace
         page.goto(base + "/console/reports")
         assert page.locator("#trace-form").count() == 0
@@ -97,7 +92,7 @@ def test_manager_resolves_a_hold_by_billing_it(page: Any, console: Any) -> None:
     log_in(page, base, site.logins["manager"])
     page.goto(base + "/console/holds")
     assert page.locator("#holds-table tr[data-hold]").count() == 1
-    _shot(page, "holds")
+    shot(page, "holds")
     page.fill(".hold-form input[name=reason]", "现场核实：空调满负荷")
     page.click(".hold-form button[value=bill]")
     assert page.text_content("#message") == "按读数计费"
@@ -141,7 +136,7 @@ def test_correction_below_the_limit_posts_and_above_it_waits_for_a_second_manage
     try:
         log_in(second, base, site.logins["manager2"])
         second.goto(base + "/console/approvals")
-        _shot(second, "approvals")
+        shot(second, "approvals")
         second.fill("#approvals-table input[name=reason]", "核对无误")
         second.click("#approvals-table button[value=approve]")
         assert second.text_content("#message") == "批准"
@@ -163,7 +158,7 @@ def test_financial_trace_exported_to_excel_ties_out_with_the_ledger(page: Any, c
     this_month = datetime.now(UTC).astimezone().strftime("%Y-%m")
     page.goto(f"{base}/console/reports?month={this_month}&account_id={account_id}")
     assert page.text_content("#ties-out") == "✓"
-    _shot(page, "trace")
+    shot(page, "trace")
     with page.expect_download() as download:
         page.click("#export")
     sheet = load_workbook(io.BytesIO(download.value.path().read_bytes())).active
