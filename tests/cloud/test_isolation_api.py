@@ -122,7 +122,8 @@ def _tariff(api: Api, headers: dict[str, str], kind: str = "flat") -> int:
         ("flat", {"kind": "flat", "price": "1" * 100_000}, "price"),
         ("flat", {"kind": "flat", "price": "1e999999999"}, "price"),
         ("flat", {"kind": "flat", "price": "1e30"}, "price_milli"),
-        ("tou", {"kind": "tou", "tou_prices": {"energy_t1_kwh": 10**30}}, "price_milli"),
+        # the one spec reader (TariffVersion.from_spec) names the register, not just the unit
+        ("tou", {"kind": "tou", "tou_prices": {"energy_t1_kwh": 10**30}}, "tou_prices.energy_t1_kwh"),
         ("tou", {"kind": "tou", "tou_prices_yuan": {"energy_t1_kwh": "9" * 1000}}, "tou_prices_yuan"),
         (
             "tiered",
