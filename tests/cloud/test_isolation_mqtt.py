@@ -187,7 +187,7 @@ async def test_operator_command_reaches_the_gateway_without_waiting_for_the_swee
                 )
                 assert r.status_code == 202, r.text
                 command_id: str = r.json()["id"]
-                await until(lambda c=command_id: gateway.arrived(c) is not None, within=15, what=action)
+                await until(lambda c=command_id: gateway.arrived(c) is not None, within=60, what=action)
                 arrived = gateway.arrived(command_id)
                 assert arrived is not None
                 latencies.append(arrived - started)
@@ -203,7 +203,9 @@ async def test_operator_command_reaches_the_gateway_without_waiting_for_the_swee
             f"\noperator command → gateway: median {statistics.median(latencies) * 1000:.0f} ms, "
             f"max {max(latencies) * 1000:.0f} ms over {len(latencies)} commands"
         )
-        assert max(latencies) < 2.0  # the sweep would have taken 600 s
+        # Not a timing target (bench/ measures latency): the sweep would take 600 s here, so any
+        # delivery well inside it came by the immediate path, however loaded the machine is.
+        assert max(latencies) < 60.0
     finally:
         stop.set()
         await asyncio.wait_for(worker, timeout=20)
