@@ -328,6 +328,16 @@ POLICY: Mapping[tuple[str, str], Rule] = {
         "tenants' phone numbers, kept by those who keep the accounts",
         example=Example({"phone": "13800000000"}),
     ),
+    ("GET", "/auth/me/notify-contact"): Rule(STAFF, "their own phone and manager notices"),
+    ("PUT", "/auth/me/notify-contact"): Rule(
+        STAFF, "staff choose which manager notices reach their own phone (not platform admins)"
+    ),
+    ("GET", "/users/{user_id}/notify-contact"): Rule(MANAGER, "who of the staff hears manager notices"),
+    ("PUT", "/users/{user_id}/notify-contact"): Rule(
+        MANAGER,
+        "managers set the staff's phones and manager notices",
+        example=Example({"phone": "13800000008", "lang": "en", "notices": ["holds_waiting", "topup_failed"]}),
+    ),
     ("POST", "/tenant/accounts/{account_id}/subscriptions"): Rule(
         PUBLIC, _PAYER, example=Example({"template_id": "TPL-1", "app": "miniprogram"})
     ),

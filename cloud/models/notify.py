@@ -10,6 +10,8 @@
 - ``notify_contact``: per account, the tenant's phone, WeChat openids and language.
 - ``notify_consent``: per account and subscribe-message template, how many one-shot consents the
   tenant granted (每次订阅一次) and how many were used.
+- ``staff_contact`` (migration 0017): per staff user, their phone, official-account openid, language
+  and which manager notices they want (``gateway_offline``, ``holds_waiting``, ``topup_failed``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "NotifyConsent",
     "NotifyContact",
     "NotifySettings",
+    "StaffContact",
 ]
 
 
@@ -108,4 +111,22 @@ class NotifyConsent(SQLModel, table=True):
     template_id: str = Field(sa_type=String(64))
     granted: int = 0
     used: int = 0
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class StaffContact(SQLModel, table=True):
+    """How a staff user (manager, finance, installer, admin of an organisation) hears manager notices:
+    nothing unless ``notices`` names the kind (opt-in), by SMS to ``phone`` or a template message to
+    ``official_openid``, in ``lang``. Set by the user or a manager of their organisation."""
+
+    __tablename__ = "staff_contact"
+
+    id: int | None = Field(default=None, primary_key=True)
+    org_id: int = Field(foreign_key="organisation.id", index=True)
+    user_id: int = Field(foreign_key="user_account.id", unique=True)
+    phone: str = Field(default="", sa_type=String(20))
+    official_openid: str = Field(default="", sa_type=String(128))
+    lang: str = Field(default="zh", sa_type=String(8))
+    notices: list[str] = Field(default_factory=list, sa_type=JSON)
+    """The manager notice kinds this user opted in to; empty: none."""
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -89,6 +89,8 @@ class NotificationStatus(StrEnum):
     FAILED = "failed"
     DEAD = "dead"
     """Every channel failed or refused it after its attempts: an alarm asks a person to act."""
+    FANNED_OUT = "fanned_out"
+    """A manager notice handed on as one row per opted-in staff user (``user_id``); those are sent."""
 
 
 class ReadingRow(SQLModel, table=True):
@@ -273,6 +275,8 @@ class NotificationOutbox(SQLModel, table=True):
     claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     """A claim is a lease: a replica that dies mid-send loses it when this passes."""
     last_error: str = Field(default="", sa_type=String(500))
+    user_id: int | None = Field(default=None, foreign_key="user_account.id", index=True)
+    """A manager notice's copy for one staff user (migration 0017); None: a tenant's or the original."""
 
 
 class DeadLetter(SQLModel, table=True):

@@ -70,6 +70,7 @@ from cloud.models import (
 from cloud.services.bulk import insert_missing
 from cloud.services.errors import NotFound
 from cloud.services.isolation import Unit, UnitFault, UnitKind, clear_fault, report_fault
+from cloud.services.notify.events import notify_topup_blocked
 from protocol.contract import Action, Quantity, RelayState
 
 __all__ = [
@@ -595,6 +596,10 @@ def plan_topup(
                 alarm.cleared_at = now  # the count arrived since: the top-up goes out after all
             return PlannedTopUp(meter.id, topup.amount_fen, topup.purchase_count, key)
     if Reason.TOPUP_AMBIGUOUS in decision.reasons or Reason.NO_PURCHASE_COUNT in decision.reasons:
+        ambiguous = Reason.TOPUP_AMBIGUOUS in decision.reasons
+        why = Reason.TOPUP_AMBIGUOUS if ambiguous else Reason.NO_PURCHASE_COUNT
+        assert project.id is not None
+        notify_topup_blocked(session, meter, project.id, key, amount, why.value, now)
         _add_once(
             session,
             Alarm(

@@ -43,6 +43,7 @@ class AuditAction(StrEnum):
     GATEWAY_KEY_OVERLAP_ENDED = "gateway_key_overlap_ended"
     NOTIFY_SETTINGS_CHANGED = "notify_settings_changed"
     NOTIFY_CONTACT_CHANGED = "notify_contact_changed"
+    STAFF_CONTACT_CHANGED = "staff_contact_changed"
     PROVISIONING_CODE_CREATED = "provisioning_code_created"
     GATEWAY_REGISTERED = "gateway_registered"
     METER_ASSIGNED = "meter_assigned"

@@ -405,7 +405,7 @@ def _topup_mismatch(session: Session, row: CommandRow, ack: Ack, now: datetime) 
     with suppress(DomainError):
         row.status = transition(row.status, CommandEvent.GIVE_UP)
     row.next_try_at = None
-    notify_topup_failed(session, row, now)
+    notify_topup_failed(session, row, now, "count_mismatch")
     name, amount = _topup_names(session, row)
     _topup_alarm(
         session,
@@ -529,7 +529,7 @@ def _schedule_retry(
     row.status = transition(row.status, CommandEvent.GIVE_UP)
     row.next_try_at = None
     if row.action == Action.RECHARGE.value:
-        notify_topup_failed(session, row, now)
+        notify_topup_failed(session, row, now, "abandoned")
     meter = session.get(Meter, row.meter_id)
     name = meter.device_id if meter else str(row.meter_id)
     session.add(

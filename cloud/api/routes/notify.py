@@ -1,6 +1,8 @@
 """Notification settings: a project's channels, SMS signature and template ids (managers); an
-account's phone and language (finance and managers, who keep tenants' phone numbers); a payer's
-one-shot subscribe consents (the mini-program calls it after ``wx.requestSubscribeMessage``).
+account's phone and language (finance and managers, who keep tenants' phone numbers); a staff user's
+own phone, language and manager notices (``/auth/me/notify-contact``; managers set them for the staff
+of their organisation at ``/users/{id}/notify-contact``); a payer's one-shot subscribe consents (the
+mini-program calls it after ``wx.requestSubscribeMessage``).
 docs/notifications.md describes what the sender does with them."""
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.access import Caller
-from cloud.api.deps import Db, Now, PathId
+from cloud.api.deps import Db, Now, PathId, Principal
 from cloud.api.routes.tenant import PayerDep
 from cloud.api.schemas import In
+from cloud.models import StaffContact
 from cloud.services.notify import config
 
 router = APIRouter(tags=["notifications"])
@@ -58,6 +61,35 @@ class ContactOut(BaseModel):
     wechat: bool = Field(description="a WeChat recipient is known")
 
 
+ManagerKind = Literal["gateway_offline", "holds_waiting", "topup_failed"]
+
+
+class StaffContactIn(In):
+    phone: str = Field(
+        default="",
+        max_length=20,
+        pattern=r"^(\+?[0-9]{6,16})?$",
+        description="for SMS; empty: none (the next channel of the project's order)",
+    )
+    wechat_openid: str = Field(
+        default="",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_\-]{0,128}$",
+        description="official-account openid, for template messages",
+    )
+    lang: Literal["zh", "en"] = "zh"
+    notices: list[ManagerKind] = Field(default_factory=list, max_length=3,
+                                       description="manager notices wanted; empty: none")  # fmt: skip
+
+
+class StaffContactOut(BaseModel):
+    user_id: int
+    phone: str
+    wechat_openid: str
+    lang: str
+    notices: list[str]
+
+
 class ConsentIn(In):
     template_id: TemplateId
     app: Literal["miniprogram", "official"] = "miniprogram"
@@ -92,6 +124,50 @@ def put_contact(account_id: PathId, body: ContactIn, p: Caller, uow: Db, at: Now
         lang=row.lang,
         wechat=bool(row.miniprogram_openid or row.official_openid),
     )
+
+
+def _staff_out(row: StaffContact | None, user_id: int) -> StaffContactOut:
+    if row is None:  # nothing set: no phone, the default language, no notices
+        return StaffContactOut(user_id=user_id, phone="", wechat_openid="", lang="zh", notices=[])
+    return StaffContactOut(user_id=row.user_id, phone=row.phone, wechat_openid=row.official_openid,
+                           lang=row.lang, notices=list(row.notices))  # fmt: skip
+
+
+def _put_staff(user_id: int, body: StaffContactIn, p: Principal, uow: Db, at: Now) -> StaffContactOut:
+    row = config.set_staff_contact(
+        uow.session,
+        p.actor,
+        at,
+        user_id=user_id,
+        phone=body.phone,
+        official_openid=body.wechat_openid,
+        lang=body.lang,
+        notices=list(body.notices),
+    )
+    uow.commit()
+    return _staff_out(row, user_id)
+
+
+@router.get("/auth/me/notify-contact", response_model=StaffContactOut)
+def get_my_contact(p: Caller, uow: Db) -> StaffContactOut:
+    return _staff_out(config.staff_contact(uow.session, p.actor, p.user_id), p.user_id)
+
+
+@router.put("/auth/me/notify-contact", response_model=StaffContactOut,
+            summary="My phone, language and the manager notices I want")  # fmt: skip
+def put_my_contact(body: StaffContactIn, p: Caller, uow: Db, at: Now) -> StaffContactOut:
+    return _put_staff(p.user_id, body, p, uow, at)
+
+
+@router.get("/users/{user_id}/notify-contact", response_model=StaffContactOut)
+def get_staff_contact(user_id: PathId, p: Caller, uow: Db) -> StaffContactOut:
+    return _staff_out(config.staff_contact(uow.session, p.actor, user_id), user_id)
+
+
+@router.put("/users/{user_id}/notify-contact", response_model=StaffContactOut,
+            summary="A staff user's phone, language and manager notices (their managers)")  # fmt: skip
+def put_staff_contact(user_id: PathId, body: StaffContactIn, p: Caller, uow: Db, at: Now) -> StaffContactOut:
+    return _put_staff(user_id, body, p, uow, at)
 
 
 @router.post("/tenant/accounts/{account_id}/subscriptions", response_model=ConsentOut, status_code=201,

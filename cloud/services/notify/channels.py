@@ -72,6 +72,8 @@ class Message:
     official_openid: str = ""
     template_id: str = ""
     sms_sign: str = ""
+    addressee: str = ""
+    """Who it is for when that is a staff user (their user name): the log names them."""
 
 
 @dataclass(frozen=True)
@@ -128,10 +130,11 @@ class LogChannel:
         self.delivers = delivers
 
     def recipient(self, msg: Message) -> str:
-        return msg.phone or msg.miniprogram_openid or "console"
+        return msg.phone or msg.miniprogram_openid or msg.addressee or "console"
 
     def send(self, msg: Message) -> Sent:
-        line = f"[notice {msg.notice.kind}] {msg.notice.text}"
+        to = f" → {msg.addressee}" if msg.addressee else ""
+        line = f"[notice {msg.notice.kind}]{to} {msg.notice.text}"
         self.lines.append(line)
         log.info("%s", line)
         return Sent(f"log-{msg.key}", delivered=self.delivers)

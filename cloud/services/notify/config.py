@@ -1,6 +1,8 @@
 """Who may change how notices go out, and the checks on it: a project's channel order, SMS signature
-(签名) and template ids per event kind; an account's phone and language; a payer's one-shot subscribe
-consents (every tap on 允许 in ``wx.requestSubscribeMessage`` allows one message of that template).
+(签名) and template ids per event kind; an account's phone and language; a staff user's phone,
+official-account openid, language and manager notices (their own, or set by a manager of their
+organisation); a payer's one-shot subscribe consents (every tap on 允许 in
+``wx.requestSubscribeMessage`` allows one message of that template).
 
 Staff changes are scoped to the caller's organisation (another's project or account → 404) and
 audited; a payer grants consent only for an account bound to them
@@ -20,18 +22,30 @@ from sqlmodel import col
 
 from cloud.domain.errors import PolicyError
 from cloud.domain.localtime import time_of_day
-from cloud.models import NotifyConsent, NotifyContact, NotifySettings
+from cloud.models import NotifyConsent, NotifyContact, NotifySettings, Role, StaffContact, User
 from cloud.services import payers
 from cloud.services.accounts import get_account
 from cloud.services.audit import Actor, AuditAction, record
+from cloud.services.errors import NotFound, PermissionDenied
 from cloud.services.hierarchy import get_project
-from cloud.services.notify.templates import KINDS
+from cloud.services.notify.templates import KINDS, MANAGER_KINDS
 
-__all__ = ["CHANNELS", "grant_consent", "project_settings", "set_contact", "set_project_settings"]
+__all__ = [
+    "CHANNELS",
+    "grant_consent",
+    "project_settings",
+    "set_contact",
+    "set_project_settings",
+    "set_staff_contact",
+    "staff_contact",
+]
 
 CHANNELS = ("wechat_subscribe", "wechat_template", "sms_aliyun", "sms_tencent", "log")
 _TEMPLATE_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _PHONE = re.compile(r"\+?[0-9]{6,16}")
+_OPENID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+_SETS_OTHERS = frozenset({Role.ADMIN, Role.MANAGER})
+"""Who may set another staff user's contact (of their own organisation)."""
 MAX_CONSENTS = 50
 """More unused consents than this for one template is not a person tapping 允许."""
 
@@ -182,3 +196,75 @@ def grant_consent(
     consent.updated_at = now
     session.flush()
     return consent
+
+
+def _staff_user(session: Session, actor: Actor, user_id: int) -> User:
+    """The staff user ``actor`` may see and set the contact of: themselves, or (managers and admins)
+    a staff user of their organisation. Another organisation's user is 404, as a missing one."""
+    user = session.get(User, user_id)
+    if user is None or (actor.org_id is not None and user.org_id != actor.org_id):
+        raise NotFound(f"user {user_id} not found")
+    if user.id != actor.user_id and actor.role not in _SETS_OTHERS:
+        raise PermissionDenied("only managers set another user's contact; set your own at /auth/me")
+    if user.role == Role.TENANT:
+        raise PolicyError("manager notices go to staff; tenants hear of their accounts (account contact)")
+    return user
+
+
+def staff_contact(session: Session, actor: Actor, user_id: int) -> StaffContact | None:
+    """The user's contact; None when none was set (no phone, zh, no notices) — always for a platform
+    administrator, who belongs to no organisation and so to no project's staff."""
+    user = _staff_user(session, actor, user_id)
+    return session.scalars(select(StaffContact).where(col(StaffContact.user_id) == user.id)).first()
+
+
+def set_staff_contact(
+    session: Session,
+    actor: Actor,
+    now: datetime,
+    *,
+    user_id: int,
+    phone: str,
+    official_openid: str,
+    lang: str,
+    notices: list[str],
+) -> StaffContact:
+    """A staff user's phone (checked as tenants' phones are), official-account openid, language and
+    the manager notices they opt in to — the only ones they will be sent."""
+    user = _staff_user(session, actor, user_id)
+    if user.org_id is None:
+        raise PolicyError("manager notices go to staff of an organisation, not platform administrators")
+    if phone and not _PHONE.fullmatch(phone):
+        raise PolicyError("phone: 6 to 16 digits, optionally after +")
+    if official_openid and not _OPENID.fullmatch(official_openid):
+        raise PolicyError("wechat_openid: 1–128 of A–Z a–z 0–9 _ -")
+    if lang not in ("zh", "en"):
+        raise PolicyError("lang: zh or en")
+    unknown = sorted(set(notices) - MANAGER_KINDS)
+    if unknown:
+        kinds = ", ".join(sorted(MANAGER_KINDS))
+        raise PolicyError(f"notices: unknown manager notice {unknown[0][:40]!r}; one of {kinds}")
+    assert user.id is not None
+    assert user.org_id is not None
+    row = session.scalars(
+        select(StaffContact).where(col(StaffContact.user_id) == user.id).with_for_update()
+    ).first()
+    if row is None:
+        row = StaffContact(org_id=user.org_id, user_id=user.id)
+        session.add(row)
+    row.phone, row.official_openid, row.lang = phone, official_openid, lang
+    row.notices = sorted(set(notices))
+    row.updated_at = now
+    record(
+        session,
+        actor,
+        AuditAction.STAFF_CONTACT_CHANGED,
+        org_id=user.org_id,
+        target_type="user",
+        target_id=user.id,
+        detail={"lang": lang, "phone_set": bool(phone), "wechat_set": bool(official_openid),
+                "notices": row.notices},
+        at=now,
+    )  # fmt: skip
+    session.flush()
+    return row

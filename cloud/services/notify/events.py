@@ -5,8 +5,8 @@ writes its outbox row in the transaction of the change it tells about, keyed so 
 (``dedupe_key`` UNIQUE; an ack delivered twice finds the row already there).
 
 Manager notices (``gateway_offline``, ``holds_waiting``, ``topup_failed``) name no account: they carry
-``project_id`` and go out on the project's channels to the console/log until managers' phone numbers
-are kept (docs/notifications.md).
+``project_id``, and the sender hands a copy to every staff user of the project's organisation who
+opted in to the kind (:mod:`cloud.services.notify.sender`, docs/notifications.md).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ __all__ = [
     "notify_holds",
     "notify_meters_offline",
     "notify_supply_change",
+    "notify_topup_blocked",
     "notify_topup_failed",
 ]
 
@@ -254,10 +255,11 @@ def notify_holds(session: Session, holds: Sequence[ReadingHold], at: datetime) -
     return added
 
 
-def notify_topup_failed(session: Session, row: CommandRow, at: datetime) -> bool:
-    """A local-prepay top-up the control loop gave up on (the meter's count was not the expected one,
-    or every attempt failed): tell the project's managers, once per top-up (its recharge: the retries
-    of one top-up are commands of their own, and share it)."""
+def notify_topup_failed(session: Session, row: CommandRow, at: datetime, reason: str) -> bool:
+    """A local-prepay top-up the control loop gave up on (``reason``: ``count_mismatch``, the meter's
+    count was not the expected one, or ``abandoned``, every attempt failed): tell the project's
+    managers, once per top-up (its recharge: the retries of one top-up are commands of their own, and
+    share it)."""
     gateway = session.get(Gateway, row.gateway_id)
     meter = session.get(Meter, row.meter_id)
     if gateway is None or gateway.project_id is None:
@@ -276,6 +278,34 @@ def notify_topup_failed(session: Session, row: CommandRow, at: datetime) -> bool
                 "command": row.id,
                 "recharge": str(recharge),
                 "amount_fen": row.params.get("amount_fen"),
+                "reason": reason,
+            },
+            created_at=at,
+        ),
+    )
+
+
+def notify_topup_blocked(
+    session: Session, meter: Meter, project_id: int, recharge: str, amount_fen: int, reason: str, at: datetime
+) -> bool:
+    """A local-prepay top-up the policy could not plan, so no command was ever sent (``reason``:
+    ``no_purchase_count`` or ``topup_ambiguous``): tell the project's managers, once per top-up — the
+    key is the one :func:`notify_topup_failed` uses, so a top-up first blocked and later given up is
+    told once."""
+    return notice_once(
+        session,
+        NotificationOutbox(
+            org_id=meter.org_id,
+            account_id=None,
+            kind="topup_failed",
+            dedupe_key=f"topup-failed:{recharge}"[:200],
+            payload={
+                "meter": meter.device_id,
+                "project_id": project_id,
+                "command": None,
+                "recharge": recharge,
+                "amount_fen": amount_fen,
+                "reason": reason,
             },
             created_at=at,
         ),

@@ -12,6 +12,15 @@ again, up to ``max_attempts``; then the next channel. No channel left: the row i
 alarm asks a person to tell the tenant. Non-urgent kinds wait out the project's quiet hours.
 Each row is processed in a worker thread with its own database sessions, and every vendor call has
 its own timeout, so a vendor that hangs delays only its own messages.
+
+Manager notices (:data:`MANAGER_KINDS`, no account) are for people, not a project: once out of quiet
+hours, the row is handed on as one copy per staff user of the project's organisation who opted in to
+the kind (``staff_contact.notices``), each with ``user_id`` and the key ``<row id>:user:<user id>``
+(UNIQUE, so a second sender or a restart finds the copies written), and the original is
+``fanned_out`` in the same transaction. Each copy is then an ordinary row: the project's channel
+order with that user's phone, openid and language, its own fallback, retries and deliveries keyed
+``<copy id>:<channel>:<recipient>``. With nobody opted in, the row goes out on the project's channels
+as it is (to the log: it names no phone).
 """
 
 from __future__ import annotations
@@ -42,13 +51,16 @@ from cloud.models import (
     NotifyContact,
     NotifySettings,
     Project,
+    Role,
+    StaffContact,
     Tenant,
+    User,
 )
 from cloud.services.arrears import mark_notification_delivered
 from cloud.services.notify.channels import Channel, ChannelError, Failed, Message, Refused, Sent
 from cloud.services.notify.outbox import claim, release
 from cloud.services.notify.ratelimit import LocalRateLimiter, RateLimiter
-from cloud.services.notify.templates import is_urgent, render
+from cloud.services.notify.templates import MANAGER_KINDS, is_urgent, render
 from cloud.services.unit import Publisher
 
 __all__ = ["Sender", "SenderConfig", "final_notice_delivered", "quiet_until"]
@@ -103,6 +115,7 @@ class _Prepared:
     phone: str
     mp_openid: str
     oa_openid: str
+    addressee: str = ""
 
 
 class Sender:
@@ -160,6 +173,8 @@ class Sender:
             if project is not None
             else None
         )
+        if row.user_id is not None:
+            return self._prepared_for_staff(session, row, project, settings)
         contact = (
             session.scalars(
                 select(NotifyContact).where(col(NotifyContact.account_id) == row.account_id)
@@ -188,6 +203,86 @@ class Sender:
             oa_openid=contact.official_openid if contact else "",
         )
 
+    def _prepared_for_staff(
+        self,
+        session: Session,
+        row: NotificationOutbox,
+        project: Project | None,
+        settings: NotifySettings | None,
+    ) -> _Prepared:
+        """A manager notice's copy for one staff user: their phone, official-account openid and
+        language, the project's channels."""
+        staff = session.scalars(select(StaffContact).where(col(StaffContact.user_id) == row.user_id)).first()
+        user = session.get(User, row.user_id)
+        try:
+            tz: tzinfo = zone(project.timezone) if project else zone("Asia/Shanghai")
+        except DomainError:
+            tz = zone("Asia/Shanghai")
+        return _Prepared(
+            settings=settings,
+            channels=list(settings.channels) if settings else ["log"],
+            templates=settings.templates if settings else {},
+            sms_sign=settings.sms_sign if settings else "",
+            lang=(staff.lang if staff and staff.lang else "") or (settings.lang if settings else "zh"),
+            tz=tz,
+            phone=staff.phone if staff else "",
+            mp_openid="",  # subscribe messages need a tenant's one-shot consent: never for staff
+            oa_openid=staff.official_openid if staff else "",
+            addressee=user.username if user else f"user {row.user_id}",
+        )
+
+    def _fan_out(self, session: Session, row: NotificationOutbox) -> bool:
+        """Hand a manager notice on as one copy per opted-in staff user of the project's organisation
+        (see the module docstring); False when nobody opted in (the row is sent as it is)."""
+        project_id = row.payload.get("project_id")
+        project = session.get(Project, project_id) if isinstance(project_id, int) else None
+        if project is None:
+            return False
+        wanted = session.execute(
+            select(col(User.id), col(StaffContact.notices))
+            .join(StaffContact, col(StaffContact.user_id) == col(User.id))
+            .where(
+                col(User.org_id) == project.org_id,
+                col(User.active).is_(True),
+                col(User.role) != Role.TENANT,
+            )
+            .order_by(col(User.id))
+        ).all()
+        users = [user_id for user_id, kinds in wanted if row.kind in (kinds or [])]
+        if not users:
+            return False
+        existing = set(
+            session.scalars(
+                select(col(NotificationOutbox.user_id)).where(
+                    col(NotificationOutbox.dedupe_key).startswith(f"{row.id}:user:")
+                )
+            )
+        )
+        for user_id in users:
+            if user_id in existing:
+                continue
+            session.add(
+                NotificationOutbox(
+                    org_id=row.org_id,
+                    account_id=None,
+                    user_id=user_id,
+                    kind=row.kind,
+                    dedupe_key=f"{row.id}:user:{user_id}",
+                    payload=dict(row.payload),
+                    created_at=row.created_at,
+                )
+            )
+        row.status = NotificationStatus.FANNED_OUT
+        row.next_try_at = None
+        row.last_error = ""
+        release(row)
+        try:
+            session.commit()
+        except IntegrityError:  # another sender wrote the copies (its lease on this row had expired)
+            session.rollback()
+        log.info("notification %s (%s): a copy for each of users %s", row.id, row.kind, users)
+        return True
+
     def _template_for(self, prepared: _Prepared, kind: str, channel: str) -> str:
         base = "low_balance" if kind.startswith("low_balance") else kind
         per_kind = prepared.templates.get(kind) or prepared.templates.get(base) or {}
@@ -207,6 +302,9 @@ class Sender:
                     release(row)
                     session.commit()
                     return
+            original = row.kind in MANAGER_KINDS and row.account_id is None and row.user_id is None
+            if original and self._fan_out(session, row):
+                return
             notice = render(row.kind, row.payload, row.created_at, prepared.tz, prepared.lang)
             while row.channel_pos < len(prepared.channels):
                 name = prepared.channels[row.channel_pos]
@@ -219,6 +317,7 @@ class Sender:
                     official_openid=prepared.oa_openid,
                     template_id=self._template_for(prepared, row.kind, name),
                     sms_sign=prepared.sms_sign,
+                    addressee=prepared.addressee,
                 )
                 outcome = self._try_channel(session, row, name, channel, msg, now)
                 if outcome == "done":
@@ -395,10 +494,13 @@ class Sender:
                 level=3 if final else 1,
                 dedupe_key=f"notice-dead:{row.id}",
                 account_id=row.account_id,
-                message_zh=f"通知 {row.kind} 无法送达（{row.last_error[:200]}），请人工联系住户"
+                message_zh=f"通知 {row.kind} 无法送达（{row.last_error[:200]}），请人工联系"
+                + ("住户" if row.user_id is None else f"用户 {row.user_id}")
                 + ("；未送达前不会自动停电" if final else ""),
                 message_en=f"notice {row.kind} could not be delivered ({row.last_error[:200]}); tell the "
-                "tenant in person" + ("; no automatic cut until it is delivered" if final else ""),
+                + ("tenant" if row.user_id is None else f"user {row.user_id}")
+                + " in person"
+                + ("; no automatic cut until it is delivered" if final else ""),
                 detail={"notification": row.id, "kind": row.kind},
             )
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 from cloud.domain.money import format_fen
 
-__all__ = ["KINDS", "URGENT", "Notice", "is_urgent", "render"]
+__all__ = ["KINDS", "MANAGER_KINDS", "TOPUP_REASONS", "URGENT", "Notice", "is_urgent", "render"]
 
 
 @dataclass(frozen=True)
@@ -86,21 +86,32 @@ KINDS: Mapping[str, _Template] = {
         ("amount", "time"),
     ),
     "gateway_offline": _T(
-        "【网关离线】网关 {gateway} 自 {time} 起离线。",
-        "Gateway offline: {gateway} since {time}.",
+        "【网关离线】网关 {gateway} 自 {time} 起离线，其下表计无数据、无法控制，请检查。",
+        "Gateway offline: {gateway} silent since {time}; its meters neither report nor obey. Please check.",
         ("gateway", "time"),
     ),
     "holds_waiting": _T(
-        "【待处理】{count} 条读数挂起等待处理（{time}）。",
-        "{count} held readings are waiting for a person ({time}).",
+        "【待处理】{count} 条读数挂起等待处理（{time}），挂起期间不计费。",
+        "{count} held readings are waiting for a person ({time}); they are not billed until then.",
         ("count", "time"),
     ),
     "topup_failed": _T(
-        "【充值未写表】表计 {meter} 充值未写入（{time}），请处理。",
-        "Top-up not written to meter {meter} ({time}); please act.",
-        ("meter", "time"),
+        "【充值未写表】表计 {meter} 充值 {amount} 未写入（{reason}，{time}），请处理。",
+        "Top-up of {amount} not written to meter {meter} ({reason}, {time}); please act.",
+        ("meter", "amount", "reason", "time"),
     ),
 }
+
+MANAGER_KINDS = frozenset({"gateway_offline", "holds_waiting", "topup_failed"})
+"""Notices for the project's staff, not a tenant: sent to each staff user who opted in to the kind."""
+
+TOPUP_REASONS: Mapping[str, tuple[str, str]] = {
+    "count_mismatch": ("读回的购电次数不符", "the purchase count read back was not the expected one"),
+    "abandoned": ("多次写表均失败", "every attempt to write it failed"),
+    "no_purchase_count": ("购电次数未知，请先抄表", "purchase count unknown: read the meter first"),
+    "topup_ambiguous": ("账户有多块本地费控表，需指定", "several local-prepay meters: choose one"),
+}
+"""Why a top-up was not written (``reason`` of a ``topup_failed`` payload), zh-CN and English."""
 
 URGENT = frozenset(
     {"final_notice", "cut", "restored", "close_permit", "payment_succeeded", "recharge_credited"}
@@ -136,6 +147,13 @@ def _amount(fen: Any, lang: str) -> str:
     return f"{format_fen(fen)} 元" if lang == "zh" else f"CNY {format_fen(fen)}"
 
 
+def _reason(code: Any, lang: str) -> str:
+    texts = TOPUP_REASONS.get(str(code or ""))
+    if texts is None:
+        return "原因见告警" if lang == "zh" else "see the alarm"
+    return texts[1] if lang == "en" else texts[0]
+
+
 def render(kind: str, payload: Mapping[str, Any], at: datetime, tz: tzinfo, lang: str) -> Notice:
     """The notice of ``kind`` from its outbox ``payload``; unknown kinds fall back to the payload's own
     ``text`` (rows written before this module knew them)."""
@@ -152,6 +170,7 @@ def render(kind: str, payload: Mapping[str, Any], at: datetime, tz: tzinfo, lang
         "meter": str(payload.get("meter") or "")[:32],
         "gateway": str(payload.get("gateway") or "")[:32],
         "count": str(payload.get("count") or ""),
+        "reason": _reason(payload.get("reason"), lang),
         "time": local,
     }
     template = KINDS.get(_base_kind(kind))

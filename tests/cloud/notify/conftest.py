@@ -17,12 +17,16 @@ ALIYUN_TEMPLATES = {
     "SMS_FINAL": ("account", "balance", "time"),
     "SMS_LOW": ("account", "balance", "level", "time"),
     "SMS_PAID": ("account", "amount", "balance", "time"),
+    "SMS_GW_OFF": ("gateway", "time"),
+    "SMS_TOPUP": ("meter", "amount", "reason", "time"),
 }
 TENCENT_TEMPLATES = {"2001": 3, "2002": 4, "2003": 4}
 TEMPLATES = {
     "final_notice": {"sms_aliyun": "SMS_FINAL", "sms_tencent": "2001"},
     "low_balance": {"sms_aliyun": "SMS_LOW", "sms_tencent": "2002"},
     "payment_succeeded": {"sms_aliyun": "SMS_PAID", "sms_tencent": "2003"},
+    "gateway_offline": {"sms_aliyun": "SMS_GW_OFF"},
+    "topup_failed": {"sms_aliyun": "SMS_TOPUP"},
 }
 
 

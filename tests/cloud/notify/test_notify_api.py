@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlmodel import col
 
-from cloud.models import AuditLog, NotifyContact, Role
+from cloud.models import AuditLog, NotifyContact, Role, StaffContact
 from tests.cloud.test_api import Api, _site, api  # noqa: F401  (the fixture)
 
 
@@ -67,3 +67,64 @@ def test_settings_contact_scoping_and_validation(api: Api) -> None:  # noqa: F81
             if x.action.startswith("notify")
         )
     assert actions == ["notify_contact_changed", "notify_settings_changed"]
+
+
+def _user_id(http: Api, headers: dict[str, str]) -> int:
+    return int(http.get("/auth/me", headers)["id"])
+
+
+def test_staff_contacts_their_own_their_managers_and_no_one_elses(api: Api) -> None:  # noqa: F811
+    admin = api.login("root")
+    a = _site(api, admin, "物业A")
+    b = _site(api, admin, "物业B")
+    mgr_a, mgr_b = api.login(f"mgr-{a['org']}"), api.login(f"mgr-{b['org']}")
+    finance = api.user("fin-a", Role.FINANCE, a["org"])
+    installer = api.user("inst-a", Role.INSTALLER, a["org"])
+    fin_id = _user_id(api, finance)
+    # nothing set yet: no phone, zh, no notices
+    assert api.get("/auth/me/notify-contact", finance) == {
+        "user_id": fin_id, "phone": "", "wechat_openid": "", "lang": "zh", "notices": []
+    }  # fmt: skip
+    # a user sets their own
+    mine = {"phone": "+8613900000003", "lang": "en", "notices": ["topup_failed"]}
+    saved = _put(api, "/auth/me/notify-contact", finance, mine)
+    assert (saved["phone"], saved["lang"], saved["notices"]) == ("+8613900000003", "en", ["topup_failed"])
+    # their manager sets it for them; the finance user sees it
+    body = {
+        "phone": "13900000003",
+        "wechat_openid": "o-fin-1",
+        "notices": ["holds_waiting", "gateway_offline"],
+    }
+    _put(api, f"/users/{fin_id}/notify-contact", mgr_a, body)
+    seen = api.get("/auth/me/notify-contact", finance)
+    assert seen["notices"] == ["gateway_offline", "holds_waiting"]
+    assert (seen["phone"], seen["wechat_openid"], seen["lang"]) == ("13900000003", "o-fin-1", "zh")
+    # another organisation's manager: as if the user did not exist; staff do not set each other's
+    _put(api, f"/users/{fin_id}/notify-contact", mgr_b, body, 404)
+    api.get(f"/users/{fin_id}/notify-contact", mgr_b, 404)
+    _put(api, f"/users/{fin_id}/notify-contact", installer, body, 403)
+    # tenants' notices are not managers' notices; a phone is a phone
+    for bad, field in (
+        ({**body, "notices": ["final_notice"]}, "notices"),
+        ({**body, "phone": "call me"}, "phone"),
+        ({**body, "lang": "fr"}, "lang"),
+        ({**body, "wechat_openid": "a b"}, "wechat_openid"),
+    ):
+        r = api.client.put(f"/api/v1/users/{fin_id}/notify-contact", json=bad, headers=mgr_a)
+        assert r.status_code == 422, r.text
+        assert field in r.text
+    mgr_id = _user_id(api, mgr_a)
+    with api.factory() as s:
+        row = s.scalars(select(StaffContact)).one()
+        assert (row.user_id, row.phone, row.notices) == (
+            fin_id,
+            "13900000003",
+            ["gateway_offline", "holds_waiting"],
+        )
+        actions = s.scalars(
+            select(AuditLog).where(col(AuditLog.action) == "staff_contact_changed").order_by(col(AuditLog.id))
+        ).all()
+        assert [(x.target_id, x.user_id) for x in actions] == [
+            (str(fin_id), fin_id),
+            (str(fin_id), mgr_id),
+        ]
