@@ -452,6 +452,7 @@ async def run_background(
                     bus,
                     local_stop,
                     interval_s=settings.notify_interval_s,
+                    receipts_every_s=settings.notify_receipts_interval_s,
                     receipt_timeout=timedelta(seconds=settings.notify_receipt_timeout_s),
                 ),
                 name="mf-notify",

@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     """Messages per second per channel across all replicas (Redis) or per replica (in-process)."""
     notify_receipt_timeout_s: int = Field(default=900, ge=30, le=7 * 24 * 3600)
     """An SMS with no delivery report after this counts as not delivered (next channel)."""
+    notify_receipts_interval_s: float = Field(default=10.0, gt=0, le=600)
+    """How often the SMS vendors are asked for delivery reports (a final notice counts, and so lets
+    the arrears policy cut, only once its report is in)."""
     sms_aliyun_access_key_id: str = ""
     sms_aliyun_access_key_secret: SecretStr | None = None
     sms_aliyun_endpoint: str = "dysmsapi.aliyuncs.com"

@@ -22,6 +22,7 @@ from cloud.models import (
     CommandRow,
     Floor,
     Gateway,
+    GatewayStatusRow,
     LedgerTransaction,
     Meter,
     MeterState,
@@ -29,7 +30,9 @@ from cloud.models import (
     Project,
     ReadingHold,
     ReadingRow,
+    Role,
     Room,
+    StaffContact,
     Tariff,
     TariffVersion,
     Tenant,
@@ -40,16 +43,21 @@ from meterflow.demo_site import (
     ELECTRIC_PRICE_YUAN,
     GATEWAY_ID,
     ROOMS,
+    SILENT_GATEWAY_ID,
     TIME_SCALE,
     WATER_PRICE_YUAN,
     DemoMeter,
     phone_of,
+    signing_key,
 )
+from meterflow.demo_sms import DEMO_SIGN, MANAGER_PHONE, TEMPLATES
 
-__all__ = ["ADMIN_USER", "CloudSnapshot", "SeededCloud", "seed_cloud", "snapshot"]
+__all__ = ["ADMIN_USER", "MANAGER_USER", "CloudSnapshot", "SeededCloud", "seed_cloud", "snapshot"]
 
 ORG_NAME = "示范物业 Demo Property Co."
 ADMIN_USER = "demo-admin"
+MANAGER_USER = "demo-manager"
+"""The site's manager: their phone gets the manager notices (gateway offline, holds, top-ups)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,8 @@ def seed_cloud(factory: sessionmaker[Session], *, key: str, admin_password: str)
                             spec={"kind": "water", "price": WATER_PRICE_YUAN}))  # fmt: skip
         # Friendly hours disabled: start == end means no daily window; no weekend/holiday block — so
         # the demo's cut happens now, whatever the hour, but only after the final notice was
-        # delivered (the log channel, cloud/services/notify/; no quiet hours either).
+        # delivered (an SMS through the Aliyun simulator, its delivery report pulled by the
+        # cloud/services/notify/ receipts; no quiet hours either).
         project = Project(
             org_id=org_id, name="阳光花园 Sunny Gardens", electric_tariff_id=electric.id,
             water_tariff_id=water.id, friendly_start="00:00", friendly_end="00:00",
@@ -103,8 +112,14 @@ def seed_cloud(factory: sessionmaker[Session], *, key: str, admin_password: str)
         s.add(project)
         s.flush()
         assert project.id is not None
-        s.add(NotifySettings(org_id=org_id, project_id=project.id, channels=["log"],
+        s.add(NotifySettings(org_id=org_id, project_id=project.id, channels=["sms_aliyun", "log"],
+                             sms_sign=DEMO_SIGN, templates=TEMPLATES,
                              quiet_start="00:00", quiet_end="00:00"))  # fmt: skip
+        manager = users.create_user(s, username=MANAGER_USER, password=admin_password, role=Role.MANAGER,
+                                    org_id=org_id, display_name="物业经理 site manager")  # fmt: skip
+        assert manager.id is not None
+        s.add(StaffContact(org_id=org_id, user_id=manager.id, phone=MANAGER_PHONE, lang="zh",
+                           notices=["gateway_offline", "holds_waiting", "topup_failed"]))  # fmt: skip
         building = Building(project_id=project.id, name="1号楼 Building 1")
         s.add(building)
         s.flush()
@@ -112,8 +127,16 @@ def seed_cloud(factory: sessionmaker[Session], *, key: str, admin_password: str)
         gateway = Gateway(org_id=org_id, project_id=project.id, device_id=GATEWAY_ID,
                           name="1号楼网关 building 1 gateway", signing_key=key)  # fmt: skip
         s.add(gateway)
+        # building 2's gateway: installed, heard from once, silent for 20 minutes before the demo —
+        # the offline check tells the manager (a manager notice through the SMS simulator)
+        silent = Gateway(org_id=org_id, project_id=project.id, device_id=SILENT_GATEWAY_ID,
+                         name="2号楼网关 building 2 gateway", signing_key=signing_key())  # fmt: skip
+        s.add(silent)
         s.flush()
         assert gateway.id is not None
+        assert silent.id is not None
+        heard = now - timedelta(minutes=20)
+        s.add(GatewayStatusRow(gateway_id=silent.id, online=True, reported_at=heard, last_seen=heard))
         floors: dict[str, int] = {}
         meter_ids: dict[str, int] = {}
         account_ids: dict[str, int] = {}

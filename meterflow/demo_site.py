@@ -26,6 +26,7 @@ __all__ = [
     "ELECTRIC_PRICE_YUAN",
     "GATEWAY_ID",
     "ROOMS",
+    "SILENT_GATEWAY_ID",
     "TIME_SCALE",
     "WATER_PRICE_YUAN",
     "DemoMeter",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 GATEWAY_ID = "gw-demo-01"
+SILENT_GATEWAY_ID = "gw-demo-02"
+"""Building 2's gateway: in the cloud's register, unplugged (its offline notice goes to the manager)."""
 TIME_SCALE = 120.0  # 1 wall second = 2 simulated minutes
 ELECTRIC_PRICE_YUAN = "1.00"  # per kWh, flat (a commercial rate; keeps the arithmetic readable)
 WATER_PRICE_YUAN = "5.00"  # per m³

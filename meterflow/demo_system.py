@@ -6,7 +6,9 @@ mosquitto child process, MQTT 5) → the cloud's background workers (ingest, bil
 reconciler, jobs; SQLite in a temp dir) with the REST API served by uvicorn in this process. The
 script then watches what a property manager would: readings arrive, balances fall, room 103 runs out
 of money and is cut at its (simulated) meter, and its tenant pays with WeChat Pay (the WeChat and WeChat
-Pay simulators of :mod:`vendor_sim`, :mod:`meterflow.demo_pay`), which brings power back.
+Pay simulators of :mod:`vendor_sim`, :mod:`meterflow.demo_pay`), which brings power back. Tenants and
+the manager hear of it by SMS through the Aliyun SMS simulator (:mod:`meterflow.demo_sms`): the final
+notice delivered (the simulator's delivery report) before the cut, and the restored notice after.
 
 Everything runs in one asyncio loop so Ctrl-C (or SIGTERM) reaches one place, which stops the daemon,
 the API, the workers, the broker and the simulator, and removes the temp dir.
@@ -55,13 +57,14 @@ from meterflow.demo_broker import (
     check_port_free,
     start_broker,
 )
-from meterflow.demo_cloud import ADMIN_USER, CloudSnapshot, SeededCloud, seed_cloud, snapshot
+from meterflow.demo_cloud import ADMIN_USER, MANAGER_USER, CloudSnapshot, SeededCloud, seed_cloud, snapshot
 from meterflow.demo_pay import DemoPay, start_pay
 from meterflow.demo_site import (
     ARREARS_ROOM,
     ELECTRIC_PRICE_YUAN,
     GATEWAY_ID,
     ROOMS,
+    SILENT_GATEWAY_ID,
     TIME_SCALE,
     all_meters,
     edge_config,
@@ -70,6 +73,7 @@ from meterflow.demo_site import (
     system_site,
     yuan,
 )
+from meterflow.demo_sms import DEMO_SIGN, MANAGER_PHONE, DemoSms, SmsSeen, start_sms
 
 __all__ = ["SystemOptions", "SystemResult", "run_system"]
 
@@ -109,6 +113,13 @@ class SystemResult:
     """(kind, status, delivered_at) of the arrears room's notices, oldest first."""
     final_notice_before_cut: bool = False  # delivered before the trip command was issued
     restored_notice: bool = False
+    sms: list[SmsSeen] = field(default_factory=list)
+    """Every message the Aliyun SMS simulator accepted, oldest first."""
+    sms_final_before_cut: bool = False  # the simulator had the final notice before the trip was issued
+    sms_restored_after_close: bool = False  # and the restored notice after the close was issued
+    sms_manager_notice: bool = False  # the manager's phone got the silent gateway's offline notice
+    trip_issued_at: datetime | None = None  # when the cloud issued the trip / close command
+    close_issued_at: datetime | None = None
     api_url: str = ""
     interrupted: bool = False  # Ctrl-C / SIGTERM before the story was told
     problems: list[str] = field(default_factory=list)
@@ -126,6 +137,9 @@ class SystemResult:
             and self.wechat_paid
             and self.final_notice_before_cut
             and self.restored_notice
+            and self.sms_final_before_cut
+            and self.sms_restored_after_close
+            and self.sms_manager_notice
         )
 
 
@@ -169,6 +183,7 @@ class _Stack:
     api_url: str = ""
     api_port: int = 0
     pay: DemoPay | None = None
+    sms: DemoSms | None = None
 
 
 def _free_port() -> int:
@@ -199,6 +214,9 @@ def _start_sync(stack: _Stack, options: SystemOptions, say: _Say) -> None:
     site = stack.pay.site
     say(f"WeChat simulators 微信模拟器: WeChat Pay API v3 {site.pay_served.base_url}, "
         f"WeChat login {site.wechat_served.base_url} (keys generated now)")  # fmt: skip
+    stack.sms = start_sms()
+    say(f"SMS simulator 短信模拟器: Aliyun dysmsapi {stack.sms.served.base_url} (signature 签名 "
+        f"【{DEMO_SIGN}】, dummy keys 假密钥; delivers and reports every message)")  # fmt: skip
     stack.seeded = seed_cloud(make_session_factory(stack.engine), key=key, admin_password=password)
     stack.settings = load_settings(
         database_url=url,
@@ -216,14 +234,18 @@ def _start_sync(stack: _Stack, options: SystemOptions, say: _Say) -> None:
         secret_key=secrets.token_hex(24),
         environment="development",
         **stack.pay.settings(f"http://127.0.0.1:{stack.api_port}"),
+        **stack.sms.settings(),
     )
     say(f"cloud database 云端数据库: {url}")
     say(f"  migrated, seeded 已初始化: 1 organisation, 1 project, "
         f"{len(ROOMS)} rooms/tenants/accounts, {len(all_meters())} meters, gateway {GATEWAY_ID}")  # fmt: skip
+    say(f"  notices 通知: SMS 短信 (Aliyun simulator) then log 日志 to tenants' phones and to the manager "
+        f"{MANAGER_USER} ({MANAGER_PHONE}); building 2's gateway {SILENT_GATEWAY_ID} is unplugged "
+        "(silent 20 min) — the manager is told")  # fmt: skip
     say(
         f"tariff 电价: {ELECTRIC_PRICE_YUAN} 元/kWh flat; arrears policy 欠费策略: cut at 0.00 元, "
         "friendly hours 友好时段 DISABLED (no 18:00-09:00 / weekend / holiday block) so the cut happens now, "
-        "once the final notice 停电通知 is delivered (log channel 日志通道)"
+        "once the final notice 停电通知 is delivered (SMS delivery report 短信回执)"
     )
     stack.edge_key = key
 
@@ -296,6 +318,8 @@ def _stop_sync(stack: _Stack) -> None:
         stack.engine.dispose()
     if stack.pay is not None:
         stack.pay.stop()
+    if stack.sms is not None:
+        stack.sms.stop()
     if stack.broker is not None:
         stack.broker.stop()
     if stack.site is not None:
@@ -411,8 +435,12 @@ async def _story(stack: _Stack, result: SystemResult, say: _Say) -> None:
         watch.stop()
 
 
-def _notices(factory: sessionmaker[Session], account_id: int) -> list[tuple[str, str, datetime | None, str]]:
-    """The account's notices: kind, status, when delivered, and the text the sender rendered."""
+_Notice = tuple[str, str, datetime | None, str, str]
+
+
+def _notices(factory: sessionmaker[Session], account_id: int) -> list[_Notice]:
+    """The account's notices: kind, status, when delivered, the text the sender rendered, and the
+    channel that carried it."""
     with factory() as s:
         rows = s.scalars(
             select(NotificationOutbox)
@@ -420,16 +448,32 @@ def _notices(factory: sessionmaker[Session], account_id: int) -> list[tuple[str,
             .order_by(col(NotificationOutbox.id))
         ).all()
         return [
-            (r.kind, r.status, r.delivered_at, render(r.kind, r.payload, r.created_at, _SHANGHAI, "zh").text)
+            (
+                r.kind,
+                r.status,
+                r.delivered_at,
+                render(r.kind, r.payload, r.created_at, _SHANGHAI, "zh").text,
+                r.channel if r.sent_at else "-",
+            )
             for r in rows
         ]
 
 
-def _say_notices(say: _Say, notices: list[tuple[str, str, datetime | None, str]], kinds: set[str]) -> None:
-    for kind, status, delivered, text in notices:
+def _say_notices(say: _Say, notices: list[_Notice], kinds: set[str]) -> None:
+    for kind, status, delivered, text, channel in notices:
         if kind.split("_")[0] in kinds or kind in kinds:
             at = delivered.astimezone(UTC).strftime("%H:%M:%S") if delivered else "-"
-            say(f"  NOTICE 通知 {kind:<15} {status:<9} {at}  {text}")
+            say(f"  NOTICE 通知 {kind:<15} {status:<9} {at} {channel:<10} {text}")
+
+
+def _sms_to(stack: _Stack, phone: str, kind: str) -> SmsSeen | None:
+    """The first message of ``kind`` the SMS simulator accepted for ``phone``."""
+    assert stack.sms is not None
+    return next((m for m in stack.sms.seen() if m.phone == phone and m.kind == kind), None)
+
+
+def _clock(at: datetime | None) -> str:
+    return at.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3] if at else "-"
 
 
 def _ms(later: datetime | None, earlier: datetime | None) -> str:
@@ -487,6 +531,14 @@ async def _cut_and_restore(
     _say_notices(say, notices, {"low", "final_notice"})
     if not result.final_notice_before_cut:
         result.problems.append("the final notice was not delivered before the cut")
+    result.trip_issued_at = issued
+    final_sms = _sms_to(stack, phone_of(room.room), "final_notice")
+    result.sms_final_before_cut = bool(final_sms and issued and final_sms.accepted_at < issued)
+    say(f"SMS simulator 短信模拟器: final notice 停电通知 to {phone_of(room.room)} accepted at "
+        f"{_clock(final_sms.accepted_at if final_sms else None)} UTC, delivery reported; "
+        f"trip command issued at {_clock(issued)} UTC")  # fmt: skip
+    if not result.sms_final_before_cut:
+        result.problems.append("the SMS simulator did not have the final notice before the trip command")
     energy_at_trip = sim_meter.energy_kwh
     await asyncio.sleep(2)
     say(f"supply off 停止用电: meter register {energy_at_trip} → {sim_meter.energy_kwh} kWh in 2 s")
@@ -526,10 +578,21 @@ async def _cut_and_restore(
 
     result.restored_notice = await _until(restored_sent, _PHASE_LIMIT_S["restore"])
     notices = await asyncio.to_thread(_notices, factory, account_id)
-    result.notices = [(k, st, at) for k, st, at, _ in notices]
+    result.notices = [(k, st, at) for k, st, at, _, _ in notices]
     _say_notices(say, notices, {"cut", "restored"})
     if not result.restored_notice:
         result.problems.append("the restored notice was not delivered")
+    snap = await asyncio.to_thread(snapshot, factory, seeded)
+    close_issued = result.close_issued_at = snap.issued.get((device, "close"))
+    restored_sms = _sms_to(stack, phone_of(room.room), "restored")
+    result.sms_restored_after_close = bool(
+        restored_sms and close_issued and restored_sms.accepted_at > close_issued
+    )
+    say(f"SMS simulator 短信模拟器: restored notice 已恢复供电 to {phone_of(room.room)} accepted at "
+        f"{_clock(restored_sms.accepted_at if restored_sms else None)} UTC; close command issued at "
+        f"{_clock(close_issued)} UTC")  # fmt: skip
+    if not result.sms_restored_after_close:
+        result.problems.append("the SMS simulator did not get the restored notice after the close command")
 
 
 def _final(stack: _Stack, result: SystemResult, say: _Say) -> None:
@@ -542,6 +605,24 @@ def _final(stack: _Stack, result: SystemResult, say: _Say) -> None:
     say.section("commands 指令 (cloud → gateway)")
     for dev, action, status in snap.commands:
         say(f"  {dev:<5} {action:<8} {status}")
+
+
+def _sms_summary(stack: _Stack, result: SystemResult, say: _Say) -> None:
+    """Every SMS the simulator accepted: to whom, which notice, with which values."""
+    if stack.sms is None:
+        return
+    result.sms = stack.sms.seen()
+    manager = [m for m in result.sms if m.phone == MANAGER_PHONE]
+    result.sms_manager_notice = any(m.kind == "gateway_offline" for m in manager)
+    say.section("SMS 短信 (what the Aliyun SMS simulator received, every one delivery-reported)")
+    for m in result.sms:
+        who = f"manager {MANAGER_USER}" if m.phone == MANAGER_PHONE else "tenant"
+        values = ", ".join(f"{k}={v}" for k, v in m.params.items())
+        say(f"  SMS {_clock(m.accepted_at)} → {m.phone} ({who}) {m.kind:<15} {values}")
+    for refused in stack.sms.refused():
+        say(f"  SMS refused 拒绝: {refused}")
+    if not result.sms_manager_notice:
+        result.problems.append(f"the manager's phone got no SMS of {SILENT_GATEWAY_ID} going offline")
 
 
 def _summary(result: SystemResult, say: _Say) -> None:
@@ -576,6 +657,7 @@ async def _run(stack: _Stack, options: SystemOptions, say: _Say, result: SystemR
             if failure is not None:  # say what broke, then stop everything as usual
                 result.problems.append(f"{type(failure).__name__}: {failure}")
             _final(stack, result, say)
+            _sms_summary(stack, result, say)
             _summary(result, say)
         else:
             story.cancel()
@@ -621,6 +703,8 @@ def _console_logins(stack: _Stack, result: SystemResult, say: _Say) -> None:
 
     with make_session_factory(stack.engine)() as s:
         for role, _ in CONSOLE_ROLES:
+            if role == "manager":
+                continue  # seeded with the site (cloud/services/notify: the manager's phone gets notices)
             users.create_user(
                 s, username=f"demo-{role}", password=seeded.admin_password, role=role, org_id=seeded.org_id
             )

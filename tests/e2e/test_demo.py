@@ -4,6 +4,8 @@ Stage 1: simulated site up, both lines scanned, every meter read, one meter trip
 one valve closed and opened, each verified by read-back. Stage 2: simulators → edge daemon → the
 embedded amqtt broker (MQTT 3.1.1) → cloud (SQLite): readings billed, balances fall, room 103 tripped at its simulated meter
 when its balance runs out, its tenant pays 50 元 with WeChat Pay (the simulators) and it closes again.
+The notices go by SMS through the Aliyun SMS simulator: the final notice reaches it before the trip
+command, the restored notice after the close command, and the manager hears of the unplugged gateway.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import pytest
 
 from meterflow.cli import main
 from meterflow.demo import demo_site, run_full
-from meterflow.demo_site import ARREARS_ROOM, ROOMS
+from meterflow.demo_site import ARREARS_ROOM, ROOMS, phone_of
+from meterflow.demo_sms import MANAGER_PHONE
 
 
 def test_full_demo_commissions_bills_trips_and_restores() -> None:
@@ -84,6 +87,27 @@ def test_full_demo_commissions_bills_trips_and_restores() -> None:
     assert any(kind.startswith("low_balance") for kind in kinds)
     assert "NOTICE 通知 final_notice" in text
     assert "NOTICE 通知 restored" in text
+    # ... and they went through the Aliyun SMS simulator (the official SDK, signed requests, its
+    # delivery reports): the final notice was there before the trip command was issued, the
+    # restored notice came after the close command, the manager heard of the unplugged gateway
+    tenant = [m for m in system.sms if m.phone == phone_of(ARREARS_ROOM)]
+    kinds_sent = [m.kind for m in tenant]
+    assert kinds_sent.index("final_notice") < kinds_sent.index("cut") < kinds_sent.index("restored")
+    final_sms = next(m for m in tenant if m.kind == "final_notice")
+    restored_sms = next(m for m in tenant if m.kind == "restored")
+    assert system.trip_issued_at is not None
+    assert system.close_issued_at is not None
+    assert final_sms.accepted_at < system.trip_issued_at
+    assert restored_sms.accepted_at > system.close_issued_at
+    assert final_sms.params["account"] == arrears
+    assert system.sms_final_before_cut
+    assert system.sms_restored_after_close
+    assert [(m.kind, m.params["gateway"]) for m in system.sms if m.phone == MANAGER_PHONE] == [
+        ("gateway_offline", "gw-demo-02")
+    ]
+    assert "NOTICE 通知 final_notice    delivered" in text
+    assert "sms_aliyun" in text.split("NOTICE 通知 final_notice", 1)[1].split("\n", 1)[0]
+    assert "→ 13900000100 (manager demo-manager) gateway_offline" in text
     assert "RESTORED 已复电" in text
     assert "e103  trip     acked_done" in text
     assert "e103  close    acked_done" in text
