@@ -29,10 +29,11 @@ from cloud.services.notify.events import notify_gateway_offline
 from cloud.services.notify.receipts import poll_receipts
 from cloud.services.notify.sender import Sender, SenderConfig
 from cloud.services.notify.templates import render
+from protocol.contract import AckStatus
 from tests.cloud.conftest import Site, make_site
 from tests.cloud.flowkit import T0
 from tests.cloud.notify.conftest import SIGN, TEMPLATES, Vendors
-from tests.cloud.test_topups import _alarms, pay
+from tests.cloud.test_topups import _alarms, pay, reading_with_count, recharge_ack
 from tests.cloud.test_topups import _setup as _topup_setup
 
 NOON = datetime(2026, 11, 24, 4, 0, tzinfo=UTC)  # 12:00 in Shanghai
@@ -108,7 +109,7 @@ def test_a_gateway_offline_reaches_each_opted_in_manager_once_by_sms(
     _staff(
         session_factory, site.org_id, "cashier", Role.FINANCE, "13900000003", ["topup_failed"]
     )  # not this kind
-    nophone = _staff(session_factory, site.org_id, "nophone", Role.INSTALLER, "", ["gateway_offline"])
+    nophone = _staff(session_factory, site.org_id, "nophone", Role.MANAGER, "", ["gateway_offline"])
     other = make_site(session_factory, name="物业B", number="B-1")
     _staff(session_factory, other.org_id, "elsewhere", Role.MANAGER, "13900000009", ALL)
     original = _gateway_offline(session_factory, site, now)
@@ -150,7 +151,7 @@ def test_a_gateway_offline_reaches_each_opted_in_manager_once_by_sms(
     assert all(r.template == "SMS_GW_OFF" and r.params["gateway"] == "gw-7" for r in sent)
     assert {r.params["time"] for r in sent} == {since}  # silent since, Shanghai time
     log_lines = logs[0].lines + logs[1].lines
-    assert len(log_lines) == 1  # the installer without a phone: the next channel
+    assert len(log_lines) == 1  # the manager without a phone: the next channel
     assert log_lines[0].startswith("[notice gateway_offline] → nophone 【网关离线】网关 gw-7")
 
     with session_factory() as s:
@@ -240,7 +241,7 @@ def test_quiet_hours_hold_manager_notices_until_they_end(
 def test_a_top_up_blocked_before_any_command_tells_the_managers_once(
     session_factory: sessionmaker[Session],
 ) -> None:
-    site, _clock, wire, reconciler, _ingest = _topup_setup(session_factory)
+    site, clock, wire, reconciler, ingest = _topup_setup(session_factory)
     account_id = site.accounts["m1"]
     key = pay(session_factory, site, 1_000)
     for _ in range(2):  # planned again and again while the count is unknown: one notice
@@ -265,3 +266,14 @@ def test_a_top_up_blocked_before_any_command_tells_the_managers_once(
     en = render(row.kind, row.payload, T0, ZoneInfo("Asia/Shanghai"), "en").text
     assert "表计 m1 充值 10.00 元 未写入（购电次数未知，请先抄表" in zh
     assert "Top-up of CNY 10.00 not written to meter m1 (purchase count unknown: read the meter first" in en
+    # the count arrives, the top-up goes out — and the meter refuses it: the same top-up, no second notice
+    ingest.handle(*reading_with_count(site, 1, T0, 3))
+    reconciler.react({account_id}, set())
+    (cmd,) = wire.commands()
+    detail = "meter m1 refused recharge: purchase count is 6, the recharge expects 4 (another purchase?)"
+    ingest.handle(*recharge_ack(site, cmd, AckStatus.FAILED, detail, clock.now))
+    with session_factory() as s:
+        kinds = s.scalars(
+            select(NotificationOutbox).where(col(NotificationOutbox.kind) == "topup_failed")
+        ).all()
+    assert [n.dedupe_key for n in kinds] == [f"topup-failed:{key}"]
