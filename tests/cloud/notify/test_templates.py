@@ -66,3 +66,29 @@ def test_urgency() -> None:
 def test_an_unknown_kind_uses_the_rows_own_text() -> None:
     notice = render("legacy", {"text": "旧通知", "text_en": "old notice"}, AT, SHANGHAI, "en")
     assert notice.text == "old notice"
+
+
+def test_manager_notices_carry_their_figures_in_both_languages() -> None:
+    topup = {"meter": "e103", "amount_fen": 5_000, "reason": "count_mismatch", "project_id": 1}
+    zh = render("topup_failed", topup, AT, SHANGHAI, "zh")
+    en = render("topup_failed", topup, AT, SHANGHAI, "en")
+    assert (
+        zh.text
+        == "【充值未写表】表计 e103 充值 50.00 元 未写入（读回的购电次数不符，2026-11-25 00:05），请处理。"
+    )
+    assert en.text == (
+        "Top-up of CNY 50.00 not written to meter e103 (the purchase count read back was not the expected "
+        "one, 2026-11-25 00:05); please act."
+    )
+    assert en.params == {
+        "meter": "e103",
+        "amount": "CNY 50.00",
+        "reason": "the purchase count read back was not the expected one",
+        "time": "2026-11-25 00:05",
+    }
+    holds = render("holds_waiting", {"count": 7, "project_id": 1}, AT, SHANGHAI, "zh")
+    assert holds.text == "【待处理】7 条读数挂起等待处理（2026-11-25 00:05），挂起期间不计费。"
+    offline = render("gateway_offline", {"gateway": "gw-2", "project_id": 1}, AT, SHANGHAI, "en")
+    assert offline.ordered == ["gw-2", "2026-11-25 00:05"]
+    # a row written before reasons were recorded still renders, pointing at the alarm
+    assert "原因见告警" in render("topup_failed", {"meter": "e1"}, AT, SHANGHAI, "zh").text
