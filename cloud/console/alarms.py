@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
+from pydantic import BeforeValidator, Field
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, aliased
 from sqlmodel import col
@@ -45,7 +46,15 @@ _ASSIGN = ("POST", "/alarms/{alarm_id}/assign")
 _BACK = re.compile(r"/console/alarms(\?[A-Za-z0-9_=&-]*)?")
 """Where the button returns: the alarms page with its filters, nothing else (no open redirect)."""
 
-Id = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+
+
+def _blank_is_none(value: object) -> object:
+    """The filter form sends ``level=`` for "all": no filter, not a 422."""
+    return None if value == "" else value
+
+
+Id = Annotated[Annotated[int, Field(ge=1, le=MAX_ID)] | None, BeforeValidator(_blank_is_none), Query()]
+Level = Annotated[Annotated[int, Field(ge=0, le=9)] | None, BeforeValidator(_blank_is_none), Query()]
 
 
 @dataclass(frozen=True)
@@ -167,7 +176,7 @@ def alarm_list(
     uow: Db,
     state: Annotated[str, Query(max_length=16)] = "",
     kind: Annotated[str, Query(max_length=32)] = "",
-    level: Annotated[int | None, Query(ge=0, le=9)] = None,
+    level: Level = None,
     project_id: Id = None,
     building_id: Id = None,
     before: Id = None,
