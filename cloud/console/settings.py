@@ -19,9 +19,10 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import FormData
 
 from cloud.api.deps import Db, Now, PathId
 from cloud.api.routes.calendar import DayIn
@@ -71,6 +72,15 @@ STAFF_ROLES = (Role.MANAGER, Role.FINANCE, Role.INSTALLER, Role.ADMIN)
 """Roles the users form creates (a tenant's login belongs to a tenant: the API's POST /users)."""
 
 _PROJECTS, _USERS_PAGE, _VERSIONS = Page(200), Page(500), Page(200)
+
+
+async def _posted(request: Request) -> FormData:
+    """The posted form, read before the (synchronous, database-bound) handler runs in the thread pool:
+    the policy form's ticked boxes and the notice form's repeated ``channel`` fields are read from it."""
+    return await request.form()
+
+
+Posted = Annotated[FormData, Depends(_posted)]
 
 
 class FormErrors(Exception):
@@ -281,10 +291,9 @@ def _refused(
 
 
 @router.post("/settings/projects/{project_id}", response_class=HTMLResponse)
-async def save_policy(request: Request, project_id: PathId, p: Staff, uow: Db, at: Now) -> Response:
+def save_policy(request: Request, project_id: PathId, p: Staff, uow: Db, at: Now, form: Posted) -> Response:
     """``PATCH /projects/{id}`` from the form: every field of the form is sent (an unticked box is
     false, an empty third threshold removes that level)."""
-    form = await request.form()
     session.check_csrf(request, str(form.get("csrf", ""))[:128])
     guard.require(p, *_PATCH)
     typed: dict[str, Any] = {
@@ -336,10 +345,9 @@ def _templates_of(text: str) -> dict[str, dict[str, str]]:
 
 
 @router.post("/settings/projects/{project_id}/notify", response_class=HTMLResponse)
-async def save_notify(request: Request, project_id: PathId, p: Staff, uow: Db, at: Now) -> Response:
+def save_notify(request: Request, project_id: PathId, p: Staff, uow: Db, at: Now, form: Posted) -> Response:
     """``PUT /projects/{id}/notify-settings``: channels in the order chosen, signature, quiet hours,
     language and template ids."""
-    form = await request.form()
     session.check_csrf(request, str(form.get("csrf", ""))[:128])
     guard.require(p, *_NOTIFY_PUT)
     channels = [str(c) for c in form.getlist("channel")[:5] if str(c)]

@@ -189,3 +189,14 @@ def test_assigning_refuses_strangers_tenants_and_kinds_the_assignee_may_not_see(
     assert _audits(api, AuditAction.ALARM_ASSIGNED) == []
     with api.factory() as s:
         assert all(s.get(Alarm, i).assigned_to is None for i in (offline, arrears, other_org_alarm))  # type: ignore[union-attr]
+
+
+def test_a_third_level_is_added_and_dropped_and_an_empty_patch_changes_nothing(api: Api) -> None:
+    a = _org(api, "物业甲")
+    path = f"/projects/{a['project']}"
+    assert _patch(api, path, a["manager"], {"alarm3_fen": 100}).json()["alarm3_fen"] == 100
+    assert _patch(api, path, a["manager"], {"alarm3_fen": None}).json()["alarm3_fen"] is None
+    assert _patch(api, path, a["manager"], {}).status_code == 200
+    assert _patch(api, path, a["manager"], {"friendly_start": "18:00"}).status_code == 200  # the same value
+    audits = _audits(api, AuditAction.PROJECT_SETTINGS_CHANGED)
+    assert [x.detail["after"] for x in audits] == [{"alarm3_fen": 100}, {"alarm3_fen": None}]
