@@ -47,7 +47,6 @@ _BACK = re.compile(r"/console/alarms(\?[A-Za-z0-9_=&-]*)?")
 """Where the button returns: the alarms page with its filters, nothing else (no open redirect)."""
 
 
-
 def _blank_is_none(value: object) -> object:
     """The filter form sends ``level=`` for "all": no filter, not a 422."""
     return None if value == "" else value

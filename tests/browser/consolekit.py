@@ -22,34 +22,15 @@ ROLES = (Role.ADMIN, Role.MANAGER, Role.FINANCE, Role.INSTALLER, Role.TENANT)
 # its meters and the reports everyone's of the company (GET /meters: staff; the financial trace inside
 # the reports is the statement's, GET /accounts/{id}/ledger: no installers), gateways the builders'
 # (GET /gateways: admin, manager, installer), tariffs the money roles' (GET /tariffs), alarms
-# everyone's of the company (GET /alarms: staff; installers see device alarms only), settings everyone's
-# of the company (GET /projects: staff; each form by its own route, read only without it).
+# everyone's of the company (GET /alarms: staff; installers see device alarms only).
 EXPECTED_PAGES = {
-    "admin": [
-        "dashboard",
-        "monitor",
-        "holds",
-        "approvals",
-        "alarms",
-        "reports",
-        "gateways",
-        "tariffs",
-        "settings",
-    ],
-    "manager": [
-        "dashboard",
-        "monitor",
-        "holds",
-        "approvals",
-        "alarms",
-        "reports",
-        "gateways",
-        "tariffs",
-        "settings",
-    ],
-    "finance": ["dashboard", "monitor", "approvals", "alarms", "reports", "tariffs", "settings"],
-    "installer": ["dashboard", "monitor", "alarms", "reports", "gateways", "settings"],
+    "admin": ["dashboard", "monitor", "holds", "approvals", "alarms", "reports", "gateways", "tariffs"],
+    "manager": ["dashboard", "monitor", "holds", "approvals", "alarms", "reports", "gateways", "tariffs"],
+    "finance": ["dashboard", "monitor", "approvals", "alarms", "reports", "tariffs"],
+    "installer": ["dashboard", "monitor", "alarms", "reports", "gateways"],
 }
+for _menu in EXPECTED_PAGES.values():
+    _menu.append("settings")  # every member of staff's (GET /projects); each form by its own route
 
 
 @dataclass(frozen=True)
