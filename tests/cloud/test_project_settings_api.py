@@ -200,3 +200,27 @@ def test_a_third_level_is_added_and_dropped_and_an_empty_patch_changes_nothing(a
     assert _patch(api, path, a["manager"], {"friendly_start": "18:00"}).status_code == 200  # the same value
     audits = _audits(api, AuditAction.PROJECT_SETTINGS_CHANGED)
     assert [x.detail["after"] for x in audits] == [{"alarm3_fen": 100}, {"alarm3_fen": None}]
+
+
+def test_the_alarms_page_query_finds_an_assigned_alarm_with_its_assignee(api: Api) -> None:
+    """The console's list query (an outer join on the assignee, the "assigned to me" filter) on this
+    database, after an assignment through the API."""
+    from cloud.api.access import alarm_kinds_for
+    from cloud.console.alarms import AlarmFilter, alarm_rows
+    from cloud.services.audit import Actor
+
+    a = _org(api, "物业甲")
+    mine, other = _alarm(api, a["org"]), _alarm(api, a["org"], kind="gateway_offline")
+    installer = _user_id(api, f"installer-{a['org']}")
+    r = api.client.post(f"/api/v1/alarms/{mine}/assign", json={"user_id": installer}, headers=a["manager"])
+    assert r.status_code == 200
+    actor = Actor(user_id=installer, org_id=a["org"], role="installer", username=f"installer-{a['org']}")
+    kinds = alarm_kinds_for(Role.INSTALLER)
+    with api.factory() as s:
+        rows = alarm_rows(s, actor, AlarmFilter(mine=True), kinds=kinds, me=installer)
+        assert [(row.alarm.id, row.assignee) for row in rows] == [(mine, f"installer-{a['org']}")]
+        everyone = alarm_rows(s, actor, AlarmFilter(), kinds=kinds, me=installer)
+        assert [(row.alarm.id, row.assignee) for row in everyone] == [
+            (other, None),
+            (mine, f"installer-{a['org']}"),
+        ]
