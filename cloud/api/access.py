@@ -187,6 +187,11 @@ POLICY: Mapping[tuple[str, str], Rule] = {
         "a project carries the arrears policy",
         example=Example({"name": "p-{uniq}", "org_id": "{org}"}),
     ),
+    ("PATCH", "/projects/{project_id}"): Rule(
+        MANAGER,
+        "a project carries the arrears policy",
+        example=Example({"friendly_start": "19:00", "friendly_end": "08:00"}),
+    ),
     ("GET", "/projects/{project_id}/buildings"): Rule(STAFF, "the site tree"),
     ("POST", "/projects/{project_id}/buildings"): Rule(
         BUILDER, "building the site tree", example=Example({"name": "b-{uniq}"})
@@ -353,6 +358,11 @@ POLICY: Mapping[tuple[str, str], Rule] = {
     ("GET", "/alarms"): Rule(STAFF, "installers see device alarms only (money alarms carry amounts)"),
     ("POST", "/alarms/{alarm_id}/acknowledge"): Rule(
         STAFF, "whoever may see an alarm may close it (installers: device alarms)", example=Example({})
+    ),
+    ("POST", "/alarms/{alarm_id}/assign"): Rule(
+        STAFF,
+        "whoever may see an alarm may hand it to a colleague who may see it too",
+        example=Example({"user_id": None}),
     ),
     ("GET", "/dead-letters"): Rule(BUILDER, "messages a gateway sent that could not be applied"),
     # calendar

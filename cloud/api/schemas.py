@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
-from itertools import pairwise
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -26,10 +25,11 @@ from pydantic import (
     model_validator,
 )
 
-from cloud.domain.arrears import MAX_SETTING_FEN, MAX_SETTING_SPAN, Policy
+from cloud.domain.arrears import MAX_SETTING_FEN, MAX_SETTING_SPAN
 from cloud.domain.errors import PolicyError
 from cloud.domain.localtime import MAX_ZONE_NAME, time_of_day, zone
 from cloud.domain.money import fen_to_yuan
+from cloud.services.projects import SettingError, check_settings
 
 __all__ = [
     "AccountIn",
@@ -64,6 +64,7 @@ __all__ = [
     "PasswordResetIn",
     "ProjectIn",
     "ProjectOut",
+    "ProjectSettingsIn",
     "ProtectIn",
     "RechargeIn",
     "RefundIn",
@@ -214,23 +215,30 @@ class ProjectIn(_In):
 
     @model_validator(mode="after")
     def _policy_applies(self) -> ProjectIn:
-        levels = [v for v in (self.alarm1_fen, self.alarm2_fen, self.alarm3_fen) if v is not None]
-        if any(a <= b for a, b in pairwise(levels)):
-            raise ValueError(
-                f"alarm1_fen > alarm2_fen > alarm3_fen: the thresholds must strictly decrease, got {levels}"
-            )
         try:
-            Policy(
-                alarm_levels_fen=tuple(levels),
-                credit_limit_fen=self.credit_limit_fen,
-                grace=timedelta(seconds=self.grace_period_s),
-                friendly_start=time_of_day(self.friendly_start),
-                friendly_end=time_of_day(self.friendly_end),
-                tz=self.timezone,
-            )
-        except PolicyError as exc:
-            raise ValueError(f"the arrears policy cannot be applied: {exc}") from exc
+            check_settings(self.model_dump(exclude={"name", "org_id"}))
+        except SettingError as exc:
+            raise ValueError(str(exc)) from exc
         return self
+
+
+class ProjectSettingsIn(_In):
+    """``PATCH /projects/{id}``: only the fields sent change; the project's merged settings are checked
+    as a whole by :func:`cloud.services.projects.check_settings` (as at creation) before anything is
+    written. ``alarm3_fen: null`` removes the third level."""
+
+    timezone: ZoneName | None = None
+    alarm1_fen: SettingFen | None = None
+    alarm2_fen: SettingFen | None = None
+    alarm3_fen: SettingFen | None = None
+    credit_limit_fen: Annotated[StrictInt, Field(ge=0, le=MAX_SETTING_FEN)] | None = None
+    grace_period_s: int | None = Field(default=None, ge=0, le=int(MAX_SETTING_SPAN.total_seconds()))
+    friendly_start: TimeOfDay | None = None
+    friendly_end: TimeOfDay | None = None
+    no_cut_weekends: bool | None = None
+    no_cut_holidays: bool | None = None
+    stale_after_s: int | None = Field(default=None, ge=1, le=int(MAX_SETTING_SPAN.total_seconds()))
+    require_final_notice: bool | None = None
 
 
 class ProjectOut(_Out):
@@ -247,6 +255,8 @@ class ProjectOut(_Out):
     friendly_end: str
     no_cut_weekends: bool
     no_cut_holidays: bool
+    stale_after_s: int
+    require_final_notice: bool
 
 
 class BuildingIn(_In):

@@ -1,5 +1,6 @@
-"""The alarms page: the organisation's alarms, newest first, filtered and paged, and the acknowledge
-button.
+"""The alarms page: the organisation's alarms, newest first, filtered and paged, the acknowledge
+button and the assignment to a member of staff (``POST /alarms/{id}/assign``, filter "assigned to
+me").
 
 Acknowledging is :func:`cloud.services.operations.acknowledge_alarm`, exactly what ``POST
 /api/v1/alarms/{id}/acknowledge`` calls: the same organisation scoping (another organisation's alarm is
@@ -17,8 +18,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
+from pydantic import BeforeValidator, Field
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlmodel import col
 
 from cloud.api.access import alarm_kinds_for
@@ -26,9 +28,10 @@ from cloud.api.deps import MAX_ID, Db, Now, PathId
 from cloud.console import guard, session
 from cloud.console.queries import buildings_tree
 from cloud.console.web import ConsoleRoute, Staff, render
-from cloud.models import Alarm, AlarmKind, Building, Floor, Meter, Project, Room
+from cloud.models import Alarm, AlarmKind, Building, Floor, Meter, Project, Role, Room, User
 from cloud.services import operations
 from cloud.services.audit import Actor
+from cloud.services.errors import Conflict
 
 __all__ = ["PAGE_SIZE", "STATES", "AlarmFilter", "AlarmRow", "alarm_rows", "router"]
 
@@ -38,11 +41,19 @@ PAGE_SIZE = 50
 STATES = ("open", "acknowledged", "cleared")
 """open: not cleared; acknowledged: closed by a person; cleared: closed by the system (condition gone)."""
 _ACK = ("POST", "/alarms/{alarm_id}/acknowledge")
+_ASSIGN = ("POST", "/alarms/{alarm_id}/assign")
 
 _BACK = re.compile(r"/console/alarms(\?[A-Za-z0-9_=&-]*)?")
 """Where the button returns: the alarms page with its filters, nothing else (no open redirect)."""
 
-Id = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+
+def _blank_is_none(value: object) -> object:
+    """The filter form sends ``level=`` for "all": no filter, not a 422."""
+    return None if value == "" else value
+
+
+Id = Annotated[Annotated[int, Field(ge=1, le=MAX_ID)] | None, BeforeValidator(_blank_is_none), Query()]
+Level = Annotated[Annotated[int, Field(ge=0, le=9)] | None, BeforeValidator(_blank_is_none), Query()]
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,8 @@ class AlarmFilter:
     level: int | None = None
     project_id: int | None = None
     building_id: int | None = None
+    mine: bool = False
+    """Only the alarms assigned to the caller."""
 
     def query_string(self) -> str:
         """The filter as URL parameters (for the next-page link)."""
@@ -63,6 +76,7 @@ class AlarmFilter:
                 ("level", self.level),
                 ("project_id", self.project_id),
                 ("building_id", self.building_id),
+                ("mine", 1 if self.mine else None),
             )
             if v not in ("", None)
         ]
@@ -75,6 +89,8 @@ class AlarmRow:
     device_id: str | None
     room: str | None
     building: str | None
+    assignee: str | None = None
+    """The username of who the alarm is assigned to."""
 
     @property
     def state(self) -> str:
@@ -100,12 +116,16 @@ def alarm_rows(
     kinds: frozenset[str] | None,
     before: int | None = None,
     limit: int = PAGE_SIZE,
+    me: int | None = None,
 ) -> list[AlarmRow]:
     """Newest first (by id), at most ``limit``, ids below ``before``; only the caller's organisation
-    and the kinds the caller's role may see (``kinds``; None: all)."""
+    and the kinds the caller's role may see (``kinds``; None: all); with ``flt.mine`` only those
+    assigned to the user ``me``."""
+    assignee = aliased(User)
     query: Any = (
-        select(Alarm, col(Meter.device_id), col(Room.name), col(Building.name))
+        select(Alarm, col(Meter.device_id), col(Room.name), col(Building.name), col(assignee.username))
         .select_from(Alarm)
+        .outerjoin(assignee, col(assignee.id) == col(Alarm.assigned_to))
         .outerjoin(Meter, col(Meter.id) == col(Alarm.meter_id))
         .outerjoin(Room, col(Room.id) == col(Meter.room_id))
         .outerjoin(Floor, col(Floor.id) == col(Room.floor_id))
@@ -136,7 +156,9 @@ def alarm_rows(
         query = query.where(col(Building.id) == flt.building_id)
     if flt.project_id is not None:
         query = query.where(col(Building.project_id) == flt.project_id)
-    return [AlarmRow(a, device, room, building) for a, device, room, building in session.execute(query)]
+    if flt.mine:
+        query = query.where(col(Alarm.assigned_to) == me)
+    return [AlarmRow(a, dev, room, bld, who) for a, dev, room, bld, who in session.execute(query)]
 
 
 def _projects(session: Session, actor: Actor) -> list[tuple[int, str]]:
@@ -153,10 +175,11 @@ def alarm_list(
     uow: Db,
     state: Annotated[str, Query(max_length=16)] = "",
     kind: Annotated[str, Query(max_length=32)] = "",
-    level: Annotated[int | None, Query(ge=0, le=9)] = None,
+    level: Level = None,
     project_id: Id = None,
     building_id: Id = None,
     before: Id = None,
+    mine: Annotated[str, Query(max_length=8)] = "",
 ) -> Response:
     guard.require(p, "GET", "/alarms")
     kinds = alarm_kinds_for(p.role)
@@ -167,8 +190,11 @@ def alarm_list(
         level=level,
         project_id=project_id,
         building_id=building_id,
+        mine=mine == "1",
     )
-    rows = alarm_rows(uow.session, p.actor, flt, kinds=kinds, before=before, limit=PAGE_SIZE + 1)
+    rows = alarm_rows(
+        uow.session, p.actor, flt, kinds=kinds, before=before, limit=PAGE_SIZE + 1, me=p.user_id
+    )
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
     return render(
@@ -183,8 +209,24 @@ def alarm_list(
         tree=buildings_tree(uow.session, p.actor),
         next_before=rows[-1].alarm.id if more and rows else None,
         may_ack=guard.may(p, *_ACK),
+        may_assign=guard.may(p, *_ASSIGN),
+        eligible=_eligible(uow.session, p.org_id, {r.alarm.kind for r in rows}),
         message=request.query_params.get("done", ""),
     )
+
+
+def _eligible(session: Session, org_id: int | None, kinds: set[str]) -> dict[str, list[tuple[int, str]]]:
+    """Per alarm kind on the page, who it may be handed to: the organisation's active staff whose role
+    sees that kind (installers: device alarms), as ``(user id, username)``."""
+    staff = operations.assignees(session, org_id)
+    out: dict[str, list[tuple[int, str]]] = {}
+    for kind in kinds:
+        out[kind] = []
+        for user in staff:
+            seen = alarm_kinds_for(Role(user.role))
+            if seen is None or kind in seen:
+                out[kind].append((user.id or 0, user.username))
+    return out
 
 
 @router.post("/alarms/{alarm_id}/acknowledge", response_class=HTMLResponse)
@@ -202,6 +244,40 @@ def acknowledge(
     guard.require(p, *_ACK)
     operations.acknowledge_alarm(uow.session, p.actor, alarm_id, at, kinds=alarm_kinds_for(p.role))
     uow.commit()
+    return _back(back, "alarm_acknowledged")
+
+
+def _back(back: str, done: str) -> Response:
     target = back if _BACK.fullmatch(back) else "/console/alarms"
     sep = "&" if "?" in target else "?"
-    return Response(status_code=303, headers={"Location": f"{target}{sep}done=alarm_acknowledged"})
+    return Response(status_code=303, headers={"Location": f"{target}{sep}done={done}"})
+
+
+@router.post("/alarms/{alarm_id}/assign", response_class=HTMLResponse)
+def assign(
+    request: Request,
+    alarm_id: PathId,
+    p: Staff,
+    uow: Db,
+    at: Now,
+    user_id: Annotated[str, Form(max_length=12)] = "",
+    csrf: Annotated[str, Form(max_length=128)] = "",
+    back: Annotated[str, Form(max_length=500)] = "/console/alarms",
+) -> Response:
+    """The assign form: CSRF first, then the route's rule, then the API's service (an empty choice
+    takes the alarm back)."""
+    session.check_csrf(request, csrf)
+    guard.require(p, *_ASSIGN)
+    if user_id and not (user_id.isdigit() and 1 <= int(user_id) <= MAX_ID):
+        raise Conflict("user_id: not a user")
+    operations.assign_alarm(
+        uow.session,
+        p.actor,
+        alarm_id,
+        int(user_id) if user_id else None,
+        at,
+        kinds=alarm_kinds_for(p.role),
+        kinds_for=alarm_kinds_for,
+    )
+    uow.commit()
+    return _back(back, "alarm_assigned")

@@ -115,4 +115,7 @@ def build_router() -> APIRouter:
 
     for module in (monitor, money, reports, logs, alarms):
         router.include_router(module.router)
+    from cloud.console import settings
+
+    router.include_router(settings.router)
     return router

@@ -248,6 +248,9 @@ class Alarm(SQLModel, table=True):
     detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     cleared_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    assigned_to: int | None = Field(default=None, foreign_key="user_account.id", index=True)
+    """The member of staff the alarm was handed to (migration 0018; ``operations.assign_alarm``)."""
+    assigned_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class NotificationOutbox(SQLModel, table=True):

@@ -48,6 +48,8 @@ class AuditAction(StrEnum):
     GATEWAY_REGISTERED = "gateway_registered"
     METER_ASSIGNED = "meter_assigned"
     ALARM_ACKNOWLEDGED = "alarm_acknowledged"
+    PROJECT_SETTINGS_CHANGED = "project_settings_changed"
+    ALARM_ASSIGNED = "alarm_assigned"
     PAY_CONFLICT_RESOLVED = "pay_conflict_resolved"
 
 

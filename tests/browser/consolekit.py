@@ -29,6 +29,8 @@ EXPECTED_PAGES = {
     "finance": ["dashboard", "monitor", "approvals", "alarms", "reports", "tariffs"],
     "installer": ["dashboard", "monitor", "alarms", "reports", "gateways"],
 }
+for _menu in EXPECTED_PAGES.values():
+    _menu.append("settings")  # every member of staff's (GET /projects); each form by its own route
 
 
 @dataclass(frozen=True)

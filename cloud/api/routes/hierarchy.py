@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from cloud.api.access import Caller
-from cloud.api.deps import Db, Paging, PathId, page_response
+from cloud.api.deps import Db, Now, Paging, PathId, page_response
 from cloud.api.schemas import (
     BuildingIn,
     FloorIn,
@@ -15,11 +15,12 @@ from cloud.api.schemas import (
     OrganisationIn,
     ProjectIn,
     ProjectOut,
+    ProjectSettingsIn,
     RoomIn,
     TenantIn,
     TenantOut,
 )
-from cloud.services import hierarchy
+from cloud.services import hierarchy, projects
 
 router = APIRouter(tags=["hierarchy"])
 
@@ -51,6 +52,16 @@ def list_projects(p: Caller, uow: Db, page: Paging, response: Response) -> list[
 def create_project(body: ProjectIn, p: Caller, uow: Db) -> ProjectOut:
     fields = body.model_dump(exclude={"name", "org_id"})
     project = hierarchy.create_project(uow.session, p.actor, name=body.name, org_id=body.org_id, **fields)
+    uow.commit()
+    return ProjectOut.model_validate(project)
+
+
+@router.patch("/projects/{project_id}", response_model=ProjectOut)
+def update_project(project_id: PathId, body: ProjectSettingsIn, p: Caller, uow: Db, at: Now) -> ProjectOut:
+    """Change a project's time zone or arrears policy: only the fields sent; the merged settings are
+    checked as at creation before anything is written (422 naming the field); audited."""
+    changes = body.model_dump(exclude_unset=True)
+    project = projects.update_settings(uow.session, p.actor, at, project_id=project_id, changes=changes)
     uow.commit()
     return ProjectOut.model_validate(project)
 

@@ -69,6 +69,12 @@ class AlarmOut(BaseModel):
     message_en: str
     created_at: datetime
     cleared_at: datetime | None
+    assigned_to: int | None = Field(default=None, description="the user id of who handles it")
+    assigned_at: datetime | None = None
+
+
+class AssignIn(In):
+    user_id: int | None = Field(ge=1, le=2**31 - 1, description="the assignee; null takes it back")
 
 
 class DeadLetterOut(BaseModel):
@@ -136,6 +142,26 @@ def list_alarms(
 )
 def acknowledge_alarm(alarm_id: PathId, p: Caller, uow: Db, at: Now) -> AlarmOut:
     alarm = operations.acknowledge_alarm(uow.session, p.actor, alarm_id, at, kinds=alarm_kinds_for(p.role))
+    out = AlarmOut.model_validate(alarm)
+    uow.commit()
+    return out
+
+
+@router.post(
+    "/alarms/{alarm_id}/assign", response_model=AlarmOut, summary="Hand an alarm to a member of staff"
+)
+def assign_alarm(alarm_id: PathId, body: AssignIn, p: Caller, uow: Db, at: Now) -> AlarmOut:
+    """``user_id``: an active member of staff of the alarm's organisation who may see its kind; null
+    takes it back. Audited (``alarm_assigned``)."""
+    alarm = operations.assign_alarm(
+        uow.session,
+        p.actor,
+        alarm_id,
+        body.user_id,
+        at,
+        kinds=alarm_kinds_for(p.role),
+        kinds_for=alarm_kinds_for,
+    )
     out = AlarmOut.model_validate(alarm)
     uow.commit()
     return out
