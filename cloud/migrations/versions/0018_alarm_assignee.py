@@ -1,8 +1,8 @@
 """Alarms can be handed to a member of staff (issue 14, the console's alarms page): who has it
-(``alarm.assigned_to``) and since when (``alarm.assigned_at``). Revises 0016.
+(``alarm.assigned_to``) and since when (``alarm.assigned_at``). Revises 0017.
 
 Revision ID: 0018
-Revises: 0016
+Revises: 0017
 Create Date: 2026-12-07 23:10:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0018"
-down_revision: str | Sequence[str] | None = "0016"
+down_revision: str | Sequence[str] | None = "0017"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
