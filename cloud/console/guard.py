@@ -39,6 +39,7 @@ PAGES: tuple[Page, ...] = (
     Page("reports", "/console/reports", ("GET", "/meters")),
     Page("gateways", "/console/gateways", ("GET", "/gateways")),
     Page("tariffs", "/console/tariffs", ("GET", "/tariffs")),
+    Page("accounts", "/console/accounts", ("GET", "/accounts")),
 )
 
 

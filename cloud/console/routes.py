@@ -115,4 +115,8 @@ def build_router() -> APIRouter:
 
     for module in (monitor, money, reports, logs, alarms):
         router.include_router(module.router)
+    from cloud.console import lifecycle, tariff_whatif  # issue 14: accounts and the tariff what-if
+
+    for module in (lifecycle, tariff_whatif):
+        router.include_router(module.router)
     return router

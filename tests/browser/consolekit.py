@@ -29,6 +29,8 @@ EXPECTED_PAGES = {
     "finance": ["dashboard", "monitor", "approvals", "alarms", "reports", "tariffs"],
     "installer": ["dashboard", "monitor", "alarms", "reports", "gateways"],
 }
+for _role in ("admin", "manager", "finance"):  # the account pages: GET /accounts (no installers)
+    EXPECTED_PAGES[_role].append("accounts")
 
 
 @dataclass(frozen=True)
