@@ -36,6 +36,7 @@ ACCOUNT_MESSAGES: dict[str, tuple[str, str]] = {
         "The money on the meters is above the approval limit: confirming asks a second person; the "
         "account closes once approved",
     ),
+    "decide_first": ("有待审批的款项，请先处理再销户", "Money awaits approval: decide it before the close"),
     "close_waits": ("销户待审批", "The close waits for approval"),
     "read_off_meter": ("表内实余（元，人工读取）", "Read off the meter (yuan)"),
     "source_entered": ("人工录入", "entered"),

@@ -93,6 +93,8 @@ class Settlement:
     on_meters_fen: int = 0
     at_stake_fen: int = 0
     approval_needed: bool = False
+    waiting: list[Approval] = field(default_factory=list)
+    """Money of the account awaiting a second person: the close is refused until it is decided."""
 
     @property
     def settled_fen(self) -> int:
@@ -145,7 +147,17 @@ def settlement_preview(
             out.on_meters_fen += figures.figure.fen
             out.at_stake_fen += figures.figure.at_stake_fen
     out.approval_needed = any(m.figure for m in out.meters) and needs_approval(out.at_stake_fen, limit_fen)
+    out.waiting = approvals.pending_for(session, account_id=account.id)
     return out
+
+
+def _number_free(session: Session, org_id: int, number: str) -> None:
+    """Refuse at the preview what :func:`cloud.services.accounts.open_account` would refuse at the end."""
+    clash = session.scalars(
+        select(col(Account.id)).where(col(Account.org_id) == org_id, col(Account.number) == number)
+    ).first()
+    if clash is not None:
+        raise Conflict(f"number: account number {number} is already used (账户号已存在)")
 
 
 def _fen(text: str, name: str) -> int | None:
@@ -301,6 +313,7 @@ def open_account(
     meters = [hierarchy.get_meter(uow.session, p.actor, m) for m in body.meter_ids]
     form = body.model_dump() | {"new_tenant": new_tenant.strip()}
     if step == "preview":
+        _number_free(uow.session, meters[0].org_id, body.number)
         places = [(_place(uow.session, m), m) for m in meters]
         return render(request, "account_open_confirm.html", p, form=form, places=places)
     room = meters[0].room_id
@@ -395,6 +408,7 @@ def close_account(request: Request, account_id: PathId, p: Staff, uow: Db, at: N
         preview = settlement_preview(uow.session, account, entered, limit)
         if move_in:
             _valid(AccountIn, project_id=account.project_id, number=new_number, tenant_id=tenant_id)
+            _number_free(uow.session, account.org_id, new_number)
         return render(
             request, "account_close_confirm.html", p, s=preview, move_in=move_in, form=fields,
             entered=entered,

@@ -276,6 +276,8 @@ def test_a_close_above_the_limit_waits_for_a_second_person(c: Console) -> None:
     assert _account(c, account).status == "open"
     assert c.count(Approval, col(Approval.kind) == "account_close", col(Approval.status) == "pending") == 1
     assert _legs(c.factory, f"close:{account}") == {}
+    again = c.client.post(f"/console/accounts/{account}/close", data=form | {"step": "preview"})
+    assert "waiting-approval" in again.text  # the next person sees why the close cannot go ahead
 
 
 # --- open -----------------------------------------------------------------------------------------------
@@ -550,3 +552,19 @@ def test_the_whatif_counts_readings_it_cannot_price(c: Console) -> None:
     total = re.search(r'id="whatif-total">.*?data-fen="(\d+)".*?data-fen="(\d+)"', r.text, re.S)
     assert total is not None
     assert (total.group(1), total.group(2)) == ("0", "0")
+
+
+def test_a_move_in_is_all_or_nothing(c: Console) -> None:
+    """A move-in whose new account cannot be opened (its number is taken) closes nothing either."""
+    csrf = c.login("manager")
+    old = c.site.flow.accounts["m1"]
+    form = {"csrf": csrf, "move_in": "1", "reason": "换租", "new_number": "A-2"}  # A-2 exists
+    preview = c.client.post(f"/console/accounts/{old}/close", data=form | {"step": "preview"})
+    assert preview.status_code == 409
+    assert "number" in preview.text
+    done = c.client.post(f"/console/accounts/{old}/close", data=form | {"step": "confirm"})
+    assert done.status_code == 409
+    assert _account(c, old).status == "open"
+    assert _legs(c.factory, f"close:{old}") == {}
+    assert _links(c, old) == [c.site.flow.meters["m1"]]
+    assert _audits(c, "account_closed") == []
