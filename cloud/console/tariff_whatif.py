@@ -9,6 +9,7 @@ memory. A GET: nothing is stored, nothing moves — storing a version stays ``PO
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -29,6 +30,7 @@ from cloud.services.tariff_whatif import month_what_if
 
 __all__ = ["draft_spec", "router"]
 
+log = logging.getLogger(__name__)
 router = APIRouter(route_class=ConsoleRoute)
 
 Text = Annotated[str, Query(max_length=MAX_SPEC_TEXT)]
@@ -113,6 +115,7 @@ def whatif_page(
     try:
         draft = TariffVersion.from_spec("draft", start, draft_spec(kind, price, tou, tiers, tier_reset))
     except TariffError as exc:
+        log.info("console tariff what-if refused (422): %s", exc)
         ctx["error"] = str(exc)
         return render(request, "tariff_whatif.html", p, status_code=422, **ctx)
     ctx["result"] = month_what_if(
