@@ -1,5 +1,5 @@
 """The console's account lifecycle (open, move-out, move-in, meter replacement, closing figure) and the
-tariff what-if, over HTTP (Starlette's TestClient on a migrated SQLite site; no browser).
+tariff what-if, over HTTP (Starlette's TestClient on SQLite and PostgreSQL; no browser).
 
 Each flow is previewed (nothing written) and then confirmed; the figures the confirmation shows are
 checked against the ledger rows the act posted, to the fen. Role checks follow docs/roles.md: opening
@@ -14,11 +14,10 @@ import re
 import warnings
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
@@ -44,30 +43,24 @@ LIMIT_FEN = 50_000  # the site's approval limit: 500 yuan
 
 
 @pytest.fixture
-def c(tmp_path: Path) -> Iterator[Console]:
-    """The console on a migrated SQLite database with the console site (tests/browser/consolekit.py):
-    three meters in rooms 301-303 of A栋, accounts A-1..A-3 with 100.00 yuan each, a user per role."""
+def c(engine: Engine, db_url: str) -> Iterator[Console]:
+    """The console on a migrated database of each engine (tests/cloud/conftest.py: SQLite and
+    PostgreSQL) with the console site (tests/browser/consolekit.py): three meters in rooms 301-303 of
+    A栋, accounts A-1..A-3 with 100.00 yuan each, a user per role."""
     from cloud.api.app import build_app
-    from cloud.db import make_engine, make_session_factory
-    from cloud.migrations import upgrade
+    from cloud.db import make_session_factory
     from cloud.settings import Settings
 
-    url = f"sqlite:///{tmp_path / 'console.db'}"
-    upgrade(url)
-    engine = make_engine(url)
     factory = make_session_factory(engine)
     site = make_console_site(factory)
     settings = Settings(
-        environment="test", secret_key="c" * 32, database_url=url, approval_limit_fen=LIMIT_FEN
+        environment="test", secret_key="c" * 32, database_url=db_url, approval_limit_fen=LIMIT_FEN
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from starlette.testclient import TestClient
-    try:
-        with TestClient(build_app(settings, engine=engine)) as client:
-            yield Console(client, site, factory)
-    finally:
-        engine.dispose()
+    with TestClient(build_app(settings, engine=engine)) as client:
+        yield Console(client, site, factory)
 
 
 def _fen_of(html: str, element_id: str) -> int:
