@@ -6,7 +6,9 @@ kept as the baseline) to it, with the register deltas Ã— the meter's CT ratio â€
 the ``amount_milli`` its charge recorded (a plain charge's details, or its line of a batch charge,
 :func:`cloud.services.billing.batch_line`). The deltas are checked against the units the charge
 recorded: where they differ (a held reading accepted as a new baseline moved it, a late reading
-re-rated the interval) the reading is not re-rated and is counted as skipped, never guessed.
+re-rated the interval) the reading is not re-rated and is counted as skipped, never guessed. A reading
+rated to less than a fen (status ``zero``: its milli-fen carried in the account's residue, no charge)
+moves the baseline but is in neither column.
 :func:`cloud.domain.tariff_whatif.what_if` does the arithmetic; nothing is written.
 """
 

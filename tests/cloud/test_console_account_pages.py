@@ -441,6 +441,14 @@ def test_a_local_meters_money_comes_back_at_the_figure_read_off_it(c: Console) -
         "reason": "换表",
         "final_remaining_yuan": "25.50",
     }
+    for too_much in ("30.01", "1000"):  # bounded by what the ledger says the meter holds: 30.00 yuan
+        refused = c.client.post(
+            f"/console/meters/{meter}/replace",
+            data=form | {"step": "confirm", "final_remaining_yuan": too_much},
+        )
+        assert refused.status_code == 409
+        assert "must lie between 0 and" in refused.text
+    assert _account(c, account).balance_fen == 10_000
     preview = c.client.post(f"/console/meters/{meter}/replace", data=form | {"step": "preview"})
     assert _fen_of(preview.text, "fig-on-meter") == 2_550
     assert 'id="approval-needed"' not in preview.text
