@@ -40,6 +40,7 @@ PAGES: tuple[Page, ...] = (
     Page("gateways", "/console/gateways", ("GET", "/gateways")),
     Page("tariffs", "/console/tariffs", ("GET", "/tariffs")),
     Page("settings", "/console/settings", ("GET", "/projects")),
+    Page("accounts", "/console/accounts", ("GET", "/accounts")),
 )
 
 

@@ -270,3 +270,8 @@ def translator(lang: str) -> Callable[[str], str]:
         return pair[index] if pair else key
 
     return t
+
+
+from cloud.console.i18n_accounts import ACCOUNT_MESSAGES  # noqa: E402 - the account pages' words
+
+MESSAGES.update(ACCOUNT_MESSAGES)

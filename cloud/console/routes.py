@@ -115,7 +115,8 @@ def build_router() -> APIRouter:
 
     for module in (monitor, money, reports, logs, alarms):
         router.include_router(module.router)
-    from cloud.console import settings
+    from cloud.console import lifecycle, settings, tariff_whatif  # issue 14: settings, accounts, what-if
 
-    router.include_router(settings.router)
+    for module in (settings, lifecycle, tariff_whatif):
+        router.include_router(module.router)
     return router

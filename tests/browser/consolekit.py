@@ -31,6 +31,8 @@ EXPECTED_PAGES = {
 }
 for _menu in EXPECTED_PAGES.values():
     _menu.append("settings")  # every member of staff's (GET /projects); each form by its own route
+for _role in ("admin", "manager", "finance"):  # the account pages: GET /accounts (no installers)
+    EXPECTED_PAGES[_role].append("accounts")
 
 
 @dataclass(frozen=True)
