@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="one more round under cProfile, by stage")
     parser.add_argument("--top", type=int, default=25, help="functions listed by own time with --profile")
     parser.add_argument("--callers", default="", help="with --profile: print the callers of these functions")
+    parser.add_argument("--dump", default="", help="with --profile: also write the raw pstats to this file")
     args = parser.parse_args()
 
     tag = uuid.uuid4().hex[:6]
@@ -155,6 +156,8 @@ def main() -> None:
             _run(ingest, payloads)
             profiler.disable()
             stats = pstats.Stats(profiler)
+            if args.dump:
+                stats.dump_stats(args.dump)
             print("under cProfile (inflated; compare stages):")
             _stage_table(stats, readings)
             stats.sort_stats("tottime").print_stats(args.top)
