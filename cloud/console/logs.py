@@ -10,7 +10,7 @@ roles that see money). The logs are the month's rows, newest first, bounded (:da
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from cloud.api.access import alarm_kinds_for
-from cloud.api.deps import MAX_ID, Db, Now
+from cloud.api.deps import MAX_ID, Db, Now, Principal
 from cloud.console import guard
 from cloud.console.i18n import translator
 from cloud.console.queries import day_bounds, readings_before, zone_of
@@ -216,6 +216,89 @@ def energy_report(
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _Log:
+    """One of the month's logs as it is shown (``template``) and exported (sheet ``title``, file
+    ``name``, ``header`` and each row's ``cells`` in the reader's language)."""
+
+    template: str
+    title: str
+    name: str
+    header: Callable[[Callable[[str], str]], list[str]]
+    cells: Callable[[Any, str], list[Any]]
+
+
+def _month_log(
+    request: Request,
+    p: Principal,
+    session: Session,
+    at: datetime,
+    period: str | None,
+    format: str,
+    log: _Log,
+    rows_between: Callable[[datetime, datetime], Sequence[Any]],
+) -> Response:
+    """The period's rows of ``log`` (default: this month in the organisation's zone) as a page or a
+    sheet; ``rows_between`` gives them newest first, scoped by :func:`_bounded`."""
+    period = period or at.astimezone(zone_of(session, p.actor)).strftime("%Y-%m")
+    start, end = period_bounds(session, p.actor, period)
+    rows = rows_between(start, end)
+    if format == "xlsx":
+        lang = lang_of(request)
+        t = translator(lang)
+        data = [log.cells(row, lang) for row in rows]
+        return _xlsx(sheet_bytes(t(log.title), log.header(t), data), f"{log.name}-{period}")
+    return render(request, log.template, p, rows=rows, period=period, truncated=len(rows) >= MAX_ROWS)
+
+
+def _bounded(query: Any, org_column: Any, p: Principal) -> Any:
+    """``query`` limited to :data:`MAX_ROWS` and, for an organisation's staff, to its rows."""
+    query = query.limit(MAX_ROWS)
+    return query if p.org_id is None else query.where(org_column == p.org_id)
+
+
+def _command_cells(row: Any, _lang: str) -> list[Any]:
+    command, meter = row
+    ack = f"{command.ack_status or ''} {command.ack_observed or ''}".strip()
+    return [
+        command.issued_at.isoformat(),
+        meter.device_id,
+        command.action,
+        command.status,
+        command.origin,
+        command.actor_user_id or "",
+        ack,
+    ]
+
+
+def _alarm_cells(alarm: Any, lang: str) -> list[Any]:
+    return [
+        alarm.created_at.isoformat(),
+        alarm.kind,
+        alarm.level,
+        alarm.meter_id or "",
+        alarm.account_id or "",
+        alarm.message_en if lang == "en" else alarm.message_zh,
+        alarm.cleared_at.isoformat() if alarm.cleared_at else "",
+    ]
+
+
+_COMMANDS = _Log(
+    "command_log.html",
+    "command_log",
+    "commands",
+    lambda t: [t("issued_at"), t("meter"), t("action"), t("status"), "origin", "user", t("ack")],
+    _command_cells,
+)
+_ALARMS = _Log(
+    "alarm_log.html",
+    "alarm_log",
+    "alarms",
+    lambda t: [t("time"), t("kind"), "level", t("meter"), t("account"), t("detail"), t("resolved")],
+    _alarm_cells,
+)
+
+
 @router.get("/reports/commands", response_class=HTMLResponse)
 def command_log(
     request: Request,
@@ -226,28 +309,17 @@ def command_log(
     format: Format = "html",
 ) -> Response:
     guard.require(p, "GET", "/meters/{meter_id}/commands")
-    period = period or at.astimezone(zone_of(uow.session, p.actor)).strftime("%Y-%m")
-    start, end = period_bounds(uow.session, p.actor, period)
-    query = (
-        select(CommandRow, Meter)
-        .join(Meter, col(Meter.id) == col(CommandRow.meter_id))
-        .where(col(CommandRow.issued_at) >= start, col(CommandRow.issued_at) < end)
-        .order_by(col(CommandRow.issued_at).desc(), col(CommandRow.id).desc())
-        .limit(MAX_ROWS)
-    )
-    if p.org_id is not None:
-        query = query.where(col(CommandRow.org_id) == p.org_id)
-    rows = uow.session.execute(query).all()
-    if format == "xlsx":
-        t = translator(lang_of(request))
-        header = [t("issued_at"), t("meter"), t("action"), t("status"), "origin", "user", t("ack")]
-        data = [
-            [c.issued_at.isoformat(), m.device_id, c.action, c.status, c.origin, c.actor_user_id or "",
-             f"{c.ack_status or ''} {c.ack_observed or ''}".strip()]
-            for c, m in rows
-        ]  # fmt: skip
-        return _xlsx(sheet_bytes(t("command_log"), header, data), f"commands-{period}")
-    return render(request, "command_log.html", p, rows=rows, period=period, truncated=len(rows) >= MAX_ROWS)
+
+    def rows_between(start: datetime, end: datetime) -> Sequence[Any]:
+        query = (
+            select(CommandRow, Meter)
+            .join(Meter, col(Meter.id) == col(CommandRow.meter_id))
+            .where(col(CommandRow.issued_at) >= start, col(CommandRow.issued_at) < end)
+            .order_by(col(CommandRow.issued_at).desc(), col(CommandRow.id).desc())
+        )
+        return uow.session.execute(_bounded(query, col(CommandRow.org_id), p)).all()
+
+    return _month_log(request, p, uow.session, at, period, format, _COMMANDS, rows_between)
 
 
 @router.get("/reports/alarms", response_class=HTMLResponse)
@@ -260,28 +332,16 @@ def alarm_log(
     format: Format = "html",
 ) -> Response:
     guard.require(p, "GET", "/alarms")
-    period = period or at.astimezone(zone_of(uow.session, p.actor)).strftime("%Y-%m")
-    start, end = period_bounds(uow.session, p.actor, period)
-    query = (
-        select(Alarm)
-        .where(col(Alarm.created_at) >= start, col(Alarm.created_at) < end)
-        .order_by(col(Alarm.id).desc())
-        .limit(MAX_ROWS)
-    )
-    if p.org_id is not None:
-        query = query.where(col(Alarm.org_id) == p.org_id)
     kinds = alarm_kinds_for(p.role)
-    if kinds is not None:
-        query = query.where(col(Alarm.kind).in_(sorted(kinds)))
-    rows = list(uow.session.scalars(query))
-    lang = lang_of(request)
-    if format == "xlsx":
-        t = translator(lang)
-        header = [t("time"), t("kind"), "level", t("meter"), t("account"), t("detail"), t("resolved")]
-        data = [
-            [a.created_at.isoformat(), a.kind, a.level, a.meter_id or "", a.account_id or "",
-             a.message_en if lang == "en" else a.message_zh, a.cleared_at.isoformat() if a.cleared_at else ""]
-            for a in rows
-        ]  # fmt: skip
-        return _xlsx(sheet_bytes(t("alarm_log"), header, data), f"alarms-{period}")
-    return render(request, "alarm_log.html", p, rows=rows, period=period, truncated=len(rows) >= MAX_ROWS)
+
+    def rows_between(start: datetime, end: datetime) -> Sequence[Any]:
+        query = (
+            select(Alarm)
+            .where(col(Alarm.created_at) >= start, col(Alarm.created_at) < end)
+            .order_by(col(Alarm.id).desc())
+        )
+        if kinds is not None:
+            query = query.where(col(Alarm.kind).in_(sorted(kinds)))
+        return list(uow.session.scalars(_bounded(query, col(Alarm.org_id), p)))
+
+    return _month_log(request, p, uow.session, at, period, format, _ALARMS, rows_between)
