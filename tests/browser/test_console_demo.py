@@ -4,45 +4,21 @@ screenshots of the meter page (readings and the usage curve)."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from tests.browser.conftest import SCREENSHOTS
 from tests.browser.consolekit import EXPECTED_PAGES, log_in, menu_of
+from tests.demo_process import running_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_prints_the_console_and_a_login_per_role(page: Any) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "meterflow.cli", "demo", "--skip-commissioning", "--keep-running"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "demo-installer" in line:
-                ready.set()
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        assert ready.wait(90), "".join(lines)
-        text = "".join(lines)
+    with running_demo("--skip-commissioning", "--keep-running", ready="demo-installer", within=90) as demo:
+        text = demo.text
         found = re.search(r"console 控制台: (http://127\.0\.0\.1:\d+)/console/  \(password 密码 (\S+) ", text)
         assert found, text
         base, password = found.groups()
@@ -66,12 +42,5 @@ def test_demo_prints_the_console_and_a_login_per_role(page: Any) -> None:
         page.wait_for_selector("#readings tbody tr")
         page.wait_for_function("document.querySelector('#curve canvas') !== null")
         page.screenshot(path=str(SCREENSHOTS / "console-meter.png"), full_page=True)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(5)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        demo.proc.send_signal(signal.SIGINT)
+        assert demo.proc.wait(30) == 0

@@ -4,24 +4,20 @@ with ``--broker mosquitto`` the broker is a child process, and none is left behi
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.demo_process import running_demo
+
 needs_mosquitto = pytest.mark.skipif(
     shutil.which("mosquitto") is None, reason="mosquitto binary not installed"
 )
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _children(pid: int) -> list[int]:
@@ -38,29 +34,8 @@ def _children(pid: int) -> list[int]:
 
 
 def test_keep_running_serves_api_until_ctrl_c() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "meterflow.cli", "demo", "--skip-commissioning", "--keep-running"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "login 登录" in line:
-                ready.set()
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        assert ready.wait(80), "".join(lines)
-        text = "".join(lines)
+    with running_demo("--skip-commissioning", "--keep-running", ready="login 登录", within=80) as demo:
+        proc, text = demo.proc, demo.text
         assert "OK: the whole system works end to end" in text
         found = re.search(r"API 接口: (http://127\.0\.0\.1:\d+)/docs  login 登录: (\S+) / (\S+)", text)
         assert found, text
@@ -92,14 +67,7 @@ def test_keep_running_serves_api_until_ctrl_c() -> None:
         time.sleep(1)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0  # the story had completed: Ctrl-C is the normal way out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(5)
-    assert proc.stdout is not None
-    proc.stdout.close()
-    text = "".join(lines)
+    text = demo.text
     assert "stopped 已停止; removed " in text, text
     removed = re.search(r"removed (\S+)", text)
     assert removed
@@ -110,40 +78,15 @@ def test_keep_running_serves_api_until_ctrl_c() -> None:
 
 @needs_mosquitto
 def test_ctrl_c_mid_story_stops_everything_with_mosquitto() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "meterflow.cli", "demo", "--skip-commissioning", "--broker", "mosquitto"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    lines: list[str] = []
-    flowing = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "readings flowing" in line:
-                flowing.set()
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        assert flowing.wait(60), "".join(lines)
+    with running_demo(
+        "--skip-commissioning", "--broker", "mosquitto", ready="readings flowing", within=60
+    ) as demo:
+        proc = demo.proc
         broker = [c for c in _children(proc.pid) if "mosquitto" in Path(f"/proc/{c}/cmdline").read_text()]
         assert len(broker) == 1
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(5)
-    assert proc.stdout is not None
-    proc.stdout.close()
-    text = "".join(lines)
+    text = demo.text
     assert "interrupted 已中断" in text, text
     removed = re.search(r"removed (\S+)", text)
     assert removed, text
