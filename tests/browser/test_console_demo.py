@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import re
 import signal
-from pathlib import Path
 from typing import Any
 
 from tests.browser.conftest import SCREENSHOTS
 from tests.browser.consolekit import EXPECTED_PAGES, log_in, menu_of
 from tests.demo_process import running_demo
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_prints_the_console_and_a_login_per_role(page: Any) -> None:
