@@ -37,18 +37,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 from starlette.exceptions import StarletteDeprecationWarning
 
-from cloud.api import build_app
 from cloud.api.access import API_PREFIX, PAGE_PREFIXES, POLICY, Example, rule_for
 from cloud.api.roles_doc import generated_section, render_markdown
 from cloud.domain import ledger as rules
 from cloud.models import Alarm, AlarmKind, PayConflict, ReadingHold, Role
-from cloud.services import ledger, users
+from cloud.services import ledger
 from cloud.services.ingest import Ingest
 from cloud.services.unit import unit_of_work
-from cloud.settings import Settings
 from cloud.tenant_web import pages as tenant_pages
 from protocol.contract import Quantity, Reading, ReadingBatch, RelayState, Topics, seal_message
-from tests.cloud.test_api import Api, Bus, Clock
+from tests.cloud.test_api import Api, serve_api
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
@@ -70,16 +68,8 @@ class Org:
 
 @pytest.fixture
 def api(engine: Engine, session_factory: sessionmaker[Session]) -> Iterator[Api]:
-    clock, bus = Clock(), Bus()
-    settings = Settings(
-        environment="test", secret_key="s" * 32, database_url=str(engine.url), approval_limit_fen=LIMIT_FEN
-    )
-    app = build_app(settings, engine=engine, event_bus=bus, clock=clock)
-    with session_factory() as session:
-        users.create_admin(session, username="root", password=PASSWORD, org_name=None)
-        session.commit()
-    with TestClient(app) as client:
-        yield Api(client, clock, bus, session_factory)
+    with serve_api(engine, session_factory, admin_password=PASSWORD, approval_limit_fen=LIMIT_FEN) as api:
+        yield api
 
 
 def _held_reading(api: Api, org_id: int, gateway: str, key: str, meter: str, meter_id: int) -> int:

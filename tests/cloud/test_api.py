@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -77,18 +78,32 @@ class Api:
         return r.json()
 
 
-@pytest.fixture
-def api(engine: Engine, session_factory: sessionmaker[Session]) -> Iterator[Api]:
-    clock, bus = Clock(), Bus()
-    settings = Settings(
-        environment="test", secret_key="s" * 32, database_url=str(engine.url), login_max_failures=3
-    )
-    app = build_app(settings, engine=engine, event_bus=bus, clock=clock)
-    with session_factory() as session:
-        users.create_admin(session, username="root", password="correct horse", org_name=None)
-        session.commit()
+@contextmanager
+def serve_api(
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+    *,
+    clock: Clock | None = None,
+    admin_password: str | None = "correct horse",
+    **settings: Any,
+) -> Iterator[Api]:
+    """The API on the test database, in process, with the platform admin ``root`` (``admin_password``
+    None: no admin) and ``settings`` over the test defaults — how every API test module builds it."""
+    clock, bus = clock or Clock(), Bus()
+    config = Settings(environment="test", secret_key="s" * 32, database_url=str(engine.url), **settings)
+    app = build_app(config, engine=engine, event_bus=bus, clock=clock)
+    if admin_password is not None:
+        with session_factory() as session:
+            users.create_admin(session, username="root", password=admin_password, org_name=None)
+            session.commit()
     with TestClient(app) as client:
         yield Api(client, clock, bus, session_factory)
+
+
+@pytest.fixture
+def api(engine: Engine, session_factory: sessionmaker[Session]) -> Iterator[Api]:
+    with serve_api(engine, session_factory, login_max_failures=3) as api:
+        yield api
 
 
 def _site(api: Api, admin: dict[str, str], org: str) -> dict[str, int]:

@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 from starlette.exceptions import StarletteDeprecationWarning
 
-from cloud.api import build_app
 from cloud.domain import ledger as rules
 from cloud.domain.control import Backoff
 from cloud.events import LocalEventBus
@@ -35,14 +34,13 @@ from cloud.models import (
     ReadingRow,
 )
 from cloud.runtime import Reconciler
-from cloud.services import accounts, ledger, users
+from cloud.services import accounts, ledger
 from cloud.services.audit import Actor
 from cloud.services.billing import charge_key
 from cloud.services.control import ControlConfig
 from cloud.services.errors import Conflict
 from cloud.services.ingest import Ingest
 from cloud.services.unit import unit_of_work
-from cloud.settings import Settings
 from protocol.contract import (
     Ack,
     AckStatus,
@@ -54,14 +52,11 @@ from protocol.contract import (
     RelayState,
 )
 from tests.cloud.flowkit import T0, FlowSite, balance, batch, commands, make_flow_site, recharge, sealed
-from tests.cloud.test_api import Api, _site
-from tests.cloud.test_api import Bus as ApiBus
-from tests.cloud.test_api import Clock as ApiClock
+from tests.cloud.test_api import Api, _site, serve_api
 from tests.cloud.test_topups import Clock, Wire, pay, recharge_ack
 
 with warnings.catch_warnings():  # as in tests/cloud/test_api.py: plain httpx works the same here
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from starlette.testclient import TestClient
 
 PRICE = "0.5683"
 
@@ -568,15 +563,8 @@ def _meter_holds(
 
 @pytest.fixture
 def api(engine: Engine, session_factory: sessionmaker[Session]) -> Iterator[Api]:
-    """The API on the test database (as tests/cloud/test_api.py builds it)."""
-    clock, bus = ApiClock(), ApiBus()
-    settings = Settings(environment="test", secret_key="s" * 32, database_url=str(engine.url))
-    app = build_app(settings, engine=engine, event_bus=bus, clock=clock)
-    with session_factory() as session:
-        users.create_admin(session, username="root", password="correct horse", org_name=None)
-        session.commit()
-    with TestClient(app) as client:
-        yield Api(client, clock, bus, session_factory)
+    with serve_api(engine, session_factory) as api:
+        yield api
 
 
 def test_the_api_takes_the_figures_read_off_the_meters(api: Api) -> None:

@@ -12,16 +12,14 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud.api import build_app
 from cloud.events import LocalEventBus
 from cloud.models import Role
 from cloud.runtime import Reconciler
 from cloud.services import users
 from cloud.services.control import ControlConfig
 from cloud.services.ingest import Ingest
-from cloud.settings import Settings
 from tests.cloud.flowkit import T0, FlowSite, batch, make_flow_site
-from tests.cloud.test_api import Api, Bus, Clock, TestClient
+from tests.cloud.test_api import Api, Clock, serve_api
 
 PASSWORD = "correct horse"
 
@@ -30,10 +28,8 @@ PASSWORD = "correct horse"
 def api(engine: Engine, session_factory: sessionmaker[Session]) -> Iterator[Api]:
     clock = Clock()
     clock.now = T0 + timedelta(hours=4)
-    settings = Settings(environment="test", secret_key="s" * 32, database_url=str(engine.url))
-    app = build_app(settings, engine=engine, event_bus=Bus(), clock=clock)
-    with TestClient(app) as client:
-        yield Api(client, clock, Bus(), session_factory)
+    with serve_api(engine, session_factory, clock=clock, admin_password=None) as api:
+        yield api
 
 
 def _manager(api: Api, site: FlowSite, role: Role = Role.MANAGER) -> dict[str, str]:

@@ -13,24 +13,15 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
-from cloud.api import build_app
 from cloud.models import Alarm, AuditLog, Project, Role
-from cloud.services import users
 from cloud.services.audit import AuditAction
-from cloud.settings import Settings
-from tests.cloud.test_api import Api, Bus, Clock, TestClient
+from tests.cloud.test_api import Api, serve_api
 
 
 @pytest.fixture
 def api(engine: Engine, session_factory: sessionmaker[Session]) -> Iterator[Api]:
-    clock, bus = Clock(), Bus()
-    settings = Settings(environment="test", secret_key="s" * 32, database_url=str(engine.url))
-    app = build_app(settings, engine=engine, event_bus=bus, clock=clock)
-    with session_factory() as session:
-        users.create_admin(session, username="root", password="correct horse", org_name=None)
-        session.commit()
-    with TestClient(app) as client:
-        yield Api(client, clock, bus, session_factory)
+    with serve_api(engine, session_factory) as api:
+        yield api
 
 
 def _org(api: Api, name: str) -> dict[str, Any]:

@@ -15,15 +15,12 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud.api import build_app
 from cloud.events import GATEWAY_METERS_CHANGED
 from cloud.models import Gateway, Meter, ProvisioningCode, Role
-from cloud.services import users
 from cloud.services.control import ControlConfig, gateway_config
 from cloud.services.provisioning import hash_code
-from cloud.settings import Settings
 from protocol.contract import GatewayConfig, Kind, open_message
-from tests.cloud.test_api import Api, Bus, Clock, TestClient
+from tests.cloud.test_api import Api, serve_api
 
 METERS = [
     {"id": "line1.000000000101", "line": "line1", "protocol": "dlt645", "address": "000000000101"},
@@ -41,16 +38,8 @@ METERS = [
 
 @pytest.fixture
 def api(engine: Engine, session_factory: sessionmaker[Session]) -> Iterator[Api]:
-    clock, bus = Clock(), Bus()
-    settings = Settings(
-        environment="test", secret_key="s" * 32, database_url=str(engine.url), login_max_failures=3
-    )
-    app = build_app(settings, engine=engine, event_bus=bus, clock=clock)
-    with session_factory() as session:
-        users.create_admin(session, username="root", password="correct horse", org_name=None)
-        session.commit()
-    with TestClient(app) as client:
-        yield Api(client, clock, bus, session_factory)
+    with serve_api(engine, session_factory, login_max_failures=3) as api:
+        yield api
 
 
 def _site(api: Api, name: str) -> dict[str, Any]:

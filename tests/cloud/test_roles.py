@@ -19,37 +19,26 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 from starlette.exceptions import StarletteDeprecationWarning
 
-from cloud.api import build_app
 from cloud.domain import ledger as rules
 from cloud.models import Account, Alarm, AuditLog, Meter, Role
-from cloud.services import approvals, ledger, users
+from cloud.services import approvals, ledger
 from cloud.services.audit import Actor
 from cloud.services.errors import Conflict
 from cloud.services.unit import unit_of_work
-from cloud.settings import Settings
 from tests.cloud.flowkit import FlowSite, balance
-from tests.cloud.test_api import Api, Bus, Clock, _site
+from tests.cloud.test_api import Api, _site, serve_api
 from tests.cloud.test_local_prepay_lifecycle import held, ledger_ok, reading, revenue, topped_up
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from starlette.testclient import TestClient
 
 LIMIT_FEN = 5_000
 
 
 @pytest.fixture
 def api(engine: Engine, session_factory: sessionmaker[Session]) -> Iterator[Api]:
-    clock, bus = Clock(), Bus()
-    settings = Settings(
-        environment="test", secret_key="s" * 32, database_url=str(engine.url), approval_limit_fen=LIMIT_FEN
-    )
-    app = build_app(settings, engine=engine, event_bus=bus, clock=clock)
-    with session_factory() as session:
-        users.create_admin(session, username="root", password="correct horse", org_name=None)
-        session.commit()
-    with TestClient(app) as client:
-        yield Api(client, clock, bus, session_factory)
+    with serve_api(engine, session_factory, approval_limit_fen=LIMIT_FEN) as api:
+        yield api
 
 
 def _local(api: Api, amount_fen: int) -> tuple[FlowSite, Any]:
