@@ -54,6 +54,7 @@ from cloud.models import (
     LedgerEntry,
     LedgerTransaction,
     MeterState,
+    Project,
     ReadingRow,
 )
 from cloud.services import ledger as ledger_service
@@ -62,6 +63,7 @@ from cloud.services.bulk import in_values
 from cloud.services.control import lock_meter_states
 from cloud.services.isolation import FAULTS, Unit, UnitKind, account_unit, each_isolated
 from cloud.services.notify.events import notify_gateway_offline, notify_meters_offline
+from cloud.services.tariff_coverage import check_project
 from cloud.services.unit import Publisher
 
 __all__ = [
@@ -385,6 +387,26 @@ def payments_prune(session: Session, ctx: JobContext) -> dict[str, Any]:
     return {"nonces_pruned": prune_nonces(session, ctx.now, window)}
 
 
+def tariff_coverage(session: Session, ctx: JobContext) -> dict[str, Any]:
+    """Every project's ``no_tariff`` alarm, checked again. Changing tariffs checks the projects they
+    touch at once; this finds the rest — a meter registered by a gateway or moved between projects
+    after its project's tariffs were set — within the hour, and clears the alarm once they are covered.
+    Each project on its own: one with rows no reader can use holds only itself."""
+    projects = session.scalars(select(Project).order_by(col(Project.id))).all()
+    checked = each_isolated(
+        session,
+        projects,
+        lambda p: Unit(UnitKind.PROJECT, p.id or 0, p.org_id, p.name),
+        lambda p: len(check_project(session, p, ctx.now)),
+        ctx.now,
+    )
+    return {
+        "projects": len(projects),
+        "meters_without_tariff": sum(n for _, n in checked.done),
+        "failed": len(checked.failed),
+    }
+
+
 JOBS: dict[str, tuple[str, JobFn, float]] = {
     # name: (period kind, function, how often the scheduler asks, seconds)
     "offline_check": ("minute", offline_check, 30.0),
@@ -394,6 +416,7 @@ JOBS: dict[str, tuple[str, JobFn, float]] = {
     "payments_poll": ("minute", payments_poll, 20.0),
     "payments_bill": ("day", payments_bill, 1800.0),
     "payments_prune": ("hour", payments_prune, 600.0),
+    "tariff_coverage": ("hour", tariff_coverage, 600.0),
 }
 
 

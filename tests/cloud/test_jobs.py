@@ -23,14 +23,17 @@ from cloud.jobs import (
     offline_check,
     period_key,
     run_once,
+    tariff_coverage,
 )
 from cloud.models import (
     Account,
     AccountState,
     Alarm,
     DailyAggregate,
+    Gateway,
     GatewayStatusRow,
     JobRun,
+    Meter,
     MeterState,
     Project,
 )
@@ -263,3 +266,41 @@ def test_daily_aggregates_of_the_previous_local_day(session_factory: sessionmake
     account_row = rows[f"account:{site.accounts['m1']}"]
     assert account_row.charges_fen == 200
     assert account_row.closing_balance_fen == 10_000 - 200
+
+
+def test_tariff_coverage_names_meters_added_after_the_tariffs_and_clears(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A meter registered into a project with no electricity default after its tariffs were set: the
+    hourly job names it in the project's no_tariff alarm; once the project gets a default, it clears."""
+    site = make_flow_site(session_factory)
+    with session_factory() as s:
+        flat = s.get(Project, site.project_id)
+        assert flat is not None
+        bare = Project(org_id=site.org_id, name="二期")
+        s.add(bare)
+        s.flush()
+        gateway = Gateway(org_id=site.org_id, project_id=bare.id, device_id=f"gw-{uuid.uuid4().hex[:8]}")
+        s.add(gateway)
+        s.flush()
+        s.add(Meter(org_id=site.org_id, gateway_id=gateway.id, device_id="m-new", address="000000000099"))
+        s.commit()
+        bare_id, tariff_id = bare.id, flat.electric_tariff_id
+    with session_factory() as s:
+        result = tariff_coverage(s, ctx(T0))
+        s.commit()
+    assert result["meters_without_tariff"] == 1
+    assert result["failed"] == 0
+    with session_factory() as s:
+        alarm = s.scalars(select(Alarm).where(col(Alarm.dedupe_key) == f"no_tariff:project:{bare_id}")).one()
+        assert alarm.cleared_at is None
+        assert alarm.detail["meters"] == ["m-new"]
+        assert alarm.org_id == site.org_id
+        s.execute(update(Project).where(col(Project.id) == bare_id).values(electric_tariff_id=tariff_id))
+        s.commit()
+    with session_factory() as s:
+        assert tariff_coverage(s, ctx(T0 + timedelta(hours=1)))["meters_without_tariff"] == 0
+        s.commit()
+    with session_factory() as s:
+        alarm = s.scalars(select(Alarm).where(col(Alarm.dedupe_key) == f"no_tariff:project:{bare_id}")).one()
+        assert alarm.cleared_at is not None
