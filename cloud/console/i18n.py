@@ -275,3 +275,7 @@ def translator(lang: str) -> Callable[[str], str]:
 from cloud.console.i18n_accounts import ACCOUNT_MESSAGES  # noqa: E402 - the account pages' words
 
 MESSAGES.update(ACCOUNT_MESSAGES)
+
+from cloud.console.i18n_cashier import CASHIER_MESSAGES  # noqa: E402 - the cashier report's words
+
+MESSAGES.update(CASHIER_MESSAGES)

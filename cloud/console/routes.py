@@ -119,4 +119,7 @@ def build_router() -> APIRouter:
 
     for module in (settings, lifecycle, tariff_whatif):
         router.include_router(module.router)
+    from cloud.console import cashier  # the daily cashier report
+
+    router.include_router(cashier.router)
     return router
