@@ -119,7 +119,8 @@ def build_router() -> APIRouter:
 
     for module in (settings, lifecycle, tariff_whatif):
         router.include_router(module.router)
-    from cloud.console import cashier  # the daily cashier report
+    from cloud.console import cashier, contact  # the daily cashier report; my notices
 
-    router.include_router(cashier.router)
+    for module in (cashier, contact):
+        router.include_router(module.router)
     return router
