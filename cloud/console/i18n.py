@@ -275,3 +275,6 @@ def translator(lang: str) -> Callable[[str], str]:
 from cloud.console.i18n_accounts import ACCOUNT_MESSAGES  # noqa: E402 - the account pages' words
 
 MESSAGES.update(ACCOUNT_MESSAGES)
+from cloud.console.i18n_gateways import GATEWAY_MESSAGES  # noqa: E402 - the gateway pages' words
+
+MESSAGES.update(GATEWAY_MESSAGES)

@@ -119,4 +119,7 @@ def build_router() -> APIRouter:
 
     for module in (settings, lifecycle, tariff_whatif):
         router.include_router(module.router)
+    from cloud.console import gateways  # issue 14: gateway detail, provisioning codes, dead letters
+
+    router.include_router(gateways.router)
     return router
