@@ -7,7 +7,7 @@ from __future__ import annotations
 __all__ = ["GATEWAY_MESSAGES"]
 
 GATEWAY_MESSAGES: dict[str, tuple[str, str]] = {
-    "dead_letters": ("死信", "Dead letters"),
+    "dead-letters": ("死信", "Dead letters"),
     "dl_help": (
         "网关发来但无法处理的消息，最新在前；只显示开头若干字节、总大小和 SHA-256，不显示完整内容",
         "Messages from gateways that could not be applied, newest first; only their first bytes, full "

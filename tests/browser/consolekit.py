@@ -139,4 +139,4 @@ class Console:
 
 
 for _role in ("admin", "manager", "installer"):  # dead letters: GET /dead-letters (builders)
-    EXPECTED_PAGES[_role].append("dead_letters")
+    EXPECTED_PAGES[_role].append("dead-letters")  # key = path under /console
