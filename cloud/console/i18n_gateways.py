@@ -73,5 +73,11 @@ GATEWAY_MESSAGES: dict[str, tuple[str, str]] = {
         "site.json 是扫描得到的调试报告（见 docs/installer.md）",
         "site.json is the scan's commissioning report (docs/installer.md)",
     ),
-    "gw_details": ("详情", "Details"),
+    "gw_url": ("地址", "Address"),
+    "gw_transactions": ("通信次数", "Transactions"),
+    "gw_timeouts": ("超时", "Timeouts"),
+    "gw_errors": ("错误", "Errors"),
+    "gw_utilisation": ("总线占用率", "Utilisation"),
+    "gw_meters_online": ("在线表计", "Meters online"),
+    "gw_meters_offline": ("离线表计", "Meters offline"),
 }

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlmodel import col
 
-from cloud.models import AuditLog, DeadLetter, GatewayKey, Meter, ProvisioningCode
+from cloud.models import AuditLog, DeadLetter, GatewayKey, GatewayStatusRow, Meter, ProvisioningCode
 from cloud.services.audit import AuditAction
 from tests.browser.consolekit import Console, make_console_site
 from tests.cloud.flowkit import T0, make_flow_site
@@ -71,6 +71,35 @@ def test_builders_see_the_gateway_page_with_its_report_and_keys(c: Console, role
     listing = c.client.get("/console/gateways").text
     assert f'href="{_gw(c)}"' in listing
     assert ('id="new-code"' in listing) is True
+
+
+def test_the_gateway_page_shows_its_last_status_and_lines(c: Console) -> None:
+    with c.factory() as s:
+        s.add(
+            GatewayStatusRow(
+                gateway_id=c.site.flow.gateway_id,
+                online=True,
+                version="1.4.2",
+                last_seen=T0,
+                outbox_backlog=17,
+                outbox_oldest_age_s=340,
+                lines=[
+                    {"name": "rs485-1", "url": "/dev/ttyUSB0", "transactions": 812, "timeouts": 3,
+                     "errors": 1, "utilisation": "0.4200", "meters_online": 2, "meters_offline": 1},
+                ],
+            )
+        )  # fmt: skip
+        s.commit()
+    c.login("installer")
+    page = c.client.get(_gw(c)).text
+    assert 'id="gateway-online">在线' in page
+    assert "1.4.2" in page
+    assert ">17 (" in page
+    assert re.search(
+        r'data-line="rs485-1"><td>rs485-1</td><td>/dev/ttyUSB0</td><td class="num">812</td>'
+        r'<td class="num">3</td><td class="num">1</td>',
+        page.replace("\n", ""),
+    )
 
 
 @pytest.mark.parametrize("role", ["finance", "tenant"])
