@@ -41,6 +41,7 @@ PAGES: tuple[Page, ...] = (
     Page("tariffs", "/console/tariffs", ("GET", "/tariffs")),
     Page("settings", "/console/settings", ("GET", "/projects")),
     Page("accounts", "/console/accounts", ("GET", "/accounts")),
+    Page("dead-letters", "/console/dead-letters", ("GET", "/dead-letters")),
 )
 
 

@@ -279,3 +279,7 @@ MESSAGES.update(ACCOUNT_MESSAGES)
 from cloud.console.i18n_cashier import CASHIER_MESSAGES  # noqa: E402 - the cashier report's words
 
 MESSAGES.update(CASHIER_MESSAGES)
+
+from cloud.console.i18n_gateways import GATEWAY_MESSAGES  # noqa: E402 - the gateway pages' words
+
+MESSAGES.update(GATEWAY_MESSAGES)

@@ -119,8 +119,8 @@ def build_router() -> APIRouter:
 
     for module in (settings, lifecycle, tariff_whatif):
         router.include_router(module.router)
-    from cloud.console import cashier, contact  # the daily cashier report; my notices
+    from cloud.console import cashier, contact, gateways  # cashier report; my notices; gateways
 
-    for module in (cashier, contact):
+    for module in (cashier, contact, gateways):
         router.include_router(module.router)
     return router

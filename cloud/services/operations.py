@@ -64,10 +64,17 @@ def list_alarms(
 
 
 def list_dead_letters(
-    session: Session, actor: Actor, *, page: Page | None = _RECENT_LETTERS
+    session: Session,
+    actor: Actor,
+    *,
+    page: Page | None = _RECENT_LETTERS,
+    gateway_device: str | None = None,
 ) -> Sequence[DeadLetter]:
-    """Messages that could not be applied, newest first; an organisation sees its own gateways' ones."""
+    """Messages that could not be applied, newest first; an organisation sees its own gateways' ones.
+    ``gateway_device`` narrows them to one gateway (the console's filter), inside the same scope."""
     query = select(DeadLetter)
+    if gateway_device is not None:
+        query = query.where(col(DeadLetter.gateway_device) == gateway_device)
     if actor.org_id is not None:
         own = select(col(Gateway.device_id)).where(col(Gateway.org_id) == actor.org_id)
         query = query.where(col(DeadLetter.gateway_device).in_(own))

@@ -136,3 +136,7 @@ class Console:
     def count(self, model: Any, *where: Any) -> int:
         with self.factory() as s:
             return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+
+for _role in ("admin", "manager", "installer"):  # dead letters: GET /dead-letters (builders)
+    EXPECTED_PAGES[_role].append("dead-letters")  # key = path under /console
