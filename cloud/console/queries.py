@@ -51,6 +51,7 @@ __all__ = [
     "readings_before",
     "tree_html",
     "use_value",
+    "values_before",
     "zone_of",
 ]
 
@@ -122,26 +123,29 @@ def use_value(values: dict[str, str] | None) -> Decimal | None:
     return None
 
 
-def readings_before(
-    session: Session, meter_ids: Sequence[int], before: datetime
-) -> dict[int, Decimal | None]:
-    """Each meter's use register at its last reading before ``before``, in one statement: a correlated
-    ``max(ts)`` per meter, an index seek on ``ix_reading_meter_id_ts`` each."""
-    if not meter_ids:
-        return {}
+def values_before(before: datetime) -> Any:
+    """A scalar subquery correlated with :class:`Meter`: the ``values`` of the meter's last reading
+    before ``before`` — one backward index seek on ``ix_reading_meter_id_ts`` per meter. Used as a
+    column of the caller's own meter query, so a report of 1,000 meters needs no list of their ids."""
     inner = aliased(ReadingRow)
-    last_ts = (
-        select(func.max(col(inner.ts)))
+    return (
+        select(col(inner.values))
         .where(col(inner.meter_id) == col(Meter.id), col(inner.ts) < before)
+        .order_by(col(inner.ts).desc(), col(inner.id).desc())
+        .limit(1)
         .correlate(Meter)
         .scalar_subquery()
     )
-    query = (
-        select(col(Meter.id), col(ReadingRow.values))
-        .select_from(Meter)
-        .join(ReadingRow, and_(col(ReadingRow.meter_id) == col(Meter.id), col(ReadingRow.ts) == last_ts))
-        .where(col(Meter.id).in_(meter_ids))
-    )
+
+
+def readings_before(
+    session: Session, meter_ids: Sequence[int], before: datetime
+) -> dict[int, Decimal | None]:
+    """Each meter's use register at its last reading before ``before``, in one statement
+    (:func:`values_before` per meter)."""
+    if not meter_ids:
+        return {}
+    query = select(col(Meter.id), values_before(before)).where(col(Meter.id).in_(meter_ids))
     return {int(mid or 0): use_value(values) for mid, values in session.execute(query).all()}
 
 
