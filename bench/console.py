@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, text
 
-from cloud.api import build_app
+from cloud.api import build_app, settle_heap
 from cloud.db import create_database, drop_database, make_engine, make_session_factory
 from cloud.migrations import upgrade
 from cloud.models import Building, Floor, Gateway, Organisation, Project, Role
@@ -184,6 +184,7 @@ def p95(samples: list[float]) -> float:
 def measure(url: str, counts: dict[str, int], samples: int, now: datetime) -> dict[str, list[float]]:
     engine = make_engine(url)
     app = build_app(Settings(environment="test", secret_key="b" * 32, database_url=url), engine=engine)
+    settle_heap()  # as ``meterflow cloud serve`` does before it serves
     last_month = (now.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
     rng = random.Random(7)
     times: dict[str, list[float]] = {k: [] for k in ("monitor", "monitor2", "balance", "report")}
