@@ -106,7 +106,7 @@ def settle_heap() -> None:
     200,000 objects — out of the garbage collector's reach (:func:`gc.freeze`), after one collection.
 
     Every full collection otherwise walks all of them: measured 120 ms for one ``gc.collect()`` in the
-    console's process, and 150–300 ms pauses landing on random requests — the whole tail of the
+    console's process, and 150–300 ms pauses landing on random requests — most of the tail of the
     console's p95 at 100,000 meters (bench/console.py, docs/benchmarks.md). Call once, at the start
     of a long-running server, after :func:`build_app`; what requests create later is collected as
     usual. Not for test processes that build many apps (their garbage would stay frozen)."""
