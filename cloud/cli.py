@@ -151,7 +151,7 @@ def _create_admin(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from cloud.api import build_app, uvicorn_options
+    from cloud.api import build_app, settle_heap, uvicorn_options
     from cloud.migrations import upgrade
 
     settings = _settings(args)
@@ -171,5 +171,6 @@ def _serve(args: argparse.Namespace) -> int:
         # a service says what it is doing: the API address, the broker link (connected, refused, lost)
         service.setLevel(logging.INFO)
     log.info("serving the Meterflow API on http://%s:%s (docs at /docs)", host, port)
+    settle_heap()
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, **uvicorn_options())
     return 0

@@ -2,9 +2,10 @@
 screen and in Excel.
 
 Energy is read off the meters, not the ledger: each meter's last reading before the period and
-before its end (one index seek each on ``ix_reading_meter_id_ts``, in one query), the difference
-being the period's use; the spend beside it is the period's charges on the ledger (shown only to
-roles that see money). The logs are the month's rows, newest first, bounded (:data:`MAX_ROWS`).
+before its end (one index seek each on ``ix_reading_meter_id_ts``, as two columns of the rows' own
+query), the difference being the period's use; the spend beside it is the period's charges on the
+ledger (shown only to roles that see money). The logs are the month's rows, newest first, bounded
+(:data:`MAX_ROWS`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from cloud.api.access import alarm_kinds_for
 from cloud.api.deps import MAX_ID, Db, Now, Principal
 from cloud.console import guard
 from cloud.console.i18n import translator
-from cloud.console.queries import day_bounds, readings_before, zone_of
+from cloud.console.queries import day_bounds, use_value, values_before, zone_of
 from cloud.console.reports import month_bounds
 from cloud.console.web import ConsoleRoute, Staff, lang_of, render
 from cloud.domain.ledger import TxnKind
@@ -101,6 +102,8 @@ def energy_rows(
             col(Room.name).label("room"),
             col(Floor.name).label("floor"),
             col(Building.name).label("building"),
+            values_before(start).label("opening"),
+            values_before(end).label("closing"),
         )
         .select_from(Meter)
         .outerjoin(Room, col(Room.id) == col(Meter.room_id))
@@ -120,7 +123,6 @@ def energy_rows(
         query = query.where(col(Building.id) == building_id)
     found = session.execute(query).all()
     ids = [int(r.id) for r in found]
-    opening, closing = readings_before(session, ids, start), readings_before(session, ids, end)
     spend: dict[int, int] = {}
     if money and ids:
         charges = session.execute(
@@ -144,8 +146,8 @@ def energy_rows(
             building=r.building or "",
             floor=r.floor or "",
             room=r.room or "",
-            opening=opening.get(r.id),
-            closing=closing.get(r.id),
+            opening=use_value(r.opening),
+            closing=use_value(r.closing),
             spend_fen=spend.get(r.id, 0),
         )
         for r in found

@@ -21,7 +21,7 @@ from sqlmodel import col
 from cloud.api.access import alarm_kinds_for
 from cloud.api.deps import MAX_ID, Db, Now, PathId, Principal, Uow
 from cloud.console import guard, session
-from cloud.console.queries import MonitorFilter, buildings_tree, monitor_rows
+from cloud.console.queries import MonitorFilter, buildings_tree, monitor_rows, tree_html
 from cloud.console.web import ConsoleRoute, Staff, render
 from cloud.events import COMMAND_QUEUED
 from cloud.models import Alarm, MeterState, ReadingRow
@@ -86,7 +86,7 @@ def room_monitor(
         p,
         rows=rows,
         flt=flt,
-        tree=buildings_tree(uow.session, p.actor),
+        tree_html=tree_html(buildings_tree(uow.session, p.actor), flt.building_id, flt.floor_id),
         next_after=rows[-1].meter_id if more and rows else None,
         money=money,
         message=request.query_params.get("done", ""),

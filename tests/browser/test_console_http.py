@@ -286,3 +286,54 @@ def test_dashboard_figures_and_their_links(console_http: Console) -> None:
     off = c.client.get("/console/rooms?status=off").text
     assert off.count('class="pick"') == 1
     assert f'value="{meter}" class="pick"' in off
+
+
+def test_the_monitor_tree_marks_the_chosen_floor_and_escapes_names(console_http: Console) -> None:
+    from cloud.console.queries import TreeNode, tree_html
+    from cloud.models import Building, Floor
+
+    tree = [(TreeNode(7, "<b>B&1</b>"), [TreeNode(70, "1F"), TreeNode(71, '"2F"')])]
+    html = str(tree_html(tree, None, 71))
+    assert "&lt;b&gt;B&amp;1&lt;/b&gt;" in html
+    assert "<b>" not in html
+    assert '<a class="floor on" href="/console/rooms?floor_id=71">&#34;2F&#34;</a>' in html
+    assert '<a class="floor " href="/console/rooms?floor_id=70">1F</a>' in html
+    assert 'href="/console/rooms?building_id=7" class=""' in html
+    assert 'href="/console/rooms?building_id=7" class="on"' in str(tree_html(tree, 7, None))
+
+    c = console_http
+    c.login("manager")
+    with c.factory() as s:
+        floor = s.scalars(select(Floor).where(col(Floor.building_id) == c.site.building_id)).one()
+        building = s.get(Building, c.site.building_id)
+        assert building is not None
+        floor_id, name = floor.id, building.name
+    page = c.client.get(f"/console/rooms?floor_id={floor_id}").text
+    assert f'<a class="floor on" href="/console/rooms?floor_id={floor_id}">3F</a>' in page
+    assert f'href="/console/rooms?building_id={c.site.building_id}" class="">{name}</a>' in page
+
+
+def test_the_monitor_shows_todays_use_from_the_state_and_the_last_reading_before_midnight(
+    console_http: Console,
+) -> None:
+    from datetime import timedelta
+
+    from cloud.models import ReadingRow
+
+    c = console_http
+    c.login("manager")
+    meter_id = c.site.flow.meters["m1"]
+    at = c.client.app.state.clock()
+    with c.factory() as s:
+        meter = s.get(Meter, meter_id)
+        assert meter is not None
+        s.add(MeterState(meter_id=meter_id, observed="closed", offline=False,
+                         last_values={"energy_total_kwh": "105.25"}))  # fmt: skip
+        s.add(ReadingRow(gateway_id=meter.gateway_id, meter_device=meter.device_id, meter_id=meter_id,
+                         seq=1, ts=at - timedelta(days=2), received_at=at - timedelta(days=2),
+                         values={"energy_total_kwh": "100.00"}, status="billed"))  # fmt: skip
+        s.commit()
+    page = c.client.get("/console/rooms").text
+    row = re.search(rf'<tr data-meter="{meter_id}".*?</tr>', page, re.S)
+    assert row is not None
+    assert re.search(r'<td class="num">5\.25</td>', row.group(0)), row.group(0)
