@@ -867,7 +867,7 @@ def plan_charges(pending: Sequence[PendingCharge], gateway_id: int) -> ChargePla
         debit, credit = sorted(item.txn.postings, key=lambda p: p.amount_fen)
         if (
             len(item.txn.postings) != 2
-            or not debit.account.startswith("wallet:")
+            or not dledger.is_wallet(debit.account)
             or "backfill" in item.txn.meta
         ):
             plan.singles.append(item)
@@ -881,7 +881,7 @@ def plan_charges(pending: Sequence[PendingCharge], gateway_id: int) -> ChargePla
         if len(members) == 1:
             plan.singles.extend(members)
             continue
-        utility = revenue.rsplit(":", 1)[-1]
+        utility = dledger.revenue_utility(revenue)
         txn = dledger.charge_batch(
             f"chgb:{gateway_id}:{members[0].reading_id}",
             [m.txn for m in members],

@@ -438,7 +438,7 @@ def _move_to_meter(session: Session, row: CommandRow, now: datetime) -> None:
     credited = [
         p.account
         for p in load_transaction(session, recharge).postings
-        if p.account.startswith("wallet:") and p.amount_fen > 0
+        if dledger.is_wallet(p.account) and p.amount_fen > 0
     ]
     if len(credited) != 1:
         return

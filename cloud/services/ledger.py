@@ -9,7 +9,8 @@ constraint inside a savepoint and re-reads the winner. Same key with different c
 :class:`IdempotencyConflict`.
 
 Ledger account codes are the domain's (``wallet:<account id>``, ``cash:<project>``,
-``revenue:<project>:<utility>``, ``settlement:<project>``, ...); rows are created on first use.
+``revenue:<project>:<utility>``, ``settlement:<project>``, ...: built and read by the helpers of
+:mod:`cloud.domain.ledger`); rows are created on first use.
 
 :func:`post_many` writes a batch of one organisation's transactions in a handful of statements (the
 way to bill a batch of readings: bench/ledger.py measures both). :func:`check_balances` and
@@ -31,6 +32,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 from sqlmodel import col
 
+from cloud.domain import ledger as dledger
 from cloud.domain.errors import IdempotencyConflict, LedgerError
 from cloud.domain.ledger import Posting, Transaction, TxnKind
 from cloud.models import (
@@ -60,17 +62,16 @@ __all__ = [
     "post_many",
     "rebuild_balances",
     "resolve_ledger_accounts",
-    "wallet_account_id",
 ]
 
 _KIND_BY_PREFIX = {
-    "wallet": LedgerAccountKind.TENANT,
-    "cash": LedgerAccountKind.CASH,
-    "revenue": LedgerAccountKind.REVENUE,
-    "settlement": LedgerAccountKind.SUSPENSE,
-    "payout": LedgerAccountKind.SUSPENSE,
-    "held": LedgerAccountKind.SUSPENSE,  # topped up onto a local-prepay meter: the meter holds it now
-    "suspense": LedgerAccountKind.SUSPENSE,  # money received for no order of ours (the trade bill)
+    dledger.WALLET: LedgerAccountKind.TENANT,
+    dledger.CASH: LedgerAccountKind.CASH,
+    dledger.REVENUE: LedgerAccountKind.REVENUE,
+    dledger.SETTLEMENT: LedgerAccountKind.SUSPENSE,
+    dledger.PAYOUT: LedgerAccountKind.SUSPENSE,
+    dledger.HELD: LedgerAccountKind.SUSPENSE,  # topped up onto a local-prepay meter: the meter holds it now
+    dledger.SUSPENSE: LedgerAccountKind.SUSPENSE,  # money received for no order of ours (the trade bill)
 }
 
 
@@ -134,16 +135,6 @@ class LedgerReport:
         return not self.mismatches and self.ledger_total_fen == 0
 
 
-def wallet_account_id(code: str) -> int | None:
-    """The prepaid account id of a ``wallet:<id>`` code, else None."""
-    prefix, _, rest = code.partition(":")
-    if prefix != "wallet":
-        return None
-    if not rest.isdigit():
-        raise LedgerError(f"wallet code {code!r} does not name an account id")
-    return int(rest)
-
-
 _ACCOUNTS = metadata.tables["ledger_account"]
 _ENTRIES = metadata.tables["ledger_entry"]
 _TXNS = metadata.tables["ledger_transaction"]
@@ -181,12 +172,12 @@ def ensure_ledger_account(session: Session, org_id: int, code: str, *, name: str
     found = session.scalars(query).one_or_none()
     if found is not None:
         return found
-    account_id = wallet_account_id(code)
+    account_id = dledger.wallet_account_id(code)
     if account_id is not None:
         owner = session.get(Account, account_id)
         if owner is None or owner.org_id != org_id:
             raise LedgerError(f"{code}: no account {account_id} in organisation {org_id}")
-    kind = _KIND_BY_PREFIX.get(code.partition(":")[0], LedgerAccountKind.ADJUSTMENT)
+    kind = _KIND_BY_PREFIX.get(dledger.code_prefix(code), LedgerAccountKind.ADJUSTMENT)
     row = LedgerAccount(org_id=org_id, code=code, kind=kind, name=name or code, account_id=account_id)
     try:
         with session.begin_nested():

@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from cloud.domain.ledger import wallet_code
 from cloud.models import (
     Account,
     LedgerEntry,
@@ -207,7 +208,7 @@ def usage(session: Session, account: Account, now: datetime, *, by: str, periods
 
 
 def _line_detail(txn: LedgerTransaction, account_id: int) -> dict[str, Any]:
-    line = batch_line(txn.details, f"wallet:{account_id}")
+    line = batch_line(txn.details, wallet_code(account_id))
     return dict(line) if line is not None else dict(txn.details)
 
 
