@@ -61,12 +61,12 @@ from cloud.services.control import (
     ControlConfig,
     OutgoingCommand,
     claim_commands,
-    gateway_config,
     lock_meter_states,
     mark_sent,
     plan_commands,
     sweep,
 )
+from cloud.services.horizons import gateway_config
 from cloud.services.ingest import Ingest
 from cloud.services.isolation import Unit, UnitKind, account_unit, each_isolated, isolated
 from cloud.services.notify.setup import make_sender, run_sender

@@ -33,7 +33,7 @@ billing baseline. A new reading is judged against it by :func:`cloud.domain.read
 - a local-prepay meter (``prepay_mode`` local) → rated exactly like any other (tariff, TOU, tiers,
   the account's residue and tier usage) and ``billed``, but the charge debits ``held:<meter>``, not
   the wallet: the meter deducts its consumption itself, from money that moved wallet → held when its
-  top-up was acknowledged (:func:`cloud.services.control.apply_ack`). So held tracks what the meter
+  top-up was acknowledged (:func:`cloud.services.meter_topups.move_to_meter`). So held tracks what the meter
   should still hold, revenue includes local meters, and neither the wallet balance nor the arrears
   policy sees these charges. A reported ``remaining_yuan`` is compared with held
   (:func:`cloud.services.local_prepay.check_remaining`: an alarm beyond 1 yuan, nothing posted). Late
