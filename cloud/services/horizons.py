@@ -3,7 +3,7 @@
 :func:`gateway_config` builds the retained ``GatewayConfig`` with a credit horizon per remote-prepay
 meter (:func:`cloud.domain.horizons.credit_horizon`): the register value at which the meter's share of
 its account's money runs out, for the gateway to enforce while it cannot reach the cloud. It reads the
-tariff like billing does (:func:`cloud.services.billing.schedule_for`) and the account's tier usage
+tariff like billing does (:func:`cloud.services.tariff_loading.schedule_for`) and the account's tier usage
 (:mod:`cloud.services.tier_usage`). It is sealed with the gateway's key and numbered, like commands
 are signed (docs/security.md, "Signed messages and gateway keys"); the runtime
 (:class:`cloud.runtime`) publishes it retained when a gateway's balances or meters change.
@@ -33,11 +33,12 @@ from cloud.models import (
 )
 from cloud.services import tier_usage
 from cloud.services.arrears import project_zone
-from cloud.services.billing import BillingCache, schedule_for, snapshot_values
 from cloud.services.control import ControlConfig
 from cloud.services.isolation import UnitFault
 from cloud.services.keys import down_key
 from cloud.services.provisioning import planned_meters, plans_meters
+from cloud.services.rating import BillingCache, snapshot_values
+from cloud.services.tariff_loading import schedule_for, tariff_id_of
 from protocol.contract import CreditHorizon, GatewayConfig, Quantity, seal_message
 
 __all__ = ["gateway_config"]
@@ -86,9 +87,7 @@ def gateway_config(
         quantity = Quantity.FLOW_TOTAL_M3 if meter.kind == MeterKind.WATER else Quantity.ENERGY_TOTAL_KWH
         register = snapshot_values(state.last_values).get(quantity)
         project = cache.project(session, account.project_id)
-        tariff_id = meter.tariff_id or (
-            project.water_tariff_id if meter.kind == MeterKind.WATER else project.electric_tariff_id
-        )
+        tariff_id = tariff_id_of(meter, project)
         try:
             schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
             tz = project_zone(project)

@@ -39,7 +39,7 @@ from cloud.models import (
     TariffVersion,
 )
 from cloud.services.accounts import active_meters
-from cloud.services.billing import batch_line
+from cloud.services.ledger import batch_line
 from cloud.services.pages import Page, paged
 
 __all__ = [
