@@ -238,7 +238,6 @@ def _late(
     return outcome
 
 
-
 def _rerate(
     session: Session,
     gateway_device: str,
@@ -391,5 +390,3 @@ def _rerate(
         update(ReadingRow).where(col(ReadingRow.id) == after.id).values(txn_key=key_b if fen_b > 0 else None)
     )
     return BillingOutcome(ReadingStatus.BILLED, account.id, 0, key_a if fen_a > 0 else None, detail=reason)
-
-

@@ -512,11 +512,7 @@ def plan_charges(pending: Sequence[PendingCharge], gateway_id: int) -> ChargePla
     rounds: dict[tuple[int, str, int, str], int] = {}
     for item in sorted(pending, key=lambda p: p.reading_id):
         debit, credit = sorted(item.txn.postings, key=lambda p: p.amount_fen)
-        if (
-            len(item.txn.postings) != 2
-            or not dledger.is_wallet(debit.account)
-            or "backfill" in item.txn.meta
-        ):
+        if len(item.txn.postings) != 2 or not dledger.is_wallet(debit.account) or "backfill" in item.txn.meta:
             plan.singles.append(item)
             continue
         bucket = int(item.txn.occurred_at.timestamp()) // BATCH_BUCKET_S
@@ -639,4 +635,3 @@ def post_charges(session: Session, plan: ChargePlan, cache: object | None = None
     else:
         connection.execute(_ADD_BALANCE, [{"aid": a, "delta": d} for a, d in sorted(deltas.items())])
     return lines
-

@@ -84,7 +84,6 @@ def charge_key(gateway: str, meter: str, seq: int) -> str:
     return f"chg:h:{digest}:{seq}"
 
 
-
 @dataclass
 class BillingCache(TariffCache):
     """Per unit of work: tariff schedules (:class:`cloud.services.tariff_loading.TariffCache`) and
@@ -129,7 +128,6 @@ class BillingCache(TariffCache):
             assert found is not None, f"project {project_id} vanished"
             self.projects[project_id] = found
         return found
-
 
 
 def snapshot_values(values: Mapping[str, str]) -> dict[Quantity, Decimal]:
@@ -212,7 +210,6 @@ class BillingOutcome:
     row they refer to is written (the ingest writes a batch's readings after billing all of them)."""
 
 
-
 def hold_faulty(
     session: Session, meter: MeterFacts, reading: BillableReading, unit: Unit, exc: BaseException
 ) -> BillingOutcome:
@@ -255,7 +252,6 @@ def hold(
     return BillingOutcome(ReadingStatus.HELD, detail=f"{verdict}: {detail}", rows=(hold, alarm))
 
 
-
 def debit_of(meter: MeterFacts) -> str | None:
     """What a charge of ``meter`` debits when not the payer's wallet: ``held:<meter>`` for a
     local-prepay meter (it spends money it holds), else None (the wallet)."""
@@ -274,7 +270,6 @@ def rerate_key(gateway: str, meter: str, end_seq: int, late_seq: int) -> str:
     return f"rr:h:{digest}:{end_seq}:{late_seq}"
 
 
-
 def usage_for(
     session: Session,
     account_id: int,
@@ -289,7 +284,6 @@ def usage_for(
     if not any(v.is_tiered for v in schedule.versions):
         return None
     return tier_usage.load(session, account_id, kind, start, end, tz)
-
 
 
 def started_from(usage: Mapping[str, Decimal] | None, added: Mapping[str, Decimal]) -> TierCounter:
@@ -363,5 +357,3 @@ def rate_charge(
         },
     )
     return BillingOutcome(ReadingStatus.BILLED, account.id, fen, key, txn=txn, org_id=account.org_id)
-
-

@@ -55,9 +55,7 @@ UNREADABLE = (DomainError, TypeError, ValueError, AttributeError, KeyError, Arit
 """What parsing a stored spec raises when the row is not what the API would have written."""
 
 
-def schedule_for(
-    session: Session, tariff_id: int, cache: TariffCache | None = None
-) -> TariffSchedule | None:
+def schedule_for(session: Session, tariff_id: int, cache: TariffCache | None = None) -> TariffSchedule | None:
     """Every version of ``tariff_id`` as a schedule (None when it has no version).
 
     A version no reader can use (written past the API, or by an older release: a price of 10³⁰, a
@@ -116,12 +114,8 @@ def _tariff_fault(session: Session, tariff_id: int, exc: BaseException) -> UnitF
     )
 
 
-
-
 def tariff_id_of(meter: MeterTariff, project: Project) -> int | None:
     """The meter's own tariff, else its project's default for the meter's kind (None: no tariff)."""
     if meter.tariff_id is not None:
         return meter.tariff_id
     return project.water_tariff_id if meter.kind == MeterKind.WATER else project.electric_tariff_id
-
-

@@ -41,6 +41,7 @@ from cloud.models import (
 from cloud.services.accounts import active_meters
 from cloud.services.ledger import batch_line
 from cloud.services.pages import Page, paged
+from cloud.services.tariff_loading import tariff_id_of
 
 __all__ = [
     "AccountView",
@@ -267,11 +268,7 @@ def _explain_charge(
     }
     project_id = _project_of(session, account_id)
     project = session.get(Project, project_id) if project_id is not None else None
-    tariff_id = meter.tariff_id or (
-        (project.water_tariff_id if meter.kind == "water" else project.electric_tariff_id)
-        if project
-        else None
-    )
+    tariff_id = tariff_id_of(meter, project) if project else meter.tariff_id
     if tariff_id is not None:
         version = session.scalars(
             select(TariffVersion)
