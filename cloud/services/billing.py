@@ -58,21 +58,9 @@ from sqlmodel import col
 from cloud.domain import ledger as dledger
 from cloud.domain.errors import RatingError, TariffError
 from cloud.domain.money import carry
-from cloud.domain.readings import (
-    Snapshot,
-    Verdict,
-    check_backfill,
-    check_reading,
-)
-from cloud.domain.tariffs import (
-    rate,
-)
-from cloud.models import (
-    AccountMeter,
-    PrepayMode,
-    ReadingRow,
-    ReadingStatus,
-)
+from cloud.domain.readings import Snapshot, Verdict, check_backfill, check_reading
+from cloud.domain.tariffs import rate
+from cloud.models import AccountMeter, PrepayMode, ReadingRow, ReadingStatus
 from cloud.services import ledger as ledger_service
 from cloud.services import tier_usage
 from cloud.services.arrears import project_zone

@@ -27,25 +27,9 @@ from cloud.domain import ledger as dledger
 from cloud.domain.errors import RatingError, TariffError
 from cloud.domain.money import carry
 from cloud.domain.plausibility import rules_for
-from cloud.domain.readings import (
-    CUMULATIVE,
-    ReadingRules,
-    Snapshot,
-)
-from cloud.domain.tariffs import (
-    TariffSchedule,
-    TierCounter,
-    rate,
-)
-from cloud.models import (
-    Alarm,
-    AlarmKind,
-    PrepayMode,
-    Project,
-    ReadingHold,
-    ReadingStatus,
-    utcnow,
-)
+from cloud.domain.readings import CUMULATIVE, ReadingRules, Snapshot
+from cloud.domain.tariffs import TariffSchedule, TierCounter, rate
+from cloud.models import Alarm, AlarmKind, PrepayMode, Project, ReadingHold, ReadingStatus, utcnow
 from cloud.services import tier_usage
 from cloud.services.arrears import project_zone
 from cloud.services.isolation import FAULTS, Unit, UnitFault, UnitKind, fault_alarm

@@ -4,8 +4,8 @@ Tariff versions are stored as JSON ``spec``, read by the one reader the API vali
 (:meth:`cloud.domain.tariffs.TariffVersion.from_spec`). :func:`schedule_for` loads a tariff's versions
 once per unit of work (:class:`TariffCache`); a version no reader can use makes the tariff a faulty
 unit (:class:`cloud.services.isolation.UnitFault`) whose readings are held, alone. Billing
-(:mod:`cloud.services.billing`), the gateway's credit horizons (:mod:`cloud.services.horizons`) and
-the tariff checks read tariffs through here.
+(:mod:`cloud.services.billing`), the gateway's credit horizons (:mod:`cloud.services.horizons`), tariff
+coverage (:mod:`cloud.services.tariff_coverage`) and the tenant statement choose tariffs through here.
 """
 
 from __future__ import annotations
@@ -18,17 +18,9 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from cloud.domain.errors import DomainError, TariffError
-from cloud.domain.tariffs import (
-    MAX_SPEC_SIZE,
-    TariffSchedule,
-)
+from cloud.domain.tariffs import MAX_SPEC_SIZE, TariffSchedule
 from cloud.domain.tariffs import TariffVersion as DomainVersion
-from cloud.models import (
-    MeterKind,
-    Project,
-    Tariff,
-    TariffVersion,
-)
+from cloud.models import MeterKind, Project, Tariff, TariffVersion
 from cloud.services.isolation import Unit, UnitFault, UnitKind, clear_fault
 
 __all__ = ["UNREADABLE", "MeterTariff", "TariffCache", "schedule_for", "tariff_id_of"]

@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from cloud.domain.ledger import wallet_code
+from cloud.domain.ledger import TxnKind, wallet_code
 from cloud.models import (
     Account,
     LedgerEntry,
@@ -119,7 +119,7 @@ def account_view(session: Session, account: Account, now: datetime) -> AccountVi
         .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerEntry.transaction_id))
         .where(
             col(LedgerEntry.account_id) == account.id,
-            col(LedgerTransaction.kind) == "charge",
+            col(LedgerTransaction.kind) == TxnKind.CHARGE.value,
             col(LedgerTransaction.effective_at) >= since,
             col(LedgerTransaction.effective_at) < until,
         )
@@ -186,7 +186,7 @@ def usage(session: Session, account: Account, now: datetime, *, by: str, periods
         .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerEntry.transaction_id))
         .where(
             col(LedgerEntry.account_id) == account.id,
-            col(LedgerTransaction.kind) == "charge",
+            col(LedgerTransaction.kind) == TxnKind.CHARGE.value,
             col(LedgerTransaction.effective_at) >= start,
         )
     ).all()
@@ -301,7 +301,7 @@ def statement(session: Session, account: Account, page: Page) -> list[StatementL
     rows = session.execute(paged(query, [col(LedgerEntry.id)], page, descending=True)).all()
     lines = []
     for entry, txn in rows:
-        if txn.kind == "charge":
+        if txn.kind == TxnKind.CHARGE:
             explain = _explain_charge(session, txn, entry, account.id)
         else:
             explain = {
