@@ -40,6 +40,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
+from cloud.domain.ledger import TxnKind
 from cloud.events import BALANCE_CHANGED, DESIRED_CHANGED
 from cloud.integrations.redis import LeaderElector, LocalLock, Lock, LockError, RedisLock
 from cloud.models import (
@@ -340,9 +341,9 @@ def daily_aggregates(session: Session, ctx: JobContext) -> dict[str, Any]:
                 account_id=account_id,
                 closing_balance_fen=int(closing or 0),
                 opening_balance_fen=int(closing or 0) - net,
-                charges_fen=-kinds.get("charge", 0),
-                recharges_fen=kinds.get("recharge", 0),
-                corrections_fen=kinds.get("correction", 0) + kinds.get("reversal", 0),
+                charges_fen=-kinds.get(TxnKind.CHARGE, 0),
+                recharges_fen=kinds.get(TxnKind.RECHARGE, 0),
+                corrections_fen=kinds.get(TxnKind.CORRECTION, 0) + kinds.get(TxnKind.REVERSAL, 0),
             )
         )
     return {"day": day.isoformat(), "meters": meters, "accounts": len(per_account)}

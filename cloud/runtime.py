@@ -56,21 +56,21 @@ from cloud.integrations.mqtt import MqttConfig, MqttError, MqttLink, ingest_filt
 from cloud.jobs import JobScheduler, make_leader_lock
 from cloud.models import Account, Gateway
 from cloud.services.arrears import PolicyCache, evaluate_account, linked_meters
-from cloud.services.billing import BillingCache
 from cloud.services.control import (
     ControlConfig,
     OutgoingCommand,
     claim_commands,
-    gateway_config,
     lock_meter_states,
     mark_sent,
     plan_commands,
     sweep,
 )
+from cloud.services.horizons import gateway_config
 from cloud.services.ingest import Ingest
 from cloud.services.isolation import Unit, UnitKind, account_unit, each_isolated, isolated
 from cloud.services.notify.setup import make_sender, run_sender
 from cloud.services.payments import payment_context
+from cloud.services.rating import BillingCache
 from cloud.services.unit import unit_of_work
 from cloud.settings import Settings
 from protocol.contract import Topics

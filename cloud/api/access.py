@@ -1,4 +1,4 @@
-"""Who may call what: the role sets and the one table of routes → roles of the API.
+"""Who may call what: the one table of routes → role sets of the API.
 
 Every route under ``/api/v1`` is checked here, before its handler runs and its body is validated
 (:func:`authorize`, a dependency of every router in :func:`cloud.api.app.build_app`): the caller's role
@@ -7,9 +7,9 @@ logged), so a route added without a rule is closed, not open; ``tests/cloud/test
 fails on it and on every rule the API does not keep. The services still scope every row to the
 caller's organisation (another organisation's row is 404) and a tenant to their own accounts.
 
-Roles (:class:`cloud.models.Role`) follow the jobs of a property company: the *manager* runs the sites,
-*finance* handles money, the *installer* commissions devices and sees no finances, a *tenant* sees their
-own accounts; an *admin* may do everything in the organisation (without an organisation: the platform).
+Roles (:class:`cloud.models.Role`) follow the jobs of a property company; the role sets that rules name
+(``MANAGER``, ``MONEY``, ``STAFF``, ...) are defined once in :mod:`cloud.models.roles` (re-exported here
+for the route modules) and mean the same in the console and the services.
 Decisions that are finer than a route (which alarms an installer sees, who may enter a money figure)
 are named here too (:data:`FIGURE_ROLES`, :data:`APPROVER_ROLES`, :func:`alarm_kinds_for`).
 
@@ -28,6 +28,7 @@ from fastapi import Depends, Request
 
 from cloud.api.deps import Bearer, Db, Now, Principal, authenticate
 from cloud.models import AlarmKind, Role
+from cloud.models.roles import ADMIN, BUILDER, EVERYONE, HOLDERS, MANAGER, MONEY, PUBLIC, STAFF
 from cloud.services.errors import AuthError, PermissionDenied
 
 __all__ = [
@@ -59,24 +60,7 @@ API_PREFIX = "/api/v1"
 PAGE_PREFIXES = ("/h5/",)
 """Server-rendered pages outside the API whose routes are in :data:`POLICY` too (paths as served)."""
 
-# --- role sets: one name, one meaning ------------------------------------------------------------------
-
-ADMIN = frozenset({Role.ADMIN})
-"""Administrators: users, and (without an organisation) the platform."""
-MANAGER = frozenset({Role.ADMIN, Role.MANAGER})
-"""Run the sites: projects, tenants, accounts, remote control, held readings."""
-MONEY = frozenset({Role.ADMIN, Role.MANAGER, Role.FINANCE})
-"""Handle money: recharge, refund, adjust, reverse, tariffs, approvals, tenants' details."""
-BUILDER = frozenset({Role.ADMIN, Role.MANAGER, Role.INSTALLER})
-"""Commission devices: buildings, floors, rooms, gateways, meters, replacements, dead letters."""
-STAFF = frozenset({Role.ADMIN, Role.MANAGER, Role.FINANCE, Role.INSTALLER})
-"""Everyone of the property company: the site tree, meters and their state, alarms."""
-HOLDERS = frozenset({Role.ADMIN, Role.MANAGER, Role.FINANCE, Role.TENANT})
-"""Read accounts, balances and statements (a tenant only their own); never installers."""
-EVERYONE = frozenset(Role)
-"""Any signed-in user."""
-PUBLIC: frozenset[Role] = frozenset()
-"""No token needed (logging in)."""
+# --- finer decisions, named by the role sets of cloud.models.roles ---------------------------------------
 
 FIGURE_ROLES = MONEY
 """Who may enter a money figure read off a meter (a replaced or closed local-prepay meter's money):

@@ -27,7 +27,7 @@ from cloud.api.access import alarm_kinds_for
 from cloud.api.deps import MAX_ID, Db, Now, PathId
 from cloud.console import guard, session
 from cloud.console.queries import buildings_tree
-from cloud.console.web import ConsoleRoute, Staff, render
+from cloud.console.web import ConsoleRoute, Csrf, Staff, render
 from cloud.models import Alarm, AlarmKind, Building, Floor, Meter, Project, Role, Room, User
 from cloud.services import operations
 from cloud.services.audit import Actor
@@ -236,7 +236,7 @@ def acknowledge(
     p: Staff,
     uow: Db,
     at: Now,
-    csrf: Annotated[str, Form(max_length=128)] = "",
+    csrf: Csrf = "",
     back: Annotated[str, Form(max_length=500)] = "/console/alarms",
 ) -> Response:
     """The acknowledge button: CSRF first, then the route's rule, then the API's service."""
@@ -261,7 +261,7 @@ def assign(
     uow: Db,
     at: Now,
     user_id: Annotated[str, Form(max_length=12)] = "",
-    csrf: Annotated[str, Form(max_length=128)] = "",
+    csrf: Csrf = "",
     back: Annotated[str, Form(max_length=500)] = "/console/alarms",
 ) -> Response:
     """The assign form: CSRF first, then the route's rule, then the API's service (an empty choice

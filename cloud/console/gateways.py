@@ -34,7 +34,7 @@ from sqlmodel import col
 
 from cloud.api.deps import Db, Now, PathId
 from cloud.console import guard, session
-from cloud.console.web import ConsoleRoute, Staff, render
+from cloud.console.web import ConsoleRoute, Csrf, Staff, render
 from cloud.events import GATEWAY_KEYS_CHANGED, GATEWAY_METERS_CHANGED
 from cloud.models import Building, DeadLetter, Floor, GatewayKey, GatewayStatusRow, Room
 from cloud.services import hierarchy, keys, operations, provisioning
@@ -46,7 +46,6 @@ __all__ = ["PREFIX_SHOWN", "KeyView", "LetterView", "router"]
 log = logging.getLogger(__name__)
 router = APIRouter(route_class=ConsoleRoute)
 
-Csrf = Annotated[str, Form(max_length=128)]
 
 _LIST = ("GET", "/gateways")
 _KEYS = ("GET", "/gateways/{gateway_id}/keys")

@@ -37,7 +37,7 @@ from cloud.api.access import may_enter_figures
 from cloud.api.deps import Db, Now, PathId, Principal
 from cloud.api.schemas import MAX_BALANCE_FEN, AccountIn, CloseIn, ClosingFigureIn, ReplaceMeterIn
 from cloud.console import guard, session
-from cloud.console.web import ConsoleRoute, Staff, render
+from cloud.console.web import ConsoleRoute, Csrf, Reason, Staff, render
 from cloud.models import (
     Account,
     AccountMeter,
@@ -63,9 +63,7 @@ __all__ = ["Settlement", "router", "settlement_preview"]
 
 router = APIRouter(route_class=ConsoleRoute)
 
-Csrf = Annotated[str, Form(max_length=128)]
 Step = Annotated[Literal["preview", "confirm"], Form()]
-Reason = Annotated[str, Form(max_length=200)]
 _LIST = 50
 
 

@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, Response
 from cloud.api.deps import Db, Now, PathId
 from cloud.api.schemas import MAX_OPERATION_FEN
 from cloud.console import guard, session
-from cloud.console.web import ConsoleRoute, Staff, render
+from cloud.console.web import ConsoleRoute, Csrf, Reason, Staff, render
 from cloud.models import Approval
 from cloud.services import accounts, approvals, holds
 from cloud.services.errors import Conflict
@@ -29,8 +29,6 @@ __all__ = ["fen_of", "router"]
 
 router = APIRouter(route_class=ConsoleRoute)
 
-Reason = Annotated[str, Form(max_length=200)]
-Csrf = Annotated[str, Form(max_length=128)]
 _STATEMENT, _APPROVALS = Page(100), Page(200)
 
 

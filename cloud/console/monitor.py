@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from cloud.api.access import alarm_kinds_for
-from cloud.api.deps import MAX_ID, Db, Now, PathId, Principal, Uow
+from cloud.api.deps import MAX_ID, Db, Now, OptionalId, PathId, Principal, Uow
 from cloud.console import guard, session
 from cloud.console.queries import MonitorFilter, buildings_tree, monitor_rows, tree_html
 from cloud.console.web import ConsoleRoute, Staff, render
@@ -48,7 +48,6 @@ BATCH_ACTIONS = {
 }
 _COMMANDS = ("POST", "/meters/{meter_id}/commands")
 
-Id = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 
 
 def _filter(building_id: int | None, floor_id: int | None, status: str, q: str) -> MonitorFilter:
@@ -66,11 +65,11 @@ def room_monitor(
     p: Staff,
     uow: Db,
     at: Now,
-    building_id: Id = None,
-    floor_id: Id = None,
+    building_id: OptionalId = None,
+    floor_id: OptionalId = None,
     status: Annotated[str, Query(max_length=16)] = "",
     q: Annotated[str, Query(max_length=64)] = "",
-    after: Id = None,
+    after: OptionalId = None,
 ) -> Response:
     guard.require(p, "GET", "/meters")
     flt = _filter(building_id, floor_id, status, q)

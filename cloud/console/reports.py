@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from cloud.api.deps import MAX_ID, Db, Now
+from cloud.api.deps import MAX_ID, Db, Now, OptionalId
 from cloud.console import guard
 from cloud.console.i18n import translator
 from cloud.console.queries import day_bounds, zone_of
@@ -212,7 +212,6 @@ def _trace_for(
     raise Conflict("account_id or building_id: one is required")
 
 
-Id = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 Month = Annotated[str, Query(pattern=r"^\d{4}-\d{2}$")]
 
 
@@ -255,7 +254,12 @@ def reports_page(
 
 @router.get("/reports/trace.xlsx")
 def trace_export(
-    request: Request, p: Staff, uow: Db, month: Month, account_id: Id = None, building_id: Id = None
+    request: Request,
+    p: Staff,
+    uow: Db,
+    month: Month,
+    account_id: OptionalId = None,
+    building_id: OptionalId = None,
 ) -> Response:
     guard.require(p, "GET", "/accounts/{account_id}/ledger")
     trace = _trace_for(uow.session, p.actor, month, account_id, building_id)

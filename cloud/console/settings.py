@@ -29,9 +29,10 @@ from cloud.api.routes.calendar import DayIn
 from cloud.api.routes.notify import SettingsIn
 from cloud.api.schemas import PasswordResetIn, ProjectSettingsIn, UserIn, UserStatusIn
 from cloud.console import guard, session
-from cloud.console.web import ConsoleRoute, Staff, render
+from cloud.console.web import ConsoleRoute, Csrf, Staff, render
 from cloud.domain.errors import DomainError
 from cloud.models import Project, Role
+from cloud.models.roles import STAFF
 from cloud.services import calendar, hierarchy, projects, tariffs, users
 from cloud.services.audit import Actor
 from cloud.services.errors import Conflict, NotFound
@@ -43,7 +44,6 @@ __all__ = ["POLICY_FIELDS", "router"]
 log = logging.getLogger(__name__)
 router = APIRouter(route_class=ConsoleRoute)
 
-Csrf = Annotated[str, Form(max_length=128)]
 Text = Annotated[str, Form(max_length=200)]
 
 _PATCH = ("PATCH", "/projects/{project_id}")
@@ -68,8 +68,9 @@ POLICY_FIELDS: tuple[tuple[str, str], ...] = (
 )
 """The policy form's fields in order, each with how it is typed (money in yuan, stored in fen)."""
 
-STAFF_ROLES = (Role.MANAGER, Role.FINANCE, Role.INSTALLER, Role.ADMIN)
-"""Roles the users form creates (a tenant's login belongs to a tenant: the API's POST /users)."""
+STAFF_ROLES = tuple(sorted(STAFF, key=lambda r: (r is Role.ADMIN, list(Role).index(r))))
+"""Roles the users form creates, in the form's order (admin last): the staff set
+(:data:`cloud.models.roles.STAFF`; a tenant's login belongs to a tenant: the API's POST /users)."""
 
 _PROJECTS, _USERS_PAGE, _VERSIONS = Page(200), Page(500), Page(200)
 

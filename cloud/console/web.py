@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
@@ -26,7 +26,17 @@ from cloud.services.errors import AuthError, Conflict, NotFound, PermissionDenie
 from cloud.services.isolation import UnitFault
 from cloud.services.pages import InvalidCursor
 
-__all__ = ["ConsoleRoute", "LoginRequired", "Staff", "lang_of", "render", "templates", "yuan"]
+__all__ = [
+    "ConsoleRoute",
+    "Csrf",
+    "LoginRequired",
+    "Reason",
+    "Staff",
+    "lang_of",
+    "render",
+    "templates",
+    "yuan",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +88,10 @@ def _staff(request: Request, uow: Db, at: Now) -> Principal:
 
 Staff = Annotated[Principal, Depends(_staff)]
 """The signed-in member of staff (a tenant or no session is refused)."""
+Csrf = Annotated[str, Form(max_length=128)]
+"""A form's CSRF token field (checked by :func:`cloud.console.session.check_csrf`)."""
+Reason = Annotated[str, Form(max_length=200)]
+"""A form's reason field (written to the audit log and the ledger memo)."""
 
 
 def render(

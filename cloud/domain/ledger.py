@@ -16,7 +16,8 @@ Conventions
   reading's part of such a batch is taken back by :func:`reverse_line` (a ``correction`` that mirrors
   that leg and its share of revenue), not by reversing the whole batch.
 
-Account codes are plain strings; the helpers below build the standard ones.
+Account codes are plain strings; the helpers below build and read the standard ones: every place
+that builds or parses a ledger code uses them (one vocabulary).
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ from cloud.domain.errors import (
 from cloud.domain.money import require_fen
 
 __all__ = [
+    "CASH",
+    "HELD",
     "MAX_KEY_LENGTH",
+    "PAYOUT",
+    "REVENUE",
+    "SETTLEMENT",
+    "SUSPENSE",
+    "WALLET",
     "Journal",
     "Posting",
     "Transaction",
@@ -45,17 +53,23 @@ __all__ = [
     "cash_code",
     "charge",
     "charge_batch",
+    "code_prefix",
     "correction",
+    "is_wallet",
     "meter_held_code",
+    "payout_code",
     "recharge",
     "refund",
     "revenue_code",
+    "revenue_utility",
     "reversal_key",
     "reverse",
     "reverse_line",
     "settlement",
     "settlement_code",
+    "suspense_code",
     "transfer",
+    "wallet_account_id",
     "wallet_code",
 ]
 
@@ -72,25 +86,78 @@ class TxnKind(StrEnum):
     TRANSFER = "transfer"  # balance moved between wallets (meter replacement, merging)
 
 
+# --- account codes: the one vocabulary every writer and reader of ledger codes uses ---------------------
+
+WALLET = "wallet"
+"""A tenant's prepaid wallet, ``wallet:<account id>`` (the only codes tied to a prepaid account)."""
+CASH = "cash"
+"""Money received, ``cash:<project>`` (or ``cash:<channel>`` for a payment channel's trade bill)."""
+REVENUE = "revenue"
+"""Consumption sold, ``revenue:<project>:<utility>``."""
+HELD = "held"
+"""Tenant money a local-prepay meter holds, ``held:<meter>``."""
+SETTLEMENT = "settlement"
+"""What closed accounts left, ``settlement:<project>``."""
+PAYOUT = "payout"
+"""Money paid back through a channel, ``payout:<channel>:<project>``."""
+SUSPENSE = "suspense"
+"""Money received for no order of ours, ``suspense:<channel>``."""
+
+
 def wallet_code(account_id: object) -> str:
-    return f"wallet:{account_id}"
+    return f"{WALLET}:{account_id}"
 
 
 def cash_code(project_id: object) -> str:
-    return f"cash:{project_id}"
+    return f"{CASH}:{project_id}"
 
 
 def revenue_code(project_id: object, utility: str) -> str:
-    return f"revenue:{project_id}:{utility}"
+    return f"{REVENUE}:{project_id}:{utility}"
 
 
 def meter_held_code(meter_id: object) -> str:
     """Tenant money written to a local-prepay meter: the meter holds it and deducts consumption itself."""
-    return f"held:{meter_id}"
+    return f"{HELD}:{meter_id}"
 
 
 def settlement_code(project_id: object) -> str:
-    return f"settlement:{project_id}"
+    return f"{SETTLEMENT}:{project_id}"
+
+
+def payout_code(channel: str, project_id: object) -> str:
+    """Where a refund through ``channel`` (``wechat``) goes until the channel has paid it out."""
+    return f"{PAYOUT}:{channel}:{project_id}"
+
+
+def suspense_code(channel: str) -> str:
+    """Money a channel's bill shows that no order of ours explains, until a person books it."""
+    return f"{SUSPENSE}:{channel}"
+
+
+def code_prefix(code: str) -> str:
+    """The kind part of an account code (``wallet`` of ``wallet:7``)."""
+    return code.partition(":")[0]
+
+
+def is_wallet(code: str) -> bool:
+    return code_prefix(code) == WALLET
+
+
+def wallet_account_id(code: str) -> int | None:
+    """The prepaid account id of a ``wallet:<id>`` code, else None; a wallet code without an id is an
+    error (no writer builds one)."""
+    prefix, _, rest = code.partition(":")
+    if prefix != WALLET:
+        return None
+    if not rest.isdigit():
+        raise LedgerError(f"wallet code {code!r} does not name an account id")
+    return int(rest)
+
+
+def revenue_utility(code: str) -> str:
+    """The utility (``electricity``, ``water``) of a ``revenue:<project>:<utility>`` code."""
+    return code.rsplit(":", 1)[-1]
 
 
 def reversal_key(key: str) -> str:

@@ -59,9 +59,9 @@ from cloud.models import (
 from cloud.services import approvals, ledger
 from cloud.services.approvals import DEFAULT_LIMIT_FEN, ApprovalKind, needs_approval
 from cloud.services.audit import Actor, AuditAction, record
-from cloud.services.billing import batch_lines
 from cloud.services.control import lock_meter_states
 from cloud.services.errors import Conflict, NotFound
+from cloud.services.ledger import batch_lines
 from cloud.services.local_prepay import (
     Figure,
     FigureSource,
@@ -417,7 +417,7 @@ def reverse_transaction(
     lines = batch_lines(row.details)
     if lines is not None:
         # a batch charge bills many tenants: reversing it would undo every line, including lines a
-        # late reading has already re-rated (cloud.services.billing.plan_charges)
+        # late reading has already re-rated (cloud.services.ledger.plan_charges)
         raise LedgerError(
             f"transaction {key} charges {len(lines)} readings of different accounts at "
             "once: correct the one account with an adjustment instead of reversing the batch"

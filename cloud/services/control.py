@@ -20,13 +20,13 @@ from readings (``Reading.relay``), acks and events. The reconciler (:class:`clou
 Local-prepay top-ups (:func:`cloud.services.arrears.plan_topup`): :func:`plan_commands` also plans, for
 each local-prepay meter it is woken for (a recharge's ``balance_changed``, an ack), the next top-up as a
 signed ``recharge`` command with ``amount_fen``, ``purchase_count`` (the count the meter must reach)
-and ``recharge`` (the ledger key of the recharge it writes: never written twice). When the gateway
-acks it done, the amount moves from the wallet to the meter's ``held:<meter>`` ledger account in the
-same transaction (key ``topup:<command id>``): the meter holds that money now, and billing charges
-local-prepay meters nothing. Retries keep the same
-purchase count, so a meter that already took it answers "already applied". An ack whose read-back
-count is not the expected one (another purchase went in meanwhile, a replaced meter) gives up at once
-with a ``topup_failed`` alarm for the operator; other failures retry with backoff, then alarm.
+and ``recharge`` (the ledger key of the recharge it writes: never written twice). What an ack of
+a top-up means for money is :mod:`cloud.services.meter_topups`'s: acked done, the amount moves from the
+wallet to the meter's ``held:<meter>`` ledger account in the same transaction (key
+``topup:<command id>``); an ack whose read-back count is not the expected one (another purchase went in
+meanwhile, a replaced meter) gives up at once with a ``topup_failed`` alarm for the operator. Retries
+keep the same purchase count, so a meter that already took it answers "already applied"; other
+failures retry with backoff, then alarm.
 
 A ``close_permit`` (``ControlConfig.close_action`` for sites whose meters only accept 合闸允许) leaves
 the supply off until the tenant presses the meter's button: issuing one queues a notification telling
@@ -39,11 +39,7 @@ otherwise); cutting always needs an explicit command.
 Operator commands (:func:`operator_command`) go through the same rows, are audited, and protect /
 unprotect also set the meter's 保电 flag so the policy honours it.
 
-:func:`gateway_config` builds the retained ``GatewayConfig`` with a credit horizon per remote-prepay
-meter (:func:`cloud.domain.horizons.credit_horizon`): the register value at which the meter's share of
-its account's money runs out, for the gateway to enforce while it cannot reach the cloud. It is sealed
-with the gateway's key and numbered, like commands are signed (docs/security.md, "Signed messages and
-gateway keys").
+The gateway's retained config with its credit horizons is built by :mod:`cloud.services.horizons`.
 """
 
 from __future__ import annotations
@@ -53,15 +49,11 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import ROUND_FLOOR, Decimal
-from typing import Any
 
-import msgspec
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from cloud.domain import ledger as dledger
 from cloud.domain.arrears import Reason
 from cloud.domain.control import (
     ACTIVE,
@@ -73,12 +65,8 @@ from cloud.domain.control import (
     transition,
 )
 from cloud.domain.errors import DomainError
-from cloud.domain.horizons import credit_horizon
-from cloud.domain.money import format_fen
 from cloud.models import (
-    Account,
     AccountMeter,
-    AccountStatus,
     Alarm,
     AlarmKind,
     CommandOrigin,
@@ -91,36 +79,26 @@ from cloud.models import (
     MeterState,
     PrepayMode,
 )
-from cloud.services import tier_usage
+from cloud.services import meter_topups
 from cloud.services.arrears import (
-    TOPUP_FAILED,
     TOPUP_SOURCE,
-    ack_purchase_count,
     notify_close_permit,
     plan_topup,
-    project_zone,
 )
 from cloud.services.audit import Actor, AuditAction, record
-from cloud.services.billing import BillingCache, schedule_for, snapshot_values
 from cloud.services.bulk import insert_missing
 from cloud.services.errors import Conflict, NotFound
-from cloud.services.isolation import Unit, UnitFault, UnitKind, each_isolated
+from cloud.services.isolation import Unit, UnitKind, each_isolated
 from cloud.services.keys import down_key
-from cloud.services.ledger import get_transaction, load_transaction, post
 from cloud.services.notify.events import notify_supply_change, notify_topup_failed
-from cloud.services.provisioning import planned_meters, plans_meters
 from protocol.contract import (
     Ack,
     AckStatus,
     Action,
     Command,
-    CreditHorizon,
-    GatewayConfig,
-    Quantity,
     RelayState,
     Topics,
     encode,
-    seal_message,
     sign_command,
 )
 
@@ -130,7 +108,6 @@ __all__ = [
     "ack_is_news",
     "apply_ack",
     "claim_commands",
-    "gateway_config",
     "issue_command",
     "lock_meter_states",
     "mark_sent",
@@ -368,112 +345,6 @@ def _recently_recharged_local_meters(session: Session, since: datetime, limit: i
     return list(rows)
 
 
-def _topup_names(session: Session, row: CommandRow) -> tuple[str, str]:
-    """The meter's device id and the top-up's amount in yuan, as alarm texts show them."""
-    meter = session.get(Meter, row.meter_id)
-    return (meter.device_id if meter else str(row.meter_id)), format_fen(int(row.params.get("amount_fen", 0)))
-
-
-def _topup_alarm(
-    session: Session, row: CommandRow, key: str, zh: str, en: str, detail: dict[str, Any]
-) -> None:
-    """A level-3 ``topup_failed`` alarm about top-up command ``row`` (once per ``key``)."""
-    session.add(
-        Alarm(
-            org_id=row.org_id,
-            kind=TOPUP_FAILED,
-            level=3,
-            dedupe_key=key[:200],
-            meter_id=row.meter_id,
-            gateway_id=row.gateway_id,
-            message_zh=zh,
-            message_en=en,
-            detail=detail,
-        )
-    )
-
-
-def _topup_mismatch(session: Session, row: CommandRow, ack: Ack, now: datetime) -> bool:
-    """A recharge ack whose read-back purchase count is not the one this top-up targets: give up and
-    tell the operator (retrying cannot help, and a new count could write the money twice)."""
-    if row.action != Action.RECHARGE.value:
-        return False
-    observed = ack_purchase_count(ack.detail)
-    expected = int(row.params.get("purchase_count", 0))
-    if observed is None or observed == expected:
-        return False
-    with suppress(DomainError):
-        row.status = transition(row.status, CommandEvent.GIVE_UP)
-    row.next_try_at = None
-    notify_topup_failed(session, row, now, "count_mismatch")
-    name, amount = _topup_names(session, row)
-    _topup_alarm(
-        session,
-        row,
-        f"topup:{row.params.get('recharge', row.id)}",
-        f"表计 {name} 充值 {amount} 元未确认：购电次数为 {observed}，应为 {expected}，请人工核对",
-        f"top-up of {amount} yuan to meter {name} unconfirmed: purchase count is {observed}, "
-        f"expected {expected}",
-        {
-            "command": row.id,
-            "recharge": row.params.get("recharge"),
-            "observed_count": observed,
-            "expected_count": expected,
-            "ack": ack.status.value,
-            "detail": ack.detail[:300],
-        },
-    )
-    return True
-
-
-def _move_to_meter(session: Session, row: CommandRow, now: datetime) -> None:
-    """A top-up the meter confirmed: its money now sits on the meter (which deducts consumption from
-    it; billing charges such meters nothing), so it leaves the wallet for ``held:<meter>``. Keyed by
-    the command id: a redelivered ack posts nothing twice. The wallet is the one the written recharge
-    credited (the account the meter belonged to when the money came in)."""
-    amount = int(row.params.get("amount_fen", 0))
-    recharge = get_transaction(session, str(row.params.get("recharge", "")))
-    if amount <= 0 or recharge is None:
-        return
-    credited = [
-        p.account
-        for p in load_transaction(session, recharge).postings
-        if p.account.startswith("wallet:") and p.amount_fen > 0
-    ]
-    if len(credited) != 1:
-        return
-    txn = dledger.transfer(
-        f"topup:{row.id}",
-        credited[0],
-        dledger.meter_held_code(row.meter_id),
-        amount,
-        now,
-        reason=f"本地费控充值已写入表计 / top-up written to meter {row.meter_id}",
-        meta={"meter_id": str(row.meter_id), "command": row.id, "recharge": recharge.idempotency_key},
-    )
-    post(session, txn, org_id=row.org_id)
-
-
-def _late_topup(session: Session, row: CommandRow) -> None:
-    """A top-up we had given up (retries exhausted, or the account closed / the meter replaced) that
-    the meter took after all: its money is on the meter but still in the wallet — or already paid back
-    to the tenant. Moving it now could overdraw a settled wallet, so a person decides (alarm)."""
-    name, amount = _topup_names(session, row)
-    _topup_alarm(
-        session,
-        row,
-        f"topup-late:{row.id}",
-        f"表计 {name} 确认了已放弃的充值 {amount} 元：表内可能多出这笔钱，账上未记，请人工核对",
-        f"meter {name} confirmed a top-up of {amount} yuan that had been given up: "
-        "the meter may hold money the ledger does not",
-        {
-            "command": row.id,
-            "recharge": row.params.get("recharge"),
-            "amount_fen": row.params.get("amount_fen"),
-        },
-    )
-
-
 def claim_commands(
     session: Session, command_ids: Iterable[str], now: datetime, config: ControlConfig
 ) -> list[OutgoingCommand]:
@@ -588,13 +459,13 @@ def apply_ack(
     row.ack_observed = ack.observed.value if ack.observed else None
     row.ack_detail = ack.detail[:500]
     row.next_try_at = None
-    if _topup_mismatch(session, row, ack, now):
+    if meter_topups.count_mismatch(session, row, ack, now):
         pass
     elif row.action == Action.RECHARGE.value and row.status == CommandStatus.ACKED_DONE:
-        _move_to_meter(session, row, now)
+        meter_topups.move_to_meter(session, row, now)
     elif row.action == Action.RECHARGE.value and row.status == CommandStatus.ABANDONED:
         if ack.status is AckStatus.DONE:
-            _late_topup(session, row)
+            meter_topups.late_topup(session, row)
     elif row.status in (CommandStatus.ACKED_FAILED, CommandStatus.REJECTED):
         _schedule_retry(session, row, now, config, rand)
     fresh = state.observed_at is None or ack.ts >= state.observed_at
@@ -785,103 +656,3 @@ def operator_command(
     )
     session.flush()
     return _outgoing(row, gateway.device_id, config.prefix)
-
-
-def gateway_config(
-    session: Session,
-    gateway: Gateway,
-    now: datetime,
-    config: ControlConfig,
-    cache: BillingCache | None = None,
-) -> bytes:
-    """The retained config of ``gateway``, sealed: a credit horizon per billed remote-prepay meter.
-
-    Each call issues the gateway's next config version (``gateway.config_version``, raised in the
-    caller's transaction, so two replicas never issue the same version) and seals it with
-    :func:`cloud.services.keys.down_key`.
-    """
-    cache = cache or BillingCache()
-    rows = session.execute(
-        select(Meter, Account)
-        .join(AccountMeter, col(AccountMeter.meter_id) == col(Meter.id))
-        .join(Account, col(Account.id) == col(AccountMeter.account_id))
-        .where(
-            col(Meter.gateway_id) == gateway.id,
-            col(Meter.active).is_(True),
-            col(AccountMeter.unlinked_at).is_(None),
-            col(Account.status) == AccountStatus.OPEN,
-        )
-    ).all()
-    per_account: dict[int, int] = {}
-    for meter, account in rows:
-        if meter.prepay_mode == PrepayMode.REMOTE:
-            per_account[account.id or 0] = per_account.get(account.id or 0, 0) + 1
-    horizons: dict[str, CreditHorizon] = {}
-    ids = [m.id for m, _ in rows if m.id is not None]
-    states = {
-        s.meter_id: s for s in session.scalars(select(MeterState).where(col(MeterState.meter_id).in_(ids)))
-    }
-    for meter, account in rows:
-        if meter.prepay_mode != PrepayMode.REMOTE or meter.id is None:
-            continue
-        state = states.get(meter.id)
-        if state is None or not state.last_values:
-            continue
-        quantity = Quantity.FLOW_TOTAL_M3 if meter.kind == MeterKind.WATER else Quantity.ENERGY_TOTAL_KWH
-        register = snapshot_values(state.last_values).get(quantity)
-        project = cache.project(session, account.project_id)
-        tariff_id = meter.tariff_id or (
-            project.water_tariff_id if meter.kind == MeterKind.WATER else project.electric_tariff_id
-        )
-        try:
-            schedule = schedule_for(session, tariff_id, cache) if tariff_id is not None else None
-            tz = project_zone(project)
-        except UnitFault:
-            continue  # this meter's tariff or project row is unusable: billing holds and alarms it
-        if register is None or schedule is None:
-            continue
-        limit_fen = project.credit_limit_fen if account.credit_limit_fen is None else account.credit_limit_fen
-        share = (account.balance_fen + limit_fen) // per_account[account.id or 0]
-        try:
-            horizon = credit_horizon(
-                schedule=schedule,
-                at=now,
-                register_value=register,
-                balance_fen=share,
-                residue_milli=account.residue_millifen,
-                credit_limit_fen=0,
-                counter=tier_usage.counter_at(session, account.id or 0, meter.kind, schedule, now, tz),
-                protected=meter.protected or account.protected,
-                tz=tz,
-            )
-        except DomainError:
-            continue
-        if meter.ct_ratio != 1:
-            # the horizon is in billed units; the gateway compares raw register values
-            over = (horizon.limit - register) / Decimal(meter.ct_ratio)
-            horizon = msgspec.structs.replace(
-                horizon, limit=(register + over).quantize(Decimal("0.01"), rounding=ROUND_FLOOR)
-            )
-        horizons[meter.device_id] = horizon
-    assert gateway.id is not None
-    version = session.execute(
-        update(Gateway)
-        .where(col(Gateway.id) == gateway.id)
-        .values(config_version=col(Gateway.config_version) + 1)
-        .returning(col(Gateway.config_version))
-    ).scalar_one()
-    message = GatewayConfig(
-        gateway=gateway.device_id,
-        version=int(version),
-        issued_at=now,
-        expires_at=now + config.config_ttl,
-        horizons=horizons,
-        offline_after_s=config.offline_after_s,
-        meters=(
-            planned_meters(session, gateway.id, config.poll_interval_s)
-            if plans_meters(session, gateway.id)
-            else None
-        ),
-    )
-    kid, key = down_key(session, gateway.id, now)
-    return seal_message(message, kid=kid, key=key)

@@ -49,11 +49,12 @@ from cloud.models import (
 from cloud.services import ledger as ledger_service
 from cloud.services.arrears import evaluate_account
 from cloud.services.audit import Actor, AuditAction, record
-from cloud.services.billing import BillableReading, BillingCache, bill_reading, snapshot_values
+from cloud.services.billing import bill_reading
 from cloud.services.control import lock_meter_states
 from cloud.services.errors import Conflict, NotFound
 from cloud.services.isolation import account_unit, isolated
 from cloud.services.pages import Page, paged
+from cloud.services.rating import BillableReading, BillingCache, snapshot_values
 
 __all__ = [
     "AUDIT_ACTION",

@@ -77,20 +77,14 @@ from cloud.models import (
 )
 from cloud.services import dead_letters
 from cloud.services.arrears import PolicyCache, evaluate_account
-from cloud.services.billing import (
-    BillableReading,
-    BillingCache,
-    PendingCharge,
-    bill_reading,
-    hold_faulty,
-    plan_charges,
-    post_charges,
-)
+from cloud.services.billing import bill_reading
 from cloud.services.bulk import in_values, insert_missing, insert_rows, int_array, text_array, update_rows
 from cloud.services.control import ControlConfig, ack_is_news, apply_ack
 from cloud.services.isolation import FAULTS, Unit, UnitKind, account_unit, clear_fault, each_isolated
 from cloud.services.keys import KeyCache, mark_seen
+from cloud.services.ledger import PendingCharge, plan_charges, post_charges
 from cloud.services.notify.events import notify_holds
+from cloud.services.rating import BillableReading, BillingCache, hold_faulty
 from cloud.services.unit import Publisher, unit_of_work
 from protocol.contract import (
     Ack,

@@ -1,5 +1,8 @@
 """Persisting domain ledger transactions: idempotent, balanced, append-only, with a balance cache.
 
+The one writer of ledger rows: every transaction, entry and balance-cache change goes through
+:func:`post` / :func:`post_many`, or, for a message's readings, :func:`post_charges`.
+
 :func:`post` writes one :class:`cloud.domain.ledger.Transaction` inside the caller's database
 transaction: its legs first, then the transaction row (the database checks there that the legs sum to
 zero — see migration 0001), then ``account.balance_fen += Δ`` for each wallet touched, so the cache
@@ -9,10 +12,14 @@ constraint inside a savepoint and re-reads the winner. Same key with different c
 :class:`IdempotencyConflict`.
 
 Ledger account codes are the domain's (``wallet:<account id>``, ``cash:<project>``,
-``revenue:<project>:<utility>``, ``settlement:<project>``, ...); rows are created on first use.
+``revenue:<project>:<utility>``, ``settlement:<project>``, ...: built and read by the helpers of
+:mod:`cloud.domain.ledger`); rows are created on first use.
 
-:func:`post_many` writes a batch of one organisation's transactions in a handful of statements (the
-way to bill a batch of readings: bench/ledger.py measures both). :func:`check_balances` and
+:func:`post_many` writes a batch of one organisation's transactions in a handful of statements
+(bench/ledger.py measures both). The ingest's readings are charged in batches: :func:`plan_charges`
+groups their charges into batch charges (:func:`cloud.domain.ledger.charge_batch`) and
+:func:`post_charges` writes them all with COPY and one balance update; :func:`batch_line` reads one
+reading's line back. :func:`check_balances` and
 :func:`rebuild_balances` are the reconciliation job's tools: the cache
 against Σ entries per account, and the whole ledger's Σ against zero.
 """
@@ -20,17 +27,18 @@ against Σ entries per account, and the whole ledger's Σ against zero.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 from sqlmodel import col
 
+from cloud.domain import ledger as dledger
 from cloud.domain.errors import IdempotencyConflict, LedgerError
 from cloud.domain.ledger import Posting, Transaction, TxnKind
 from cloud.models import (
@@ -42,35 +50,41 @@ from cloud.models import (
     metadata,
     utcnow,
 )
-from cloud.services.bulk import connection_cache, in_values
+from cloud.services.bulk import connection_cache, in_values, insert_rows, int_array
 from cloud.services.unit import mark_balance_changed
 
 __all__ = [
+    "BATCH_BUCKET_S",
     "BalanceMismatch",
+    "ChargePlan",
     "LedgerReport",
+    "PendingCharge",
     "PostResult",
     "Posted",
     "account_balance",
+    "batch_line",
+    "batch_lines",
     "check_balances",
     "ensure_ledger_account",
     "get_transaction",
     "load_transaction",
     "meter_id_of",
+    "plan_charges",
     "post",
+    "post_charges",
     "post_many",
     "rebuild_balances",
     "resolve_ledger_accounts",
-    "wallet_account_id",
 ]
 
 _KIND_BY_PREFIX = {
-    "wallet": LedgerAccountKind.TENANT,
-    "cash": LedgerAccountKind.CASH,
-    "revenue": LedgerAccountKind.REVENUE,
-    "settlement": LedgerAccountKind.SUSPENSE,
-    "payout": LedgerAccountKind.SUSPENSE,
-    "held": LedgerAccountKind.SUSPENSE,  # topped up onto a local-prepay meter: the meter holds it now
-    "suspense": LedgerAccountKind.SUSPENSE,  # money received for no order of ours (the trade bill)
+    dledger.WALLET: LedgerAccountKind.TENANT,
+    dledger.CASH: LedgerAccountKind.CASH,
+    dledger.REVENUE: LedgerAccountKind.REVENUE,
+    dledger.SETTLEMENT: LedgerAccountKind.SUSPENSE,
+    dledger.PAYOUT: LedgerAccountKind.SUSPENSE,
+    dledger.HELD: LedgerAccountKind.SUSPENSE,  # topped up onto a local-prepay meter: the meter holds it now
+    dledger.SUSPENSE: LedgerAccountKind.SUSPENSE,  # money received for no order of ours (the trade bill)
 }
 
 
@@ -134,16 +148,6 @@ class LedgerReport:
         return not self.mismatches and self.ledger_total_fen == 0
 
 
-def wallet_account_id(code: str) -> int | None:
-    """The prepaid account id of a ``wallet:<id>`` code, else None."""
-    prefix, _, rest = code.partition(":")
-    if prefix != "wallet":
-        return None
-    if not rest.isdigit():
-        raise LedgerError(f"wallet code {code!r} does not name an account id")
-    return int(rest)
-
-
 _ACCOUNTS = metadata.tables["ledger_account"]
 _ENTRIES = metadata.tables["ledger_entry"]
 _TXNS = metadata.tables["ledger_transaction"]
@@ -181,12 +185,12 @@ def ensure_ledger_account(session: Session, org_id: int, code: str, *, name: str
     found = session.scalars(query).one_or_none()
     if found is not None:
         return found
-    account_id = wallet_account_id(code)
+    account_id = dledger.wallet_account_id(code)
     if account_id is not None:
         owner = session.get(Account, account_id)
         if owner is None or owner.org_id != org_id:
             raise LedgerError(f"{code}: no account {account_id} in organisation {org_id}")
-    kind = _KIND_BY_PREFIX.get(code.partition(":")[0], LedgerAccountKind.ADJUSTMENT)
+    kind = _KIND_BY_PREFIX.get(dledger.code_prefix(code), LedgerAccountKind.ADJUSTMENT)
     row = LedgerAccount(org_id=org_id, code=code, kind=kind, name=name or code, account_id=account_id)
     try:
         with session.begin_nested():
@@ -417,3 +421,217 @@ def rebuild_balances(session: Session, *, org_id: int | None = None) -> Sequence
             locked.version += 1
     session.flush()
     return fixed
+
+
+# --- batch charges: a message's readings charged in a few statements ------------------------------------
+
+
+_ADD_BALANCE = (
+    update(_PREPAID)
+    .where(_PREPAID.c.id == bindparam("aid"))
+    .values(balance_fen=_PREPAID.c.balance_fen + bindparam("delta"), version=_PREPAID.c.version + 1)
+)
+
+# The caller (the ingest) holds these account rows locked (FOR UPDATE, ascending id) already.
+_PG_ADD_BALANCE = text(
+    "UPDATE account AS t SET balance_fen = t.balance_fen + u.delta, version = t.version + 1 "
+    "FROM unnest(CAST(:aid AS bigint[]), CAST(:delta AS bigint[])) AS u(id, delta) WHERE t.id = u.id"
+)
+
+
+_ENTRY_COLUMNS = ("transaction_id", "ledger_account_id", "amount_fen", "account_id", "meter_id")
+_TXN_COLUMNS = (
+    "id",
+    "org_id",
+    "idempotency_key",
+    "kind",
+    "memo",
+    "entry_count",
+    "effective_at",
+    "created_at",
+    "details",
+)
+
+
+def _ledger_account_ids(
+    session: Session, wanted: set[tuple[int, str]]
+) -> dict[tuple[int, str], tuple[int, int | None]]:
+    """(org, code) → (ledger account id, prepaid account id), per organisation
+    (:func:`resolve_ledger_accounts`)."""
+    found: dict[tuple[int, str], tuple[int, int | None]] = {}
+    for org_id in sorted({org for org, _ in wanted}):
+        codes = {code for org, code in wanted if org == org_id}
+        for code, ids in resolve_ledger_accounts(session, org_id, codes).items():
+            found[(org_id, code)] = ids
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCharge:
+    """A reading's charge, built by :func:`cloud.services.billing.bill_reading`, waiting for the batch
+    to be written."""
+
+    org_id: int
+    reading_id: int
+    txn: Transaction
+
+
+@dataclass
+class ChargePlan:
+    """How a batch's charges are written: :func:`plan_charges`."""
+
+    batches: list[tuple[int, Transaction, list[PendingCharge]]] = field(default_factory=list)
+    singles: list[PendingCharge] = field(default_factory=list)
+    key_of: dict[int, str] = field(default_factory=dict)
+    """Reading id → key of the transaction that holds its charge (written on the reading row)."""
+
+    @property
+    def lines(self) -> int:
+        return len(self.singles) + sum(len(members) for _, _, members in self.batches)
+
+
+BATCH_BUCKET_S = 900
+"""Batch charges group readings by 15-minute UTC bucket: every time zone's offset is a multiple of
+15 minutes, so a batch never straddles a local day boundary and per-day figures (daily aggregates,
+statements by day) stay exact whatever the project's zone."""
+
+
+def plan_charges(pending: Sequence[PendingCharge], gateway_id: int) -> ChargePlan:
+    """Group the wallet charges of one message into batch charges (:func:`cloud.domain.ledger.charge_batch`).
+
+    A group is (organisation, revenue account, 15-minute bucket, round): a payer's *n*-th reading of
+    the group goes in round *n*, so every batch debits each wallet once and a reading's line is its
+    payer's leg. A group of one stays a plain charge under the reading's own key. Batch keys are
+    ``chgb:<gateway id>:<first reading id>`` (reading ids are unique and were allocated under the
+    batch's locks, so a key never repeats). Charges of local-prepay meters (debiting ``held:<meter>``)
+    stay one transaction per reading: the held-balance check compares a meter's figure with held
+    money at the instant of each of its readings.
+    """
+    plan = ChargePlan()
+    groups: dict[tuple[int, str, int, int], list[PendingCharge]] = {}
+    rounds: dict[tuple[int, str, int, str], int] = {}
+    for item in sorted(pending, key=lambda p: p.reading_id):
+        debit, credit = sorted(item.txn.postings, key=lambda p: p.amount_fen)
+        if len(item.txn.postings) != 2 or not dledger.is_wallet(debit.account) or "backfill" in item.txn.meta:
+            plan.singles.append(item)
+            continue
+        bucket = int(item.txn.occurred_at.timestamp()) // BATCH_BUCKET_S
+        payer = (item.org_id, credit.account, bucket, debit.account)
+        turn = rounds.get(payer, 0)
+        rounds[payer] = turn + 1
+        groups.setdefault((item.org_id, credit.account, bucket, turn), []).append(item)
+    for (org_id, revenue, _, _), members in groups.items():
+        if len(members) == 1:
+            plan.singles.extend(members)
+            continue
+        utility = dledger.revenue_utility(revenue)
+        txn = dledger.charge_batch(
+            f"chgb:{gateway_id}:{members[0].reading_id}",
+            [m.txn for m in members],
+            memo=f"{utility} consumption",  # what a tenant's statement line says; the count is in meta
+        )
+        plan.batches.append((org_id, txn, members))
+        plan.key_of.update((m.reading_id, txn.key) for m in members)
+    plan.key_of.update((m.reading_id, m.txn.key) for m in plan.singles)
+    return plan
+
+
+def batch_lines(details: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """A batch charge's lines (debited account → the reading's rating details), from the stored
+    transaction ``details``; None for any other transaction."""
+    lines = details.get("lines")
+    return lines if isinstance(lines, Mapping) else None
+
+
+def batch_line(details: Mapping[str, Any], account: str) -> Mapping[str, Any] | None:
+    """What a batch charge stored of ``account``'s line (the reading's rating details), else None."""
+    lines = batch_lines(details)
+    if lines is None:
+        return None
+    line = lines.get(account)
+    return line if isinstance(line, Mapping) else None
+
+
+def post_charges(session: Session, plan: ChargePlan, cache: object | None = None) -> int:
+    """Write a batch's charges at once: every leg, then every transaction row, then one balance update
+    per account — the same rows :func:`post` writes, in the same order, so the
+    database's zero-sum and append-only guards check each transaction as usual. Returns the number of
+    readings charged.
+
+    A batch charge's ``details`` keep each line's rating details under its debited account
+    (``lines``: seq, reading id, milli-fen, units, the tier usage rating started from), so
+    re-rating one reading finds what it was charged from (:func:`batch_line`). Each leg carries its
+    own meter.
+
+    Idempotency: each charge derives from a reading row that this very database transaction has just
+    inserted (the reading row is the guard); the keys' UNIQUE constraint is the backstop — a collision
+    raises and the whole message is retried. ``balance_changed`` is *not* announced for charges: the
+    ingest evaluates the arrears policy itself in the same transaction. ``cache`` (the caller's
+    billing cache) is not read: ledger account ids have their own connection cache.
+    """
+    lines = plan.lines
+    if not lines:
+        return 0
+    everything = [(org, txn) for org, txn, _ in plan.batches] + [(p.org_id, p.txn) for p in plan.singles]
+    ids = _ledger_account_ids(session, {(org, p.account) for org, txn in everything for p in txn.postings})
+    entries: list[tuple[Any, ...]] = []
+    txns: list[tuple[Any, ...]] = []
+    deltas: dict[int, int] = {}
+    now = utcnow()
+
+    def leg(txn_id: uuid.UUID, org_id: int, posting: Posting, meter_id: int | None) -> None:
+        la_id, account_id = ids[(org_id, posting.account)]
+        entries.append(
+            (txn_id, la_id, posting.amount_fen, account_id, meter_id if account_id is not None else None)
+        )
+        if account_id is not None:
+            deltas[account_id] = deltas.get(account_id, 0) + posting.amount_fen
+
+    def row(txn_id: uuid.UUID, org_id: int, txn: Transaction, details: dict[str, Any]) -> None:
+        txns.append(
+            (
+                txn_id,
+                org_id,
+                txn.key,
+                txn.kind.value,
+                txn.memo,
+                len(txn.postings),
+                txn.occurred_at,
+                now,
+                details,
+            )
+        )
+
+    for org_id, batch, members in plan.batches:
+        txn_id = uuid.uuid4()
+        details: dict[str, Any] = {"lines": {}}
+        for member in members:
+            debit = min(member.txn.postings, key=lambda p: p.amount_fen)
+            leg(txn_id, org_id, debit, meter_id_of(member.txn))
+            line = dict(member.txn.meta)
+            del line["meter_id"]  # on the leg already
+            line["reading_id"] = str(member.reading_id)
+            details["lines"][debit.account] = line
+        for posting in batch.postings:
+            if posting.amount_fen > 0:
+                leg(txn_id, org_id, posting, None)
+        row(txn_id, org_id, batch, details)
+    for single in plan.singles:
+        txn_id = uuid.uuid4()
+        for posting in single.txn.postings:
+            leg(txn_id, single.org_id, posting, meter_id_of(single.txn))
+        row(txn_id, single.org_id, single.txn, dict(single.txn.meta))
+    connection = session.connection()
+    # legs first, so each transaction row finds its legs (the ledger guards of migrations 0001/0003):
+    # COPY on PostgreSQL, one prepared INSERT run by the driver on SQLite
+    insert_rows(connection, _ENTRIES, _ENTRY_COLUMNS, entries)
+    insert_rows(connection, _TXNS, _TXN_COLUMNS, txns)
+    if not deltas:
+        return lines
+    if connection.dialect.name == "postgresql":  # one statement, not one per account
+        ordered = sorted(deltas.items())
+        arrays = {"aid": int_array(a for a, _ in ordered), "delta": int_array(d for _, d in ordered)}
+        connection.execute(_PG_ADD_BALANCE, arrays)
+    else:
+        connection.execute(_ADD_BALANCE, [{"aid": a, "delta": d} for a, d in sorted(deltas.items())])
+    return lines

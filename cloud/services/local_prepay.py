@@ -5,7 +5,7 @@ lives in two places: the wallet (paid in, not yet written to the meter) and the 
 mirrors the meter's part in ``held:<meter>`` (a suspense-kind account, linked to no prepaid account,
 so neither the wallet balance nor the arrears policy ever sees it):
 
-- a top-up the gateway confirmed moves wallet → held (:func:`cloud.services.control.apply_ack`);
+- a top-up the gateway confirmed moves wallet → held (:func:`cloud.services.meter_topups.move_to_meter`);
 - each accepted reading's consumption is rated like a remote-prepay meter's and charged held →
   revenue (:func:`cloud.services.billing.bill_reading`): the meter spent money it holds. So revenue
   reports include local meters and held is what the meter *should* still hold;

@@ -538,7 +538,7 @@ def refund_or_approval(
         rules.wallet_code(account_id),
         amount_fen,
         now,
-        payout=f"payout:wechat:{order.project_id}",
+        payout=rules.payout_code("wechat", order.project_id),
         balance_fen=account.balance_fen,
         reason=reason,
     )
@@ -627,7 +627,7 @@ def request_refund(
         rules.wallet_code(account_id),
         amount_fen,
         now,
-        payout=f"payout:wechat:{order.project_id}",
+        payout=rules.payout_code("wechat", order.project_id),
         balance_fen=account.balance_fen,
         reason=reason,
     )
@@ -696,7 +696,7 @@ def _finish_refund(session: Session, row: PayRefund, outcome: str, now: datetime
             session,
             rules.transfer(
                 f"refund:wechat:{row.out_refund_no}:paid",
-                f"payout:wechat:{order.project_id}",
+                rules.payout_code("wechat", order.project_id),
                 rules.cash_code(order.project_id),
                 row.amount_fen,
                 now,
@@ -874,7 +874,8 @@ def reconcile_bill(
                 key = f"suspense:wechat:{row.transaction_id}"[:128]
                 ledger.post(
                     session,
-                    rules.transfer(key, "cash:wechat", "suspense:wechat", row.total_fen, now,
+                    rules.transfer(key, rules.cash_code("wechat"), rules.suspense_code("wechat"),
+                                   row.total_fen, now,
                                    reason=f"微信账单有款无单 {row.out_trade_no}",
                                    meta={"method": "wechat", "transaction_id": row.transaction_id,
                                          "out_trade_no": row.out_trade_no, "bill_date": str(bill_date)}),

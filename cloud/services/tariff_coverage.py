@@ -37,6 +37,7 @@ from cloud.models import (
 )
 from cloud.services.audit import Actor
 from cloud.services.errors import Conflict
+from cloud.services.tariff_loading import tariff_id_of
 
 __all__ = [
     "NAMED_AT_MOST",
@@ -76,8 +77,7 @@ def meters_without_tariff(session: Session, project: Project) -> list[Meter]:
     out: list[Meter] = []
     versioned: dict[int, bool] = {}
     for meter in session.scalars(_project_meters(project.id)):  # type: ignore[call-overload]
-        default = project.water_tariff_id if meter.kind == MeterKind.WATER else project.electric_tariff_id
-        tariff_id = meter.tariff_id if meter.tariff_id is not None else default
+        tariff_id = tariff_id_of(meter, project)
         if tariff_id is not None and tariff_id not in versioned:
             versioned[tariff_id] = bool(session.scalar(select(_has_version(tariff_id))))  # type: ignore[call-overload]
         if tariff_id is None or not versioned[tariff_id]:

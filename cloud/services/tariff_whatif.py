@@ -4,7 +4,7 @@ Reads only. Each reading billing charged in the month (status ``billed``) is one
 meter's accepted reading before it (``baseline``, ``billed``, ``zero``, ``no_account``: what billing
 kept as the baseline) to it, with the register deltas × the meter's CT ratio — and what it was charged,
 the ``amount_milli`` its charge recorded (a plain charge's details, or its line of a batch charge,
-:func:`cloud.services.billing.batch_line`). The deltas are checked against the units the charge
+:func:`cloud.services.ledger.batch_line`). The deltas are checked against the units the charge
 recorded: where they differ (a held reading accepted as a new baseline moved it, a late reading
 re-rated the interval) the reading is not re-rated and is counted as skipped, never guessed. A reading
 rated to less than a fen (status ``zero``: its milli-fen carried in the account's residue, no charge)
@@ -41,8 +41,9 @@ from cloud.models import (
     Room,
 )
 from cloud.services.audit import Actor
-from cloud.services.billing import batch_lines, snapshot_values
 from cloud.services.errors import Conflict, NotFound
+from cloud.services.ledger import batch_lines
+from cloud.services.rating import snapshot_values
 from protocol.contract import Quantity
 
 __all__ = ["MAX_METERS", "MAX_READINGS", "MonthWhatIf", "billed_intervals", "month_what_if"]

@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from cloud.domain.ledger import TxnKind, wallet_code
 from cloud.models import (
     Account,
     LedgerEntry,
@@ -38,8 +39,9 @@ from cloud.models import (
     TariffVersion,
 )
 from cloud.services.accounts import active_meters
-from cloud.services.billing import batch_line
+from cloud.services.ledger import batch_line
 from cloud.services.pages import Page, paged
+from cloud.services.tariff_loading import tariff_id_of
 
 __all__ = [
     "AccountView",
@@ -117,7 +119,7 @@ def account_view(session: Session, account: Account, now: datetime) -> AccountVi
         .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerEntry.transaction_id))
         .where(
             col(LedgerEntry.account_id) == account.id,
-            col(LedgerTransaction.kind) == "charge",
+            col(LedgerTransaction.kind) == TxnKind.CHARGE.value,
             col(LedgerTransaction.effective_at) >= since,
             col(LedgerTransaction.effective_at) < until,
         )
@@ -184,7 +186,7 @@ def usage(session: Session, account: Account, now: datetime, *, by: str, periods
         .join(LedgerTransaction, col(LedgerTransaction.id) == col(LedgerEntry.transaction_id))
         .where(
             col(LedgerEntry.account_id) == account.id,
-            col(LedgerTransaction.kind) == "charge",
+            col(LedgerTransaction.kind) == TxnKind.CHARGE.value,
             col(LedgerTransaction.effective_at) >= start,
         )
     ).all()
@@ -207,7 +209,7 @@ def usage(session: Session, account: Account, now: datetime, *, by: str, periods
 
 
 def _line_detail(txn: LedgerTransaction, account_id: int) -> dict[str, Any]:
-    line = batch_line(txn.details, f"wallet:{account_id}")
+    line = batch_line(txn.details, wallet_code(account_id))
     return dict(line) if line is not None else dict(txn.details)
 
 
@@ -266,11 +268,7 @@ def _explain_charge(
     }
     project_id = _project_of(session, account_id)
     project = session.get(Project, project_id) if project_id is not None else None
-    tariff_id = meter.tariff_id or (
-        (project.water_tariff_id if meter.kind == "water" else project.electric_tariff_id)
-        if project
-        else None
-    )
+    tariff_id = tariff_id_of(meter, project) if project else meter.tariff_id
     if tariff_id is not None:
         version = session.scalars(
             select(TariffVersion)
@@ -303,7 +301,7 @@ def statement(session: Session, account: Account, page: Page) -> list[StatementL
     rows = session.execute(paged(query, [col(LedgerEntry.id)], page, descending=True)).all()
     lines = []
     for entry, txn in rows:
-        if txn.kind == "charge":
+        if txn.kind == TxnKind.CHARGE:
             explain = _explain_charge(session, txn, entry, account.id)
         else:
             explain = {

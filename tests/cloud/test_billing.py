@@ -15,8 +15,8 @@ from cloud.domain.errors import TariffError
 from cloud.domain.tariffs import TariffKind
 from cloud.domain.tariffs import TariffVersion as DomainVersion
 from cloud.models import Meter, ReadingHold, Tariff, TariffVersion
-from cloud.services.billing import charge_key
 from cloud.services.ingest import Ingest
+from cloud.services.rating import charge_key
 from protocol.contract import Quantity, Reading, ReadingBatch
 from tests.cloud.flowkit import T0, balance, batch, make_flow_site, sealed, tier_usage_of
 
@@ -299,7 +299,7 @@ def test_a_batch_of_readings_is_one_charge_and_a_late_reading_re_rates_only_its_
 def test_snapshot_values_skips_unknown_names_and_non_numbers() -> None:
     from decimal import Decimal as _D
 
-    from cloud.services.billing import snapshot_values
+    from cloud.services.rating import snapshot_values
     from protocol.contract import Quantity as _Q
 
     got = snapshot_values({"energy_total_kwh": "1.50", "energy_t1_kwh": "abc", "bogus": "1"})

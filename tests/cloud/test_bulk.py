@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from cloud.domain import ledger as rules
 from cloud.models import Account, LedgerAccount, LedgerEntry
 from cloud.services import ledger
-from cloud.services.billing import BillingCache, ChargePlan, PendingCharge, plan_charges, post_charges
 from cloud.services.bulk import connection_cache
+from cloud.services.ledger import ChargePlan, PendingCharge, plan_charges, post_charges
+from cloud.services.rating import BillingCache
 from tests.cloud.conftest import Site
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)

@@ -18,9 +18,9 @@ from cloud.api import build_app
 from cloud.models import Alarm, AuditLog, MeterState, Project, ReadingRow, Role
 from cloud.services import holds, users
 from cloud.services.audit import Actor
-from cloud.services.billing import charge_key
 from cloud.services.errors import Conflict, NotFound
 from cloud.services.ingest import Ingest
+from cloud.services.rating import charge_key
 from cloud.settings import Settings
 from tests.cloud.flowkit import T0, FlowSite, balance, batch, charges, make_flow_site
 

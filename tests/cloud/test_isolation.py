@@ -52,11 +52,11 @@ from cloud.models import (
 from cloud.runtime import Reconciler
 from cloud.services import ledger
 from cloud.services.audit import Actor
-from cloud.services.billing import UNREADABLE
 from cloud.services.control import ControlConfig, operator_command
 from cloud.services.holds import Resolution, resolve_hold
 from cloud.services.ingest import Ingest
 from cloud.services.isolation import FAULTS
+from cloud.services.tariff_loading import UNREADABLE
 from cloud.services.unit import unit_of_work
 from protocol.contract import Action, GatewayConfig, Quantity, RelayState
 from tests.cloud.flowkit import (

@@ -36,10 +36,10 @@ from cloud.models import (
 from cloud.runtime import Reconciler
 from cloud.services import accounts, ledger
 from cloud.services.audit import Actor
-from cloud.services.billing import charge_key
 from cloud.services.control import ControlConfig
 from cloud.services.errors import Conflict
 from cloud.services.ingest import Ingest
+from cloud.services.rating import charge_key
 from cloud.services.unit import unit_of_work
 from protocol.contract import (
     Ack,

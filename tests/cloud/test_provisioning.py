@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.events import GATEWAY_METERS_CHANGED
 from cloud.models import Gateway, Meter, ProvisioningCode, Role
-from cloud.services.control import ControlConfig, gateway_config
+from cloud.services.control import ControlConfig
+from cloud.services.horizons import gateway_config
 from cloud.services.provisioning import hash_code
 from protocol.contract import GatewayConfig, Kind, open_message
 from tests.cloud.test_api import Api, serve_api

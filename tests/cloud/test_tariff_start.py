@@ -22,9 +22,9 @@ from cloud.domain.tariffs import rate
 from cloud.models import Alarm, Organisation, ReadingHold, ReadingRow, TariffVersion
 from cloud.services import tariffs
 from cloud.services.audit import Actor
-from cloud.services.billing import schedule_for
 from cloud.services.errors import Conflict
 from cloud.services.ingest import Ingest
+from cloud.services.tariff_loading import schedule_for
 from tests.cloud.domain.test_domain_tariff_spec import FIELD, SPECS
 from tests.cloud.flowkit import T0, FlowSite, balance, batch, make_flow_site
 

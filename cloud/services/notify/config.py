@@ -23,6 +23,7 @@ from sqlmodel import col
 from cloud.domain.errors import PolicyError
 from cloud.domain.localtime import time_of_day
 from cloud.models import NotifyConsent, NotifyContact, NotifySettings, Role, StaffContact, User
+from cloud.models.roles import MANAGER
 from cloud.services import payers
 from cloud.services.accounts import get_account
 from cloud.services.audit import Actor, AuditAction, record
@@ -44,8 +45,6 @@ CHANNELS = ("wechat_subscribe", "wechat_template", "sms_aliyun", "sms_tencent", 
 _TEMPLATE_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _PHONE = re.compile(r"\+?[0-9]{6,16}")
 _OPENID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
-_SETS_OTHERS = frozenset({Role.ADMIN, Role.MANAGER})
-"""Who may set another staff user's contact (of their own organisation)."""
 MAX_CONSENTS = 50
 """More unused consents than this for one template is not a person tapping 允许."""
 
@@ -204,7 +203,7 @@ def _staff_user(session: Session, actor: Actor, user_id: int) -> User:
     user = session.get(User, user_id)
     if user is None or (actor.org_id is not None and user.org_id != actor.org_id):
         raise NotFound(f"user {user_id} not found")
-    if user.id != actor.user_id and actor.role not in _SETS_OTHERS:
+    if user.id != actor.user_id and actor.role not in MANAGER:
         raise PermissionDenied("only managers set another user's contact; set your own at /auth/me")
     if user.role == Role.TENANT:
         raise PolicyError("manager notices go to staff; tenants hear of their accounts (account contact)")
