@@ -616,7 +616,7 @@ class Ingest:
             _CARRIED,
             [(a.id, *_carried(a)) for a in accounts.values() if before[a.id] != _carried(a)],
         )
-        self.stats.charges += post_charges(session, plan, cache)
+        self.stats.charges += post_charges(session, plan)
         return self._evaluate(session, accounts, deltas, cache, now)
 
     def _new_readings(

@@ -552,7 +552,7 @@ def batch_line(details: Mapping[str, Any], account: str) -> Mapping[str, Any] | 
     return line if isinstance(line, Mapping) else None
 
 
-def post_charges(session: Session, plan: ChargePlan, cache: object | None = None) -> int:
+def post_charges(session: Session, plan: ChargePlan) -> int:
     """Write a batch's charges at once: every leg, then every transaction row, then one balance update
     per account — the same rows :func:`post` writes, in the same order, so the
     database's zero-sum and append-only guards check each transaction as usual. Returns the number of
@@ -566,8 +566,8 @@ def post_charges(session: Session, plan: ChargePlan, cache: object | None = None
     Idempotency: each charge derives from a reading row that this very database transaction has just
     inserted (the reading row is the guard); the keys' UNIQUE constraint is the backstop — a collision
     raises and the whole message is retried. ``balance_changed`` is *not* announced for charges: the
-    ingest evaluates the arrears policy itself in the same transaction. ``cache`` (the caller's
-    billing cache) is not read: ledger account ids have their own connection cache.
+    ingest evaluates the arrears policy itself in the same transaction. Ledger account ids come from
+    their own connection cache (:func:`resolve_ledger_accounts`).
     """
     lines = plan.lines
     if not lines:

@@ -15,7 +15,6 @@ from cloud.models import Account, LedgerAccount, LedgerEntry
 from cloud.services import ledger
 from cloud.services.bulk import connection_cache
 from cloud.services.ledger import ChargePlan, PendingCharge, plan_charges, post_charges
-from cloud.services.rating import BillingCache
 from tests.cloud.conftest import Site
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
@@ -44,7 +43,7 @@ def test_charges_posted_in_bulk_move_balance_and_keep_the_ledger_balanced(
         pending = [PendingCharge(site.org_id, i, _charge(site, f"bulk-{i}", 100 + i)) for i in range(3)]
         plan = plan_charges(pending, gateway_id=1)
         assert (plan.batches, plan.key_of) == ([], {0: "bulk-0", 1: "bulk-1", 2: "bulk-2"})
-        posted = post_charges(session, plan, BillingCache())
+        posted = post_charges(session, plan)
         session.commit()
     assert posted == 3
     with session_factory() as session:
@@ -60,14 +59,14 @@ def test_ids_of_ledger_accounts_created_in_work_that_rolled_back_are_not_reused(
     engine: Engine, session_factory: sessionmaker[Session], site: Site
 ) -> None:
     with session_factory() as session:
-        post_charges(session, _one(site, "undone", 500), BillingCache())
+        post_charges(session, _one(site, "undone", 500))
         cached = connection_cache(session.connection(), "ledger_account_ids")
         assert len(cached) == 2  # the wallet and the revenue account, both created just now
         session.rollback()  # the ledger accounts are gone again, and so must their cached ids be
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(LedgerAccount)) == 0
         assert connection_cache(session.connection(), "ledger_account_ids") == {}
-        post_charges(session, _one(site, "kept", 500), BillingCache())
+        post_charges(session, _one(site, "kept", 500))
         session.commit()
     with session_factory() as session:  # committed ids stay cached with the (one) pooled connection
         assert len(connection_cache(session.connection(), "ledger_account_ids")) == 2
