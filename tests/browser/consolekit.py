@@ -4,10 +4,13 @@ money (tests/cloud/flowkit.py's flow site), a user per role, and a logged-in bro
 from __future__ import annotations
 
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.models import Building, Floor, Meter, Role, Room, Tenant
@@ -140,3 +143,22 @@ class Console:
 
 for _role in ("admin", "manager", "installer"):  # dead letters: GET /dead-letters (builders)
     EXPECTED_PAGES[_role].append("dead-letters")  # key = path under /console
+
+
+@contextmanager
+def serve_console(engine: Engine, db_url: str, **settings: Any) -> Iterator[Console]:
+    """The app in process (Starlette's TestClient, no browser) on a migrated database with the console
+    site (:func:`make_console_site`) and ``settings`` over the test defaults — how the console's HTTP
+    test modules build it."""
+    from cloud.api.app import build_app
+    from cloud.db import make_session_factory
+    from cloud.settings import Settings
+
+    factory = make_session_factory(engine)
+    site = make_console_site(factory)
+    config = Settings(environment="test", secret_key="c" * 32, database_url=db_url, **settings)
+    with warnings.catch_warnings():  # starlette prefers the httpx2 fork; plain httpx works the same here
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+    with TestClient(build_app(config, engine=engine)) as client:
+        yield Console(client, site, factory)

@@ -11,7 +11,6 @@ manager), replacing a meter the builders' (admin, manager, installer), a money f
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -36,7 +35,7 @@ from cloud.models import (
 from cloud.services import ledger
 from cloud.services.ingest import Ingest
 from cloud.services.unit import unit_of_work
-from tests.browser.consolekit import Console, make_console_site
+from tests.browser.consolekit import Console, serve_console
 from tests.cloud.flowkit import T0, batch, make_flow_site
 
 LIMIT_FEN = 50_000  # the site's approval limit: 500 yuan
@@ -47,20 +46,8 @@ def c(engine: Engine, db_url: str) -> Iterator[Console]:
     """The console on a migrated database of each engine (tests/cloud/conftest.py: SQLite and
     PostgreSQL) with the console site (tests/browser/consolekit.py): three meters in rooms 301-303 of
     A栋, accounts A-1..A-3 with 100.00 yuan each, a user per role."""
-    from cloud.api.app import build_app
-    from cloud.db import make_session_factory
-    from cloud.settings import Settings
-
-    factory = make_session_factory(engine)
-    site = make_console_site(factory)
-    settings = Settings(
-        environment="test", secret_key="c" * 32, database_url=db_url, approval_limit_fen=LIMIT_FEN
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from starlette.testclient import TestClient
-    with TestClient(build_app(settings, engine=engine)) as client:
-        yield Console(client, site, factory)
+    with serve_console(engine, db_url, approval_limit_fen=LIMIT_FEN) as console:
+        yield console
 
 
 def _fen_of(html: str, element_id: str) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -18,7 +17,7 @@ from sqlmodel import col
 
 from cloud.models import AuditLog, DeadLetter, GatewayKey, GatewayStatusRow, Meter, ProvisioningCode
 from cloud.services.audit import AuditAction
-from tests.browser.consolekit import Console, make_console_site
+from tests.browser.consolekit import Console, serve_console
 from tests.cloud.flowkit import T0, make_flow_site
 
 
@@ -26,18 +25,8 @@ from tests.cloud.flowkit import T0, make_flow_site
 def c(engine: Engine, db_url: str) -> Iterator[Console]:
     """The console on a migrated database with the console site (tests/browser/consolekit.py): a
     gateway with three meters in rooms 301-303 of A栋 and a user per role."""
-    from cloud.api.app import build_app
-    from cloud.db import make_session_factory
-    from cloud.settings import Settings
-
-    factory = make_session_factory(engine)
-    site = make_console_site(factory)
-    settings = Settings(environment="test", secret_key="c" * 32, database_url=db_url)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from starlette.testclient import TestClient
-    with TestClient(build_app(settings, engine=engine)) as client:
-        yield Console(client, site, factory)
+    with serve_console(engine, db_url) as console:
+        yield console
 
 
 def _gw(c: Console) -> str:

@@ -5,7 +5,6 @@ CSRF token refused, a platform administrator shown why they get none."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -13,23 +12,13 @@ from sqlalchemy import Engine, select
 from sqlmodel import col
 
 from cloud.models import AuditLog, StaffContact, User
-from tests.browser.consolekit import Console, make_console_site
+from tests.browser.consolekit import Console, serve_console
 
 
 @pytest.fixture
 def c(engine: Engine, db_url: str) -> Iterator[Console]:
-    from cloud.api.app import build_app
-    from cloud.db import make_session_factory
-    from cloud.settings import Settings
-
-    factory = make_session_factory(engine)
-    site = make_console_site(factory)
-    settings = Settings(environment="test", secret_key="c" * 32, database_url=db_url)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from starlette.testclient import TestClient
-    with TestClient(build_app(settings, engine=engine)) as client:
-        yield Console(client, site, factory)
+    with serve_console(engine, db_url) as console:
+        yield console
 
 
 def _contact(c: Console, role: str) -> StaffContact | None:
