@@ -37,7 +37,7 @@ from cloud.api.access import may_enter_figures
 from cloud.api.deps import Db, Now, PathId, Principal
 from cloud.api.schemas import MAX_BALANCE_FEN, AccountIn, CloseIn, ClosingFigureIn, ReplaceMeterIn
 from cloud.console import guard, session
-from cloud.console.web import ConsoleRoute, Csrf, Reason, Staff, render
+from cloud.console.web import ConsoleRoute, Csrf, Reason, Staff, optional_id, render
 from cloud.models import (
     Account,
     AccountMeter,
@@ -175,16 +175,6 @@ def _fen(text: str, name: str) -> int | None:
     return fen
 
 
-def _optional_id(text: str, name: str) -> int | None:
-    """A row id from a select (empty: none); anything else is refused naming the field."""
-    text = text.strip()
-    if not text:
-        return None
-    if not text.isdigit() or not 0 < int(text) < 2**31:
-        raise Conflict(f"{name}: a row id")
-    return int(text)
-
-
 def _valid(model: type[BaseModel], **fields: Any) -> Any:
     """The REST route's request model validates the form: the same bounds, the field named."""
     try:
@@ -311,7 +301,7 @@ def open_account(
 ) -> Response:
     session.check_csrf(request, csrf)
     guard.require(p, "POST", "/accounts")
-    tenant = _optional_id(tenant_id, "tenant_id")
+    tenant = optional_id(tenant_id, "tenant_id")
     body: AccountIn = _valid(
         AccountIn, project_id=project_id, number=number.strip(), tenant_id=tenant, meter_ids=meter_id or [],
         billing_mode=billing_mode,
@@ -397,7 +387,7 @@ def close_account(request: Request, account_id: PathId, p: Staff, uow: Db, at: N
     body: CloseIn = _valid(CloseIn, reason=reason or "")
     new_number = str(form.get("new_number", "")).strip()
     new_tenant = str(form.get("new_tenant", "")).strip()[:200]
-    tenant_id = _optional_id(str(form.get("tenant_id", "")), "tenant_id")
+    tenant_id = optional_id(str(form.get("tenant_id", "")), "tenant_id")
     if move_in:
         guard.require(p, "POST", "/accounts")
         if not new_number:

@@ -20,11 +20,10 @@ from cloud.api.deps import Db, Now
 from cloud.console import guard
 from cloud.console.queries import zone_of
 from cloud.console.reports import month_bounds
-from cloud.console.web import ConsoleRoute, Staff, render
+from cloud.console.web import ConsoleRoute, Staff, optional_id, render
 from cloud.domain.errors import TariffError
 from cloud.domain.tariffs import MAX_SPEC_TEXT, TOU_REGISTERS, TariffVersion
 from cloud.services import hierarchy
-from cloud.services.errors import Conflict
 from cloud.services.pages import Page
 from cloud.services.tariff_whatif import month_what_if
 
@@ -71,15 +70,6 @@ def _last_month(at: datetime) -> str:
     return (first - timedelta(days=1)).strftime("%Y-%m")
 
 
-def _id(text: str, name: str) -> int | None:
-    text = text.strip()
-    if not text:
-        return None
-    if not text.isdigit() or not 0 < int(text) < 2**31:
-        raise Conflict(f"{name}: a row id")
-    return int(text)
-
-
 @router.get("/tariffs/whatif", response_class=HTMLResponse)
 def whatif_page(
     request: Request,
@@ -102,7 +92,7 @@ def whatif_page(
     zone = zone_of(uow.session, p.actor)
     month = month or _last_month(at.astimezone(zone))
     projects = list(hierarchy.list_projects(uow.session, p.actor, page=Page(200)))
-    project_id, building_id = _id(project, "project_id"), _id(building, "building_id")
+    project_id, building_id = optional_id(project, "project_id"), optional_id(building, "building_id")
     tou = dict(zip((q.value for q in TOU_REGISTERS), (t1, t2, t3, t4), strict=True))
     form = {
         "project_id": project_id, "building_id": building_id, "month": month, "kind": kind, "price": price,

@@ -33,12 +33,23 @@ __all__ = [
     "Reason",
     "Staff",
     "lang_of",
+    "optional_id",
     "render",
     "templates",
     "yuan",
 ]
 
 log = logging.getLogger(__name__)
+
+def optional_id(text: str, name: str) -> int | None:
+    """A row id from a form field or a select (empty: none); anything else is refused naming the field."""
+    text = text.strip()
+    if not text:
+        return None
+    if not text.isdigit() or not 0 < int(text) < 2**31:
+        raise Conflict(f"{name}: a row id")
+    return int(text)
+
 
 templates = Jinja2Templates(directory=str(assets.HERE / "templates"))
 
